@@ -1,0 +1,96 @@
+// Package config reads a workload's config: a TOML file compatible with
+// Enarx's Enarx.toml (args, env, steward, [[files]]), extended with
+// directories (kind = "dir") and a [limits] table.
+//
+// The config decides the workload's WASI descriptor table: the i-th
+// [[files]] entry is descriptor i. It is untrusted input when it comes from
+// a package, so every parse error names the line and the key.
+package config
+
+import "time"
+
+// Kind is the kind of a [[files]] entry.
+type Kind string
+
+// The kinds of descriptor a config can name.
+const (
+	KindNull    Kind = "null"
+	KindStdin   Kind = "stdin"
+	KindStdout  Kind = "stdout"
+	KindStderr  Kind = "stderr"
+	KindListen  Kind = "listen"
+	KindConnect Kind = "connect"
+	KindDir     Kind = "dir"
+)
+
+// Protocols of listen and connect entries.
+const (
+	ProtTCP = "tcp"
+	ProtTLS = "tls"
+)
+
+// Config is a parsed workload config.
+type Config struct {
+	// Steward is the https URL of the attestation service, if any.
+	Steward string
+	// Args follow argv[0] ("main.wasm").
+	Args []string
+	// Env holds the [env] table. The runtime adds FD_COUNT and FD_NAMES first,
+	// then these entries sorted by key.
+	Env map[string]string
+	// Files is the descriptor table in order: Files[i] is descriptor i.
+	Files []File
+	// Limits bounds the keep; zero fields mean "no limit given".
+	Limits Limits
+	// Warnings are non-fatal remarks ("line 7: host in a listen entry is an
+	// alias of addr"), to be printed by the caller.
+	Warnings []string
+}
+
+// File is one [[files]] entry, with defaults applied.
+type File struct {
+	Kind Kind
+	// Name is the descriptor's name in FD_NAMES; for dir it is the
+	// preopened guest path the workload sees (for example "/data").
+	Name string
+	// Prot is ProtTCP or ProtTLS for listen and connect.
+	Prot string
+	// Addr is the listen address (default "::").
+	Addr string
+	// Host is the connect host name or address.
+	Host string
+	// Port is the listen or connect port (default 80 for tcp, 443 for tls).
+	Port uint16
+	// CAFile is a PEM file of roots a TLS connect trusts instead of the
+	// system roots; relative paths are resolved against the config's folder.
+	CAFile string
+	// Path is the host directory of a dir entry; relative paths are resolved
+	// against the config's folder.
+	Path string
+	// ReadOnly forbids writes below a dir entry.
+	ReadOnly bool
+	// Line is where the entry starts in the file, for messages.
+	Line int
+}
+
+// Limits bounds what a keep may use.
+type Limits struct {
+	// MemoryPages caps linear memory, in 64 KiB pages (0: engine default).
+	MemoryPages uint32
+	// WallTime stops the keep after this long (0: none).
+	WallTime time.Duration
+	// MaxOutput caps the bytes written to stdout and stderr together (0: none).
+	MaxOutput int64
+	// MaxOpenFiles caps the descriptors open at once (0: default 1024).
+	MaxOpenFiles int
+}
+
+// Default is the config of a workload run without one: stdin, stdout and
+// stderr, no limits.
+func Default() *Config {
+	return &Config{Files: []File{
+		{Kind: KindStdin, Name: "stdin"},
+		{Kind: KindStdout, Name: "stdout"},
+		{Kind: KindStderr, Name: "stderr"},
+	}}
+}

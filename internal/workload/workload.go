@@ -1,0 +1,92 @@
+// Package workload defines a workload's identity. A workload is a Wasm
+// module plus its optional TOML config; its digest is the digest of a
+// deterministic OCI image manifest built from those two blobs, with no
+// timestamps or annotations. `castellan run`, `castellan package build`,
+// `castellan deploy` and the keep's certificate all report this digest,
+// and the keep computes it from the bytes it actually loaded.
+package workload
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Media types of a Castellan workload artifact. The config and Wasm layer
+// types follow the CNCF Wasm OCI artifact layout.
+const (
+	MediaTypeConfig   = "application/vnd.wasm.config.v0+json"
+	MediaTypeWasm     = "application/wasm"
+	MediaTypeTOML     = "application/vnd.castellan.workload.config.v1+toml"
+	MediaTypeManifest = ocispec.MediaTypeImageManifest
+)
+
+// WasmConfig is the OCI config blob of a Wasm artifact.
+type WasmConfig struct {
+	Architecture string   `json:"architecture"`
+	OS           string   `json:"os"`
+	LayerDigests []string `json:"layerDigests"`
+}
+
+// Artifact is a workload as OCI blobs: every byte that the digest covers.
+type Artifact struct {
+	Wasm   []byte // the module
+	Config []byte // the TOML config; nil when the workload has none
+
+	ConfigBlob []byte // the WasmConfig JSON
+	Manifest   []byte // the image manifest JSON
+	Digest     digest.Digest
+
+	ManifestDesc, ConfigDesc, WasmDesc ocispec.Descriptor
+	TOMLDesc                           *ocispec.Descriptor // nil when Config is nil
+}
+
+// New builds the artifact of a module and its config (nil for none). The
+// same two inputs always give the same manifest bytes and digest.
+func New(wasm, config []byte) (*Artifact, error) {
+	if len(wasm) == 0 {
+		return nil, fmt.Errorf("workload: the Wasm module is empty")
+	}
+	a := &Artifact{Wasm: wasm, Config: config}
+	a.WasmDesc = descriptor(MediaTypeWasm, wasm)
+	layers := []ocispec.Descriptor{a.WasmDesc}
+	if config != nil {
+		d := descriptor(MediaTypeTOML, config)
+		a.TOMLDesc = &d
+		layers = append(layers, d)
+	}
+	wc := WasmConfig{Architecture: "wasm", OS: "wasip1"}
+	for _, l := range layers {
+		wc.LayerDigests = append(wc.LayerDigests, l.Digest.String())
+	}
+	var err error
+	if a.ConfigBlob, err = json.Marshal(wc); err != nil {
+		return nil, err
+	}
+	a.ConfigDesc = descriptor(MediaTypeConfig, a.ConfigBlob)
+	m := ocispec.Manifest{
+		Versioned: specs.Versioned{SchemaVersion: 2},
+		MediaType: MediaTypeManifest,
+		Config:    a.ConfigDesc,
+		Layers:    layers,
+	}
+	if a.Manifest, err = json.Marshal(m); err != nil {
+		return nil, err
+	}
+	a.ManifestDesc = descriptor(MediaTypeManifest, a.Manifest)
+	a.Digest = a.ManifestDesc.Digest
+	return a, nil
+}
+
+func descriptor(mediaType string, b []byte) ocispec.Descriptor {
+	sum := sha256.Sum256(b)
+	return ocispec.Descriptor{
+		MediaType: mediaType,
+		Digest:    digest.NewDigestFromBytes(digest.SHA256, sum[:]),
+		Size:      int64(len(b)),
+	}
+}
