@@ -1,0 +1,250 @@
+// Package cli is the castellan command line. Each subcommand lives in its
+// own cmd_*.go file and registers itself; all output goes through the
+// helpers in this file so that messages keep one form:
+//
+//	castellan: error: app.wasm: not a WebAssembly module
+//	castellan: hint: build it with GOOS=wasip1 GOARCH=wasm
+//	castellan: warning: ...
+//
+// Main returns the exit status instead of exiting, so that tests run the
+// real CLI in-process.
+package cli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+)
+
+// Version is set at build time with -ldflags "-X .../internal/cli.Version=...".
+var Version = "dev"
+
+// Env is what a command may touch of the outside world.
+type Env struct {
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+}
+
+// Command is one subcommand.
+type Command struct {
+	Name    string // "run", or "package build" for a nested one
+	Usage   string // "run [flags] app.wasm [-- args...]"
+	Summary string // one line for the command list
+	Help    string // longer text after the usage, may be empty
+	// Run parses args itself (with e.FlagSet) and returns the exit status.
+	Run func(e *Env, args []string) int
+}
+
+var commands = map[string]*Command{}
+
+// Register adds a command; call it from an init function.
+func Register(c *Command) {
+	if _, dup := commands[c.Name]; dup {
+		panic("cli: duplicate command " + c.Name)
+	}
+	commands[c.Name] = c
+}
+
+// Exit statuses.
+const (
+	ExitOK    = 0
+	ExitError = 1 // the command failed
+	ExitUsage = 2 // the command line was wrong
+)
+
+// Main runs the castellan command line with args (without the program name).
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &Env{Stdin: stdin, Stdout: stdout, Stderr: stderr}
+	if len(args) == 0 {
+		e.usage(e.Stderr)
+		return ExitUsage
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		if len(args) > 1 {
+			if c := lookup(args[1:]); c != nil {
+				e.commandHelp(e.Stdout, c)
+				return ExitOK
+			}
+			return e.Usagef("unknown command %q", strings.Join(args[1:], " "))
+		}
+		e.usage(e.Stdout)
+		return ExitOK
+	case "-version", "--version":
+		args = []string{"version"}
+	}
+	c := lookup(args)
+	if c == nil {
+		if isGroup(args[0]) {
+			if len(args) > 1 {
+				return e.Usagef("unknown command %q (see 'castellan help')", args[0]+" "+args[1])
+			}
+			return e.Usagef("%q needs a subcommand (see 'castellan help')", args[0])
+		}
+		return e.Usagef("unknown command %q (see 'castellan help')", args[0])
+	}
+	n := len(strings.Fields(c.Name))
+	return c.Run(e, args[n:])
+}
+
+// lookup finds the longest registered command name that prefixes args.
+func lookup(args []string) *Command {
+	if len(args) >= 2 {
+		if c, ok := commands[args[0]+" "+args[1]]; ok {
+			return c
+		}
+	}
+	return commands[args[0]]
+}
+
+func isGroup(name string) bool {
+	for k := range commands {
+		if strings.HasPrefix(k, name+" ") {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Env) usage(w io.Writer) {
+	fmt.Fprintf(w, "castellan runs WebAssembly workloads in keeps and proves what they run.\n\nUsage:\n  castellan <command> [flags] [args]\n\nCommands:\n")
+	names := make([]string, 0, len(commands))
+	for k := range commands {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		fmt.Fprintf(w, "  %-18s %s\n", k, commands[k].Summary)
+	}
+	fmt.Fprintf(w, "\nRun 'castellan help <command>' for a command's flags.\n")
+}
+
+func (e *Env) commandHelp(w io.Writer, c *Command) {
+	fmt.Fprintf(w, "Usage: castellan %s\n\n%s\n", c.Usage, c.Summary)
+	if c.Help != "" {
+		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(c.Help))
+	}
+	fs := e.FlagSet(c)
+	hasFlags := false
+	fs.VisitAll(func(*flag.Flag) { hasFlags = true })
+	if hasFlags {
+		fmt.Fprintf(w, "\nFlags:\n")
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+	}
+}
+
+// flagDefs lets a command declare its flags once for both parsing and help.
+var flagDefs = map[string]func(*flag.FlagSet){}
+
+// DefineFlags records the function that declares c's flags on a set; the
+// command's Run calls e.Parse to get them filled in.
+func DefineFlags(name string, def func(*flag.FlagSet)) { flagDefs[name] = def }
+
+// FlagSet returns a fresh flag set for c, with c's flags declared.
+func (e *Env) FlagSet(c *Command) *flag.FlagSet {
+	fs := flag.NewFlagSet("castellan "+c.Name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	if def := flagDefs[c.Name]; def != nil {
+		def(fs)
+	}
+	return fs
+}
+
+// Parse parses args into fs (whose flags the caller declared) and reports a
+// usage error for bad flags. Flags may come after positional arguments;
+// everything after "--" is positional. ok is false when the command should
+// return status; status is ExitOK for -h.
+func (e *Env) Parse(c *Command, fs *flag.FlagSet, args []string) (pos []string, status int, ok bool) {
+	fs.Usage = func() {}
+	var rest []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				e.commandHelp(e.Stdout, c)
+				return nil, ExitOK, false
+			}
+			return nil, e.Usagef("%s: %v (see 'castellan help %s')", c.Name, err, c.Name), false
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		if args[0] == "--" {
+			rest = append(rest, args...)
+			break
+		}
+		rest = append(rest, args[0])
+		args = args[1:]
+	}
+	return rest, ExitOK, true
+}
+
+// Errorf prints "castellan: error: ..." and returns ExitError.
+func (e *Env) Errorf(format string, a ...any) int {
+	fmt.Fprintf(e.Stderr, "castellan: error: %s\n", oneLine(fmt.Sprintf(format, a...)))
+	return ExitError
+}
+
+// ErrorWithHint prints an error and a hint, and returns ExitError.
+func (e *Env) ErrorWithHint(err error, hint string) int {
+	e.Errorf("%v", err)
+	e.Hintf("%s", hint)
+	return ExitError
+}
+
+// Usagef prints a usage error and returns ExitUsage.
+func (e *Env) Usagef(format string, a ...any) int {
+	e.Errorf(format, a...)
+	return ExitUsage
+}
+
+// Warningf prints "castellan: warning: ...".
+func (e *Env) Warningf(format string, a ...any) {
+	fmt.Fprintf(e.Stderr, "castellan: warning: %s\n", oneLine(fmt.Sprintf(format, a...)))
+}
+
+// Hintf prints "castellan: hint: ...".
+func (e *Env) Hintf(format string, a ...any) {
+	fmt.Fprintf(e.Stderr, "castellan: hint: %s\n", oneLine(fmt.Sprintf(format, a...)))
+}
+
+// Infof prints "castellan: ..." for progress and notices on stderr, so that
+// stdout stays the workload's or the command's result.
+func (e *Env) Infof(format string, a ...any) {
+	fmt.Fprintf(e.Stderr, "castellan: %s\n", oneLine(fmt.Sprintf(format, a...)))
+}
+
+// oneLine keeps a message on one line: errors from deep inside (a TOML
+// parser, a TLS stack) may carry newlines.
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+}
+
+// IsTerminal reports whether w is a terminal, for progress output.
+func IsTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func init() {
+	Register(&Command{
+		Name:    "version",
+		Usage:   "version",
+		Summary: "print the version of castellan",
+		Run: func(e *Env, args []string) int {
+			fmt.Fprintf(e.Stdout, "castellan %s\n", Version)
+			return ExitOK
+		},
+	})
+}
