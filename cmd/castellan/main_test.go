@@ -1,9 +1,12 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/castellan-dev/castellan/internal/cli"
 	"github.com/castellan-dev/castellan/internal/fixtures"
@@ -36,7 +39,9 @@ func TestScripts(t *testing.T) {
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"fixture": cmdFixture,
+			"fixture":  cmdFixture,
+			"freeport": cmdFreePort,
+			"waitport": cmdWaitPort,
 		},
 	})
 }
@@ -63,4 +68,37 @@ func cmdFixture(ts *testscript.TestScript, neg bool, args []string) {
 	b, err := os.ReadFile(p)
 	ts.Check(err)
 	ts.Check(os.WriteFile(ts.MkAbs(dest), b, 0o644))
+}
+
+// cmdFreePort sets each named variable to a TCP port free on 127.0.0.1.
+func cmdFreePort(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) == 0 {
+		ts.Fatalf("usage: freeport VAR...")
+	}
+	for _, v := range args {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		ts.Check(err)
+		ts.Setenv(v, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
+		l.Close()
+	}
+}
+
+// cmdWaitPort waits until 127.0.0.1:PORT accepts connections, for a
+// server started in the background with "exec ... &".
+func cmdWaitPort(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waitport PORT")
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+args[0], time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("nothing listens on 127.0.0.1:%s after 60s: %v", args[0], err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -130,6 +130,9 @@ func (e *Env) commandHelp(w io.Writer, c *Command) {
 		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(c.Help))
 	}
 	fs := e.FlagSet(c)
+	if def := flagDefs[c.Name]; def != nil {
+		def(fs)
+	}
 	hasFlags := false
 	fs.VisitAll(func(*flag.Flag) { hasFlags = true })
 	if hasFlags {
@@ -139,20 +142,24 @@ func (e *Env) commandHelp(w io.Writer, c *Command) {
 	}
 }
 
-// flagDefs lets a command declare its flags once for both parsing and help.
+// flagDefs holds each command's flag declarations for its help text.
 var flagDefs = map[string]func(*flag.FlagSet){}
 
-// DefineFlags records the function that declares c's flags on a set; the
-// command's Run calls e.Parse to get them filled in.
+// DefineFlags records the function that declares a command's flags, for
+// 'castellan help'. The usual pattern declares flags in one function that
+// returns the command's options, used both here and in Run:
+//
+//	DefineFlags("run", func(fs *flag.FlagSet) { addRunFlags(fs) })
+//	// in Run:
+//	fs := e.FlagSet(runCmd)
+//	ro := addRunFlags(fs)
+//	pos, status, ok := e.Parse(runCmd, fs, args)
 func DefineFlags(name string, def func(*flag.FlagSet)) { flagDefs[name] = def }
 
-// FlagSet returns a fresh flag set for c, with c's flags declared.
+// FlagSet returns a fresh, empty flag set for c that reports nothing itself.
 func (e *Env) FlagSet(c *Command) *flag.FlagSet {
 	fs := flag.NewFlagSet("castellan "+c.Name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	if def := flagDefs[c.Name]; def != nil {
-		def(fs)
-	}
 	return fs
 }
 
@@ -164,6 +171,11 @@ func (e *Env) Parse(c *Command, fs *flag.FlagSet, args []string) (pos []string, 
 	fs.Usage = func() {}
 	var rest []string
 	for {
+		if len(args) > 0 && args[0] == "--" {
+			// flag.Parse would swallow the "--"; keep it for the command.
+			rest = append(rest, args...)
+			break
+		}
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				e.commandHelp(e.Stdout, c)

@@ -1,0 +1,320 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/runtime"
+	"github.com/castellan-dev/castellan/internal/workload"
+)
+
+// Exit statuses of a keep stopped by a limit, after the example of timeout(1).
+const (
+	ExitWallTime  = 124
+	ExitMaxOutput = 125
+)
+
+// maxModuleSize bounds what run reads from disk before parsing.
+const maxModuleSize = 1 << 30
+
+// runOptions are the flags shared by run and deploy.
+type runOptions struct {
+	configPath string
+	backend    string
+	attest     string
+	attestCA   string
+	cacheDir   string
+	noCache    bool
+	memory     string
+	wallTime   time.Duration
+	maxOutput  string
+	digestOnly bool
+}
+
+func addRunFlags(fs *flag.FlagSet) *runOptions {
+	ro := &runOptions{}
+	fs.StringVar(&ro.configPath, "c", "", "workload config (Enarx.toml format); none: stdin, stdout and stderr only")
+	fs.StringVar(&ro.backend, "backend", "auto", "keep backend: auto, nil, sim-snp, sim-tdx, snp, tdx (see 'castellan platform info')")
+	fs.StringVar(&ro.attest, "attest", "", "attestation service URL to get the keep certificate from (default: the config's steward)")
+	fs.StringVar(&ro.attestCA, "attest-ca", "", "PEM file of the CA that the attestation service's TLS certificate chains to")
+	fs.StringVar(&ro.cacheDir, "cache-dir", defaultCacheDir(), "compilation cache folder")
+	fs.BoolVar(&ro.noCache, "no-cache", false, "do not use the compilation cache")
+	fs.StringVar(&ro.memory, "memory", "", "linear memory limit, e.g. 256MiB (overrides the config's [limits] memory)")
+	fs.DurationVar(&ro.wallTime, "wall-time", 0, "stop the keep after this long, e.g. 30s (overrides the config's [limits] wall_time)")
+	fs.StringVar(&ro.maxOutput, "max-output", "", "stop the keep once stdout and stderr together pass this size, e.g. 10MiB")
+	fs.BoolVar(&ro.digestOnly, "digest", false, "print the workload digest and exit without running")
+	return ro
+}
+
+func defaultCacheDir() string {
+	if d := os.Getenv("CASTELLAN_CACHE_DIR"); d != "" {
+		return d
+	}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(base, "castellan", "wasm")
+}
+
+var runCmd = &Command{
+	Name:    "run",
+	Usage:   "run [flags] app.wasm [-- args...]",
+	Summary: "run a WebAssembly (WASI) workload in a keep",
+	Help: `Runs app.wasm with the descriptors, environment and limits that its config
+names (-c). Arguments after -- are passed to the workload after the config's
+args. The exit status is the workload's; a keep stopped by its wall-time
+limit exits with 124, by its output limit with 125.`,
+}
+
+func init() {
+	DefineFlags("run", func(fs *flag.FlagSet) { addRunFlags(fs) })
+	runCmd.Run = runMain
+	Register(runCmd)
+}
+
+func runMain(e *Env, args []string) int {
+	fs := e.FlagSet(runCmd)
+	ro := addRunFlags(fs)
+	pos, status, ok := e.Parse(runCmd, fs, args)
+	if !ok {
+		return status
+	}
+	pos, extra := splitDashDash(pos)
+	if len(pos) != 1 {
+		return e.Usagef("run: want one module file, got %d (see 'castellan help run')", len(pos))
+	}
+	art, cfg, code := loadWorkload(e, pos[0], ro.configPath)
+	if art == nil {
+		return code
+	}
+	if ro.digestOnly {
+		fmt.Fprintln(e.Stdout, art.Digest)
+		return ExitOK
+	}
+	return runLoaded(e, ro, art, cfg, filepath.Base(pos[0]), configDir(ro.configPath), extra)
+}
+
+// splitDashDash splits positional arguments at the first "--".
+func splitDashDash(pos []string) (before, after []string) {
+	for i, a := range pos {
+		if a == "--" {
+			return pos[:i], pos[i+1:]
+		}
+	}
+	return pos, nil
+}
+
+func configDir(path string) string {
+	if path == "" {
+		return "."
+	}
+	return filepath.Dir(path)
+}
+
+// loadWorkload reads a module and its optional config from disk and builds
+// the workload artifact. On failure it reports and returns a nil artifact
+// with the exit status.
+func loadWorkload(e *Env, wasmPath, configPath string) (*workload.Artifact, *config.Config, int) {
+	wasm, err := readFileLimited(wasmPath, maxModuleSize)
+	if err != nil {
+		return nil, nil, e.Errorf("%v", err)
+	}
+	var cfg *config.Config
+	var raw []byte
+	if configPath != "" {
+		cfg, raw, err = config.Load(configPath)
+		if err != nil {
+			return nil, nil, e.Errorf("%v", err)
+		}
+		for _, w := range cfg.Warnings {
+			e.Warningf("%s", w)
+		}
+	}
+	art, err := workload.New(wasm, raw)
+	if err != nil {
+		return nil, nil, e.Errorf("%s: %v", wasmPath, err)
+	}
+	return art, cfg, ExitOK
+}
+
+func readFileLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.IsDir() {
+		return nil, fmt.Errorf("%s: is a directory, not a module file", path)
+	}
+	if st.Size() > limit {
+		return nil, fmt.Errorf("%s: %d bytes is over the %d byte limit", path, st.Size(), limit)
+	}
+	return io.ReadAll(io.LimitReader(f, limit))
+}
+
+// runArtifact runs a fetched package (used by deploy): the config comes from
+// the artifact's own TOML layer, relative paths resolve against dir.
+func runArtifact(e *Env, ro *runOptions, art *workload.Artifact, name string, args []string) int {
+	var cfg *config.Config
+	if art.Config != nil {
+		var err error
+		cfg, err = config.Parse(name+" config", art.Config)
+		if err != nil {
+			return e.Errorf("%v", err)
+		}
+		for _, w := range cfg.Warnings {
+			e.Warningf("%s", w)
+		}
+	}
+	if ro.digestOnly {
+		fmt.Fprintln(e.Stdout, art.Digest)
+		return ExitOK
+	}
+	return runLoaded(e, ro, art, cfg, name, ".", args)
+}
+
+// runLoaded runs a workload whose bytes and config are in hand.
+func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Config, name, dir string, args []string) int {
+	var limits config.Limits
+	if cfg != nil {
+		limits = cfg.Limits
+	}
+	if ro.memory != "" {
+		n, err := config.ParseSize(ro.memory)
+		if err != nil {
+			return e.Usagef("--memory: %v", err)
+		}
+		const page = 64 << 10
+		if n == 0 || (n+page-1)/page > 65536 {
+			return e.Usagef("--memory: %s is not between 1 byte and 4GiB (65536 pages of 64KiB)", ro.memory)
+		}
+		limits.MemoryPages = uint32((n + page - 1) / page)
+	}
+	if ro.wallTime != 0 {
+		if ro.wallTime < 0 {
+			return e.Usagef("--wall-time: %v is negative", ro.wallTime)
+		}
+		limits.WallTime = ro.wallTime
+	}
+	if ro.maxOutput != "" {
+		n, err := config.ParseSize(ro.maxOutput)
+		if err != nil {
+			return e.Usagef("--max-output: %v", err)
+		}
+		if n == 0 {
+			return e.Usagef("--max-output: must be more than 0")
+		}
+		limits.MaxOutput = int64(n)
+	}
+	if cfg != nil {
+		cfg.Limits = limits
+	}
+	cacheDir := ro.cacheDir
+	if ro.noCache {
+		cacheDir = ""
+	}
+
+	k := &keepProcess{e: e, name: name}
+	stdout, stderr := io.Writer(e.Stdout), io.Writer(e.Stderr)
+	if limits.MaxOutput > 0 {
+		lw := &limitWriter{left: limits.MaxOutput, onLimit: func() {
+			k.stop(ExitMaxOutput, "output limit of %d bytes reached", limits.MaxOutput)
+		}}
+		stdout, stderr = lw.wrap(e.Stdout), lw.wrap(e.Stderr)
+	}
+	if limits.WallTime > 0 {
+		t := time.AfterFunc(limits.WallTime, func() {
+			k.stop(ExitWallTime, "wall time limit of %v reached", limits.WallTime)
+		})
+		defer t.Stop()
+	}
+
+	cert, code := keepCertificate(e, ro, cfg, art)
+	if code != ExitOK {
+		return code
+	}
+	exit, err := runtime.Run(context.Background(), runtime.Options{
+		Name:        name,
+		Wasm:        art.Wasm,
+		Config:      cfg,
+		ConfigDir:   dir,
+		Args:        args,
+		Stdin:       e.Stdin,
+		Stdout:      stdout,
+		Stderr:      stderr,
+		CacheDir:    cacheDir,
+		MemoryPages: limits.MemoryPages,
+		Certificate: cert,
+		Log:         func(f string, a ...any) { e.Infof(f, a...) },
+	})
+	if err != nil {
+		var trap *runtime.TrapError
+		if errors.As(err, &trap) {
+			return e.Errorf("%v", err)
+		}
+		return e.Errorf("%v", err)
+	}
+	return exit
+}
+
+// exitProcess ends the keep process; tests replace it.
+var exitProcess = os.Exit
+
+// keepProcess stops the whole keep process when a limit is reached. Limits
+// are enforced here rather than by interrupting the engine, because wazero's
+// close-on-context-done checks cost 4-7x on hot loops (see RATIONALE.md).
+type keepProcess struct {
+	e    *Env
+	name string
+	once sync.Once
+}
+
+func (k *keepProcess) stop(code int, format string, a ...any) {
+	k.once.Do(func() {
+		k.e.Errorf("%s: stopped: %s", k.name, fmt.Sprintf(format, a...))
+		exitProcess(code)
+	})
+}
+
+// limitWriter counts the bytes of several writers against one budget.
+type limitWriter struct {
+	mu      sync.Mutex
+	left    int64
+	onLimit func()
+}
+
+func (l *limitWriter) wrap(w io.Writer) io.Writer {
+	return writerFunc(func(p []byte) (int, error) {
+		l.mu.Lock()
+		n := int64(len(p))
+		over := n > l.left
+		if over {
+			n = l.left
+		}
+		l.left -= n
+		l.mu.Unlock()
+		m, err := w.Write(p[:n])
+		if over {
+			l.onLimit()
+			return m, fmt.Errorf("output limit reached")
+		}
+		return m, err
+	})
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
