@@ -42,8 +42,9 @@ type Config struct {
 	Files []File
 	// Limits bounds the keep; zero fields mean "no limit given".
 	Limits Limits
-	// Warnings are non-fatal remarks ("line 7: host in a listen entry is an
-	// alias of addr"), to be printed by the caller.
+	// Warnings are non-fatal remarks in the errors' one-line form
+	// ("Enarx.toml:7: host in listen entry ... is read as addr"), to be
+	// printed by the caller.
 	Warnings []string
 }
 

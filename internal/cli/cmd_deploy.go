@@ -1,0 +1,123 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"strings"
+
+	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/packages"
+)
+
+var deployCmd = &Command{
+	Name:    "deploy",
+	Usage:   "deploy [flags] REF [-- args...]",
+	Summary: "run a package from a registry, the local store or an OCI layout",
+	Help: `Fetches the package REF names and runs it in a keep with its own config:
+  name:tag, name@sha256:...          from the local store
+  registry/repo:tag, ...@sha256:...  from an OCI registry (pulled into the store)
+  oci-layout:DIR@sha256:...          from an OCI image-layout folder, offline
+Every blob is checked against its digest, the manifest must be a Castellan
+workload in canonical form, and a pinned digest must match; the workload
+digest that the keep reports is the manifest digest. Takes the flags of run
+except -c (the package carries its config).
+
+A package's config comes from its author. When it names host folders
+(kind = "dir"), deploy refuses to run it unless --allow-dir names each of
+those host paths (relative paths resolve against the working directory).`,
+}
+
+type deployOptions struct {
+	*runOptions
+	*storeOptions
+	allowDirs multiFlag
+}
+
+// multiFlag collects a flag given several times.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(s string) error { *m = append(*m, s); return nil }
+
+func addDeployFlags(fs *flag.FlagSet) *deployOptions {
+	do := &deployOptions{runOptions: addRunFlags(fs), storeOptions: addStoreFlags(fs, true)}
+	fs.Var(&do.allowDirs, "allow-dir", "let the package's config map this host folder (repeat for each); \"all\" allows any")
+	return do
+}
+
+func init() {
+	DefineFlags(deployCmd.Name, func(fs *flag.FlagSet) { addDeployFlags(fs) })
+	deployCmd.Run = func(e *Env, args []string) int {
+		fs := e.FlagSet(deployCmd)
+		do := addDeployFlags(fs)
+		pos, status, ok := e.Parse(deployCmd, fs, args)
+		if !ok {
+			return status
+		}
+		pos, extra := splitDashDash(pos)
+		if len(pos) != 1 {
+			return e.Usagef("deploy: want one package reference, got %d (see 'castellan help deploy')", len(pos))
+		}
+		if do.configPath != "" {
+			return e.Usagef("deploy: -c does not apply: a package carries its own config")
+		}
+		ref, err := packages.ParseRef(pos[0])
+		if err != nil {
+			return e.Usagef("%v", err)
+		}
+		// An oci-layout reference is read offline, without the local store.
+		var s *packages.Store
+		if ref.Layout != "" {
+			opts, code := do.options(e)
+			if code != ExitOK {
+				return code
+			}
+			if s, err = packages.OpenLayout(ref.Layout, opts); err != nil {
+				return e.Errorf("%v", err)
+			}
+		} else if s, status = do.open(e); s == nil {
+			return status
+		}
+		art, err := s.Fetch(context.Background(), pos[0])
+		if err != nil {
+			return packageError(e, err)
+		}
+		name := ref.String()
+		if art.Config != nil && !do.digestOnly {
+			// runArtifact reports a config that does not parse.
+			if cfg, err := config.Parse(name+" config", art.Config); err == nil {
+				if code := checkDirs(e, cfg, do.allowDirs); code != ExitOK {
+					return code
+				}
+			}
+		}
+		return runArtifact(e, do.runOptions, art, name, extra)
+	}
+	Register(deployCmd)
+}
+
+// checkDirs refuses host folders that the package's author chose and the
+// deployer did not allow: a package from a registry must not get, say,
+// path = "/" or the deployer's home folder unasked.
+func checkDirs(e *Env, cfg *config.Config, allowed []string) int {
+	var refused []string
+	for _, f := range cfg.Files {
+		if f.Kind != config.KindDir {
+			continue
+		}
+		ok := false
+		for _, a := range allowed {
+			ok = ok || a == "all" || a == f.Path
+		}
+		if !ok {
+			refused = append(refused, fmt.Sprintf("%s (as %s)", f.Path, f.Name))
+		}
+	}
+	if len(refused) == 0 {
+		return ExitOK
+	}
+	e.Errorf("the package's config maps host folders that were not allowed: %s", strings.Join(refused, ", "))
+	e.Hintf("check them, then pass --allow-dir PATH for each (as written in the config)")
+	return ExitError
+}
