@@ -37,6 +37,7 @@ type runOptions struct {
 	wallTime   time.Duration
 	maxOutput  string
 	digestOnly bool
+	report     string
 }
 
 func addRunFlags(fs *flag.FlagSet) *runOptions {
@@ -51,6 +52,7 @@ func addRunFlags(fs *flag.FlagSet) *runOptions {
 	fs.DurationVar(&ro.wallTime, "wall-time", 0, "stop the keep after this long, e.g. 30s (overrides the config's [limits] wall_time)")
 	fs.StringVar(&ro.maxOutput, "max-output", "", "stop the keep once stdout and stderr together pass this size, e.g. 10MiB")
 	fs.BoolVar(&ro.digestOnly, "digest", false, "print the workload digest and exit without running")
+	fs.StringVar(&ro.report, "report", "", "before the workload starts, write the keep's certificate, claims and evidence to this JSON file")
 	return ro
 }
 

@@ -2,10 +2,14 @@ package cli
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -13,6 +17,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/workload"
+	"github.com/castellan-dev/castellan/keepcert"
 )
 
 // attestTimeout bounds the whole exchange with the attestation service.
@@ -22,7 +27,9 @@ const attestTimeout = 30 * time.Second
 // starts. With an attestation service (--attest or the config's steward)
 // the keep proves itself with the backend's evidence and gets a certificate
 // whose claims the service checked; without one, a self-signed certificate
-// that says it is not attested, made only when a TLS descriptor needs it.
+// that says it is not attested, made only when a TLS descriptor or
+// --report needs it. With --report, the keep then writes what it is and
+// what proves it (keepReport) before the workload starts.
 func keepCertificate(e *Env, ro *runOptions, cfg *config.Config, art *workload.Artifact) (*tls.Certificate, int) {
 	backend, err := tee.Open(ro.backend)
 	if err != nil {
@@ -37,47 +44,56 @@ func keepCertificate(e *Env, ro *runOptions, cfg *config.Config, art *workload.A
 	if url == "" && cfg != nil {
 		url = cfg.Steward
 	}
-	if url == "" {
-		if !usesTLS(cfg) {
-			return nil, ExitOK
+	digest := art.Digest.String()
+	var cert *tls.Certificate
+	switch {
+	case url != "":
+		if cert, err = attestedCertificate(e, ro, url, backend, digest); err != nil {
+			return nil, e.Errorf("attestation with %s: %v", url, err)
 		}
-		cert, err := client.SelfSigned(art.Digest.String())
-		if err != nil {
+	case usesTLS(cfg) || ro.report != "":
+		if cert, err = client.SelfSigned(digest); err != nil {
 			return nil, e.Errorf("keep certificate: %v", err)
 		}
-		e.Warningf("no attestation service (--attest or steward in the config): the keep's TLS certificate is self-signed and not attested")
-		return cert, ExitOK
+		if usesTLS(cfg) {
+			e.Warningf("no attestation service (--attest or steward in the config): the keep's TLS certificate is self-signed and not attested")
+		}
 	}
+	if ro.report != "" {
+		if err := writeKeepReport(ro.report, cert, backend, url, digest); err != nil {
+			return nil, e.Errorf("--report %s: %v", ro.report, err)
+		}
+	}
+	return cert, ExitOK
+}
+
+func attestedCertificate(e *Env, ro *runOptions, url string, backend tee.Backend, digest string) (*tls.Certificate, error) {
 	if !strings.HasPrefix(url, "https://") {
-		return nil, e.Usagef("attestation service %q: must be an https:// URL", url)
+		return nil, fmt.Errorf("must be an https:// URL")
 	}
 	var roots *x509.CertPool
 	if ro.attestCA != "" {
-		pem, err := os.ReadFile(ro.attestCA)
+		b, err := os.ReadFile(ro.attestCA)
 		if err != nil {
-			return nil, e.Errorf("--attest-ca: %v", err)
+			return nil, fmt.Errorf("--attest-ca: %w", err)
 		}
 		roots = x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
-			return nil, e.Errorf("--attest-ca: %s: no PEM certificate in it", ro.attestCA)
+		if !roots.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("--attest-ca: %s: no PEM certificate in it", ro.attestCA)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), attestTimeout)
 	defer cancel()
-	cert, claims, err := client.Obtain(ctx, url, roots, backend, art.Digest.String(), "")
+	cert, claims, err := client.Obtain(ctx, url, roots, backend, digest, "")
 	if err != nil {
-		return nil, e.Errorf("attestation with %s: %v", url, err)
+		return nil, err
 	}
 	what := claims.Platform
 	if claims.Insecure {
 		what += ", insecure"
 	}
-	until := ""
-	if cert.Leaf != nil {
-		until = fmt.Sprintf(", valid until %s", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
-	}
-	e.Infof("attested by %s (%s%s)", url, what, until)
-	return cert, ExitOK
+	e.Infof("attested by %s (%s, certificate valid until %s)", url, what, cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	return cert, nil
 }
 
 // usesTLS reports whether any descriptor ends or starts TLS in the keep.
@@ -91,4 +107,80 @@ func usesTLS(cfg *config.Config) bool {
 		}
 	}
 	return false
+}
+
+// keepReport is what `castellan run --report FILE` writes before the
+// workload starts, for tools that show a keep (the console): the keep's
+// certificate and its claims, and fresh evidence binding the certificate's
+// key. A report is a convenience for local tools, not proof: whoever
+// relies on it verifies the evidence (internal/attest/verify) or the
+// certificate chain (keepcert) themselves.
+type keepReport struct {
+	WorkloadDigest     string           `json:"workload_digest"`
+	Backend            string           `json:"backend"`
+	Platform           string           `json:"platform"`
+	Attested           bool             `json:"attested"`
+	AttestationService string           `json:"attestation_service"`
+	CertificateChain   []string         `json:"certificate_chain"`
+	Claims             *keepcert.Claims `json:"claims"`
+	// Evidence is the base64 CBOR evidence.Envelope over the certificate's
+	// key, a fresh random nonce and the workload digest; absent for the
+	// nil backend without a service.
+	Evidence []byte `json:"evidence,omitempty"`
+}
+
+func writeKeepReport(path string, cert *tls.Certificate, backend tee.Backend, url, digest string) error {
+	r := keepReport{WorkloadDigest: digest, Backend: backend.Name(), Platform: backend.Platform(), Attested: url != "", AttestationService: url}
+	for _, der := range cert.Certificate {
+		r.CertificateChain = append(r.CertificateChain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	}
+	claims, err := keepcert.FromCertificate(cert.Leaf)
+	if err != nil {
+		return err
+	}
+	r.Claims = claims
+	if backend.Name() != tee.NameNil || url != "" {
+		spki, err := x509.MarshalPKIXPublicKey(cert.Leaf.PublicKey)
+		if err != nil {
+			return err
+		}
+		nonce := make([]byte, 32)
+		rand.Read(nonce)
+		ctx, cancel := context.WithTimeout(context.Background(), attestTimeout)
+		defer cancel()
+		env, err := tee.Attest(ctx, backend, spki, nonce, digest)
+		if err != nil {
+			return fmt.Errorf("evidence: %w", err)
+		}
+		if r.Evidence, err = env.Marshal(); err != nil {
+			return err
+		}
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, append(b, '\n'), 0o644)
+}
+
+// writeFileAtomic writes a temporary file beside path and renames it into
+// place, so that readers never see half a file.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }
