@@ -1,0 +1,176 @@
+package policy
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/attest/evidence"
+)
+
+func TestExample(t *testing.T) {
+	s, err := Load("testdata/policy.toml", "testdata/measurements.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := s.Policy
+	if time.Duration(p.NonceLifetime) != time.Minute || p.MaxNonces != 10000 || time.Duration(p.CertificateLifetime) != time.Hour {
+		t.Errorf("policy %+v", p)
+	}
+	if len(s.SimRoots["snp"]) != 1 || len(s.SimRoots["tdx"]) != 1 || s.AnyWorkload {
+		t.Errorf("snapshot %+v", s)
+	}
+	if len(s.Measurements["snp"]) != 2 || len(s.Measurements["tdx"]) != 1 {
+		t.Errorf("measurements %+v", s.Measurements)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	s, err := parse("p.toml", []byte(`workloads = ["any"]`), "m.toml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Duration(s.Policy.NonceLifetime) != DefaultNonceLifetime || s.Policy.MaxNonces != DefaultMaxNonces ||
+		time.Duration(s.Policy.CertificateLifetime) != DefaultCertificateLifetime || !s.AnyWorkload {
+		t.Errorf("defaults %+v", s.Policy)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	const okPolicy = "workloads = [\"any\"]\n"
+	tests := []struct {
+		name, policy, meas, want string
+	}{
+		{"unknown top-level key", "workloads = [\"any\"]\n\nallow_insecur = true\n", "", "p.toml:3: unknown key allow_insecur"},
+		{"unknown nested key", "workloads = [\"any\"]\n[platforms.snp]\nmin_tbc = {}\n", "", "p.toml:3: unknown key platforms.snp.min_tbc"},
+		{"unknown measurement key", okPolicy, "[[measurement]]\nplatform = \"snp\"\nvalu = \"00\"\n", "m.toml:3: unknown key measurement.valu"},
+		{"syntax", "workloads = [\n", "", "p.toml:"},
+		{"bad duration", "workloads = [\"any\"]\nnonce_lifetime = \"soon\"\n", "", "p.toml:2"},
+		{"no workloads", "allow_insecure = true\n", "", "workloads is empty"},
+		{"any with others", "workloads = [\"any\", \"sha256:" + strings.Repeat("0", 64) + "\"]\n", "", `"any" must be alone`},
+		{"bad digest", "workloads = [\"sha256:xyz\"]\n", "", "is not a sha256"},
+		{"unknown platform", okPolicy + "[platforms.sgx]\n", "", "platforms.sgx: unknown platform"},
+		{"none as a platform", okPolicy + "[platforms.none]\n", "", "allow_insecure"},
+		{"unknown tcb component", okPolicy + "[platforms.snp.min_tcb]\nqe_svn = 1\n", "", `unknown component "qe_svn"`},
+		{"tdx svn out of range", okPolicy + "[platforms.tdx.min_tcb]\n\"tee_tcb_svn.16\" = 1\n", "", "unknown component"},
+		{"empty revoked tcb", okPolicy + "[[platforms.snp.revoked_tcb]]\n", "", "names no component"},
+		{"missing sim root", okPolicy + "[platforms.snp]\nsim_roots = [\"nope.pem\"]\n", "", "nope.pem"},
+		{"negative max nonces", okPolicy + "max_nonces = -1\n", "", "max_nonces"},
+		{"short measurement", okPolicy, "[[measurement]]\nplatform = \"snp\"\nvalue = \"0011\"\n", "m.toml: measurement 1: value must be 96 hex digits"},
+		{"measurement platform", okPolicy, "[[measurement]]\nplatform = \"none\"\nvalue = \"" + strings.Repeat("00", 48) + "\"\n", "measurement 1: platform \"none\""},
+		{"duplicate measurement", okPolicy, strings.Repeat("[[measurement]]\nplatform = \"tdx\"\nvalue = \""+strings.Repeat("AB", 48)+"\"\n", 2), "measurement 2: value listed twice"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parse("p.toml", []byte(tt.policy), "m.toml", []byte(tt.meas))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error on more than one line: %q", err)
+			}
+		})
+	}
+}
+
+func TestCheck(t *testing.T) {
+	s, err := Load("testdata/policy.toml", "testdata/measurements.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := hex.DecodeString("8c1a4ed06a0ab8d1ef4a7f4c25b4ec1e2f1b0a9f0c4d2e3b6a7988c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5")
+	revokedM, _ := hex.DecodeString("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f")
+	wl := s.Policy.Workloads[0]
+	good := func() *evidence.Claims {
+		return &evidence.Claims{Platform: "snp", Simulated: true, Measurement: m, WorkloadDigest: wl,
+			TCB: map[string]uint64{"bootloader": 4, "tee": 0, "snp": 22, "microcode": 213}}
+	}
+	tests := []struct {
+		name  string
+		edit  func(c *evidence.Claims)
+		check string
+	}{
+		{"good", func(c *evidence.Claims) {}, ""},
+		{"none", func(c *evidence.Claims) { c.Platform = "none" }, CheckInsecure},
+		{"debug", func(c *evidence.Claims) { c.Debug = true }, CheckDebug},
+		{"tcb low", func(c *evidence.Claims) { c.TCB["microcode"] = 208 }, CheckTCB},
+		{"tcb missing", func(c *evidence.Claims) { delete(c.TCB, "snp") }, CheckTCB},
+		{"tcb revoked", func(c *evidence.Claims) { c.TCB["snp"] = 21 }, CheckRevoked},
+		{"measurement unknown", func(c *evidence.Claims) { c.Measurement = bytes.Repeat([]byte{9}, 48) }, CheckMeasurement},
+		{"measurement of the other platform", func(c *evidence.Claims) {
+			c.Platform = "tdx"
+			c.TCB = map[string]uint64{"tee_tcb_svn.0": 5, "qe_svn": 8, "pce_svn": 11}
+		}, CheckMeasurement},
+		{"measurement revoked", func(c *evidence.Claims) { c.Measurement = revokedM }, CheckRevoked},
+		{"workload", func(c *evidence.Claims) { c.WorkloadDigest = "sha256:" + strings.Repeat("1", 64) }, CheckWorkload},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := good()
+			tt.edit(c)
+			r := s.Check(c)
+			switch {
+			case tt.check == "" && r != nil:
+				t.Fatalf("refused: %v", r)
+			case tt.check != "" && (r == nil || r.Check != tt.check):
+				t.Fatalf("refusal %+v, want %s", r, tt.check)
+			}
+		})
+	}
+	// A platform the policy does not name is refused.
+	s2, _ := parse("p.toml", []byte(`workloads = ["any"]`), "m.toml", nil)
+	if r := s2.Check(good()); r == nil || r.Check != CheckRevoked {
+		t.Errorf("unlisted platform: %+v", r)
+	}
+}
+
+// Watch picks up a change and keeps the old snapshot on a bad edit.
+func TestWatch(t *testing.T) {
+	dir := t.TempDir()
+	pf, mf := filepath.Join(dir, "p.toml"), filepath.Join(dir, "m.toml")
+	write := func(path, s string) {
+		// Atomically, as an owner's deploy tool would; Watch also waits
+		// for contents to settle, but a test must not depend on timing.
+		if err := os.WriteFile(path+".new", []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".new", path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(pf, `workloads = ["any"]`)
+	write(mf, "")
+	st, err := Open(pf, mf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reports := make(chan error, 10)
+	go st.Watch(ctx, 5*time.Millisecond, func(err error) { reports <- err })
+	wait := func() error {
+		select {
+		case err := <-reports:
+			return err
+		case <-time.After(10 * time.Second):
+			t.Fatal("no reload reported")
+		}
+		return nil
+	}
+	write(pf, "workloads = [\"any\"]\nallow_insecure = true\n")
+	if err := wait(); err != nil || !st.Current().Policy.AllowInsecure {
+		t.Fatalf("reload: %v, allow_insecure %v", err, st.Current().Policy.AllowInsecure)
+	}
+	write(pf, "workloads = [\"any\"]\nallow_insecure = false\nnope = 1\n")
+	if err := wait(); err == nil || !strings.Contains(err.Error(), ":3: unknown key nope") {
+		t.Fatalf("bad edit reported as %v", err)
+	}
+	if !st.Current().Policy.AllowInsecure {
+		t.Error("a bad edit replaced the policy")
+	}
+}

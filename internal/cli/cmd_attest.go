@@ -1,0 +1,250 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/attest/audit"
+	"github.com/castellan-dev/castellan/internal/attest/ca"
+	"github.com/castellan-dev/castellan/internal/attest/policy"
+	"github.com/castellan-dev/castellan/internal/attest/service"
+	"github.com/castellan-dev/castellan/internal/attest/verify"
+	"github.com/google/go-sev-guest/verify/trust"
+)
+
+var attestServeCmd = &Command{
+	Name:    "attest serve",
+	Usage:   "attest serve --policy policy.toml --measurements measurements.toml [flags]",
+	Summary: "run the attestation service that certifies keeps",
+	Help: `Serves the attestation API over HTTPS: keeps ask for a challenge, send
+their hardware evidence with a CSR, and get a short-lived certificate whose
+extension carries the checked claims, or a refusal naming the failed check.
+
+The service's CA is generated on first start and kept in the state directory
+(ca.pem, and ca-key.pem with mode 0600), unless --ca-cert and --ca-key name
+files. Relying parties trust ca.pem ('castellan verify --ca ca.pem'); the
+service's own TLS certificate is issued by the same CA at each start.
+
+The policy and the measurement database are reloaded on SIGHUP and when
+either file changes; a bad edit is reported and the old version stays in
+force. Every decision goes to the audit log (--database).`,
+}
+
+type attestServeFlags struct {
+	listen, policy, measurements, database, caCert, caKey, stateDir, hostnames *string
+	reload                                                                     *time.Duration
+	fetchVCEK                                                                  *bool
+}
+
+func addAttestServeFlags(fs *flag.FlagSet) *attestServeFlags {
+	return &attestServeFlags{
+		listen:       fs.String("listen", "127.0.0.1:8443", "address to serve HTTPS on"),
+		policy:       fs.String("policy", "", "policy file (TOML, required)"),
+		measurements: fs.String("measurements", "", "measurement database (TOML, required)"),
+		database:     fs.String("database", "", "audit log: sqlite:PATH or postgres://... (default sqlite:STATE-DIR/audit.db)"),
+		caCert:       fs.String("ca-cert", "", "CA certificate (PEM), with --ca-key, instead of the state directory's"),
+		caKey:        fs.String("ca-key", "", "CA private key (PEM, mode 0600)"),
+		stateDir:     fs.String("state-dir", "", "where the CA and the default audit log live (default CONFIG-DIR/castellan/attest)"),
+		hostnames:    fs.String("hostnames", "", "extra comma-separated names for the service's TLS certificate"),
+		reload:       fs.Duration("reload-interval", 2*time.Second, "how often to check the policy files for changes"),
+		fetchVCEK:    fs.Bool("fetch-vcek", false, "fetch VCEK certificates from AMD's key server for SEV-SNP evidence without them (cached)"),
+	}
+}
+
+// defaultStateDir is $CASTELLAN_CONFIG_DIR/attest, else
+// os.UserConfigDir()/castellan/attest.
+func defaultStateDir() (string, error) {
+	if d := os.Getenv("CASTELLAN_CONFIG_DIR"); d != "" {
+		return filepath.Join(d, "attest"), nil
+	}
+	d, err := os.UserConfigDir()
+	if err != nil {
+		return "", fmt.Errorf("no config directory for the state (give --state-dir): %w", err)
+	}
+	return filepath.Join(d, "castellan", "attest"), nil
+}
+
+func init() {
+	Register(attestServeCmd)
+	DefineFlags(attestServeCmd.Name, func(fs *flag.FlagSet) { addAttestServeFlags(fs) })
+	attestServeCmd.Run = func(e *Env, args []string) int {
+		fs := e.FlagSet(attestServeCmd)
+		f := addAttestServeFlags(fs)
+		pos, status, ok := e.Parse(attestServeCmd, fs, args)
+		if !ok {
+			return status
+		}
+		if len(pos) != 0 {
+			return e.Usagef("attest serve: takes no arguments, got %q", pos[0])
+		}
+		if *f.policy == "" || *f.measurements == "" {
+			return e.Usagef("attest serve: --policy and --measurements are required")
+		}
+		if (*f.caCert == "") != (*f.caKey == "") {
+			return e.Usagef("attest serve: give both --ca-cert and --ca-key, or neither")
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return serveAttest(ctx, e, f)
+	}
+}
+
+func serveAttest(ctx context.Context, e *Env, f *attestServeFlags) int {
+	store, err := policy.Open(*f.policy, *f.measurements)
+	if err != nil {
+		return e.Errorf("%v", err)
+	}
+	stateDir := *f.stateDir
+	if stateDir == "" {
+		if stateDir, err = defaultStateDir(); err != nil {
+			return e.Errorf("%v", err)
+		}
+	}
+	var authority *ca.CA
+	caPath := *f.caCert
+	if caPath != "" {
+		authority, err = ca.Load(*f.caCert, *f.caKey)
+	} else {
+		authority, err = ca.LoadOrCreate(stateDir)
+		caPath = filepath.Join(stateDir, ca.CertFile)
+	}
+	if err != nil {
+		return e.Errorf("%v", err)
+	}
+	db := *f.database
+	if db == "" {
+		db = "sqlite:" + filepath.Join(stateDir, "audit.db")
+	}
+	log, err := audit.Open(ctx, db)
+	if err != nil {
+		return e.Errorf("%v", err)
+	}
+	defer log.Close()
+
+	var vcek trust.HTTPSGetter
+	if *f.fetchVCEK {
+		vcek = verify.NewCachingGetter(&trust.RetryHTTPSGetter{Timeout: 20 * time.Second, MaxRetryDelay: 5 * time.Second, Getter: &trust.SimpleHTTPSGetter{}})
+	}
+	svc, err := service.New(service.Config{
+		VCEKGetter: vcek,
+		Policy:     store,
+		CA:         authority,
+		Audit:      log,
+		Logf:       func(format string, a ...any) { e.Warningf(format, a...) },
+		Decided: func(d audit.Decision) {
+			if d.Accepted {
+				e.Infof("issued %s to %s: %s%s %s", d.Serial, d.Remote, d.Platform, simTag(d.Simulated), d.WorkloadDigest)
+			} else {
+				e.Infof("refused %s (%s): %s", d.Remote, d.Check, d.Reason)
+			}
+		},
+	})
+	if err != nil {
+		return e.Errorf("%v", err)
+	}
+	ln, err := net.Listen("tcp", *f.listen)
+	if err != nil {
+		return e.Errorf("--listen: %v", err)
+	}
+	hosts := []string{"localhost", "127.0.0.1", "::1"}
+	if h, _, err := net.SplitHostPort(*f.listen); err == nil && h != "" && !net.ParseIP(h).IsUnspecified() {
+		hosts = append(hosts, h)
+	} else if name, err := os.Hostname(); err == nil {
+		hosts = append(hosts, name)
+	}
+	for _, h := range strings.Split(*f.hostnames, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			hosts = append(hosts, h)
+		}
+	}
+	tlsCert, err := authority.ServerCertificate(hosts, 90*24*time.Hour)
+	if err != nil {
+		ln.Close()
+		return e.Errorf("%v", err)
+	}
+	srv := &http.Server{
+		Handler:           svc,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{*tlsCert}, MinVersion: tls.VersionTLS12},
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          nil,
+	}
+
+	// Reload on SIGHUP and on change.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if changed, err := store.Reload(); err != nil {
+					e.Warningf("reload: %v (the previous policy stays in force)", err)
+				} else if changed {
+					e.Infof("reloaded %s and %s", *f.policy, *f.measurements)
+				} else {
+					e.Infof("reload: no change")
+				}
+			}
+		}
+	}()
+	go store.Watch(ctx, *f.reload, func(err error) {
+		if err != nil {
+			e.Warningf("reload: %v (the previous policy stays in force)", err)
+		} else {
+			e.Infof("reloaded %s and %s", *f.policy, *f.measurements)
+		}
+	})
+
+	e.Infof("attestation service on https://%s (CA %s, audit log %s)", ln.Addr(), caPath, redactDSN(db))
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	select {
+	case err := <-errc:
+		return e.Errorf("attestation service: %v", err)
+	case <-ctx.Done():
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return e.Errorf("attestation service: shutting down: %v", err)
+	}
+	e.Infof("attestation service stopped")
+	return ExitOK
+}
+
+func simTag(sim bool) string {
+	if sim {
+		return " (simulated)"
+	}
+	return ""
+}
+
+// redactDSN hides a password in a postgres:// DSN for printing.
+func redactDSN(dsn string) string {
+	if i := strings.Index(dsn, "://"); i >= 0 {
+		if at := strings.LastIndex(dsn, "@"); at > i {
+			userinfo := dsn[i+3 : at]
+			if c := strings.Index(userinfo, ":"); c >= 0 {
+				return dsn[:i+3] + userinfo[:c] + ":***" + dsn[at:]
+			}
+		}
+	}
+	return dsn
+}

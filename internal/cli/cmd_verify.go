@@ -1,0 +1,232 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/castellan-dev/castellan/keepcert"
+)
+
+var verifyCmd = &Command{
+	Name:    "verify",
+	Usage:   "verify https://host:port --ca ca.pem [--digest sha256:...] [--platform snp,tdx] [--allow-insecure] [--json]",
+	Summary: "check a keep's certificate and print what it proves",
+	Help: `Connects to a keep's TLS listener, checks that its certificate chains to the
+attestation service's CA (--ca), and that its claims match what is expected:
+the workload digest (--digest), the platform (--platform), and that it is not
+insecure (no TEE, simulated hardware, or self-signed) unless --allow-insecure.
+Prints the claims; exits non-zero with the reason on any mismatch.
+
+Keeps are identified by their claims, not by host names: the host name in
+the URL is not checked against the certificate.`,
+}
+
+type verifyFlags struct {
+	ca, digest, platform *string
+	allowInsecure, json  *bool
+	timeout              *time.Duration
+}
+
+func addVerifyFlags(fs *flag.FlagSet) *verifyFlags {
+	return &verifyFlags{
+		ca:            fs.String("ca", "", "the attestation service's CA certificate (PEM)"),
+		digest:        fs.String("digest", "", "workload digest the keep must run (sha256:...)"),
+		platform:      fs.String("platform", "", "comma-separated platforms accepted (snp, tdx, none)"),
+		allowInsecure: fs.Bool("allow-insecure", false, "accept keeps without a TEE, on simulated hardware, or self-signed"),
+		json:          fs.Bool("json", false, "print JSON"),
+		timeout:       fs.Duration("timeout", 10*time.Second, "connection timeout"),
+	}
+}
+
+// verifyOutput is what --json prints.
+type verifyOutput struct {
+	URL            string            `json:"url"`
+	Verified       bool              `json:"verified"`
+	Error          string            `json:"error,omitempty"`
+	Check          string            `json:"check,omitempty"`
+	Attested       bool              `json:"attested"`
+	Platform       string            `json:"platform"`
+	Simulated      bool              `json:"simulated"`
+	Insecure       bool              `json:"insecure"`
+	Debug          bool              `json:"debug"`
+	TCB            map[string]uint64 `json:"tcb,omitempty"`
+	Measurement    string            `json:"measurement,omitempty"`
+	WorkloadDigest string            `json:"workload_digest"`
+	Package        string            `json:"package,omitempty"`
+	Issuer         string            `json:"issuer"`
+	Serial         string            `json:"serial"`
+	NotAfter       time.Time         `json:"not_after"`
+}
+
+func init() {
+	Register(verifyCmd)
+	DefineFlags(verifyCmd.Name, func(fs *flag.FlagSet) { addVerifyFlags(fs) })
+	verifyCmd.Run = func(e *Env, args []string) int {
+		fs := e.FlagSet(verifyCmd)
+		f := addVerifyFlags(fs)
+		pos, status, ok := e.Parse(verifyCmd, fs, args)
+		if !ok {
+			return status
+		}
+		if len(pos) != 1 {
+			return e.Usagef("verify: want one https://host:port argument")
+		}
+		addr, err := keepAddress(pos[0])
+		if err != nil {
+			return e.Usagef("verify: %v", err)
+		}
+		exp := keepcert.Expect{Digest: *f.digest, AllowInsecure: *f.allowInsecure}
+		if *f.platform != "" {
+			for _, p := range strings.Split(*f.platform, ",") {
+				p = strings.TrimSpace(p)
+				switch p {
+				case keepcert.PlatformSNP, keepcert.PlatformTDX, keepcert.PlatformNone:
+				default:
+					return e.Usagef("--platform: unknown platform %q (snp, tdx, none)", p)
+				}
+				exp.Platforms = append(exp.Platforms, p)
+			}
+		}
+		if *f.digest != "" && !strings.HasPrefix(*f.digest, "sha256:") {
+			return e.Usagef("--digest: %q does not start with sha256:", *f.digest)
+		}
+		if *f.ca != "" {
+			b, err := os.ReadFile(*f.ca)
+			if err != nil {
+				return e.Errorf("--ca: %v", err)
+			}
+			exp.Roots = x509.NewCertPool()
+			if !exp.Roots.AppendCertsFromPEM(b) {
+				return e.Errorf("--ca: %s: no PEM certificate in it", *f.ca)
+			}
+		} else if !*f.allowInsecure {
+			return e.Usagef("verify: --ca is required (the attestation service's ca.pem), unless --allow-insecure")
+		}
+
+		ctx, cancel := context.WithTimeout(context.Background(), *f.timeout)
+		defer cancel()
+		host, _, _ := net.SplitHostPort(addr)
+		d := tls.Dialer{Config: &tls.Config{
+			// The chain and claims are checked below by keepcert; keeps are
+			// not named by host names.
+			InsecureSkipVerify: true,
+			ServerName:         host,
+			MinVersion:         tls.VersionTLS12,
+		}}
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return e.Errorf("verify: connecting to %s: %v", addr, err)
+		}
+		cs := conn.(*tls.Conn).ConnectionState()
+		conn.Close()
+		claims, verr := keepcert.VerifyConnectionState(cs, exp)
+		out := verifyOutput{URL: pos[0], Verified: verr == nil}
+		if len(cs.PeerCertificates) > 0 {
+			leaf := cs.PeerCertificates[0]
+			out.Issuer = leaf.Issuer.String()
+			out.Serial = hex.EncodeToString(leaf.SerialNumber.Bytes())
+			out.NotAfter = leaf.NotAfter.UTC()
+		}
+		if claims != nil {
+			out.Attested, out.Platform, out.Simulated, out.Insecure, out.Debug = claims.Attested, claims.Platform, claims.Simulated, claims.Insecure, claims.Debug
+			out.TCB, out.WorkloadDigest, out.Package = claims.TCB, claims.WorkloadDigest, claims.Package
+			out.Measurement = hex.EncodeToString(claims.Measurement)
+		}
+		if verr != nil {
+			out.Error = verr.Error()
+			if ke, ok := verr.(*keepcert.Error); ok {
+				out.Check = ke.Check
+			}
+		}
+		switch {
+		case *f.json:
+			enc := json.NewEncoder(e.Stdout)
+			enc.SetIndent("", "  ")
+			enc.Encode(out)
+		case claims != nil:
+			printClaims(e, &out)
+		}
+		if verr != nil {
+			return e.Errorf("keep at %s: %v", pos[0], verr)
+		}
+		return ExitOK
+	}
+}
+
+// keepAddress turns https://host:port (or host:port) into a dial address.
+func keepAddress(s string) (string, error) {
+	if !strings.Contains(s, "://") {
+		s = "https://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("%q: %v", s, err)
+	}
+	if u.Scheme != "https" {
+		return "", fmt.Errorf("%q: want an https:// URL", s)
+	}
+	if u.Host == "" {
+		return "", fmt.Errorf("%q: no host", s)
+	}
+	if u.Port() == "" {
+		return net.JoinHostPort(u.Hostname(), "443"), nil
+	}
+	return u.Host, nil
+}
+
+func printClaims(e *Env, o *verifyOutput) {
+	w := e.Stdout
+	yes := func(b bool) string {
+		if b {
+			return "yes"
+		}
+		return "no"
+	}
+	platform := o.Platform
+	if o.Simulated {
+		platform += " (simulated)"
+	}
+	fmt.Fprintf(w, "keep:        %s\n", o.URL)
+	fmt.Fprintf(w, "workload:    %s\n", o.WorkloadDigest)
+	if o.Package != "" {
+		fmt.Fprintf(w, "package:     %s\n", o.Package)
+	}
+	fmt.Fprintf(w, "platform:    %s\n", platform)
+	fmt.Fprintf(w, "attested:    %s\n", yes(o.Attested))
+	fmt.Fprintf(w, "insecure:    %s\n", yes(o.Insecure))
+	fmt.Fprintf(w, "debug:       %s\n", yes(o.Debug))
+	if o.Measurement != "" {
+		fmt.Fprintf(w, "measurement: %s\n", o.Measurement)
+	}
+	if len(o.TCB) > 0 {
+		keys := make([]string, 0, len(o.TCB))
+		for k := range o.TCB {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		var parts []string
+		for _, k := range keys {
+			parts = append(parts, fmt.Sprintf("%s=%d", k, o.TCB[k]))
+		}
+		fmt.Fprintf(w, "tcb:         %s\n", strings.Join(parts, " "))
+	}
+	fmt.Fprintf(w, "issuer:      %s\n", o.Issuer)
+	fmt.Fprintf(w, "serial:      %s\n", o.Serial)
+	fmt.Fprintf(w, "valid until: %s\n", o.NotAfter.Format(time.RFC3339))
+	if o.Verified {
+		fmt.Fprintf(w, "verified:    yes\n")
+	} else {
+		fmt.Fprintf(w, "verified:    no\n")
+	}
+}
