@@ -1,0 +1,254 @@
+package runtime
+
+import (
+	"errors"
+	"fmt"
+)
+
+// maxLocals bounds the locals of one function, as wasmtime does.
+const maxLocals = 50000
+
+// precheck walks the module's sections before wazero decodes it and
+// refuses vector counts larger than the bytes that could hold them. wazero
+// allocates a vector as soon as it reads its count, so a 20-byte module
+// claiming four billion parameters would otherwise cost gigabytes (found by
+// FuzzCheck). It checks sizes only; wazero still validates everything.
+func precheck(wasm []byte) error {
+	r := &reader{b: wasm, pos: 8}
+	for r.pos < len(r.b) {
+		id := r.byte()
+		size := r.u32()
+		if r.err != nil {
+			return r.err
+		}
+		if uint64(size) > uint64(len(r.b)-r.pos) {
+			return fmt.Errorf("section %d: size %d runs past the end of the module", id, size)
+		}
+		s := &reader{b: r.b[r.pos : r.pos+int(size)]}
+		r.pos += int(size)
+		switch id {
+		case 0:
+			s.custom()
+		case 1:
+			s.vec(func() { // function types
+				if s.byte() != 0x60 {
+					s.fail("function type does not start with 0x60")
+					return
+				}
+				s.skip(int(s.count())) // params: one byte each at least
+				s.skip(int(s.count())) // results
+			})
+		case 2, 3, 4, 5, 6, 7, 13:
+			s.count()
+		case 9:
+			s.vec(s.elementSegment)
+		case 11:
+			s.vec(s.dataSegment)
+		case 10:
+			s.vec(func() { // code
+				n := s.u32()
+				if uint64(n) > uint64(len(s.b)-s.pos) {
+					s.fail("function body runs past the end of the section")
+					return
+				}
+				body := &reader{b: s.b[s.pos : s.pos+int(n)]}
+				s.pos += int(n)
+				total := uint64(0)
+				body.vec(func() {
+					total += uint64(body.u32())
+					body.byte()
+					if total > maxLocals {
+						body.fail(fmt.Sprintf("more than %d locals", maxLocals))
+					}
+				})
+				if body.err != nil {
+					s.err = body.err
+				}
+			})
+		}
+		if s.err != nil {
+			return fmt.Errorf("section %d: %w", id, s.err)
+		}
+	}
+	return r.err
+}
+
+type reader struct {
+	b   []byte
+	pos int
+	err error
+}
+
+var errShort = errors.New("unexpected end")
+
+func (r *reader) fail(msg string) {
+	if r.err == nil {
+		r.err = errors.New(msg)
+	}
+}
+
+func (r *reader) byte() byte {
+	if r.err != nil {
+		return 0
+	}
+	if r.pos >= len(r.b) {
+		r.err = errShort
+		return 0
+	}
+	c := r.b[r.pos]
+	r.pos++
+	return c
+}
+
+// u32 reads an unsigned LEB128 number of at most 5 bytes.
+func (r *reader) u32() uint32 {
+	var v uint64
+	for shift := 0; shift < 35; shift += 7 {
+		c := r.byte()
+		if r.err != nil {
+			return 0
+		}
+		v |= uint64(c&0x7f) << shift
+		if c&0x80 == 0 {
+			if v > 1<<32-1 {
+				r.fail("number does not fit in 32 bits")
+				return 0
+			}
+			return uint32(v)
+		}
+	}
+	r.fail("number longer than 5 bytes")
+	return 0
+}
+
+// count reads a vector length and checks that the rest of the section has
+// at least one byte per element.
+func (r *reader) count() uint32 {
+	n := r.u32()
+	if r.err == nil && uint64(n) > uint64(len(r.b)-r.pos) {
+		r.fail(fmt.Sprintf("vector of %d elements in %d bytes", n, len(r.b)-r.pos))
+		return 0
+	}
+	return n
+}
+
+func (r *reader) vec(elem func()) {
+	n := r.count()
+	for i := uint32(0); i < n && r.err == nil; i++ {
+		elem()
+	}
+}
+
+func (r *reader) skip(n int) {
+	if r.err != nil {
+		return
+	}
+	if n > len(r.b)-r.pos {
+		r.err = errShort
+		return
+	}
+	r.pos += n
+}
+
+// name skips a length-prefixed string.
+func (r *reader) name() string {
+	n := r.count()
+	if r.err != nil {
+		return ""
+	}
+	s := string(r.b[r.pos : r.pos+int(n)])
+	r.pos += int(n)
+	return s
+}
+
+// custom checks the name section, which wazero decodes.
+func (r *reader) custom() {
+	if r.name() != "name" || r.err != nil {
+		return
+	}
+	for r.pos < len(r.b) && r.err == nil {
+		id := r.byte()
+		size := r.u32()
+		if r.err != nil || uint64(size) > uint64(len(r.b)-r.pos) {
+			r.fail("name subsection runs past the end")
+			return
+		}
+		sub := &reader{b: r.b[r.pos : r.pos+int(size)]}
+		r.pos += int(size)
+		switch id {
+		case 1: // function names: vec(index, name)
+			sub.vec(func() { sub.u32(); sub.name() })
+		case 2: // local names: vec(index, vec(index, name))
+			sub.vec(func() {
+				sub.u32()
+				sub.vec(func() { sub.u32(); sub.name() })
+			})
+		}
+		if sub.err != nil {
+			r.err = sub.err
+		}
+	}
+}
+
+// dataSegment checks the length of a data segment's bytes. Offset
+// expressions it cannot skip end the check (wazero validates them).
+func (r *reader) dataSegment() {
+	switch r.u32() {
+	case 0:
+		r.constExpr()
+	case 1:
+	case 2:
+		r.u32()
+		r.constExpr()
+	default:
+		r.fail("bad data segment flags")
+		return
+	}
+	r.skip(int(r.count()))
+}
+
+// elementSegment checks the vectors of an element segment.
+func (r *reader) elementSegment() {
+	flags := r.u32()
+	if flags > 7 {
+		r.fail("bad element segment flags")
+		return
+	}
+	if flags&3 == 2 { // active with a table index
+		r.u32()
+	}
+	if flags&1 == 0 { // active: offset expression
+		r.constExpr()
+	}
+	if flags&3 != 0 { // element kind or reference type
+		if t := r.byte(); t == 0x63 || t == 0x64 {
+			r.u32()
+		}
+	}
+	if flags&4 == 0 {
+		r.vec(func() { r.u32() })
+	} else {
+		r.vec(r.constExpr)
+	}
+}
+
+func (r *reader) constExpr() {
+	for r.err == nil {
+		switch op := r.byte(); op {
+		case 0x0b: // end
+			return
+		case 0x41, 0x42, 0x23, 0xd2: // i32.const, i64.const, global.get, ref.func
+			for r.err == nil && r.byte()&0x80 != 0 {
+			}
+		case 0x43:
+			r.skip(4)
+		case 0x44:
+			r.skip(8)
+		case 0xd0:
+			r.byte()
+		case 0x6a, 0x6b, 0x6c, 0x7c, 0x7d, 0x7e: // extended const
+		default:
+			r.fail(fmt.Sprintf("unexpected opcode 0x%x in a constant expression", op))
+		}
+	}
+}

@@ -1,0 +1,345 @@
+// Package runtime runs a WASI preview 1 command module in a keep: it
+// compiles the module with the engine (internal/engine), checks that every
+// import is one Castellan provides, builds the WASI world from the workload
+// config (internal/wasi) and calls _start.
+//
+// It is what `castellan run` and the host agent's keeps call. Every error
+// is one line that names the module file.
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/engine"
+	"github.com/castellan-dev/castellan/internal/wasi"
+)
+
+// Argv0 is the program name every workload sees, as under Enarx.
+const Argv0 = "main.wasm"
+
+// Options describe one run of a module.
+type Options struct {
+	// Name is the module file name for messages, e.g. "app.wasm".
+	Name string
+	Wasm []byte
+	// Config is the workload config; nil means config.Default() (stdin,
+	// stdout, stderr).
+	Config *config.Config
+	// ConfigDir is the folder for relative dir paths and CA files in the
+	// config.
+	ConfigDir string
+	// Args are appended after the config's args; argv[0] is "main.wasm".
+	Args []string
+	// Env holds extra variables added after the config's env.
+	Env            map[string]string
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	// CacheDir is the wazero compilation cache folder; "" = no disk cache.
+	CacheDir string
+	// MemoryPages caps linear memory; 0 = Config.Limits.MemoryPages or the
+	// engine default.
+	MemoryPages uint32
+	// Certificate is the keep certificate, used for TLS listen (server
+	// certificate) and TLS connect (client certificate); nil = a fresh
+	// self-signed one, and Log says it is not attested.
+	Certificate *tls.Certificate
+	// Log receives notices for the user (may be nil).
+	Log func(format string, args ...any)
+
+	// OnListen, if set, is told the bound address of each listen entry
+	// (useful with port 0).
+	OnListen func(name string, addr net.Addr)
+	// Interruptible stops even a guest in a hot loop when ctx is done, at
+	// some cost to speed. Without it a done ctx only ends blocking host
+	// calls (accept, read, poll); wall time is enforced at process level.
+	Interruptible bool
+}
+
+// TrapError is a guest that trapped: unreachable, out-of-bounds access,
+// stack overflow and the like.
+type TrapError struct {
+	Module, Func, Reason string
+}
+
+func (e *TrapError) Error() string {
+	if e.Func == "" {
+		return e.Module + ": trap: " + e.Reason
+	}
+	return e.Module + ": trap in function " + e.Func + ": " + e.Reason
+}
+
+// Check validates and compiles the module without running it: the same
+// errors as Run for bad modules.
+func Check(ctx context.Context, name string, wasm []byte, cacheDir string) error {
+	p, err := Compile(ctx, name, wasm, cacheDir, false)
+	if err != nil {
+		return err
+	}
+	return p.Close(ctx)
+}
+
+// Program is a checked, compiled module that can be run many times, one
+// run after the other or several at once, each with its own WASI world:
+// what a long-running service keeps in memory.
+type Program struct {
+	name string
+	eng  engine.Engine
+	mod  engine.Module
+}
+
+// Compile checks and compiles a module for Program.Run. name is the module
+// file name for messages; cacheDir is the compilation cache ("" = none).
+// An interruptible program stops even in a hot loop when the context of
+// Run is done, at some cost to speed (see Options.Interruptible).
+func Compile(ctx context.Context, name string, wasm []byte, cacheDir string, interruptible bool) (*Program, error) {
+	if name == "" {
+		name = "module"
+	}
+	if interruptible && cacheDir != "" {
+		// wazero's cache key does not include the termination checks
+		// compiled into interruptible code: keep that code apart.
+		cacheDir = filepath.Join(cacheDir, "interruptible")
+	}
+	eng, err := engine.NewWazero(engine.Config{CacheDir: cacheDir, Interruptible: interruptible})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	mod, err := compile(ctx, eng, name, wasm)
+	if err != nil {
+		eng.Close(ctx)
+		return nil, err
+	}
+	return &Program{name: name, eng: eng, mod: mod}, nil
+}
+
+// Close releases the compiled code.
+func (p *Program) Close(ctx context.Context) error {
+	p.mod.Close(ctx)
+	return p.eng.Close(ctx)
+}
+
+// compile compiles wasm and checks that it is a WASI command whose imports
+// Castellan provides.
+func compile(ctx context.Context, eng engine.Engine, name string, wasm []byte) (engine.Module, error) {
+	if len(wasm) < 4 || !bytes.Equal(wasm[:4], []byte("\x00asm")) {
+		return nil, fmt.Errorf("%s: not a WebAssembly module (bad magic number)", name)
+	}
+	if len(wasm) < 8 || !bytes.Equal(wasm[4:8], []byte{1, 0, 0, 0}) {
+		return nil, fmt.Errorf("%s: not a WebAssembly 1.0 module (version is not 1; components are not supported)", name)
+	}
+	if err := precheck(wasm); err != nil {
+		return nil, fmt.Errorf("%s: truncated or malformed module: %w", name, err)
+	}
+	mod, err := eng.Compile(ctx, wasm)
+	if err != nil {
+		if strings.Contains(err.Error(), "over limit") {
+			return nil, fmt.Errorf("%s: the module needs more memory than the limit: %w", name, err)
+		}
+		return nil, fmt.Errorf("%s: truncated or malformed module: %w", name, err)
+	}
+	for _, im := range mod.Imports() {
+		if im.Kind == "function" && im.Module == wasi.ModuleName && wasi.Provides(im.Name) {
+			continue
+		}
+		mod.Close(ctx)
+		return nil, fmt.Errorf("%s: imports %s.%s (%s), which castellan does not provide", name, im.Module, im.Name, im.Kind)
+	}
+	found := false
+	for _, f := range mod.ExportedFunctions() {
+		if f == "_start" {
+			found = true
+		}
+	}
+	if !found {
+		mod.Close(ctx)
+		return nil, fmt.Errorf("%s: no _start function: it is not a WASI command module", name)
+	}
+	return mod, nil
+}
+
+// Run compiles and runs the module's _start, returning the WASI exit
+// status. err is non-nil only for failures that are not a normal exit:
+// bad module, trap, missing import, bad config resource (a listen port in
+// use, a dir that does not exist), or ctx done.
+func Run(ctx context.Context, o Options) (exitCode int, err error) {
+	p, err := Compile(ctx, o.Name, o.Wasm, o.CacheDir, o.Interruptible)
+	if err != nil {
+		return 0, err
+	}
+	defer p.Close(ctx)
+	return p.Run(ctx, o)
+}
+
+// Run runs the program's _start with o (o.Name, o.Wasm, o.CacheDir and
+// o.Interruptible are not used: they were given to Compile).
+func (p *Program) Run(ctx context.Context, o Options) (exitCode int, err error) {
+	cfg := o.Config
+	if cfg == nil {
+		cfg = config.Default()
+	}
+	name := p.name
+	pages := o.MemoryPages
+	if pages == 0 {
+		pages = cfg.Limits.MemoryPages
+	}
+	cert := o.Certificate
+	if cert == nil && needsTLS(cfg) {
+		cert, err = SelfSigned()
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", name, err)
+		}
+		if o.Log != nil {
+			o.Log("using a fresh self-signed certificate for TLS: the keep is not attested")
+		}
+	}
+	sys, err := wasi.New(ctx, wasi.Options{
+		Args:         Argv(cfg, o.Args),
+		Env:          Environ(cfg, o.Env),
+		Files:        cfg.Files,
+		ConfigDir:    o.ConfigDir,
+		Stdin:        o.Stdin,
+		Stdout:       o.Stdout,
+		Stderr:       o.Stderr,
+		Certificate:  cert,
+		MaxOpenFiles: cfg.Limits.MaxOpenFiles,
+		OnListen:     o.OnListen,
+		Log:          o.Log,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", name, err)
+	}
+	defer sys.Close()
+	stop := context.AfterFunc(ctx, sys.Interrupt)
+
+	code, err := p.mod.Run(ctx, engine.RunConfig{
+		Start:       "_start",
+		Hosts:       []engine.HostModule{sys.HostModule()},
+		MemoryPages: pages,
+	})
+	if !stop() {
+		// ctx ended the run: whatever the guest did after its sockets
+		// were closed under it is not its real outcome.
+		return 0, fmt.Errorf("%s: %w: %w", name, wasi.ErrInterrupted, context.Cause(ctx))
+	}
+	if err != nil {
+		var trap *engine.Trap
+		if errors.As(err, &trap) {
+			if errors.Is(trap.Err, wasi.ErrInterrupted) {
+				return 0, fmt.Errorf("%s: %w", name, trap.Err)
+			}
+			return 0, &TrapError{Module: name, Func: trap.Func, Reason: trap.Reason}
+		}
+		if strings.Contains(err.Error(), "over limit") {
+			return 0, fmt.Errorf("%s: the module needs more memory than the limit: %w", name, err)
+		}
+		return 0, fmt.Errorf("%s: %w", name, err)
+	}
+	return int(code), nil
+}
+
+func needsTLS(cfg *config.Config) bool {
+	for _, f := range cfg.Files {
+		if (f.Kind == config.KindListen || f.Kind == config.KindConnect) && f.Prot == config.ProtTLS {
+			return true
+		}
+	}
+	return false
+}
+
+// Argv is the workload's argv: "main.wasm", the config's args, then extra.
+func Argv(cfg *config.Config, extra []string) []string {
+	if cfg == nil {
+		cfg = config.Default()
+	}
+	argv := []string{Argv0}
+	argv = append(argv, cfg.Args...)
+	return append(argv, extra...)
+}
+
+// Environ is the workload's environment: FD_COUNT and FD_NAMES first, then
+// the config's env sorted by key, then extra sorted by key. A later entry
+// with the same key replaces an earlier one in place.
+func Environ(cfg *config.Config, extra map[string]string) []string {
+	if cfg == nil {
+		cfg = config.Default()
+	}
+	names := make([]string, len(cfg.Files))
+	for i, f := range cfg.Files {
+		names[i] = f.Name
+	}
+	var keys []string
+	vals := map[string]string{}
+	set := func(k, v string) {
+		if _, ok := vals[k]; !ok {
+			keys = append(keys, k)
+		}
+		vals[k] = v
+	}
+	set("FD_COUNT", fmt.Sprint(len(cfg.Files)))
+	set("FD_NAMES", strings.Join(names, ":"))
+	for _, m := range []map[string]string{cfg.Env, extra} {
+		ks := make([]string, 0, len(m))
+		for k := range m {
+			ks = append(ks, k)
+		}
+		sort.Strings(ks)
+		for _, k := range ks {
+			set(k, m[k])
+		}
+	}
+	env := make([]string, len(keys))
+	for i, k := range keys {
+		env[i] = k + "=" + vals[k]
+	}
+	return env
+}
+
+// SelfSigned makes a fresh self-signed ECDSA P-256 certificate for a keep
+// that has no attested one, valid for a day, for localhost and loopback.
+func SelfSigned() (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("self-signed certificate: %w", err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, fmt.Errorf("self-signed certificate: %w", err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: "castellan keep (not attested)"},
+		NotBefore:    now.Add(-time.Minute),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("self-signed certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("self-signed certificate: %w", err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+}

@@ -1,0 +1,158 @@
+package wasi
+
+import (
+	"context"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/engine"
+)
+
+// subscription is one decoded poll_oneoff subscription.
+type subscription struct {
+	userdata uint64
+	typ      uint8
+	fd       uint32
+	deadline time.Time // clock subscriptions
+	errno    Errno     // set when the subscription is invalid: reported at once
+}
+
+// pollOneoff waits until at least one subscription is ready: a clock
+// reaching its deadline, or a descriptor that can be read or written
+// without blocking. It sleeps on the system's wake channel and a timer for
+// the earliest deadline; it never spins.
+func pollOneoff(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64) Errno {
+	in, out, n, neventsPtr := uint32(p[0]), uint32(p[1]), uint32(p[2]), uint32(p[3])
+	if n == 0 {
+		return errInval
+	}
+	if n > 1<<16 {
+		return errInval
+	}
+	raw := m.bytes(in, n*subscriptionSize)
+	evs := m.bytes(out, n*eventSize)
+	m.bytes(neventsPtr, 4)
+	subs := make([]subscription, n)
+	now := time.Now()
+	var earliest time.Time
+	for i := range subs {
+		b := raw[i*subscriptionSize:]
+		sub := &subs[i]
+		sub.userdata = le.Uint64(b[0:])
+		sub.typ = b[8]
+		switch sub.typ {
+		case eventtypeClock:
+			id, timeout, flags := le.Uint32(b[16:]), le.Uint64(b[24:]), le.Uint16(b[40:])
+			if flags&subscriptionClockAbstime != 0 {
+				switch id {
+				case clockRealtime:
+					sub.deadline = time.Unix(0, int64(timeout))
+				case clockMonotonic, clockProcessCputime, clockThreadCputime:
+					sub.deadline = s.start.Add(time.Duration(timeout))
+				default:
+					sub.errno = errInval
+				}
+			} else {
+				switch id {
+				case clockRealtime, clockMonotonic, clockProcessCputime, clockThreadCputime:
+					if timeout > uint64(1<<62) {
+						timeout = 1 << 62
+					}
+					sub.deadline = now.Add(time.Duration(timeout))
+				default:
+					sub.errno = errInval
+				}
+			}
+			if sub.errno == errSuccess && (earliest.IsZero() || sub.deadline.Before(earliest)) {
+				earliest = sub.deadline
+			}
+		case eventtypeFdRead, eventtypeFdWrite:
+			sub.fd = le.Uint32(b[16:])
+			d, errno := s.get(sub.fd)
+			if errno != errSuccess {
+				sub.errno = errno
+			} else if sub.typ == eventtypeFdRead && d.stdin && s.opts.Stdin != nil {
+				s.stdinPump(d)
+			}
+		default:
+			sub.errno = errInval
+		}
+	}
+	var timer <-chan time.Time
+	if !earliest.IsZero() {
+		t := time.NewTimer(time.Until(earliest))
+		defer t.Stop()
+		timer = t.C
+	}
+	for {
+		ch := s.waiter()
+		now := time.Now()
+		nev := uint32(0)
+		for i := range subs {
+			if ev, ok := s.ready(&subs[i], now); ok {
+				copy(evs[nev*eventSize:], ev[:])
+				nev++
+			}
+		}
+		if nev > 0 {
+			m.putU32(neventsPtr, nev)
+			return errSuccess
+		}
+		s.wait(ctx, ch, timer)
+	}
+}
+
+// ready reports whether sub is ready and, if so, its event.
+func (s *System) ready(sub *subscription, now time.Time) (ev [eventSize]byte, ok bool) {
+	le.PutUint64(ev[0:], sub.userdata)
+	ev[10] = sub.typ
+	if sub.errno != errSuccess {
+		le.PutUint16(ev[8:], uint16(sub.errno))
+		return ev, true
+	}
+	if sub.typ == eventtypeClock {
+		return ev, !now.Before(sub.deadline)
+	}
+	d, errno := s.get(sub.fd)
+	if errno != errSuccess {
+		le.PutUint16(ev[8:], uint16(errno))
+		return ev, true
+	}
+	var nbytes int
+	var hangup bool
+	switch {
+	case sub.typ == eventtypeFdWrite:
+		ok = true
+		if d.conn != nil {
+			ok, errno = d.conn.writable()
+			hangup = errno != errSuccess
+		}
+	case d.conn != nil:
+		ok, nbytes, hangup, errno = d.conn.readiness()
+	case d.stdin && d.pumped != nil:
+		ok, nbytes, hangup, errno = d.pumped.readiness()
+	case d.ln != nil:
+		ok, errno = d.ln.readiness()
+		if ok && errno == errSuccess {
+			nbytes = 1
+		}
+	case d.file != nil:
+		ok = true
+		if fi, err := d.file.Stat(); err == nil {
+			if pos, err := d.file.Seek(0, 1); err == nil && fi.Size() > pos {
+				nbytes = int(fi.Size() - pos)
+			}
+		}
+	default:
+		// stdin without a reader, null, directories, stdout: never block.
+		ok = true
+	}
+	if !ok {
+		return ev, false
+	}
+	le.PutUint16(ev[8:], uint16(errno))
+	le.PutUint64(ev[16:], uint64(nbytes))
+	if hangup {
+		le.PutUint16(ev[24:], eventFdReadwriteHangup)
+	}
+	return ev, true
+}
