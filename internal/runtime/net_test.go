@@ -199,13 +199,12 @@ func TestEcho(t *testing.T) {
 }
 
 func TestConnect(t *testing.T) {
-	cert, pool := testCert(t)
+	cert, _ := testCert(t)
 	dir := t.TempDir()
 	caFile := filepath.Join(dir, "ca.pem")
 	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Leaf.Raw}), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_ = pool
 	for _, prot := range []string{"tcp", "tls"} {
 		t.Run(prot, func(t *testing.T) {
 			var ln net.Listener
