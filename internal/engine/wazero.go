@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync/atomic"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -83,6 +84,9 @@ type wazeroModule struct {
 	rt   wazero.Runtime
 	cm   wazero.CompiledModule
 	wasm []byte
+	// used is set by the first Run, which runs in rt with cm: a keep that
+	// runs its module once decodes it once (it matters for cold start).
+	used atomic.Bool
 }
 
 func (m *wazeroModule) Imports() []Import {
@@ -133,14 +137,23 @@ func toWazero(ts []ValueType) []api.ValueType {
 func (m *wazeroModule) Run(ctx context.Context, o RunConfig) (uint32, error) {
 	start, hosts := o.Start, o.Hosts
 	rc := m.w.rtCfg
-	if o.MemoryPages > 0 && (m.w.cfg.MemoryPages == 0 || o.MemoryPages < m.w.cfg.MemoryPages) {
+	ownLimit := o.MemoryPages > 0 && (m.w.cfg.MemoryPages == 0 || o.MemoryPages < m.w.cfg.MemoryPages)
+	if ownLimit {
 		rc = rc.WithMemoryLimitPages(o.MemoryPages)
 	}
-	rt := wazero.NewRuntimeWithConfig(ctx, rc)
-	defer rt.Close(ctx)
-	cm, err := rt.CompileModule(ctx, m.wasm)
-	if err != nil {
-		return 0, compileError(err)
+	var rt wazero.Runtime
+	var cm wazero.CompiledModule
+	if !ownLimit && m.used.CompareAndSwap(false, true) {
+		// The first run uses the runtime Compile made, whose limits are
+		// the engine's. Its host module instances are closed with it.
+		rt, cm = m.rt, m.cm
+	} else {
+		rt = wazero.NewRuntimeWithConfig(ctx, rc)
+		defer rt.Close(ctx)
+		var err error
+		if cm, err = rt.CompileModule(ctx, m.wasm); err != nil {
+			return 0, compileError(err)
+		}
 	}
 	for _, h := range hosts {
 		b := rt.NewHostModuleBuilder(h.Name)
@@ -153,9 +166,11 @@ func (m *wazeroModule) Run(ctx context.Context, o RunConfig) (uint32, error) {
 				WithName(f.Name).
 				Export(f.Name)
 		}
-		if _, err := b.Instantiate(ctx); err != nil {
+		hm, err := b.Instantiate(ctx)
+		if err != nil {
 			return 0, fmt.Errorf("host module %s: %w", h.Name, err)
 		}
+		defer hm.Close(ctx)
 	}
 	// The module gets an empty name, so stack traces name functions as
 	// the name section does ("main.main", "foo") with no prefix.
