@@ -2,6 +2,7 @@ package wasi
 
 import (
 	"context"
+	"errors"
 	"io"
 	"io/fs"
 	"os"
@@ -400,38 +401,26 @@ func concat(iovs [][]byte) []byte {
 }
 
 func fdPread(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, errno := s.get(uint32(p[0]))
-	if errno != errSuccess {
-		return errno
-	}
-	if d.file == nil {
-		return errSpipe
-	}
-	if d.base&rightFdRead == 0 {
-		return errBadf
-	}
-	iovs := m.iovecs(uint32(p[1]), uint32(p[2]))
-	off := int64(p[3])
-	if off < 0 {
-		return errInval
-	}
-	total := 0
-	for _, b := range iovs {
-		n, err := d.file.ReadAt(b, off)
-		total += n
-		off += int64(n)
+	return positionedIO(s, m, p, rightFdRead, func(f *os.File, b []byte, off int64) (int, error) {
+		n, err := f.ReadAt(b, off)
 		if err == io.EOF {
-			break
+			return n, errStop
 		}
-		if err != nil {
-			return errnoOf(err)
-		}
-	}
-	m.putU32(uint32(p[4]), uint32(total))
-	return errSuccess
+		return n, err
+	})
 }
 
 func fdPwrite(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
+	return positionedIO(s, m, p, rightFdWrite, (*os.File).WriteAt)
+}
+
+// errStop ends positionedIO's loop without an error (end of file).
+var errStop = errors.New("stop")
+
+// positionedIO does fd_pread and fd_pwrite: params (fd, iovs, iovs_len,
+// offset, result pointer); it needs right on the descriptor, moves through
+// the iovecs from offset with op, and stores the byte count.
+func positionedIO(s *System, m mem, p []uint64, right uint64, op func(f *os.File, b []byte, off int64) (int, error)) Errno {
 	d, errno := s.get(uint32(p[0]))
 	if errno != errSuccess {
 		return errno
@@ -439,7 +428,7 @@ func fdPwrite(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) 
 	if d.file == nil {
 		return errSpipe
 	}
-	if d.base&rightFdWrite == 0 {
+	if d.base&right == 0 {
 		return errBadf
 	}
 	iovs := m.iovecs(uint32(p[1]), uint32(p[2]))
@@ -449,9 +438,12 @@ func fdPwrite(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) 
 	}
 	total := 0
 	for _, b := range iovs {
-		n, err := d.file.WriteAt(b, off)
+		n, err := op(d.file, b, off)
 		total += n
 		off += int64(n)
+		if err == errStop {
+			break
+		}
 		if err != nil {
 			return errnoOf(err)
 		}
