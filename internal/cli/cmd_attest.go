@@ -181,7 +181,10 @@ func serveAttest(ctx context.Context, e *Env, f *attestServeFlags) int {
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          nil,
+		// The server's own messages go through the service's logging; port
+		// probes ("TLS handshake error ...: EOF") become one short line a
+		// minute at most.
+		ErrorLog: service.ErrorLog(e.Warningf, e.Infof),
 	}
 
 	// Reload on SIGHUP and on change.

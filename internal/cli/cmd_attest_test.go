@@ -273,3 +273,25 @@ func TestAttestServePostgres(t *testing.T) {
 		t.Fatalf("latest PostgreSQL record %+v, %v; want the certificate just issued", recs, err)
 	}
 }
+
+// TestAttestServePortProbe: a connection closed before the TLS handshake
+// (a port probe) is one short line through the command's output, not Go's
+// "http: TLS handshake error ... EOF" on the process's stderr.
+func TestAttestServePortProbe(t *testing.T) {
+	dir := t.TempDir()
+	simCA, err := sim.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAttestFiles(t, dir, simCA, false)
+	srv := startAttestServe(t, dir)
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.url, "https://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	l := srv.waitFor(t, "closed before the TLS handshake")
+	if strings.Contains(l, "http:") || strings.Contains(l, "warning") {
+		t.Errorf("port probe logged as %q", l)
+	}
+}

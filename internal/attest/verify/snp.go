@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/google/go-sev-guest/abi"
@@ -41,21 +42,13 @@ func verifySNP(raw []byte, endorsements [][]byte, opts *Options) (*evidence.Clai
 	if report.GetSignatureAlgo() != abi.SignEcdsaP384Sha384 {
 		return nil, fail(CheckFormat, "SEV-SNP report: signature algorithm %d, want ECDSA P-384 with SHA-384", report.GetSignatureAlgo())
 	}
-
-	certs := make([]*x509.Certificate, len(endorsements))
-	for i, der := range endorsements {
-		if certs[i], err = x509.ParseCertificate(der); err != nil {
-			return nil, fail(CheckFormat, "endorsement %d: %v", i, err)
-		}
-	}
 	productLine := ""
 	if fms := report.GetCpuid1EaxFms(); fms != 0 {
 		productLine = kds.ProductLineFromFms(fms)
 	}
-	var vcek *x509.Certificate // the VCEK or VLEK certificate
-	if len(certs) > 0 {
-		vcek = certs[0]
-	} else {
+
+	ders, fetched := endorsements, false
+	if len(ders) == 0 {
 		if key == abi.VlekReportSigner {
 			return nil, fail(CheckChain, "the envelope carries no VLEK certificate (the host provisions it; AMD does not serve it)")
 		}
@@ -71,11 +64,89 @@ func verifySNP(raw []byte, endorsements [][]byte, opts *Options) (*evidence.Clai
 		if err != nil {
 			return nil, fail(CheckChain, "fetching the VCEK certificate: %v", err)
 		}
-		if vcek, err = x509.ParseCertificate(der); err != nil {
-			return nil, fail(CheckChain, "VCEK certificate from %s: %v", url, err)
-		}
-		certs = []*x509.Certificate{vcek}
+		ders, fetched = [][]byte{der}, true
 	}
+
+	// A chain verified before, under the same trusted roots and still
+	// within its certificates' validity, is not verified again; what
+	// binds the chain to this report (TCB, chip) and the report's own
+	// signature are checked every time.
+	now := opts.now()
+	cache := opts.chainCache()
+	ck := snpChainKey(ders, key, productLine, opts)
+	chain := cache.get(ck, now)
+	if chain == nil {
+		if chain, err = verifySNPChain(raw, report, info, ders, fetched, productLine, opts, now); err != nil {
+			return nil, err
+		}
+		cache.put(ck, chain)
+	} else {
+		if err := chain.bind(report, info); err != nil {
+			return nil, err
+		}
+		if err := sevverify.SnpReportSignature(raw, chain.vcek); err != nil {
+			return nil, fail(CheckSignature, "SEV-SNP report: %v", err)
+		}
+	}
+
+	policy, err := abi.ParseSnpPolicy(report.GetPolicy())
+	if err != nil {
+		return nil, fail(CheckFormat, "SEV-SNP guest policy: %v", err)
+	}
+	c := &evidence.Claims{
+		Platform:    evidence.PlatformSNP,
+		Simulated:   chain.simulated,
+		Measurement: bytes.Clone(report.GetMeasurement()),
+		TCB:         snpTCB(chain.productLine, report.GetReportedTcb()),
+		Debug:       policy.Debug,
+	}
+	copy(c.ReportData[:], report.GetReportData())
+	return c, nil
+}
+
+// snpChain is a verified VCEK (VLEK) certificate chain: what a cache hit
+// needs to check a report without verifying the chain again.
+type snpChain struct {
+	key         abi.ReportSigner
+	vcek        *x509.Certificate // the VCEK or VLEK certificate
+	exts        *kds.Extensions   // its KDS extensions (TCB, HWID)
+	productLine string
+	simulated   bool
+	// The chain verifies only between these times: the latest NotBefore
+	// and the earliest NotAfter of the VCEK and the root pair it chains to.
+	notBefore, notAfter time.Time
+}
+
+// bind checks that the VCEK (VLEK) is the one for this report: its
+// certificate must be for the TCB the report claims, or an old, weaker
+// firmware could sign a report claiming a newer TCB; a VCEK must be for
+// this chip.
+func (c *snpChain) bind(report *spb.Report, info abi.SignerInfo) error {
+	if uint64(c.exts.TCBVersion) != report.GetReportedTcb() {
+		return fail(CheckChain, "%v certificate is for TCB %#x, the report claims %#x", c.key, uint64(c.exts.TCBVersion), report.GetReportedTcb())
+	}
+	if c.key == abi.VcekReportSigner && !info.MaskChipKey && !bytes.Equal(c.exts.HWID, report.GetChipId()) {
+		return fail(CheckChain, "VCEK certificate is for another chip")
+	}
+	return nil
+}
+
+// verifySNPChain verifies the endorsements (ders, VCEK or VLEK first) up to
+// a trusted root, binds them to the report and checks the report's
+// signature, and returns the verified chain.
+func verifySNPChain(raw []byte, report *spb.Report, info abi.SignerInfo, ders [][]byte, fetched bool, productLine string, opts *Options, now time.Time) (*snpChain, error) {
+	key := info.SigningKey
+	certs := make([]*x509.Certificate, len(ders))
+	for i, der := range ders {
+		var err error
+		if certs[i], err = x509.ParseCertificate(der); err != nil {
+			if fetched {
+				return nil, fail(CheckChain, "VCEK certificate from AMD's key server: %v", err)
+			}
+			return nil, fail(CheckFormat, "endorsement %d: %v", i, err)
+		}
+	}
+	vcek := certs[0]
 	exts, err := kds.CertificateExtensions(vcek, key)
 	if err != nil {
 		return nil, fail(CheckChain, "%v certificate: %v", key, err)
@@ -90,13 +161,13 @@ func verifySNP(raw []byte, endorsements [][]byte, opts *Options) (*evidence.Clai
 
 	// Pick the roots: the simulation roots if the VCEK chains to one of
 	// them, else AMD's. Either way the library checks the chain again.
-	now := opts.now()
 	simulated := false
 	var roots []*trust.AMDRootCerts
+	var used *trust.AMDRootCerts // the pair the VCEK chains to
 	if sim := snpSimRoots(opts.SimRoots, certs[1:], productLine, key); len(sim) > 0 {
 		for _, r := range sim {
 			if _, err := vcek.Verify(*r.X509Options(now, key)); err == nil {
-				roots, simulated = sim, true
+				roots, used, simulated = sim, r, true
 				break
 			}
 		}
@@ -114,7 +185,6 @@ func verifySNP(raw []byte, endorsements [][]byte, opts *Options) (*evidence.Clai
 		if len(roots) == 0 {
 			return nil, fail(CheckChain, "no trusted AMD root for product line %q", productLine)
 		}
-		chained := false
 		var lastErr error
 		for _, r := range roots {
 			o := r.X509Options(now, key)
@@ -122,27 +192,33 @@ func verifySNP(raw []byte, endorsements [][]byte, opts *Options) (*evidence.Clai
 				continue
 			}
 			if _, lastErr = vcek.Verify(*o); lastErr == nil {
-				chained = true
+				used = r
 				break
 			}
 		}
-		if !chained {
+		if used == nil {
 			if len(certs) > 2 && isSimulated(certs[2]) {
 				return nil, &Error{Check: CheckChain, Err: errSimNotTrusted()}
 			}
 			return nil, fail(CheckChain, "%v certificate does not chain to AMD's %s root: %v", key, productLine, lastErr)
 		}
 	}
-
-	// The VCEK (VLEK) is derived from the chip (provider) and its TCB: its
-	// certificate must be for the TCB the report claims, or an old, weaker
-	// firmware could sign a report claiming a newer TCB; a VCEK must be for
-	// this chip.
-	if uint64(exts.TCBVersion) != report.GetReportedTcb() {
-		return nil, fail(CheckChain, "%v certificate is for TCB %#x, the report claims %#x", key, uint64(exts.TCBVersion), report.GetReportedTcb())
+	c := &snpChain{key: key, vcek: vcek, exts: exts, productLine: productLine, simulated: simulated}
+	c.notBefore, c.notAfter = vcek.NotBefore, vcek.NotAfter
+	ica := used.ProductCerts.Ask
+	if key == abi.VlekReportSigner {
+		ica = used.ProductCerts.Asvk
 	}
-	if key == abi.VcekReportSigner && !info.MaskChipKey && !bytes.Equal(exts.HWID, report.GetChipId()) {
-		return nil, fail(CheckChain, "VCEK certificate is for another chip")
+	for _, r := range []*x509.Certificate{used.ProductCerts.Ark, ica} {
+		if r.NotBefore.After(c.notBefore) {
+			c.notBefore = r.NotBefore
+		}
+		if r.NotAfter.Before(c.notAfter) {
+			c.notAfter = r.NotAfter
+		}
+	}
+	if err := c.bind(report, info); err != nil {
+		return nil, err
 	}
 
 	chain := &spb.CertificateChain{VcekCert: vcek.Raw}
@@ -167,19 +243,6 @@ func verifySNP(raw []byte, endorsements [][]byte, opts *Options) (*evidence.Clai
 		}
 		return nil, fail(CheckChain, "SEV-SNP report: %v", err)
 	}
-
-	policy, err := abi.ParseSnpPolicy(report.GetPolicy())
-	if err != nil {
-		return nil, fail(CheckFormat, "SEV-SNP guest policy: %v", err)
-	}
-	c := &evidence.Claims{
-		Platform:    evidence.PlatformSNP,
-		Simulated:   simulated,
-		Measurement: bytes.Clone(report.GetMeasurement()),
-		TCB:         snpTCB(productLine, report.GetReportedTcb()),
-		Debug:       policy.Debug,
-	}
-	copy(c.ReportData[:], report.GetReportData())
 	return c, nil
 }
 

@@ -67,6 +67,12 @@ type Options struct {
 	// envelope without its VCEK is refused. Wrap a network getter in
 	// NewCachingGetter: AMD rate-limits the service.
 	VCEKGetter trust.HTTPSGetter
+	// ChainCache keeps SEV-SNP endorsement chains that verified, so that
+	// the next report from the same chip and TCB skips the chain's RSA
+	// checks (never the report's signature or its binding). Nil = a
+	// process-wide cache of DefaultChainCacheSize chains;
+	// NewChainCache(0) turns caching off.
+	ChainCache *ChainCache
 }
 
 func (o *Options) now() time.Time {
