@@ -164,7 +164,14 @@ func readFileLimited(path string, limit int64) ([]byte, error) {
 	if st.Size() > limit {
 		return nil, fmt.Errorf("%s: %d bytes is over the %d byte limit", path, st.Size(), limit)
 	}
-	return io.ReadAll(io.LimitReader(f, limit))
+	// One allocation of the right size: io.ReadAll's doubling costs
+	// measurable start-up time on a 10 MB module.
+	b := make([]byte, st.Size())
+	n, err := io.ReadFull(f, b)
+	if err != nil && err != io.ErrUnexpectedEOF {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return b[:n], nil
 }
 
 // runArtifact runs a fetched package (used by deploy): the config comes from
