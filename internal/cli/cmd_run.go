@@ -164,6 +164,13 @@ func readFileLimited(path string, limit int64) ([]byte, error) {
 	if st.Size() > limit {
 		return nil, fmt.Errorf("%s: %d bytes is over the %d byte limit", path, st.Size(), limit)
 	}
+	if !st.Mode().IsRegular() { // a pipe or a device: size unknown
+		b, err := io.ReadAll(io.LimitReader(f, limit+1))
+		if int64(len(b)) > limit {
+			return nil, fmt.Errorf("%s: over the %d byte limit", path, limit)
+		}
+		return b, err
+	}
 	// One allocation of the right size: io.ReadAll's doubling costs
 	// measurable start-up time on a 10 MB module.
 	b := make([]byte, st.Size())
