@@ -11,6 +11,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -237,6 +238,17 @@ func (e *Env) Infof(format string, a ...any) {
 func oneLine(s string) string {
 	s = strings.TrimSpace(s)
 	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+}
+
+// PrintJSON writes v to stdout as indented JSON and returns ExitOK, or
+// reports the error.
+func (e *Env) PrintJSON(v any) int {
+	enc := json.NewEncoder(e.Stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return e.Errorf("%v", err)
+	}
+	return ExitOK
 }
 
 // IsTerminal reports whether w is a terminal, for progress output.

@@ -25,7 +25,9 @@ Intel's roots only (see README). Existing files are never overwritten.`,
 }
 
 func init() {
-	dir := func(fs *flag.FlagSet) *string { return fs.String("o", ".", "folder to write policy.toml and measurements.toml into") }
+	dir := func(fs *flag.FlagSet) *string {
+		return fs.String("o", ".", "folder to write policy.toml and measurements.toml into")
+	}
 	DefineFlags(attestDevPolicyCmd.Name, func(fs *flag.FlagSet) { dir(fs) })
 	attestDevPolicyCmd.Run = func(e *Env, args []string) int {
 		fs := e.FlagSet(attestDevPolicyCmd)

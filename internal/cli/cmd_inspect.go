@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"strings"
@@ -83,10 +82,7 @@ func init() {
 			out.Descriptors = append(out.Descriptors, inspectFD{FD: i, Kind: string(f.Kind), Name: f.Name, What: describeFile(f)})
 		}
 		if *asJSON {
-			enc := json.NewEncoder(e.Stdout)
-			enc.SetIndent("", "  ")
-			enc.Encode(out)
-			return ExitOK
+			return e.PrintJSON(out)
 		}
 		fmt.Fprintf(e.Stdout, "module:  %s (%d bytes)\ndigest:  %s\n", out.Module, out.Size, out.Digest)
 		if out.Config != "" {

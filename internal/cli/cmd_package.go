@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -323,10 +322,7 @@ func init() {
 			}
 		}
 		if *asJSON {
-			enc := json.NewEncoder(e.Stdout)
-			enc.SetIndent("", "  ")
-			enc.Encode(out)
-			return ExitOK
+			return e.PrintJSON(out)
 		}
 		w := e.Stdout
 		fmt.Fprintf(w, "reference: %s\n", info.Reference)
@@ -426,10 +422,7 @@ func init() {
 			if list == nil {
 				list = []packages.Entry{}
 			}
-			enc := json.NewEncoder(e.Stdout)
-			enc.SetIndent("", "  ")
-			enc.Encode(list)
-			return ExitOK
+			return e.PrintJSON(list)
 		}
 		fmt.Fprintf(e.Stdout, "%-40s %-19s %s\n", "NAME", "DIGEST", "SIZE")
 		for _, p := range list {

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
 
@@ -61,10 +60,8 @@ func init() {
 			out.SimRoots = sim.RootsPath(dir)
 		}
 		if *asJSON {
-			enc := json.NewEncoder(e.Stdout)
-			enc.SetIndent("", "  ")
-			if err := enc.Encode(out); err != nil {
-				return e.Errorf("%v", err)
+			if code := e.PrintJSON(out); code != ExitOK {
+				return code
 			}
 			return ExitOK
 		}

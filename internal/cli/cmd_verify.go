@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"net"
@@ -151,9 +150,7 @@ func init() {
 		}
 		switch {
 		case *f.json:
-			enc := json.NewEncoder(e.Stdout)
-			enc.SetIndent("", "  ")
-			enc.Encode(out)
+			e.PrintJSON(out)
 		case claims != nil:
 			printClaims(e, &out)
 		}
