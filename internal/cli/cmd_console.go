@@ -1,0 +1,139 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/console"
+)
+
+type consoleOptions struct {
+	listen    string
+	maxKeeps  int
+	timeLimit time.Duration
+	maxOutput string
+	maxUpload string
+	maxMemory string
+}
+
+func addConsoleFlags(fs *flag.FlagSet) *consoleOptions {
+	o := &consoleOptions{}
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to serve the page on")
+	fs.IntVar(&o.maxKeeps, "max-keeps", console.DefaultMaxKeeps, "keeps running at once, all visitors together")
+	fs.DurationVar(&o.timeLimit, "time-limit", console.DefaultTimeLimit, "wall time of each keep")
+	fs.StringVar(&o.maxOutput, "max-output", "1MiB", "stdout and stderr of each keep together")
+	fs.StringVar(&o.maxUpload, "max-upload", "16MiB", "size of an uploaded module")
+	fs.StringVar(&o.maxMemory, "max-memory", "256MiB", "linear memory of each keep")
+	return o
+}
+
+var consoleCmd = &Command{
+	Name:    "console",
+	Usage:   "console [flags]",
+	Summary: "serve a web page to try keeps in a browser",
+	Help: `Serves a web page on which anyone who reaches it can run a built-in
+example or an uploaded .wasm module in a keep for a limited time, watch its
+stdout and stderr live, and see the keep's certificate and evidence decoded.
+Each keep is a child 'castellan run' process. One running keep per browser
+session; --max-keeps in all. The examples are compiled from their embedded
+sources on first use (Go examples need go, the C one clang with wasi-libc)
+and cached in the user's cache folder.
+
+The console is a local demo: it checks simulated evidence against this
+machine's simulation root. Serve it on loopback unless you mean visitors to
+run code on this machine.`,
+}
+
+func init() {
+	DefineFlags("console", func(fs *flag.FlagSet) { addConsoleFlags(fs) })
+	consoleCmd.Run = consoleMain
+	Register(consoleCmd)
+}
+
+func consoleMain(e *Env, args []string) int {
+	fs := e.FlagSet(consoleCmd)
+	o := addConsoleFlags(fs)
+	pos, status, ok := e.Parse(consoleCmd, fs, args)
+	if !ok {
+		return status
+	}
+	if len(pos) != 0 {
+		return e.Usagef("console: unexpected argument %q (see 'castellan help console')", pos[0])
+	}
+	sizes := map[string]*int64{}
+	var maxOutput, maxUpload, maxMemory int64
+	sizes["--max-output"], sizes["--max-upload"], sizes["--max-memory"] = &maxOutput, &maxUpload, &maxMemory
+	for name, s := range map[string]string{"--max-output": o.maxOutput, "--max-upload": o.maxUpload, "--max-memory": o.maxMemory} {
+		n, err := config.ParseSize(s)
+		if err != nil {
+			return e.Usagef("%s: %v", name, err)
+		}
+		if n == 0 || n > 1<<40 {
+			return e.Usagef("%s: %s is not between 1 byte and 1TiB", name, s)
+		}
+		*sizes[name] = int64(n)
+	}
+	if o.maxKeeps < 1 {
+		return e.Usagef("--max-keeps: %d is less than 1", o.maxKeeps)
+	}
+	if o.timeLimit <= 0 {
+		return e.Usagef("--time-limit: %v is not positive", o.timeLimit)
+	}
+	srv, err := console.New(console.Options{
+		TimeLimit: o.timeLimit,
+		MaxOutput: maxOutput,
+		MaxUpload: maxUpload,
+		MaxKeeps:  o.maxKeeps,
+		MaxMemory: maxMemory,
+		CacheDir:  defaultCacheDir(),
+		Log:       func(f string, a ...any) { e.Infof(f, a...) },
+	})
+	if err != nil {
+		return e.Errorf("console: %v", err)
+	}
+	l, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return e.Errorf("console: %v", err)
+	}
+	if host, _, _ := net.SplitHostPort(o.listen); !isLoopback(host) {
+		e.Warningf("serving on %s: anyone who reaches it can run code on this machine within the console's limits", o.listen)
+	}
+	e.Infof("console on http://%s/ (stop with Ctrl-C)", l.Addr())
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go srv.WarmUp(ctx)
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(l) }()
+	select {
+	case err := <-errc:
+		srv.Close()
+		return e.Errorf("console: %v", err)
+	case <-ctx.Done():
+	}
+	e.Infof("stopping the console")
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Close()
+	if err := hs.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return e.Errorf("console: %v", err)
+	}
+	return ExitOK
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,391 @@
+// Package console is `castellan console`: a web page on which anyone can
+// try a keep with zero set-up. A visitor picks a built-in example or
+// uploads a .wasm module and a config, picks a backend, and runs it for a
+// limited time; stdout and stderr stream live to the page, and the page
+// shows the keep's certificate and evidence decoded and checked, in words a
+// newcomer understands.
+//
+// The page's assets are embedded (web/), so the console works offline. The
+// API behind it is JSON plus one Server-Sent Events stream per run:
+//
+//	GET  /api/info               examples, backends, limits, the visitor's running keep
+//	POST /api/runs               start a keep (multipart: example or wasm [+ config], backend)
+//	GET  /api/runs/{id}          a run's state
+//	GET  /api/runs/{id}/events   its events: state, stdout, stderr, proof, listen, exit, end
+//	POST /api/runs/{id}/stop     stop it
+//
+// Keeps are started through a Runner; ProcessRunner starts each as a child
+// `castellan run --report FILE` process, so that a keep's limits are those
+// of the command line (wall time exits 124, output size 125) and a keep
+// that misbehaves cannot take the console down with it. Visitors are told
+// apart by a session cookie: one running keep per session, a global cap on
+// running keeps, and a cap on upload size. Uploaded configs may not name
+// host folders, outgoing connections, an attestation service, or a listen
+// address other than loopback: the console is for trying workloads, not
+// for lending the host.
+package console
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/attest/verify"
+	"github.com/castellan-dev/castellan/internal/tee"
+)
+
+//go:embed web
+var webFS embed.FS
+
+// Defaults of the console's limits.
+const (
+	DefaultTimeLimit = 60 * time.Second
+	DefaultMaxOutput = 1 << 20
+	DefaultMaxUpload = 16 << 20
+	DefaultMaxKeeps  = 4
+	DefaultMaxMemory = 256 << 20
+)
+
+// Options configure a Server. Zero values take the defaults.
+type Options struct {
+	TimeLimit time.Duration // wall time of each keep
+	MaxOutput int64         // stdout and stderr together, per keep
+	MaxUpload int64         // size of an uploaded module
+	MaxKeeps  int           // keeps running at once, all visitors together
+	MaxMemory int64         // linear memory of each keep
+
+	// Runner starts keeps; nil = a ProcessRunner on this executable.
+	Runner Runner
+	// ExamplesDir is where built examples are cached; "" = the user's
+	// cache folder.
+	ExamplesDir string
+	// CacheDir is the compilation cache used to check uploads; "" = none.
+	CacheDir string
+	// TempDir holds each run's files; "" = os.TempDir().
+	TempDir string
+	// Backends lists the backends and whether they are usable; nil = tee.Info.
+	Backends func() []tee.Status
+	// SimRoots returns the simulation roots the console trusts when it
+	// checks simulated evidence; nil = tee.SimRoots, the local ones.
+	SimRoots func() ([]*x509.Certificate, error)
+	// Log receives one line per notable event (may be nil).
+	Log func(format string, a ...any)
+}
+
+// Server is the console: an http.Handler plus the keeps it runs.
+type Server struct {
+	o       Options
+	builder *builder
+	mux     *http.ServeMux
+
+	mu        sync.Mutex
+	runs      map[string]*run
+	bySession map[string]*run // the session's running keep
+	running   int
+	closed    bool
+}
+
+// New returns a console with the given options.
+func New(o Options) (*Server, error) {
+	if o.TimeLimit <= 0 {
+		o.TimeLimit = DefaultTimeLimit
+	}
+	if o.MaxOutput <= 0 {
+		o.MaxOutput = DefaultMaxOutput
+	}
+	if o.MaxUpload <= 0 {
+		o.MaxUpload = DefaultMaxUpload
+	}
+	if o.MaxKeeps <= 0 {
+		o.MaxKeeps = DefaultMaxKeeps
+	}
+	if o.MaxMemory <= 0 {
+		o.MaxMemory = DefaultMaxMemory
+	}
+	if o.Runner == nil {
+		o.Runner = &ProcessRunner{}
+	}
+	if o.ExamplesDir == "" {
+		base, err := os.UserCacheDir()
+		if err != nil {
+			return nil, fmt.Errorf("examples cache folder: %w", err)
+		}
+		o.ExamplesDir = filepath.Join(base, "castellan", "console-examples")
+	}
+	if o.TempDir == "" {
+		o.TempDir = os.TempDir()
+	}
+	if o.Backends == nil {
+		o.Backends = tee.Info
+	}
+	if o.SimRoots == nil {
+		o.SimRoots = func() ([]*x509.Certificate, error) {
+			roots, _, err := tee.SimRoots()
+			return roots, err
+		}
+	}
+	if o.Log == nil {
+		o.Log = func(string, ...any) {}
+	}
+	s := &Server{
+		o:         o,
+		builder:   newBuilder(o.ExamplesDir),
+		runs:      map[string]*run{},
+		bySession: map[string]*run{},
+	}
+	s.routes()
+	return s, nil
+}
+
+// ServeHTTP serves the page and the API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+	s.mux.ServeHTTP(w, r)
+}
+
+// WarmUp compiles the examples that are not built yet, one after the other,
+// so that a visitor's first run does not wait for a compiler.
+func (s *Server) WarmUp(ctx context.Context) {
+	for _, ex := range Examples {
+		if st, _ := s.builder.status(ex); st != "not-built" {
+			continue
+		}
+		if _, err := s.builder.wasm(ctx, ex); err != nil {
+			s.o.Log("%v", err)
+		}
+	}
+}
+
+// ExamplePath returns the module file of the example called id, compiling
+// it first if needed.
+func (s *Server) ExamplePath(ctx context.Context, id string) (string, error) {
+	ex, ok := exampleByID(id)
+	if !ok {
+		return "", fmt.Errorf("unknown example %q", id)
+	}
+	return s.builder.wasm(ctx, ex)
+}
+
+// Close stops every running keep and waits for them to end.
+func (s *Server) Close() {
+	s.mu.Lock()
+	s.closed = true
+	var rs []*run
+	for _, r := range s.runs {
+		rs = append(rs, r)
+	}
+	s.mu.Unlock()
+	for _, r := range rs {
+		r.stop("The console shut down.")
+	}
+	for _, r := range rs {
+		<-r.ended
+	}
+}
+
+func (s *Server) routes() {
+	s.mux = http.NewServeMux()
+	static, _ := fs.Sub(webFS, "web")
+	files := http.FileServerFS(static)
+	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		s.session(w, r)
+		w.Header().Set("Cache-Control", "no-store")
+		http.ServeFileFS(w, r, static, "index.html")
+	})
+	s.mux.Handle("GET /static/", http.StripPrefix("/static/", files))
+	s.mux.HandleFunc("GET /api/info", s.handleInfo)
+	s.mux.HandleFunc("POST /api/runs", s.handleStart)
+	s.mux.HandleFunc("GET /api/runs/{id}", s.handleRun)
+	s.mux.HandleFunc("GET /api/runs/{id}/events", s.handleEvents)
+	s.mux.HandleFunc("POST /api/runs/{id}/stop", s.handleStop)
+}
+
+// sessionCookie names the cookie that tells visitors apart.
+const sessionCookie = "castellan_session"
+
+// session returns the visitor's session ID, giving them one if they have
+// none. The ID is only a handle for the per-visitor limit and for who may
+// see and stop a run; it grants nothing else.
+func (s *Server) session(w http.ResponseWriter, r *http.Request) string {
+	if id, ok := sessionFrom(r); ok {
+		return id
+	}
+	var b [16]byte
+	rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: id, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	return id
+}
+
+func sessionFrom(r *http.Request) (string, bool) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil || len(c.Value) != 32 {
+		return "", false
+	}
+	if _, err := hex.DecodeString(c.Value); err != nil {
+		return "", false
+	}
+	return c.Value, true
+}
+
+// apiError is the body of every failed API call.
+type apiError struct {
+	Error string `json:"error"`
+	// Limit names the limit that was hit: "session", "keeps", "upload".
+	Limit string `json:"limit,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, limit, format string, a ...any) {
+	writeJSON(w, status, apiError{Error: fmt.Sprintf(format, a...), Limit: limit})
+}
+
+// sameOrigin refuses requests a page on another site made the browser
+// send: the session cookie is SameSite=Strict already; this also covers
+// browsers that ignore it.
+func sameOrigin(r *http.Request) bool {
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+		return false
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		return o == "http://"+r.Host || o == "https://"+r.Host
+	}
+	return true
+}
+
+// Info is the body of GET /api/info.
+type Info struct {
+	Examples       []ExampleInfo `json:"examples"`
+	Backends       []BackendInfo `json:"backends"`
+	DefaultBackend string        `json:"default_backend"`
+	Limits         Limits        `json:"limits"`
+	// Run is the visitor's running keep, if any, so that a reloaded page
+	// can follow it again.
+	Run string `json:"run,omitempty"`
+}
+
+// ExampleInfo is an example and whether it can run here.
+type ExampleInfo struct {
+	Example
+	State  string `json:"state"` // ready, not-built, building, unavailable
+	Reason string `json:"reason,omitempty"`
+}
+
+// BackendInfo is a backend as the page offers it.
+type BackendInfo struct {
+	tee.Status
+	Label       string `json:"label"`
+	Description string `json:"description"`
+}
+
+// Limits are the console's limits, for the page to state.
+type Limits struct {
+	TimeLimitMS int64 `json:"time_limit_ms"`
+	MaxOutput   int64 `json:"max_output"`
+	MaxUpload   int64 `json:"max_upload"`
+	MaxKeeps    int   `json:"max_keeps"`
+	Running     int   `json:"running"`
+}
+
+func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
+	sess := s.session(w, r)
+	info := Info{}
+	for _, ex := range Examples {
+		st, reason := s.builder.status(ex)
+		info.Examples = append(info.Examples, ExampleInfo{Example: ex, State: st, Reason: reason})
+	}
+	info.Backends, info.DefaultBackend = s.backends()
+	s.mu.Lock()
+	info.Limits = Limits{TimeLimitMS: s.o.TimeLimit.Milliseconds(), MaxOutput: s.o.MaxOutput, MaxUpload: s.o.MaxUpload, MaxKeeps: s.o.MaxKeeps, Running: s.running}
+	if rn := s.bySession[sess]; rn != nil {
+		info.Run = rn.id
+	}
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, info)
+}
+
+// backends returns the backends with words for the page, and the one to
+// preselect: a real TEE when there is one, else the SNP simulation, whose
+// evidence shows every check.
+func (s *Server) backends() ([]BackendInfo, string) {
+	var out []BackendInfo
+	def := ""
+	for _, st := range s.o.Backends() {
+		b := BackendInfo{Status: st}
+		switch st.Name {
+		case tee.NameNil:
+			b.Label = "nil: no TEE (insecure)"
+			b.Description = "An ordinary process. Nothing protects the keep from this machine; there is no hardware evidence."
+		case tee.NameSimSNP:
+			b.Label = "sim-snp: simulated AMD SEV-SNP (insecure)"
+			b.Description = "A real-format SEV-SNP report signed by a test key on this machine: every check runs, nothing is protected."
+		case tee.NameSimTDX:
+			b.Label = "sim-tdx: simulated Intel TDX (insecure)"
+			b.Description = "A real-format TDX quote signed by a test key on this machine: every check runs, nothing is protected."
+		case tee.NameSNP:
+			b.Label = "snp: AMD SEV-SNP confidential VM"
+			b.Description = "The keep's memory is encrypted by the CPU; AMD's key signs the evidence."
+		case tee.NameTDX:
+			b.Label = "tdx: Intel TDX confidential VM"
+			b.Description = "The keep's memory is encrypted by the CPU; Intel's key signs the evidence."
+		default:
+			b.Label = st.Name
+		}
+		if st.Usable && def == "" {
+			def = st.Name // Names order: snp, tdx, sim-snp, sim-tdx, nil
+		}
+		out = append(out, b)
+	}
+	return out, def
+}
+
+func (s *Server) usableBackend(name string) (bool, string) {
+	for _, st := range s.o.Backends() {
+		if st.Name == name {
+			return st.Usable, st.Reason
+		}
+	}
+	return false, "unknown backend"
+}
+
+// verifier checks a keep's evidence. Simulated evidence is checked against
+// this machine's simulation roots: the console is a local demo, and the
+// page says so.
+func (s *Server) verifier(backend string) Verifier {
+	return func(env *evidence.Envelope) (*evidence.Claims, error) {
+		var opts verify.Options
+		if strings.HasPrefix(backend, "sim-") {
+			roots, err := s.o.SimRoots()
+			if err != nil {
+				return nil, fmt.Errorf("loading the local simulation roots: %w", err)
+			}
+			opts.SimRoots = roots
+		}
+		return verify.Envelope(env, opts)
+	}
+}
+
+var errClosed = errors.New("the console is shutting down")
