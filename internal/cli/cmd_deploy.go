@@ -25,13 +25,22 @@ except -c (the package carries its config).
 
 A package's config comes from its author. When it names host folders
 (kind = "dir"), deploy refuses to run it unless --allow-dir names each of
-those host paths (relative paths resolve against the working directory).`,
+those host paths (relative paths resolve against the working directory).
+
+With --host https://agent, the package is delivered confidentially to a
+keep on that host agent: the keep attests to a fresh key, the client's nonce
+and the package digest; the client verifies the evidence (--attest URL, or
+--policy and --measurements, or --insecure for development), then sends
+the package and --secret values over TLS that ends inside the keep, pinned
+to the attested key. The agent relays ciphertext only. The workload's output
+comes back over the same channel; the exit status is the workload's.`,
 }
 
 type deployOptions struct {
 	*runOptions
 	*storeOptions
 	allowDirs multiFlag
+	remote    *remoteOptions // --host and its friends (cmd_host.go)
 }
 
 // multiFlag collects a flag given several times.
@@ -43,6 +52,7 @@ func (m *multiFlag) Set(s string) error { *m = append(*m, s); return nil }
 func addDeployFlags(fs *flag.FlagSet) *deployOptions {
 	do := &deployOptions{runOptions: addRunFlags(fs), storeOptions: addStoreFlags(fs, true)}
 	fs.Var(&do.allowDirs, "allow-dir", "let the package's config map this host folder (repeat for each); \"all\" allows any")
+	do.remote = addRemoteFlags(fs)
 	return do
 }
 
@@ -84,6 +94,9 @@ func init() {
 			return packageError(e, err)
 		}
 		name := ref.String()
+		if *do.remote.url != "" && !do.digestOnly {
+			return deployRemote(e, do, art, name, extra)
+		}
 		if art.Config != nil && !do.digestOnly {
 			// runArtifact reports a config that does not parse.
 			if cfg, err := config.Parse(name+" config", art.Config); err == nil {

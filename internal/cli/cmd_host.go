@@ -1,0 +1,454 @@
+package cli
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/attest/policy"
+	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/host"
+	"github.com/castellan-dev/castellan/internal/tee"
+	"github.com/castellan-dev/castellan/internal/workload"
+)
+
+func defaultHostStateDir() string {
+	if d := os.Getenv("CASTELLAN_HOST_STATE"); d != "" {
+		return d
+	}
+	base, err := os.UserConfigDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(base, "castellan", "host")
+}
+
+var hostServeCmd = &Command{
+	Name:    "host serve",
+	Usage:   "host serve [flags]",
+	Summary: "run the host agent: the keep manager and confidential delivery relay",
+	Help: `Serves the host agent API over HTTPS with bearer tokens (see 'castellan host
+token create'). Each keep is a child process with its own limits; keep
+state lives in SQLite in --state-dir, so that a restarted agent adopts the
+keeps that still run and records how the others ended. The agent relays
+encrypted sessions between clients and keeps: it never sees a confidentially
+delivered workload or its secrets.
+
+The TLS certificate is self-signed and stored in the state folder
+(tls/cert.pem): give it to clients as --host-ca. Stopping the agent leaves
+its keeps running.`,
+}
+
+type hostServeFlags struct {
+	listen, stateDir, maxMemory, keepCache string
+	maxKeeps, maxOpenFiles                 int
+	maxCPU, maxWall, attachTimeout         time.Duration
+}
+
+func addHostServeFlags(fs *flag.FlagSet) *hostServeFlags {
+	f := &hostServeFlags{}
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:7443", "address to serve the API on")
+	fs.StringVar(&f.stateDir, "state-dir", defaultHostStateDir(), "state folder: database, TLS key, keep folders ($CASTELLAN_HOST_STATE)")
+	fs.IntVar(&f.maxKeeps, "max-keeps", host.DefaultMaxKeeps, "most keeps alive at once")
+	fs.StringVar(&f.maxMemory, "max-memory", "4GiB", "most memory (private writable, RLIMIT_DATA) a keep may ask for")
+	fs.DurationVar(&f.maxCPU, "max-cpu-time", time.Duration(host.DefaultCPUSeconds)*time.Second, "most CPU time a keep may ask for")
+	fs.DurationVar(&f.maxWall, "max-wall-time", time.Duration(host.DefaultWallSeconds)*time.Second, "longest wall time a keep may ask for")
+	fs.IntVar(&f.maxOpenFiles, "max-open-files", host.DefaultOpenFiles, "most open descriptors a keep may ask for")
+	fs.DurationVar(&f.attachTimeout, "attach-timeout", host.DefaultAttachTimeout, "how long a ready keep waits for its client")
+	fs.StringVar(&f.keepCache, "keep-cache-dir", "", "compilation cache for nil-backend keeps only (a cache on the host's disk is open to the host; TEE keeps never use one)")
+	return f
+}
+
+var hostTokenCmd = &Command{
+	Name:    "host token",
+	Usage:   "host token create [--state-dir DIR] [--name NAME]",
+	Summary: "create a bearer token for the host agent's API",
+	Help: `Prints a new token once; the agent stores only its SHA-256. Works while the
+agent runs (the state database is shared).`,
+}
+
+var hostKeepsCmd = &Command{
+	Name:    "host keeps",
+	Usage:   "host keeps [--host URL] [--host-ca FILE] [--token-file FILE] [--stop ID] [--events ID]",
+	Summary: "list a host agent's keeps, stop one, or follow one's events",
+}
+
+type hostClientFlags struct {
+	url, ca, token, tokenFile *string
+}
+
+func addHostClientFlags(fs *flag.FlagSet, hostFlag bool) *hostClientFlags {
+	f := &hostClientFlags{}
+	if hostFlag {
+		f.url = fs.String("host", os.Getenv("CASTELLAN_HOST"), "host agent URL, https://host:port ($CASTELLAN_HOST)")
+	} else {
+		s := ""
+		f.url = &s
+	}
+	f.ca = fs.String("host-ca", os.Getenv("CASTELLAN_HOST_CA"), "PEM certificate of the host agent (its state-dir/tls/cert.pem; $CASTELLAN_HOST_CA)")
+	f.token = fs.String("token", "", "bearer token for the host agent (default $CASTELLAN_HOST_TOKEN; --token-file keeps it out of the process list)")
+	f.tokenFile = fs.String("token-file", "", "file holding the bearer token for the host agent")
+	return f
+}
+
+func (f *hostClientFlags) client(e *Env) (*host.Client, int) {
+	tok := *f.token
+	if *f.tokenFile != "" {
+		b, err := readFileLimited(*f.tokenFile, 4096)
+		if err != nil {
+			return nil, e.Errorf("--token-file: %v", err)
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	if tok == "" {
+		tok = os.Getenv("CASTELLAN_HOST_TOKEN")
+	}
+	if tok == "" {
+		return nil, e.ErrorWithHint(errors.New("no token for the host agent"), "pass --token or set CASTELLAN_HOST_TOKEN ('castellan host token create' on the host makes one)")
+	}
+	var roots *x509.CertPool
+	if *f.ca != "" {
+		pem, err := os.ReadFile(*f.ca)
+		if err != nil {
+			return nil, e.Errorf("--host-ca: %v", err)
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, e.Errorf("--host-ca: %s: no PEM certificate in it", *f.ca)
+		}
+	}
+	c, err := host.NewClient(*f.url, tok, roots)
+	if err != nil {
+		return nil, e.Usagef("--host: %v", err)
+	}
+	return c, ExitOK
+}
+
+func init() {
+	DefineFlags(hostServeCmd.Name, func(fs *flag.FlagSet) { addHostServeFlags(fs) })
+	hostServeCmd.Run = hostServe
+	Register(hostServeCmd)
+
+	tokenFlags := func(fs *flag.FlagSet) (*string, *string) {
+		return fs.String("state-dir", defaultHostStateDir(), "the agent's state folder"), fs.String("name", "", "a name to remember the token by")
+	}
+	DefineFlags(hostTokenCmd.Name, func(fs *flag.FlagSet) { tokenFlags(fs) })
+	hostTokenCmd.Run = func(e *Env, args []string) int {
+		fs := e.FlagSet(hostTokenCmd)
+		dir, name := tokenFlags(fs)
+		pos, status, ok := e.Parse(hostTokenCmd, fs, args)
+		if !ok {
+			return status
+		}
+		if len(pos) != 1 || pos[0] != "create" {
+			return e.Usagef("host token: want 'create' (see 'castellan help host token')")
+		}
+		if *dir == "" {
+			return e.Usagef("host token: no --state-dir")
+		}
+		tok, err := host.CreateToken(*dir, *name)
+		if err != nil {
+			return e.Errorf("%v", err)
+		}
+		fmt.Fprintln(e.Stdout, tok)
+		return ExitOK
+	}
+	Register(hostTokenCmd)
+
+	keepsFlags := func(fs *flag.FlagSet) (*hostClientFlags, *string, *string, *bool) {
+		return addHostClientFlags(fs, true), fs.String("stop", "", "stop this keep (\"all\": every live keep)"), fs.String("events", "", "follow this keep's events until it ends"),
+			fs.Bool("json", false, "print JSON")
+	}
+	DefineFlags(hostKeepsCmd.Name, func(fs *flag.FlagSet) { keepsFlags(fs) })
+	hostKeepsCmd.Run = func(e *Env, args []string) int {
+		fs := e.FlagSet(hostKeepsCmd)
+		hf, stop, events, asJSON := keepsFlags(fs)
+		pos, status, ok := e.Parse(hostKeepsCmd, fs, args)
+		if !ok {
+			return status
+		}
+		if len(pos) != 0 {
+			return e.Usagef("host keeps: no arguments expected")
+		}
+		c, code := hf.client(e)
+		if c == nil {
+			return code
+		}
+		ctx := context.Background()
+		switch {
+		case *stop != "":
+			ids := []string{*stop}
+			if *stop == "all" {
+				ks, err := c.List(ctx)
+				if err != nil {
+					return e.Errorf("%v", err)
+				}
+				ids = ids[:0]
+				for _, k := range ks {
+					if !host.Terminal(k.State) {
+						ids = append(ids, k.ID)
+					}
+				}
+			}
+			for _, id := range ids {
+				k, err := c.Stop(ctx, id)
+				if err != nil {
+					return e.Errorf("%v", err)
+				}
+				fmt.Fprintf(e.Stdout, "%s %s %s\n", k.ID, k.State, k.Reason)
+			}
+		case *events != "":
+			err := c.Events(ctx, *events, true, func(ev host.Event) {
+				fmt.Fprintf(e.Stdout, "%s %s %s\n", ev.Time.Format(time.RFC3339), ev.Type, ev.Message)
+			})
+			if err != nil {
+				return e.Errorf("%v", err)
+			}
+		default:
+			ks, err := c.List(ctx)
+			if err != nil {
+				return e.Errorf("%v", err)
+			}
+			if *asJSON {
+				enc := json.NewEncoder(e.Stdout)
+				enc.SetIndent("", "  ")
+				enc.Encode(ks)
+				return ExitOK
+			}
+			for _, k := range ks {
+				extra := k.Reason
+				if k.ExitCode != nil {
+					extra = fmt.Sprintf("status %d", *k.ExitCode)
+				}
+				fmt.Fprintf(e.Stdout, "%-12s %-8s %-7s %s %s\n", k.ID, k.State, k.Backend, k.Digest, extra)
+			}
+		}
+		return ExitOK
+	}
+	Register(hostKeepsCmd)
+}
+
+func hostServe(e *Env, args []string) int {
+	fs := e.FlagSet(hostServeCmd)
+	f := addHostServeFlags(fs)
+	pos, status, ok := e.Parse(hostServeCmd, fs, args)
+	if !ok {
+		return status
+	}
+	if len(pos) != 0 {
+		return e.Usagef("host serve: no arguments expected")
+	}
+	if f.stateDir == "" {
+		return e.Usagef("host serve: no --state-dir")
+	}
+	mem, err := config.ParseSize(f.maxMemory)
+	if err != nil || mem == 0 {
+		return e.Usagef("--max-memory: %q is not a size such as 4GiB", f.maxMemory)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--max-cpu-time", f.maxCPU}, {"--max-wall-time", f.maxWall}, {"--attach-timeout", f.attachTimeout}} {
+		if d.v < time.Second {
+			return e.Usagef("%s: %v is less than a second", d.name, d.v)
+		}
+	}
+	if f.maxKeeps < 1 || f.maxOpenFiles < 16 {
+		return e.Usagef("host serve: --max-keeps must be at least 1 and --max-open-files at least 16")
+	}
+	a, err := host.New(host.Config{
+		StateDir:      f.stateDir,
+		MaxKeeps:      f.maxKeeps,
+		Max:           host.Limits{MemoryBytes: int64(mem), CPUSeconds: int64(f.maxCPU / time.Second), WallSeconds: int64(f.maxWall / time.Second), OpenFiles: int64(f.maxOpenFiles)},
+		AttachTimeout: f.attachTimeout,
+		KeepCacheDir:  f.keepCache,
+		Logf:          func(format string, a ...any) { e.Infof(format, a...) },
+	})
+	if err != nil {
+		return e.Errorf("%v", err)
+	}
+	defer a.Close()
+	if _, err := a.TLSCertificate(); err != nil {
+		return e.Errorf("agent TLS certificate: %v", err)
+	}
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return e.Errorf("--listen: %v", err)
+	}
+	certPath := filepath.Join(f.stateDir, host.CertFile)
+	fp, _ := host.CertFingerprint(certPath)
+	e.Infof("host agent on https://%s (certificate %s, %s)", ln.Addr(), certPath, fp)
+	for _, s := range a.Enforcement() {
+		e.Infof("limits: %s", s)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := a.Serve(ctx, ln); err != nil {
+		return e.Errorf("%v", err)
+	}
+	e.Infof("host agent stopped; its keeps run on and the next agent on %s adopts them", f.stateDir)
+	return ExitOK
+}
+
+// remoteOptions are deploy's flags for a confidential deployment through
+// a host agent.
+type remoteOptions struct {
+	*hostClientFlags
+	policyFile, measurements string
+	insecure                 bool
+	secrets, secretFiles     multiFlag
+	detach, hostOutput       bool
+	keepMemory               string
+	cpuTime                  time.Duration
+	openFiles                int
+}
+
+func addRemoteFlags(fs *flag.FlagSet) *remoteOptions {
+	r := &remoteOptions{hostClientFlags: addHostClientFlags(fs, true)}
+	fs.StringVar(&r.policyFile, "policy", "", "with --host: verify the keep's evidence with this policy file (as the attestation service reads it)")
+	fs.StringVar(&r.measurements, "measurements", "", "with --policy: the measurement database")
+	fs.BoolVar(&r.insecure, "insecure", false, "with --host: accept any evidence whose signatures check, including no TEE and simulated hardware (development only)")
+	fs.Var(&r.secrets, "secret", "with --host: NAME=VALUE, a secret environment value sent only to the attested keep (repeat)")
+	fs.Var(&r.secretFiles, "secret-file", "with --host: NAME=PATH, a secret environment value read from a file (repeat)")
+	fs.BoolVar(&r.detach, "detach", false, "with --host: return once the workload started; it runs on")
+	fs.BoolVar(&r.hostOutput, "host-output", false, "with --detach: send the workload's output to the host agent's log (the host can read it)")
+	fs.StringVar(&r.keepMemory, "keep-memory", "", "with --host: memory limit of the keep process (RLIMIT_DATA), e.g. 1GiB (default: the host's maximum)")
+	fs.DurationVar(&r.cpuTime, "cpu-time", 0, "with --host: CPU time limit of the keep process (default: the host's maximum)")
+	fs.IntVar(&r.openFiles, "open-files", 0, "with --host: descriptor limit of the keep process (default: the host's maximum)")
+	return r
+}
+
+// deployRemote runs the confidential delivery protocol through the agent.
+func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string, args []string) int {
+	r := do.remote
+	if do.memory != "" || do.maxOutput != "" || do.noCache || do.report != "" || len(do.allowDirs) > 0 {
+		return e.Usagef("deploy --host: --memory, --max-output, --no-cache, --report and --allow-dir apply to local runs (the keep's memory limit is --keep-memory)")
+	}
+	c, code := r.client(e)
+	if c == nil {
+		return code
+	}
+	defer c.CloseIdleConnections()
+	secrets := map[string]string{}
+	for _, s := range r.secrets {
+		k, v, ok := strings.Cut(s, "=")
+		if !ok || k == "" {
+			return e.Usagef("--secret: %q is not NAME=VALUE", s)
+		}
+		secrets[k] = v
+	}
+	for _, s := range r.secretFiles {
+		k, p, ok := strings.Cut(s, "=")
+		if !ok || k == "" {
+			return e.Usagef("--secret-file: %q is not NAME=PATH", s)
+		}
+		b, err := readFileLimited(p, delivery.MaxSecretSize)
+		if err != nil {
+			return e.Errorf("--secret-file: %v", err)
+		}
+		secrets[k] = string(b)
+	}
+	var v delivery.Verifier
+	switch {
+	case do.attest != "":
+		sv := &delivery.ServiceVerifier{URL: do.attest, Package: name, AllowInsecure: r.insecure}
+		if do.attestCA != "" {
+			pem, err := os.ReadFile(do.attestCA)
+			if err != nil {
+				return e.Errorf("--attest-ca: %v", err)
+			}
+			sv.Roots = x509.NewCertPool()
+			if !sv.Roots.AppendCertsFromPEM(pem) {
+				return e.Errorf("--attest-ca: %s: no PEM certificate in it", do.attestCA)
+			}
+		}
+		v = sv
+	case r.policyFile != "":
+		if r.measurements == "" {
+			return e.Usagef("--policy needs --measurements")
+		}
+		snap, err := policy.Load(r.policyFile, r.measurements)
+		if err != nil {
+			return e.Errorf("%v", err)
+		}
+		v = &delivery.PolicyVerifier{Policy: snap, Name: r.policyFile}
+	case r.insecure:
+		iv := &delivery.InsecureVerifier{}
+		if roots, _, err := tee.SimRoots(); err == nil {
+			iv.SimRoots = roots
+		}
+		v = iv
+		e.Warningf("--insecure: the keep's evidence is checked for signatures and bindings only, not against a policy")
+	default:
+		return e.ErrorWithHint(errors.New("deploy --host: nothing to verify the keep's evidence with"),
+			"pass --attest URL (the attestation service), --policy FILE --measurements FILE, or --insecure for development")
+	}
+	lim := host.Limits{CPUSeconds: int64(r.cpuTime / time.Second), WallSeconds: int64(do.wallTime / time.Second), OpenFiles: int64(r.openFiles)}
+	if r.keepMemory != "" {
+		n, err := config.ParseSize(r.keepMemory)
+		if err != nil || n == 0 {
+			return e.Usagef("--keep-memory: %q is not a size such as 1GiB", r.keepMemory)
+		}
+		lim.MemoryBytes = int64(n)
+	}
+	backend := do.backend
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if backend == "" || backend == tee.NameAuto {
+		info, err := c.Host(ctx)
+		if err != nil {
+			return e.Errorf("%v", err)
+		}
+		backend = ""
+		for _, n := range []string{tee.NameSNP, tee.NameTDX} {
+			if info.Backends[n] == "available" {
+				backend = n
+				break
+			}
+		}
+		if backend == "" {
+			return e.ErrorWithHint(errors.New("the host has no TEE backend available"), "pass --backend sim-snp, sim-tdx or nil for a test keep")
+		}
+	}
+	k, res, err := c.Deploy(ctx, host.DeployOptions{
+		Backend: backend, Limits: lim, Name: name, Verifier: v,
+		Delivery: delivery.Delivery{Artifact: art, Name: name, Args: args, Secrets: secrets, Detach: r.detach, HostOutput: r.hostOutput,
+			Stdout: e.Stdout, Stderr: e.Stderr},
+		OnKeep: func(k *host.Keep) { e.Infof("keep %s created on %s (backend %s)", k.ID, *r.url, k.Backend) },
+		OnVerified: func(v *delivery.Verified) {
+			what := v.Claims.Platform
+			if v.Claims.Insecure() {
+				what += ", insecure"
+			}
+			e.Infof("keep evidence verified by %s (%s, key %s); sending the package over TLS to the keep", v.By, what, delivery.SPKIFingerprint(v.SPKI))
+		},
+	})
+	if err != nil {
+		var ve *delivery.VerificationError
+		if errors.As(err, &ve) {
+			e.Errorf("%v", err)
+			e.Hintf("nothing was sent to the keep; it has been stopped")
+			return ExitError
+		}
+		return e.Errorf("%v", err)
+	}
+	if r.detach {
+		e.Infof("keep %s: workload %s started, detached", k.ID, art.Digest)
+		return ExitOK
+	}
+	if res.Reason != "" {
+		return e.Errorf("keep %s: %s", k.ID, res.Reason)
+	}
+	return res.ExitCode
+}

@@ -1,0 +1,408 @@
+package delivery
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/runtime"
+	"github.com/castellan-dev/castellan/internal/tee"
+	"github.com/castellan-dev/castellan/internal/workload"
+)
+
+// Keep is the keep's side of one delivery: its key, its evidence and the
+// digest it attested to.
+type Keep struct {
+	key       *ecdsa.PrivateKey
+	spki      []byte
+	digest    string
+	clientKey []byte // SHA-256 of the client's SPKI, as the create request named it
+	cert      tls.Certificate
+	Hello     Hello
+}
+
+// NewKeep makes the keep's fresh key, evidence over (key, nonce, digest)
+// from backend b, and a CSR. clientKey is the SHA-256 of the public key
+// (SPKI) the delivering client will present in TLS; only that client may
+// deliver.
+func NewKeep(ctx context.Context, b tee.Backend, nonce []byte, digest string, clientKey []byte) (*Keep, error) {
+	if len(clientKey) != sha256.Size {
+		return nil, fmt.Errorf("client key hash is %d bytes, want %d", len(clientKey), sha256.Size)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("keep key: %w", err)
+	}
+	spki, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return nil, fmt.Errorf("keep key: %w", err)
+	}
+	env, err := tee.Attest(ctx, b, spki, nonce, digest)
+	if err != nil {
+		return nil, err
+	}
+	evb, err := env.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "castellan keep"}}, key)
+	if err != nil {
+		return nil, fmt.Errorf("csr: %w", err)
+	}
+	cert, err := selfSigned(key, "castellan keep (delivery)")
+	if err != nil {
+		return nil, err
+	}
+	return &Keep{key: key, spki: spki, digest: digest, clientKey: bytes.Clone(clientKey), cert: *cert,
+		Hello: Hello{Evidence: evb, CSR: csr}}, nil
+}
+
+// SPKI returns the keep's public key, SPKI DER.
+func (k *Keep) SPKI() []byte { return bytes.Clone(k.spki) }
+
+// selfSigned makes a certificate for key; the peer pins the key, not the
+// certificate.
+func selfSigned(key *ecdsa.PrivateKey, cn string) (*tls.Certificate, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(48 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, key.Public(), key)
+	if err != nil {
+		return nil, fmt.Errorf("certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// ServeOptions are how the keep process runs a delivered workload.
+type ServeOptions struct {
+	// CacheDir is the compilation cache; "" keeps compiled code in memory
+	// only. A cache on the host's disk lets the host read and change
+	// compiled code, so only insecure (nil backend) keeps should use one.
+	CacheDir string
+	// HandshakeTimeout bounds the TLS handshake and the reading of the
+	// package; 0 means one minute.
+	HandshakeTimeout time.Duration
+	// Log receives the keep's notices for the host (never workload data).
+	Log func(format string, a ...any)
+	// HostOutput receives a detached workload's output when its manifest
+	// asks for it (the host can read it).
+	HostOutput io.Writer
+	// Detached is called when the client hung up on a detached workload;
+	// Abort when it hung up on an attached one (the caller ends the
+	// workload, e.g. by exiting the keep process). Nil Abort: the workload
+	// runs on with its output discarded.
+	Detached func()
+	Abort    func(reason string)
+	// Started, if set, is called once the package checked out, before the
+	// workload starts.
+	Started func()
+}
+
+func (o *ServeOptions) logf(format string, a ...any) {
+	if o.Log != nil {
+		o.Log(format, a...)
+	}
+}
+
+// ErrRefused wraps the reasons the keep refused a delivery.
+var ErrRefused = errors.New("delivery refused")
+
+// Serve runs one delivery on conn (the relayed byte stream): TLS with the
+// keep's key, the client's manifest and package, the digest check, then
+// the workload with its output framed back to the client. It returns the
+// workload's result, or an error when nothing ran.
+func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Result, error) {
+	timeout := o.HandshakeTimeout
+	if timeout == 0 {
+		timeout = time.Minute
+	}
+	tc := tls.Server(conn, &tls.Config{
+		Certificates: []tls.Certificate{k.cert},
+		MinVersion:   tls.VersionTLS13,
+		NextProtos:   []string{ALPN},
+		ClientAuth:   tls.RequireAnyClientCert,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return errors.New("no client certificate")
+			}
+			c, err := x509.ParseCertificate(raw[0])
+			if err != nil {
+				return err
+			}
+			sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+			if subtle.ConstantTimeCompare(sum[:], k.clientKey) != 1 {
+				return errors.New("the client's key is not the one named when the keep was created")
+			}
+			return nil
+		},
+	})
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(timeout))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("tls handshake with the client: %w", err)
+	}
+	if tc.ConnectionState().NegotiatedProtocol != ALPN {
+		return nil, fmt.Errorf("tls handshake with the client: protocol %q, want %s", tc.ConnectionState().NegotiatedProtocol, ALPN)
+	}
+	w := &frameWriter{w: tc}
+	refuse := func(err error) (*Result, error) {
+		w.write(FrameError, []byte(err.Error()))
+		return nil, fmt.Errorf("%w: %v", ErrRefused, err)
+	}
+	m, art, err := k.receive(tc)
+	if err != nil {
+		if errors.Is(err, ErrRefused) {
+			w.write(FrameError, []byte(err.Error()))
+		}
+		return nil, err
+	}
+	var cfg *config.Config
+	if art.Config != nil {
+		if cfg, err = config.Parse("package config", art.Config); err != nil {
+			return refuse(err)
+		}
+		for _, f := range cfg.Files {
+			if f.Kind == config.KindDir {
+				return refuse(fmt.Errorf("the config maps host folder %s (as %s): host folders are outside the keep and not confidential", f.Path, f.Name))
+			}
+		}
+	}
+	var cert *tls.Certificate
+	if len(m.CertChain) > 0 {
+		if cert, err = k.chain(m.CertChain); err != nil {
+			return refuse(err)
+		}
+	}
+	tc.SetDeadline(time.Time{})
+	started, _ := json.Marshal(Started{Digest: art.Digest.String()})
+	if err := w.write(FrameStarted, started); err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	o.logf("package %s received and checked; workload starting", art.Digest)
+	if o.Started != nil {
+		o.Started()
+	}
+
+	stdout := &streamWriter{fw: w, typ: FrameStdout}
+	stderr := &streamWriter{fw: w, typ: FrameStderr}
+	var clientGone sync.Once
+	gone := func() {
+		clientGone.Do(func() {
+			if m.Detach {
+				stdout.redirect(o.HostOutput, m.HostOutput)
+				stderr.redirect(o.HostOutput, m.HostOutput)
+				if o.Detached != nil {
+					o.Detached()
+				}
+				return
+			}
+			stdout.redirect(nil, false)
+			stderr.redirect(nil, false)
+			if o.Abort != nil {
+				o.Abort("the client disconnected")
+			}
+		})
+	}
+	stdout.onFail, stderr.onFail = gone, gone
+	if m.Detach {
+		// A detached client returns once it read Started: the output
+		// never goes to it.
+		stdout.redirect(o.HostOutput, m.HostOutput)
+		stderr.redirect(o.HostOutput, m.HostOutput)
+	}
+	// The client sends nothing after the package; a read returning means
+	// it hung up.
+	go func() {
+		io.Copy(io.Discard, tc)
+		gone()
+	}()
+	code, err := runtime.Run(ctx, runtime.Options{
+		Name:        "main.wasm",
+		Wasm:        art.Wasm,
+		Config:      cfg,
+		ConfigDir:   "/nonexistent",
+		Args:        m.Args,
+		Env:         m.Secrets,
+		Stdin:       bytes.NewReader(nil),
+		Stdout:      stdout,
+		Stderr:      stderr,
+		CacheDir:    o.CacheDir,
+		Certificate: cert,
+		Log: func(f string, a ...any) {
+			// Runtime notices may name workload data (a listen address);
+			// they go to the client only.
+			fmt.Fprintf(stderr, "castellan: "+f+"\n", a...)
+		},
+	})
+	clientGone.Do(func() {}) // the workload is over: a hang-up now changes nothing
+	res := &Result{ExitCode: code}
+	if err != nil {
+		res = &Result{ExitCode: 1, Reason: err.Error()}
+	}
+	rb, _ := json.Marshal(res)
+	if w.write(FrameExit, rb) == nil {
+		// Let the client read the exit frame before the close.
+		tc.CloseWrite()
+	}
+	return res, nil
+}
+
+// receive reads the manifest and package and checks the digest.
+func (k *Keep) receive(r io.Reader) (*Manifest, *workload.Artifact, error) {
+	typ, b, err := ReadFrame(r, MaxManifest)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading the manifest: %w", unexpected(err))
+	}
+	if typ != FrameManifest {
+		return nil, nil, fmt.Errorf("%w: first frame is type %d, want the manifest", ErrRefused, typ)
+	}
+	m, err := ParseManifest(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrRefused, err)
+	}
+	if m.Digest != k.digest {
+		return nil, nil, fmt.Errorf("%w: the manifest names package %s, the keep attested to %s", ErrRefused, m.Digest, k.digest)
+	}
+	wasm, err := readBlob(r, FrameWasm, m.WasmSize, "module")
+	if err != nil {
+		return nil, nil, err
+	}
+	var cfg []byte
+	if m.ConfigSize >= 0 {
+		if cfg, err = readBlob(r, FrameConfig, m.ConfigSize, "config"); err != nil {
+			return nil, nil, err
+		}
+	}
+	art, err := workload.New(wasm, cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrRefused, err)
+	}
+	if art.Digest.String() != k.digest {
+		return nil, nil, fmt.Errorf("%w: the package received has digest %s, the keep attested to %s", ErrRefused, art.Digest, k.digest)
+	}
+	return m, art, nil
+}
+
+func readBlob(r io.Reader, want byte, size int64, what string) ([]byte, error) {
+	buf := make([]byte, 0, min(size, 64<<20))
+	for int64(len(buf)) < size {
+		typ, b, err := ReadFrame(r, MaxFrame)
+		if err != nil {
+			return nil, fmt.Errorf("reading the %s: %w", what, unexpected(err))
+		}
+		if typ != want {
+			return nil, fmt.Errorf("%w: frame type %d inside the %s", ErrRefused, typ, what)
+		}
+		if int64(len(buf))+int64(len(b)) > size {
+			return nil, fmt.Errorf("%w: the %s is longer than the manifest's %d bytes", ErrRefused, what, size)
+		}
+		buf = append(buf, b...)
+	}
+	if size == 0 {
+		// An empty config still comes as one empty frame.
+		typ, b, err := ReadFrame(r, 0)
+		if err != nil {
+			return nil, fmt.Errorf("reading the %s: %w", what, unexpected(err))
+		}
+		if typ != want || len(b) != 0 {
+			return nil, fmt.Errorf("%w: bad empty %s frame", ErrRefused, what)
+		}
+	}
+	return buf, nil
+}
+
+// chain checks that the certificate chain the client passed is for the
+// keep's own key.
+func (k *Keep) chain(ders [][]byte) (*tls.Certificate, error) {
+	leaf, err := x509.ParseCertificate(ders[0])
+	if err != nil {
+		return nil, fmt.Errorf("keep certificate: %w", err)
+	}
+	if !bytes.Equal(leaf.RawSubjectPublicKeyInfo, k.spki) {
+		return nil, errors.New("keep certificate: issued for another key")
+	}
+	return &tls.Certificate{Certificate: ders, PrivateKey: k.key, Leaf: leaf}, nil
+}
+
+// frameWriter serialises frames from several goroutines.
+type frameWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (f *frameWriter) write(typ byte, p []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return WriteFrame(f.w, typ, p)
+}
+
+// streamWriter frames a workload stream to the client, or after the
+// client left, to the host or nowhere.
+type streamWriter struct {
+	fw     *frameWriter
+	typ    byte
+	onFail func()
+
+	mu     sync.Mutex
+	moved  bool
+	target io.Writer
+}
+
+func (s *streamWriter) redirect(w io.Writer, use bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.moved = true
+	if use {
+		s.target = w
+	}
+}
+
+func (s *streamWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	moved, target := s.moved, s.target
+	s.mu.Unlock()
+	if moved {
+		if target != nil {
+			target.Write(p)
+		}
+		return len(p), nil
+	}
+	for off := 0; off < len(p); off += MaxFrame {
+		end := min(off+MaxFrame, len(p))
+		if err := s.fw.write(s.typ, p[off:end]); err != nil {
+			s.onFail()
+			return len(p), nil
+		}
+	}
+	return len(p), nil
+}

@@ -1,0 +1,246 @@
+// Package delivery is Castellan's confidential delivery protocol: how a
+// workload owner hands a package and its secrets to a keep on a host that
+// neither of them trusts, so that the host only ever moves ciphertext.
+//
+// The keep side (Keep) makes a fresh P-256 key when it starts and asks its
+// TEE backend for evidence that binds, through the report data,
+//
+//	the keep's public key (SPKI), the client's nonce, and the digest of the
+//	package the client said it will send.
+//
+// The workload is not known when the keep starts, so the client names the
+// package digest it will deliver in its create request and the keep
+// attests to that expected digest; once the bytes arrive the keep rebuilds
+// the artifact, computes the digest of what it actually received and
+// refuses to run anything else. A verifier therefore learns from the
+// hardware: "this measured runtime holds this key, answered my nonce and
+// will run only this package". The keep also sends a CSR for its key, so
+// that the client can trade evidence and CSR at the attestation service for
+// a keep certificate and pass the chain into the keep.
+//
+// The client side (Verifier, Session.Deliver) checks the evidence (locally
+// with an owner's policy file, or through the attestation service), then
+// opens TLS 1.3 to the keep over any byte stream (the host agent relays a
+// raw connection) with the keep's attested key pinned, and sends a
+// manifest, the Wasm module, the config and the secrets. Output comes back
+// as frames on the same TLS connection.
+//
+// Wire format inside TLS: frames of one type byte, a big-endian uint32
+// length and that many payload bytes (at most MaxFrame).
+package delivery
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+
+	"github.com/castellan-dev/castellan/internal/attest/evidence"
+)
+
+// ALPN is the TLS application protocol of a delivery connection.
+const ALPN = "castellan-delivery/1"
+
+// Limits on what either side accepts from the other.
+const (
+	MaxFrame        = 1 << 20  // one frame's payload
+	MaxManifest     = 64 << 10 // the manifest frame
+	MaxWasmSize     = 1 << 30  // a module, as `castellan run` allows
+	MaxConfigSize   = 1 << 20  // a TOML config
+	MaxSecrets      = 64       // secret environment values
+	MaxSecretSize   = 64 << 10 // one secret value
+	MaxArgs         = 256
+	MaxHelloSize    = evidence.MaxEnvelopeSize + 8<<10
+	maxCertChainLen = 4
+)
+
+// Frame types. Client to keep: Manifest, Wasm, Config. Keep to client:
+// Started, Stdout, Stderr, Exit, Error.
+const (
+	FrameManifest byte = 1
+	FrameWasm     byte = 2
+	FrameConfig   byte = 3
+	FrameStarted  byte = 16
+	FrameStdout   byte = 17
+	FrameStderr   byte = 18
+	FrameExit     byte = 19
+	FrameError    byte = 20
+)
+
+// Hello is what a keep publishes when it is ready: its evidence envelope
+// (CBOR) and a CSR for its key (DER). Both are public; the host agent
+// relays them to the client.
+type Hello struct {
+	Evidence []byte `json:"evidence"`
+	CSR      []byte `json:"csr"`
+}
+
+// Manifest is the first frame the client sends: what follows and how to
+// run it. Secrets are environment values added after the config's env;
+// they are not part of the package digest.
+type Manifest struct {
+	Digest     string            `json:"digest"`
+	Name       string            `json:"name,omitempty"`
+	WasmSize   int64             `json:"wasm_size"`
+	ConfigSize int64             `json:"config_size"` // -1: the package has no config
+	Args       []string          `json:"args,omitempty"`
+	Secrets    map[string]string `json:"secrets,omitempty"`
+	// CertChain is the keep certificate chain (DER, leaf first) that the
+	// attestation service issued for the keep's key; the keep presents it
+	// on its TLS listeners. Empty: the keep uses a self-signed certificate.
+	CertChain [][]byte `json:"cert_chain,omitempty"`
+	// Detach lets the workload run on after the client hangs up; its
+	// output goes to the host only when HostOutput is set.
+	Detach     bool `json:"detach,omitempty"`
+	HostOutput bool `json:"host_output,omitempty"`
+}
+
+// Started is the keep's answer once the package checked out.
+type Started struct {
+	Digest string `json:"digest"`
+}
+
+// Result is how a workload ended, sent in the Exit frame.
+type Result struct {
+	ExitCode int    `json:"exit_code"`
+	Reason   string `json:"reason,omitempty"` // empty for a normal exit
+}
+
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// check applies the manifest rules the keep enforces.
+func (m *Manifest) check() error {
+	if err := evidence.CheckDigest(m.Digest); err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	if m.WasmSize <= 0 || m.WasmSize > MaxWasmSize {
+		return fmt.Errorf("manifest: wasm_size %d is not between 1 and %d", m.WasmSize, MaxWasmSize)
+	}
+	if m.ConfigSize < -1 || m.ConfigSize > MaxConfigSize {
+		return fmt.Errorf("manifest: config_size %d is not between -1 and %d", m.ConfigSize, MaxConfigSize)
+	}
+	if len(m.Args) > MaxArgs {
+		return fmt.Errorf("manifest: %d args, more than %d", len(m.Args), MaxArgs)
+	}
+	if len(m.Secrets) > MaxSecrets {
+		return fmt.Errorf("manifest: %d secrets, more than %d", len(m.Secrets), MaxSecrets)
+	}
+	for k, v := range m.Secrets {
+		if !envName.MatchString(k) {
+			return fmt.Errorf("manifest: secret name %q is not an environment variable name", truncate(k))
+		}
+		if len(v) > MaxSecretSize || strings.ContainsRune(v, 0) {
+			return fmt.Errorf("manifest: secret %s is over %d bytes or holds a NUL byte", k, MaxSecretSize)
+		}
+	}
+	if len(m.CertChain) > maxCertChainLen {
+		return fmt.Errorf("manifest: certificate chain of %d, more than %d", len(m.CertChain), maxCertChainLen)
+	}
+	if m.HostOutput && !m.Detach {
+		return errors.New("manifest: host_output applies only to a detached workload")
+	}
+	return nil
+}
+
+// ParseManifest decodes a manifest frame strictly.
+func ParseManifest(b []byte) (*Manifest, error) {
+	if len(b) > MaxManifest {
+		return nil, fmt.Errorf("manifest: %d bytes, more than %d", len(b), MaxManifest)
+	}
+	var m Manifest
+	if err := decodeStrict(b, &m); err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	if err := m.check(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// ParseHello decodes a keep's hello strictly and checks that its evidence
+// envelope parses.
+func ParseHello(b []byte) (*Hello, *evidence.Envelope, error) {
+	if len(b) > MaxHelloSize {
+		return nil, nil, fmt.Errorf("keep hello: %d bytes, more than %d", len(b), MaxHelloSize)
+	}
+	var h Hello
+	if err := decodeStrict(b, &h); err != nil {
+		return nil, nil, fmt.Errorf("keep hello: %w", err)
+	}
+	env, err := evidence.Parse(h.Evidence)
+	if err != nil {
+		return nil, nil, fmt.Errorf("keep hello: %w", err)
+	}
+	if len(h.CSR) == 0 || len(h.CSR) > 8<<10 {
+		return nil, nil, fmt.Errorf("keep hello: csr is %d bytes, want 1 to %d", len(h.CSR), 8<<10)
+	}
+	return &h, env, nil
+}
+
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("data after the JSON object")
+	}
+	return nil
+}
+
+// WriteFrame writes one frame.
+func WriteFrame(w io.Writer, typ byte, payload []byte) error {
+	if len(payload) > MaxFrame {
+		return fmt.Errorf("frame of %d bytes, more than %d", len(payload), MaxFrame)
+	}
+	var h [5]byte
+	h[0] = typ
+	binary.BigEndian.PutUint32(h[1:], uint32(len(payload)))
+	if len(payload) <= 4096 {
+		_, err := w.Write(append(h[:], payload...))
+		return err
+	}
+	if _, err := w.Write(h[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(payload)
+	return err
+}
+
+// ReadFrame reads one frame of at most max payload bytes.
+func ReadFrame(r io.Reader, max int) (typ byte, payload []byte, err error) {
+	var h [5]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(h[1:])
+	if max > MaxFrame {
+		max = MaxFrame
+	}
+	if int64(n) > int64(max) {
+		return 0, nil, fmt.Errorf("frame type %d of %d bytes, more than %d", h[0], n, max)
+	}
+	payload = make([]byte, n)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return 0, nil, fmt.Errorf("frame type %d: %w", h[0], unexpected(err))
+	}
+	return h[0], payload, nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}

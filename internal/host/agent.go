@@ -1,0 +1,618 @@
+package host
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/delivery"
+)
+
+// Default host maxima.
+const (
+	DefaultMaxKeeps      = 64
+	DefaultMemoryBytes   = 4 << 30
+	DefaultCPUSeconds    = 3600
+	DefaultWallSeconds   = 24 * 3600
+	DefaultOpenFiles     = 1024
+	DefaultAttachTimeout = 2 * time.Minute
+	DefaultReadyTimeout  = 30 * time.Second
+)
+
+// Config configures an Agent.
+type Config struct {
+	// StateDir holds the database, the TLS key and certificate, and one
+	// folder per keep (its socket, exit record and temporary files).
+	StateDir string
+	// MaxKeeps bounds the keeps alive at once; 0 = DefaultMaxKeeps.
+	MaxKeeps int
+	// Max holds the host's maximum limits; zero fields take the defaults.
+	// A create request above one is refused; a request that leaves a
+	// limit out gets the maximum.
+	Max Limits
+	// KeepCommand is the keep process to start, before its own flags;
+	// nil = this executable with the argument "keep".
+	KeepCommand []string
+	// AttachTimeout is how long a ready keep waits for its client.
+	AttachTimeout time.Duration
+	// ReadyTimeout bounds the keep's start (evidence included).
+	ReadyTimeout time.Duration
+	// KeepCacheDir is a compilation cache for keeps of the nil backend
+	// only: a cache on the host's disk is readable and writable by the
+	// host, so TEE keeps never get one.
+	KeepCacheDir string
+	// Logf receives the agent's log (never workload data); nil discards.
+	Logf func(format string, a ...any)
+	// RelayTap, if set, sees every buffer the relay moves (tests use it to
+	// check that the agent only ever holds ciphertext).
+	RelayTap func(keep string, toKeep bool, p []byte)
+}
+
+// Agent is the host agent: keep manager, state, and API.
+type Agent struct {
+	cfg         Config
+	st          *store
+	lock        *os.File
+	cgroupDir   string
+	enforcement []string
+	closing     chan struct{}
+	closeOnce   sync.Once
+
+	certOnce sync.Once
+	cert     *tls.Certificate
+	certErr  error
+
+	mu      sync.Mutex
+	live    map[string]*liveKeep
+	subs    map[string]map[chan Event]struct{}
+	crashed bool
+}
+
+// liveKeep is a keep whose process the agent watches.
+type liveKeep struct {
+	id     string
+	dir    string
+	pid    int
+	ticks  uint64
+	limits Limits
+	done   chan struct{}
+	wall   *time.Timer
+
+	mu         sync.Mutex
+	stopState  string // set before the agent kills the keep
+	stopReason string
+	fatal      string // the first "fatal error:" line of the keep's log
+}
+
+func (l *liveKeep) setStop(state, reason string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopState != "" {
+		return false
+	}
+	l.stopState, l.stopReason = state, reason
+	return true
+}
+
+// New opens (or creates) the agent's state and reconciles it with the
+// keep processes that exist: live keeps are adopted again, dead ones get
+// their exit reason recorded.
+func New(cfg Config) (*Agent, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("host agent: no state folder")
+	}
+	dir, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.StateDir = dir
+	// keeps/<12 hex>/keep.sock must fit in a Unix socket address.
+	if len(filepath.Join(dir, "keeps", "000000000000", keepSocket)) > keepDirMax {
+		return nil, fmt.Errorf("state folder %s: path too long for the keeps' Unix sockets (at most about %d bytes)", dir, keepDirMax-32)
+	}
+	if cfg.MaxKeeps <= 0 {
+		cfg.MaxKeeps = DefaultMaxKeeps
+	}
+	def := func(v *int64, d int64) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&cfg.Max.MemoryBytes, DefaultMemoryBytes)
+	def(&cfg.Max.CPUSeconds, DefaultCPUSeconds)
+	def(&cfg.Max.WallSeconds, DefaultWallSeconds)
+	def(&cfg.Max.OpenFiles, DefaultOpenFiles)
+	if cfg.AttachTimeout <= 0 {
+		cfg.AttachTimeout = DefaultAttachTimeout
+	}
+	if cfg.ReadyTimeout <= 0 {
+		cfg.ReadyTimeout = DefaultReadyTimeout
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	if cfg.KeepCommand == nil {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("host agent: finding its own executable: %w", err)
+		}
+		cfg.KeepCommand = []string{exe, "keep"}
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "keeps"), 0o700); err != nil {
+		return nil, fmt.Errorf("state folder: %w", err)
+	}
+	lock, err := lockState(dir)
+	if err != nil {
+		return nil, err
+	}
+	st, err := openStore(dir)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, st: st, lock: lock, closing: make(chan struct{}),
+		live: map[string]*liveKeep{}, subs: map[string]map[chan Event]struct{}{}}
+	cg, why := cgroupStatus()
+	a.cgroupDir = cg
+	a.enforcement = []string{
+		"rlimits: RLIMIT_DATA (memory_bytes), RLIMIT_CPU (cpu_seconds), RLIMIT_NOFILE (open_files), set by the keep process on itself before it reads any input",
+		"wall time: the agent kills the keep's process group at created + wall_seconds",
+		why,
+	}
+	if err := a.reconcile(); err != nil {
+		st.close()
+		lock.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// Enforcement says how keep limits are enforced on this host.
+func (a *Agent) Enforcement() []string { return append([]string(nil), a.enforcement...) }
+
+// Close stops the agent's own work. Keeps keep running: a restarted agent
+// adopts them. Use StopKeeps first to end them.
+func (a *Agent) Close() error {
+	a.closeOnce.Do(func() { close(a.closing) })
+	a.mu.Lock()
+	a.crashed = true // goroutines still running must not write any more
+	a.mu.Unlock()
+	err := a.st.close()
+	a.lock.Close()
+	return err
+}
+
+// StopKeeps kills every live keep and records it as stopped.
+func (a *Agent) StopKeeps() {
+	a.mu.Lock()
+	var ls []*liveKeep
+	for _, l := range a.live {
+		ls = append(ls, l)
+	}
+	a.mu.Unlock()
+	for _, l := range ls {
+		a.stop(l, StateStopped, "stopped: the agent shut down")
+	}
+}
+
+func (a *Agent) stop(l *liveKeep, state, reason string) {
+	l.setStop(state, reason)
+	if l.pid == 0 {
+		return // not started yet; start sees nothing to wait for
+	}
+	killGroup(l.pid, l.ticks)
+	select {
+	case <-l.done:
+	case <-time.After(10 * time.Second):
+		a.cfg.Logf("keep %s: still alive 10s after SIGKILL", l.id)
+	}
+}
+
+func newID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// event records and publishes an event; after Close it does nothing.
+func (a *Agent) event(keep, typ, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	a.mu.Lock()
+	if a.crashed {
+		a.mu.Unlock()
+		return
+	}
+	ev, err := a.st.addEvent(keep, typ, msg)
+	if err != nil {
+		a.mu.Unlock()
+		a.cfg.Logf("keep %s: recording event %s: %v", keep, typ, err)
+		return
+	}
+	for ch := range a.subs[keep] {
+		select {
+		case ch <- ev:
+		default: // a slow follower misses live events; the log has them
+		}
+	}
+	a.mu.Unlock()
+}
+
+func (a *Agent) subscribe(keep string) (chan Event, func()) {
+	ch := make(chan Event, 256)
+	a.mu.Lock()
+	if a.subs[keep] == nil {
+		a.subs[keep] = map[chan Event]struct{}{}
+	}
+	a.subs[keep][ch] = struct{}{}
+	a.mu.Unlock()
+	return ch, func() {
+		a.mu.Lock()
+		delete(a.subs[keep], ch)
+		if len(a.subs[keep]) == 0 {
+			delete(a.subs, keep)
+		}
+		a.mu.Unlock()
+	}
+}
+
+// write runs a state change unless the agent was closed.
+func (a *Agent) write(f func() error) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.crashed {
+		return errors.New("agent closed")
+	}
+	return f()
+}
+
+// outcome is how a keep ended.
+type outcome struct {
+	state    string
+	exitCode *int
+	signal   string
+	reason   string
+}
+
+func readExitRecord(dir string) *exitRecord {
+	b, err := os.ReadFile(filepath.Join(dir, exitFile))
+	if err != nil || len(b) > 64<<10 {
+		return nil
+	}
+	var r exitRecord
+	if json.Unmarshal(b, &r) != nil || (r.State != StateExited && r.State != StateFailed) {
+		return nil
+	}
+	if r.State == StateExited && r.ExitCode == nil {
+		return nil
+	}
+	return &r
+}
+
+func (r *exitRecord) outcome() outcome {
+	return outcome{state: r.State, exitCode: r.ExitCode, reason: r.Reason}
+}
+
+// childOutcome decides how a child keep ended from what the agent did,
+// what the keep recorded and the wait status.
+func (a *Agent) childOutcome(l *liveKeep, ps *os.ProcessState) outcome {
+	ws, _ := ps.Sys().(syscall.WaitStatus)
+	l.mu.Lock()
+	stopState, stopReason := l.stopState, l.stopReason
+	l.mu.Unlock()
+	sig := ""
+	if ws.Signaled() {
+		sig = signalName(ws.Signal())
+	}
+	if stopState != "" {
+		return outcome{state: stopState, reason: stopReason, signal: sig}
+	}
+	if r := readExitRecord(l.dir); r != nil {
+		o := r.outcome()
+		o.signal = sig
+		return o
+	}
+	if ws.Signaled() {
+		reason := "killed by signal " + sig
+		cpu := ps.UserTime() + ps.SystemTime()
+		if l.limits.CPUSeconds > 0 && (ws.Signal() == syscall.SIGXCPU ||
+			(ws.Signal() == syscall.SIGKILL && cpu >= time.Duration(l.limits.CPUSeconds)*time.Second-100*time.Millisecond)) {
+			reason = fmt.Sprintf("cpu time limit of %ds reached (killed by signal %s)", l.limits.CPUSeconds, sig)
+		}
+		return outcome{state: StateFailed, signal: sig, reason: reason}
+	}
+	code := ws.ExitStatus()
+	l.mu.Lock()
+	fatal := l.fatal
+	l.mu.Unlock()
+	if fatal != "" {
+		reason := fmt.Sprintf("the keep process crashed (status %d): %s", code, fatal)
+		if strings.Contains(fatal, "out of memory") && l.limits.MemoryBytes > 0 {
+			reason = fmt.Sprintf("memory limit of %d bytes reached (%s)", l.limits.MemoryBytes, fatal)
+		}
+		return outcome{state: StateFailed, reason: reason}
+	}
+	return outcome{state: StateFailed, reason: fmt.Sprintf("the keep process exited with status %d without an exit record", code)}
+}
+
+// finish records a keep's end.
+func (a *Agent) finish(l *liveKeep, o outcome) {
+	if l.wall != nil {
+		l.wall.Stop()
+	}
+	os.Remove(filepath.Join(l.dir, keepSocket))
+	os.RemoveAll(filepath.Join(l.dir, "tmp"))
+	removeCgroup(a.cgroupDir, l.id)
+	err := a.write(func() error { return a.st.setEnded(l.id, o) })
+	a.mu.Lock()
+	delete(a.live, l.id)
+	a.mu.Unlock()
+	close(l.done)
+	if err != nil {
+		return
+	}
+	msg := o.state
+	if o.exitCode != nil {
+		msg += fmt.Sprintf(" with status %d", *o.exitCode)
+	}
+	if o.reason != "" {
+		msg += ": " + o.reason
+	}
+	a.event(l.id, "ended", "%s", msg)
+	a.cfg.Logf("keep %s %s", l.id, msg)
+}
+
+// reconcile adopts keeps that outlived a previous agent and records the
+// end of those that did not.
+func (a *Agent) reconcile() error {
+	rows, err := a.st.keeps(context.Background(), `WHERE state NOT IN (?, ?, ?)`, StateExited, StateFailed, StateStopped)
+	if err != nil {
+		return fmt.Errorf("state database: %w", err)
+	}
+	for _, r := range rows {
+		l := &liveKeep{id: r.ID, dir: filepath.Join(a.cfg.StateDir, "keeps", r.ID), pid: r.PID, ticks: r.startTicks,
+			limits: r.Limits, done: make(chan struct{})}
+		if !alive(r.PID, r.startTicks) {
+			o := outcome{state: StateFailed, reason: "the keep process ended while the agent was down, without an exit record (killed by a signal or crashed)"}
+			if rec := readExitRecord(l.dir); rec != nil {
+				o = rec.outcome()
+			}
+			a.finish(l, o)
+			continue
+		}
+		a.mu.Lock()
+		a.live[r.ID] = l
+		a.mu.Unlock()
+		if r.State == StateStarting {
+			// Its hello went to the previous agent's pipe and is lost.
+			l.setStop(StateFailed, "the agent restarted before the keep was ready")
+			killGroup(l.pid, l.ticks)
+		} else {
+			a.event(r.ID, "adopted", "the restarted agent adopted the keep (pid %d, state %s)", r.PID, r.State)
+			a.cfg.Logf("keep %s: adopted (pid %d, %s)", r.ID, r.PID, r.State)
+			a.armWall(l, r.Created)
+		}
+		go a.watchAdopted(l)
+	}
+	return nil
+}
+
+func (a *Agent) watchAdopted(l *liveKeep) {
+	err := waitExit(l.pid, l.ticks, a.closing)
+	if err != nil && errors.Is(err, errAgentClosing) {
+		return
+	}
+	select {
+	case <-a.closing:
+		return
+	default:
+	}
+	l.mu.Lock()
+	stopState, stopReason := l.stopState, l.stopReason
+	l.mu.Unlock()
+	o := outcome{state: StateFailed, reason: "the keep process ended without an exit record (killed by a signal or crashed; the restarted agent is not its parent and cannot see the signal)"}
+	if stopState != "" {
+		o = outcome{state: stopState, reason: stopReason}
+	} else if rec := readExitRecord(l.dir); rec != nil {
+		o = rec.outcome()
+	}
+	a.finish(l, o)
+}
+
+var errAgentClosing = errors.New("agent closing")
+
+// armWall kills the keep when its wall time runs out.
+func (a *Agent) armWall(l *liveKeep, created time.Time) {
+	if l.limits.WallSeconds <= 0 {
+		return
+	}
+	left := time.Until(created.Add(time.Duration(l.limits.WallSeconds) * time.Second))
+	l.wall = time.AfterFunc(max(left, 0), func() {
+		l.setStop(StateFailed, fmt.Sprintf("wall time limit of %ds reached", l.limits.WallSeconds))
+		killGroup(l.pid, l.ticks)
+	})
+}
+
+// start creates a keep: folder, database row, process, hello.
+func (a *Agent) start(ctx context.Context, req *CreateRequest, platform string, lim Limits) (*Keep, error) {
+	a.mu.Lock()
+	if len(a.live) >= a.cfg.MaxKeeps {
+		a.mu.Unlock()
+		return nil, errCapacity
+	}
+	id := newID()
+	l := &liveKeep{id: id, dir: filepath.Join(a.cfg.StateDir, "keeps", id), limits: lim, done: make(chan struct{})}
+	a.live[id] = l // reserve the slot
+	a.mu.Unlock()
+	fail := func(err error) (*Keep, error) {
+		a.mu.Lock()
+		delete(a.live, id)
+		a.mu.Unlock()
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(l.dir, "tmp"), 0o700); err != nil {
+		return fail(err)
+	}
+	k := &Keep{ID: id, Name: req.Name, Backend: req.Backend, Platform: platform, Digest: req.Digest, State: StateStarting,
+		Limits: lim, Created: time.Now().UTC(), Enforcement: a.enforcement}
+	if err := a.write(func() error { return a.st.insertKeep(k) }); err != nil {
+		return fail(fmt.Errorf("state database: %w", err))
+	}
+	a.event(id, "created", "keep created: backend %s, package %s", req.Backend, req.Digest)
+
+	limJSON, _ := json.Marshal(lim)
+	args := append(append([]string(nil), a.cfg.KeepCommand[1:]...),
+		"--dir", l.dir, "--backend", req.Backend, "--nonce", hex.EncodeToString(req.Nonce),
+		"--digest", req.Digest, "--client-key", hex.EncodeToString(req.ClientKey), "--limits", string(limJSON),
+		"--attach-timeout", a.cfg.AttachTimeout.String())
+	if req.Backend == "nil" && a.cfg.KeepCacheDir != "" {
+		args = append(args, "--cache-dir", a.cfg.KeepCacheDir)
+	}
+	cmd := exec.Command(a.cfg.KeepCommand[0], args...)
+	cmd.Dir = l.dir
+	cmd.Env = append(os.Environ(), "TMPDIR="+filepath.Join(l.dir, "tmp"))
+	cmd.SysProcAttr = procAttr()
+	if a.cgroupDir != "" {
+		if f, err := makeCgroup(a.cgroupDir, id, lim); err == nil {
+			defer f.Close()
+			intoCgroup(cmd.SysProcAttr, f)
+		} else {
+			a.event(id, "log", "no cgroup for this keep: %v", err)
+		}
+	}
+	helloR, helloW, err := os.Pipe()
+	if err != nil {
+		return a.startFailed(l, fmt.Errorf("pipe: %w", err))
+	}
+	defer helloR.Close()
+	logR, logW, err := os.Pipe()
+	if err != nil {
+		helloW.Close()
+		return a.startFailed(l, fmt.Errorf("pipe: %w", err))
+	}
+	cmd.ExtraFiles = []*os.File{helloW}
+	cmd.Stdout = logW
+	cmd.Stderr = logW
+	err = cmd.Start()
+	helloW.Close()
+	logW.Close()
+	if err != nil {
+		logR.Close()
+		return a.startFailed(l, fmt.Errorf("starting the keep process: %w", err))
+	}
+	l.pid = cmd.Process.Pid
+	l.ticks, _ = startTicks(l.pid)
+	a.write(func() error { return a.st.setProcess(id, l.pid, l.ticks) })
+	a.armWall(l, k.Created)
+	logDone := make(chan struct{})
+	go func() {
+		a.readLog(l, logR)
+		close(logDone)
+	}()
+	go func() {
+		cmd.Wait()
+		// The log's last lines (a crash message) come before the end.
+		select {
+		case <-logDone:
+		case <-time.After(5 * time.Second):
+		}
+		a.finish(l, a.childOutcome(l, cmd.ProcessState))
+	}()
+
+	// Wait for the hello, the request's end or the ready timeout.
+	helloR.SetReadDeadline(time.Now().Add(a.cfg.ReadyTimeout))
+	stopRead := context.AfterFunc(ctx, func() { helloR.SetReadDeadline(time.Unix(1, 0)) })
+	hello, err := io.ReadAll(io.LimitReader(helloR, delivery.MaxHelloSize+1))
+	stopRead()
+	if err == nil && len(hello) == 0 {
+		err = errors.New("the keep ended before it was ready")
+	}
+	if err == nil {
+		_, envp, perr := delivery.ParseHello(hello)
+		switch {
+		case perr != nil:
+			err = perr
+		case string(envp.Nonce) != string(req.Nonce) || envp.WorkloadDigest != req.Digest:
+			err = errors.New("the keep's evidence does not bind the requested nonce and digest")
+		}
+	}
+	if err != nil {
+		reason := fmt.Sprintf("not ready: %v", err)
+		if ctx.Err() != nil {
+			reason = "the client went away before the keep was ready"
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil {
+			reason = fmt.Sprintf("not ready within %v", a.cfg.ReadyTimeout)
+		}
+		a.stop(l, StateFailed, reason)
+		return nil, fmt.Errorf("keep %s: %s", id, reason)
+	}
+	if err := a.write(func() error { return a.st.setReady(id, hello) }); err != nil {
+		a.stop(l, StateFailed, "state database: "+err.Error())
+		return nil, err
+	}
+	a.event(id, "ready", "evidence published (%s); waiting for the client", platform)
+	a.cfg.Logf("keep %s ready (pid %d, backend %s)", id, l.pid, req.Backend)
+	r, err := a.st.keep(context.Background(), id)
+	if err != nil {
+		return nil, err
+	}
+	return &r.Keep, nil
+}
+
+func (a *Agent) startFailed(l *liveKeep, err error) (*Keep, error) {
+	a.finish(l, outcome{state: StateFailed, reason: err.Error()})
+	return nil, err
+}
+
+var errCapacity = errors.New("capacity")
+
+// readLog turns the keep's stderr into events.
+func (a *Agent) readLog(l *liveKeep, r io.ReadCloser) {
+	defer r.Close()
+	id := l.id
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	crashed, skipped := false, 0
+	for sc.Scan() {
+		line := sc.Text()
+		if len(line) > maxLogLine {
+			line = line[:maxLogLine]
+		}
+		if s, ok := strings.CutPrefix(line, stateLine); ok {
+			if s == StateRunning {
+				a.write(func() error { return a.st.setState(id, StateRunning) })
+				a.event(id, "running", "the keep checked the package and started the workload")
+			}
+			continue
+		}
+		if crashed {
+			// A crash trace holds stacks with argument values: memory of
+			// the keep. Only its first line is recorded.
+			skipped++
+			continue
+		}
+		if strings.HasPrefix(line, "fatal error: ") || strings.HasPrefix(line, "panic: ") {
+			crashed = true
+			l.mu.Lock()
+			l.fatal = line
+			l.mu.Unlock()
+		}
+		a.event(id, "log", "%s", line)
+	}
+	if skipped > 0 {
+		a.event(id, "log", "(%d lines of crash trace not recorded)", skipped)
+	}
+}

@@ -1,0 +1,289 @@
+package host
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/fixtures"
+)
+
+func TestCreateRefused(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.Max = Limits{MemoryBytes: 1 << 30, CPUSeconds: 60, WallSeconds: 60, OpenFiles: 100} })
+	sess, _ := delivery.NewSession()
+	good := func() *CreateRequest {
+		return &CreateRequest{Backend: "nil", Nonce: []byte("n"), Digest: "sha256:" + strings.Repeat("0", 64), ClientKey: sess.KeyHash}
+	}
+	for _, tc := range []struct {
+		name   string
+		mod    func(*CreateRequest)
+		status int
+		msg    string
+	}{
+		{"unknown backend", func(r *CreateRequest) { r.Backend = "sgx2" }, 400, `unknown backend "sgx2"`},
+		{"memory over max", func(r *CreateRequest) { r.Limits.MemoryBytes = 2 << 30 }, 400, "memory_bytes of 2147483648 bytes is over the host's maximum of 1073741824 bytes"},
+		{"cpu over max", func(r *CreateRequest) { r.Limits.CPUSeconds = 61 }, 400, "cpu_seconds of 61s is over the host's maximum of 60s"},
+		{"wall over max", func(r *CreateRequest) { r.Limits.WallSeconds = 3600 }, 400, "wall_seconds of 3600s is over the host's maximum of 60s"},
+		{"files over max", func(r *CreateRequest) { r.Limits.OpenFiles = 101 }, 400, "open_files of 101 is over the host's maximum of 100"},
+		{"negative", func(r *CreateRequest) { r.Limits.CPUSeconds = -1 }, 400, "cpu_seconds is negative"},
+		{"bad digest", func(r *CreateRequest) { r.Digest = "sha256:xyz" }, 400, "workload digest"},
+		{"no nonce", func(r *CreateRequest) { r.Nonce = nil }, 400, "nonce of 0 bytes"},
+		{"bad client key", func(r *CreateRequest) { r.ClientKey = []byte("short") }, 400, "client_key of 5 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := good()
+			tc.mod(r)
+			_, err := h.client.Create(context.Background(), r)
+			var ae *APIError
+			if !errors.As(err, &ae) || ae.Status != tc.status || !strings.Contains(ae.Message, tc.msg) {
+				t.Errorf("got %v, want HTTP %d with %q", err, tc.status, tc.msg)
+			}
+		})
+	}
+	ks, err := h.client.List(context.Background())
+	if err != nil || len(ks) != 0 {
+		t.Errorf("refused requests created keeps: %v %v", ks, err)
+	}
+}
+
+func TestBadToken(t *testing.T) {
+	h := newHarness(t)
+	sess, _ := delivery.NewSession()
+	for _, tok := range []string{"", "cstl_wrong", h.token + "x", "Basic " + h.token} {
+		c, err := NewClient(h.url, tok, h.roots)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Create(context.Background(), &CreateRequest{Backend: "nil", Nonce: []byte("n"), Digest: "sha256:" + strings.Repeat("0", 64), ClientKey: sess.KeyHash})
+		var ae *APIError
+		if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
+			t.Errorf("token %q: got %v, want 401", tok, err)
+		}
+		if _, err := c.Attach(context.Background(), "x"); err == nil || !strings.Contains(err.Error(), "401") {
+			t.Errorf("token %q: attach got %v, want 401", tok, err)
+		}
+	}
+	ks, err := h.client.List(context.Background())
+	if err != nil || len(ks) != 0 {
+		t.Errorf("unauthorised requests created keeps: %v %v", ks, err)
+	}
+	entries, _ := readDirNames(h.stateDir + "/keeps")
+	if len(entries) != 0 {
+		t.Errorf("unauthorised requests made keep folders: %v", entries)
+	}
+}
+
+func readDirNames(dir string) ([]string, error) {
+	f, err := http.Dir(dir).Open("/")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fis, err := f.Readdir(-1)
+	var names []string
+	for _, fi := range fis {
+		names = append(names, fi.Name())
+	}
+	return names, err
+}
+
+func TestCapacityAndSecondAttach(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxKeeps = 1 })
+	k := h.create(t, "nil", Limits{})
+	sess, _ := delivery.NewSession()
+	_, err := h.client.Create(context.Background(), &CreateRequest{Backend: "nil", Nonce: []byte("n"), Digest: k.Digest, ClientKey: sess.KeyHash})
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusTooManyRequests {
+		t.Errorf("create beyond --max-keeps: %v, want 429", err)
+	}
+	c1, err := h.client.Attach(context.Background(), k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	if _, err := h.client.Attach(context.Background(), k.ID); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Errorf("second attach: %v, want 409", err)
+	}
+}
+
+// cutConn hangs up after n bytes were written.
+type cutConn struct {
+	net.Conn
+	left int
+}
+
+func (c *cutConn) Write(p []byte) (int, error) {
+	if len(p) >= c.left {
+		c.Conn.Write(p[:c.left])
+		c.Conn.Close()
+		return 0, errors.New("cut")
+	}
+	c.left -= len(p)
+	return c.Conn.Write(p)
+}
+
+// TestClientDisconnectsMidDelivery hangs up while the module is on its
+// way: the keep ends, failed, and its process is gone.
+func TestClientDisconnectsMidDelivery(t *testing.T) {
+	h := newHarness(t)
+	art := artifact(t, fixtures.Go(t, "hello"), nil)
+	sess, _ := delivery.NewSession()
+	v := &delivery.InsecureVerifier{}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	nonce := []byte("mid-delivery")
+	k, err := h.client.Create(ctx, &CreateRequest{Backend: "nil", Nonce: nonce, Digest: art.Digest.String(), ClientKey: sess.KeyHash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello, _, _ := delivery.ParseHello(k.Hello)
+	ver, err := v.Verify(ctx, hello, nonce, art.Digest.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := h.client.Attach(ctx, k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = sess.Deliver(ctx, &cutConn{Conn: conn, left: len(art.Wasm) / 2}, ver, delivery.Delivery{Artifact: art})
+	if err == nil {
+		t.Fatal("delivery over a cut connection succeeded")
+	}
+	end := h.waitEnded(k.ID)
+	if end.State != StateFailed || !strings.Contains(end.Reason, "reading the module") {
+		t.Errorf("keep after the client hung up: %s (%s)", end.State, end.Reason)
+	}
+	if alive(k.PID, mustTicks(t, k.PID)) {
+		t.Errorf("keep process %d still alive", k.PID)
+	}
+}
+
+// lyingAgent puts a proxy in front of the agent that rewrites the keep's
+// hello in create answers.
+func lyingAgent(t *testing.T, h *harness, tamper func(*delivery.Hello)) *Client {
+	t.Helper()
+	real := h.agent.Handler()
+	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/v1/keeps" {
+			real.ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		real.ServeHTTP(rec, r)
+		var k Keep
+		if json.Unmarshal(rec.Body.Bytes(), &k) == nil && len(k.Hello) > 0 {
+			var hl delivery.Hello
+			json.Unmarshal(k.Hello, &hl)
+			tamper(&hl)
+			k.Hello, _ = json.Marshal(hl)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(rec.Code)
+		json.NewEncoder(w).Encode(k)
+	}))
+	ts.StartTLS()
+	t.Cleanup(ts.Close)
+	pool := ts.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+	c, err := NewClient(ts.URL, h.token, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func rewriteEnvelope(t *testing.T, f func(*evidence.Envelope)) func(*delivery.Hello) {
+	return func(hl *delivery.Hello) {
+		env, err := evidence.Parse(hl.Evidence)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		f(env)
+		b, err := env.Marshal()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		hl.Evidence = b
+	}
+}
+
+// TestLyingAgent: the agent tampers with the keep's evidence; the client
+// refuses, says why, and never attaches to the keep.
+func TestLyingAgent(t *testing.T) {
+	h := newHarness(t)
+	art := artifact(t, fixtures.C(t, "hello"), nil)
+	_, _, snap := ownerPolicy(t, art.Digest.String())
+	other := h.create(t, "sim-snp", Limits{}) // a genuine hello for another nonce
+	var otherHello delivery.Hello
+	json.Unmarshal(other.Hello, &otherHello)
+	agentKey, _ := delivery.NewSession() // any key the agent holds
+
+	for _, tc := range []struct {
+		name   string
+		tamper func(*delivery.Hello)
+		check  string
+	}{
+		{"flipped report byte", rewriteEnvelope(t, func(e *evidence.Envelope) { e.Evidence[0x90] ^= 1 }), "signature"},
+		{"agent's own key", rewriteEnvelope(t, func(e *evidence.Envelope) { e.Key = agentKey.KeyHash }), "report_data"},
+		{"replayed hello", func(hl *delivery.Hello) { *hl = otherHello }, "nonce"},
+		{"other digest", rewriteEnvelope(t, func(e *evidence.Envelope) { e.WorkloadDigest = "sha256:" + strings.Repeat("1", 64) }), "report_data"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := lyingAgent(t, h, tc.tamper)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			var kid string
+			_, _, err := c.Deploy(ctx, DeployOptions{Backend: "sim-snp", Verifier: &delivery.PolicyVerifier{Policy: snap},
+				Delivery: delivery.Delivery{Artifact: art, Stdout: io.Discard},
+				OnKeep:   func(k *Keep) { kid = k.ID },
+				OnVerified: func(*delivery.Verified) {
+					t.Error("tampered evidence verified")
+				}})
+			var ve *delivery.VerificationError
+			if !errors.As(err, &ve) || ve.Check != tc.check {
+				t.Fatalf("got %v, want a refusal at check %s", err, tc.check)
+			}
+			end := h.waitEnded(kid)
+			if end.Attached || end.State != StateStopped {
+				t.Errorf("keep after the refusal: attached %v, state %s", end.Attached, end.State)
+			}
+			var types []string
+			h.client.Events(ctx, kid, false, func(e Event) { types = append(types, e.Type) })
+			if strings.Contains(strings.Join(types, " "), "attached") {
+				t.Errorf("the client attached after refusing: %v", types)
+			}
+		})
+	}
+}
+
+// TestPolicyRefusesMeasurement: evidence that verifies but whose
+// measurement the owner's database does not list is refused.
+func TestPolicyRefusesMeasurement(t *testing.T) {
+	h := newHarness(t)
+	art := artifact(t, fixtures.C(t, "hello"), nil)
+	_, _, snap := ownerPolicy(t, "sha256:"+strings.Repeat("2", 64)) // not this workload
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, _, _, _, err := h.deploy(ctx, "sim-snp", art, &delivery.PolicyVerifier{Policy: snap}, nil)
+	var ve *delivery.VerificationError
+	if !errors.As(err, &ve) || ve.Check != "workload" {
+		t.Fatalf("got %v, want a refusal at check workload", err)
+	}
+	// Platform none is refused by a policy without allow_insecure.
+	_, _, _, _, err = h.deploy(ctx, "nil", art, &delivery.PolicyVerifier{Policy: snap}, nil)
+	if !errors.As(err, &ve) || ve.Check != "insecure" {
+		t.Fatalf("nil backend: got %v, want a refusal at check insecure", err)
+	}
+	_ = bytes.Clone
+}

@@ -1,0 +1,130 @@
+package host
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/fixtures"
+)
+
+func benchHarness(b *testing.B, mods ...func(*Config)) *harness {
+	b.Helper()
+	return newHarness(b, mods...)
+}
+
+// BenchmarkCreateKeep measures keeps created per second: create request
+// to the keep's published evidence (process start, key, evidence), then a
+// stop. Reports keeps/s for the nil and sim-snp backends.
+func BenchmarkCreateKeep(b *testing.B) {
+	for _, backend := range []string{"nil", "sim-snp"} {
+		b.Run(backend, func(b *testing.B) {
+			h := benchHarness(b)
+			sess, _ := delivery.NewSession()
+			ctx := context.Background()
+			var created time.Duration
+			for b.Loop() {
+				t0 := time.Now()
+				k, err := h.client.Create(ctx, &CreateRequest{Backend: backend, Nonce: []byte("bench"), ClientKey: sess.KeyHash,
+					Digest: "sha256:" + strings.Repeat("0", 64)})
+				created += time.Since(t0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := h.client.Stop(ctx, k.ID); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/created.Seconds(), "keeps/s")
+		})
+	}
+}
+
+// BenchmarkCreateKeepParallel measures keeps created per second with
+// eight clients at once.
+func BenchmarkCreateKeepParallel(b *testing.B) {
+	h := benchHarness(b, func(c *Config) { c.MaxKeeps = 1000 })
+	sess, _ := delivery.NewSession()
+	ctx := context.Background()
+	var n atomic.Int64
+	b.SetParallelism(4) // 4 x GOMAXPROCS clients
+	t0 := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			k, err := h.client.Create(ctx, &CreateRequest{Backend: "nil", Nonce: []byte("bench"), ClientKey: sess.KeyHash,
+				Digest: "sha256:" + strings.Repeat("0", 64)})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			n.Add(1)
+			h.client.Stop(ctx, k.ID)
+		}
+	})
+	b.ReportMetric(float64(n.Load())/time.Since(t0).Seconds(), "keeps/s")
+}
+
+// BenchmarkDeployFirstOutput measures the time from the start of a
+// confidential deployment (nonce, create, evidence, verification, attach,
+// TLS, package) to the workload's first byte of output. "warm-cache" is a
+// nil-backend keep with the agent's compilation cache filled by a first
+// deployment; "sim-snp" compiles in the keep every time (TEE keeps never
+// use a host-side cache).
+func BenchmarkDeployFirstOutput(b *testing.B) {
+	for _, tc := range []struct {
+		name, backend, fixture string
+		cache                  bool
+	}{
+		{"go-hello/warm-cache", "nil", "hello", true},
+		{"go-hello/sim-snp-no-cache", "sim-snp", "hello", false},
+		{"c-hello/sim-snp-no-cache", "sim-snp", "c-hello", false},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			cacheDir := b.TempDir()
+			h := benchHarness(b, func(c *Config) {
+				if tc.cache {
+					c.KeepCacheDir = cacheDir
+				}
+			})
+			var wasm string
+			if tc.fixture == "c-hello" {
+				wasm = fixtures.C(b, "hello")
+			} else {
+				wasm = fixtures.Go(b, tc.fixture)
+			}
+			art := artifact(b, wasm, []byte(stdio))
+			v := &delivery.InsecureVerifier{SimRoots: simRoots(b)}
+			ctx := context.Background()
+			deploy := func() time.Duration {
+				first := make(chan time.Time, 1)
+				out := writerFunc(func(p []byte) (int, error) {
+					select {
+					case first <- time.Now():
+					default:
+					}
+					return len(p), nil
+				})
+				t0 := time.Now()
+				_, res, err := h.client.Deploy(ctx, DeployOptions{Backend: tc.backend, Verifier: v,
+					Delivery: delivery.Delivery{Artifact: art, Stdout: out}})
+				if err != nil || res.ExitCode != 0 {
+					b.Fatalf("deploy: %v %+v", err, res)
+				}
+				return (<-first).Sub(t0)
+			}
+			deploy() // fills the cache (when there is one) and the page cache
+			var total time.Duration
+			for b.Loop() {
+				total += deploy()
+			}
+			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/first-output")
+		})
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -1,0 +1,78 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/delivery"
+)
+
+// DeployOptions is one confidential deployment through an agent.
+type DeployOptions struct {
+	Backend  string
+	Limits   Limits
+	Name     string
+	Verifier delivery.Verifier
+	Delivery delivery.Delivery
+	// OnKeep and OnVerified, if set, are told of progress.
+	OnKeep     func(*Keep)
+	OnVerified func(*delivery.Verified)
+}
+
+// Deploy runs the confidential delivery protocol against the agent: nonce,
+// create, verify the keep's evidence (nothing is sent to a keep that fails
+// verification; the keep is stopped), attach, TLS to the keep with its key
+// pinned, package and secrets, output. It returns the keep as created and
+// the workload's result.
+func (c *Client) Deploy(ctx context.Context, o DeployOptions) (*Keep, *delivery.Result, error) {
+	art := o.Delivery.Artifact
+	if art == nil {
+		return nil, nil, errors.New("deploy: no package")
+	}
+	sess, err := delivery.NewSession()
+	if err != nil {
+		return nil, nil, err
+	}
+	nonce, err := o.Verifier.Nonce(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("nonce: %w", err)
+	}
+	k, err := c.Create(ctx, &CreateRequest{Backend: o.Backend, Nonce: nonce, Digest: art.Digest.String(),
+		ClientKey: sess.KeyHash, Limits: o.Limits, Name: o.Name})
+	if err != nil {
+		return nil, nil, err
+	}
+	if o.OnKeep != nil {
+		o.OnKeep(k)
+	}
+	cleanup := func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer cancel()
+		c.Stop(sctx, k.ID)
+	}
+	hello, _, err := delivery.ParseHello(k.Hello)
+	if err != nil {
+		cleanup()
+		return k, nil, fmt.Errorf("keep %s: %w", k.ID, err)
+	}
+	v, err := o.Verifier.Verify(ctx, hello, nonce, art.Digest.String())
+	if err != nil {
+		cleanup()
+		return k, nil, fmt.Errorf("keep %s: %w", k.ID, err)
+	}
+	if o.OnVerified != nil {
+		o.OnVerified(v)
+	}
+	conn, err := c.Attach(ctx, k.ID)
+	if err != nil {
+		cleanup()
+		return k, nil, err
+	}
+	res, err := sess.Deliver(ctx, conn, v, o.Delivery)
+	if err != nil {
+		return k, nil, fmt.Errorf("keep %s: %w", k.ID, err)
+	}
+	return k, res, nil
+}
