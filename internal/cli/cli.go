@@ -37,6 +37,7 @@ type Command struct {
 	Usage   string // "run [flags] app.wasm [-- args...]"
 	Summary string // one line for the command list
 	Help    string // longer text after the usage, may be empty
+	Hidden  bool   // left out of the command list (internal commands)
 	// Run parses args itself (with e.FlagSet) and returns the exit status.
 	Run func(e *Env, args []string) int
 }
@@ -115,8 +116,10 @@ func isGroup(name string) bool {
 func (e *Env) usage(w io.Writer) {
 	fmt.Fprintf(w, "castellan runs WebAssembly workloads in keeps and proves what they run.\n\nUsage:\n  castellan <command> [flags] [args]\n\nCommands:\n")
 	names := make([]string, 0, len(commands))
-	for k := range commands {
-		names = append(names, k)
+	for k, c := range commands {
+		if !c.Hidden {
+			names = append(names, k)
+		}
 	}
 	sort.Strings(names)
 	for _, k := range names {

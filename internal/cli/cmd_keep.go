@@ -10,6 +10,7 @@ func init() {
 		Name:    "keep",
 		Usage:   "keep (started by the host agent)",
 		Summary: "the keep process of the host agent (internal; started by 'castellan host serve')",
+		Hidden:  true,
 		Run: func(e *Env, args []string) int {
 			return host.KeepMain(args, e.Stderr)
 		},
