@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -237,6 +238,60 @@ func TestConnect(t *testing.T) {
 				t.Fatalf("code %d, err %v, stdout %q, stderr %q", r.code, r.err, r.stdout, r.stderr)
 			}
 		})
+	}
+}
+
+// TestConnectPresentsKeepCertificate checks that a TLS connect descriptor
+// authenticates the keep to the server with the keep's certificate, as an
+// attested keep's peers rely on.
+func TestConnectPresentsKeepCertificate(t *testing.T) {
+	serverCert, _ := testCert(t)
+	keepCert, err := SelfSigned()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: serverCert.Leaf.Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	presented := make(chan []byte, 1)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		Certificates: []tls.Certificate{*serverCert},
+		ClientAuth:   tls.RequireAnyClientCert,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			presented <- raw[0]
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		fmt.Fprintf(c, "pong %s", line)
+	}()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	var p uint16
+	fmt.Sscan(port, &p)
+	cfg := config.Default()
+	cfg.Files = append(cfg.Files, config.File{Kind: config.KindConnect, Name: "conn", Prot: "tls", Host: "127.0.0.1", Port: p, CAFile: "ca.pem"})
+	r := run(t, fixtures.Go(t, "connect"), Options{Config: cfg, ConfigDir: dir, Args: []string{"hi"}, Certificate: keepCert})
+	if r.err != nil || r.code != 0 || r.stdout != "reply: pong hi\n" {
+		t.Fatalf("code %d, err %v, stdout %q, stderr %q", r.code, r.err, r.stdout, r.stderr)
+	}
+	select {
+	case raw := <-presented:
+		if !bytes.Equal(raw, keepCert.Leaf.Raw) {
+			t.Fatal("the keep presented another certificate than its own")
+		}
+	default:
+		t.Fatal("the keep presented no client certificate")
 	}
 }
 
