@@ -2,11 +2,13 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"strings"
 
 	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/packages"
 )
 
@@ -31,9 +33,19 @@ With --host https://agent, the package is delivered confidentially to a
 keep on that host agent: the keep attests to a fresh key, the client's nonce
 and the package digest; the client verifies the evidence (--attest URL, or
 --policy and --measurements, or --insecure for development), then sends
-the package and --secret values over TLS that ends inside the keep, pinned
+the package and its secrets over TLS that ends inside the keep, pinned
 to the attested key. The agent relays ciphertext only. The workload's output
-comes back over the same channel; the exit status is the workload's.`,
+comes back over the same channel; the exit status is the workload's. With
+--detach the client returns once the workload started; its output then goes
+to the agent's log only if the package's config says detached_output = "host"
+(otherwise it is discarded).
+
+Secrets: the package's config declares them by name ([secrets] env = [...]
+for environment values, [[files]] kind = "secret" for files the workload
+reads from the keep's memory); --secret NAME=VALUE and --secret-file
+NAME=PATH supply their values. Every declared secret must be supplied and
+nothing else is accepted. Without --host the keep runs on this machine, which
+can read them.`,
 }
 
 type deployOptions struct {
@@ -133,4 +145,90 @@ func checkDirs(e *Env, cfg *config.Config, allowed []string) int {
 	e.Errorf("the package's config maps host folders that were not allowed: %s", strings.Join(refused, ", "))
 	e.Hintf("check them, then pass --allow-dir PATH for each (as written in the config)")
 	return ExitError
+}
+
+// secretFlags are --secret and --secret-file, shared by run and deploy:
+// the values of the secrets a workload's config declares ([secrets] env,
+// kind = "secret" files). The config holds only their names.
+type secretFlags struct {
+	values, files multiFlag
+}
+
+func addSecretFlags(fs *flag.FlagSet) *secretFlags {
+	s := &secretFlags{}
+	fs.Var(&s.values, "secret", "NAME=VALUE: a secret the workload's config declares ([secrets] env, or a kind = \"secret\" file); with --host it goes only to the attested keep (repeat; --secret-file keeps it out of the process list)")
+	fs.Var(&s.files, "secret-file", "NAME=PATH: a secret the workload's config declares, read from a file (repeat)")
+	return s
+}
+
+// read returns the supplied secrets by name; a name given twice is an error.
+func (s *secretFlags) read(e *Env) (map[string]string, int) {
+	out := map[string]string{}
+	if s == nil {
+		return out, ExitOK
+	}
+	set := func(flag, k, v string) int {
+		if _, dup := out[k]; dup {
+			return e.Usagef("%s: secret %s is given twice", flag, k)
+		}
+		if !config.ValidSecretName(k) {
+			return e.Usagef("%s: %q is not a secret name (letters, digits, '_', '.', '-')", flag, k)
+		}
+		out[k] = v
+		return ExitOK
+	}
+	for _, a := range s.values {
+		k, v, ok := strings.Cut(a, "=")
+		if !ok || k == "" {
+			return nil, e.Usagef("--secret: %q is not NAME=VALUE", a)
+		}
+		if code := set("--secret", k, v); code != ExitOK {
+			return nil, code
+		}
+	}
+	for _, a := range s.files {
+		k, p, ok := strings.Cut(a, "=")
+		if !ok || k == "" {
+			return nil, e.Usagef("--secret-file: %q is not NAME=PATH", a)
+		}
+		b, err := readFileLimited(p, delivery.MaxSecretSize)
+		if err != nil {
+			return nil, e.Errorf("--secret-file: %v", err)
+		}
+		if code := set("--secret-file", k, string(b)); code != ExitOK {
+			return nil, code
+		}
+	}
+	return out, ExitOK
+}
+
+// secretsError reports a mismatch between the secrets supplied and those cfg
+// declares, with a hint.
+func secretsError(e *Env, err error) int {
+	var se *config.SecretsError
+	if errors.As(err, &se) && len(se.Missing) > 0 {
+		return e.ErrorWithHint(err, "pass --secret NAME=VALUE or --secret-file NAME=PATH for each")
+	}
+	if errors.As(err, &se) {
+		return e.ErrorWithHint(err, "a workload gets only the secrets its config declares ([secrets] env, or [[files]] with kind = \"secret\")")
+	}
+	return e.Errorf("%v", err)
+}
+
+// bindLocal gives a local keep its secrets: it checks them against cfg,
+// puts secret files into cfg's entries and returns the secret environment
+// values. A local keep runs on this machine, which sees them.
+func (s *secretFlags) bindLocal(e *Env, cfg *config.Config) (map[string]string, int) {
+	vals, code := s.read(e)
+	if code != ExitOK {
+		return nil, code
+	}
+	env, err := cfg.BindSecrets(vals)
+	if err != nil {
+		return nil, secretsError(e, err)
+	}
+	if len(vals) > 0 {
+		e.Warningf("the secrets go to a keep on this machine: without a keep on a separate host (deploy --host) they are not protected from this machine")
+	}
+	return env, ExitOK
 }

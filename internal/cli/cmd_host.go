@@ -307,8 +307,7 @@ type remoteOptions struct {
 	*hostClientFlags
 	policyFile, measurements string
 	insecure                 bool
-	secrets, secretFiles     multiFlag
-	detach, hostOutput       bool
+	detach                   bool
 	keepMemory               string
 	cpuTime                  time.Duration
 	openFiles                int
@@ -319,10 +318,7 @@ func addRemoteFlags(fs *flag.FlagSet) *remoteOptions {
 	fs.StringVar(&r.policyFile, "policy", "", "with --host: verify the keep's evidence with this policy file (as the attestation service reads it)")
 	fs.StringVar(&r.measurements, "measurements", "", "with --policy: the measurement database")
 	fs.BoolVar(&r.insecure, "insecure", false, "with --host: accept any evidence whose signatures check, including no TEE and simulated hardware (development only)")
-	fs.Var(&r.secrets, "secret", "with --host: NAME=VALUE, a secret environment value sent only to the attested keep (repeat)")
-	fs.Var(&r.secretFiles, "secret-file", "with --host: NAME=PATH, a secret environment value read from a file (repeat)")
-	fs.BoolVar(&r.detach, "detach", false, "with --host: return once the workload started; it runs on")
-	fs.BoolVar(&r.hostOutput, "host-output", false, "with --detach: send the workload's output to the host agent's log (the host can read it)")
+	fs.BoolVar(&r.detach, "detach", false, "with --host: return once the workload started; it runs on, its output going to the agent's log only if its config says detached_output = \"host\"")
 	fs.StringVar(&r.keepMemory, "keep-memory", "", "with --host: memory limit of the keep process (RLIMIT_DATA), e.g. 1GiB (default: the host's maximum)")
 	fs.DurationVar(&r.cpuTime, "cpu-time", 0, "with --host: CPU time limit of the keep process (default: the host's maximum)")
 	fs.IntVar(&r.openFiles, "open-files", 0, "with --host: descriptor limit of the keep process (default: the host's maximum)")
@@ -340,24 +336,15 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		return code
 	}
 	defer c.CloseIdleConnections()
-	secrets := map[string]string{}
-	for _, s := range r.secrets {
-		k, v, ok := strings.Cut(s, "=")
-		if !ok || k == "" {
-			return e.Usagef("--secret: %q is not NAME=VALUE", s)
-		}
-		secrets[k] = v
+	secrets, code := do.secrets.read(e)
+	if code != ExitOK {
+		return code
 	}
-	for _, s := range r.secretFiles {
-		k, p, ok := strings.Cut(s, "=")
-		if !ok || k == "" {
-			return e.Usagef("--secret-file: %q is not NAME=PATH", s)
-		}
-		b, err := readFileLimited(p, delivery.MaxSecretSize)
-		if err != nil {
-			return e.Errorf("--secret-file: %v", err)
-		}
-		secrets[k] = string(b)
+	// Refuse before anything reaches the host: every secret the config
+	// declares, and nothing else (the keep checks again).
+	cfg, err := delivery.CheckSecrets(art, secrets)
+	if err != nil {
+		return secretsError(e, err)
 	}
 	var v delivery.Verifier
 	switch {
@@ -423,7 +410,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 	}
 	k, res, err := c.Deploy(ctx, host.DeployOptions{
 		Backend: backend, Limits: lim, Name: name, Verifier: v,
-		Delivery: delivery.Delivery{Artifact: art, Name: name, Args: args, Secrets: secrets, Detach: r.detach, HostOutput: r.hostOutput,
+		Delivery: delivery.Delivery{Artifact: art, Name: name, Args: args, Secrets: secrets, Detach: r.detach,
 			Stdout: e.Stdout, Stderr: e.Stderr},
 		OnKeep: func(k *host.Keep) { e.Infof("keep %s created on %s (backend %s)", k.ID, *r.url, k.Backend) },
 		OnVerified: func(v *delivery.Verified) {
@@ -445,6 +432,11 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 	}
 	if r.detach {
 		e.Infof("keep %s: workload %s started, detached", k.ID, art.Digest)
+		if cfg != nil && cfg.DetachedOutput == config.DetachedHost {
+			e.Infof("its output goes to the host agent's log, which the host can read (the config says detached_output = \"host\")")
+		} else {
+			e.Infof("its output is discarded (the config does not say detached_output = \"host\")")
+		}
 		return ExitOK
 	}
 	if res.Reason != "" {

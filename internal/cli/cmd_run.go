@@ -38,6 +38,7 @@ type runOptions struct {
 	maxOutput  string
 	digestOnly bool
 	report     string
+	secrets    *secretFlags // --secret, --secret-file (cmd_deploy.go)
 }
 
 func addRunFlags(fs *flag.FlagSet) *runOptions {
@@ -53,6 +54,7 @@ func addRunFlags(fs *flag.FlagSet) *runOptions {
 	fs.StringVar(&ro.maxOutput, "max-output", "", "stop the keep once stdout and stderr together pass this size, e.g. 10MiB")
 	fs.BoolVar(&ro.digestOnly, "digest", false, "print the workload digest and exit without running")
 	fs.StringVar(&ro.report, "report", "", "before the workload starts, write the keep's certificate, claims and evidence to this JSON file")
+	ro.secrets = addSecretFlags(fs)
 	return ro
 }
 
@@ -258,6 +260,10 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		defer t.Stop()
 	}
 
+	secretEnv, code := ro.secrets.bindLocal(e, cfg)
+	if code != ExitOK {
+		return code
+	}
 	cert, code := keepCertificate(e, ro, cfg, art)
 	if code != ExitOK {
 		return code
@@ -268,6 +274,7 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		Config:      cfg,
 		ConfigDir:   dir,
 		Args:        args,
+		Env:         secretEnv,
 		Stdin:       e.Stdin,
 		Stdout:      stdout,
 		Stderr:      stderr,

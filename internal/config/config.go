@@ -1,6 +1,9 @@
 // Package config reads a workload's config: a TOML file compatible with
 // Enarx's Enarx.toml (args, env, steward, [[files]]), extended with
-// directories (kind = "dir") and a [limits] table.
+// directories (kind = "dir"), a [limits] table, secrets (a [secrets]
+// table of environment names and kind = "secret" descriptors, whose
+// values the deployer supplies and the config never holds) and what a
+// detached keep does with its output (detached_output).
 //
 // The config decides the workload's WASI descriptor table: the i-th
 // [[files]] entry is descriptor i. It is untrusted input when it comes from
@@ -21,6 +24,15 @@ const (
 	KindListen  Kind = "listen"
 	KindConnect Kind = "connect"
 	KindDir     Kind = "dir"
+	// KindSecret is a read-only file held in the keep's memory whose
+	// contents the deployer supplies (the secret named like the entry).
+	KindSecret Kind = "secret"
+)
+
+// What a detached keep does with its workload's output.
+const (
+	DetachedDiscard = "discard" // the default: nobody sees it
+	DetachedHost    = "host"    // the host agent's log, which the host can read
 )
 
 // Protocols of listen and connect entries.
@@ -42,6 +54,12 @@ type Config struct {
 	Files []File
 	// Limits bounds the keep; zero fields mean "no limit given".
 	Limits Limits
+	// SecretEnv names the environment variables whose values are secrets
+	// the deployer supplies ([secrets] env), in the file's order.
+	SecretEnv []string
+	// DetachedOutput is DetachedDiscard or DetachedHost: where the output of
+	// a workload goes once its client detached.
+	DetachedOutput string
 	// Warnings are non-fatal remarks in the errors' one-line form
 	// ("Enarx.toml:7: host in listen entry ... is read as addr"), to be
 	// printed by the caller.
@@ -70,6 +88,10 @@ type File struct {
 	Path string
 	// ReadOnly forbids writes below a dir entry.
 	ReadOnly bool
+	// Secret is the contents of a secret entry, set by BindSecrets from the
+	// values the deployer supplied (never parsed from the config, never
+	// serialised).
+	Secret []byte `json:"-"`
 	// Line is where the entry starts in the file, for messages.
 	Line int
 }
@@ -89,7 +111,7 @@ type Limits struct {
 // Default is the config of a workload run without one: stdin, stdout and
 // stderr, no limits.
 func Default() *Config {
-	return &Config{Files: []File{
+	return &Config{DetachedOutput: DetachedDiscard, Files: []File{
 		{Kind: KindStdin, Name: "stdin"},
 		{Kind: KindStdout, Name: "stdout"},
 		{Kind: KindStderr, Name: "stderr"},

@@ -19,6 +19,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte("[[files]]\nkind = \"listen\"\n[[files.x]]\na=1\n"))
 	f.Add([]byte("files = [[1], {kind=\"stdin\"}]\n"))
+	f.Add([]byte("secrets = {env = [\"A\", 1]}\nfiles = [{kind = \"secret\", name = \"A\"}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := Parse("fuzz.toml", data)
 		if err != nil {
@@ -36,6 +37,20 @@ func FuzzParse(f *testing.F) {
 			if strings.Contains(fl.Name, ":") {
 				t.Fatalf("name with ':' accepted: %q", fl.Name)
 			}
+			if fl.Kind == KindSecret && !ValidSecretName(fl.Name) {
+				t.Fatalf("secret file with a bad name accepted: %q", fl.Name)
+			}
+			if fl.Secret != nil {
+				t.Fatalf("a secret's value came from the config: %q", fl.Name)
+			}
+		}
+		for _, n := range cfg.SecretEnv {
+			if _, ok := cfg.Env[n]; ok || !ValidSecretName(n) {
+				t.Fatalf("secret env %q accepted with a value in [env] or a bad name", n)
+			}
+		}
+		if cfg.DetachedOutput != DetachedDiscard && cfg.DetachedOutput != DetachedHost {
+			t.Fatalf("detached_output %q accepted", cfg.DetachedOutput)
 		}
 	})
 }

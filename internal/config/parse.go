@@ -117,7 +117,7 @@ func Parse(filename string, data []byte) (*Config, error) {
 	if err := toml.Unmarshal(data, &root); err != nil {
 		return nil, decodeError(filename, err)
 	}
-	p := &parser{file: filename, pos: scanPositions(data), cfg: &Config{}}
+	p := &parser{file: filename, pos: scanPositions(data), cfg: &Config{DetachedOutput: DetachedDiscard}}
 	if err := p.top(root); err != nil {
 		return nil, err
 	}
@@ -288,9 +288,26 @@ func (p *parser) top(root map[string]any) error {
 			if err := p.limits(m); err != nil {
 				return err
 			}
+		case "secrets":
+			m, ok := v.(map[string]any)
+			if !ok {
+				return p.at(key, "secrets must be a table ([secrets] with env = [...]), not %s", typeName(v))
+			}
+			if err := p.secrets(m); err != nil {
+				return err
+			}
+		case "detached_output":
+			s, ok := v.(string)
+			if !ok || (s != DetachedDiscard && s != DetachedHost) {
+				return p.at(key, "detached_output must be \"discard\" or \"host\", not %s", quoted(v))
+			}
+			p.cfg.DetachedOutput = s
 		default:
 			p.warn(key, "unknown top-level key %q ignored (Enarx accepted it; check the spelling)", k)
 		}
+	}
+	if err := p.checkSecrets(); err != nil {
+		return err
 	}
 	if n := p.cfg.Limits.MaxOpenFiles; n > 0 && n < len(p.cfg.Files) {
 		return p.at([]string{"limits", "open_files"}, "limits.open_files %d is fewer than the %d descriptors in [[files]]", n, len(p.cfg.Files))
@@ -307,6 +324,7 @@ var keysOf = map[Kind][]string{
 	KindListen:  {"kind", "name", "prot", "addr", "port", "host"},
 	KindConnect: {"kind", "name", "prot", "host", "port", "ca_file"},
 	KindDir:     {"kind", "name", "path", "readonly"},
+	KindSecret:  {"kind", "name"},
 }
 
 func (p *parser) file1(i int, m map[string]any) (File, error) {
@@ -315,7 +333,7 @@ func (p *parser) file1(i int, m map[string]any) (File, error) {
 	f := File{Line: p.pos.line(base...)}
 	kv, ok := m["kind"]
 	if !ok {
-		return f, p.at(base, "files[%d] has no kind (one of null, stdin, stdout, stderr, listen, connect, dir)", i)
+		return f, p.at(base, "files[%d] has no kind (one of null, stdin, stdout, stderr, listen, connect, dir, secret)", i)
 	}
 	ks, ok := kv.(string)
 	if !ok {
@@ -324,7 +342,7 @@ func (p *parser) file1(i int, m map[string]any) (File, error) {
 	f.Kind = Kind(ks)
 	allowed, ok := keysOf[f.Kind]
 	if !ok {
-		return f, p.at(key("kind"), "files[%d]: unknown kind %q (want null, stdin, stdout, stderr, listen, connect or dir)", i, ks)
+		return f, p.at(key("kind"), "files[%d]: unknown kind %q (want null, stdin, stdout, stderr, listen, connect, dir or secret)", i, ks)
 	}
 	for _, k := range p.sortedKeys(base, m) {
 		found := false
@@ -448,6 +466,13 @@ func (p *parser) file1(i int, m map[string]any) (File, error) {
 				return f, p.at(key("port"), "files[%d].port %d is out of range 1-65535", i, n)
 			}
 			f.Port = uint16(n)
+		}
+	case KindSecret:
+		if !hasName {
+			return f, p.at(base, "files[%d]: a secret entry needs a name (the name of the secret the deployer supplies)", i)
+		}
+		if !secretName.MatchString(name) {
+			return f, p.at(key("name"), "files[%d].name %q is not a secret name (letters, digits, '_', '.', '-', at most 128, not starting with '.' or '-')", i, name)
 		}
 	case KindDir:
 		if !hasName {

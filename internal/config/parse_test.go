@@ -32,7 +32,15 @@ func render(cfg *Config, err error) string {
 		Limits   limits
 		Environ  []string
 		Warnings []string `json:",omitempty"`
-	}{cfg.Steward, cfg.Args, cfg.Env, cfg.Files, limits{cfg.Limits.MemoryPages, cfg.Limits.WallTime.String(), cfg.Limits.MaxOutput, cfg.Limits.MaxOpenFiles}, cfg.Environ(), cfg.Warnings}
+		// Shown only when set, so that older golden files stay as they are.
+		SecretEnv      []string `json:",omitempty"`
+		Secrets        []string `json:",omitempty"`
+		DetachedOutput string   `json:",omitempty"`
+	}{cfg.Steward, cfg.Args, cfg.Env, cfg.Files, limits{cfg.Limits.MemoryPages, cfg.Limits.WallTime.String(), cfg.Limits.MaxOutput, cfg.Limits.MaxOpenFiles}, cfg.Environ(), cfg.Warnings,
+		cfg.SecretEnv, cfg.SecretNames(), ""}
+	if cfg.DetachedOutput != DetachedDiscard {
+		out.DetachedOutput = cfg.DetachedOutput
+	}
 	b, jerr := json.MarshalIndent(out, "", "  ")
 	if jerr != nil {
 		panic(jerr)
@@ -112,6 +120,11 @@ func TestLines(t *testing.T) {
 		{"err_inline_unknown.toml", 3, "files[1].mode"},
 		{"err_syntax.toml", 3, ""},
 		{"err_dup_key.toml", 3, ""},
+		{"err_secret_env_dup.toml", 4, "secrets.env[1]"},
+		{"err_secret_env_in_env.toml", 5, "secrets.env[0]"},
+		{"err_secrets_unknown.toml", 3, "secrets.file"},
+		{"err_secret_file_path.toml", 4, "files[0].path"},
+		{"err_detached_output_bad.toml", 1, "detached_output"},
 	}
 	for _, c := range cases {
 		data, err := os.ReadFile(filepath.Join("testdata", c.file))

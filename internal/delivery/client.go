@@ -16,6 +16,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/workload"
 )
 
@@ -55,9 +56,10 @@ type Delivery struct {
 	Args     []string
 	Secrets  map[string]string
 	// Detach returns once the keep said the package checked out; the
-	// workload runs on. HostOutput then sends its output to the host.
-	Detach, HostOutput bool
-	Stdout, Stderr     io.Writer
+	// workload runs on, its output going where its config says
+	// (detached_output).
+	Detach         bool
+	Stdout, Stderr io.Writer
 	// OnStarted, if set, is called when the keep accepted the package.
 	OnStarted func()
 }
@@ -66,6 +68,27 @@ type Delivery struct {
 type RefusedError struct{ Reason string }
 
 func (e *RefusedError) Error() string { return "the keep refused the delivery: " + e.Reason }
+
+// CheckSecrets parses the package's config (if any) and checks that the
+// secrets supplied are exactly those it declares, so that a client can
+// refuse before it asks for a keep. The keep checks again.
+func CheckSecrets(art *workload.Artifact, secrets map[string]string) (*config.Config, error) {
+	var cfg *config.Config
+	if art.Config != nil {
+		var err error
+		if cfg, err = config.Parse("package config", art.Config); err != nil {
+			return nil, err
+		}
+	}
+	names := make([]string, 0, len(secrets))
+	for k := range secrets {
+		names = append(names, k)
+	}
+	if err := cfg.CheckSecrets(names); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
 
 // Deliver opens TLS to the keep over conn with the keep's attested key
 // pinned, sends the package and secrets, and copies the workload's output
@@ -101,7 +124,7 @@ func (s *Session) Deliver(ctx context.Context, conn net.Conn, v *Verified, d Del
 	art := d.Artifact
 	m := Manifest{
 		Digest: art.Digest.String(), Name: d.Name, WasmSize: int64(len(art.Wasm)), ConfigSize: -1,
-		Args: d.Args, Secrets: d.Secrets, CertChain: v.CertChain, Detach: d.Detach, HostOutput: d.HostOutput,
+		Args: d.Args, Secrets: d.Secrets, CertChain: v.CertChain, Detach: d.Detach,
 	}
 	if art.Config != nil {
 		m.ConfigSize = int64(len(art.Config))

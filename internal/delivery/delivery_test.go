@@ -95,7 +95,7 @@ func run(t *testing.T, k *Keep, sess *Session, v *Verified, d Delivery) (*Result
 }
 
 func TestDeliverGoHello(t *testing.T) {
-	art := load(t, "go", "hello", []byte("args = [\"from-config\"]\n"+stdio))
+	art := load(t, "go", "hello", []byte("args = [\"from-config\"]\n[secrets]\nenv = [\"S\"]\n"+stdio))
 	k, sess, v := pair(t, art.Digest.String())
 	var out, errOut syncBuf
 	res, err, _, kerr := run(t, k, sess, v, Delivery{Artifact: art, Args: []string{"x"}, Secrets: map[string]string{"S": "v"}, Stdout: &out, Stderr: &errOut})

@@ -114,8 +114,8 @@ type ServeOptions struct {
 	HandshakeTimeout time.Duration
 	// Log receives the keep's notices for the host (never workload data).
 	Log func(format string, a ...any)
-	// HostOutput receives a detached workload's output when its manifest
-	// asks for it (the host can read it).
+	// HostOutput receives a detached workload's output when the package's
+	// config says detached_output = "host" (the host can read it).
 	HostOutput io.Writer
 	// Detached is called when the client hung up on a detached workload;
 	// Abort when it hung up on an attached one (the caller ends the
@@ -197,6 +197,13 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 			}
 		}
 	}
+	// Secret files go into cfg's entries (memory only); secret
+	// environment values into env.
+	env, err := cfg.BindSecrets(m.Secrets)
+	if err != nil {
+		return refuse(err)
+	}
+	hostOutput := m.Detach && cfg != nil && cfg.DetachedOutput == config.DetachedHost
 	var cert *tls.Certificate
 	if len(m.CertChain) > 0 {
 		if cert, err = k.chain(m.CertChain); err != nil {
@@ -219,8 +226,8 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 	gone := func() {
 		clientGone.Do(func() {
 			if m.Detach {
-				stdout.redirect(o.HostOutput, m.HostOutput)
-				stderr.redirect(o.HostOutput, m.HostOutput)
+				stdout.redirect(o.HostOutput, hostOutput)
+				stderr.redirect(o.HostOutput, hostOutput)
 				if o.Detached != nil {
 					o.Detached()
 				}
@@ -237,8 +244,13 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 	if m.Detach {
 		// A detached client returns once it read Started: the output
 		// never goes to it.
-		stdout.redirect(o.HostOutput, m.HostOutput)
-		stderr.redirect(o.HostOutput, m.HostOutput)
+		stdout.redirect(o.HostOutput, hostOutput)
+		stderr.redirect(o.HostOutput, hostOutput)
+		if hostOutput {
+			o.logf("detached workload: its output goes to the host (the config says detached_output = \"host\")")
+		} else {
+			o.logf("detached workload: its output is discarded (the config does not say detached_output = \"host\")")
+		}
 	}
 	// The client sends nothing after the package; a read returning means
 	// it hung up.
@@ -252,7 +264,7 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 		Config:      cfg,
 		ConfigDir:   "/nonexistent",
 		Args:        m.Args,
-		Env:         m.Secrets,
+		Env:         env,
 		Stdin:       bytes.NewReader(nil),
 		Stdout:      stdout,
 		Stderr:      stderr,

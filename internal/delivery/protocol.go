@@ -23,7 +23,11 @@
 // opens TLS 1.3 to the keep over any byte stream (the host agent relays a
 // raw connection) with the keep's attested key pinned, and sends a
 // manifest, the Wasm module, the config and the secrets. Output comes back
-// as frames on the same TLS connection.
+// as frames on the same TLS connection. Secrets are declared by the
+// package's config (names only) and their values travel only in the
+// manifest, inside TLS; the keep puts environment secrets into the
+// workload's environment and secret files into in-memory descriptors,
+// never on the host's disk.
 //
 // Wire format inside TLS: frames of one type byte, a big-endian uint32
 // length and that many payload bytes (at most MaxFrame).
@@ -35,10 +39,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strings"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/config"
 )
 
 // ALPN is the TLS application protocol of a delivery connection.
@@ -46,12 +50,13 @@ const ALPN = "castellan-delivery/1"
 
 // Limits on what either side accepts from the other.
 const (
-	MaxFrame        = 1 << 20  // one frame's payload
-	MaxManifest     = 64 << 10 // the manifest frame
-	MaxWasmSize     = 1 << 30  // a module, as `castellan run` allows
-	MaxConfigSize   = 1 << 20  // a TOML config
-	MaxSecrets      = 64       // secret environment values
-	MaxSecretSize   = 64 << 10 // one secret value
+	MaxFrame        = 1 << 20   // one frame's payload
+	MaxManifest     = MaxFrame  // the manifest frame (it carries the secrets)
+	MaxWasmSize     = 1 << 30   // a module, as `castellan run` allows
+	MaxConfigSize   = 1 << 20   // a TOML config
+	MaxSecrets      = 64        // secret values (environment and files)
+	MaxSecretSize   = 64 << 10  // one secret value
+	MaxSecretsTotal = 960 << 10 // all secret names and values, within one manifest frame
 	MaxArgs         = 256
 	MaxHelloSize    = evidence.MaxEnvelopeSize + 8<<10
 	maxCertChainLen = 4
@@ -79,8 +84,10 @@ type Hello struct {
 }
 
 // Manifest is the first frame the client sends: what follows and how to
-// run it. Secrets are environment values added after the config's env;
-// they are not part of the package digest.
+// run it. Secrets are the values of the secrets the package's config
+// declares ([secrets] env and kind = "secret" files); they are not part of
+// the package digest, and the keep refuses a set that differs from the
+// declared one.
 type Manifest struct {
 	Digest     string            `json:"digest"`
 	Name       string            `json:"name,omitempty"`
@@ -93,9 +100,10 @@ type Manifest struct {
 	// on its TLS listeners. Empty: the keep uses a self-signed certificate.
 	CertChain [][]byte `json:"cert_chain,omitempty"`
 	// Detach lets the workload run on after the client hangs up; its
-	// output goes to the host only when HostOutput is set.
-	Detach     bool `json:"detach,omitempty"`
-	HostOutput bool `json:"host_output,omitempty"`
+	// output then goes to the host only when the package's config says
+	// detached_output = "host" (the config is covered by the digest, so
+	// neither the host nor a client option can change it).
+	Detach bool `json:"detach,omitempty"`
 }
 
 // Started is the keep's answer once the package checked out.
@@ -108,8 +116,6 @@ type Result struct {
 	ExitCode int    `json:"exit_code"`
 	Reason   string `json:"reason,omitempty"` // empty for a normal exit
 }
-
-var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // check applies the manifest rules the keep enforces.
 func (m *Manifest) check() error {
@@ -128,9 +134,14 @@ func (m *Manifest) check() error {
 	if len(m.Secrets) > MaxSecrets {
 		return fmt.Errorf("manifest: %d secrets, more than %d", len(m.Secrets), MaxSecrets)
 	}
+	total := 0
 	for k, v := range m.Secrets {
-		if !envName.MatchString(k) {
-			return fmt.Errorf("manifest: secret name %q is not an environment variable name", truncate(k))
+		total += len(k) + len(v)
+		if total > MaxSecretsTotal {
+			return fmt.Errorf("manifest: the secrets are over %d bytes together", MaxSecretsTotal)
+		}
+		if !config.ValidSecretName(k) {
+			return fmt.Errorf("manifest: secret name %q is not a secret name", truncate(k))
 		}
 		if len(v) > MaxSecretSize || strings.ContainsRune(v, 0) {
 			return fmt.Errorf("manifest: secret %s is over %d bytes or holds a NUL byte", k, MaxSecretSize)
@@ -138,9 +149,6 @@ func (m *Manifest) check() error {
 	}
 	if len(m.CertChain) > maxCertChainLen {
 		return fmt.Errorf("manifest: certificate chain of %d, more than %d", len(m.CertChain), maxCertChainLen)
-	}
-	if m.HostOutput && !m.Detach {
-		return errors.New("manifest: host_output applies only to a detached workload")
 	}
 	return nil
 }

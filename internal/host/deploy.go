@@ -22,6 +22,7 @@ type DeployOptions struct {
 }
 
 // Deploy runs the confidential delivery protocol against the agent: nonce,
+// a check of the secrets against those the package's config declares,
 // create, verify the keep's evidence (nothing is sent to a keep that fails
 // verification; the keep is stopped), attach, TLS to the keep with its key
 // pinned, package and secrets, output. It returns the keep as created and
@@ -30,6 +31,11 @@ func (c *Client) Deploy(ctx context.Context, o DeployOptions) (*Keep, *delivery.
 	art := o.Delivery.Artifact
 	if art == nil {
 		return nil, nil, errors.New("deploy: no package")
+	}
+	// Refuse before asking for a keep when the secrets are not exactly
+	// those the package's config declares (the keep checks again).
+	if _, err := delivery.CheckSecrets(art, o.Delivery.Secrets); err != nil {
+		return nil, nil, fmt.Errorf("deploy: %w", err)
 	}
 	sess, err := delivery.NewSession()
 	if err != nil {

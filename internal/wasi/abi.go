@@ -147,6 +147,8 @@ const (
 	rightsFile = rightFdDatasync | rightFdRead | rightFdSeek | rightFdFdstatSetFlags |
 		rightFdSync | rightFdTell | rightFdWrite | rightFdAdvise | rightFdAllocate |
 		rightFdFilestatGet | rightFdFilestatSetSize | rightFdFilestatSetTimes | rightPollFdReadwrite
+	// Rights of a secret: read, seek and stat, nothing that writes.
+	rightsSecret = rightFdRead | rightFdSeek | rightFdTell | rightFdFilestatGet | rightPollFdReadwrite | rightFdAdvise
 	// Write rights of a regular file.
 	rightsFileWrite = rightFdDatasync | rightFdWrite | rightFdAllocate | rightFdFilestatSetSize
 	// Rights of a directory.

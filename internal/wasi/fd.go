@@ -1,6 +1,7 @@
 package wasi
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -34,6 +35,9 @@ type fdesc struct {
 	pre     *preopen
 	rel     string // path below the preopen root, slash-separated
 	preName string // guest path, only on the preopened descriptor itself
+
+	// a secret: a read-only file held in memory, never on the host's disk
+	mem *bytes.Reader
 
 	// sockets
 	ln   *listener
@@ -90,6 +94,11 @@ func (s *System) open(ctx context.Context, f config.File) (*fdesc, error) {
 			return nil, err
 		}
 		return &fdesc{filetype: filetypeSocketStream, base: rightsSock, flags: fdflagNonblock, conn: c}, nil
+	case config.KindSecret:
+		if f.Secret == nil {
+			return nil, errorf("the secret %q was not supplied", f.Name)
+		}
+		return &fdesc{filetype: filetypeRegularFile, base: rightsSecret, mem: bytes.NewReader(f.Secret)}, nil
 	case config.KindDir:
 		path := f.Path
 		if path == "" {
@@ -279,6 +288,16 @@ func (s *System) read(ctx context.Context, d *fdesc, iovs [][]byte, peek bool) (
 		return total, errSuccess
 	case d.dir != nil:
 		return 0, errIsdir
+	case d.mem != nil:
+		total := 0
+		for _, b := range iovs {
+			n, _ := d.mem.Read(b)
+			total += n
+			if n < len(b) {
+				break
+			}
+		}
+		return total, errSuccess
 	case d.null:
 		return 0, errSuccess
 	case d.stdin:
@@ -425,7 +444,7 @@ func positionedIO(s *System, m mem, p []uint64, right uint64, op func(f *os.File
 	if errno != errSuccess {
 		return errno
 	}
-	if d.file == nil {
+	if d.file == nil && d.mem == nil {
 		return errSpipe
 	}
 	if d.base&right == 0 {
@@ -435,6 +454,19 @@ func positionedIO(s *System, m mem, p []uint64, right uint64, op func(f *os.File
 	off := int64(p[3])
 	if off < 0 {
 		return errInval
+	}
+	if d.mem != nil {
+		total := 0
+		for _, b := range iovs {
+			n, _ := d.mem.ReadAt(b, off)
+			total += n
+			off += int64(n)
+			if n < len(b) {
+				break
+			}
+		}
+		m.putU32(uint32(p[4]), uint32(total))
+		return errSuccess
 	}
 	total := 0
 	for _, b := range iovs {
@@ -476,6 +508,13 @@ func (d *fdesc) seek(off int64, whence uint32) (int64, Errno) {
 			return 0, errSuccess
 		}
 		return 0, errInval
+	}
+	if d.mem != nil {
+		pos, err := d.mem.Seek(off, int(whence))
+		if err != nil {
+			return 0, errInval
+		}
+		return pos, errSuccess
 	}
 	if d.file == nil {
 		return 0, errSpipe
@@ -526,7 +565,7 @@ func fdAdvise(s *System, _ context.Context, _ engine.Caller, _ mem, p []uint64) 
 	if uint32(p[3]) > 5 {
 		return errInval
 	}
-	if d.file == nil {
+	if d.file == nil && d.mem == nil {
 		if d.dir != nil {
 			return errBadf
 		}
@@ -574,6 +613,12 @@ func fdFilestatGet(s *System, _ context.Context, _ engine.Caller, m mem, p []uin
 		fi, err = d.file.Stat()
 	case d.dir != nil:
 		fi, err = d.dir.f.Stat()
+	case d.mem != nil:
+		clear(b)
+		b[16] = d.filetype
+		le.PutUint64(b[24:], 1)                    // nlink
+		le.PutUint64(b[32:], uint64(d.mem.Size())) // size
+		return errSuccess
 	default:
 		clear(b)
 		b[16] = d.filetype

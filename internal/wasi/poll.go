@@ -135,6 +135,9 @@ func (s *System) ready(sub *subscription, now time.Time) (ev [eventSize]byte, ok
 		if ok && errno == errSuccess {
 			nbytes = 1
 		}
+	case d.mem != nil:
+		ok = true
+		nbytes = d.mem.Len()
 	case d.file != nil:
 		ok = true
 		if fi, err := d.file.Stat(); err == nil {

@@ -1,0 +1,102 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSecretFile delivers a secret declared as a file: the workload (the
+// stdin fixture, which upper-cases descriptor 0) reads it from the keep's
+// memory.
+func TestSecretFile(t *testing.T) {
+	cfg := "[[files]]\nkind = \"secret\"\nname = \"api.key\"\n[[files]]\nkind = \"stdout\"\n[[files]]\nkind = \"stderr\"\n"
+	art := load(t, "go", "stdin", []byte(cfg))
+	k, sess, v := pair(t, art.Digest.String())
+	var out, errOut syncBuf
+	res, err, _, kerr := run(t, k, sess, v, Delivery{Artifact: art, Secrets: map[string]string{"api.key": "line one\nline two\n"}, Stdout: &out, Stderr: &errOut})
+	if err != nil || kerr != nil {
+		t.Fatalf("deliver: %v; keep: %v (stderr %q)", err, kerr, errOut.String())
+	}
+	if res.ExitCode != 0 || out.String() != "LINE ONE\nLINE TWO\nbytes: 18\n" {
+		t.Errorf("exit %d, stdout %q, stderr %q", res.ExitCode, out.String(), errOut.String())
+	}
+}
+
+// TestKeepRefusesSecrets: the keep runs nothing when the secrets sent are
+// not exactly those the config declares (a client that skipped its own
+// check, or an older one).
+func TestKeepRefusesSecrets(t *testing.T) {
+	declared := load(t, "c", "hello", []byte("[secrets]\nenv = [\"DB_PASSWORD\"]\n[[files]]\nkind = \"secret\"\nname = \"key\"\n"+stdio))
+	none := load(t, "c", "hello", nil)
+	cases := []struct {
+		name    string
+		art     bool // declared, else none
+		secrets map[string]string
+		want    string
+	}{
+		{"missing", true, map[string]string{"DB_PASSWORD": "x"}, "not supplied: key"},
+		{"undeclared", true, map[string]string{"DB_PASSWORD": "x", "key": "k", "EXTRA": "y"}, "does not declare: EXTRA"},
+		{"no config", false, map[string]string{"A": "y"}, "does not declare: A"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			art := none
+			if c.art {
+				art = declared
+			}
+			k, sess, v := pair(t, art.Digest.String())
+			var out syncBuf
+			_, err, _, kerr := run(t, k, sess, v, Delivery{Artifact: art, Secrets: c.secrets, Stdout: &out})
+			var re *RefusedError
+			if !errors.As(err, &re) || !strings.Contains(re.Reason, c.want) || !errors.Is(kerr, ErrRefused) {
+				t.Errorf("client: %v; keep: %v", err, kerr)
+			}
+			if out.String() != "" {
+				t.Errorf("a refused workload ran: %q", out.String())
+			}
+		})
+		// The client refuses the same before it asks for a keep.
+		art := none
+		if c.art {
+			art = declared
+		}
+		if _, err := CheckSecrets(art, c.secrets); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: CheckSecrets: %v", c.name, err)
+		}
+	}
+}
+
+// TestDetachedOutput: a detached workload's output goes to the host only
+// when its config says detached_output = "host".
+func TestDetachedOutput(t *testing.T) {
+	for _, c := range []struct {
+		setting string
+		toHost  bool
+	}{{"", false}, {"detached_output = \"discard\"\n", false}, {"detached_output = \"host\"\n", true}} {
+		art := load(t, "c", "hello", []byte(c.setting+stdio))
+		k, sess, v := pair(t, art.Digest.String())
+		c1, c2 := socketPair(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		var host, log syncBuf
+		done := make(chan error, 1)
+		go func() {
+			_, err := k.Serve(ctx, c1, ServeOptions{HostOutput: &host, Log: func(f string, a ...any) { log.Write([]byte(f + "\n")) }})
+			done <- err
+		}()
+		res, err := sess.Deliver(ctx, c2, v, Delivery{Artifact: art, Detach: true})
+		if err != nil || res.Reason != "detached" {
+			t.Fatalf("%q: deliver: %+v %v", c.setting, res, err)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("%q: keep: %v", c.setting, err)
+		}
+		cancel()
+		got := strings.Contains(host.String(), "hello from C in a keep")
+		if got != c.toHost || (!c.toHost && host.String() != "") {
+			t.Errorf("%q: host output %q, want to host: %v", c.setting, host.String(), c.toHost)
+		}
+	}
+}
