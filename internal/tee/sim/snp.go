@@ -278,6 +278,27 @@ func amdName(cn, serialNumber string) pkix.Name {
 	}
 }
 
+// amdCATemplate is the template of a simulated AMD CA certificate (ARK,
+// ASK or ASVK): RSASSA-PSS with SHA-384, 25 years from start, a serial
+// number that says "castellan-sim", and key usage cert sign plus extra.
+func amdCATemplate(r io.Reader, cn string, start time.Time, key *rsa.PrivateKey, extra x509.KeyUsage) (*x509.Certificate, error) {
+	sn, err := serial(r)
+	if err != nil {
+		return nil, err
+	}
+	return &x509.Certificate{
+		SerialNumber:          sn,
+		Subject:               amdName(cn, "castellan-sim-"+sn.Text(16)),
+		NotBefore:             start,
+		NotAfter:              start.AddDate(25, 0, 0),
+		SignatureAlgorithm:    x509.SHA384WithRSAPSS,
+		KeyUsage:              x509.KeyUsageCertSign | extra,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		SubjectKeyId:          skid(key.Public()),
+	}, nil
+}
+
 // generateSNP makes the ARK → ASK chain (RSA, RSASSA-PSS with SHA-384, as
 // AMD's) and the VCEK key (ECDSA P-384). AMD's ARK and ASK are RSA-4096; the
 // simulation uses RSA-2048 to keep generation quick, since the key guards
@@ -296,40 +317,18 @@ func (ca *CA) generateSNP(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	snA, err := serial(r)
-	if err != nil {
-		return err
-	}
-	snB, err := serial(r)
-	if err != nil {
-		return err
-	}
 	start := notBefore()
-	arkT := &x509.Certificate{
-		SerialNumber:          snA,
-		Subject:               amdName("ARK-"+SNPProductLine, "castellan-sim-"+snA.Text(16)),
-		NotBefore:             start,
-		NotAfter:              start.AddDate(25, 0, 0),
-		SignatureAlgorithm:    x509.SHA384WithRSAPSS,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		SubjectKeyId:          skid(arkKey.Public()),
+	arkT, err := amdCATemplate(r, "ARK-"+SNPProductLine, start, arkKey, x509.KeyUsageCRLSign)
+	if err != nil {
+		return err
 	}
 	ark, err := create(r, arkT, arkT, arkKey.Public(), arkKey)
 	if err != nil {
 		return err
 	}
-	askT := &x509.Certificate{
-		SerialNumber:          snB,
-		Subject:               amdName("SEV-"+SNPProductLine, "castellan-sim-"+snB.Text(16)),
-		NotBefore:             start,
-		NotAfter:              start.AddDate(25, 0, 0),
-		SignatureAlgorithm:    x509.SHA384WithRSAPSS,
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		SubjectKeyId:          skid(askKey.Public()),
+	askT, err := amdCATemplate(r, "SEV-"+SNPProductLine, start, askKey, 0)
+	if err != nil {
+		return err
 	}
 	ask, err := create(r, askT, ark, askKey.Public(), arkKey)
 	if err != nil {
@@ -343,20 +342,9 @@ func (ca *CA) generateSNP(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	snC, err := serial(r)
+	asvkT, err := amdCATemplate(r, "SEV-VLEK-"+SNPProductLine, start, asvkKey, 0)
 	if err != nil {
 		return err
-	}
-	asvkT := &x509.Certificate{
-		SerialNumber:          snC,
-		Subject:               amdName("SEV-VLEK-"+SNPProductLine, "castellan-sim-"+snC.Text(16)),
-		NotBefore:             start,
-		NotAfter:              start.AddDate(25, 0, 0),
-		SignatureAlgorithm:    x509.SHA384WithRSAPSS,
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		SubjectKeyId:          skid(asvkKey.Public()),
 	}
 	asvk, err := create(r, asvkT, ark, asvkKey.Public(), arkKey)
 	if err != nil {
