@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"net"
@@ -13,9 +15,14 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/console"
+	"github.com/castellan-dev/castellan/internal/tee"
 )
 
 type consoleOptions struct {
+	host      *hostClientFlags
+	direct    bool
+	stateDir  string
+	simRoots  string
 	listen    string
 	maxKeeps  int
 	timeLimit time.Duration
@@ -32,6 +39,10 @@ func addConsoleFlags(fs *flag.FlagSet) *consoleOptions {
 	fs.StringVar(&o.maxOutput, "max-output", "1MiB", "stdout and stderr of each keep together")
 	fs.StringVar(&o.maxUpload, "max-upload", "16MiB", "size of an uploaded module")
 	fs.StringVar(&o.maxMemory, "max-memory", "256MiB", "linear memory of each keep")
+	o.host = addHostClientFlags(fs, true)
+	fs.BoolVar(&o.direct, "direct", false, "run each keep as a child 'castellan run' process, without a host agent or confidential delivery")
+	fs.StringVar(&o.simRoots, "sim-roots", "", "PEM file of the simulation roots to trust for simulated evidence (default: this machine's; a remote agent's keeps sign with its machine's)")
+	fs.StringVar(&o.stateDir, "agent-state-dir", "", "state folder of the console's own host agent (default: a temporary folder, removed at exit)")
 	return o
 }
 
@@ -42,8 +53,19 @@ var consoleCmd = &Command{
 	Help: `Serves a web page on which anyone who reaches it can run a built-in
 example or an uploaded .wasm module in a keep for a limited time, watch its
 stdout and stderr live, and see the keep's certificate and evidence decoded.
-Each keep is a child 'castellan run' process. One running keep per browser
-session; --max-keeps in all. The examples are compiled from their embedded
+One running keep per browser session; --max-keeps in all.
+
+Keeps run through a host agent, with confidential delivery: by default an
+agent inside the console's process (its own state folder, a token it makes
+for itself, TLS on a loopback port; its maxima follow the console's
+flags); with --host URL (and --host-ca, --token-file) a remote agent. The
+console is the deploying client: it verifies each keep's evidence, then
+sends the workload over TLS pinned to the attested key and streams the
+output back from that channel. With a remote agent the examples that
+serve on a port are unavailable (the port is on the agent's machine), and
+simulated evidence is checked against --sim-roots (the agent machine's
+simulation roots: 'castellan platform info' there names the file).
+--direct runs each keep as a child 'castellan run' process instead. The examples are compiled from their embedded
 sources on first use (Go examples need go, the C one clang with wasi-libc)
 and cached in the user's cache folder.
 
@@ -87,20 +109,71 @@ func consoleMain(e *Env, args []string) int {
 	if o.timeLimit <= 0 {
 		return e.Usagef("--time-limit: %v is not positive", o.timeLimit)
 	}
-	srv, err := console.New(console.Options{
-		TimeLimit: o.timeLimit,
-		MaxOutput: maxOutput,
-		MaxUpload: maxUpload,
-		MaxKeeps:  o.maxKeeps,
-		MaxMemory: maxMemory,
-		CacheDir:  defaultCacheDir(),
-		Log:       func(f string, a ...any) { e.Infof(f, a...) },
-	})
+	copts := console.Options{
+		TimeLimit:     o.timeLimit,
+		MaxOutput:     maxOutput,
+		MaxUpload:     maxUpload,
+		MaxKeeps:      o.maxKeeps,
+		MaxMemory:     maxMemory,
+		CacheDir:      defaultCacheDir(),
+		AgentStateDir: o.stateDir,
+		Log:           func(f string, a ...any) { e.Infof(f, a...) },
+	}
+	if o.simRoots != "" {
+		b, err := readFileLimited(o.simRoots, 1<<20)
+		if err != nil {
+			return e.Errorf("--sim-roots: %v", err)
+		}
+		var roots []*x509.Certificate
+		for blk, rest := pem.Decode(b); blk != nil; blk, rest = pem.Decode(rest) {
+			if blk.Type != "CERTIFICATE" {
+				continue
+			}
+			c, err := x509.ParseCertificate(blk.Bytes)
+			if err != nil {
+				return e.Errorf("--sim-roots: %s: %v", o.simRoots, err)
+			}
+			roots = append(roots, c)
+		}
+		if len(roots) == 0 {
+			return e.Errorf("--sim-roots: %s: no PEM certificate in it", o.simRoots)
+		}
+		copts.SimRoots = func() ([]*x509.Certificate, error) { return roots, nil }
+	}
+	switch {
+	case *o.host.url != "" && o.direct:
+		return e.Usagef("console: --host and --direct exclude each other")
+	case *o.host.url != "" && o.stateDir != "":
+		return e.Usagef("console: --agent-state-dir is for the console's own agent, not with --host")
+	case *o.host.url != "":
+		c, status := o.host.client(e)
+		if c == nil {
+			return status
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		runner, backends, err := console.RemoteAgent(ctx, c, *o.host.url)
+		cancel()
+		if err != nil {
+			return e.Errorf("console: %v", err)
+		}
+		copts.Runner = runner
+		copts.Backends = func() []tee.Status { return backends }
+		copts.KeepsElsewhere = "the host agent at " + *o.host.url
+		e.Infof("keeps run on the host agent at %s", *o.host.url)
+	case o.direct:
+		if o.stateDir != "" {
+			return e.Usagef("console: --agent-state-dir is for the console's own agent, not with --direct")
+		}
+		copts.Runner = &console.ProcessRunner{}
+		e.Infof("keeps run as child 'castellan run' processes (--direct: no host agent, no confidential delivery)")
+	}
+	srv, err := console.New(copts)
 	if err != nil {
 		return e.Errorf("console: %v", err)
 	}
 	l, err := net.Listen("tcp", o.listen)
 	if err != nil {
+		srv.Close()
 		return e.Errorf("console: %v", err)
 	}
 	if host, _, _ := net.SplitHostPort(o.listen); !isLoopback(host) {

@@ -168,6 +168,15 @@ func TestBrowser(t *testing.T) {
 	if !strings.Contains(verdict, "Insecure: simulated hardware") {
 		t.Errorf("verdict: %q", verdict)
 	}
+	// The keep ran through the console's own host agent, with the
+	// workload delivered after the console checked the evidence.
+	if d, c := text("#proof-delivery"), text("#proof-verified-by"); !strings.Contains(d, "the host agent in this process") ||
+		!strings.Contains(d, "pinned to the attested key") || !strings.Contains(c, "simulation root") {
+		t.Errorf("delivery %q, checked by %q", d, c)
+	}
+	if w := text("#keeps-where"); !strings.Contains(w, "Keeps run through the host agent in this process") {
+		t.Errorf("where keeps run: %q", w)
+	}
 	if !strings.Contains(status, "Finished") || !strings.Contains(status, "status 0") {
 		t.Errorf("status: %q", status)
 	}

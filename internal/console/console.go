@@ -14,10 +14,16 @@
 //	GET  /api/runs/{id}/events   its events: state, stdout, stderr, proof, listen, exit, end
 //	POST /api/runs/{id}/stop     stop it
 //
-// Keeps are started through a Runner; ProcessRunner starts each as a child
-// `castellan run --report FILE` process, so that a keep's limits are those
-// of the command line (wall time exits 124, output size 125) and a keep
-// that misbehaves cannot take the console down with it. Visitors are told
+// Keeps are started through a Runner. By default the console starts a host
+// agent in its own process (a temporary state folder, a token it makes for
+// itself, TLS on a loopback port) and runs every keep through it with
+// AgentRunner: the console is the deploying client of confidential
+// delivery, verifies each keep's evidence before it sends the workload over
+// TLS pinned to the attested key, and reads the output back on that
+// channel. AgentRunner works the same against a remote agent (`--host`).
+// ProcessRunner (`--direct`) starts each keep as a child
+// `castellan run --report FILE` process instead. Either way a keep is a
+// process of its own, so one that misbehaves cannot take the console down. Visitors are told
 // apart by a session cookie: one running keep per session, a global cap on
 // running keeps, and a cap on upload size. Uploaded configs may not name
 // host folders, outgoing connections, an attestation service, or a listen
@@ -38,12 +44,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/castellan-dev/castellan/internal/attest/evidence"
-	"github.com/castellan-dev/castellan/internal/attest/verify"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
@@ -67,8 +70,20 @@ type Options struct {
 	MaxKeeps  int           // keeps running at once, all visitors together
 	MaxMemory int64         // linear memory of each keep
 
-	// Runner starts keeps; nil = a ProcessRunner on this executable.
+	// Runner starts keeps; nil = an AgentRunner on a host agent that New
+	// starts in this process (and Close stops).
 	Runner Runner
+	// AgentStateDir is the state folder of that agent; "" = a temporary
+	// folder, removed by Close.
+	AgentStateDir string
+	// KeepCommand is that agent's keep process; nil = this executable
+	// with the argument "keep".
+	KeepCommand []string
+	// KeepsElsewhere, when the runner's keeps run on another machine (a
+	// remote host agent), names it: a keep's loopback port cannot be
+	// reached from the console's visitors, so the examples that serve are
+	// unavailable.
+	KeepsElsewhere string
 	// ExamplesDir is where built examples are cached; "" = the user's
 	// cache folder.
 	ExamplesDir string
@@ -90,6 +105,7 @@ type Server struct {
 	o       Options
 	builder *builder
 	mux     *http.ServeMux
+	agent   *LocalAgent // the agent New started, if any
 
 	mu        sync.Mutex
 	runs      map[string]*run
@@ -115,9 +131,6 @@ func New(o Options) (*Server, error) {
 	if o.MaxMemory <= 0 {
 		o.MaxMemory = DefaultMaxMemory
 	}
-	if o.Runner == nil {
-		o.Runner = &ProcessRunner{}
-	}
 	if o.ExamplesDir == "" {
 		base, err := os.UserCacheDir()
 		if err != nil {
@@ -140,9 +153,26 @@ func New(o Options) (*Server, error) {
 	if o.Log == nil {
 		o.Log = func(string, ...any) {}
 	}
+	var la *LocalAgent
+	if o.Runner == nil {
+		var err error
+		logf := o.Log
+		// The console's cap is the binding one; the agent's is a backstop
+		// with room for keeps abandoned while being created, which the
+		// agent is still stopping when the console has freed their slots.
+		la, err = StartLocalAgent(LocalAgentOptions{StateDir: o.AgentStateDir, MaxKeeps: 2 * o.MaxKeeps,
+			Max: KeepLimits(o.TimeLimit, o.MaxMemory), KeepCommand: o.KeepCommand, KeepCacheDir: o.CacheDir,
+			Logf: func(f string, a ...any) { logf("host agent: "+f, a...) }})
+		if err != nil {
+			return nil, fmt.Errorf("starting the host agent: %w", err)
+		}
+		o.Runner = la.Runner()
+		o.Log("host agent in this process on %s (state %s)", la.URL, la.StateDir())
+	}
 	s := &Server{
 		o:         o,
 		builder:   newBuilder(o.ExamplesDir),
+		agent:     la,
 		runs:      map[string]*run{},
 		bySession: map[string]*run{},
 	}
@@ -197,6 +227,9 @@ func (s *Server) Close() {
 	}
 	for _, r := range rs {
 		<-r.ended
+	}
+	if s.agent != nil {
+		s.agent.Close()
 	}
 }
 
@@ -285,6 +318,8 @@ type Info struct {
 	// Run is the visitor's running keep, if any, so that a reloaded page
 	// can follow it again.
 	Run string `json:"run,omitempty"`
+	// Keeps says where and how keeps run, for the page.
+	Keeps string `json:"keeps"`
 }
 
 // ExampleInfo is an example and whether it can run here.
@@ -314,10 +349,11 @@ func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
 	sess := s.session(w, r)
 	info := Info{}
 	for _, ex := range Examples {
-		st, reason := s.builder.status(ex)
+		st, reason := s.exampleStatus(ex)
 		info.Examples = append(info.Examples, ExampleInfo{Example: ex, State: st, Reason: reason})
 	}
 	info.Backends, info.DefaultBackend = s.backends()
+	info.Keeps = s.keepsWhere()
 	s.mu.Lock()
 	info.Limits = Limits{TimeLimitMS: s.o.TimeLimit.Milliseconds(), MaxOutput: s.o.MaxOutput, MaxUpload: s.o.MaxUpload, MaxKeeps: s.o.MaxKeeps, Running: s.running}
 	if rn := s.bySession[sess]; rn != nil {
@@ -371,21 +407,24 @@ func (s *Server) usableBackend(name string) (bool, string) {
 	return false, "unknown backend"
 }
 
-// verifier checks a keep's evidence. Simulated evidence is checked against
-// this machine's simulation roots: the console is a local demo, and the
-// page says so.
-func (s *Server) verifier(backend string) Verifier {
-	return func(env *evidence.Envelope) (*evidence.Claims, error) {
-		var opts verify.Options
-		if strings.HasPrefix(backend, "sim-") {
-			roots, err := s.o.SimRoots()
-			if err != nil {
-				return nil, fmt.Errorf("loading the local simulation roots: %w", err)
-			}
-			opts.SimRoots = roots
-		}
-		return verify.Envelope(env, opts)
+// keepsWhere says where and how the runner runs keeps.
+func (s *Server) keepsWhere() string {
+	switch r := s.o.Runner.(type) {
+	case *AgentRunner:
+		return "Keeps run through " + r.Where + ". The console is their client: it checks each keep's evidence, then sends it the workload confidentially (TLS 1.3 to the keep, pinned to the attested key) and streams the output back."
+	case *ProcessRunner:
+		return "Keeps run as child processes of this console (direct mode: no host agent, no confidential delivery)."
 	}
+	return "Keeps run through a custom runner."
+}
+
+// exampleStatus is an example's state for the page: an example that serves
+// on a port is unavailable when the keeps run elsewhere.
+func (s *Server) exampleStatus(ex Example) (string, string) {
+	if ex.Listen && s.o.KeepsElsewhere != "" {
+		return "unavailable", "the keeps run on " + s.o.KeepsElsewhere + ": the port this example serves on is on that machine's loopback, which this page cannot reach"
+	}
+	return s.builder.status(ex)
 }
 
 var errClosed = errors.New("the console is shutting down")

@@ -43,6 +43,16 @@ type Proof struct {
 	Measurement        string `json:"measurement,omitempty"` // hex
 	TCB                []TCB  `json:"tcb,omitempty"`
 
+	// KeyFingerprint is the SHA-256 of the keep's attested key; Nonce the
+	// challenge its evidence answers (hex).
+	KeyFingerprint string `json:"key_fingerprint,omitempty"`
+	Nonce          string `json:"nonce,omitempty"`
+	// VerifiedBy says who checked the evidence and which checks ran.
+	VerifiedBy string `json:"verified_by"`
+	// Delivery says how the workload reached the keep; "" when it was not
+	// delivered confidentially (--direct).
+	Delivery string `json:"delivery,omitempty"`
+
 	Evidence    EvidenceCheck `json:"evidence"`
 	Certificate CertInfo      `json:"certificate"`
 }
@@ -63,6 +73,7 @@ type EvidenceCheck struct {
 
 // CertInfo describes the keep's certificate.
 type CertInfo struct {
+	Present    bool      `json:"present"`
 	Subject    string    `json:"subject"`
 	Issuer     string    `json:"issuer"`
 	SelfSigned bool      `json:"self_signed"`
@@ -122,6 +133,7 @@ func decodeReport(b []byte, check Verifier, now time.Time) (*Proof, error) {
 		Measurement:        hex.EncodeToString(claims.Measurement),
 		TCB:                tcbList(claims.TCB),
 		Certificate:        certInfo(chain, claims, now),
+		VerifiedBy:         "This console, from the keep's report (direct mode: no host agent, no confidential delivery): the evidence's signatures, and that it binds the certificate's key and the workload digest. The nonce is the keep's own: this shows a binding, not freshness.",
 	}
 
 	// The certificate of a keep without an attestation service says
@@ -220,6 +232,7 @@ func evidenceSummary(p *Proof) string {
 func certInfo(chain []*x509.Certificate, claims *keepcert.Claims, now time.Time) CertInfo {
 	leaf := chain[0]
 	c := CertInfo{
+		Present:    true,
 		Subject:    leaf.Subject.String(),
 		Issuer:     leaf.Issuer.String(),
 		SelfSigned: bytes.Equal(leaf.RawIssuer, leaf.RawSubject) && len(chain) == 1,

@@ -288,11 +288,11 @@ func TestStreamCap(t *testing.T) {
 	for range 10 {
 		w.Write([]byte(chunk))
 	}
-	if r.outBytes > 10+slack {
-		t.Errorf("passed on %d bytes, cap %d", r.outBytes, 10+slack)
+	if r.outBytes != 10 {
+		t.Errorf("passed on %d bytes, cap 10", r.outBytes)
 	}
-	if !strings.Contains(r.stopWhy, "output limit of 10 bytes") {
-		t.Errorf("stop reason %q", r.stopWhy)
+	if !strings.Contains(r.stopWhy, "output limit of 10 bytes") || r.stopBy != "output" {
+		t.Errorf("stop reason %q (%q)", r.stopWhy, r.stopBy)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -39,6 +40,7 @@ type run struct {
 	deadline time.Time
 	state    string // starting, running, ended
 	stopWhy  string // set when the console or the visitor stopped the keep
+	stopBy   string // "time" or "output" when the console stopped it at a limit
 	outBytes int64
 	exit     *ExitInfo
 	proof    *Proof
@@ -123,14 +125,17 @@ func (r *run) emitState() {
 }
 
 // stop asks the keep to end, recording why; the first reason wins.
-func (r *run) stop(why string) {
+func (r *run) stop(why string) { r.stopAt("", why) }
+
+// stopAt stops the keep at a limit ("time", "output"; "" for none).
+func (r *run) stopAt(limit, why string) {
 	r.mu.Lock()
 	if r.done {
 		r.mu.Unlock()
 		return
 	}
 	if r.stopWhy == "" {
-		r.stopWhy = why
+		r.stopWhy, r.stopBy = why, limit
 	}
 	k := r.keep
 	r.mu.Unlock()
@@ -138,10 +143,6 @@ func (r *run) stop(why string) {
 		k.Stop()
 	}
 }
-
-// slack is output past the limit that the console still passes on: the
-// keep's own message that it stopped at its output limit.
-const slack = 4 << 10
 
 // stream is the writer of one of the keep's output streams: each write
 // becomes an event, cut at UTF-8 boundaries so that the JSON carries the
@@ -183,7 +184,7 @@ func (w *stream) send(b []byte) {
 	r := w.r
 	r.mu.Lock()
 	over := false
-	if room := r.maxOutput + slack - r.outBytes; int64(len(b)) > room {
+	if room := r.maxOutput - r.outBytes; int64(len(b)) > room {
 		b = b[:max(room, 0)]
 		over = true
 	}
@@ -197,7 +198,7 @@ func (w *stream) send(b []byte) {
 	}
 	r.mu.Unlock()
 	if over {
-		r.stop(fmt.Sprintf("Stopped: the output limit of %s was reached.", sizeWords(r.maxOutput)))
+		r.stopAt("output", fmt.Sprintf("Stopped: the output limit of %s was reached.", sizeWords(r.maxOutput)))
 	}
 }
 
@@ -242,6 +243,9 @@ func (s *Server) launch(rn *run, job Job) error {
 	job.WallTime = s.o.TimeLimit
 	job.MaxOutput = s.o.MaxOutput
 	job.MaxMemory = s.o.MaxMemory
+	if strings.HasPrefix(rn.backend, "sim-") {
+		job.SimRoots = s.o.SimRoots
+	}
 	k, err := s.o.Runner.Start(job)
 	if err != nil {
 		return err
@@ -264,16 +268,12 @@ func (s *Server) launch(rn *run, job Job) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		b, err := k.Report(ctx)
+		p, err := k.Proof(ctx)
 		if err != nil {
-			if ctx.Err() == nil {
+			// Cancelled: the keep ended and said nothing more.
+			if !errors.Is(err, context.Canceled) {
 				rn.emit("proof", map[string]string{"error": err.Error()})
 			}
-			return
-		}
-		p, err := decodeReport(b, s.verifier(rn.backend), time.Now())
-		if err != nil {
-			rn.emit("proof", map[string]string{"error": err.Error()})
 			return
 		}
 		rn.mu.Lock()
@@ -288,19 +288,22 @@ func (s *Server) launch(rn *run, job Job) error {
 			waitListening(ctx, rn)
 		}()
 	}
-	// The keep enforces its own wall time; this is the backstop should it
-	// not (a keep stuck before its timer started, a runner that ignores it).
+	// The keep (or its host agent) enforces the wall time; this is the
+	// backstop should it not (a keep stuck before its timer started, a
+	// remote agent that ignores it).
 	backstop := time.AfterFunc(s.o.TimeLimit+5*time.Second, func() {
-		rn.stop(fmt.Sprintf("Stopped by the console: the time limit of %v was reached.", s.o.TimeLimit))
+		rn.stopAt("time", fmt.Sprintf("Stopped by the console: the time limit of %v was reached.", s.o.TimeLimit))
 	})
 	go func() {
-		code := k.Wait()
+		end := k.Wait()
 		backstop.Stop()
 		out.flush()
 		errw.flush()
+		// A proof that is still on its way arrives, or the wait ends
+		// with the keep.
 		cancel()
 		wg.Wait()
-		s.finish(rn, code)
+		s.finish(rn, end)
 	}()
 	return nil
 }
@@ -327,16 +330,25 @@ func waitListening(ctx context.Context, rn *run) {
 }
 
 // finish records how the keep ended and frees its slot.
-func (s *Server) finish(rn *run, code int) {
+func (s *Server) finish(rn *run, end Ending) {
 	rn.mu.Lock()
+	code := end.Code
 	ex := &ExitInfo{Code: code}
+	limit := end.Limit
+	if rn.stopBy != "" {
+		limit = rn.stopBy
+	}
+	// Runs stopped at a limit get the status `castellan run` gives them,
+	// whoever enforced it.
 	switch {
+	case limit == "time":
+		ex.Code, ex.Reason, ex.Message = exitWallTime, "time-limit", fmt.Sprintf("Stopped: the time limit of %v was reached.", rn.timeLimit)
+	case limit == "output":
+		ex.Code, ex.Reason, ex.Message = exitMaxOutput, "output-limit", fmt.Sprintf("Stopped: the output limit of %s was reached.", sizeWords(rn.maxOutput))
 	case rn.stopWhy != "":
 		ex.Reason, ex.Message = "stopped", rn.stopWhy
-	case code == exitWallTime:
-		ex.Reason, ex.Message = "time-limit", fmt.Sprintf("Stopped: the time limit of %v was reached.", rn.timeLimit)
-	case code == exitMaxOutput:
-		ex.Reason, ex.Message = "output-limit", fmt.Sprintf("Stopped: the output limit of %s was reached.", sizeWords(rn.maxOutput))
+	case end.Error != "":
+		ex.Reason, ex.Message = "failed", "Failed: "+end.Error
 	case code == 0:
 		ex.Reason, ex.Message = "exited", "Finished: the workload exited with status 0 (success)."
 	case code < 0:

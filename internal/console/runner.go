@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -12,11 +13,15 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/attest/verify"
 )
 
-// Runner starts keeps. The console only needs this much of a keep manager,
-// so that the local child-process runner can later give way to the host
-// agent's API without touching the rest of the console.
+// Runner starts keeps. The console only needs this much of a keep manager:
+// AgentRunner runs keeps through a host agent (in this process by default,
+// or a remote one), ProcessRunner as `castellan run` child processes
+// (`castellan console --direct`).
 type Runner interface {
 	Start(job Job) (Keep, error)
 }
@@ -32,26 +37,63 @@ type Job struct {
 	Dir       string // a private folder for the keep's files (its report)
 	Stdout    io.Writer
 	Stderr    io.Writer
+	// SimRoots returns the simulation roots trusted for the keep's
+	// evidence; nil when the backend is not a simulation.
+	SimRoots func() ([]*x509.Certificate, error)
 }
 
 // Keep is a started keep.
 type Keep interface {
-	// Report waits until the keep has written its report (the JSON of
-	// `castellan run --report`) and returns it, or fails once the keep
-	// ended without one or ctx is done.
-	Report(ctx context.Context) ([]byte, error)
-	// Stop asks the keep to end now; calling it again is harmless.
+	// Proof waits until the keep's evidence is known and checked and
+	// returns it for the page, or fails once the keep ended without
+	// proof or ctx is done. Failed checks are reported inside the Proof
+	// or as the error; never as checked.
+	Proof(ctx context.Context) (*Proof, error)
+	// Stop asks the keep to end now; calling it again is harmless. It
+	// does not wait.
 	Stop()
-	// Wait waits for the keep to end and returns its exit status; -1 when
-	// it was ended by a signal.
-	Wait() int
+	// Wait waits for the keep to end and says how it ended.
+	Wait() Ending
 }
 
-// ProcessRunner runs each keep as a child process:
+// Ending is how a keep ended.
+type Ending struct {
+	// Code is the workload's exit status; -1 when it has none (killed,
+	// stopped, or it never ran).
+	Code int
+	// Limit is "time" or "output" when the keep was ended by that limit.
+	Limit string
+	// Error says why the keep failed when the workload did not run to its
+	// end (the evidence was refused, the agent refused the keep, a trap).
+	Error string
+}
+
+// evidenceVerifier checks evidence against the vendor roots, and against
+// the simulation roots when simRoots is set.
+func evidenceVerifier(simRoots func() ([]*x509.Certificate, error)) Verifier {
+	return func(env *evidence.Envelope) (*evidence.Claims, error) {
+		var opts verify.Options
+		if simRoots != nil {
+			roots, err := simRoots()
+			if err != nil {
+				return nil, fmt.Errorf("loading the local simulation roots: %w", err)
+			}
+			opts.SimRoots = roots
+		}
+		return verify.Envelope(env, opts)
+	}
+}
+
+// ProcessRunner runs each keep as a child process, without a host agent
+// (`castellan console --direct`):
 //
 //	EXE run --backend B --wall-time T --max-output N [--memory M] --report FILE [-c CONFIG] app.wasm
 //
-// with stdout and stderr piped separately.
+// with stdout and stderr piped separately. The keep enforces the limits
+// itself (exit 124 at the wall time, 125 at the output limit), caps its
+// linear memory, and writes a self-signed keep certificate with its
+// evidence to its report; the workload travels on this machine's disk,
+// not through confidential delivery.
 type ProcessRunner struct {
 	// Executable is the castellan binary; "" = os.Executable().
 	Executable string
@@ -100,7 +142,7 @@ func (p *ProcessRunner) Start(job Job) (Keep, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting keep: %w", err)
 	}
-	k := &process{cmd: cmd, report: report, done: make(chan struct{})}
+	k := &process{cmd: cmd, report: report, check: evidenceVerifier(job.SimRoots), done: make(chan struct{})}
 	go func() {
 		err := cmd.Wait()
 		k.code = cmd.ProcessState.ExitCode()
@@ -115,12 +157,22 @@ func (p *ProcessRunner) Start(job Job) (Keep, error) {
 type process struct {
 	cmd    *exec.Cmd
 	report string
+	check  Verifier
 	done   chan struct{}
 	code   int
 	once   sync.Once
 }
 
-func (k *process) Report(ctx context.Context) ([]byte, error) {
+func (k *process) Proof(ctx context.Context) (*Proof, error) {
+	b, err := k.readReport(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return decodeReport(b, k.check, time.Now())
+}
+
+// readReport waits for the keep's report file.
+func (k *process) readReport(ctx context.Context) ([]byte, error) {
 	t := time.NewTicker(reportPollInterval)
 	defer t.Stop()
 	for {
@@ -158,9 +210,16 @@ func (k *process) Stop() {
 	})
 }
 
-func (k *process) Wait() int {
+func (k *process) Wait() Ending {
 	<-k.done
-	return k.code
+	e := Ending{Code: k.code}
+	switch k.code {
+	case exitWallTime:
+		e.Limit = "time"
+	case exitMaxOutput:
+		e.Limit = "output"
+	}
+	return e
 }
 
 // maxReportSize bounds what the console reads of a keep's report.

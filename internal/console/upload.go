@@ -349,11 +349,18 @@ func (s *Server) start(w http.ResponseWriter, r *http.Request, rn *run) error {
 			os.RemoveAll(dir)
 			return refuse(http.StatusBadRequest, "", "unknown example %q", req.example)
 		}
+		if st, why := s.exampleStatus(ex); st == "unavailable" && ex.Listen {
+			os.RemoveAll(dir)
+			return refuse(http.StatusServiceUnavailable, "", "this example is unavailable here: %s", why)
+		}
 		rn.title, rn.example = ex.Title, ex.ID
 		job, rn.port, err = s.prepareExample(r.Context(), ex, dir)
 	} else {
 		rn.title = req.wasmName
 		job, rn.port, err = s.prepareUpload(req, dir)
+		if s.o.KeepsElsewhere != "" {
+			rn.port = 0 // on the remote host's loopback: no link to show
+		}
 	}
 	if err == nil {
 		s.mu.Lock()

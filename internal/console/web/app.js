@@ -54,6 +54,7 @@
   async function loadInfo() {
     const r = await fetch("/api/info", { credentials: "same-origin" });
     info = await r.json();
+    $("keeps-where").textContent = info.keeps;
     renderExamples();
     renderBackends();
     const l = info.limits;
@@ -286,11 +287,19 @@
       p.tcb && p.tcb.length ? el("span", { class: "desc", text: " (security patch levels of the platform's firmware and microcode)" }) : "");
     if (p.platform === "none") fact(dl, "Debugging", "Not applicable: without a TEE this machine can read the keep anyway.");
     else fact(dl, "Debugging", p.debug ? mark(false, "Allowed: the host could read the keep.") : mark(true, "Not allowed by the hardware report."));
-    fact(dl, "Certificate", p.certificate.summary);
+    fact(dl, "Checked by", el("span", { id: "proof-verified-by", text: p.verified_by }));
+    if (p.key_fingerprint) fact(dl, "Keep key", el("code", { text: p.key_fingerprint }),
+      el("span", { class: "desc", text: " (the key the evidence names; made inside the keep when it started)" }));
+    if (p.nonce) fact(dl, "Nonce", el("code", { text: p.nonce }),
+      el("span", { class: "desc", text: " (the console's fresh challenge: the evidence was made for this run, not replayed)" }));
+    if (p.delivery) fact(dl, "Delivery", el("span", { id: "proof-delivery", text: p.delivery }));
     const c = p.certificate;
-    fact(dl, "Certificate validity", (c.valid_now ? mark(true, "Valid now") : mark(false, "Not valid now")),
-      ": from " + c.not_before.replace("T", " ").replace("Z", " UTC") + " to " + c.not_after.replace("T", " ").replace("Z", " UTC") + ".");
-    fact(dl, "Attested by a service", p.attested ? mark(true, "Yes: " + p.attestation_service) : mark(false, "No: the certificate was not checked by an attestation service.", true));
+    fact(dl, "Certificate", el("span", { id: "proof-certificate", text: c.summary }));
+    if (c.present) {
+      fact(dl, "Certificate validity", (c.valid_now ? mark(true, "Valid now") : mark(false, "Not valid now")),
+        ": from " + c.not_before.replace("T", " ").replace("Z", " UTC") + " to " + c.not_after.replace("T", " ").replace("Z", " UTC") + ".");
+    }
+    fact(dl, "Attested by a service", p.attested ? mark(true, "Yes: " + p.attestation_service) : mark(false, "No: no attestation service checked this keep; the console did (see above).", true));
     box.append(dl);
   }
 
