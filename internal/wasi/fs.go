@@ -238,17 +238,18 @@ func pathFilestatSetTimes(s *System, _ context.Context, _ engine.Caller, m mem, 
 }
 
 func pathLink(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	pre, old, nw, errno := s.resolve2(m, uint32(p[0]), uint32(p[2]), uint32(p[3]), uint32(p[4]), uint32(p[5]), uint32(p[6]))
-	if errno != errSuccess {
-		return errno
-	}
-	if pre.readOnly {
-		return errRofs
-	}
-	return errnoOf(pre.root.Link(old, nw))
+	// (old_fd, old_flags, old_path, old_len, new_fd, new_path, new_len)
+	return twoPaths(s, m, [6]uint64{p[0], p[2], p[3], p[4], p[5], p[6]}, (*os.Root).Link)
 }
 
 func pathRename(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
+	// (fd, old_path, old_len, new_fd, new_path, new_len)
+	return twoPaths(s, m, [6]uint64{p[0], p[1], p[2], p[3], p[4], p[5]}, (*os.Root).Rename)
+}
+
+// twoPaths resolves (fd, path, len) twice, both within one writable
+// preopen, and applies op to the two paths.
+func twoPaths(s *System, m mem, p [6]uint64, op func(r *os.Root, oldname, newname string) error) Errno {
 	pre, old, nw, errno := s.resolve2(m, uint32(p[0]), uint32(p[1]), uint32(p[2]), uint32(p[3]), uint32(p[4]), uint32(p[5]))
 	if errno != errSuccess {
 		return errno
@@ -256,7 +257,7 @@ func pathRename(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64
 	if pre.readOnly {
 		return errRofs
 	}
-	return errnoOf(pre.root.Rename(old, nw))
+	return errnoOf(op(pre.root, old, nw))
 }
 
 func pathReadlink(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
