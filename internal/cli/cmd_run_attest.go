@@ -15,6 +15,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/client"
 	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/keepreport"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/workload"
 	"github.com/castellan-dev/castellan/keepcert"
@@ -29,7 +30,7 @@ const attestTimeout = 30 * time.Second
 // whose claims the service checked; without one, a self-signed certificate
 // that says it is not attested, made only when a TLS descriptor or
 // --report needs it. With --report, the keep then writes what it is and
-// what proves it (keepReport) before the workload starts.
+// what proves it (keepreport.Report) before the workload starts.
 func keepCertificate(e *Env, ro *runOptions, cfg *config.Config, art *workload.Artifact) (*tls.Certificate, int) {
 	backend, err := tee.Open(ro.backend)
 	if err != nil {
@@ -109,28 +110,8 @@ func usesTLS(cfg *config.Config) bool {
 	return false
 }
 
-// keepReport is what `castellan run --report FILE` writes before the
-// workload starts, for tools that show a keep (the console): the keep's
-// certificate and its claims, and fresh evidence binding the certificate's
-// key. A report is a convenience for local tools, not proof: whoever
-// relies on it verifies the evidence (internal/attest/verify) or the
-// certificate chain (keepcert) themselves.
-type keepReport struct {
-	WorkloadDigest     string           `json:"workload_digest"`
-	Backend            string           `json:"backend"`
-	Platform           string           `json:"platform"`
-	Attested           bool             `json:"attested"`
-	AttestationService string           `json:"attestation_service"`
-	CertificateChain   []string         `json:"certificate_chain"`
-	Claims             *keepcert.Claims `json:"claims"`
-	// Evidence is the base64 CBOR evidence.Envelope over the certificate's
-	// key, a fresh random nonce and the workload digest; absent for the
-	// nil backend without a service.
-	Evidence []byte `json:"evidence,omitempty"`
-}
-
 func writeKeepReport(path string, cert *tls.Certificate, backend tee.Backend, url, digest string) error {
-	r := keepReport{WorkloadDigest: digest, Backend: backend.Name(), Platform: backend.Platform(), Attested: url != "", AttestationService: url}
+	r := keepreport.Report{WorkloadDigest: digest, Backend: backend.Name(), Platform: backend.Platform(), Attested: url != "", AttestationService: url}
 	for _, der := range cert.Certificate {
 		r.CertificateChain = append(r.CertificateChain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
 	}

@@ -12,20 +12,9 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/keepreport"
 	"github.com/castellan-dev/castellan/keepcert"
 )
-
-// keepReport is the JSON a keep writes with `castellan run --report`.
-type keepReport struct {
-	WorkloadDigest     string           `json:"workload_digest"`
-	Backend            string           `json:"backend"`
-	Platform           string           `json:"platform"`
-	Attested           bool             `json:"attested"`
-	AttestationService string           `json:"attestation_service"`
-	CertificateChain   []string         `json:"certificate_chain"`
-	Claims             *keepcert.Claims `json:"claims"`
-	Evidence           []byte           `json:"evidence"`
-}
 
 // Proof is a keep's report, checked and put in words for the page.
 type Proof struct {
@@ -91,7 +80,7 @@ type Verifier func(env *evidence.Envelope) (*evidence.Claims, error)
 // decodeReport parses and checks a keep's report. Errors are about a report
 // that cannot be read at all; failed checks are reported inside the Proof.
 func decodeReport(b []byte, check Verifier, now time.Time) (*Proof, error) {
-	var r keepReport
+	var r keepreport.Report
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("keep report: %w", err)
 	}
