@@ -115,7 +115,7 @@ func (f *hostClientFlags) client(e *Env) (*host.Client, int) {
 		tok = os.Getenv("CASTELLAN_HOST_TOKEN")
 	}
 	if tok == "" {
-		return nil, e.ErrorWithHint(errors.New("no token for the host agent"), "pass --token or set CASTELLAN_HOST_TOKEN ('castellan host token create' on the host makes one)")
+		return nil, e.ErrorWithHint(errors.New("no token for the host agent"), "pass --token-file FILE or --token, or set CASTELLAN_HOST_TOKEN ('castellan host token create' on the host makes one)")
 	}
 	var roots *x509.CertPool
 	if *f.ca != "" {
@@ -159,7 +159,7 @@ func init() {
 		}
 		tok, err := host.CreateToken(*dir, *name)
 		if err != nil {
-			return e.Errorf("%v", err)
+			return hostError(e, err)
 		}
 		fmt.Fprintln(e.Stdout, tok)
 		return ExitOK
@@ -192,7 +192,7 @@ func init() {
 			if *stop == "all" {
 				ks, err := c.List(ctx)
 				if err != nil {
-					return e.Errorf("%v", err)
+					return hostError(e, err)
 				}
 				ids = ids[:0]
 				for _, k := range ks {
@@ -204,7 +204,7 @@ func init() {
 			for _, id := range ids {
 				k, err := c.Stop(ctx, id)
 				if err != nil {
-					return e.Errorf("%v", err)
+					return hostError(e, err)
 				}
 				fmt.Fprintf(e.Stdout, "%s %s %s\n", k.ID, k.State, k.Reason)
 			}
@@ -213,12 +213,12 @@ func init() {
 				fmt.Fprintf(e.Stdout, "%s %s %s\n", ev.Time.Format(time.RFC3339), ev.Type, ev.Message)
 			})
 			if err != nil {
-				return e.Errorf("%v", err)
+				return hostError(e, err)
 			}
 		default:
 			ks, err := c.List(ctx)
 			if err != nil {
-				return e.Errorf("%v", err)
+				return hostError(e, err)
 			}
 			if *asJSON {
 				enc := json.NewEncoder(e.Stdout)
@@ -276,7 +276,7 @@ func hostServe(e *Env, args []string) int {
 		Logf:          func(format string, a ...any) { e.Infof(format, a...) },
 	})
 	if err != nil {
-		return e.Errorf("%v", err)
+		return hostError(e, err)
 	}
 	defer a.Close()
 	if _, err := a.TLSCertificate(); err != nil {
@@ -295,7 +295,7 @@ func hostServe(e *Env, args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := a.Serve(ctx, ln); err != nil {
-		return e.Errorf("%v", err)
+		return hostError(e, err)
 	}
 	e.Infof("host agent stopped; its keeps run on and the next agent on %s adopts them", f.stateDir)
 	return ExitOK
@@ -367,7 +367,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		}
 		snap, err := policy.Load(r.policyFile, r.measurements)
 		if err != nil {
-			return e.Errorf("%v", err)
+			return hostError(e, err)
 		}
 		v = &delivery.PolicyVerifier{Policy: snap, Name: r.policyFile}
 	case r.insecure:
@@ -395,7 +395,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 	if backend == "" || backend == tee.NameAuto {
 		info, err := c.Host(ctx)
 		if err != nil {
-			return e.Errorf("%v", err)
+			return hostError(e, err)
 		}
 		backend = ""
 		for _, n := range []string{tee.NameSNP, tee.NameTDX} {
@@ -428,7 +428,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 			e.Hintf("nothing was sent to the keep; it has been stopped")
 			return ExitError
 		}
-		return e.Errorf("%v", err)
+		return hostError(e, err)
 	}
 	if r.detach {
 		e.Infof("keep %s: workload %s started, detached", k.ID, art.Digest)
@@ -443,4 +443,14 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		return e.Errorf("keep %s: %s", k.ID, res.Reason)
 	}
 	return res.ExitCode
+}
+
+// hostError reports err, with a hint when the host agent's certificate was
+// not trusted (the agent's certificate is self-signed: clients pin it).
+func hostError(e *Env, err error) int {
+	var ua x509.UnknownAuthorityError
+	if errors.As(err, &ua) {
+		return e.ErrorWithHint(err, "pass --host-ca with the agent's certificate (STATE-DIR/tls/cert.pem on the host; the agent prints its SHA-256 at start)")
+	}
+	return e.Errorf("%v", err)
 }

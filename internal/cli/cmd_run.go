@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -94,6 +95,11 @@ func runMain(e *Env, args []string) int {
 	}
 	pos, extra := splitDashDash(pos)
 	if len(pos) != 1 {
+		if len(pos) > 1 {
+			e.Errorf("run: want one module file, got %d: %s", len(pos), strings.Join(pos, " "))
+			e.Hintf("arguments for the workload go after --: castellan run %s -- %s", pos[0], strings.Join(pos[1:], " "))
+			return ExitUsage
+		}
 		return e.Usagef("run: want one module file, got %d (see 'castellan help run')", len(pos))
 	}
 	art, cfg, code := loadWorkload(e, pos[0], ro.configPath)
@@ -141,6 +147,9 @@ func loadWorkload(e *Env, wasmPath, configPath string) (*workload.Artifact, *con
 		}
 		for _, w := range cfg.Warnings {
 			e.Warningf("%s", w)
+		}
+		if len(cfg.Files) == 0 {
+			e.Warningf("%s: no [[files]]: the workload gets no descriptors, not even stdout (as under Enarx); list stdin, stdout and stderr first", configPath)
 		}
 	}
 	art, err := workload.New(wasm, raw)
