@@ -27,6 +27,7 @@ type inspectOutput struct {
 	Args        []string          `json:"args"`
 	Env         map[string]string `json:"env,omitempty"`
 	Steward     string            `json:"steward,omitempty"`
+	Secrets     []string          `json:"secrets,omitempty"`
 	Descriptors []inspectFD       `json:"descriptors"`
 	Limits      config.Limits     `json:"limits"`
 }
@@ -77,6 +78,7 @@ func init() {
 			out.Env = cfg.Env
 			out.Steward = cfg.Steward
 			out.Limits = cfg.Limits
+			out.Secrets = cfg.SecretNames()
 		}
 		for i, f := range cfg.Files {
 			out.Descriptors = append(out.Descriptors, inspectFD{FD: i, Kind: string(f.Kind), Name: f.Name, What: describeFile(f)})
@@ -91,6 +93,9 @@ func init() {
 		fmt.Fprintf(e.Stdout, "args:    %s\n", strings.Join(out.Args, " "))
 		if out.Steward != "" {
 			fmt.Fprintf(e.Stdout, "steward: %s\n", out.Steward)
+		}
+		if len(out.Secrets) > 0 {
+			fmt.Fprintf(e.Stdout, "secrets: %s (values supplied with --secret or --secret-file)\n", strings.Join(out.Secrets, ", "))
 		}
 		fmt.Fprintf(e.Stdout, "descriptors:\n")
 		for _, d := range out.Descriptors {
@@ -107,6 +112,8 @@ func describeFile(f config.File) string {
 		return fmt.Sprintf("%s on [%s]:%d", f.Prot, f.Addr, f.Port)
 	case config.KindConnect:
 		return fmt.Sprintf("%s to %s:%d", f.Prot, f.Host, f.Port)
+	case config.KindSecret:
+		return "secret file, value supplied at deploy"
 	case config.KindDir:
 		ro := ""
 		if f.ReadOnly {

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"net"
 	"net/url"
 	"os"
@@ -97,8 +98,8 @@ func init() {
 				exp.Platforms = append(exp.Platforms, p)
 			}
 		}
-		if *f.digest != "" && !strings.HasPrefix(*f.digest, "sha256:") {
-			return e.Usagef("--digest: %q does not start with sha256:", *f.digest)
+		if *f.digest != "" && evidence.CheckDigest(*f.digest) != nil {
+			return e.Usagef("--digest: %v", evidence.CheckDigest(*f.digest))
 		}
 		if *f.ca != "" {
 			b, err := os.ReadFile(*f.ca)
