@@ -3,9 +3,9 @@ package cli
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"flag"
+	"github.com/castellan-dev/castellan/internal/pemcerts"
 	"net"
 	"net/http"
 	"os"
@@ -124,19 +124,9 @@ func consoleMain(e *Env, args []string) int {
 		if err != nil {
 			return e.Errorf("--sim-roots: %v", err)
 		}
-		var roots []*x509.Certificate
-		for blk, rest := pem.Decode(b); blk != nil; blk, rest = pem.Decode(rest) {
-			if blk.Type != "CERTIFICATE" {
-				continue
-			}
-			c, err := x509.ParseCertificate(blk.Bytes)
-			if err != nil {
-				return e.Errorf("--sim-roots: %s: %v", o.simRoots, err)
-			}
-			roots = append(roots, c)
-		}
-		if len(roots) == 0 {
-			return e.Errorf("--sim-roots: %s: no PEM certificate in it", o.simRoots)
+		roots, err := pemcerts.Parse(b)
+		if err != nil {
+			return e.Errorf("--sim-roots: %s: %v", o.simRoots, err)
 		}
 		copts.SimRoots = func() ([]*x509.Certificate, error) { return roots, nil }
 	}

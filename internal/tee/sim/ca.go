@@ -26,6 +26,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/pemcerts"
 	"io"
 	"math/big"
 	"os"
@@ -290,24 +291,9 @@ func (ca *CA) RootsPath() string {
 
 // ParseRootsPEM reads the certificates of a roots file (or any PEM bundle).
 func ParseRootsPEM(b []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("simulation roots: %w", err)
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("simulation roots: no CERTIFICATE block")
+	out, err := pemcerts.Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("simulation roots: %w", err)
 	}
 	return out, nil
 }
