@@ -218,19 +218,7 @@ func TestConnect(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer ln.Close()
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				defer c.Close()
-				line, _ := bufio.NewReader(c).ReadString('\n')
-				fmt.Fprintf(c, "pong %s", line)
-			}()
-			_, port, _ := net.SplitHostPort(ln.Addr().String())
-			var p uint16
-			fmt.Sscan(port, &p)
+			p := pongOnce(t, ln)
 			cfg := config.Default()
 			cfg.Files = append(cfg.Files, config.File{Kind: config.KindConnect, Name: "conn", Prot: prot, Host: "127.0.0.1", Port: p, CAFile: "ca.pem"})
 			r := run(t, fixtures.Go(t, "connect"), Options{Config: cfg, ConfigDir: dir, Args: []string{"hi"}})
@@ -239,6 +227,22 @@ func TestConnect(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pongOnce answers the first connection to ln with "pong " and the line it
+// read, closes ln when the test ends, and returns ln's port.
+func pongOnce(t *testing.T, ln net.Listener) uint16 {
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		fmt.Fprintf(c, "pong %s", line)
+	}()
+	return uint16(ln.Addr().(*net.TCPAddr).Port)
 }
 
 // TestConnectPresentsKeepCertificate checks that a TLS connect descriptor
@@ -266,19 +270,7 @@ func TestConnectPresentsKeepCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		line, _ := bufio.NewReader(c).ReadString('\n')
-		fmt.Fprintf(c, "pong %s", line)
-	}()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	var p uint16
-	fmt.Sscan(port, &p)
+	p := pongOnce(t, ln)
 	cfg := config.Default()
 	cfg.Files = append(cfg.Files, config.File{Kind: config.KindConnect, Name: "conn", Prot: "tls", Host: "127.0.0.1", Port: p, CAFile: "ca.pem"})
 	r := run(t, fixtures.Go(t, "connect"), Options{Config: cfg, ConfigDir: dir, Args: []string{"hi"}, Certificate: keepCert})
