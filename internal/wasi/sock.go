@@ -549,6 +549,22 @@ func (s *System) connect(ctx context.Context, f config.File) (*conn, error) {
 	return s.newConn(c, nil), nil
 }
 
+// getConn returns descriptor fd if it is a connected socket: ENOTCONN for
+// a listener, ENOTSOCK for anything else.
+func (s *System) getConn(fd uint32) (*fdesc, Errno) {
+	d, errno := s.get(fd)
+	if errno != errSuccess {
+		return nil, errno
+	}
+	if d.conn == nil {
+		if d.ln != nil {
+			return nil, errNotconn
+		}
+		return nil, errNotsock
+	}
+	return d, errSuccess
+}
+
 func sockAccept(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64) Errno {
 	d, errno := s.get(uint32(p[0]))
 	if errno != errSuccess {
@@ -601,15 +617,9 @@ func sockAccept(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint
 }
 
 func sockRecv(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, errno := s.get(uint32(p[0]))
+	d, errno := s.getConn(uint32(p[0]))
 	if errno != errSuccess {
 		return errno
-	}
-	if d.conn == nil {
-		if d.ln != nil {
-			return errNotconn
-		}
-		return errNotsock
 	}
 	iovs := m.iovecs(uint32(p[1]), uint32(p[2]))
 	riflags := uint16(p[3])
@@ -652,15 +662,9 @@ func skip(iovs [][]byte, n int) [][]byte {
 }
 
 func sockSend(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, errno := s.get(uint32(p[0]))
+	d, errno := s.getConn(uint32(p[0]))
 	if errno != errSuccess {
 		return errno
-	}
-	if d.conn == nil {
-		if d.ln != nil {
-			return errNotconn
-		}
-		return errNotsock
 	}
 	if uint16(p[3]) != 0 {
 		return errInval
