@@ -26,6 +26,19 @@ type dirent struct {
 	filetype uint8
 }
 
+// resolveWrite is resolve for calls that change the file system: a path
+// below a read-only preopen is refused with EROFS.
+func (s *System) resolveWrite(m mem, fd, ptr, n uint32) (*fdesc, string, Errno) {
+	d, rel, errno := s.resolve(m, fd, ptr, n)
+	if errno != errSuccess {
+		return nil, "", errno
+	}
+	if d.pre.readOnly {
+		return nil, "", errRofs
+	}
+	return d, rel, errSuccess
+}
+
 // resolve turns a guest path relative to directory descriptor fd into a
 // path below the preopen's root. The path must stay below fd's directory
 // lexically (no absolute paths, no leading ".."); symlinks are resolved by
@@ -183,12 +196,9 @@ func pathOpen(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) 
 }
 
 func pathCreateDirectory(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[1]), uint32(p[2]))
+	d, rel, errno := s.resolveWrite(m, uint32(p[0]), uint32(p[1]), uint32(p[2]))
 	if errno != errSuccess {
 		return errno
-	}
-	if d.pre.readOnly {
-		return errRofs
 	}
 	return errnoOf(d.pre.root.Mkdir(rel, 0o777))
 }
@@ -213,12 +223,9 @@ func pathFilestatGet(s *System, _ context.Context, _ engine.Caller, m mem, p []u
 }
 
 func pathFilestatSetTimes(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[2]), uint32(p[3]))
+	d, rel, errno := s.resolveWrite(m, uint32(p[0]), uint32(p[2]), uint32(p[3]))
 	if errno != errSuccess {
 		return errno
-	}
-	if d.pre.readOnly {
-		return errRofs
 	}
 	atim, mtim, errno := times(p[4], p[5], uint16(p[6]))
 	if errno != errSuccess {
@@ -277,12 +284,9 @@ func pathReadlink(s *System, _ context.Context, _ engine.Caller, m mem, p []uint
 }
 
 func pathRemoveDirectory(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[1]), uint32(p[2]))
+	d, rel, errno := s.resolveWrite(m, uint32(p[0]), uint32(p[1]), uint32(p[2]))
 	if errno != errSuccess {
 		return errno
-	}
-	if d.pre.readOnly {
-		return errRofs
 	}
 	if filepath.Clean(rel) == "." {
 		return errBusy
@@ -298,12 +302,9 @@ func pathRemoveDirectory(s *System, _ context.Context, _ engine.Caller, m mem, p
 }
 
 func pathUnlinkFile(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[1]), uint32(p[2]))
+	d, rel, errno := s.resolveWrite(m, uint32(p[0]), uint32(p[1]), uint32(p[2]))
 	if errno != errSuccess {
 		return errno
-	}
-	if d.pre.readOnly {
-		return errRofs
 	}
 	fi, err := d.pre.root.Lstat(rel)
 	if err != nil {
@@ -320,12 +321,9 @@ func pathUnlinkFile(s *System, _ context.Context, _ engine.Caller, m mem, p []ui
 
 func pathSymlink(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
 	target := string(m.bytes(uint32(p[0]), uint32(p[1])))
-	d, rel, errno := s.resolve(m, uint32(p[2]), uint32(p[3]), uint32(p[4]))
+	d, rel, errno := s.resolveWrite(m, uint32(p[2]), uint32(p[3]), uint32(p[4]))
 	if errno != errSuccess {
 		return errno
-	}
-	if d.pre.readOnly {
-		return errRofs
 	}
 	if target == "" || strings.IndexByte(target, 0) >= 0 {
 		return errInval
