@@ -6,12 +6,10 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,6 +17,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/keep"
 )
 
 // Default host maxima.
@@ -43,6 +42,9 @@ type Config struct {
 	// A create request above one is refused; a request that leaves a
 	// limit out gets the maximum.
 	Max Limits
+	// Launcher starts the keeps (internal/keep: process or VM); nil = a
+	// keep.Process from KeepCommand and KeepCacheDir.
+	Launcher keep.Launcher
 	// KeepCommand is the keep process to start, before its own flags;
 	// nil = this executable with the argument "keep".
 	KeepCommand []string
@@ -66,7 +68,7 @@ type Agent struct {
 	cfg         Config
 	st          *store
 	lock        *os.File
-	cgroupDir   string
+	launcher    keep.Launcher
 	enforcement []string
 	closing     chan struct{}
 	closeOnce   sync.Once
@@ -87,6 +89,7 @@ type liveKeep struct {
 	dir    string
 	pid    int
 	ticks  uint64
+	what   string // "the keep process" or "the keep VM"
 	limits Limits
 	done   chan struct{}
 	wall   *time.Timer
@@ -120,8 +123,8 @@ func New(cfg Config) (*Agent, error) {
 	}
 	cfg.StateDir = dir
 	// keeps/<12 hex>/keep.sock must fit in a Unix socket address.
-	if len(filepath.Join(dir, "keeps", "000000000000", keepSocket)) > keepDirMax {
-		return nil, fmt.Errorf("state folder %s: path too long for the keeps' Unix sockets (at most about %d bytes)", dir, keepDirMax-32)
+	if len(filepath.Join(dir, "keeps", "000000000000")) > keep.MaxDirLen {
+		return nil, fmt.Errorf("state folder %s: path too long for the keeps' Unix sockets (at most about %d bytes)", dir, keep.MaxDirLen-20)
 	}
 	if cfg.MaxKeeps <= 0 {
 		cfg.MaxKeeps = DefaultMaxKeeps
@@ -144,12 +147,11 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	if cfg.KeepCommand == nil {
-		exe, err := os.Executable()
-		if err != nil {
-			return nil, fmt.Errorf("host agent: finding its own executable: %w", err)
-		}
-		cfg.KeepCommand = []string{exe, "keep"}
+	if cfg.Launcher == nil {
+		cfg.Launcher = &keep.Process{Command: cfg.KeepCommand, CacheDir: cfg.KeepCacheDir}
+	}
+	if err := cfg.Launcher.Provision(); err != nil {
+		return nil, fmt.Errorf("host agent: %w", err)
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "keeps"), 0o700); err != nil {
 		return nil, fmt.Errorf("state folder: %w", err)
@@ -163,15 +165,9 @@ func New(cfg Config) (*Agent, error) {
 		lock.Close()
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, st: st, lock: lock, closing: make(chan struct{}),
+	a := &Agent{cfg: cfg, st: st, lock: lock, launcher: cfg.Launcher, closing: make(chan struct{}),
 		live: map[string]*liveKeep{}, subs: map[string]map[chan Event]struct{}{}}
-	cg, why := cgroupStatus()
-	a.cgroupDir = cg
-	a.enforcement = []string{
-		"rlimits: RLIMIT_DATA (memory_bytes), RLIMIT_CPU (cpu_seconds), RLIMIT_NOFILE (open_files), set by the keep process on itself before it reads any input",
-		"wall time: the agent kills the keep's process group at created + wall_seconds",
-		why,
-	}
+	a.enforcement = cfg.Launcher.Enforcement()
 	if err := a.reconcile(); err != nil {
 		st.close()
 		lock.Close()
@@ -213,7 +209,7 @@ func (a *Agent) stop(l *liveKeep, state, reason string) {
 	if l.pid == 0 {
 		return // not started yet; start sees nothing to wait for
 	}
-	killGroup(l.pid, l.ticks)
+	keep.KillGroup(l.pid, l.ticks)
 	select {
 	case <-l.done:
 	case <-time.After(10 * time.Second):
@@ -286,22 +282,7 @@ type outcome struct {
 	reason   string
 }
 
-func readExitRecord(dir string) *exitRecord {
-	b, err := os.ReadFile(filepath.Join(dir, exitFile))
-	if err != nil || len(b) > 64<<10 {
-		return nil
-	}
-	var r exitRecord
-	if json.Unmarshal(b, &r) != nil || (r.State != StateExited && r.State != StateFailed) {
-		return nil
-	}
-	if r.State == StateExited && r.ExitCode == nil {
-		return nil
-	}
-	return &r
-}
-
-func (r *exitRecord) outcome() outcome {
+func recordOutcome(r *keep.ExitRecord) outcome {
 	return outcome{state: r.State, exitCode: r.ExitCode, reason: r.Reason}
 }
 
@@ -314,13 +295,13 @@ func (a *Agent) childOutcome(l *liveKeep, ps *os.ProcessState) outcome {
 	l.mu.Unlock()
 	sig := ""
 	if ws.Signaled() {
-		sig = signalName(ws.Signal())
+		sig = keep.SignalName(ws.Signal())
 	}
 	if stopState != "" {
 		return outcome{state: stopState, reason: stopReason, signal: sig}
 	}
-	if r := readExitRecord(l.dir); r != nil {
-		o := r.outcome()
+	if r := keep.ReadExitRecord(l.dir); r != nil {
+		o := recordOutcome(r)
 		o.signal = sig
 		return o
 	}
@@ -338,13 +319,13 @@ func (a *Agent) childOutcome(l *liveKeep, ps *os.ProcessState) outcome {
 	fatal := l.fatal
 	l.mu.Unlock()
 	if fatal != "" {
-		reason := fmt.Sprintf("the keep process crashed (status %d): %s", code, fatal)
+		reason := fmt.Sprintf("%s crashed (status %d): %s", l.what, code, fatal)
 		if strings.Contains(fatal, "out of memory") && l.limits.MemoryBytes > 0 {
 			reason = fmt.Sprintf("memory limit of %d bytes reached (%s)", l.limits.MemoryBytes, fatal)
 		}
 		return outcome{state: StateFailed, reason: reason}
 	}
-	return outcome{state: StateFailed, reason: fmt.Sprintf("the keep process exited with status %d without an exit record", code)}
+	return outcome{state: StateFailed, reason: fmt.Sprintf("%s exited with status %d without an exit record", l.what, code)}
 }
 
 // finish records a keep's end.
@@ -352,9 +333,7 @@ func (a *Agent) finish(l *liveKeep, o outcome) {
 	if l.wall != nil {
 		l.wall.Stop()
 	}
-	os.Remove(filepath.Join(l.dir, keepSocket))
-	os.RemoveAll(filepath.Join(l.dir, "tmp"))
-	removeCgroup(a.cgroupDir, l.id)
+	a.launcher.Cleanup(l.id, l.dir)
 	err := a.write(func() error { return a.st.setEnded(l.id, o) })
 	a.mu.Lock()
 	delete(a.live, l.id)
@@ -383,11 +362,11 @@ func (a *Agent) reconcile() error {
 	}
 	for _, r := range rows {
 		l := &liveKeep{id: r.ID, dir: filepath.Join(a.cfg.StateDir, "keeps", r.ID), pid: r.PID, ticks: r.startTicks,
-			limits: r.Limits, done: make(chan struct{})}
-		if !alive(r.PID, r.startTicks) {
+			what: "the keep process", limits: r.Limits, done: make(chan struct{})}
+		if !keep.Alive(r.PID, r.startTicks) {
 			o := outcome{state: StateFailed, reason: "the keep process ended while the agent was down, without an exit record (killed by a signal or crashed)"}
-			if rec := readExitRecord(l.dir); rec != nil {
-				o = rec.outcome()
+			if rec := keep.ReadExitRecord(l.dir); rec != nil {
+				o = recordOutcome(rec)
 			}
 			a.finish(l, o)
 			continue
@@ -398,7 +377,7 @@ func (a *Agent) reconcile() error {
 		if r.State == StateStarting {
 			// Its hello went to the previous agent's pipe and is lost.
 			l.setStop(StateFailed, "the agent restarted before the keep was ready")
-			killGroup(l.pid, l.ticks)
+			keep.KillGroup(l.pid, l.ticks)
 		} else {
 			a.event(r.ID, "adopted", "the restarted agent adopted the keep (pid %d, state %s)", r.PID, r.State)
 			a.cfg.Logf("keep %s: adopted (pid %d, %s)", r.ID, r.PID, r.State)
@@ -425,8 +404,8 @@ func (a *Agent) watchAdopted(l *liveKeep) {
 	o := outcome{state: StateFailed, reason: "the keep process ended without an exit record (killed by a signal or crashed; the restarted agent is not its parent and cannot see the signal)"}
 	if stopState != "" {
 		o = outcome{state: stopState, reason: stopReason}
-	} else if rec := readExitRecord(l.dir); rec != nil {
-		o = rec.outcome()
+	} else if rec := keep.ReadExitRecord(l.dir); rec != nil {
+		o = recordOutcome(rec)
 	}
 	a.finish(l, o)
 }
@@ -441,7 +420,7 @@ func (a *Agent) armWall(l *liveKeep, created time.Time) {
 	left := time.Until(created.Add(time.Duration(l.limits.WallSeconds) * time.Second))
 	l.wall = time.AfterFunc(max(left, 0), func() {
 		l.setStop(StateFailed, fmt.Sprintf("wall time limit of %ds reached", l.limits.WallSeconds))
-		killGroup(l.pid, l.ticks)
+		keep.KillGroup(l.pid, l.ticks)
 	})
 }
 
@@ -462,7 +441,7 @@ func (a *Agent) start(ctx context.Context, req *CreateRequest, platform string, 
 		a.mu.Unlock()
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Join(l.dir, "tmp"), 0o700); err != nil {
+	if err := os.MkdirAll(l.dir, 0o700); err != nil {
 		return fail(err)
 	}
 	k := &Keep{ID: id, Name: req.Name, Backend: req.Backend, Platform: platform, Digest: req.Digest, State: StateStarting,
@@ -472,73 +451,33 @@ func (a *Agent) start(ctx context.Context, req *CreateRequest, platform string, 
 	}
 	a.event(id, "created", "keep created: backend %s, package %s", req.Backend, req.Digest)
 
-	limJSON, _ := json.Marshal(lim)
-	args := append(append([]string(nil), a.cfg.KeepCommand[1:]...),
-		"--dir", l.dir, "--backend", req.Backend, "--nonce", hex.EncodeToString(req.Nonce),
-		"--digest", req.Digest, "--client-key", hex.EncodeToString(req.ClientKey), "--limits", string(limJSON),
-		"--attach-timeout", a.cfg.AttachTimeout.String())
-	if req.Backend == "nil" && a.cfg.KeepCacheDir != "" {
-		args = append(args, "--cache-dir", a.cfg.KeepCacheDir)
-	}
-	cmd := exec.Command(a.cfg.KeepCommand[0], args...)
-	cmd.Dir = l.dir
-	cmd.Env = append(os.Environ(), "TMPDIR="+filepath.Join(l.dir, "tmp"))
-	cmd.SysProcAttr = procAttr()
-	if a.cgroupDir != "" {
-		if f, err := makeCgroup(a.cgroupDir, id, lim); err == nil {
-			defer f.Close()
-			intoCgroup(cmd.SysProcAttr, f)
-		} else {
-			a.event(id, "log", "no cgroup for this keep: %v", err)
-		}
-	}
-	helloR, helloW, err := os.Pipe()
+	inst, err := a.launcher.Start(ctx, keep.Spec{ID: id, Dir: l.dir, Backend: req.Backend, Nonce: req.Nonce,
+		Digest: req.Digest, ClientKey: req.ClientKey, Limits: lim, AttachTimeout: a.cfg.AttachTimeout})
 	if err != nil {
-		return a.startFailed(l, fmt.Errorf("pipe: %w", err))
+		return a.startFailed(l, err)
 	}
-	defer helloR.Close()
-	logR, logW, err := os.Pipe()
-	if err != nil {
-		helloW.Close()
-		return a.startFailed(l, fmt.Errorf("pipe: %w", err))
-	}
-	cmd.ExtraFiles = []*os.File{helloW}
-	cmd.Stdout = logW
-	cmd.Stderr = logW
-	err = cmd.Start()
-	helloW.Close()
-	logW.Close()
-	if err != nil {
-		logR.Close()
-		return a.startFailed(l, fmt.Errorf("starting the keep process: %w", err))
-	}
-	l.pid = cmd.Process.Pid
-	l.ticks, _ = startTicks(l.pid)
+	l.pid, l.ticks, l.what = inst.PID(), inst.StartTicks(), inst.What()
 	a.write(func() error { return a.st.setProcess(id, l.pid, l.ticks) })
 	a.armWall(l, k.Created)
 	logDone := make(chan struct{})
 	go func() {
-		a.readLog(l, logR)
+		a.readLog(l, inst.Log())
 		close(logDone)
 	}()
 	go func() {
-		cmd.Wait()
+		ps := inst.Wait()
 		// The log's last lines (a crash message) come before the end.
 		select {
 		case <-logDone:
 		case <-time.After(5 * time.Second):
 		}
-		a.finish(l, a.childOutcome(l, cmd.ProcessState))
+		a.finish(l, a.childOutcome(l, ps))
 	}()
 
 	// Wait for the hello, the request's end or the ready timeout.
-	helloR.SetReadDeadline(time.Now().Add(a.cfg.ReadyTimeout))
-	stopRead := context.AfterFunc(ctx, func() { helloR.SetReadDeadline(time.Unix(1, 0)) })
-	hello, err := io.ReadAll(io.LimitReader(helloR, delivery.MaxHelloSize+1))
-	stopRead()
-	if err == nil && len(hello) == 0 {
-		err = errors.New("the keep ended before it was ready")
-	}
+	hctx, cancel := context.WithTimeout(ctx, a.cfg.ReadyTimeout)
+	hello, err := inst.Hello(hctx)
+	cancel()
 	if err == nil {
 		_, envp, perr := delivery.ParseHello(hello)
 		switch {
@@ -553,7 +492,7 @@ func (a *Agent) start(ctx context.Context, req *CreateRequest, platform string, 
 		if ctx.Err() != nil {
 			reason = "the client went away before the keep was ready"
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			reason = fmt.Sprintf("not ready within %v", a.cfg.ReadyTimeout)
 		}
 		a.stop(l, StateFailed, reason)
@@ -588,10 +527,10 @@ func (a *Agent) readLog(l *liveKeep, r io.ReadCloser) {
 	crashed, skipped := false, 0
 	for sc.Scan() {
 		line := sc.Text()
-		if len(line) > maxLogLine {
-			line = line[:maxLogLine]
+		if len(line) > keep.MaxLogLine {
+			line = line[:keep.MaxLogLine]
 		}
-		if s, ok := strings.CutPrefix(line, stateLine); ok {
+		if s, ok := strings.CutPrefix(line, keep.StateLine); ok {
 			if s == StateRunning {
 				a.write(func() error { return a.st.setState(id, StateRunning) })
 				a.event(id, "running", "the keep checked the package and started the workload")

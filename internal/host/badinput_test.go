@@ -15,6 +15,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/fixtures"
 )
 
@@ -163,7 +164,7 @@ func TestClientDisconnectsMidDelivery(t *testing.T) {
 	if end.State != StateFailed || !strings.Contains(end.Reason, "reading the module") {
 		t.Errorf("keep after the client hung up: %s (%s)", end.State, end.Reason)
 	}
-	if alive(k.PID, mustTicks(t, k.PID)) {
+	if keep.Alive(k.PID, mustTicks(t, k.PID)) {
 		t.Errorf("keep process %d still alive", k.PID)
 	}
 }

@@ -18,25 +18,21 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
-// Files in a keep's folder (state dir/keeps/ID).
+// The keep process's side of its contract with the launcher
+// (internal/keep): files in its folder (state dir/keeps/ID), its hello
+// descriptor, its log.
 const (
-	keepSocket = "keep.sock" // the keep's relay endpoint, one connection
-	exitFile   = "exit.json" // the keep's own account of how it ended
-	helloFD    = 3           // the pipe the keep writes its hello to
-	stateLine  = "@state "   // a stderr line that reports a state change
-	maxLogLine = 4096        // longer keep log lines are cut
-	keepDirMax = 100         // bytes, so that the socket path fits sun_path
+	keepSocket = keep.SocketFile // the keep's relay endpoint, one connection
+	helloFD    = keep.HelloFD    // the pipe the keep writes its hello to
+	stateLine  = keep.StateLine  // a stderr line that reports a state change
+	maxLogLine = keep.MaxLogLine // longer keep log lines are cut
 )
 
-// exitRecord is what the keep writes to exit.json before it exits.
-type exitRecord struct {
-	State    string `json:"state"` // exited or failed
-	ExitCode *int   `json:"exit_code,omitempty"`
-	Reason   string `json:"reason,omitempty"`
-}
+type exitRecord = keep.ExitRecord
 
 // KeepMain is the keep process that the agent starts (`castellan keep`,
 // re-executing its own binary). It applies its limits to itself, makes
@@ -76,7 +72,7 @@ func KeepMain(args []string, stderr io.Writer) int {
 	if err := json.Unmarshal([]byte(*limits), &lim); err != nil {
 		return k.fail("limits: %v", err)
 	}
-	if err := applyLimits(lim); err != nil {
+	if err := keep.ApplyLimits(lim); err != nil {
 		return k.fail("%v", err)
 	}
 	if lim.WallSeconds > 0 {
@@ -158,11 +154,7 @@ func (k *keepProc) record(r exitRecord) {
 		if k.dir == "" {
 			return
 		}
-		b, _ := json.Marshal(r)
-		tmp := filepath.Join(k.dir, exitFile+".tmp")
-		if os.WriteFile(tmp, b, 0o600) == nil {
-			os.Rename(tmp, filepath.Join(k.dir, exitFile))
-		}
+		keep.WriteExitRecord(k.dir, r)
 	})
 }
 
