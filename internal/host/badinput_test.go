@@ -15,8 +15,8 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/delivery"
-	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/fixtures"
+	"github.com/castellan-dev/castellan/internal/keep"
 )
 
 func TestCreateRefused(t *testing.T) {

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/delivery"
-	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/fixtures"
+	"github.com/castellan-dev/castellan/internal/keep"
 )
 
 // TestLoad creates 50 keeps at once, each delivered its own workload

@@ -58,4 +58,3 @@ func lockState(dir string) (*os.File, error) {
 	}
 	return f, nil
 }
-
