@@ -566,8 +566,27 @@ func (p *parser) limits(m map[string]any) error {
 				return p.at(key, "limits.open_files %d is out of range 1-%d", n, MaxOpenFiles)
 			}
 			p.cfg.Limits.MaxOpenFiles = int(n)
+		case "vm_memory":
+			n, err := sizeValue(v)
+			if err != nil {
+				return p.at(key, "limits.vm_memory: %v", err)
+			}
+			if n < MinVMMemory || n > MaxVMMemory {
+				return p.at(key, "limits.vm_memory %d bytes is out of range 128MiB-1TiB", n)
+			}
+			// QEMU sizes RAM in MiB: round up.
+			p.cfg.Limits.VMMemory = int64((n + 1<<20 - 1) &^ (1<<20 - 1))
+		case "vcpus":
+			n, ok := v.(int64)
+			if !ok {
+				return p.at(key, "limits.vcpus must be an integer, not %s", typeName(v))
+			}
+			if n < 1 || n > MaxVCPUs {
+				return p.at(key, "limits.vcpus %d is out of range 1-%d", n, MaxVCPUs)
+			}
+			p.cfg.Limits.VCPUs = int(n)
 		default:
-			return p.at(key, "unknown key %q in [limits] (want memory, wall_time, max_output or open_files)", k)
+			return p.at(key, "unknown key %q in [limits] (want memory, wall_time, max_output, open_files, vm_memory or vcpus)", k)
 		}
 	}
 	return nil

@@ -30,6 +30,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/config"
 )
 
 // Kinds of keep.
@@ -67,12 +69,13 @@ type Limits struct {
 	VCPUs         int64 `json:"vcpus,omitempty"`
 }
 
-// Default size of a VM keep: RAM is reserved for the VM's whole life, so
-// the default is what a keep needs, not the host's maximum.
+// Default size of a VM keep (the workload config's, internal/config): RAM
+// is reserved for the VM's whole life, so the default is what a keep
+// needs, not the host's maximum.
 const (
-	DefaultVMMemory = 512 << 20
-	DefaultVCPUs    = 1
-	MinVMMemory     = 128 << 20
+	DefaultVMMemory = config.DefaultVMMemory
+	DefaultVCPUs    = config.DefaultVCPUs
+	MinVMMemory     = config.MinVMMemory
 )
 
 // Spec is one keep to start.
