@@ -25,6 +25,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/castellan-dev/castellan/internal/measure/snp"
 )
 
 // Accelerators.
@@ -39,12 +41,12 @@ const (
 	TDX = "tdx"
 )
 
-// Defaults of an SEV-SNP launch. They are part of the launch measurement
-// (policy, and the vCPU type through the VMSAs), so they are the defaults
-// of `castellan keep-image measure --platform snp` too.
+// Defaults of an SEV-SNP launch. The policy and the vCPU type are those
+// of `castellan keep-image measure --platform snp` (internal/measure/snp):
+// the vCPU type is part of the launch measurement (through the VMSAs).
 const (
-	DefaultSNPPolicy = 0x30000 // SMT allowed, reserved bit 17 set; no debug, no migration agent
-	DefaultVCPUType  = "EPYC-v4"
+	DefaultSNPPolicy = snp.DefaultPolicy
+	DefaultVCPUType  = snp.DefaultVCPUType
 	// C-bit position and physical address bits lost to encryption, as
 	// on EPYC Milan and Genoa; the probe reads the host's from CPUID
 	// 0x8000001F where it can.
