@@ -27,6 +27,8 @@ const (
 	DefaultCPUSeconds    = 3600
 	DefaultWallSeconds   = 24 * 3600
 	DefaultOpenFiles     = 1024
+	DefaultMaxVMMemory   = 8 << 30
+	DefaultMaxVCPUs      = 8
 	DefaultAttachTimeout = 2 * time.Minute
 	DefaultReadyTimeout  = 30 * time.Second
 )
@@ -138,6 +140,8 @@ func New(cfg Config) (*Agent, error) {
 	def(&cfg.Max.CPUSeconds, DefaultCPUSeconds)
 	def(&cfg.Max.WallSeconds, DefaultWallSeconds)
 	def(&cfg.Max.OpenFiles, DefaultOpenFiles)
+	def(&cfg.Max.VMMemoryBytes, DefaultMaxVMMemory)
+	def(&cfg.Max.VCPUs, DefaultMaxVCPUs)
 	if cfg.AttachTimeout <= 0 {
 		cfg.AttachTimeout = DefaultAttachTimeout
 	}
@@ -274,6 +278,9 @@ func (a *Agent) write(f func() error) error {
 	return f()
 }
 
+// kindFile in a keep's folder holds its kind (keep.KindProcess, keep.KindVM).
+const kindFile = "kind"
+
 // outcome is how a keep ended.
 type outcome struct {
 	state    string
@@ -374,7 +381,13 @@ func (a *Agent) reconcile() error {
 		a.mu.Lock()
 		a.live[r.ID] = l
 		a.mu.Unlock()
-		if r.State == StateStarting {
+		if kind, _ := os.ReadFile(filepath.Join(l.dir, kindFile)); string(kind) == keep.KindVM {
+			// The VM's channel (its delivery relay, log and exit status)
+			// was held by the previous agent and cannot be taken over.
+			l.what = "the keep VM (QEMU)"
+			l.setStop(StateFailed, "the agent restarted: a VM keep's channel ends with the agent that launched it")
+			keep.KillGroup(l.pid, l.ticks)
+		} else if r.State == StateStarting {
 			// Its hello went to the previous agent's pipe and is lost.
 			l.setStop(StateFailed, "the agent restarted before the keep was ready")
 			keep.KillGroup(l.pid, l.ticks)
@@ -442,6 +455,10 @@ func (a *Agent) start(ctx context.Context, req *CreateRequest, platform string, 
 		return nil, err
 	}
 	if err := os.MkdirAll(l.dir, 0o700); err != nil {
+		return fail(err)
+	}
+	// A restarted agent reads the keep's kind here (see reconcile).
+	if err := os.WriteFile(filepath.Join(l.dir, kindFile), []byte(a.launcher.Kind()), 0o600); err != nil {
 		return fail(err)
 	}
 	k := &Keep{ID: id, Name: req.Name, Backend: req.Backend, Platform: platform, Digest: req.Digest, State: StateStarting,

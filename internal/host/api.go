@@ -26,6 +26,7 @@ import (
 	"unicode"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
@@ -153,6 +154,32 @@ func checkLimits(req, max Limits) (Limits, error) {
 		case *f.v > f.max:
 			return out, fmt.Errorf("limits: %s of %s is over the host's maximum of %s", f.name, f.describe(*f.v), f.describe(f.max))
 		}
+	}
+	// A VM's size defaults to what a keep needs, not to the maximum: its
+	// RAM is reserved for its whole life.
+	for _, f := range []struct {
+		name     string
+		v        *int64
+		def, max int64
+		min      int64
+		describe func(int64) string
+	}{
+		{"vm_memory_bytes", &out.VMMemoryBytes, keep.DefaultVMMemory, max.VMMemoryBytes, keep.MinVMMemory, func(n int64) string { return fmt.Sprintf("%d bytes", n) }},
+		{"vcpus", &out.VCPUs, keep.DefaultVCPUs, max.VCPUs, 1, func(n int64) string { return fmt.Sprint(n) }},
+	} {
+		switch {
+		case *f.v < 0:
+			return out, fmt.Errorf("limits: %s is negative", f.name)
+		case *f.v == 0:
+			*f.v = min(f.def, f.max)
+		case *f.v > f.max:
+			return out, fmt.Errorf("limits: %s of %s is over the host's maximum of %s", f.name, f.describe(*f.v), f.describe(f.max))
+		case *f.v < f.min:
+			return out, fmt.Errorf("limits: %s of %s is too little for a VM keep (at least %s)", f.name, f.describe(*f.v), f.describe(f.min))
+		}
+	}
+	if out.VMMemoryBytes%(1<<20) != 0 {
+		return out, fmt.Errorf("limits: vm_memory_bytes of %d is not a whole number of MiB", out.VMMemoryBytes)
 	}
 	if out.OpenFiles < 16 {
 		return out, fmt.Errorf("limits: open_files of %d is too few for a keep (at least 16)", out.OpenFiles)
