@@ -19,6 +19,8 @@ import (
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/host"
+	"github.com/castellan-dev/castellan/internal/keep"
+	"github.com/castellan-dev/castellan/internal/keep/qemu"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/workload"
 )
@@ -39,9 +41,13 @@ var hostServeCmd = &Command{
 	Usage:   "host serve [flags]",
 	Summary: "run the host agent: the keep manager and confidential delivery relay",
 	Help: `Serves the host agent API over HTTPS with bearer tokens (see 'castellan host
-token create'). Each keep is a child process with its own limits; keep
-state lives in SQLite in --state-dir, so that a restarted agent adopts the
-keeps that still run and records how the others ended. The agent relays
+token create'). Each keep is a child process with its own limits, or with
+--keep-kind vm a QEMU micro-VM booted from --keep-image (KVM where usable,
+else TCG; an SEV-SNP VM for backend snp and a TD for tdx, with --firmware);
+keep state lives in SQLite in --state-dir, so that a restarted agent adopts
+the process keeps that still run and records how the others ended (a VM
+keep's channel ends with the agent that launched it: a restarted agent
+stops VM keeps it finds running). The agent relays
 encrypted sessions between clients and keeps: it never sees a confidentially
 delivered workload or its secrets.
 
@@ -54,6 +60,9 @@ type hostServeFlags struct {
 	listen, stateDir, maxMemory, keepCache string
 	maxKeeps, maxOpenFiles                 int
 	maxCPU, maxWall, attachTimeout         time.Duration
+	keepKind, keepImage, firmware          string
+	maxVMMemory                            string
+	maxVCPUs                               int
 }
 
 func addHostServeFlags(fs *flag.FlagSet) *hostServeFlags {
@@ -67,6 +76,11 @@ func addHostServeFlags(fs *flag.FlagSet) *hostServeFlags {
 	fs.IntVar(&f.maxOpenFiles, "max-open-files", host.DefaultOpenFiles, "most open descriptors a keep may ask for")
 	fs.DurationVar(&f.attachTimeout, "attach-timeout", host.DefaultAttachTimeout, "how long a ready keep waits for its client")
 	fs.StringVar(&f.keepCache, "keep-cache-dir", "", "compilation cache for nil-backend keeps only (a cache on the host's disk is open to the host; TEE keeps never use one)")
+	fs.StringVar(&f.keepKind, "keep-kind", keep.KindProcess, "what each keep is: process (a child process) or vm (a QEMU micro-VM booted from --keep-image)")
+	fs.StringVar(&f.keepImage, "keep-image", os.Getenv("CASTELLAN_KEEP_IMAGE"), "with --keep-kind vm: the keep image folder ('castellan keep-image build'; $CASTELLAN_KEEP_IMAGE)")
+	fs.StringVar(&f.firmware, "firmware", "", "with --keep-kind vm: the firmware of snp and tdx VM keeps (the file 'castellan keep-image measure --firmware' used)")
+	fs.StringVar(&f.maxVMMemory, "max-vm-memory", "8GiB", "with --keep-kind vm: the largest VM a keep may ask for (vm_memory_bytes; default size 512MiB)")
+	fs.IntVar(&f.maxVCPUs, "max-vcpus", host.DefaultMaxVCPUs, "with --keep-kind vm: most vCPUs a keep may ask for (default 1)")
 	return f
 }
 
@@ -267,12 +281,24 @@ func hostServe(e *Env, args []string) int {
 	if f.maxKeeps < 1 || f.maxOpenFiles < 16 {
 		return e.Usagef("host serve: --max-keeps must be at least 1 and --max-open-files at least 16")
 	}
+	vmMem, err := config.ParseSize(f.maxVMMemory)
+	if err != nil || vmMem < config.MinVMMemory || vmMem%(1<<20) != 0 {
+		return e.Usagef("--max-vm-memory: %q is not a whole number of MiB of at least 128MiB, such as 8GiB", f.maxVMMemory)
+	}
+	if f.maxVCPUs < 1 || f.maxVCPUs > config.MaxVCPUs {
+		return e.Usagef("--max-vcpus: %d is out of range 1-%d", f.maxVCPUs, config.MaxVCPUs)
+	}
+	launcher, code := keepLauncher(e, f.keepKind, f.keepImage, f.firmware, f.keepCache)
+	if launcher == nil {
+		return code
+	}
 	a, err := host.New(host.Config{
-		StateDir:      f.stateDir,
-		MaxKeeps:      f.maxKeeps,
-		Max:           host.Limits{MemoryBytes: int64(mem), CPUSeconds: int64(f.maxCPU / time.Second), WallSeconds: int64(f.maxWall / time.Second), OpenFiles: int64(f.maxOpenFiles)},
+		StateDir: f.stateDir,
+		MaxKeeps: f.maxKeeps,
+		Max: host.Limits{MemoryBytes: int64(mem), CPUSeconds: int64(f.maxCPU / time.Second), WallSeconds: int64(f.maxWall / time.Second), OpenFiles: int64(f.maxOpenFiles),
+			VMMemoryBytes: int64(vmMem), VCPUs: int64(f.maxVCPUs)},
 		AttachTimeout: f.attachTimeout,
-		KeepCacheDir:  f.keepCache,
+		Launcher:      launcher,
 		Logf:          func(format string, a ...any) { e.Infof(format, a...) },
 	})
 	if err != nil {
@@ -328,6 +354,9 @@ func addRemoteFlags(fs *flag.FlagSet) *remoteOptions {
 // deployRemote runs the confidential delivery protocol through the agent.
 func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string, args []string) int {
 	r := do.remote
+	if do.vm.kind != keep.KindProcess {
+		return e.Usagef("deploy --host: the host agent chooses the keep kind ('castellan host serve --keep-kind vm'); --keep applies to local runs")
+	}
 	if do.memory != "" || do.maxOutput != "" || do.noCache || do.report != "" || len(do.allowDirs) > 0 {
 		return e.Usagef("deploy --host: --memory, --max-output, --no-cache, --report and --allow-dir apply to local runs (the keep's memory limit is --keep-memory)")
 	}
@@ -453,4 +482,25 @@ func hostError(e *Env, err error) int {
 		return e.ErrorWithHint(err, "pass --host-ca with the agent's certificate (STATE-DIR/tls/cert.pem on the host; the agent prints its SHA-256 at start)")
 	}
 	return e.Errorf("%v", err)
+}
+
+// keepLauncher makes the launcher of a keep kind (--keep-kind, --keep):
+// process, or vm with its image and firmware. It reports a bad choice.
+func keepLauncher(e *Env, kind, image, firmware, cacheDir string) (keep.Launcher, int) {
+	switch kind {
+	case keep.KindProcess:
+		if image != "" && image != os.Getenv("CASTELLAN_KEEP_IMAGE") || firmware != "" {
+			return nil, e.Usagef("--keep-image and --firmware apply to VM keeps (--keep-kind vm)")
+		}
+		return &keep.Process{CacheDir: cacheDir}, ExitOK
+	case keep.KindVM:
+		if cacheDir != "" {
+			return nil, e.Usagef("--keep-cache-dir applies to process keeps: a VM keep compiles inside its VM")
+		}
+		if image == "" {
+			return nil, e.ErrorWithHint(errors.New("vm keeps: no keep image"), "pass --keep-image DIR (make one with 'castellan keep-image build -o DIR')")
+		}
+		return &qemu.VM{Image: image, Firmware: firmware, Warnf: e.Warningf}, ExitOK
+	}
+	return nil, e.Usagef("keep kind %q: want %s", kind, strings.Join(keep.Kinds(), " or "))
 }

@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == keepArg {
 		os.Exit(KeepMain(os.Args[2:], os.Stderr))
 	}
+	if os.Getenv(fakeQEMUEnv) != "" {
+		os.Exit(fakeQEMUMain(os.Args[1:]))
+	}
 	// The simulation CA lives in a folder of this run, shared with the
 	// keep processes through the environment.
 	dir, err := os.MkdirTemp("", "castellan-host-test-")

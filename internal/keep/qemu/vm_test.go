@@ -1,0 +1,91 @@
+package qemu
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/castellan-dev/castellan/internal/keep"
+	"github.com/castellan-dev/castellan/internal/keep/qemu/qemutest"
+)
+
+// TestVMMachine checks which VM each backend gets, and the refusals that
+// name what is missing.
+func TestVMMachine(t *testing.T) {
+	img := fakeImage(t)
+	for _, tc := range []struct {
+		name, backend string
+		host          *qemutest.Host
+		firmware      string
+		lim           keep.Limits
+		accel, conf   string
+		err           string
+	}{
+		{"nil under tcg", "nil", qemutest.ThisMachine(), "", keep.Limits{}, AccelTCG, "", ""},
+		{"sim-snp is a plain vm", "sim-snp", qemutest.SNPHost(), "", keep.Limits{VMMemoryBytes: 1 << 30, VCPUs: 2}, AccelKVM, "", ""},
+		{"snp", "snp", qemutest.SNPHost(), "/fw/OVMF.fd", keep.Limits{}, AccelKVM, SNP, ""},
+		{"snp without firmware", "snp", qemutest.SNPHost(), "", keep.Limits{}, "", "", "cannot launch SNP VM keeps: no firmware file given"},
+		{"snp here", "snp", qemutest.ThisMachine(), "/fw/OVMF.fd", keep.Limits{}, "", "", "cannot launch SEV-SNP VM keeps: not an SEV-SNP host"},
+		{"tdx", "tdx", qemutest.TDXHost(), "/fw/OVMF.fd", keep.Limits{}, AccelKVM, TDX, ""},
+		{"tdx on snp host", "tdx", qemutest.SNPHost(), "/fw/OVMF.fd", keep.Limits{}, "", "", "not a TDX host"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := &VM{Image: img, Host: tc.host}
+			if err := v.Provision(); err != nil {
+				t.Fatal(err)
+			}
+			v.Firmware = tc.firmware // Provision would check the file exists
+			m, err := v.Machine(keep.Spec{Backend: tc.backend, Dir: "/k", Limits: tc.lim})
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Accel != tc.accel || m.Confidential != tc.conf {
+				t.Fatalf("machine %s/%q, want %s/%q", m.Accel, m.Confidential, tc.accel, tc.conf)
+			}
+			wantMem, wantCPU := tc.lim.VMMemoryBytes, int(tc.lim.VCPUs)
+			if wantMem == 0 {
+				wantMem, wantCPU = keep.DefaultVMMemory, keep.DefaultVCPUs
+			}
+			if m.MemoryBytes != wantMem || m.VCPUs != wantCPU {
+				t.Fatalf("size %d bytes %d vCPUs", m.MemoryBytes, m.VCPUs)
+			}
+			if (m.Firmware != "") != (tc.conf != "") {
+				t.Fatalf("firmware %q for %q", m.Firmware, tc.conf)
+			}
+			if _, err := m.Args(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestVMProvisionRefused(t *testing.T) {
+	noQEMU := qemutest.ThisMachine()
+	noQEMU.Path = ""
+	for _, tc := range []struct {
+		name string
+		vm   *VM
+		want string
+	}{
+		{"no image", &VM{Host: qemutest.ThisMachine()}, "vm keeps: no keep image"},
+		{"bad image", &VM{Image: t.TempDir(), Host: qemutest.ThisMachine()}, "no kernel file"},
+		{"no qemu", &VM{Image: fakeImage(t), Host: noQEMU}, "vm keeps: qemu-system-x86_64 is not installed"},
+		{"no firmware file", &VM{Image: fakeImage(t), Firmware: "/nonexistent/OVMF.fd", Host: qemutest.SNPHost()}, "vm keeps: firmware:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.vm.Provision()
+			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := (&VM{}).Start(context.Background(), keep.Spec{}); err == nil {
+		t.Fatal("an unprovisioned VM launcher started a keep")
+	}
+}
