@@ -135,7 +135,7 @@ func TestVMKeepFake(t *testing.T) {
 	}
 	var evs bytes.Buffer
 	h.client.Events(ctx, k.ID, false, func(e Event) { fmt.Fprintf(&evs, "%s %s\n", e.Type, e.Message) })
-	for _, want := range []string{"log evidence made; waiting for the client", "running the keep checked the package"} {
+	for _, want := range []string{"log vm: channel open", "log vm: guest castellan up", "log evidence made; waiting for the client", "running the keep checked the package"} {
 		if !strings.Contains(evs.String(), want) {
 			t.Errorf("events lack %q:\n%s", want, evs.String())
 		}

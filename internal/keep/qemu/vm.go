@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -193,6 +194,7 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 		return nil, fmt.Errorf("starting QEMU: %w", err)
 	}
 	vi.cmd = cmd
+	vi.started = time.Now()
 	vi.ticks, _ = keep.StartTicks(cmd.Process.Pid)
 	go func() {
 		cmd.Wait()
@@ -209,12 +211,13 @@ func (v *VM) Cleanup(id, dir string) {
 }
 
 type vmInstance struct {
-	cmd    *exec.Cmd
-	ticks  uint64
-	dir    string
-	req    *vmproto.LaunchRequest
-	attach time.Duration
-	waited chan struct{} // QEMU ended
+	cmd     *exec.Cmd
+	ticks   uint64
+	dir     string
+	req     *vmproto.LaunchRequest
+	attach  time.Duration
+	waited  chan struct{} // QEMU ended
+	started time.Time
 
 	logMu sync.Mutex
 	logW  *io.PipeWriter
@@ -279,7 +282,13 @@ func (vi *vmInstance) handshake(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := vmproto.Handshake(ctx, conn, vi.req)
+	// The boot's phases, as the host sees them, go to the keep's log:
+	// QEMU up (its channel socket), the guest's castellan up (its first
+	// byte on the channel: kernel boot and castellan's init), the hello
+	// (the keep's key and evidence).
+	vi.logLine(fmt.Sprintf("vm: channel open %s after QEMU started", ms(time.Since(vi.started))))
+	tc := &timedConn{Conn: conn}
+	h, err := vmproto.Handshake(ctx, tc, vi.req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -292,6 +301,9 @@ func (vi *vmInstance) handshake(ctx context.Context) ([]byte, error) {
 		return nil, err
 	}
 	vi.host = h
+	if up := tc.first.Load(); up != nil {
+		vi.logLine(fmt.Sprintf("vm: guest castellan up %s after QEMU started; hello %s later", ms(up.Sub(vi.started)), ms(time.Since(*up))))
+	}
 	sock := filepath.Join(vi.dir, keep.SocketFile)
 	os.Remove(sock)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
@@ -399,3 +411,21 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// timedConn notes when its first bytes arrive.
+type timedConn struct {
+	net.Conn
+	first atomic.Pointer[time.Time]
+}
+
+func (c *timedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && c.first.Load() == nil {
+		t := time.Now()
+		c.first.CompareAndSwap(nil, &t)
+	}
+	return n, err
+}
+
+// ms formats a duration in milliseconds.
+func ms(d time.Duration) string { return fmt.Sprintf("%dms", d.Milliseconds()) }
