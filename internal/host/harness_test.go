@@ -199,7 +199,13 @@ func (h *harness) deploy(ctx context.Context, backend string, art *workload.Arti
 // waitEnded follows a keep's events until it ended and returns its record.
 func (h *harness) waitEnded(id string) *Keep {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	return h.waitEndedWithin(id, 60*time.Second)
+}
+
+// waitEndedWithin is waitEnded with its own bound.
+func (h *harness) waitEndedWithin(id string, d time.Duration) *Keep {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	if err := h.client.Events(ctx, id, true, func(Event) {}); err != nil {
 		h.t.Fatalf("events of %s: %v", id, err)

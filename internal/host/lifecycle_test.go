@@ -90,7 +90,8 @@ func (h *harness) create(t testing.TB, backend string, lim Limits) *Keep {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Generous: a VM keep under TCG boots in seconds to tens of seconds.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	k, err := h.client.Create(ctx, &CreateRequest{Backend: backend, Nonce: []byte("n0nce"), ClientKey: sess.KeyHash,
 		Digest: "sha256:" + strings.Repeat("0", 64), Limits: lim})
