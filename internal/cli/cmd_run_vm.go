@@ -147,9 +147,14 @@ func runVM(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Config, n
 		t := time.AfterFunc(limits.WallTime, func() { vm.stop(ExitWallTime, "wall time limit of %v reached", limits.WallTime) })
 		defer t.Stop()
 	}
+	finished := make(chan struct{})
+	defer close(finished)
 	go func() {
-		<-ctx.Done()
-		vm.stop(ExitError, "interrupted")
+		select {
+		case <-ctx.Done():
+			vm.stop(ExitError, "interrupted")
+		case <-finished:
+		}
 	}()
 	stdout, stderr := io.Writer(e.Stdout), io.Writer(e.Stderr)
 	if limits.MaxOutput > 0 {
