@@ -378,16 +378,9 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 	var v delivery.Verifier
 	switch {
 	case do.attest != "":
-		sv := &delivery.ServiceVerifier{URL: do.attest, Package: name, AllowInsecure: r.insecure}
-		if do.attestCA != "" {
-			pem, err := os.ReadFile(do.attestCA)
-			if err != nil {
-				return e.Errorf("--attest-ca: %v", err)
-			}
-			sv.Roots = x509.NewCertPool()
-			if !sv.Roots.AppendCertsFromPEM(pem) {
-				return e.Errorf("--attest-ca: %s: no PEM certificate in it", do.attestCA)
-			}
+		sv, code := serviceVerifier(e, do.attest, do.attestCA, name, r.insecure)
+		if sv == nil {
+			return code
 		}
 		v = sv
 	case r.policyFile != "":
@@ -400,11 +393,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		}
 		v = &delivery.PolicyVerifier{Policy: snap, Name: r.policyFile}
 	case r.insecure:
-		iv := &delivery.InsecureVerifier{}
-		if roots, _, err := tee.SimRoots(); err == nil {
-			iv.SimRoots = roots
-		}
-		v = iv
+		v = insecureVerifier()
 		e.Warningf("--insecure: the keep's evidence is checked for signatures and bindings only, not against a policy")
 	default:
 		return e.ErrorWithHint(errors.New("deploy --host: nothing to verify the keep's evidence with"),
@@ -472,6 +461,33 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		return e.Errorf("keep %s: %s", k.ID, res.Reason)
 	}
 	return res.ExitCode
+}
+
+// serviceVerifier is the attestation service at url as the verifier of a
+// keep's evidence (--attest, --attest-ca).
+func serviceVerifier(e *Env, url, caFile, pkg string, allowInsecure bool) (*delivery.ServiceVerifier, int) {
+	sv := &delivery.ServiceVerifier{URL: url, Package: pkg, AllowInsecure: allowInsecure}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, e.Errorf("--attest-ca: %v", err)
+		}
+		sv.Roots = x509.NewCertPool()
+		if !sv.Roots.AppendCertsFromPEM(pem) {
+			return nil, e.Errorf("--attest-ca: %s: no PEM certificate in it", caFile)
+		}
+	}
+	return sv, ExitOK
+}
+
+// insecureVerifier checks a keep's evidence for signatures and bindings
+// only, this machine's simulation roots included.
+func insecureVerifier() *delivery.InsecureVerifier {
+	iv := &delivery.InsecureVerifier{}
+	if roots, _, err := tee.SimRoots(); err == nil {
+		iv.SimRoots = roots
+	}
+	return iv
 }
 
 // hostError reports err, with a hint when the host agent's certificate was

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
-	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
@@ -94,26 +93,13 @@ func runVM(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Config, n
 	if err := launcher.Provision(); err != nil {
 		return e.Errorf("%v", err)
 	}
-	var v delivery.Verifier
+	var v delivery.Verifier = insecureVerifier()
 	if ro.attest != "" {
-		sv := &delivery.ServiceVerifier{URL: ro.attest, Package: name}
-		if ro.attestCA != "" {
-			pem, err := os.ReadFile(ro.attestCA)
-			if err != nil {
-				return e.Errorf("--attest-ca: %v", err)
-			}
-			sv.Roots = x509.NewCertPool()
-			if !sv.Roots.AppendCertsFromPEM(pem) {
-				return e.Errorf("--attest-ca: %s: no PEM certificate in it", ro.attestCA)
-			}
+		sv, code := serviceVerifier(e, ro.attest, ro.attestCA, name, false)
+		if sv == nil {
+			return code
 		}
 		v = sv
-	} else {
-		iv := &delivery.InsecureVerifier{}
-		if roots, _, err := tee.SimRoots(); err == nil {
-			iv.SimRoots = roots
-		}
-		v = iv
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -132,50 +132,39 @@ func ParseCreateRequest(b []byte) (*CreateRequest, error) {
 }
 
 // checkLimits fills unset limits with the host's maxima and refuses any
-// above them.
+// above them. A VM's size is the exception: unset, it is the default size,
+// not the maximum, because a VM's RAM is reserved for its whole life.
 func checkLimits(req, max Limits) (Limits, error) {
 	out := req
+	size := func(n int64) string { return fmt.Sprintf("%d bytes", n) }
+	secs := func(n int64) string { return fmt.Sprintf("%ds", n) }
+	count := func(n int64) string { return fmt.Sprint(n) }
 	for _, f := range []struct {
 		name     string
 		v        *int64
 		max      int64
+		def      int64 // 0: the maximum
+		vmMin    int64 // the least a VM keep takes (VM size only)
 		describe func(int64) string
 	}{
-		{"memory_bytes", &out.MemoryBytes, max.MemoryBytes, func(n int64) string { return fmt.Sprintf("%d bytes", n) }},
-		{"cpu_seconds", &out.CPUSeconds, max.CPUSeconds, func(n int64) string { return fmt.Sprintf("%ds", n) }},
-		{"wall_seconds", &out.WallSeconds, max.WallSeconds, func(n int64) string { return fmt.Sprintf("%ds", n) }},
-		{"open_files", &out.OpenFiles, max.OpenFiles, func(n int64) string { return fmt.Sprint(n) }},
+		{"memory_bytes", &out.MemoryBytes, max.MemoryBytes, 0, 0, size},
+		{"cpu_seconds", &out.CPUSeconds, max.CPUSeconds, 0, 0, secs},
+		{"wall_seconds", &out.WallSeconds, max.WallSeconds, 0, 0, secs},
+		{"open_files", &out.OpenFiles, max.OpenFiles, 0, 0, count},
+		{"vm_memory_bytes", &out.VMMemoryBytes, max.VMMemoryBytes, keep.DefaultVMMemory, keep.MinVMMemory, size},
+		{"vcpus", &out.VCPUs, max.VCPUs, keep.DefaultVCPUs, 1, count},
 	} {
 		switch {
 		case *f.v < 0:
 			return out, fmt.Errorf("limits: %s is negative", f.name)
-		case *f.v == 0:
+		case *f.v == 0 && f.def == 0:
 			*f.v = f.max
-		case *f.v > f.max:
-			return out, fmt.Errorf("limits: %s of %s is over the host's maximum of %s", f.name, f.describe(*f.v), f.describe(f.max))
-		}
-	}
-	// A VM's size defaults to what a keep needs, not to the maximum: its
-	// RAM is reserved for its whole life.
-	for _, f := range []struct {
-		name     string
-		v        *int64
-		def, max int64
-		min      int64
-		describe func(int64) string
-	}{
-		{"vm_memory_bytes", &out.VMMemoryBytes, keep.DefaultVMMemory, max.VMMemoryBytes, keep.MinVMMemory, func(n int64) string { return fmt.Sprintf("%d bytes", n) }},
-		{"vcpus", &out.VCPUs, keep.DefaultVCPUs, max.VCPUs, 1, func(n int64) string { return fmt.Sprint(n) }},
-	} {
-		switch {
-		case *f.v < 0:
-			return out, fmt.Errorf("limits: %s is negative", f.name)
 		case *f.v == 0:
 			*f.v = min(f.def, f.max)
 		case *f.v > f.max:
 			return out, fmt.Errorf("limits: %s of %s is over the host's maximum of %s", f.name, f.describe(*f.v), f.describe(f.max))
-		case *f.v < f.min:
-			return out, fmt.Errorf("limits: %s of %s is too little for a VM keep (at least %s)", f.name, f.describe(*f.v), f.describe(f.min))
+		case *f.v < f.vmMin:
+			return out, fmt.Errorf("limits: %s of %s is too little for a VM keep (at least %s)", f.name, f.describe(*f.v), f.describe(f.vmMin))
 		}
 	}
 	if out.VMMemoryBytes%(1<<20) != 0 {

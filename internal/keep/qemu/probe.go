@@ -52,10 +52,10 @@ type Support struct {
 
 var versionRE = regexp.MustCompile(`QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?`)
 
-// Minimum QEMU versions of the confidential VM objects.
+// QEMU's objects of the confidential VM kinds.
 const (
-	snpObject = "sev-snp-guest" // QEMU 9.1
-	tdxObject = "tdx-guest"     // QEMU 10.1
+	snpObject = "sev-snp-guest"
+	tdxObject = "tdx-guest"
 )
 
 // Probe finds QEMU and what this host can run. It never fails: what is
@@ -162,47 +162,51 @@ func moduleParam(h Host, path string) (bool, error) {
 	return v == "Y" || v == "y" || v == "1", nil
 }
 
-func (s *Support) probeSNP(h Host) {
-	const param = "/sys/module/kvm_amd/parameters/sev_snp"
-	on, err := moduleParam(h, param)
+// A confidential VM kind: what the host and QEMU need for it.
+type cvmKind struct {
+	what    string // "an SEV-SNP host"
+	param   string // the kvm module parameter that turns it on
+	offHint string // why the parameter may be off
+	name    string // "SEV-SNP"
+	object  string // QEMU's object type
+	since   string // the first QEMU version with it
+}
+
+var (
+	snpKind = cvmKind{"an SEV-SNP host", "/sys/module/kvm_amd/parameters/sev_snp", "SNP disabled in the BIOS or the kernel",
+		"SEV-SNP", snpObject, "9.1"}
+	tdxKind = cvmKind{"a TDX host", "/sys/module/kvm_intel/parameters/tdx", "TDX disabled in the BIOS, or kvm_intel loaded without tdx=1",
+		"TDX", tdxObject, "10.1"}
+)
+
+// probeCVM says whether this host can launch VMs of kind k, or why not.
+func (s *Support) probeCVM(h Host, k cvmKind) (bool, string) {
+	on, err := moduleParam(h, k.param)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		s.SNPReason = "not an SEV-SNP host: no " + param + " (kvm_amd not loaded, or not an AMD host)"
+		return false, fmt.Sprintf("not %s: no %s (module not loaded, or no host support in this kernel or CPU)", k.what, k.param)
 	case err != nil:
-		s.SNPReason = err.Error()
+		return false, err.Error()
 	case !on:
-		s.SNPReason = "not an SEV-SNP host: " + param + " is off (SNP disabled in the BIOS or the kernel)"
+		return false, fmt.Sprintf("not %s: %s is off (%s)", k.what, k.param, k.offHint)
 	case !s.KVM:
-		s.SNPReason = "KVM is not usable: " + s.KVMReason
+		return false, "KVM is not usable: " + s.KVMReason
 	case s.QEMUError != "":
-		s.SNPReason = s.QEMUError
-	case !s.hasObject(snpObject):
-		s.SNPReason = fmt.Sprintf("QEMU %s is too old for SEV-SNP (no %s object; QEMU 9.1 or later has it)", s.QEMUVersion, snpObject)
-	default:
-		s.SNP = true
+		return false, s.QEMUError
+	case !s.hasObject(k.object):
+		return false, fmt.Sprintf("QEMU %s is too old for %s (no %s object; QEMU %s or later has it)", s.QEMUVersion, k.name, k.object, k.since)
+	}
+	return true, ""
+}
+
+func (s *Support) probeSNP(h Host) {
+	if s.SNP, s.SNPReason = s.probeCVM(h, snpKind); s.SNP {
 		s.CBitPos, s.ReducedPhysBits = snpCPUID()
 	}
 }
 
 func (s *Support) probeTDX(h Host) {
-	const param = "/sys/module/kvm_intel/parameters/tdx"
-	on, err := moduleParam(h, param)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		s.TDXReason = "not a TDX host: no " + param + " (kvm_intel not loaded, or a kernel without TDX host support)"
-	case err != nil:
-		s.TDXReason = err.Error()
-	case !on:
-		s.TDXReason = "not a TDX host: " + param + " is off (TDX disabled in the BIOS, or kvm_intel loaded without tdx=1)"
-	case !s.KVM:
-		s.TDXReason = "KVM is not usable: " + s.KVMReason
-	case s.QEMUError != "":
-		s.TDXReason = s.QEMUError
-	case !s.hasObject(tdxObject):
-		s.TDXReason = fmt.Sprintf("QEMU %s is too old for TDX (no %s object; QEMU 10.1 or later has it)", s.QEMUVersion, tdxObject)
-	default:
-		s.TDX = true
-	}
+	s.TDX, s.TDXReason = s.probeCVM(h, tdxKind)
 }
 
 // Plan says how a VM keep runs here: confidential is SNP, TDX or "" (a
