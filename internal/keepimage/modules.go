@@ -56,7 +56,7 @@ func ResolveModules(dir string, required, wanted []string) ([]Module, error) {
 	} else {
 		return nil, fmt.Errorf("modules folder %s: %w", dir, err)
 	}
-	paths := map[string]string{} // name → relative path
+	paths := map[string]string{}  // name → relative path
 	deps := map[string][]string{} // name → dependency names, when modules.dep exists
 	if b, err := os.ReadFile(filepath.Join(dir, "modules.dep")); err == nil {
 		sc := bufio.NewScanner(bytes.NewReader(b))
