@@ -231,5 +231,3 @@ func cHello(t *testing.T) *workload.Artifact {
 	}
 	return art
 }
-
-
