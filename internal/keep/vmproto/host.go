@@ -43,8 +43,7 @@ type Host struct {
 	events  chan Event
 	dropped atomic.Int64
 
-	pr      *io.PipeReader // delivery bytes from the guest, for Stream.Read
-	pw      *io.PipeWriter
+	ours    net.Conn // our end of the pipe whose other end Stream reads
 	stream  *hostStream
 	done    chan struct{}
 	exit    *Exit
@@ -120,8 +119,9 @@ func Handshake(ctx context.Context, conn io.ReadWriteCloser, req *LaunchRequest)
 		conn.Close()
 		return nil, fmt.Errorf("vm keep: no hello: %w", ctx.Err())
 	}
-	h.pr, h.pw = io.Pipe()
-	h.stream = &hostStream{h: h}
+	userEnd, ours := net.Pipe()
+	h.ours = ours
+	h.stream = &hostStream{Conn: userEnd, h: h}
 	go h.demux()
 	return h, nil
 }
@@ -132,8 +132,9 @@ func (h *Host) Hello() []byte { return h.hello }
 
 // Stream returns the relayed delivery byte stream to and from the keep.
 // Its CloseWrite ends the bytes to the keep; Close also drops what the
-// keep still sends. It has no deadlines. The caller reads it or closes it:
-// the channel's later frames (logs, exit status) wait behind unread bytes.
+// keep still sends. Deadlines apply to reads (a write waits for the
+// channel). The caller reads it or closes it: the channel's later frames
+// (logs, exit status) wait behind unread bytes.
 func (h *Host) Stream() net.Conn { return h.stream }
 
 // Events returns the keep's log lines and state changes, closed when the
@@ -156,7 +157,7 @@ func (h *Host) Done() <-chan struct{} { return h.done }
 func (h *Host) Close() error {
 	h.closeMu.Do(func() {
 		h.conn.Close()
-		h.pr.CloseWithError(net.ErrClosed) // unblocks a demux waiting on a reader
+		h.ours.Close() // unblocks a demux waiting on a reader
 	})
 	return nil
 }
@@ -185,7 +186,7 @@ func (h *Host) demux() {
 	defer close(h.events)
 	defer h.conn.Close()
 	err := h.readLoop()
-	h.pw.CloseWithError(io.EOF)
+	h.ours.Close()
 	if h.exit == nil {
 		if err == nil || errors.Is(err, io.EOF) {
 			h.waitErr = ErrNoExit
@@ -226,7 +227,7 @@ func (h *Host) readLoop() error {
 				return fmt.Errorf("%w: data after its end", ErrFrame)
 			}
 			if !discard {
-				if _, err := h.pw.Write(p); err != nil {
+				if _, err := h.ours.Write(p); err != nil {
 					discard = true // the stream was closed: drop the rest
 				}
 			}
@@ -235,7 +236,7 @@ func (h *Host) readLoop() error {
 				return fmt.Errorf("%w: two ends of data", ErrFrame)
 			}
 			ended = true
-			h.pw.CloseWithError(io.EOF)
+			h.ours.Close() // the stream reads EOF; its writes still go
 		case FrameLog, FrameState:
 			h.event(typ, p)
 		case FrameExit:
@@ -251,8 +252,10 @@ func (h *Host) readLoop() error {
 	}
 }
 
-// hostStream is Host.Stream.
+// hostStream is Host.Stream: reads (with deadlines) from a pipe the
+// demux fills, writes straight to the channel as data frames.
 type hostStream struct {
+	net.Conn
 	h         *Host
 	wclose    sync.Once
 	closeOnce sync.Once
@@ -261,8 +264,6 @@ type hostStream struct {
 }
 
 var _ net.Conn = (*hostStream)(nil)
-
-func (s *hostStream) Read(p []byte) (int, error) { return s.h.pr.Read(p) }
 
 func (s *hostStream) Write(p []byte) (int, error) {
 	s.wmu.Lock()
@@ -299,24 +300,10 @@ func (s *hostStream) CloseWrite() error {
 func (s *hostStream) Close() error {
 	s.closeOnce.Do(func() {
 		s.CloseWrite()
-		s.h.pr.CloseWithError(net.ErrClosed)
+		s.Conn.Close()
 	})
 	return nil
 }
-
-type vmAddr struct{}
-
-func (vmAddr) Network() string { return "virtio-serial" }
-func (vmAddr) String() string  { return PortName }
-
-func (s *hostStream) LocalAddr() net.Addr  { return vmAddr{} }
-func (s *hostStream) RemoteAddr() net.Addr { return vmAddr{} }
-
-var errNoDeadline = errors.New("vm keep stream: deadlines are not supported")
-
-func (s *hostStream) SetDeadline(time.Time) error      { return errNoDeadline }
-func (s *hostStream) SetReadDeadline(time.Time) error  { return errNoDeadline }
-func (s *hostStream) SetWriteDeadline(time.Time) error { return errNoDeadline }
 
 // printable returns p as a valid UTF-8 string without control characters
 // other than tab, for logs.
