@@ -116,7 +116,10 @@ func fakeVMLauncher(t testing.TB) *qemu.VM {
 // plaintext, and nothing is left in the keep's folder but its records.
 func TestVMKeepFake(t *testing.T) {
 	const marker = "MARKER-IN-THE-VM-WORKLOAD-91c3"
-	h := newHarness(t, func(c *Config) { c.Launcher = fakeVMLauncher(t) })
+	var channel syncBuffer
+	vm := fakeVMLauncher(t)
+	vm.ChannelTap = func(_ bool, p []byte) { channel.Write(p) }
+	h := newHarness(t, func(c *Config) { c.Launcher = vm })
 	cfg := []byte(fmt.Sprintf("args = [%q]\n%s", marker, stdio))
 	art := artifact(t, fixtures.C(t, "hello"), cfg)
 	v := &delivery.InsecureVerifier{SimRoots: simRoots(t)}
@@ -146,8 +149,11 @@ func TestVMKeepFake(t *testing.T) {
 	dir := filepath.Join(h.stateDir, "keeps", k.ID)
 	assertOnlyRecords(t, dir)
 	places := h.places(ctx, k.ID)
-	if len(places["relay"]) < len(art.Wasm) {
-		t.Fatalf("the relay saw %d bytes, less than the module", len(places["relay"]))
+	places["vm channel"] = channel.Bytes()
+	for _, where := range []string{"relay", "vm channel"} {
+		if len(places[where]) < len(art.Wasm) {
+			t.Fatalf("the %s saw %d bytes, less than the module", where, len(places[where]))
+		}
 	}
 	for where, b := range places {
 		if bytes.Contains(b, []byte(marker)) {

@@ -35,6 +35,9 @@ type VM struct {
 	Host Host
 	// Warnf receives the one-line warning of a keep run under TCG.
 	Warnf func(format string, a ...any)
+	// ChannelTap, if set, sees every byte of every keep's channel, both
+	// ways (tests use it to check that the host only moves ciphertext).
+	ChannelTap func(toGuest bool, p []byte)
 
 	support *Support
 	kernel  string
@@ -182,7 +185,7 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 	}
 	defer console.Close()
 	logR, logW := io.Pipe()
-	vi := &vmInstance{dir: s.Dir, req: req, attach: s.AttachTimeout, logW: logW, logR: logR,
+	vi := &vmInstance{dir: s.Dir, req: req, tap: v.ChannelTap, attach: s.AttachTimeout, logW: logW, logR: logR,
 		channelDone: make(chan struct{}), waited: make(chan struct{})}
 	cmd := exec.Command(v.support.QEMU, args...)
 	cmd.Dir = s.Dir
@@ -218,6 +221,7 @@ type vmInstance struct {
 	attach  time.Duration
 	waited  chan struct{} // QEMU ended
 	started time.Time
+	tap     func(toGuest bool, p []byte)
 
 	logMu sync.Mutex
 	logW  *io.PipeWriter
@@ -287,7 +291,7 @@ func (vi *vmInstance) handshake(ctx context.Context) ([]byte, error) {
 	// byte on the channel: kernel boot and castellan's init), the hello
 	// (the keep's key and evidence).
 	vi.logLine(fmt.Sprintf("vm: channel open %s after QEMU started", ms(time.Since(vi.started))))
-	tc := &timedConn{Conn: conn}
+	tc := &timedConn{Conn: conn, tap: vi.tap}
 	h, err := vmproto.Handshake(ctx, tc, vi.req)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -412,10 +416,12 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// timedConn notes when its first bytes arrive.
+// timedConn notes when its first bytes arrive, and shows the bytes to a
+// tap.
 type timedConn struct {
 	net.Conn
 	first atomic.Pointer[time.Time]
+	tap   func(toGuest bool, p []byte)
 }
 
 func (c *timedConn) Read(p []byte) (int, error) {
@@ -424,7 +430,17 @@ func (c *timedConn) Read(p []byte) (int, error) {
 		t := time.Now()
 		c.first.CompareAndSwap(nil, &t)
 	}
+	if n > 0 && c.tap != nil {
+		c.tap(false, p[:n])
+	}
 	return n, err
+}
+
+func (c *timedConn) Write(p []byte) (int, error) {
+	if c.tap != nil {
+		c.tap(true, p)
+	}
+	return c.Conn.Write(p)
 }
 
 // ms formats a duration in milliseconds.
