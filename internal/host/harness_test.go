@@ -37,6 +37,9 @@ func TestMain(m *testing.M) {
 	os.Setenv("CASTELLAN_CONFIG_DIR", dir)
 	code := m.Run()
 	os.RemoveAll(dir)
+	if imageDir != "" {
+		os.RemoveAll(imageDir)
+	}
 	os.Exit(code)
 }
 
