@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/castellan-dev/castellan/internal/keep/qemu"
+	"github.com/castellan-dev/castellan/internal/keepimage"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
 )
@@ -25,8 +26,9 @@ the file holding the simulation roots, for a policy that trusts them.
 Then VM keep support (a keep booted as its own micro-VM from a keep image):
 QEMU's path and version, whether KVM is usable (and why not: a /dev/kvm
 node is not enough), whether this host can launch SEV-SNP or TDX VMs,
-the keep image (--keep-image, or $CASTELLAN_KEEP_IMAGE) and the firmware
-for SNP and TDX VM keeps (--firmware).
+the keep image (--keep-image, or $CASTELLAN_KEEP_IMAGE), the kernel that
+'castellan keep-image build' would use, and the firmware for SNP and TDX
+VM keeps (--firmware).
 
 When castellan itself runs in a confidential VM (snp or tdx usable), it also
 says what a process keep there does not prove: the measurement covers that
@@ -78,6 +80,11 @@ func init() {
 		}
 		out := platformInfoOutput{Backends: tee.Info(), Auto: tee.NameNil,
 			VMKeeps: qemu.Inspect(platformHost, *f.image, *f.firmware)}
+		if k, _, err := keepimage.FindKernel(); err != nil {
+			out.VMKeeps.KernelReason = err.Error()
+		} else {
+			out.VMKeeps.Kernel = k
+		}
 		for _, s := range out.Backends {
 			if s.Usable && (s.Name == tee.NameSNP || s.Name == tee.NameTDX) {
 				out.Auto = s.Name
@@ -150,5 +157,6 @@ func printVMKeeps(e *Env, r *qemu.Report) {
 	fmt.Fprintf(e.Stdout, "  snp vms:       %s\n", yesNo(r.SNP, "yes (sev-snp-guest, measured direct boot)", r.SNPReason))
 	fmt.Fprintf(e.Stdout, "  tdx vms:       %s\n", yesNo(r.TDX, "yes (tdx-guest)", r.TDXReason))
 	fmt.Fprintf(e.Stdout, "  keep image:    %s\n", yesNo(r.Image != "", r.Image, r.ImageReason))
+	fmt.Fprintf(e.Stdout, "  kernel:        %s\n", yesNo(r.Kernel != "", r.Kernel+" (for 'castellan keep-image build')", r.KernelReason))
 	fmt.Fprintf(e.Stdout, "  firmware:      %s\n", yesNo(r.Firmware != "", r.Firmware, r.FirmwareReason))
 }

@@ -25,6 +25,10 @@ type Report struct {
 	// Image is the keep image folder, or ImageReason why there is none.
 	Image       string `json:"image,omitempty"`
 	ImageReason string `json:"image_reason,omitempty"`
+	// Kernel is the kernel 'castellan keep-image build' would put in an
+	// image here, or KernelReason why there is none (set by the caller).
+	Kernel       string `json:"kernel,omitempty"`
+	KernelReason string `json:"kernel_reason,omitempty"`
 	// Firmware is the firmware file of SNP and TDX VM keeps, or
 	// FirmwareReason why there is none.
 	Firmware       string `json:"firmware,omitempty"`
