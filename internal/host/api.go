@@ -79,8 +79,7 @@ func (a *Agent) auth(next http.Handler) http.Handler {
 func (a *Agent) hostInfo(w http.ResponseWriter, r *http.Request) {
 	info := HostInfo{Backends: map[string]string{}, Max: a.cfg.Max, MaxKeeps: a.cfg.MaxKeeps, Enforcement: a.enforcement}
 	for _, n := range tee.Names() {
-		b, _ := tee.New(n)
-		if err := b.Available(); err != nil {
+		if err := a.launcher.Available(n); err != nil {
 			info.Backends[n] = err.Error()
 		} else {
 			info.Backends[n] = "available"
@@ -195,7 +194,7 @@ func (a *Agent) create(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if err := b.Available(); err != nil {
+	if err := a.launcher.Available(req.Backend); err != nil {
 		writeError(w, http.StatusBadRequest, "backend %s is not available on this host: %v", req.Backend, err)
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -192,4 +193,25 @@ func TestVMKeepFakeKilled(t *testing.T) {
 		t.Errorf("keep ended as %s, signal %q, reason %q", end.State, end.Signal, end.Reason)
 	}
 	assertOnlyRecords(t, filepath.Join(h.stateDir, "keeps", k.ID))
+}
+
+// TestVMKeepBackendRefused: on a host that cannot launch SEV-SNP VMs, a VM
+// keep of backend snp is refused at creation, saying why; the host info
+// says the same.
+func TestVMKeepBackendRefused(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.Launcher = fakeVMLauncher(t) })
+	sess, _ := delivery.NewSession()
+	_, err := h.client.Create(context.Background(), &CreateRequest{Backend: "snp", Nonce: []byte("n"),
+		Digest: "sha256:" + strings.Repeat("0", 64), ClientKey: sess.KeyHash})
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.Status != 400 || !strings.Contains(ae.Message, "backend snp is not available on this host: cannot launch SEV-SNP VM keeps: not an SEV-SNP host") {
+		t.Fatalf("create: %v", err)
+	}
+	info, err := h.client.Host(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(info.Backends["snp"], "cannot launch SEV-SNP VM keeps") || info.Backends["sim-snp"] != "available" {
+		t.Errorf("host info backends %v", info.Backends)
+	}
 }

@@ -105,6 +105,11 @@ type Launcher interface {
 	// Enforcement says how limits are enforced, one line each (after
 	// Provision).
 	Enforcement() []string
+	// Available says whether keeps of the evidence backend can start here,
+	// and why not (after Provision): a process keep needs the backend on
+	// this machine, a VM keep of backend snp or tdx needs a host that
+	// launches such VMs.
+	Available(backend string) error
 	// Start starts a keep. It returns once the keep's host process runs;
 	// the keep then makes its key and evidence (Instance.Hello).
 	Start(ctx context.Context, s Spec) (Instance, error)

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/tee"
 )
 
 // HelloFD is the descriptor on which a keep process writes its hello.
@@ -63,6 +65,15 @@ func (p *Process) Provision() error {
 		why,
 	}
 	return nil
+}
+
+// Available implements Launcher: the backend must work on this machine.
+func (p *Process) Available(backend string) error {
+	b, err := tee.New(backend)
+	if err != nil {
+		return err
+	}
+	return b.Available()
 }
 
 // Enforcement implements Launcher.

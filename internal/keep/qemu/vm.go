@@ -94,6 +94,21 @@ func (v *VM) Enforcement() []string {
 	}
 }
 
+// Available implements keep.Launcher: snp and tdx need a host that
+// launches such VMs and the firmware; the others what they need on any
+// machine (the simulations, their CA).
+func (v *VM) Available(backend string) error {
+	b, err := tee.New(backend)
+	if err != nil {
+		return err
+	}
+	if conf := confidential(backend); conf != "" {
+		_, err := v.Machine(keep.Spec{Backend: backend, Dir: "/"})
+		return err
+	}
+	return b.Available()
+}
+
 // confidential returns the VM kind a backend needs.
 func confidential(backend string) string {
 	switch backend {

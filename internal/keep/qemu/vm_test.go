@@ -89,3 +89,32 @@ func TestVMProvisionRefused(t *testing.T) {
 		t.Fatal("an unprovisioned VM launcher started a keep")
 	}
 }
+
+// TestVMAvailable: whether a backend's keeps can start as VMs here.
+func TestVMAvailable(t *testing.T) {
+	t.Setenv("CASTELLAN_CONFIG_DIR", t.TempDir())
+	img := fakeImage(t)
+	for _, tc := range []struct {
+		host             *qemutest.Host
+		firmware         string
+		backend, wantErr string
+	}{
+		{qemutest.ThisMachine(), "", "nil", ""},
+		{qemutest.ThisMachine(), "", "sim-snp", ""},
+		{qemutest.ThisMachine(), "", "snp", "cannot launch SEV-SNP VM keeps: not an SEV-SNP host"},
+		{qemutest.ThisMachine(), "", "sgx2", `unknown backend "sgx2"`},
+		{qemutest.SNPHost(), "", "snp", "no firmware file given"},
+		{qemutest.SNPHost(), "/fw", "snp", ""},
+		{qemutest.TDXHost(), "/fw", "tdx", ""},
+	} {
+		v := &VM{Image: img, Host: tc.host}
+		if err := v.Provision(); err != nil {
+			t.Fatal(err)
+		}
+		v.Firmware = tc.firmware
+		err := v.Available(tc.backend)
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("%s on %s: %v, want %q", tc.backend, tc.host.Path, err, tc.wantErr)
+		}
+	}
+}
