@@ -1,7 +1,9 @@
 // Command castellan runs WebAssembly workloads in keeps and proves what
 // they run. All behaviour lives in internal/cli so that it can be tested
 // in-process. Started by the kernel as /init of a keep image, it is the VM
-// keep's guest instead (internal/keep/vmguest), and never returns.
+// keep's guest instead (internal/keep/vmguest), and never returns. Run
+// under the name containerd-shim-castellan-v1 it is containerd's runtime
+// shim (internal/shim).
 package main
 
 import (
@@ -9,11 +11,15 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/cli"
 	"github.com/castellan-dev/castellan/internal/keep/vmguest"
+	"github.com/castellan-dev/castellan/internal/shim"
 )
 
 func main() {
 	if vmguest.IsKeepGuest() {
 		vmguest.Main()
+	}
+	if shim.IsShim(os.Args[0]) {
+		os.Exit(shim.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
 	os.Exit(cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }

@@ -1,0 +1,445 @@
+package shim_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"log"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/castellan-dev/castellan/internal/fixtures"
+	"github.com/castellan-dev/castellan/internal/shim"
+)
+
+// containerd is a containerd daemon of the test's own: its root, state,
+// sockets and config in a temporary folder, the shim on its PATH.
+type containerd struct {
+	t              *testing.T
+	dir, sock, bin string
+	cmd            *exec.Cmd
+	exe            string // the castellan binary the shim runs as
+}
+
+// startContainerd starts Debian's containerd (1.6) for the test, or skips
+// when it cannot run here (CASTELLAN_REQUIRE_CONTAINERD=1, set by
+// scripts/test, makes that a failure).
+func startContainerd(t *testing.T) *containerd {
+	t.Helper()
+	skip := func(format string, a ...any) {
+		t.Helper()
+		if os.Getenv("CASTELLAN_REQUIRE_CONTAINERD") == "1" {
+			t.Fatalf("containerd required (CASTELLAN_REQUIRE_CONTAINERD=1) but: "+format, a...)
+		}
+		t.Skipf("no containerd test: "+format+" (scripts/test installs Debian's containerd and runs this as root)", a...)
+	}
+	if testing.Short() {
+		skip("-short")
+	}
+	if os.Geteuid() != 0 {
+		skip("not root (containerd and its shims mount and need root)")
+	}
+	for _, b := range []string{"containerd", "ctr"} {
+		if _, err := exec.LookPath(b); err != nil {
+			skip("%s is not installed", b)
+		}
+	}
+	dir, err := os.MkdirTemp("", "cstl-ctd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &containerd{t: t, dir: dir, sock: filepath.Join(dir, "c.sock"), bin: filepath.Join(dir, "bin")}
+	os.MkdirAll(c.bin, 0o755)
+	c.exe = filepath.Join(c.bin, "castellan")
+	root, _ := fixtures.RepoRoot()
+	build := exec.Command("go", "build", "-o", c.exe, "./cmd/castellan")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		t.Fatalf("building castellan: %v\n%s", err, out)
+	}
+	if err := os.Symlink("castellan", filepath.Join(c.bin, shim.BinaryName)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[debug]
+  address = %q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, c.sock+".ttrpc", filepath.Join(dir, "debug.sock"))
+	cfgPath := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfgPath, []byte(cfg), 0o644)
+	logf, _ := os.Create(filepath.Join(dir, "containerd.log"))
+	c.cmd = exec.Command("containerd", "--config", cfgPath)
+	c.cmd.Env = append(os.Environ(), "PATH="+c.bin+":"+os.Getenv("PATH"))
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := c.cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		skip("containerd does not start: %v", err)
+	}
+	t.Cleanup(c.stop)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if _, err := exec.Command("ctr", "-a", c.sock, "version").CombinedOutput(); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(dir, "containerd.log"))
+			skip("containerd did not answer within a minute:\n%s", b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return c
+}
+
+// stop ends containerd and checks that no shim or keep outlived it.
+func (c *containerd) stop() {
+	t := c.t
+	// Containers the test left are removed the way an operator would.
+	out, _ := c.ctr("tasks", "ls", "-q")
+	for _, id := range strings.Fields(out) {
+		c.ctr("tasks", "kill", "-s", "SIGKILL", id)
+		c.ctr("tasks", "delete", "-f", id)
+	}
+	out, _ = c.ctr("containers", "ls", "-q")
+	for _, id := range strings.Fields(out) {
+		c.ctr("containers", "delete", id)
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+	// Shims end when containerd deleted their containers; keeps with
+	// them. Give them a moment, then any left is a failure.
+	var left []string
+	for i := 0; i < 50; i++ {
+		if left = c.processes(); len(left) == 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(left) > 0 {
+		t.Errorf("processes left behind: %s", strings.Join(left, "; "))
+		for _, p := range left {
+			pid, _ := strconv.Atoi(strings.Fields(p)[0])
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	syscall.Unmount(filepath.Join(c.dir, "root"), syscall.MNT_DETACH)
+	if t.Failed() {
+		if b, err := os.ReadFile(filepath.Join(c.dir, "containerd.log")); err == nil {
+			t.Logf("containerd log (last 4 KiB):\n%s", tail(b, 4096))
+		}
+	}
+	os.RemoveAll(c.dir)
+}
+
+// processes lists live processes running the test's castellan binary (the
+// shim daemons and process keeps) or containerd of this test.
+func (c *containerd) processes() []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
+		if err != nil {
+			continue
+		}
+		stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if exe == c.exe || (pid == c.cmd.Process.Pid) {
+			out = append(out, fmt.Sprintf("%d %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " ")))
+		}
+	}
+	return out
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+// ctr runs ctr against the test's containerd, in namespace castellan.
+func (c *containerd) ctr(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ctr", append([]string{"-a", c.sock, "-n", "castellan"}, args...)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// run is `ctr run --rm` through the shim; it returns the output and the
+// exit status.
+func (c *containerd) run(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	out, err := c.ctr(append([]string{"run", "--rm", "--runtime", shim.RuntimeType}, args...)...)
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("ctr run: %v\n%s", err, out)
+	}
+	return out, code
+}
+
+// rootfsImage is an ordinary OCI image (linux/amd64, one tar layer) whose
+// root filesystem holds the Wasm module as its entrypoint and, if cfg is
+// set, an Enarx.toml beside it: the form runwasi's shims take.
+func rootfsImage(t *testing.T, wasmPath string, cfg []byte) v1.Image {
+	t.Helper()
+	wasm, err := os.ReadFile(wasmPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(name string, b []byte) {
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)})
+		tw.Write(b)
+	}
+	tw.WriteHeader(&tar.Header{Name: "app/", Mode: 0o755, Typeflag: tar.TypeDir, ModTime: time.Unix(0, 0)})
+	add("app/main.wasm", wasm)
+	if cfg != nil {
+		add("app/"+shim.ConfigFile, cfg)
+	}
+	tw.Close()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.Config.Entrypoint = []string{"/app/main.wasm"}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// importLayout writes img as an OCI layout, tars it and imports it with
+// `ctr images import` under ref.
+func (c *containerd) importLayout(t *testing.T, img v1.Image, ref string) {
+	t.Helper()
+	dir := t.TempDir()
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": ref})); err != nil {
+		t.Fatal(err)
+	}
+	tarPath := filepath.Join(t.TempDir(), "image.tar")
+	f, _ := os.Create(tarPath)
+	tw := tar.NewWriter(f)
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if d.IsDir() {
+			return tw.WriteHeader(&tar.Header{Name: rel + "/", Mode: 0o755, Typeflag: tar.TypeDir})
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		tw.WriteHeader(&tar.Header{Name: rel, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg})
+		_, err = tw.Write(b)
+		return err
+	})
+	tw.Close()
+	f.Close()
+	if out, err := c.ctr("images", "import", "--base-name", strings.Split(ref, ":")[0], tarPath); err != nil {
+		t.Fatalf("ctr images import: %v\n%s", err, out)
+	}
+	if out, err := c.ctr("images", "ls", "-q"); err != nil || !strings.Contains(out, ref) {
+		t.Fatalf("image %s not imported: %v\n%s", ref, err, out)
+	}
+}
+
+// loopbackRegistry is go-containerregistry's registry on loopback, as the
+// package tests use.
+func loopbackRegistry(t *testing.T) string {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	return u.Host
+}
+
+func TestContainerd(t *testing.T) {
+	c := startContainerd(t)
+	helloGo := fixtures.Go(t, "hello")
+
+	t.Run("hello from an imported OCI layout", func(t *testing.T) {
+		c.importLayout(t, rootfsImage(t, fixtures.C(t, "hello"), nil), "example.com/hello-c:v1")
+		out, code := c.run(t, "example.com/hello-c:v1", "hello1", "/app/main.wasm", "one", "two")
+		if code != 0 {
+			t.Fatalf("exit status %d, want 0\n%s", code, out)
+		}
+		for _, want := range []string{"hello from C in a keep", "arg[1]=one", "arg[2]=two"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+	})
+
+	t.Run("exit status and environment", func(t *testing.T) {
+		c.importLayout(t, rootfsImage(t, helloGo, nil), "example.com/hello-go:v1")
+		out, code := c.run(t, "--env", "EXIT_CODE=3", "--env", "GREETING=hi there", "example.com/hello-go:v1", "hello2")
+		if code != 3 {
+			t.Fatalf("exit status %d, want 3\n%s", code, out)
+		}
+		if !strings.Contains(out, "env GREETING=hi there") || !strings.Contains(out, "hello from a keep") {
+			t.Errorf("output lacks the greeting or the environment:\n%s", out)
+		}
+	})
+
+	t.Run("Enarx.toml beside the entrypoint", func(t *testing.T) {
+		cfg := []byte("args = [\"from-config\"]\n[[files]]\nkind = \"stdin\"\n[[files]]\nkind = \"stdout\"\n[[files]]\nkind = \"stderr\"\n[env]\nEXIT_CODE = \"5\"\n")
+		c.importLayout(t, rootfsImage(t, helloGo, cfg), "example.com/hello-cfg:v1")
+		out, code := c.run(t, "--env", "EXIT_CODE=9", "example.com/hello-cfg:v1", "hello3")
+		if code != 5 {
+			t.Fatalf("exit status %d, want 5 (the config's, not the spec's)\n%s", code, out)
+		}
+		if !strings.Contains(out, "from-config") {
+			t.Errorf("output lacks the config's argument:\n%s", out)
+		}
+	})
+
+	t.Run("pulled from a registry on loopback", func(t *testing.T) {
+		host := loopbackRegistry(t)
+		ref := host + "/wasm/hello:v1"
+		r, err := name.ParseReference(ref, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Write(r, rootfsImage(t, fixtures.C(t, "hello"), nil)); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := c.ctr("images", "pull", "--plain-http", ref); err != nil {
+			t.Fatalf("ctr images pull: %v\n%s", err, out)
+		}
+		out, code := c.run(t, ref, "hello4")
+		if code != 0 || !strings.Contains(out, "hello from C in a keep") {
+			t.Fatalf("exit status %d, output:\n%s", code, out)
+		}
+	})
+
+	t.Run("not a Wasm module", func(t *testing.T) {
+		notWasm := filepath.Join(t.TempDir(), "x.wasm")
+		os.WriteFile(notWasm, []byte("#!/bin/sh\necho hi\n"), 0o755)
+		c.importLayout(t, rootfsImage(t, notWasm, nil), "example.com/not-wasm:v1")
+		out, code := c.run(t, "example.com/not-wasm:v1", "bad1")
+		if code == 0 || !strings.Contains(out, "not a Wasm module") {
+			t.Fatalf("exit status %d, want a refusal naming the entrypoint:\n%s", code, out)
+		}
+		c.ctr("containers", "delete", "bad1")
+	})
+
+	t.Run("kill a long-running keep", func(t *testing.T) {
+		c.importLayout(t, rootfsImage(t, fixtures.C(t, "spin"), nil), "example.com/spin:v1")
+		logPath := filepath.Join(t.TempDir(), "spin.log")
+		if out, err := c.ctr("run", "-d", "--runtime", shim.RuntimeType, "--log-uri", "file://"+logPath, "example.com/spin:v1", "spin1"); err != nil {
+			t.Fatalf("ctr run -d: %v\n%s", err, out)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			b, _ := os.ReadFile(logPath)
+			if strings.Contains(string(b), "spinning") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no output from the spinning keep within 2 minutes: %q", b)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if before := c.processes(); len(before) < 2 {
+			t.Fatalf("want a shim and a keep running, found %v", before)
+		}
+		if out, err := c.ctr("tasks", "kill", "-s", "SIGKILL", "spin1"); err != nil {
+			t.Fatalf("ctr tasks kill: %v\n%s", err, out)
+		}
+		deadline = time.Now().Add(2 * time.Minute)
+		for {
+			out, _ := c.ctr("tasks", "ls")
+			if strings.Contains(out, "STOPPED") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the keep did not stop within 2 minutes:\n%s", out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if out, err := c.ctr("tasks", "delete", "spin1"); err != nil || !strings.Contains(out, "137") {
+			t.Errorf("ctr tasks delete: %v, want exit status 137:\n%s", err, out)
+		}
+		c.ctr("containers", "delete", "spin1")
+	})
+
+	t.Run("memory limit hit", func(t *testing.T) {
+		c.importLayout(t, rootfsImage(t, fixtures.Go(t, "memhog"), nil), "example.com/memhog:v1")
+		out, code := c.run(t, "--memory-limit", strconv.Itoa(256<<20), "example.com/memhog:v1", "mem1")
+		if code == 0 {
+			t.Fatalf("exit status 0 under a 256 MiB limit:\n%s", out)
+		}
+		if !strings.Contains(out, "allocated MiB: 64") || strings.Contains(out, "allocated MiB: 256") {
+			t.Errorf("want the workload to get past 64 MiB and stop before 256:\n%s", out)
+		}
+		t.Logf("memhog under 256 MiB: status %d:\n%s", code, tail([]byte(out), 600))
+	})
+
+	if t.Failed() {
+		return
+	}
+	// Everything the subtests ran is gone: no keep and no shim runs.
+	time.Sleep(time.Second)
+	if left := c.processes(); len(left) != 1 {
+		t.Errorf("after the containers were removed, want only containerd, found: %v", left)
+	}
+}

@@ -1,0 +1,326 @@
+package shim
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/keep"
+	"github.com/castellan-dev/castellan/internal/tee"
+	"github.com/castellan-dev/castellan/internal/workload"
+)
+
+// Annotations the CRI plugin sets on a pod's containers.
+const (
+	annotationContainerType = "io.kubernetes.cri.container-type"
+	annotationSandboxID     = "io.kubernetes.cri.sandbox-id"
+	annotationImageName     = "io.kubernetes.cri.image-name"
+)
+
+// ConfigFile is the name of the workload config beside an image's
+// entrypoint (Enarx's name).
+const ConfigFile = "Enarx.toml"
+
+// Bounds on what the shim reads from an image (the keep's own bounds).
+const (
+	maxWasm   = delivery.MaxWasmSize
+	maxConfig = delivery.MaxConfigSize
+)
+
+// job is what a container runs: the package, its arguments, its keep's
+// limits and how its evidence is checked.
+type job struct {
+	art      *workload.Artifact
+	source   string // where the package came from, for the log
+	name     string
+	args     []string
+	limits   keep.Limits
+	opts     *Options
+	verifier delivery.Verifier
+}
+
+// readSpec reads the bundle's OCI runtime spec.
+func readSpec(bundle string) (*specs.Spec, error) {
+	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("bundle config.json: %w", err)
+	}
+	if s.Process == nil || len(s.Process.Args) == 0 {
+		return nil, errors.New("bundle config.json: no process args (the image needs an entrypoint: the .wasm file)")
+	}
+	return &s, nil
+}
+
+// newJob finds the container's workload (the image's Wasm layers through
+// containerd, else the entrypoint in its rootfs) and maps the spec onto
+// the keep.
+func newJob(ctx context.Context, spec *specs.Spec, rootfs string, src *imageSource, opts *Options) (*job, error) {
+	j := &job{opts: opts, name: spec.Annotations[annotationImageName]}
+	wasm, cfg, source, err := src.wasmLayers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if wasm == nil {
+		if wasm, cfg, source, err = fromRootfs(rootfs, spec.Process); err != nil {
+			return nil, err
+		}
+	}
+	if j.name == "" {
+		j.name = src.imageName
+	}
+	if cfg == nil {
+		// The image carries no config: the spec's environment makes one
+		// (covered by the digest, as any config).
+		if cfg, err = envConfig(spec.Process.Env); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := config.Parse("workload config", cfg); err != nil {
+		return nil, err
+	}
+	if j.art, err = workload.New(wasm, cfg); err != nil {
+		return nil, err
+	}
+	j.source = source
+	j.args = append([]string(nil), spec.Process.Args[1:]...)
+	j.limits = limitsOf(spec, opts.Keep)
+	if j.verifier, err = opts.verifier(j.name); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// fromRootfs reads the entrypoint (process.args[0], relative to cwd) and
+// the Enarx.toml beside it from the container's root filesystem, confined
+// to it: an image's symbolic links cannot reach the node's files.
+func fromRootfs(rootfs string, p *specs.Process) (wasm, cfg []byte, source string, err error) {
+	root, err := os.OpenRoot(rootfs)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("rootfs: %w", err)
+	}
+	defer root.Close()
+	entry := p.Args[0]
+	if !path.IsAbs(entry) {
+		cwd := p.Cwd
+		if cwd == "" {
+			cwd = "/"
+		}
+		entry = path.Join(cwd, entry)
+	}
+	rel := strings.TrimPrefix(path.Clean(entry), "/")
+	if rel == "" {
+		return nil, nil, "", fmt.Errorf("entrypoint %q: not a file", p.Args[0])
+	}
+	wasm, err = readRoot(root, rel, maxWasm)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("entrypoint %s: %w", entry, err)
+	}
+	if !bytes.HasPrefix(wasm, []byte("\x00asm")) {
+		return nil, nil, "", fmt.Errorf("entrypoint %s: not a Wasm module (no \\0asm magic)", entry)
+	}
+	cfgPath := path.Join(path.Dir(rel), ConfigFile)
+	cfg, err = readRoot(root, cfgPath, maxConfig)
+	if errors.Is(err, fs.ErrNotExist) {
+		cfg, err = nil, nil
+	}
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("/%s: %w", cfgPath, err)
+	}
+	return wasm, cfg, "rootfs " + entry, nil
+}
+
+func readRoot(root *os.Root, name string, max int64) ([]byte, error) {
+	f, err := root.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
+	if st.Size() > max {
+		return nil, fmt.Errorf("%d bytes, more than %d", st.Size(), max)
+	}
+	b := make([]byte, st.Size())
+	if _, err := f.ReadAt(b, 0); err != nil && st.Size() > 0 {
+		return nil, err
+	}
+	return b, nil
+}
+
+// stdioFiles are the descriptors of a config the shim writes: the
+// container's standard streams.
+const stdioFiles = `[[files]]
+kind = "stdin"
+[[files]]
+kind = "stdout"
+[[files]]
+kind = "stderr"
+`
+
+// envConfig is the workload config of an image without one: standard
+// descriptors and the spec's environment.
+func envConfig(env []string) ([]byte, error) {
+	m := map[string]string{}
+	for _, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || k == "FD_COUNT" || k == "FD_NAMES" {
+			continue
+		}
+		m[k] = v
+	}
+	if len(m) == 0 {
+		return nil, nil
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b bytes.Buffer
+	b.WriteString(stdioFiles + "\n[env]\n")
+	for _, k := range keys {
+		kb, _ := toml.Marshal(map[string]string{k: m[k]})
+		b.Write(kb)
+	}
+	return b.Bytes(), nil
+}
+
+// limitsOf maps the pod's resources onto the keep: the memory limit is the
+// keep process's memory (RLIMIT_DATA, memory.max) or the VM's RAM; the CPU
+// quota is a VM keep's vCPUs (rounded up).
+func limitsOf(spec *specs.Spec, kind string) keep.Limits {
+	var l keep.Limits
+	if spec.Linux == nil || spec.Linux.Resources == nil {
+		return l
+	}
+	r := spec.Linux.Resources
+	var mem int64
+	if r.Memory != nil && r.Memory.Limit != nil && *r.Memory.Limit > 0 {
+		mem = *r.Memory.Limit
+	}
+	var vcpus int64
+	if c := r.CPU; c != nil && c.Quota != nil && *c.Quota > 0 && c.Period != nil && *c.Period > 0 {
+		vcpus = (*c.Quota + int64(*c.Period) - 1) / int64(*c.Period)
+	}
+	if kind == keep.KindVM {
+		if mem > 0 {
+			mem = max(mem&^(1<<20-1), keep.MinVMMemory)
+		}
+		l.VMMemoryBytes, l.VCPUs = mem, min(vcpus, 255)
+		return l
+	}
+	l.MemoryBytes = mem
+	return l
+}
+
+// Options are the shim's settings for a runtime handler: the keep kind,
+// the evidence backend and the attestation service. They come from
+// containerd's runtime options (ConfigPath or the options table), so the
+// node's administrator picks them per RuntimeClass, not the pod's author.
+type Options struct {
+	Keep      string `toml:"keep"`       // process (default) or vm
+	Backend   string `toml:"backend"`    // nil (default), sim-snp, sim-tdx, snp, tdx
+	Attest    string `toml:"attest"`     // attestation service URL; empty: signatures and bindings only
+	AttestCA  string `toml:"attest_ca"`  // PEM roots of the service's TLS certificate
+	KeepImage string `toml:"keep_image"` // VM keeps: the keep image folder
+	Firmware  string `toml:"firmware"`   // VM keeps of snp or tdx: the firmware
+}
+
+func (o *Options) check() error {
+	if o.Keep == "" {
+		o.Keep = keep.KindProcess
+	}
+	if o.Backend == "" {
+		o.Backend = tee.NameNil
+	}
+	if o.Keep != keep.KindProcess && o.Keep != keep.KindVM {
+		return fmt.Errorf("keep %q: want %s", o.Keep, strings.Join(keep.Kinds(), " or "))
+	}
+	if _, err := tee.New(o.Backend); err != nil || o.Backend == tee.NameAuto {
+		return fmt.Errorf("backend %q: want nil, sim-snp, sim-tdx, snp or tdx", o.Backend)
+	}
+	if o.Keep == keep.KindVM && o.KeepImage == "" {
+		return errors.New("keep = \"vm\" needs keep_image (a folder made by 'castellan keep-image build')")
+	}
+	if o.Keep == keep.KindProcess && (o.KeepImage != "" || o.Firmware != "") {
+		return errors.New("keep_image and firmware apply to keep = \"vm\"")
+	}
+	return nil
+}
+
+// ParseOptions parses the shim's options (TOML), strictly.
+func ParseOptions(b []byte) (*Options, error) {
+	var o Options
+	d := toml.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&o); err != nil {
+		var sm *toml.StrictMissingError
+		if errors.As(err, &sm) {
+			return nil, fmt.Errorf("unknown option %s", strings.Join(sm.Errors[0].Key(), "."))
+		}
+		return nil, err
+	}
+	if err := o.check(); err != nil {
+		return nil, err
+	}
+	return &o, nil
+}
+
+func (o *Options) launcher() (keep.Launcher, error) {
+	l, err := newLauncher(o)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.Provision(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// verifier checks a keep's evidence: through the attestation service
+// when one is named, else signatures and bindings only (this node's
+// simulation roots included).
+func (o *Options) verifier(name string) (delivery.Verifier, error) {
+	if o.Attest == "" {
+		iv := &delivery.InsecureVerifier{}
+		if roots, _, err := tee.SimRoots(); err == nil {
+			iv.SimRoots = roots
+		}
+		return iv, nil
+	}
+	sv := &delivery.ServiceVerifier{URL: o.Attest, Package: name}
+	if o.AttestCA != "" {
+		pem, err := os.ReadFile(o.AttestCA)
+		if err != nil {
+			return nil, fmt.Errorf("attest_ca: %w", err)
+		}
+		sv.Roots = x509.NewCertPool()
+		if !sv.Roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("attest_ca: %s: no PEM certificate in it", o.AttestCA)
+		}
+	}
+	return sv, nil
+}
