@@ -424,14 +424,19 @@ func TestContainerd(t *testing.T) {
 
 	t.Run("memory limit hit", func(t *testing.T) {
 		c.importLayout(t, rootfsImage(t, fixtures.Go(t, "memhog"), nil), "example.com/memhog:v1")
-		out, code := c.run(t, "--memory-limit", strconv.Itoa(256<<20), "example.com/memhog:v1", "mem1")
+		out, code := c.run(t, "--memory-limit", strconv.Itoa(512<<20), "example.com/memhog:v1", "mem1")
 		if code == 0 {
-			t.Fatalf("exit status 0 under a 256 MiB limit:\n%s", out)
+			t.Fatalf("exit status 0 under a 512 MiB limit:\n%s", out)
 		}
-		if !strings.Contains(out, "allocated MiB: 64") || strings.Contains(out, "allocated MiB: 256") {
-			t.Errorf("want the workload to get past 64 MiB and stop before 256:\n%s", out)
+		if !strings.Contains(out, "allocated MiB: 64") || strings.Contains(out, "allocated MiB: 512") {
+			t.Errorf("want the workload to get past 64 MiB and stop before 512:\n%s", out)
 		}
-		t.Logf("memhog under 256 MiB: status %d:\n%s", code, tail([]byte(out), 600))
+		if !strings.Contains(out, "castellan: error: memory limit of 536870912 bytes reached (fatal error: ") {
+			t.Errorf("the container's stderr does not say the memory limit was reached:\n%s", out)
+		}
+		if strings.Contains(out, "goroutine ") {
+			t.Errorf("the crash's goroutine stacks reached the container's stderr:\n%s", out)
+		}
 	})
 
 	if t.Failed() {

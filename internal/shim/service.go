@@ -242,11 +242,19 @@ func (t *task) run(ctx context.Context, sess *delivery.Session, nonce []byte, st
 		defer r.Close()
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 0, 4096), 64<<10)
+		stacks := false
 		for sc.Scan() {
-			if line := sc.Text(); !strings.HasPrefix(line, keep.StateLine) {
-				t.shimLog("container %s: keep: %s", t.id, line)
-				logs.add(line)
+			line := sc.Text()
+			if strings.HasPrefix(line, keep.StateLine) {
+				continue
 			}
+			// A crash's goroutine stacks go to neither log: they may
+			// hold the workload's values.
+			if stacks = stacks || strings.HasPrefix(line, "goroutine "); stacks {
+				continue
+			}
+			t.shimLog("container %s: keep: %s", t.id, line)
+			logs.add(line)
 		}
 	}()
 	code, failure := t.deliver(ctx, sess, nonce, started)
@@ -276,6 +284,12 @@ func (t *task) run(ctx context.Context, sess *delivery.Session, nonce []byte, st
 		}
 		if rec := keep.ReadExitRecord(t.keepDir); rec != nil && rec.Reason != "" {
 			failure += " (keep: " + rec.Reason + ")"
+		} else if fatal := logs.fatal(); fatal != "" {
+			if strings.Contains(fatal, "out of memory") && t.w.limits.MemoryBytes > 0 {
+				failure = fmt.Sprintf("memory limit of %d bytes reached (%s)", t.w.limits.MemoryBytes, fatal)
+			} else {
+				failure = fmt.Sprintf("%s crashed: %s", t.inst.What(), fatal)
+			}
 		}
 		fmt.Fprintf(t.stderrFile, "castellan: error: %s\n", failure)
 		for _, l := range logs.get() {
@@ -524,6 +538,18 @@ func (l *lastLines) add(s string) {
 	if len(l.lines) > 20 {
 		l.lines = l.lines[1:]
 	}
+}
+
+// fatal is the keep's first "fatal error:" or "panic:" line.
+func (l *lastLines) fatal() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range l.lines {
+		if strings.HasPrefix(s, "fatal error: ") || strings.HasPrefix(s, "panic: ") {
+			return s
+		}
+	}
+	return ""
 }
 
 func (l *lastLines) get() []string {
