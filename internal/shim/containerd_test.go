@@ -26,11 +26,47 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	ggcrtypes "github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/castellan-dev/castellan/internal/fixtures"
 	"github.com/castellan-dev/castellan/internal/shim"
+	"github.com/castellan-dev/castellan/internal/workload"
 )
+
+const stdio = "[[files]]\nkind = \"stdin\"\n[[files]]\nkind = \"stdout\"\n[[files]]\nkind = \"stderr\"\n"
+
+// pushArtifact pushes a castellan package (its blobs, then its manifest)
+// to ref.
+func pushArtifact(t *testing.T, ref string, art *workload.Artifact) {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobs := [][]byte{art.ConfigBlob, art.Wasm}
+	types := []string{workload.MediaTypeConfig, workload.MediaTypeWasm}
+	if art.Config != nil {
+		blobs, types = append(blobs, art.Config), append(types, workload.MediaTypeTOML)
+	}
+	for i, b := range blobs {
+		if err := remote.WriteLayer(r.Context(), static.NewLayer(b, ggcrtypes.MediaType(types[i]))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := remote.Put(r, rawManifest{art.Manifest, workload.MediaTypeManifest}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type rawManifest struct {
+	b  []byte
+	mt string
+}
+
+func (m rawManifest) RawManifest() ([]byte, error)            { return m.b, nil }
+func (m rawManifest) MediaType() (ggcrtypes.MediaType, error) { return ggcrtypes.MediaType(m.mt), nil }
 
 // containerd is a containerd daemon of the test's own: its root, state,
 // sockets and config in a temporary folder, the shim on its PATH.
@@ -303,6 +339,29 @@ func (c *containerd) importLayout(t *testing.T, img v1.Image, ref string) {
 	}
 }
 
+// keepsWasmLayers says whether this containerd keeps image layers of
+// media types it does not know (1.6.25+, 1.7.7+): older ones drop a
+// castellan package's Wasm layer at pull, and ctr refuses to run an image
+// whose config lists no root filesystem for its layers.
+func keepsWasmLayers(t *testing.T) bool {
+	out, err := exec.Command("containerd", "--version").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) < 3 {
+		t.Fatalf("containerd --version: %q", out)
+	}
+	v := strings.TrimPrefix(strings.SplitN(f[2], "~", 2)[0], "v")
+	var major, minor, patch int
+	fmt.Sscanf(v, "%d.%d.%d", &major, &minor, &patch)
+	ok := major > 1 || minor > 7 || (minor == 7 && patch >= 7) || (minor == 6 && patch >= 25)
+	if !ok {
+		t.Skipf("containerd %s drops Wasm layers at pull (1.6.25+ or 1.7.7+ keep them): castellan packages and Wasm-layer images cannot run through it", v)
+	}
+	return ok
+}
+
 // loopbackRegistry is go-containerregistry's registry on loopback, as the
 // package tests use.
 func loopbackRegistry(t *testing.T) string {
@@ -369,6 +428,51 @@ func TestContainerd(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "hello from C in a keep") {
 			t.Fatalf("exit status %d, output:\n%s", code, out)
 		}
+	})
+
+	t.Run("castellan package from a registry", func(t *testing.T) {
+		wasm, _ := os.ReadFile(fixtures.C(t, "hello"))
+		art, err := workload.New(wasm, []byte(stdio))
+		if err != nil {
+			t.Fatal(err)
+		}
+		host := loopbackRegistry(t)
+		ref := host + "/pkg/hello:v1"
+		pushArtifact(t, ref, art)
+		if !keepsWasmLayers(t) {
+			return
+		}
+		if out, err := c.ctr("images", "pull", "--plain-http", "--all-platforms", ref); err != nil {
+			t.Fatalf("ctr images pull: %v\n%s", err, out)
+		}
+		out, code := c.run(t, ref, "pkg1", "main.wasm", "x")
+		if code != 0 || !strings.Contains(out, "hello from C in a keep") || !strings.Contains(out, "arg[1]=x") {
+			t.Fatalf("exit status %d, output:\n%s", code, out)
+		}
+	})
+
+	t.Run("runtime options: a sim-snp keep", func(t *testing.T) {
+		opts := filepath.Join(t.TempDir(), "shim.toml")
+		os.WriteFile(opts, []byte("keep = \"process\"\nbackend = \"sim-snp\"\n"), 0o644)
+		out, code := c.run(t, "--runtime-config-path", opts, "example.com/hello-c:v1", "opts1")
+		if code != 0 || !strings.Contains(out, "hello from C in a keep") {
+			t.Fatalf("exit status %d, output:\n%s", code, out)
+		}
+		log, _ := os.ReadFile(filepath.Join(c.dir, "containerd.log"))
+		if !strings.Contains(string(log), "container opts1: package sha256:") || !strings.Contains(string(log), "process keep, backend sim-snp") ||
+			!strings.Contains(string(log), "container opts1: keep: evidence made (sim-snp") {
+			t.Errorf("the shim's log does not show a sim-snp keep:\n%s", tail(log, 3000))
+		}
+	})
+
+	t.Run("runtime options: refused", func(t *testing.T) {
+		opts := filepath.Join(t.TempDir(), "shim.toml")
+		os.WriteFile(opts, []byte("backend = \"sgx9\"\n"), 0o644)
+		out, code := c.run(t, "--runtime-config-path", opts, "example.com/hello-c:v1", "opts2")
+		if code == 0 || !strings.Contains(out, "runtime options: "+opts+": backend \"sgx9\": want nil, sim-snp, sim-tdx, snp or tdx") {
+			t.Fatalf("exit status %d, want a refusal naming the options file:\n%s", code, out)
+		}
+		c.ctr("containers", "delete", "opts2")
 	})
 
 	t.Run("not a Wasm module", func(t *testing.T) {

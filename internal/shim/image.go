@@ -78,47 +78,64 @@ func (s *imageSource) wasmLayers(ctx context.Context) (wasm, cfg []byte, source 
 	read := func(dgst string, max int64) ([]byte, error) {
 		return readContent(ctx, content, dgst, max)
 	}
-	target := img.Image.Target
-	mb, err := read(target.Digest, maxManifest)
-	if err != nil {
-		return nil, nil, "", fmt.Errorf("image %s: manifest: %w", s.imageName, err)
+	wasm, cfg, err = imageLayers(img.Image.Target.Digest, read)
+	if err != nil || wasm == nil {
+		return nil, nil, "", wrapImage(s.imageName, err)
 	}
-	m, err := pickManifest(mb, target.MediaType, read)
-	if err != nil {
-		return nil, nil, "", fmt.Errorf("image %s: %w", s.imageName, err)
+	return wasm, cfg, "image " + s.imageName + " (Wasm layer)", nil
+}
+
+func wrapImage(name string, err error) error {
+	if err == nil {
+		return nil
 	}
-	if m == nil {
-		return nil, nil, "", nil
+	return fmt.Errorf("image %s: %w", name, err)
+}
+
+// imageLayers reads the manifest at target and returns its Wasm layer and
+// workload config layer; nil when it has no Wasm layer. read returns a
+// blob checked against its digest.
+func imageLayers(target string, read func(dgst string, max int64) ([]byte, error)) (wasm, cfg []byte, err error) {
+	mb, err := read(target, maxManifest)
+	if err != nil {
+		return nil, nil, fmt.Errorf("manifest: %w", err)
+	}
+	m, err := pickManifest(mb, read)
+	if err != nil || m == nil {
+		return nil, nil, err
 	}
 	var wasmDesc, cfgDesc *ocispec.Descriptor
 	for i, l := range m.Layers {
 		switch {
 		case isWasmLayer(l.MediaType):
 			if wasmDesc != nil {
-				return nil, nil, "", fmt.Errorf("image %s: more than one Wasm layer", s.imageName)
+				return nil, nil, errors.New("more than one Wasm layer")
 			}
 			wasmDesc = &m.Layers[i]
 		case l.MediaType == workload.MediaTypeTOML:
+			if cfgDesc != nil {
+				return nil, nil, errors.New("more than one workload config layer")
+			}
 			cfgDesc = &m.Layers[i]
 		}
 	}
 	if wasmDesc == nil {
-		return nil, nil, "", nil
+		return nil, nil, nil
 	}
 	if wasm, err = read(wasmDesc.Digest.String(), maxWasm); err != nil {
-		return nil, nil, "", fmt.Errorf("image %s: Wasm layer %s not in containerd's content store (containerd before 1.6.25 / 1.7.7 drops such layers): %w", s.imageName, wasmDesc.Digest, err)
+		return nil, nil, fmt.Errorf("Wasm layer %s (containerd before 1.6.25 and 1.7.7 does not keep such layers): %w", wasmDesc.Digest, err)
 	}
 	if cfgDesc != nil {
 		if cfg, err = read(cfgDesc.Digest.String(), maxConfig); err != nil {
-			return nil, nil, "", fmt.Errorf("image %s: config layer: %w", s.imageName, err)
+			return nil, nil, fmt.Errorf("config layer %s: %w", cfgDesc.Digest, err)
 		}
 	}
-	return wasm, cfg, "image " + s.imageName + " (Wasm layer)", nil
+	return wasm, cfg, nil
 }
 
 // pickManifest decodes an image manifest, or picks the linux/wasm (or
 // wasi/wasm) entry of an index.
-func pickManifest(b []byte, mediaType string, read func(string, int64) ([]byte, error)) (*ocispec.Manifest, error) {
+func pickManifest(b []byte, read func(string, int64) ([]byte, error)) (*ocispec.Manifest, error) {
 	var probe struct {
 		MediaType string               `json:"mediaType"`
 		Manifests []ocispec.Descriptor `json:"manifests"`
@@ -134,7 +151,11 @@ func pickManifest(b []byte, mediaType string, read func(string, int64) ([]byte, 
 				if err != nil {
 					return nil, fmt.Errorf("manifest %s: %w", d.Digest, err)
 				}
-				return pickManifest(mb, d.MediaType, read)
+				var m ocispec.Manifest
+				if err := json.Unmarshal(mb, &m); err != nil {
+					return nil, fmt.Errorf("manifest %s: %w", d.Digest, err)
+				}
+				return &m, nil
 			}
 		}
 		return nil, nil

@@ -63,8 +63,8 @@ func readSpec(bundle string) (*specs.Spec, error) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, fmt.Errorf("bundle config.json: %w", err)
 	}
-	if s.Process == nil || len(s.Process.Args) == 0 {
-		return nil, errors.New("bundle config.json: no process args (the image needs an entrypoint: the .wasm file)")
+	if s.Process == nil {
+		return nil, errors.New("bundle config.json: no process")
 	}
 	return &s, nil
 }
@@ -100,7 +100,9 @@ func newJob(ctx context.Context, spec *specs.Spec, rootfs string, src *imageSour
 		return nil, err
 	}
 	j.source = source
-	j.args = append([]string(nil), spec.Process.Args[1:]...)
+	if len(spec.Process.Args) > 1 {
+		j.args = append([]string(nil), spec.Process.Args[1:]...)
+	}
 	j.limits = limitsOf(spec, opts.Keep)
 	if j.verifier, err = opts.verifier(j.name); err != nil {
 		return nil, err
@@ -112,6 +114,9 @@ func newJob(ctx context.Context, spec *specs.Spec, rootfs string, src *imageSour
 // the Enarx.toml beside it from the container's root filesystem, confined
 // to it: an image's symbolic links cannot reach the node's files.
 func fromRootfs(rootfs string, p *specs.Process) (wasm, cfg []byte, source string, err error) {
+	if len(p.Args) == 0 {
+		return nil, nil, "", errors.New("no process args (the image needs an entrypoint: its .wasm file)")
+	}
 	root, err := os.OpenRoot(rootfs)
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("rootfs: %w", err)

@@ -1,0 +1,293 @@
+package shim
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/keep"
+	"github.com/castellan-dev/castellan/internal/workload"
+)
+
+func TestParseOptions(t *testing.T) {
+	for _, tc := range []struct {
+		in, err string
+		want    Options
+	}{
+		{in: "", want: Options{Keep: "process", Backend: "nil"}},
+		{in: `backend = "sim-snp"`, want: Options{Keep: "process", Backend: "sim-snp"}},
+		{in: "keep = \"vm\"\nkeep_image = \"/var/lib/castellan/image\"\nbackend = \"snp\"\nfirmware = \"/fw\"\nattest = \"https://a:8443\"",
+			want: Options{Keep: "vm", Backend: "snp", KeepImage: "/var/lib/castellan/image", Firmware: "/fw", Attest: "https://a:8443"}},
+		{in: `keep = "vm"`, err: `keep = "vm" needs keep_image`},
+		{in: `keep = "sandbox"`, err: `keep "sandbox": want process or vm`},
+		{in: `backend = "auto"`, err: `backend "auto": want nil`},
+		{in: `backend = "sgx2"`, err: `backend "sgx2": want nil`},
+		{in: `keep_image = "/x"`, err: "keep_image and firmware apply to keep = \"vm\""},
+		{in: `bakend = "nil"`, err: "unknown option bakend"},
+		{in: `keep = 3`, err: "toml"},
+		{in: `[[`, err: "toml"},
+	} {
+		o, err := ParseOptions([]byte(tc.in))
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: error %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.in, err)
+			continue
+		}
+		if *o != tc.want {
+			t.Errorf("%q: %+v, want %+v", tc.in, *o, tc.want)
+		}
+	}
+}
+
+func FuzzParseOptions(f *testing.F) {
+	f.Add([]byte(`backend = "sim-snp"`))
+	f.Add([]byte("keep = \"vm\"\nkeep_image = \"/i\""))
+	f.Add([]byte(`attest = "https://x"` + "\n" + `attest_ca = "/ca.pem"`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		o, err := ParseOptions(b)
+		if err != nil {
+			return
+		}
+		if o.Keep != keep.KindProcess && o.Keep != keep.KindVM {
+			t.Fatalf("accepted keep %q", o.Keep)
+		}
+		if o.Keep == keep.KindVM && o.KeepImage == "" {
+			t.Fatal("accepted a vm keep without an image")
+		}
+	})
+}
+
+func TestLimitsOf(t *testing.T) {
+	i64 := func(v int64) *int64 { return &v }
+	u64 := func(v uint64) *uint64 { return &v }
+	spec := func(mem, quota int64, period uint64) *specs.Spec {
+		r := &specs.LinuxResources{}
+		if mem != 0 {
+			r.Memory = &specs.LinuxMemory{Limit: i64(mem)}
+		}
+		if quota != 0 {
+			r.CPU = &specs.LinuxCPU{Quota: i64(quota), Period: u64(period)}
+		}
+		return &specs.Spec{Linux: &specs.Linux{Resources: r}}
+	}
+	for _, tc := range []struct {
+		name string
+		spec *specs.Spec
+		kind string
+		want keep.Limits
+	}{
+		{"no limits", &specs.Spec{}, keep.KindProcess, keep.Limits{}},
+		{"process memory", spec(256<<20, 0, 0), keep.KindProcess, keep.Limits{MemoryBytes: 256 << 20}},
+		{"process ignores cpu", spec(0, 150000, 100000), keep.KindProcess, keep.Limits{}},
+		{"vm memory and cpus", spec(1<<30, 150000, 100000), keep.KindVM, keep.Limits{VMMemoryBytes: 1 << 30, VCPUs: 2}},
+		{"vm memory rounded down to MiB", spec(300<<20+12345, 0, 0), keep.KindVM, keep.Limits{VMMemoryBytes: 300 << 20}},
+		{"vm memory at least the minimum", spec(64<<20, 0, 0), keep.KindVM, keep.Limits{VMMemoryBytes: keep.MinVMMemory}},
+		{"unlimited memory", spec(-1, 0, 0), keep.KindProcess, keep.Limits{}},
+	} {
+		if got := limitsOf(tc.spec, tc.kind); got != tc.want {
+			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestEnvConfig(t *testing.T) {
+	b, err := envConfig([]string{"PATH=/usr/bin", "B=two words", "A=x=y", "FD_COUNT=9", "junk", `Q="quoted"`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Parse("env config", b)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	want := map[string]string{"PATH": "/usr/bin", "B": "two words", "A": "x=y", "Q": `"quoted"`}
+	if len(c.Env) != len(want) {
+		t.Errorf("env %v, want %v", c.Env, want)
+	}
+	for k, v := range want {
+		if c.Env[k] != v {
+			t.Errorf("env %s = %q, want %q", k, c.Env[k], v)
+		}
+	}
+	if len(c.Files) != 3 || c.Files[1].Kind != config.KindStdout {
+		t.Errorf("files %+v, want stdin, stdout, stderr", c.Files)
+	}
+	if b, _ := envConfig(nil); b != nil {
+		t.Errorf("no environment: config %q, want none", b)
+	}
+}
+
+func TestFromRootfs(t *testing.T) {
+	root := t.TempDir()
+	outside := t.TempDir()
+	wasm := []byte("\x00asm\x01\x00\x00\x00")
+	os.MkdirAll(filepath.Join(root, "app"), 0o755)
+	os.WriteFile(filepath.Join(root, "app", "main.wasm"), wasm, 0o644)
+	os.WriteFile(filepath.Join(root, "app", ConfigFile), []byte("args = [\"a\"]\n"), 0o644)
+	os.WriteFile(filepath.Join(root, "plain.wasm"), wasm, 0o644)
+	os.WriteFile(filepath.Join(root, "script"), []byte("#!/bin/sh\n"), 0o755)
+	os.WriteFile(filepath.Join(outside, "secret.wasm"), wasm, 0o644)
+	os.Symlink(filepath.Join(outside, "secret.wasm"), filepath.Join(root, "abs-link.wasm"))
+	os.Symlink("../../"+filepath.Base(outside)+"/secret.wasm", filepath.Join(root, "rel-link.wasm"))
+	os.Symlink(filepath.Join(outside), filepath.Join(root, "linkdir"))
+	os.Mkdir(filepath.Join(root, "dir.wasm"), 0o755)
+
+	for _, tc := range []struct {
+		args      []string
+		cwd       string
+		err       string
+		hasConfig bool
+	}{
+		{args: []string{"/app/main.wasm"}, hasConfig: true},
+		{args: []string{"main.wasm"}, cwd: "/app", hasConfig: true},
+		{args: []string{"/plain.wasm", "x"}},
+		{args: []string{"/script"}, err: "not a Wasm module"},
+		{args: []string{"/missing.wasm"}, err: "no such file"},
+		{args: []string{"/abs-link.wasm"}, err: "escapes"},
+		{args: []string{"/rel-link.wasm"}, err: "escapes"},
+		{args: []string{"/linkdir/secret.wasm"}, err: "escapes"},
+		{args: []string{"/../../" + filepath.Base(outside) + "/secret.wasm"}, err: "no such file"},
+		{args: []string{"/dir.wasm"}, err: "not a regular file"},
+		{args: []string{"/"}, err: "not a file"},
+		{args: nil, err: "no process args"},
+	} {
+		w, cfg, _, err := fromRootfs(root, &specs.Process{Args: tc.args, Cwd: tc.cwd})
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%v: error %v, want %q", tc.args, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%v: %v", tc.args, err)
+			continue
+		}
+		if string(w) != string(wasm) || (cfg != nil) != tc.hasConfig {
+			t.Errorf("%v: wasm %q config %q", tc.args, w, cfg)
+		}
+	}
+}
+
+// blobs is a fake content store.
+type blobs map[string][]byte
+
+func (b blobs) add(v []byte) string {
+	d := digest.FromBytes(v).String()
+	b[d] = v
+	return d
+}
+
+func (b blobs) read(d string, max int64) ([]byte, error) {
+	v, ok := b[d]
+	if !ok {
+		return nil, errors.New("not found")
+	}
+	if int64(len(v)) > max {
+		return nil, errors.New("too big")
+	}
+	if digest.FromBytes(v).String() != d {
+		return nil, errors.New("content does not match its digest")
+	}
+	return v, nil
+}
+
+func TestImageLayers(t *testing.T) {
+	wasm := []byte("\x00asm\x01\x00\x00\x00")
+	cfg := []byte("args = [\"a\"]\n")
+	art, err := workload.New(wasm, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := func(b blobs, layers ...ocispec.Descriptor) string {
+		m, _ := json.Marshal(ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Layers: layers})
+		return b.add(m)
+	}
+	layer := func(b blobs, mt string, v []byte) ocispec.Descriptor {
+		return ocispec.Descriptor{MediaType: mt, Digest: digest.Digest(b.add(v)), Size: int64(len(v))}
+	}
+
+	t.Run("castellan package", func(t *testing.T) {
+		b := blobs{}
+		b.add(art.Wasm)
+		b.add(art.Config)
+		b.add(art.ConfigBlob)
+		w, c, err := imageLayers(b.add(art.Manifest), b.read)
+		if err != nil || string(w) != string(wasm) || string(c) != string(cfg) {
+			t.Fatalf("wasm %q config %q: %v", w, c, err)
+		}
+		if again, _ := workload.New(w, c); again.Digest != art.Digest {
+			t.Errorf("digest %s, want the package's %s", again.Digest, art.Digest)
+		}
+	})
+	t.Run("runwasi index with a wasi/wasm manifest", func(t *testing.T) {
+		b := blobs{}
+		m := manifest(b, layer(b, "application/vnd.oci.image.layer.v1.tar", []byte("tar")), layer(b, MediaTypeWasmComponentLayer, wasm))
+		idx, _ := json.Marshal(ocispec.Index{Manifests: []ocispec.Descriptor{
+			{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.Digest(manifest(b)), Platform: &ocispec.Platform{OS: "linux", Architecture: "amd64"}},
+			{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.Digest(m), Platform: &ocispec.Platform{OS: "wasip1", Architecture: "wasm"}},
+		}})
+		w, c, err := imageLayers(b.add(idx), b.read)
+		if err != nil || string(w) != string(wasm) || c != nil {
+			t.Fatalf("wasm %q config %q: %v", w, c, err)
+		}
+	})
+	t.Run("ordinary image: no Wasm layer", func(t *testing.T) {
+		b := blobs{}
+		w, _, err := imageLayers(manifest(b, layer(b, ocispec.MediaTypeImageLayerGzip, []byte("gz"))), b.read)
+		if err != nil || w != nil {
+			t.Fatalf("wasm %q: %v, want none", w, err)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		make func(b blobs) string
+		err  string
+	}{
+		{"two Wasm layers", func(b blobs) string {
+			return manifest(b, layer(b, workload.MediaTypeWasm, wasm), layer(b, MediaTypeWasmModuleLayer, wasm))
+		}, "more than one Wasm layer"},
+		{"two config layers", func(b blobs) string {
+			return manifest(b, layer(b, workload.MediaTypeWasm, wasm), layer(b, workload.MediaTypeTOML, cfg), layer(b, workload.MediaTypeTOML, cfg))
+		}, "more than one workload config layer"},
+		{"Wasm layer not in the store", func(b blobs) string {
+			d := layer(b, workload.MediaTypeWasm, wasm)
+			delete(b, d.Digest.String())
+			return manifest(b, d)
+		}, "does not keep such layers"},
+		{"tampered Wasm layer", func(b blobs) string {
+			d := layer(b, workload.MediaTypeWasm, wasm)
+			b[d.Digest.String()] = []byte("\x00asm evil")
+			return manifest(b, d)
+		}, "does not match its digest"},
+		{"manifest not JSON", func(b blobs) string { return b.add([]byte("{")) }, "manifest"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := blobs{}
+			_, _, err := imageLayers(tc.make(b), b.read)
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("error %v, want %q", err, tc.err)
+			}
+		})
+	}
+}
+
+func FuzzPickManifest(f *testing.F) {
+	f.Add([]byte(`{"schemaVersion":2,"layers":[{"mediaType":"application/wasm","digest":"sha256:00","size":1}]}`))
+	f.Add([]byte(`{"manifests":[{"digest":"sha256:00","platform":{"architecture":"wasm","os":"wasip1"}}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		read := func(string, int64) ([]byte, error) { return b, nil }
+		pickManifest(b, read)
+	})
+}
