@@ -458,10 +458,21 @@ func TestContainerd(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "hello from C in a keep") {
 			t.Fatalf("exit status %d, output:\n%s", code, out)
 		}
-		log, _ := os.ReadFile(filepath.Join(c.dir, "containerd.log"))
-		if !strings.Contains(string(log), "container opts1: package sha256:") || !strings.Contains(string(log), "process keep, backend sim-snp") ||
-			!strings.Contains(string(log), "container opts1: keep: evidence made (sim-snp") {
-			t.Errorf("the shim's log does not show a sim-snp keep:\n%s", tail(log, 3000))
+	})
+
+	t.Run("runtime options: the backend and the attestation service are used", func(t *testing.T) {
+		for i, tc := range []struct{ opts, want string }{
+			{"backend = \"snp\"\n", "backend snp: "},
+			{"attest = \"https://127.0.0.1:1\"\n", "nonce from the attestation service: "},
+		} {
+			opts := filepath.Join(t.TempDir(), "shim.toml")
+			os.WriteFile(opts, []byte(tc.opts), 0o644)
+			id := fmt.Sprintf("opts-used%d", i)
+			out, code := c.run(t, "--runtime-config-path", opts, "example.com/hello-c:v1", id)
+			if code == 0 || !strings.Contains(out, tc.want) {
+				t.Errorf("%s: exit status %d, want an error with %q:\n%s", tc.opts, code, tc.want, out)
+			}
+			c.ctr("containers", "delete", id)
 		}
 	})
 

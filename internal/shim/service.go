@@ -182,6 +182,8 @@ func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 		t.pid = os.Getpid()
 		t.mu.Unlock()
 	} else if err := t.start(s.ctx); err != nil {
+		// The container ends here: containerd deletes it next.
+		t.exit(1)
 		return nil, status.Errorf(codes.Unknown, "container %s: %v", r.ID, err)
 	}
 	s.events.publish("/tasks/start", &eventstypes.TaskStart{ContainerID: r.ID, Pid: uint32(t.pid)})
@@ -202,13 +204,19 @@ func (t *task) start(ctx context.Context) error {
 	if t.keepDir, err = os.MkdirTemp("", "cstl-shim-"); err != nil {
 		return err
 	}
+	fail := func(err error) error {
+		t.stdoutFile.Close()
+		t.stderrFile.Close()
+		os.RemoveAll(t.keepDir)
+		return err
+	}
 	sess, err := delivery.NewSession()
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	nonce, err := t.w.verifier.Nonce(ctx)
 	if err != nil {
-		return fmt.Errorf("nonce from the attestation service: %w", err)
+		return fail(fmt.Errorf("nonce from the attestation service: %w", err))
 	}
 	kid := make([]byte, 6)
 	rand.Read(kid)
@@ -216,8 +224,7 @@ func (t *task) start(ctx context.Context) error {
 		Digest: t.w.art.Digest.String(), ClientKey: sess.KeyHash, AttachTimeout: time.Minute, Limits: t.w.limits}
 	inst, err := t.launcher.Start(ctx, t.kspec)
 	if err != nil {
-		os.RemoveAll(t.keepDir)
-		return err
+		return fail(err)
 	}
 	t.mu.Lock()
 	t.inst, t.pid = inst, inst.PID()
