@@ -312,10 +312,12 @@ func (vi *vmInstance) handshake(ctx context.Context) ([]byte, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		// A channel that ends early usually means QEMU is ending: give its
+		// status a moment to arrive, it says more than the EOF.
 		select {
 		case <-vi.waited:
 			return nil, fmt.Errorf("%w (QEMU: %s)", err, vi.cmd.ProcessState)
-		default:
+		case <-time.After(2 * time.Second):
 		}
 		return nil, err
 	}
