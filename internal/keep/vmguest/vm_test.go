@@ -1,7 +1,6 @@
 package vmguest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -23,7 +22,7 @@ import (
 
 // testImage builds a keep image from this source tree into a fresh folder,
 // or skips when QEMU or a kernel is missing (scripts/test provides both).
-func testImage(t *testing.T) (qemu, dir string) {
+func testImage(t testing.TB) (qemu, dir string) {
 	t.Helper()
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
@@ -81,6 +80,66 @@ func (w *firstWrite) Write(p []byte) (int, error) {
 // status, power-off. One boot.
 func TestVMKeep(t *testing.T) {
 	qemu, img := testImage(t)
+	st, console := runVMKeep(t, qemu, img, "")
+	t.Logf("timeline (QEMU start = 0):\n%s", strings.Join(st.log, "\n"))
+	if fi, err := os.Stat(filepath.Join(img, keepimage.InitrdFile)); err == nil {
+		t.Logf("initramfs %d bytes", fi.Size())
+	}
+	for _, l := range strings.Split(console, "\n") {
+		if strings.Contains(l, "castellan") {
+			t.Logf("console: %s", l)
+		}
+	}
+}
+
+// BenchmarkVMKeepStart times one VM keep's start to its first workload
+// output under TCG, by phase. The kernel's own timestamps come from a
+// console with printk on (loglevel=7 appended: the benchmark's command
+// line differs from the image's by that only).
+//
+//	CASTELLAN_KERNEL_DIR=... go test -run XXX -bench VMKeepStart -benchtime 1x ./internal/keep/vmguest
+func BenchmarkVMKeepStart(b *testing.B) {
+	qemu, img := testImage(b)
+	for range b.N {
+		st, console := runVMKeep(b, qemu, img, "loglevel=7 printk.time=1")
+		at := func(what string) float64 {
+			for _, l := range st.log {
+				if strings.HasSuffix(l, " "+what) {
+					var v float64
+					fmt.Sscanf(strings.TrimSpace(l), "%fs", &v)
+					return v
+				}
+			}
+			b.Fatalf("no %q in %q", what, st.log)
+			return 0
+		}
+		// Kernel time of "Run /init" and castellan's own uptime line.
+		var runInit, castellanUp float64
+		for _, l := range strings.Split(console, "\n") {
+			if i := strings.Index(l, "Run /init as init process"); i >= 0 {
+				fmt.Sscanf(strings.TrimLeft(l[strings.Index(l, "[")+1:], " "), "%f]", &runInit)
+			}
+			if i := strings.Index(l, "keep guest: init at "); i >= 0 {
+				fmt.Sscanf(l[i+len("keep guest: init at "):], "%fs", &castellanUp)
+			}
+		}
+		spoke := at("guest castellan spoke (version frame)")
+		kernelStart := spoke - castellanUp // approximately: uptime counts from the kernel's start
+		b.ReportMetric(kernelStart, "s-qemu+firmware")
+		b.ReportMetric(runInit, "s-kernel-boot")
+		b.ReportMetric(castellanUp-runInit, "s-castellan-init")
+		b.ReportMetric(at("hello received")-spoke, "s-evidence")
+		b.ReportMetric(at("state running")-at("hello received"), "s-delivery")
+		b.ReportMetric(at("first workload output")-at("state running"), "s-to-first-output")
+		b.ReportMetric(at("first workload output"), "s-total")
+		b.Logf("timeline (QEMU start = 0):\n%s", strings.Join(st.log, "\n"))
+	}
+}
+
+// runVMKeep boots img and runs the C hello workload in it with the nil
+// backend, checking output, exit status and power-off; it returns the
+// host's timeline and the console log.
+func runVMKeep(t testing.TB, qemu, img, extraAppend string) (*stamps, string) {
 	art := cHello(t)
 	sockDir, err := os.MkdirTemp("", "vmk") // short: sun_path
 	if err != nil {
@@ -96,7 +155,7 @@ func TestVMKeep(t *testing.T) {
 	args := []string{"-M", "pc", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1",
 		"-nographic", "-nodefaults", "-no-reboot", "-serial", "file:" + console,
 		"-kernel", filepath.Join(img, keepimage.KernelFile), "-initrd", filepath.Join(img, keepimage.InitrdFile),
-		"-append", string(cmdline),
+		"-append", strings.TrimSpace(string(cmdline) + " " + extraAppend),
 		"-device", "virtio-serial-pci",
 		"-chardev", "socket,id=castellan,path=" + sock + ",server=on,wait=off",
 		"-device", "virtserialport,chardev=castellan,name=" + vmproto.PortName,
@@ -191,17 +250,8 @@ func TestVMKeep(t *testing.T) {
 	}
 	st.mark("VM powered off")
 	t.Logf("events:\n%s", strings.Join(events, "\n"))
-	t.Logf("timeline (QEMU start = 0):\n%s", strings.Join(st.log, "\n"))
-	if fi, err := os.Stat(filepath.Join(img, keepimage.InitrdFile)); err == nil {
-		t.Logf("initramfs %d bytes", fi.Size())
-	}
 	b, _ := os.ReadFile(console)
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if strings.Contains(sc.Text(), "castellan") {
-			t.Logf("console: %s", sc.Text())
-		}
-	}
+	return st, string(b)
 }
 
 // markConn marks the guest's first frame (its castellan is up).
@@ -219,7 +269,7 @@ func (c *markConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func cHello(t *testing.T) *workload.Artifact {
+func cHello(t testing.TB) *workload.Artifact {
 	t.Helper()
 	wasm, err := os.ReadFile(fixtures.C(t, "hello"))
 	if err != nil {
