@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -383,5 +384,54 @@ func TestGuestRefusesLateFrames(t *testing.T) {
 	// The keep's stream is closed.
 	if _, err := g.Stream().Read(make([]byte, 1)); err == nil {
 		t.Fatal("stream still open")
+	}
+}
+
+// The stream's read deadline works (a client's context cancels through
+// it), and CloseWrite then Write fails while reads go on.
+func TestStreamDeadlineAndHalfClose(t *testing.T) {
+	hc, gc := net.Pipe()
+	got := make(chan []byte, 1)
+	go func() {
+		defer gc.Close()
+		gc.Write(frame(FrameVersion, []byte(Version)))
+		readFrame(gc)
+		gc.Write(frame(FrameHello, []byte("{}")))
+		var in []byte
+		for {
+			typ, p, err := readFrame(gc)
+			if err != nil || typ == FrameEOF {
+				break
+			}
+			in = append(in, p...)
+		}
+		got <- in
+		gc.Write(frame(FrameData, []byte("after")))
+		gc.Write(frame(FrameExit, []byte(`{"state":"exited","exit_code":0}`)))
+	}()
+	h, err := Handshake(context.Background(), hc, testRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := h.Stream()
+	s.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+	if _, err := s.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline: %v", err)
+	}
+	s.SetReadDeadline(time.Time{})
+	s.Write([]byte("to the keep"))
+	s.(interface{ CloseWrite() error }).CloseWrite()
+	if _, err := s.Write([]byte("x")); err == nil {
+		t.Fatal("write after CloseWrite")
+	}
+	if string(<-got) != "to the keep" {
+		t.Fatal("the guest did not get the bytes")
+	}
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(s, b); err != nil || string(b) != "after" {
+		t.Fatalf("read after CloseWrite: %q %v", b, err)
+	}
+	if _, err := h.Wait(); err != nil {
+		t.Fatal(err)
 	}
 }
