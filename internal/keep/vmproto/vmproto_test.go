@@ -149,10 +149,10 @@ func TestHostAfterHello(t *testing.T) {
 		{"failed with code", [][]byte{frame(FrameExit, []byte(`{"state":"failed","exit_code":1}`))}, "failed with an exit code"},
 		{"unknown state", [][]byte{frame(FrameExit, []byte(`{"state":"fine"}`))}, "state"},
 		{"unknown field", [][]byte{frame(FrameExit, []byte(`{"state":"failed","why":1}`))}, "unknown field"},
-		{"oversize log", [][]byte{{FrameLog, 0, 0, 0x10, 1}}, "limit"},
-		{"oversize data", [][]byte{{FrameData, 0xff, 0xff, 0xff, 0xff}}, "limit"},
+		{"oversize log", [][]byte{append([]byte{FrameLog, 0, 0, 0x10, 1}, make([]byte, 0x1001)...)}, "more than 4096"},
+		{"oversize data", [][]byte{{FrameData, 0xff, 0xff, 0xff, 0xff}}, "more than"},
 		{"unknown type", [][]byte{{'Z', 0, 0, 0, 0}}, "unknown type"},
-		{"truncated header", [][]byte{{FrameLog, 0}}, "truncated header"},
+		{"truncated header", [][]byte{{FrameLog, 0}}, "truncated"},
 		{"truncated payload", [][]byte{{FrameLog, 0, 0, 0, 9, 'a'}}, "truncated"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -332,7 +332,7 @@ func TestAcceptRefusals(t *testing.T) {
 		{"ok", frame(FrameLaunch, good), ""},
 		{"nothing", nil, "EOF"},
 		{"data first", frame(FrameData, []byte("x")), "want the launch request"},
-		{"oversize launch", []byte{FrameLaunch, 0x7f, 0xff, 0xff, 0xff}, "limit"},
+		{"oversize launch", []byte{FrameLaunch, 0x7f, 0xff, 0xff, 0xff}, "more than"},
 		{"truncated launch", frame(FrameLaunch, good)[:40], "truncated"},
 		{"not json", frame(FrameLaunch, []byte("backend=nil")), "launch request"},
 		{"two values", frame(FrameLaunch, append(append([]byte{}, good...), good...)), "after the JSON value"},
