@@ -76,8 +76,8 @@ func (w *firstWrite) Write(p []byte) (int, error) {
 
 // TestVMKeep boots the keep image under QEMU TCG with the contract's
 // virtio-serial port and runs a C workload in it through the host-side
-// API with the nil backend: hello, confidential delivery, output, exit
-// status, power-off. One boot.
+// API with the nil backend: hello, confidential delivery, output, a
+// non-zero exit status, power-off. One boot.
 func TestVMKeep(t *testing.T) {
 	qemu, img := testImage(t)
 	st, console := runVMKeep(t, qemu, img, "")
@@ -136,11 +136,13 @@ func BenchmarkVMKeepStart(b *testing.B) {
 	}
 }
 
-// runVMKeep boots img and runs the C hello workload in it with the nil
-// backend, checking output, exit status and power-off; it returns the
+// runVMKeep boots img and runs a C workload in it with the nil backend,
+// checking output, exit status and power-off; it returns the
 // host's timeline and the console log.
 func runVMKeep(t testing.TB, qemu, img, extraAppend string) (*stamps, string) {
-	art := cHello(t)
+	// fileio without its folder argument prints a usage line and exits
+	// with status 2: output and a non-zero status to carry back.
+	art := cFixture(t, "fileio")
 	sockDir, err := os.MkdirTemp("", "vmk") // short: sun_path
 	if err != nil {
 		t.Fatal(err)
@@ -225,17 +227,17 @@ func runVMKeep(t testing.TB, qemu, img, extraAppend string) (*stamps, string) {
 	}
 	out := &firstWrite{s: st}
 	var stderr bytes.Buffer
-	res, err := sess.Deliver(ctx, h.Stream(), ver, delivery.Delivery{Artifact: art, Args: []string{"in-a-vm"},
+	res, err := sess.Deliver(ctx, h.Stream(), ver, delivery.Delivery{Artifact: art,
 		Stdout: out, Stderr: &stderr})
 	if err != nil {
 		t.Fatalf("deliver: %v (stderr %q)", err, stderr.String())
 	}
 	st.mark("workload exited")
-	if res.ExitCode != 0 || !strings.Contains(out.buf.String(), "hello from C in a keep\narg[0]=main.wasm\narg[1]=in-a-vm\n") {
+	if res.ExitCode != 2 || out.buf.String() != "FAIL usage: fileio DIR\n" {
 		t.Fatalf("exit %d, output %q, stderr %q", res.ExitCode, out.buf.String(), stderr.String())
 	}
 	x, err := h.Wait()
-	if err != nil || x.State != vmproto.StateExited || x.ExitCode == nil || *x.ExitCode != 0 {
+	if err != nil || x.State != vmproto.StateExited || x.ExitCode == nil || *x.ExitCode != 2 {
 		t.Fatalf("keep exit %+v, %v", x, err)
 	}
 	<-evDone
@@ -269,9 +271,12 @@ func (c *markConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func cHello(t testing.TB) *workload.Artifact {
+func cHello(t testing.TB) *workload.Artifact { return cFixture(t, "hello") }
+
+// cFixture is the C test workload name with the three standard streams.
+func cFixture(t testing.TB, name string) *workload.Artifact {
 	t.Helper()
-	wasm, err := os.ReadFile(fixtures.C(t, "hello"))
+	wasm, err := os.ReadFile(fixtures.C(t, name))
 	if err != nil {
 		t.Fatal(err)
 	}
