@@ -179,14 +179,11 @@ func runVMKeep(t testing.TB, qemu, img, extraAppend string) (*stamps, string) {
 			t.Logf("console:\n%s\nqemu: %s", b, qout.String())
 		}
 	}()
-	var conn net.Conn
-	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
-		if conn, err = net.Dial("unix", sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no channel socket: %v", err)
-		}
+	dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	conn, err := vmproto.Dial(dctx, sock)
+	dcancel()
+	if err != nil {
+		t.Fatal(err)
 	}
 	defer conn.Close()
 	st.mark("channel connected")

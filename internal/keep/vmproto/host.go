@@ -319,3 +319,20 @@ func printable(p []byte) string {
 	}
 	return string(b)
 }
+
+// Dial connects to the VM's channel socket at path (QEMU's chardev
+// server), retrying until QEMU has created it or ctx ends.
+func Dial(ctx context.Context, path string) (net.Conn, error) {
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "unix", path)
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("vm channel %s: %w (last: %v)", path, ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

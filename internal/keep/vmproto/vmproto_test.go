@@ -435,3 +435,34 @@ func TestStreamDeadlineAndHalfClose(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestDial(t *testing.T) {
+	dir, err := os.MkdirTemp("", "vmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := dir + "/channel.sock"
+	go func() {
+		time.Sleep(50 * time.Millisecond) // the socket appears late, as QEMU's does
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			return
+		}
+		c, _ := ln.Accept()
+		c.Close()
+		ln.Close()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := Dial(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	if _, err := Dial(ctx2, dir+"/none.sock"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("error %v", err)
+	}
+}
