@@ -7,7 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -98,32 +97,6 @@ func (k *keepImage) digests() (image, kernel, initrd, cmdline [32]byte) {
 	return sha256.Sum256(all), kernel, initrd, cmdline
 }
 
-func readBounded(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
-	if st.Size() > limit {
-		return nil, fmt.Errorf("%s: %d bytes, more than the %d a keep image part may have", path, st.Size(), limit)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s: more than %d bytes", path, limit)
-	}
-	return b, nil
-}
-
 func readKeepImage(dir string) (*keepImage, error) {
 	st, err := os.Stat(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -136,17 +109,17 @@ func readKeepImage(dir string) (*keepImage, error) {
 		return nil, fmt.Errorf("%s: not a keep image folder", dir)
 	}
 	k := &keepImage{}
-	if k.kernel, err = readBounded(filepath.Join(dir, "kernel"), maxKernelSize); err != nil {
+	if k.kernel, err = readFileLimited(filepath.Join(dir, "kernel"), maxKernelSize); err != nil {
 		return nil, err
 	}
 	if len(k.kernel) < 0x1000 || string(k.kernel[0x202:0x206]) != "HdrS" {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "kernel"), tdx.ErrNotBzImage)
 	}
-	if k.initrd, err = readBounded(filepath.Join(dir, "initrd"), maxInitrdSize); err != nil {
+	if k.initrd, err = readFileLimited(filepath.Join(dir, "initrd"), maxInitrdSize); err != nil {
 		return nil, err
 	}
 	cp := filepath.Join(dir, "cmdline")
-	c, err := readBounded(cp, maxCmdlineSize)
+	c, err := readFileLimited(cp, maxCmdlineSize)
 	if err != nil {
 		return nil, err
 	}
@@ -285,7 +258,7 @@ func measureKeepImage(dir string, o *measureOptions) (*measureOutput, error) {
 	if err != nil {
 		return nil, err
 	}
-	fwBytes, err := readBounded(o.firmware, maxFirmwareSize)
+	fwBytes, err := readFileLimited(o.firmware, maxFirmwareSize)
 	if err != nil {
 		return nil, err
 	}

@@ -150,7 +150,7 @@ func TestKeepImageMeasureBad(t *testing.T) {
 		{"missing folder", []string{filepath.Join(tmp, "nope"), "--platform", "snp", "--firmware", snpFirmware}, 1, "nope: no such keep image folder"},
 		{"missing initrd", []string{noInitrd, "--platform", "snp", "--firmware", snpFirmware}, 1, "initrd: no such file"},
 		{"missing firmware", []string{good, "--platform", "snp", "--firmware", filepath.Join(tmp, "OVMF.fd")}, 1, "OVMF.fd: no such file"},
-		{"firmware is a folder", []string{good, "--platform", "snp", "--firmware", tmp}, 1, "not a regular file"},
+		{"firmware is a folder", []string{good, "--platform", "snp", "--firmware", tmp}, 1, "is a directory, not a file"},
 		{"kernel not bzImage", []string{notBz, "--platform", "snp", "--firmware", snpFirmware}, 1, "kernel: not a Linux bzImage"},
 		{"kernel without EFI stub", []string{noPE, "--platform", "tdx", "--firmware", tdxFirmware}, 1, "kernel: not a PE/COFF image"},
 		{"cmdline newline", []string{newline, "--platform", "snp", "--firmware", snpFirmware}, 1, "cmdline: holds a NUL or line break"},
