@@ -78,7 +78,7 @@ func addKeepImageMeasureFlags(fs *flag.FlagSet) *measureOptions {
 	fs.StringVar(&o.firmware, "firmware", "", "the OVMF/TDVF `file` the host gives QEMU (required)")
 	fs.IntVar(&o.vcpus, "vcpus", measureDefaultVCPUs, "number of vCPUs (snp)")
 	fs.StringVar(&o.vcpuType, "vcpu-type", snp.DefaultVCPUType, "QEMU -cpu model, for the CPUID signature in the VMSAs (snp)")
-	fs.StringVar(&o.guestFeatures, "guest-features", "0x1", "SEV_FEATURES of the VMSAs (snp)")
+	fs.StringVar(&o.guestFeatures, "guest-features", fmt.Sprintf("%#x", snp.DefaultGuestFeatures), "SEV_FEATURES of the VMSAs (snp)")
 	fs.StringVar(&o.memory, "memory", fmt.Sprintf("%dMiB", measureDefaultMemory>>20), "guest memory, MiB or GiB (tdx)")
 	fs.BoolVar(&o.json, "json", false, "print JSON")
 	return o
