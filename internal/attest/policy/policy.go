@@ -31,7 +31,7 @@ import (
 // Defaults for fields a policy leaves out.
 const (
 	DefaultNonceLifetime       = 60 * time.Second
-	DefaultMaxNonces           = 10000
+	DefaultMaxNonces           = 100000
 	DefaultCertificateLifetime = time.Hour
 )
 

@@ -108,6 +108,7 @@ type harness struct {
 	policyFile string
 	measFile   string
 	rootsFile  string
+	nonceKey   *NonceKey
 }
 
 func newHarness(t testing.TB) *harness {
@@ -131,7 +132,9 @@ func newHarness(t testing.TB) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.log.Close() })
-	h.svc, err = New(Config{Policy: h.store, CA: h.ca, Audit: h.log, Now: func() time.Time { return h.now }})
+	h.nonceKey = NewNonceKey()
+	h.svc, err = New(Config{Policy: h.store, CA: h.ca, Audit: h.log, Now: func() time.Time { return h.now },
+		NonceKey: h.nonceKey, UsedNonces: h.log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -107,14 +107,33 @@ type Config struct {
 	// Decided, if set, is called with each decision after it is recorded
 	// (for an operator's log).
 	Decided func(d audit.Decision)
+	// NonceKey seals challenge nonces; replicas share it. nil makes a
+	// random key, good for one process's life.
+	NonceKey *NonceKey
+	// UsedNonces is the ledger of redeemed nonces; replicas share it (the
+	// audit log's database). nil keeps it in memory.
+	UsedNonces audit.NonceLedger
+	// MaxInFlight bounds the certificate requests handled at once (body
+	// read, parsing, verification); others wait up to InFlightWait, then
+	// get 503. Zero means DefaultMaxInFlight.
+	MaxInFlight int
+	// InFlightWait is how long a request waits for a slot; zero means
+	// DefaultInFlightWait.
+	InFlightWait time.Duration
 }
+
+// Defaults for Config.
+const (
+	DefaultMaxInFlight  = 64
+	DefaultInFlightWait = 5 * time.Second
+)
 
 // Service answers the attestation API.
 type Service struct {
-	cfg    Config
-	nonces *nonces
-	mux    *http.ServeMux
-	timing *stageTiming // set by benchmarks only
+	cfg      Config
+	inFlight chan struct{} // a semaphore of MaxInFlight slots
+	mux      *http.ServeMux
+	timing   *stageTiming // set by benchmarks only
 }
 
 // stageTiming accumulates the time spent verifying evidence and issuing
@@ -137,7 +156,19 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	s := &Service{cfg: cfg, nonces: newNonces(), mux: http.NewServeMux()}
+	if cfg.NonceKey == nil {
+		cfg.NonceKey = NewNonceKey()
+	}
+	if cfg.UsedNonces == nil {
+		cfg.UsedNonces = &audit.MemoryNonces{}
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.InFlightWait <= 0 {
+		cfg.InFlightWait = DefaultInFlightWait
+	}
+	s := &Service{cfg: cfg, inFlight: make(chan struct{}, cfg.MaxInFlight), mux: http.NewServeMux()}
 	s.mux.HandleFunc("POST /v1/challenge", s.challenge)
 	s.mux.HandleFunc("POST /v1/certificate", s.certificate)
 	s.mux.HandleFunc("GET /v1/ca", s.caCert)
@@ -147,9 +178,6 @@ func New(cfg Config) (*Service, error) {
 // ServeHTTP implements http.Handler.
 func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// OutstandingNonces is the number of challenges not yet used or swept.
-func (s *Service) OutstandingNonces() int { return s.nonces.len() }
-
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -157,15 +185,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// challenge issues a sealed nonce: it stores nothing, so it always answers.
 func (s *Service) challenge(w http.ResponseWriter, r *http.Request) {
-	p := s.cfg.Policy.Current().Policy
-	n, exp, err := s.nonces.issue(s.cfg.Now(), time.Duration(p.NonceLifetime), p.MaxNonces)
-	if err != nil {
-		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusServiceUnavailable, ErrorResponse{Error: err.Error()})
-		return
-	}
-	writeJSON(w, http.StatusOK, ChallengeResponse{Nonce: n[:], Expires: exp.UTC()})
+	life := time.Duration(s.cfg.Policy.Current().Policy.NonceLifetime)
+	now := s.cfg.Now()
+	writeJSON(w, http.StatusOK, ChallengeResponse{Nonce: s.cfg.NonceKey.seal(now), Expires: now.Add(life).UTC()})
 }
 
 func (s *Service) caCert(w http.ResponseWriter, r *http.Request) {
@@ -199,6 +223,12 @@ func clip(s string) string {
 }
 
 func (s *Service) certificate(w http.ResponseWriter, r *http.Request) {
+	if !s.acquire(r.Context()) {
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, ErrorResponse{Error: "the service is busy; try again shortly"})
+		return
+	}
+	defer func() { <-s.inFlight }()
 	now := s.cfg.Now()
 	d := audit.Decision{Time: now, Remote: r.RemoteAddr}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
@@ -215,6 +245,9 @@ func (s *Service) certificate(w http.ResponseWriter, r *http.Request) {
 		resp, ref = s.Issue(r.Context(), body, now, &d)
 	}
 	if ref != nil {
+		if ref.Status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
+		}
 		d.Accepted, d.Check, d.Reason = false, ref.Check, ref.Reason
 		if err := s.cfg.Audit.Record(r.Context(), d); err != nil {
 			s.cfg.Logf("audit log: recording a refusal (%s: %s): %v", ref.Check, ref.Reason, err)
@@ -260,10 +293,10 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 	if ref := checkKey(csr, env.Key); ref != nil {
 		return nil, ref
 	}
-	if err := s.nonces.consume(env.Nonce, now); err != nil {
-		return nil, refuse(http.StatusForbidden, CheckNonce, "%v", err)
-	}
 	snap := s.cfg.Policy.Current()
+	if ref := s.redeem(ctx, env.Nonce, now, &snap.Policy); ref != nil {
+		return nil, ref
+	}
 	t0 := time.Now()
 	claims, err := s.cfg.Verify(env, verify.Options{SimRoots: snap.SimRoots[env.Platform], Now: now, VCEKGetter: s.cfg.VCEKGetter})
 	if s.timing != nil {
@@ -319,6 +352,44 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 	}}, nil
 }
 
+// acquire takes an in-flight slot, waiting up to InFlightWait.
+func (s *Service) acquire(ctx context.Context) bool {
+	select {
+	case s.inFlight <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(s.cfg.InFlightWait)
+	defer t.Stop()
+	select {
+	case s.inFlight <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
+}
+
+// redeem checks a nonce's seal and lifetime and records it in the used-nonce
+// ledger. A full ledger refuses with 503: the redeem, never the challenge.
+func (s *Service) redeem(ctx context.Context, nonce []byte, now time.Time, p *policy.Policy) *Refusal {
+	id, exp, err := s.cfg.NonceKey.open(nonce, now, time.Duration(p.NonceLifetime))
+	if err != nil {
+		return refuse(http.StatusForbidden, CheckNonce, "%v", err)
+	}
+	switch err := s.cfg.UsedNonces.UseNonce(ctx, id, exp, now, p.MaxNonces); {
+	case err == nil:
+		return nil
+	case errors.Is(err, audit.ErrNonceUsed):
+		return refuse(http.StatusForbidden, CheckNonce, "%v", err)
+	case errors.Is(err, audit.ErrNoncesFull):
+		return refuse(http.StatusServiceUnavailable, CheckNonce, "%v", err)
+	default:
+		s.cfg.Logf("%v", err)
+		return refuse(http.StatusServiceUnavailable, CheckNonce, "the used-nonce ledger is unavailable; try again shortly")
+	}
+}
+
 // parseRequest decodes a certificate request body strictly.
 func parseRequest(body []byte) (*CertificateRequest, *Refusal) {
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -347,12 +418,20 @@ func parseRequest(body []byte) (*CertificateRequest, *Refusal) {
 	return &req, nil
 }
 
-// parseCSR parses a DER CSR and checks its self-signature (proof that the
-// requester holds the key).
+// maxRSABits bounds the RSA keys accepted, so that checking a CSR's
+// signature costs little whatever an anonymous caller sends.
+const maxRSABits = 8192
+
+// parseCSR parses a DER CSR, checks that its key is of an accepted kind and
+// size (before any signature work), and checks its self-signature (proof
+// that the requester holds the key).
 func parseCSR(der []byte) (*x509.CertificateRequest, *Refusal) {
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
 		return nil, refuse(http.StatusBadRequest, CheckCSR, "csr: %v", err)
+	}
+	if ref := acceptKey(csr.PublicKey); ref != nil {
+		return nil, ref
 	}
 	if err := csr.CheckSignature(); err != nil {
 		return nil, refuse(http.StatusBadRequest, CheckCSR, "csr: signature: %v", err)
@@ -360,22 +439,26 @@ func parseCSR(der []byte) (*x509.CertificateRequest, *Refusal) {
 	return csr, nil
 }
 
-// checkKey accepts ECDSA P-256/P-384, Ed25519 and RSA of 2048 bits or more,
-// and requires the CSR's key to be the key the evidence binds.
-func checkKey(csr *x509.CertificateRequest, spki []byte) *Refusal {
-	switch k := csr.PublicKey.(type) {
+// acceptKey accepts ECDSA P-256/P-384, Ed25519 and RSA of 2048 to 8192 bits.
+func acceptKey(pub crypto.PublicKey) *Refusal {
+	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
 			return refuse(http.StatusBadRequest, CheckKey, "csr: ECDSA curve %s is not accepted (P-256 or P-384)", k.Curve.Params().Name)
 		}
 	case ed25519.PublicKey:
 	case *rsa.PublicKey:
-		if k.N.BitLen() < 2048 {
-			return refuse(http.StatusBadRequest, CheckKey, "csr: RSA key of %d bits is too short", k.N.BitLen())
+		if n := k.N.BitLen(); n < 2048 || n > maxRSABits {
+			return refuse(http.StatusBadRequest, CheckKey, "csr: RSA key of %d bits is not accepted (2048 to %d)", n, maxRSABits)
 		}
 	default:
-		return refuse(http.StatusBadRequest, CheckKey, "csr: key type %T is not accepted", csr.PublicKey)
+		return refuse(http.StatusBadRequest, CheckKey, "csr: key type %T is not accepted", pub)
 	}
+	return nil
+}
+
+// checkKey requires the CSR's key to be the key the evidence binds.
+func checkKey(csr *x509.CertificateRequest, spki []byte) *Refusal {
 	envKey, err := x509.ParsePKIXPublicKey(spki)
 	if err != nil {
 		return refuse(http.StatusBadRequest, CheckKey, "evidence key: %v", err)
