@@ -286,15 +286,17 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 	// What the envelope claims, recorded even if it is refused; clipped,
 	// since nothing vouches for it yet.
 	d.Platform, d.WorkloadDigest = clip(env.Platform), clip(env.WorkloadDigest)
+	snap := s.cfg.Policy.Current()
+	// The nonce is redeemed first: from here on every refusal has used it,
+	// so a request cannot be retried to probe the checks that follow.
+	if ref := s.redeem(ctx, env.Nonce, now, &snap.Policy); ref != nil {
+		return nil, ref
+	}
 	csr, ref := parseCSR(req.CSR)
 	if ref != nil {
 		return nil, ref
 	}
 	if ref := checkKey(csr, env.Key); ref != nil {
-		return nil, ref
-	}
-	snap := s.cfg.Policy.Current()
-	if ref := s.redeem(ctx, env.Nonce, now, &snap.Policy); ref != nil {
 		return nil, ref
 	}
 	t0 := time.Now()

@@ -160,12 +160,39 @@ func TestRefuseExpiredNonce(t *testing.T) {
 	}
 }
 
-// A refused request burns its nonce: it cannot be retried to probe the policy.
+// A refused request burns its nonce, whatever check refused it once the
+// envelope parsed (defect 5 of issue 10: a refusal at the key check left the
+// nonce usable): it cannot be retried to probe the checks.
 func TestRefusalConsumesNonce(t *testing.T) {
+	tests := []struct {
+		name  string
+		req   func(h *harness, n []byte) keepReq
+		check string
+	}{
+		{"workload", func(h *harness, n []byte) keepReq { return keepReq{nonce: n, digest: otherDigest} }, "workload"},
+		{"key", func(h *harness, n []byte) keepReq { return keepReq{nonce: n, csrKey: newKey(t)} }, CheckKey},
+		{"csr", func(h *harness, n []byte) keepReq { return keepReq{nonce: n, csr: []byte{0x30, 0x00}} }, CheckCSR},
+		{"report data", func(h *harness, n []byte) keepReq { return keepReq{nonce: n, bindKey: newKey(t)} }, CheckReportData},
+		{"signature", func(h *harness, n []byte) keepReq {
+			return keepReq{nonce: n, tamper: func(r []byte) { r[0x90] ^= 1 }}
+		}, CheckSignature},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			n := h.challenge()
+			h.mustRefuse(h.body(tt.req(h, n)), tt.check)
+			e := h.mustRefuse(h.body(keepReq{nonce: n}), CheckNonce)
+			if !strings.Contains(e.Error, "already used") {
+				t.Errorf("reason %q", e.Error)
+			}
+		})
+	}
+	// Before the envelope parses, nothing names a nonce: it stays usable.
 	h := newHarness(t)
 	n := h.challenge()
-	h.mustRefuse(h.body(keepReq{nonce: n, digest: otherDigest}), "workload")
-	h.mustRefuse(h.body(keepReq{nonce: n}), CheckNonce)
+	h.mustRefuse(h.body(keepReq{nonce: n, evidence: []byte{0xa1, 0x01, 0xff, 0x00}}), CheckFormat)
+	h.mustIssue(keepReq{nonce: n})
 }
 
 func TestRefuseSimWithoutSimRootInPolicy(t *testing.T) {
