@@ -64,6 +64,9 @@ type verifyOutput struct {
 	Measurement    string            `json:"measurement,omitempty"`
 	WorkloadDigest string            `json:"workload_digest"`
 	Package        string            `json:"package,omitempty"`
+	SPIFFEID       string            `json:"spiffe_id,omitempty"`
+	DNSNames       []string          `json:"dns_names,omitempty"`
+	IPAddresses    []string          `json:"ip_addresses,omitempty"`
 	Issuer         string            `json:"issuer"`
 	Serial         string            `json:"serial"`
 	NotAfter       time.Time         `json:"not_after"`
@@ -137,6 +140,7 @@ func init() {
 			out.Issuer = leaf.Issuer.String()
 			out.Serial = hex.EncodeToString(leaf.SerialNumber.Bytes())
 			out.NotAfter = leaf.NotAfter.UTC()
+			certificateNames(&out, leaf)
 		}
 		if claims != nil {
 			out.Attested, out.Platform, out.Simulated, out.Insecure, out.Debug = claims.Attested, claims.Platform, claims.Simulated, claims.Insecure, claims.Debug
@@ -159,6 +163,18 @@ func init() {
 			return e.Errorf("keep at %s: %v", pos[0], verr)
 		}
 		return ExitOK
+	}
+}
+
+// certificateNames copies the names the service put in the leaf: its
+// SPIFFE ID and the DNS names and IP addresses the policy allowed.
+func certificateNames(o *verifyOutput, leaf *x509.Certificate) {
+	if id, err := keepcert.SPIFFEID(leaf); err == nil {
+		o.SPIFFEID = id.String()
+	}
+	o.DNSNames = leaf.DNSNames
+	for _, ip := range leaf.IPAddresses {
+		o.IPAddresses = append(o.IPAddresses, ip.String())
 	}
 }
 
@@ -199,6 +215,12 @@ func printClaims(e *Env, o *verifyOutput) {
 	fmt.Fprintf(w, "workload:    %s\n", o.WorkloadDigest)
 	if o.Package != "" {
 		fmt.Fprintf(w, "package:     %s\n", o.Package)
+	}
+	if o.SPIFFEID != "" {
+		fmt.Fprintf(w, "spiffe id:   %s\n", o.SPIFFEID)
+	}
+	if len(o.DNSNames)+len(o.IPAddresses) > 0 {
+		fmt.Fprintf(w, "names:       %s\n", strings.Join(append(append([]string(nil), o.DNSNames...), o.IPAddresses...), " "))
 	}
 	fmt.Fprintf(w, "platform:    %s\n", platform)
 	fmt.Fprintf(w, "attested:    %s\n", yes(o.Attested))

@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -55,7 +56,7 @@ const maxPackageRef = 512
 // Checks named in refusals, besides those of package policy.
 const (
 	CheckFormat     = "format"      // the request is not well formed
-	CheckCSR        = "csr"         // the CSR is malformed, badly signed, or asks for names the policy does not allow
+	CheckCSR        = "csr"         // the CSR is malformed, badly signed, or asks for names the policy does not list
 	CheckKey        = "key"         // the CSR's key is not the key in the evidence, or not an accepted kind
 	CheckNonce      = "nonce"       // unknown, used or expired nonce
 	CheckChain      = "chain"       // the vendor certificate chain does not verify to a trusted root
@@ -312,11 +313,22 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 		return nil, refuse(http.StatusForbidden, pr.Check, "%s", pr.Reason)
 	}
 	p := &snap.Policy
-	if !p.AllowSANs && (len(csr.DNSNames) > 0 || len(csr.IPAddresses) > 0 || len(csr.URIs) > 0 || len(csr.EmailAddresses) > 0) {
-		return nil, refuse(http.StatusForbidden, CheckCSR, "the CSR asks for subject alternative names and the policy does not allow them (allow_sans)")
-	}
 	if len(csr.EmailAddresses) > 0 {
-		return nil, refuse(http.StatusForbidden, CheckCSR, "the CSR asks for e-mail addresses, which keep certificates do not carry")
+		return nil, refuse(http.StatusForbidden, CheckCSR, "the CSR asks for e-mail address %q, which keep certificates do not carry", csr.EmailAddresses[0])
+	}
+	if len(csr.URIs) > 0 {
+		return nil, refuse(http.StatusForbidden, CheckCSR, "the CSR asks for URI %q: the only URI of a keep certificate is its SPIFFE ID, which the policy sets", csr.URIs[0].String())
+	}
+	if err := snap.CheckNames(claims.WorkloadDigest, csr.DNSNames, csr.IPAddresses); err != nil {
+		return nil, refuse(http.StatusForbidden, CheckCSR, "%v", err)
+	}
+	spiffeID, err := snap.SPIFFEID(claims.WorkloadDigest)
+	if err != nil {
+		return nil, refuse(http.StatusForbidden, policy.CheckWorkload, "%v", err)
+	}
+	dnsNames := make([]string, len(csr.DNSNames))
+	for i, n := range csr.DNSNames {
+		dnsNames[i] = strings.ToLower(n)
 	}
 	kc := &keepcert.Claims{
 		Attested:       true,
@@ -332,9 +344,9 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 	leaf := ca.Leaf{
 		PublicKey:   csr.PublicKey,
 		Claims:      kc,
-		DNSNames:    csr.DNSNames,
+		DNSNames:    dnsNames,
 		IPAddresses: csr.IPAddresses,
-		URIs:        csr.URIs,
+		URIs:        []*url.URL{spiffeID},
 		NotBefore:   now.Add(-time.Minute), // tolerate relying parties' clock skew
 		NotAfter:    now.Add(time.Duration(p.CertificateLifetime)),
 	}

@@ -283,18 +283,6 @@ func TestOversizeBody(t *testing.T) {
 	}
 }
 
-func TestAllowSANs(t *testing.T) {
-	h := newHarness(t)
-	h.setPolicy(func(s string) string { return strings.Replace(s, "allow_sans = false", "allow_sans = true", 1) })
-	code, e, cr := h.post(h.body(keepReq{csrTpl: &x509.CertificateRequest{DNSNames: []string{"keep.example"}}}))
-	if code != http.StatusOK {
-		t.Fatalf("%d %+v", code, e)
-	}
-	if leaf := parsePEM(t, cr.Chain[0]); len(leaf.DNSNames) != 1 || leaf.DNSNames[0] != "keep.example" {
-		t.Errorf("DNS names %v", leaf.DNSNames)
-	}
-}
-
 func TestCAEndpoint(t *testing.T) {
 	h := newHarness(t)
 	w := h.do("GET", "/v1/ca", nil)
