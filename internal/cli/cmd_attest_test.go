@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -12,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,8 +23,10 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/audit"
+	"github.com/castellan-dev/castellan/internal/attest/audit/audittest"
 	"github.com/castellan-dev/castellan/internal/attest/client"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/attest/service"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
 )
@@ -244,10 +250,7 @@ func TestAttestServeUsage(t *testing.T) {
 // TestAttestServePostgres records decisions in PostgreSQL when
 // CASTELLAN_TEST_POSTGRES names one (see notes/attest.md).
 func TestAttestServePostgres(t *testing.T) {
-	dsn := os.Getenv("CASTELLAN_TEST_POSTGRES")
-	if dsn == "" {
-		t.Skip("CASTELLAN_TEST_POSTGRES is not set: no PostgreSQL to test against (see notes/attest.md)")
-	}
+	dsn := audittest.PostgresDSN(t)
 	dir := t.TempDir()
 	simCA, err := sim.New()
 	if err != nil {
@@ -271,6 +274,60 @@ func TestAttestServePostgres(t *testing.T) {
 	recs, err := log.Recent(context.Background(), 1)
 	if err != nil || len(recs) != 1 || !recs[0].Accepted || recs[0].Serial != hex.EncodeToString(cert.Leaf.SerialNumber.Bytes()) {
 		t.Fatalf("latest PostgreSQL record %+v, %v; want the certificate just issued", recs, err)
+	}
+}
+
+// Two `attest serve` replicas on one PostgreSQL database and one state
+// folder (so one CA and one nonce key): a nonce from one is redeemed at the
+// other once; a replay at either is refused.
+func TestAttestServeReplicas(t *testing.T) {
+	dsn := audittest.PostgresDSN(t)
+	dir := t.TempDir()
+	simCA, err := sim.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAttestFiles(t, dir, simCA, false)
+	a := startAttestServe(t, dir, "--database", dsn)
+	b := startAttestServe(t, dir, "--database", dsn)
+	roots := x509.NewCertPool()
+	caPEM, _ := os.ReadFile(a.caPEM)
+	roots.AppendCertsFromPEM(caPEM)
+	hc := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	post := func(url string, body []byte, out any) int {
+		t.Helper()
+		resp, err := hc.Post(url, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if out != nil {
+			json.NewDecoder(resp.Body).Decode(out)
+		}
+		return resp.StatusCode
+	}
+	var ch service.ChallengeResponse
+	if code := post(a.url+"/v1/challenge", nil, &ch); code != http.StatusOK {
+		t.Fatalf("challenge at a: %d", code)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	spki, _ := x509.MarshalPKIXPublicKey(key.Public())
+	env, err := tee.Attest(context.Background(), tee.NewSim(evidence.PlatformSNP, simCA), spki, ch.Nonce, attestDigest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evb, _ := env.Marshal()
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	body, _ := json.Marshal(service.CertificateRequest{CSR: csr, Evidence: evb})
+	if code := post(b.url+"/v1/certificate", body, nil); code != http.StatusOK {
+		t.Fatalf("nonce from a redeemed at b: %d", code)
+	}
+	b.waitFor(t, "issued ")
+	for _, s := range []*attestServer{a, b} {
+		var e service.ErrorResponse
+		if code := post(s.url+"/v1/certificate", body, &e); code != http.StatusForbidden || e.Check != "nonce" || !strings.Contains(e.Error, "already used") {
+			t.Errorf("replay at %s: %d %+v", s.url, code, e)
+		}
 	}
 }
 
