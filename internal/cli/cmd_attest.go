@@ -148,6 +148,7 @@ func serveAttest(ctx context.Context, e *Env, f *attestServeFlags) int {
 	svc, err := service.New(service.Config{
 		VCEKGetter: vcek,
 		NonceKey:   nonceKey,
+		Build:      "castellan " + Version,
 		UsedNonces: log,
 		Policy:     store,
 		CA:         authority,

@@ -290,43 +290,128 @@ func TestAttestServeReplicas(t *testing.T) {
 	writeAttestFiles(t, dir, simCA, false)
 	a := startAttestServe(t, dir, "--database", dsn)
 	b := startAttestServe(t, dir, "--database", dsn)
-	roots := x509.NewCertPool()
-	caPEM, _ := os.ReadFile(a.caPEM)
-	roots.AppendCertsFromPEM(caPEM)
-	hc := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
-	post := func(url string, body []byte, out any) int {
-		t.Helper()
-		resp, err := hc.Post(url, "application/json", bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		if out != nil {
-			json.NewDecoder(resp.Body).Decode(out)
-		}
-		return resp.StatusCode
-	}
-	var ch service.ChallengeResponse
-	if code := post(a.url+"/v1/challenge", nil, &ch); code != http.StatusOK {
-		t.Fatalf("challenge at a: %d", code)
-	}
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	spki, _ := x509.MarshalPKIXPublicKey(key.Public())
-	env, err := tee.Attest(context.Background(), tee.NewSim(evidence.PlatformSNP, simCA), spki, ch.Nonce, attestDigest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	evb, _ := env.Marshal()
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	body, _ := json.Marshal(service.CertificateRequest{CSR: csr, Evidence: evb})
-	if code := post(b.url+"/v1/certificate", body, nil); code != http.StatusOK {
+	kc := newKeepClient(t, a.caPEM, simCA)
+	body := kc.request(a.url, false)
+	if code := kc.post(b.url+"/v1/certificate", body, nil); code != http.StatusOK {
 		t.Fatalf("nonce from a redeemed at b: %d", code)
 	}
 	b.waitFor(t, "issued ")
 	for _, s := range []*attestServer{a, b} {
 		var e service.ErrorResponse
-		if code := post(s.url+"/v1/certificate", body, &e); code != http.StatusForbidden || e.Check != "nonce" || !strings.Contains(e.Error, "already used") {
+		if code := kc.post(s.url+"/v1/certificate", body, &e); code != http.StatusForbidden || e.Check != "nonce" || !strings.Contains(e.Error, "already used") {
 			t.Errorf("replay at %s: %d %+v", s.url, code, e)
+		}
+	}
+}
+
+// keepClient plays a sim-snp keep against attest serve, step by step.
+type keepClient struct {
+	t     *testing.T
+	hc    *http.Client
+	simCA *sim.CA
+}
+
+func newKeepClient(t *testing.T, caFile string, simCA *sim.CA) *keepClient {
+	roots := x509.NewCertPool()
+	caPEM, _ := os.ReadFile(caFile)
+	roots.AppendCertsFromPEM(caPEM)
+	return &keepClient{t: t, simCA: simCA,
+		hc: &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}}
+}
+
+func (k *keepClient) post(url string, body []byte, out any) int {
+	k.t.Helper()
+	resp, err := k.hc.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		json.NewDecoder(resp.Body).Decode(out)
+	}
+	return resp.StatusCode
+}
+
+// request gets a challenge at serviceURL and returns a certificate request
+// body for attestDigest.
+func (k *keepClient) request(serviceURL string, ear bool) []byte {
+	t := k.t
+	t.Helper()
+	var ch service.ChallengeResponse
+	if code := k.post(serviceURL+"/v1/challenge", nil, &ch); code != http.StatusOK {
+		t.Fatalf("challenge: %d", code)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	spki, _ := x509.MarshalPKIXPublicKey(key.Public())
+	env, err := tee.Attest(context.Background(), tee.NewSim(evidence.PlatformSNP, k.simCA), spki, ch.Nonce, attestDigest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evb, _ := env.Marshal()
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	body, _ := json.Marshal(service.CertificateRequest{CSR: csr, Evidence: evb, EAR: ear})
+	return body
+}
+
+// castellan verify --ear checks the EAR attest serve returns on request.
+func TestVerifyEAR(t *testing.T) {
+	dir := t.TempDir()
+	simCA, err := sim.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAttestFiles(t, dir, simCA, false)
+	srv := startAttestServe(t, dir)
+	kc := newKeepClient(t, srv.caPEM, simCA)
+	var cr service.CertificateResponse
+	if code := kc.post(srv.url+"/v1/certificate", kc.request(srv.url, true), &cr); code != http.StatusOK || cr.EAR == "" {
+		t.Fatalf("certificate with an EAR: %d, EAR %q", code, cr.EAR)
+	}
+	earFile := filepath.Join(dir, "result.jwt")
+	os.WriteFile(earFile, []byte(cr.EAR+"\n"), 0o644)
+
+	code, out, errs := runCLI("verify", "--ear", earFile, "--ca", srv.caPEM, "--allow-insecure", "--digest", attestDigest, "--platform", "snp")
+	for _, want := range []string{"status:      warning", "workload:    " + attestDigest, "platform:    snp (simulated)",
+		"spiffe id:   spiffe://castellan.invalid/workload/", "vector:      ", "hardware=32", "verified:    yes"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("verify --ear: %d, want %q in\n%s%s", code, want, out, errs)
+		}
+	}
+	code, out, _ = runCLI("verify", "--ear", earFile, "--ca", srv.caPEM, "--allow-insecure", "--json")
+	var v earOutput
+	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || !v.Verified || v.Status != "warning" || v.WorkloadDigest != attestDigest || v.TrustVector["executables"] != 2 {
+		t.Errorf("verify --ear --json: %d %s", code, out)
+	}
+
+	// Refusals, each one line naming the file.
+	tampered := filepath.Join(dir, "tampered.jwt")
+	parts := strings.Split(cr.EAR, ".")
+	parts[1] = parts[1][:len(parts[1])-2] + "AA"
+	os.WriteFile(tampered, []byte(strings.Join(parts, ".")), 0o644)
+	otherCA := filepath.Join(dir, "other-ca.pem")
+	os.WriteFile(otherCA, simCA.RootsPEM(), 0o644)
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--ear", earFile, "--ca", srv.caPEM}, "status is warning (simulated snp) and insecure keeps are not allowed"},
+		{[]string{"--ear", tampered, "--ca", srv.caPEM, "--allow-insecure"}, "failed verifying"},
+		{[]string{"--ear", earFile, "--ca", otherCA, "--allow-insecure"}, "ear: "},
+		{[]string{"--ear", earFile, "--ca", srv.caPEM, "--allow-insecure", "--digest", strings.Replace(attestDigest, "1", "2", 1)}, "expected sha256:"},
+		{[]string{"--ear", earFile, "--ca", srv.caPEM, "--allow-insecure", "--platform", "tdx"}, "platform snp"},
+		{[]string{"--ear", filepath.Join(dir, "missing"), "--ca", srv.caPEM}, "no such file"},
+	} {
+		code, _, errs := runCLI(append([]string{"verify"}, tt.args...)...)
+		if code != ExitError || !strings.Contains(errs, tt.want) || strings.Count(errs, "\n") != 1 || !strings.HasPrefix(errs, "castellan: error: ") {
+			t.Errorf("%v: %d %q, want a one-line error with %q", tt.args, code, errs, tt.want)
+		}
+	}
+	for _, args := range [][]string{
+		{"verify", "--ear", earFile},
+		{"verify", "--ear", earFile, "--ca", srv.caPEM, "https://127.0.0.1:1"},
+	} {
+		if code, _, errs := runCLI(args...); code != ExitUsage {
+			t.Errorf("%v: %d %q, want a usage error", args, code, errs)
 		}
 	}
 }

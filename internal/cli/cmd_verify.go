@@ -20,8 +20,8 @@ import (
 
 var verifyCmd = &Command{
 	Name:    "verify",
-	Usage:   "verify https://host:port --ca ca.pem [--digest sha256:...] [--platform snp,tdx] [--allow-insecure] [--json]",
-	Summary: "check a keep's certificate and print what it proves",
+	Usage:   "verify (https://host:port | --ear FILE) --ca ca.pem [--digest sha256:...] [--platform snp,tdx] [--allow-insecure] [--json]",
+	Summary: "check a keep's certificate, or an EAR, and print what it proves",
 	Help: `Connects to a keep's TLS listener, checks that its certificate chains to the
 attestation service's CA (--ca), and that its claims match what is expected:
 the workload digest (--digest), the platform (--platform), and that it is not
@@ -29,11 +29,17 @@ insecure (no TEE, simulated hardware, or self-signed) unless --allow-insecure.
 Prints the claims; exits non-zero with the reason on any mismatch.
 
 Keeps are identified by their claims, not by host names: the host name in
-the URL is not checked against the certificate.`,
+the URL is not checked against the certificate.
+
+With --ear FILE ("-" for stdin) it checks an EAR (IETF RATS attestation
+result) the attestation service returned instead: its signature with the
+key of --ca, its expiry, its status (affirming; warning, for simulated or
+insecure keeps, only with --allow-insecure; never contraindicated), and the
+workload and platform asked for, and prints its claims.`,
 }
 
 type verifyFlags struct {
-	ca, digest, platform *string
+	ca, digest, platform, ear *string
 	allowInsecure, json  *bool
 	timeout              *time.Duration
 }
@@ -46,6 +52,7 @@ func addVerifyFlags(fs *flag.FlagSet) *verifyFlags {
 		allowInsecure: fs.Bool("allow-insecure", false, "accept keeps without a TEE, on simulated hardware, or self-signed"),
 		json:          fs.Bool("json", false, "print JSON"),
 		timeout:       fs.Duration("timeout", 10*time.Second, "connection timeout"),
+		ear:           fs.String("ear", "", "check this EAR file (- for stdin) from the attestation service instead of a keep"),
 	}
 }
 
@@ -82,12 +89,11 @@ func init() {
 		if !ok {
 			return status
 		}
-		if len(pos) != 1 {
-			return e.Usagef("verify: want one https://host:port argument")
+		if *f.ear != "" && len(pos) != 0 {
+			return e.Usagef("verify: give an https://host:port argument or --ear, not both")
 		}
-		addr, err := keepAddress(pos[0])
-		if err != nil {
-			return e.Usagef("verify: %v", err)
+		if *f.ear == "" && len(pos) != 1 {
+			return e.Usagef("verify: want one https://host:port argument")
 		}
 		exp := keepcert.Expect{Digest: *f.digest, AllowInsecure: *f.allowInsecure}
 		if *f.platform != "" {
@@ -103,6 +109,13 @@ func init() {
 		}
 		if *f.digest != "" && evidence.CheckDigest(*f.digest) != nil {
 			return e.Usagef("--digest: %v", evidence.CheckDigest(*f.digest))
+		}
+		if *f.ear != "" {
+			return verifyEAR(e, f, expectFlags{digest: exp.Digest, platforms: exp.Platforms, allowInsecure: exp.AllowInsecure})
+		}
+		addr, err := keepAddress(pos[0])
+		if err != nil {
+			return e.Usagef("verify: %v", err)
 		}
 		if *f.ca != "" {
 			b, err := os.ReadFile(*f.ca)

@@ -201,6 +201,7 @@ type keepReq struct {
 	evidence []byte // replaces the envelope CBOR
 	csrTpl   *x509.CertificateRequest
 	pkg      string
+	ear      bool
 }
 
 func newKey(t testing.TB) *ecdsa.PrivateKey {
@@ -281,7 +282,7 @@ func (h *harness) body(r keepReq) []byte {
 			t.Fatal(err)
 		}
 	}
-	b, err := json.Marshal(CertificateRequest{CSR: csr, Evidence: evb, Package: r.pkg})
+	b, err := json.Marshal(CertificateRequest{CSR: csr, Evidence: evb, Package: r.pkg, EAR: r.ear})
 	if err != nil {
 		t.Fatal(err)
 	}

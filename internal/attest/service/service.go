@@ -39,6 +39,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/ca"
+	"github.com/castellan-dev/castellan/internal/attest/eartoken"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/castellan-dev/castellan/internal/attest/verify"
@@ -62,6 +63,7 @@ const (
 	CheckChain      = "chain"       // the vendor certificate chain does not verify to a trusted root
 	CheckSignature  = "signature"   // the report or quote signature does not verify
 	CheckReportData = "report_data" // the report data does not bind key, nonce and workload digest
+	CheckEAR        = "ear"         // the EAR asked for could not be signed (500)
 )
 
 // ChallengeResponse is the answer to POST /v1/challenge.
@@ -75,17 +77,22 @@ type CertificateRequest struct {
 	CSR      []byte `json:"csr"`               // DER
 	Evidence []byte `json:"evidence"`          // CBOR envelope
 	Package  string `json:"package,omitempty"` // package reference, informative
+	// EAR asks for the result as an EAR too (also on a refusal, once the
+	// evidence went through verification).
+	EAR bool `json:"ear,omitempty"`
 }
 
 // CertificateResponse is the answer to an accepted certificate request.
 type CertificateResponse struct {
-	Chain []string `json:"chain"` // PEM: leaf, CA
+	Chain []string `json:"chain"`         // PEM: leaf, CA
+	EAR   string   `json:"ear,omitempty"` // a signed EAR (JWT), when asked for
 }
 
 // ErrorResponse is the answer to a refused or failed request.
 type ErrorResponse struct {
 	Error string `json:"error"`
 	Check string `json:"check,omitempty"`
+	EAR   string `json:"ear,omitempty"` // a signed EAR (JWT) saying contraindicated, when asked for
 }
 
 // Config is what a Service is built from.
@@ -121,6 +128,8 @@ type Config struct {
 	// InFlightWait is how long a request waits for a slot; zero means
 	// DefaultInFlightWait.
 	InFlightWait time.Duration
+	// Build names the service's build in EARs (ear.verifier-id).
+	Build string
 }
 
 // Defaults for Config.
@@ -204,6 +213,7 @@ type Refusal struct {
 	Status int
 	Check  string
 	Reason string
+	EAR    string // the signed EAR, when the request asked for one
 }
 
 func (r *Refusal) Error() string { return r.Check + ": " + r.Reason }
@@ -256,7 +266,7 @@ func (s *Service) certificate(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.Decided != nil {
 			s.cfg.Decided(d)
 		}
-		writeJSON(w, ref.Status, ErrorResponse{Error: ref.Reason, Check: ref.Check})
+		writeJSON(w, ref.Status, ErrorResponse{Error: ref.Reason, Check: ref.Check, EAR: ref.EAR})
 		return
 	}
 	d.Accepted = true
@@ -275,10 +285,62 @@ func (s *Service) certificate(w http.ResponseWriter, r *http.Request) {
 // does, filling d with what the audit log records; it neither records nor
 // writes a response: it is the endpoint without HTTP.
 func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audit.Decision) (*CertificateResponse, *Refusal) {
+	var o outcome
+	resp, ref := s.issue(ctx, body, now, d, &o)
+	if !o.wantEAR || !o.verified {
+		return resp, ref
+	}
+	tok, err := s.result(now, &o, ref)
+	switch {
+	case err != nil && ref == nil:
+		s.cfg.Logf("%v", err)
+		return nil, refuse(http.StatusInternalServerError, CheckEAR, "signing the EAR failed; no certificate issued")
+	case err != nil:
+		s.cfg.Logf("%v", err)
+	case ref != nil:
+		ref.EAR = tok
+	default:
+		resp.EAR = tok
+	}
+	return resp, ref
+}
+
+// outcome is what issue learnt that an EAR reports.
+type outcome struct {
+	wantEAR     bool
+	nonce       []byte
+	key         crypto.PublicKey
+	verified    bool             // the evidence went through the verifier
+	claims      *evidence.Claims // nil if the verifier refused it
+	verifyCheck string
+	snap        *policy.Snapshot
+	spiffeID    string
+}
+
+// result signs the EAR of a request whose evidence was verified.
+func (s *Service) result(now time.Time, o *outcome, ref *Refusal) (string, error) {
+	in := eartoken.Input{Now: now, Build: s.cfg.Build, Nonce: o.nonce, Key: o.key, Claims: o.claims,
+		VerifyCheck: o.verifyCheck, SPIFFEID: o.spiffeID, Refused: ref != nil}
+	if ref != nil {
+		in.Check = ref.Check
+	}
+	if o.claims != nil {
+		in.Facets = o.snap.Facets(o.claims)
+	}
+	ar, err := eartoken.Appraise(in)
+	if err != nil {
+		return "", err
+	}
+	tok, err := eartoken.Sign(ar, s.cfg.CA.Key, now.Add(time.Duration(o.snap.Policy.CertificateLifetime)))
+	return string(tok), err
+}
+
+func (s *Service) issue(ctx context.Context, body []byte, now time.Time, d *audit.Decision, o *outcome) (*CertificateResponse, *Refusal) {
 	req, ref := parseRequest(body)
 	if ref != nil {
 		return nil, ref
 	}
+	o.wantEAR = req.EAR
 	d.Package = clip(req.Package)
 	env, err := evidence.Parse(req.Evidence)
 	if err != nil {
@@ -300,14 +362,18 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 	if ref := checkKey(csr, env.Key); ref != nil {
 		return nil, ref
 	}
+	o.nonce, o.key, o.snap = env.Nonce, csr.PublicKey, snap
 	t0 := time.Now()
 	claims, err := s.cfg.Verify(env, verify.Options{SimRoots: snap.SimRoots[env.Platform], Now: now, VCEKGetter: s.cfg.VCEKGetter})
 	if s.timing != nil {
 		s.timing.verify.Add(int64(time.Since(t0)))
 	}
+	o.verified = true
 	if err != nil {
-		return nil, refuse(http.StatusForbidden, verifyCheck(err), "%v", err)
+		o.verifyCheck = verifyCheck(err)
+		return nil, refuse(http.StatusForbidden, o.verifyCheck, "%v", err)
 	}
+	o.claims = claims
 	summarise(d, claims)
 	if pr := snap.Check(claims); pr != nil {
 		return nil, refuse(http.StatusForbidden, pr.Check, "%s", pr.Reason)
@@ -326,6 +392,7 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 	if err != nil {
 		return nil, refuse(http.StatusForbidden, policy.CheckWorkload, "%v", err)
 	}
+	o.spiffeID = spiffeID.String()
 	dnsNames := make([]string, len(csr.DNSNames))
 	for i, n := range csr.DNSNames {
 		dnsNames[i] = strings.ToLower(n)
