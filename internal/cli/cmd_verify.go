@@ -40,8 +40,8 @@ workload and platform asked for, and prints its claims.`,
 
 type verifyFlags struct {
 	ca, digest, platform, ear *string
-	allowInsecure, json  *bool
-	timeout              *time.Duration
+	allowInsecure, json       *bool
+	timeout                   *time.Duration
 }
 
 func addVerifyFlags(fs *flag.FlagSet) *verifyFlags {

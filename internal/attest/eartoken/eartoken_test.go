@@ -156,11 +156,16 @@ func TestVector(t *testing.T) {
 		{"chain", func(in *Input) { in.Claims, in.VerifyCheck, in.Refused, in.Check = nil, "chain", true, "chain" }, ear.TrustVector{Hardware: 99}, ear.TrustTierContraindicated},
 		{"verifier: tcb", func(in *Input) { in.Claims, in.VerifyCheck, in.Refused, in.Check = nil, "tcb", true, "tcb" }, ear.TrustVector{Hardware: 32}, ear.TrustTierContraindicated},
 		{"verifier: a guest setting", func(in *Input) { in.Claims, in.VerifyCheck, in.Refused, in.Check = nil, "debug", true, "debug" }, ear.TrustVector{Configuration: 96}, ear.TrustTierContraindicated},
-		{"report data", func(in *Input) { in.Claims, in.VerifyCheck, in.Refused, in.Check = nil, "report_data", true, "report_data" }, ear.TrustVector{InstanceIdentity: 96}, ear.TrustTierContraindicated},
+		{"report data", func(in *Input) {
+			in.Claims, in.VerifyCheck, in.Refused, in.Check = nil, "report_data", true, "report_data"
+		}, ear.TrustVector{InstanceIdentity: 96}, ear.TrustTierContraindicated},
 		{"debug", func(in *Input) { in.Claims, in.Refused, in.Check = debug, true, "debug" }, ear.TrustVector{InstanceIdentity: 2, Configuration: 96, Executables: 2, Hardware: 2, RuntimeOpaque: 2}, ear.TrustTierContraindicated},
 		{"tcb low", func(in *Input) { in.Facets.TCBBelowMinimum, in.Refused, in.Check = true, true, "tcb" }, ear.TrustVector{InstanceIdentity: 2, Configuration: 3, Executables: 2, Hardware: 32, RuntimeOpaque: 2}, ear.TrustTierContraindicated},
 		{"tcb revoked", func(in *Input) { in.Facets.TCBRevoked, in.Refused, in.Check = true, true, "revoked" }, ear.TrustVector{InstanceIdentity: 2, Configuration: 3, Executables: 2, Hardware: 96, RuntimeOpaque: 2}, ear.TrustTierContraindicated},
-		{"platform revoked", func(in *Input) { in.Facets = policy.Facets{PlatformRevoked: true}; in.Refused, in.Check = true, "revoked" }, ear.TrustVector{InstanceIdentity: 2, Configuration: 3, Hardware: 96, RuntimeOpaque: 2}, ear.TrustTierContraindicated},
+		{"platform revoked", func(in *Input) {
+			in.Facets = policy.Facets{PlatformRevoked: true}
+			in.Refused, in.Check = true, "revoked"
+		}, ear.TrustVector{InstanceIdentity: 2, Configuration: 3, Hardware: 96, RuntimeOpaque: 2}, ear.TrustTierContraindicated},
 		{"measurement unknown", func(in *Input) { in.Facets.MeasurementListed, in.Refused, in.Check = false, true, "measurement" }, ear.TrustVector{InstanceIdentity: 2, Configuration: 3, Executables: 33, Hardware: 2, RuntimeOpaque: 2}, ear.TrustTierContraindicated},
 		{"measurement revoked", func(in *Input) { in.Facets.MeasurementRevoked, in.Refused, in.Check = true, true, "revoked" }, ear.TrustVector{InstanceIdentity: 2, Configuration: 3, Executables: 96, Hardware: 2, RuntimeOpaque: 2}, ear.TrustTierContraindicated},
 		{"workload", func(in *Input) { in.Facets.WorkloadListed, in.Refused, in.Check = false, true, "workload" }, ear.TrustVector{InstanceIdentity: 2, Configuration: 3, Executables: 33, Hardware: 2, RuntimeOpaque: 2}, ear.TrustTierContraindicated},
