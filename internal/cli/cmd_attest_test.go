@@ -192,7 +192,8 @@ func TestAttestServeAndVerify(t *testing.T) {
 	}
 	code, out, errs = runCLI("verify", keeps["tdx"], "--ca", srv.caPEM, "--json", "--allow-insecure")
 	var v verifyOutput
-	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || v.Platform != "tdx" || !v.Verified || v.WorkloadDigest != attestDigest {
+	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || v.Platform != "tdx" || !v.Verified || v.WorkloadDigest != attestDigest ||
+		v.Status != "warning" || !strings.HasPrefix(v.SPIFFEID, "spiffe://castellan.invalid/workload/") {
 		t.Errorf("verify tdx --json: %d\n%s%s", code, out, errs)
 	}
 	for _, tt := range []struct {

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/attest/eartoken"
 	"github.com/castellan-dev/castellan/keepcert"
 )
 
@@ -72,6 +73,7 @@ type verifyOutput struct {
 	WorkloadDigest string            `json:"workload_digest"`
 	Package        string            `json:"package,omitempty"`
 	SPIFFEID       string            `json:"spiffe_id,omitempty"`
+	Status         string            `json:"ear_status,omitempty"` // what an EAR would say of these claims
 	DNSNames       []string          `json:"dns_names,omitempty"`
 	IPAddresses    []string          `json:"ip_addresses,omitempty"`
 	Issuer         string            `json:"issuer"`
@@ -159,6 +161,9 @@ func init() {
 			out.Attested, out.Platform, out.Simulated, out.Insecure, out.Debug = claims.Attested, claims.Platform, claims.Simulated, claims.Insecure, claims.Debug
 			out.TCB, out.WorkloadDigest, out.Package = claims.TCB, claims.WorkloadDigest, claims.Package
 			out.Measurement = hex.EncodeToString(claims.Measurement)
+			if claims.Attested {
+				out.Status = eartoken.CertificateStatus(claims.Platform, claims.Simulated, claims.Debug).String()
+			}
 		}
 		if verr != nil {
 			out.Error = verr.Error()
@@ -238,6 +243,9 @@ func printClaims(e *Env, o *verifyOutput) {
 	fmt.Fprintf(w, "platform:    %s\n", platform)
 	fmt.Fprintf(w, "attested:    %s\n", yes(o.Attested))
 	fmt.Fprintf(w, "insecure:    %s\n", yes(o.Insecure))
+	if o.Status != "" {
+		fmt.Fprintf(w, "ear status:  %s\n", o.Status)
+	}
 	fmt.Fprintf(w, "debug:       %s\n", yes(o.Debug))
 	if o.Measurement != "" {
 		fmt.Fprintf(w, "measurement: %s\n", o.Measurement)

@@ -309,3 +309,17 @@ func expiry(token []byte) (time.Time, error) {
 	}
 	return time.Unix(v, 0), nil
 }
+
+// CertificateStatus is the ear.status an EAR would have given the claims of
+// a keep certificate the service issued: every check passed, so only the
+// platform, simulation and debug facets can lower it (simulated: warning;
+// none: contraindicated). castellan verify prints it beside the claims.
+func CertificateStatus(platform string, simulated, debug bool) ear.TrustTier {
+	var tv ear.TrustVector
+	Vector(Input{Claims: &evidence.Claims{Platform: platform, Simulated: simulated, Debug: debug},
+		Facets: policy.Facets{MeasurementListed: true, WorkloadListed: true}}, &tv)
+	st := ear.TrustTierAffirming
+	a := ear.Appraisal{TrustVector: &tv, Status: &st}
+	a.UpdateStatusFromTrustVector()
+	return *a.Status
+}

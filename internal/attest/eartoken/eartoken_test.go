@@ -189,3 +189,20 @@ func TestVector(t *testing.T) {
 		})
 	}
 }
+
+func TestCertificateStatus(t *testing.T) {
+	for _, tt := range []struct {
+		platform         string
+		simulated, debug bool
+		want             ear.TrustTier
+	}{
+		{"snp", false, false, ear.TrustTierAffirming},
+		{"tdx", true, false, ear.TrustTierWarning},
+		{"none", false, false, ear.TrustTierContraindicated},
+		{"snp", false, true, ear.TrustTierContraindicated},
+	} {
+		if got := CertificateStatus(tt.platform, tt.simulated, tt.debug); got != tt.want {
+			t.Errorf("%+v: %v", tt, got)
+		}
+	}
+}
