@@ -56,3 +56,20 @@ func benchIssue(b *testing.B, platform string) {
 	b.ReportMetric(float64(h.svc.timing.verify.Load())/float64(b.N)/1e3, "verify-µs/op")
 	b.ReportMetric(float64(h.svc.timing.issue.Load())/float64(b.N)/1e3, "issue-µs/op")
 }
+
+// BenchmarkChallenge measures POST /v1/challenge: a sealed nonce, nothing
+// stored; cpu-µs/op is what an anonymous flood costs per request.
+func BenchmarkChallenge(b *testing.B) {
+	h := newHarness(b)
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if w := h.do("POST", "/v1/challenge", nil); w.Code != http.StatusOK {
+				b.Errorf("challenge: %d", w.Code)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/op")
+}
