@@ -206,3 +206,25 @@ func TestCertificateStatus(t *testing.T) {
 		}
 	}
 }
+
+// FuzzVerify feeds arbitrary tokens (castellan verify --ear reads files
+// anyone may hand over): no panic, and nothing verifies under a key that
+// did not sign it.
+func FuzzVerify(f *testing.F) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ar, _ := Appraise(good())
+	tok, _ := Sign(ar, key, now.Add(time.Hour))
+	f.Add(tok)
+	f.Add([]byte("a.b.c"))
+	f.Add([]byte("eyJhbGciOiJub25lIn0.e30."))
+	f.Add([]byte{})
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if r, err := Verify(b, other.Public(), now); err == nil {
+			t.Fatalf("verified under a key that signed nothing: %+v", r)
+		}
+		if r, err := Verify(b, key.Public(), now); err == nil && (r.AR.Submods[Submod] == nil || r.Expires.Before(now)) {
+			t.Fatalf("verified result %+v", r)
+		}
+	})
+}
