@@ -120,6 +120,18 @@ name = "this test binary"
 	}
 }
 
+// attestFiles writes a policy and measurements trusting a new simulation
+// root into a new folder.
+func attestFiles(t *testing.T) (string, *sim.CA) {
+	dir := t.TempDir()
+	simCA, err := sim.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAttestFiles(t, dir, simCA, false)
+	return dir, simCA
+}
+
 // writeAtomic replaces a file as a deploy tool would, so that the service's
 // watcher never sees it half-written.
 func writeAtomic(t *testing.T, path, s string) {
@@ -159,12 +171,7 @@ func runCLI(args ...string) (int, string, string) {
 }
 
 func TestAttestServeAndVerify(t *testing.T) {
-	dir := t.TempDir()
-	simCA, err := sim.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeAttestFiles(t, dir, simCA, false)
+	dir, simCA := attestFiles(t)
 	srv := startAttestServe(t, dir)
 	caPEM, err := os.ReadFile(srv.caPEM)
 	if err != nil {
@@ -252,12 +259,7 @@ func TestAttestServeUsage(t *testing.T) {
 // CASTELLAN_TEST_POSTGRES names one (see notes/attest.md).
 func TestAttestServePostgres(t *testing.T) {
 	dsn := audittest.PostgresDSN(t)
-	dir := t.TempDir()
-	simCA, err := sim.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeAttestFiles(t, dir, simCA, false)
+	dir, simCA := attestFiles(t)
 	srv := startAttestServe(t, dir, "--database", dsn)
 	roots := x509.NewCertPool()
 	b, _ := os.ReadFile(srv.caPEM)
@@ -283,12 +285,7 @@ func TestAttestServePostgres(t *testing.T) {
 // other once; a replay at either is refused.
 func TestAttestServeReplicas(t *testing.T) {
 	dsn := audittest.PostgresDSN(t)
-	dir := t.TempDir()
-	simCA, err := sim.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeAttestFiles(t, dir, simCA, false)
+	dir, simCA := attestFiles(t)
 	a := startAttestServe(t, dir, "--database", dsn)
 	b := startAttestServe(t, dir, "--database", dsn)
 	kc := newKeepClient(t, a.caPEM, simCA)
@@ -356,12 +353,7 @@ func (k *keepClient) request(serviceURL string, ear bool) []byte {
 
 // castellan verify --ear checks the EAR attest serve returns on request.
 func TestVerifyEAR(t *testing.T) {
-	dir := t.TempDir()
-	simCA, err := sim.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeAttestFiles(t, dir, simCA, false)
+	dir, simCA := attestFiles(t)
 	srv := startAttestServe(t, dir)
 	kc := newKeepClient(t, srv.caPEM, simCA)
 	var cr service.CertificateResponse
@@ -421,12 +413,7 @@ func TestVerifyEAR(t *testing.T) {
 // (a port probe) is one short line through the command's output, not Go's
 // "http: TLS handshake error ... EOF" on the process's stderr.
 func TestAttestServePortProbe(t *testing.T) {
-	dir := t.TempDir()
-	simCA, err := sim.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeAttestFiles(t, dir, simCA, false)
+	dir, _ := attestFiles(t)
 	srv := startAttestServe(t, dir)
 	c, err := net.Dial("tcp", strings.TrimPrefix(srv.url, "https://"))
 	if err != nil {

@@ -251,16 +251,7 @@ func printClaims(e *Env, o *verifyOutput) {
 		fmt.Fprintf(w, "measurement: %s\n", o.Measurement)
 	}
 	if len(o.TCB) > 0 {
-		keys := make([]string, 0, len(o.TCB))
-		for k := range o.TCB {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		var parts []string
-		for _, k := range keys {
-			parts = append(parts, fmt.Sprintf("%s=%d", k, o.TCB[k]))
-		}
-		fmt.Fprintf(w, "tcb:         %s\n", strings.Join(parts, " "))
+		fmt.Fprintf(w, "tcb:         %s\n", sortedPairs(o.TCB))
 	}
 	fmt.Fprintf(w, "issuer:      %s\n", o.Issuer)
 	fmt.Fprintf(w, "serial:      %s\n", o.Serial)
@@ -270,4 +261,18 @@ func printClaims(e *Env, o *verifyOutput) {
 	} else {
 		fmt.Fprintf(w, "verified:    no\n")
 	}
+}
+
+// sortedPairs prints a map as "k=v k=v", sorted by key.
+func sortedPairs[V uint64 | int](m map[string]V) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	return strings.Join(parts, " ")
 }

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -57,7 +56,7 @@ func verifyEAR(e *Env, f *verifyFlags, exp expectFlags) int {
 	if file == "-" {
 		tok, err = io.ReadAll(io.LimitReader(e.Stdin, eartoken.MaxTokenSize+1))
 	} else {
-		tok, err = readLimited(file, eartoken.MaxTokenSize)
+		tok, err = readFileLimited(file, eartoken.MaxTokenSize)
 	}
 	if err != nil {
 		return e.Errorf("--ear: %v", err)
@@ -169,22 +168,6 @@ func warningReason(o *earOutput) string {
 	return "a claim in the warning tier"
 }
 
-func readLimited(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s: over %d bytes", path, max)
-	}
-	return b, nil
-}
-
 func printEAR(e *Env, o *earOutput) {
 	w := e.Stdout
 	fmt.Fprintf(w, "ear:         %s\n", o.File)
@@ -207,28 +190,10 @@ func printEAR(e *Env, o *earOutput) {
 		fmt.Fprintf(w, "measurement: %s\n", o.Measurement)
 	}
 	if len(o.TCB) > 0 {
-		keys := make([]string, 0, len(o.TCB))
-		for k := range o.TCB {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		var parts []string
-		for _, k := range keys {
-			parts = append(parts, fmt.Sprintf("%s=%d", k, o.TCB[k]))
-		}
-		fmt.Fprintf(w, "tcb:         %s\n", strings.Join(parts, " "))
+		fmt.Fprintf(w, "tcb:         %s\n", sortedPairs(o.TCB))
 	}
 	if len(o.TrustVector) > 0 {
-		keys := make([]string, 0, len(o.TrustVector))
-		for k := range o.TrustVector {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		var parts []string
-		for _, k := range keys {
-			parts = append(parts, fmt.Sprintf("%s=%d", k, o.TrustVector[k]))
-		}
-		fmt.Fprintf(w, "vector:      %s\n", strings.Join(parts, " "))
+		fmt.Fprintf(w, "vector:      %s\n", sortedPairs(o.TrustVector))
 	}
 	if o.RefusedBy != "" {
 		fmt.Fprintf(w, "refused by:  %s\n", o.RefusedBy)
