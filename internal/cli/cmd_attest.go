@@ -38,7 +38,12 @@ service's own TLS certificate is issued by the same CA at each start.
 
 The policy and the measurement database are reloaded on SIGHUP and when
 either file changes; a bad edit is reported and the old version stays in
-force. Every decision goes to the audit log (--database).`,
+force. Every decision goes to the audit log (--database).
+
+Challenge nonces are sealed with the key in --nonce-key (made if absent), so
+issuing one stores nothing; used nonces are kept in the audit database until
+they expire. Replicas that share the CA, the nonce key, one PostgreSQL
+--database and the policy files act as one service.`,
 }
 
 type attestServeFlags struct {

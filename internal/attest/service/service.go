@@ -7,10 +7,16 @@
 // and records the decision (internal/attest/audit).
 //
 //	POST /v1/challenge    → {"nonce": b64, "expires": RFC 3339}
-//	POST /v1/certificate  {"csr": b64 DER, "evidence": b64 CBOR, "package": ref}
-//	                      → {"chain": [leaf PEM, CA PEM]}
-//	                      or 4xx {"error": "...", "check": "..."}
+//	POST /v1/certificate  {"csr": b64 DER, "evidence": b64 CBOR, "package": ref, "ear": bool}
+//	                      → {"chain": [leaf PEM, CA PEM], "ear": JWT}
+//	                      or 4xx {"error": "...", "check": "...", "ear": JWT}
 //	GET  /v1/ca           → the CA certificate, PEM
+//
+// Challenges store nothing (nonce.go: nonces are sealed by a key replicas
+// share); redeemed nonces go to a bounded ledger (audit.NonceLedger) in the
+// audit database, which replicas share through PostgreSQL. Certificates
+// carry the SPIFFE ID and names the policy gives the workload; on request
+// the result is also an EAR (internal/attest/eartoken).
 package service
 
 import (
