@@ -2,6 +2,11 @@ package service
 
 import (
 	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"math/big"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -161,5 +166,50 @@ func TestInFlightBound(t *testing.T) {
 	svc.ServeHTTP(w, httptest.NewRequest("POST", "/v1/certificate", strings.NewReader("{}")))
 	if w.Code != http.StatusBadRequest {
 		t.Errorf("after the slot is free: %d, want 400", w.Code)
+	}
+}
+
+// hugeRSACSR builds, by hand, a CSR for a 16384-bit RSA key with a junk
+// signature (Go refuses to sign one that does not verify).
+func hugeRSACSR(t *testing.T) []byte {
+	n := new(big.Int).Lsh(big.NewInt(1), 16383)
+	n.Add(n, big.NewInt(1))
+	spki, err := x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: n, E: 65537})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject, _ := asn1.Marshal(pkix.RDNSequence{})
+	info, err := asn1.Marshal(struct {
+		Version    int
+		Subject    asn1.RawValue
+		PublicKey  asn1.RawValue
+		Attributes []asn1.RawValue `asn1:"tag:0"`
+	}{0, asn1.RawValue{FullBytes: subject}, asn1.RawValue{FullBytes: spki}, nil})
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := asn1.Marshal(struct {
+		Info      asn1.RawValue
+		Algorithm pkix.AlgorithmIdentifier
+		Signature asn1.BitString
+	}{asn1.RawValue{FullBytes: info}, pkix.AlgorithmIdentifier{Algorithm: asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 11}, Parameters: asn1.NullRawValue},
+		asn1.BitString{Bytes: make([]byte, 2048), BitLength: 2048 * 8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// The CSR's key kind and size are checked before its signature: an
+// anonymous caller cannot make the service verify a 16384-bit RSA signature.
+func TestHugeRSAKeyRefusedBeforeSignature(t *testing.T) {
+	csr := hugeRSACSR(t)
+	if _, err := x509.ParseCertificateRequest(csr); err != nil {
+		t.Fatalf("the hand-made CSR does not parse: %v", err)
+	}
+	h := newHarness(t)
+	e := h.mustRefuse(h.body(keepReq{csr: csr}), CheckKey)
+	if !strings.Contains(e.Error, "16384 bits") {
+		t.Errorf("reason %q", e.Error)
 	}
 }
