@@ -26,6 +26,8 @@ import (
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jwk"
+	"github.com/lestrrat-go/jwx/v3/jws"
 	"github.com/lestrrat-go/jwx/v3/jwt"
 	"github.com/veraison/ear"
 )
@@ -197,7 +199,15 @@ func Sign(ar *ear.AttestationResult, key crypto.Signer, exp time.Time) ([]byte, 
 	if err := tok.Set(jwt.ExpirationKey, exp); err != nil {
 		return nil, fmt.Errorf("ear: %w", err)
 	}
-	b, err := jwt.Sign(tok, jwt.WithKey(alg, key))
+	kid, err := KeyID(key.Public())
+	if err != nil {
+		return nil, err
+	}
+	hdr := jws.NewHeaders()
+	if err := hdr.Set(jws.KeyIDKey, kid); err != nil {
+		return nil, fmt.Errorf("ear: %w", err)
+	}
+	b, err := jwt.Sign(tok, jwt.WithKey(alg, key, jws.WithProtectedHeaders(hdr)))
 	if err != nil {
 		return nil, fmt.Errorf("ear: signing: %w", err)
 	}
@@ -222,6 +232,54 @@ func Algorithm(pub crypto.PublicKey) (jwa.SignatureAlgorithm, error) {
 		return jwa.PS256(), nil
 	}
 	return jwa.SignatureAlgorithm{}, fmt.Errorf("ear: no JWS algorithm for a %T key", pub)
+}
+
+// publicJWK is pub as a JWK with its algorithm, use and key id (the RFC
+// 7638 thumbprint).
+func publicJWK(pub crypto.PublicKey) (jwk.Key, error) {
+	alg, err := Algorithm(pub)
+	if err != nil {
+		return nil, err
+	}
+	k, err := jwk.Import(pub)
+	if err != nil {
+		return nil, fmt.Errorf("ear: key: %w", err)
+	}
+	if err := jwk.AssignKeyID(k); err != nil {
+		return nil, fmt.Errorf("ear: key id: %w", err)
+	}
+	if err := k.Set(jwk.AlgorithmKey, alg); err != nil {
+		return nil, fmt.Errorf("ear: key: %w", err)
+	}
+	if err := k.Set(jwk.KeyUsageKey, jwk.ForSignature); err != nil {
+		return nil, fmt.Errorf("ear: key: %w", err)
+	}
+	return k, nil
+}
+
+// KeyID is the key id EARs signed with the key of pub carry: its JWK
+// thumbprint (RFC 7638, SHA-256).
+func KeyID(pub crypto.PublicKey) (string, error) {
+	k, err := publicJWK(pub)
+	if err != nil {
+		return "", err
+	}
+	kid, _ := k.KeyID()
+	return kid, nil
+}
+
+// JWKS is the JSON Web Key Set that verifies EARs signed with the key of
+// pub, as served on GET /v1/jwks.
+func JWKS(pub crypto.PublicKey) ([]byte, error) {
+	k, err := publicJWK(pub)
+	if err != nil {
+		return nil, err
+	}
+	set := jwk.NewSet()
+	if err := set.AddKey(k); err != nil {
+		return nil, fmt.Errorf("ear: key set: %w", err)
+	}
+	return json.Marshal(set)
 }
 
 // MaxTokenSize bounds a token read from a file or a network answer.

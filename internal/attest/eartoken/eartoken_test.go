@@ -15,6 +15,8 @@ import (
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jwk"
+	"github.com/lestrrat-go/jwx/v3/jws"
 	"github.com/lestrrat-go/jwx/v3/jwt"
 	"github.com/veraison/ear"
 )
@@ -227,4 +229,36 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("verified result %+v", r)
 		}
 	})
+}
+
+// A relying party with only the published JWKS verifies an EAR with the
+// library: the token's kid names the key in the set.
+func TestJWKS(t *testing.T) {
+	key := newKey(t)
+	tok := sign(t, good(), key, now.Add(time.Hour))
+	b, err := JWKS(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := jwk.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := jws.Parse(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kid, _ := msg.Signatures()[0].ProtectedHeaders().KeyID()
+	k, ok := set.LookupKeyID(kid)
+	if !ok {
+		t.Fatalf("kid %q not in %s", kid, b)
+	}
+	alg, _ := k.Algorithm()
+	var ar ear.AttestationResult
+	if err := ar.Verify(tok, alg, k); err != nil {
+		t.Fatalf("verifying with the JWKS key: %v", err)
+	}
+	if !strings.Contains(string(b), `"use":"sig"`) || !strings.Contains(string(b), `"alg":"ES256"`) {
+		t.Errorf("JWKS %s", b)
+	}
 }

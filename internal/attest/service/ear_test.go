@@ -6,6 +6,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/eartoken"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/lestrrat-go/jwx/v3/jwk"
 	"github.com/veraison/ear"
 )
 
@@ -80,5 +81,22 @@ func TestEAROnRefusal(t *testing.T) {
 				t.Errorf("status %v vector %+v, want contraindicated %+v", r.Status(), *a.TrustVector, tt.vector)
 			}
 		})
+	}
+}
+
+// GET /v1/jwks publishes the key EARs are signed with.
+func TestJWKSEndpoint(t *testing.T) {
+	h := newHarness(t)
+	w := h.do("GET", "/v1/jwks", nil)
+	set, err := jwk.Parse(w.Body.Bytes())
+	if w.Code != http.StatusOK || err != nil || set.Len() != 1 {
+		t.Fatalf("GET /v1/jwks: %d %v %s", w.Code, err, w.Body)
+	}
+	_, _, cr := h.post(h.body(keepReq{ear: true}))
+	k, _ := set.Key(0)
+	alg, _ := k.Algorithm()
+	var ar ear.AttestationResult
+	if err := ar.Verify([]byte(cr.EAR), alg, k); err != nil {
+		t.Errorf("EAR with the published JWK: %v", err)
 	}
 }

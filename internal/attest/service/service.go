@@ -11,6 +11,7 @@
 //	                      → {"chain": [leaf PEM, CA PEM], "ear": JWT}
 //	                      or 4xx {"error": "...", "check": "...", "ear": JWT}
 //	GET  /v1/ca           → the CA certificate, PEM
+//	GET  /v1/jwks         → the CA key as a JSON Web Key Set (verifies EARs)
 //
 // Challenges store nothing (nonce.go: nonces are sealed by a key replicas
 // share); redeemed nonces go to a bounded ledger (audit.NonceLedger) in the
@@ -148,6 +149,7 @@ const (
 type Service struct {
 	cfg      Config
 	inFlight chan struct{} // a semaphore of MaxInFlight slots
+	jwks     []byte        // the CA key as a JWK set
 	mux      *http.ServeMux
 	timing   *stageTiming // set by benchmarks only
 }
@@ -184,10 +186,15 @@ func New(cfg Config) (*Service, error) {
 	if cfg.InFlightWait <= 0 {
 		cfg.InFlightWait = DefaultInFlightWait
 	}
-	s := &Service{cfg: cfg, inFlight: make(chan struct{}, cfg.MaxInFlight), mux: http.NewServeMux()}
+	jwks, err := eartoken.JWKS(cfg.CA.Key.Public())
+	if err != nil {
+		return nil, fmt.Errorf("attestation service: CA key: %w", err)
+	}
+	s := &Service{cfg: cfg, inFlight: make(chan struct{}, cfg.MaxInFlight), jwks: jwks, mux: http.NewServeMux()}
 	s.mux.HandleFunc("POST /v1/challenge", s.challenge)
 	s.mux.HandleFunc("POST /v1/certificate", s.certificate)
 	s.mux.HandleFunc("GET /v1/ca", s.caCert)
+	s.mux.HandleFunc("GET /v1/jwks", s.caJWKS)
 	return s, nil
 }
 
@@ -206,6 +213,11 @@ func (s *Service) challenge(w http.ResponseWriter, r *http.Request) {
 	life := time.Duration(s.cfg.Policy.Current().Policy.NonceLifetime)
 	now := s.cfg.Now()
 	writeJSON(w, http.StatusOK, ChallengeResponse{Nonce: s.cfg.NonceKey.seal(now), Expires: now.Add(life).UTC()})
+}
+
+func (s *Service) caJWKS(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/jwk-set+json")
+	w.Write(s.jwks)
 }
 
 func (s *Service) caCert(w http.ResponseWriter, r *http.Request) {
