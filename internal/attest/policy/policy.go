@@ -31,7 +31,7 @@ import (
 // Defaults for fields a policy leaves out.
 const (
 	DefaultNonceLifetime       = 60 * time.Second
-	DefaultMaxNonces           = 100000
+	DefaultMaxNonces           = 1000000
 	DefaultCertificateLifetime = time.Hour
 )
 
