@@ -38,13 +38,18 @@ service's own TLS certificate is issued by the same CA at each start.
 
 The policy and the measurement database are reloaded on SIGHUP and when
 either file changes; a bad edit is reported and the old version stays in
-force. Every decision goes to the audit log (--database).`,
+force. Every decision goes to the audit log (--database).
+
+Challenge nonces are sealed with the key in --nonce-key (made if absent), so
+issuing one stores nothing; used nonces are kept in the audit database until
+they expire. Replicas that share the CA, the nonce key, one PostgreSQL
+--database and the policy files act as one service.`,
 }
 
 type attestServeFlags struct {
-	listen, policy, measurements, database, caCert, caKey, stateDir, hostnames *string
-	reload                                                                     *time.Duration
-	fetchVCEK                                                                  *bool
+	listen, policy, measurements, database, caCert, caKey, stateDir, hostnames, nonceKey *string
+	reload                                                                               *time.Duration
+	fetchVCEK                                                                            *bool
 }
 
 func addAttestServeFlags(fs *flag.FlagSet) *attestServeFlags {
@@ -57,6 +62,7 @@ func addAttestServeFlags(fs *flag.FlagSet) *attestServeFlags {
 		caKey:        fs.String("ca-key", "", "CA private key (PEM, mode 0600)"),
 		stateDir:     fs.String("state-dir", "", "where the CA and the default audit log live (default CONFIG-DIR/castellan/attest)"),
 		hostnames:    fs.String("hostnames", "", "extra comma-separated names for the service's TLS certificate"),
+		nonceKey:     fs.String("nonce-key", "", "file of the key that seals challenge nonces, created (0600) if absent; replicas share it (default STATE-DIR/nonce-key)"),
 		reload:       fs.Duration("reload-interval", 2*time.Second, "how often to check the policy files for changes"),
 		fetchVCEK:    fs.Bool("fetch-vcek", false, "fetch VCEK certificates from AMD's key server for SEV-SNP evidence without them (cached)"),
 	}
@@ -131,6 +137,14 @@ func serveAttest(ctx context.Context, e *Env, f *attestServeFlags) int {
 		return e.Errorf("%v", err)
 	}
 	defer log.Close()
+	nonceKeyFile := *f.nonceKey
+	if nonceKeyFile == "" {
+		nonceKeyFile = filepath.Join(stateDir, "nonce-key")
+	}
+	nonceKey, err := service.LoadOrCreateNonceKey(nonceKeyFile)
+	if err != nil {
+		return e.Errorf("--nonce-key: %v", err)
+	}
 
 	var vcek trust.HTTPSGetter
 	if *f.fetchVCEK {
@@ -138,6 +152,9 @@ func serveAttest(ctx context.Context, e *Env, f *attestServeFlags) int {
 	}
 	svc, err := service.New(service.Config{
 		VCEKGetter: vcek,
+		NonceKey:   nonceKey,
+		Build:      "castellan " + Version,
+		UsedNonces: log,
 		Policy:     store,
 		CA:         authority,
 		Audit:      log,

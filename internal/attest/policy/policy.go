@@ -31,7 +31,7 @@ import (
 // Defaults for fields a policy leaves out.
 const (
 	DefaultNonceLifetime       = 60 * time.Second
-	DefaultMaxNonces           = 10000
+	DefaultMaxNonces           = 1000000
 	DefaultCertificateLifetime = time.Hour
 )
 
@@ -60,6 +60,10 @@ type Policy struct {
 	AllowInsecure       bool                 `toml:"allow_insecure"`
 	Workloads           []string             `toml:"workloads"`
 	Platforms           map[string]*Platform `toml:"platforms"`
+
+	// Identity sections (identity.go).
+	SPIFFE   SPIFFE     `toml:"spiffe"`
+	Identity []Identity `toml:"identity"`
 }
 
 // Platform is a [platforms.snp] or [platforms.tdx] table.
@@ -96,6 +100,8 @@ type Snapshot struct {
 	Measurements map[string]map[string]Measurement // platform → hex value → entry
 	SimRoots     map[string][]*x509.Certificate    // platform → trusted simulation roots
 	AnyWorkload  bool
+
+	identities map[string]*Identity // workload digest → its [[identity]] (identity.go)
 }
 
 // Refusal is a decision against a request, naming the check that failed.
@@ -248,7 +254,7 @@ func (s *Snapshot) checkPolicy(file string) error {
 			s.SimRoots[name] = append(s.SimRoots[name], certs...)
 		}
 	}
-	return nil
+	return s.checkIdentity(file)
 }
 
 func readCerts(path string) ([]*x509.Certificate, error) {
