@@ -85,11 +85,11 @@ func (p *PolicyVerifier) Verify(_ context.Context, hello *Hello, nonce []byte, d
 	if err != nil {
 		return nil, refusedf(verify.CheckFormat, "%v", err)
 	}
-	var now time.Time
+	opts := p.Policy.VerifyOptions(env.Platform)
 	if p.Now != nil {
-		now = p.Now()
+		opts.Now = p.Now()
 	}
-	claims, err := verify.Envelope(env, verify.Options{SimRoots: p.Policy.SimRoots[env.Platform], Now: now})
+	claims, err := verify.Envelope(env, opts)
 	if err != nil {
 		var ve *verify.Error
 		if errors.As(err, &ve) {

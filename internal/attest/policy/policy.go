@@ -74,6 +74,9 @@ type Platform struct {
 	// RevokedTCB lists TCBs refused: an entry matches when every component
 	// it names has exactly that value.
 	RevokedTCB []map[string]uint64 `toml:"revoked_tcb"`
+
+	// Checks on the hardware report's own fields (platform.go).
+	HardwareChecks
 }
 
 // Measurements is the parsed measurement database.
@@ -236,6 +239,9 @@ func (s *Snapshot) checkPolicy(file string) error {
 					return fmt.Errorf("%s: platforms.%s.revoked_tcb %d: unknown component %q", file, name, i+1, comp)
 				}
 			}
+		}
+		if err := pl.HardwareChecks.check(name); err != nil {
+			return fmt.Errorf("%s: platforms.%s.%w", file, name, err)
 		}
 		for _, rf := range pl.SimRoots {
 			if !filepath.IsAbs(rf) {

@@ -60,6 +60,8 @@ func TestLoadErrors(t *testing.T) {
 		{"tdx svn out of range", okPolicy + "[platforms.tdx.min_tcb]\n\"tee_tcb_svn.16\" = 1\n", "", "unknown component"},
 		{"empty revoked tcb", okPolicy + "[[platforms.snp.revoked_tcb]]\n", "", "names no component"},
 		{"missing sim root", okPolicy + "[platforms.snp]\nsim_roots = [\"nope.pem\"]\n", "", "nope.pem"},
+		{"vmpl out of range", okPolicy + "[platforms.snp]\nvmpl = [0, 4]\n", "", "platforms.snp.vmpl: 4 is not a VM privilege level"},
+		{"vmpl for tdx", okPolicy + "[platforms.tdx]\nvmpl = [0]\n", "", "platforms.tdx.vmpl: an SEV-SNP setting"},
 		{"negative max nonces", okPolicy + "max_nonces = -1\n", "", "max_nonces"},
 		{"short measurement", okPolicy, "[[measurement]]\nplatform = \"snp\"\nvalue = \"0011\"\n", "m.toml: measurement 1: value must be 96 hex digits"},
 		{"measurement platform", okPolicy, "[[measurement]]\nplatform = \"none\"\nvalue = \"" + strings.Repeat("00", 48) + "\"\n", "measurement 1: platform \"none\""},

@@ -265,7 +265,9 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 	}
 	snap := s.cfg.Policy.Current()
 	t0 := time.Now()
-	claims, err := s.cfg.Verify(env, verify.Options{SimRoots: snap.SimRoots[env.Platform], Now: now, VCEKGetter: s.cfg.VCEKGetter})
+	opts := snap.VerifyOptions(env.Platform)
+	opts.Now, opts.VCEKGetter = now, s.cfg.VCEKGetter
+	claims, err := s.cfg.Verify(env, opts)
 	if s.timing != nil {
 		s.timing.verify.Add(int64(time.Since(t0)))
 	}

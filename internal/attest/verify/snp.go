@@ -89,6 +89,9 @@ func verifySNP(raw []byte, endorsements [][]byte, opts *Options) (*evidence.Clai
 		}
 	}
 
+	if err := checkSNPFields(report, &opts.SNP); err != nil {
+		return nil, err
+	}
 	policy, err := abi.ParseSnpPolicy(report.GetPolicy())
 	if err != nil {
 		return nil, fail(CheckFormat, "SEV-SNP guest policy: %v", err)

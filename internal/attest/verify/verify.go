@@ -73,6 +73,9 @@ type Options struct {
 	// process-wide cache of DefaultChainCacheSize chains;
 	// NewChainCache(0) turns caching off.
 	ChainCache *ChainCache
+	// SNP decides on an SEV-SNP report's fields (VMPL, ...); the zero
+	// value is the safe default.
+	SNP SNPPolicy
 }
 
 func (o *Options) now() time.Time {
