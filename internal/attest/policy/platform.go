@@ -1,34 +1,130 @@
 package policy
 
 import (
+	"encoding/hex"
 	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/verify"
 )
 
 // HardwareChecks are the settings of a [platforms.snp] or [platforms.tdx]
-// table that decide on the hardware report's own fields. The verifier
-// applies them (verify.SNPPolicy); leaving them out gives the safe
-// defaults. Each names the platform it applies to.
+// table that decide on the hardware report's own fields; the verifier
+// applies them (verify.SNPPolicy). Left out, each has its safe default.
+// The `platform` tag says which platform a setting is for.
 type HardwareChecks struct {
-	// VMPL lists the SEV-SNP VM privilege levels a report may come from;
-	// empty: only 0.
-	VMPL []uint32 `toml:"vmpl"`
+	// SEV-SNP (docs/attest.md, "SEV-SNP report fields").
+	VMPL                     []uint32 `toml:"vmpl" platform:"snp"`
+	AllowMigrateMA           bool     `toml:"allow_migrate_ma" platform:"snp"`
+	ForbidSMT                bool     `toml:"forbid_smt" platform:"snp"`
+	RequireSingleSocket      bool     `toml:"require_single_socket" platform:"snp"`
+	AllowCXL                 bool     `toml:"allow_cxl" platform:"snp"`
+	RequireCiphertextHiding  bool     `toml:"require_ciphertext_hiding" platform:"snp"`
+	RequireAliasCheck        bool     `toml:"require_alias_check" platform:"snp"`
+	AllowProvisionalFirmware bool     `toml:"allow_provisional_firmware" platform:"snp"`
+	MinFirmware              string   `toml:"min_firmware" platform:"snp"`   // "major.minor"
+	MinBuild                 uint8    `toml:"min_build" platform:"snp"`      // firmware build
+	MinPolicyABI             string   `toml:"min_policy_abi" platform:"snp"` // "major.minor"
+	MinGuestSVN              uint32   `toml:"min_guest_svn" platform:"snp"`
+	HostData                 string   `toml:"host_data" platform:"snp"` // 64 hex digits
+	FamilyID                 string   `toml:"family_id" platform:"snp"` // 32 hex digits
+	ImageID                  string   `toml:"image_id" platform:"snp"`  // 32 hex digits
+	IDKeyDigests             []string `toml:"id_key_digests" platform:"snp"`
+	AuthorKeyDigests         []string `toml:"author_key_digests" platform:"snp"`
+
+	snp verify.SNPPolicy
 }
 
-// check refuses settings out of range or for the other platform; the
-// error starts with the key's name.
+// check refuses settings out of range or for the other platform, and
+// decodes them; the error starts with the key's name.
 func (h *HardwareChecks) check(platform string) error {
-	if platform != evidence.PlatformSNP && len(h.VMPL) > 0 {
-		return fmt.Errorf("vmpl: an SEV-SNP setting, not for %s", platform)
-	}
-	for _, v := range h.VMPL {
-		if v > 3 {
-			return fmt.Errorf("vmpl: %d is not a VM privilege level (0 to 3)", v)
+	v := reflect.ValueOf(h).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		f := v.Type().Field(i)
+		want := f.Tag.Get("platform")
+		if want != "" && want != platform && !v.Field(i).IsZero() {
+			return fmt.Errorf("%s: a setting for platform %s, not %s", strings.Split(f.Tag.Get("toml"), ",")[0], want, platform)
 		}
 	}
+	if platform != evidence.PlatformSNP {
+		return nil
+	}
+	for _, x := range h.VMPL {
+		if x > 3 {
+			return fmt.Errorf("vmpl: %d is not a VM privilege level (0 to 3)", x)
+		}
+	}
+	p := verify.SNPPolicy{
+		VMPLs:                    h.VMPL,
+		AllowMigrateMA:           h.AllowMigrateMA,
+		ForbidSMT:                h.ForbidSMT,
+		RequireSingleSocket:      h.RequireSingleSocket,
+		AllowCXL:                 h.AllowCXL,
+		RequireCiphertextHiding:  h.RequireCiphertextHiding,
+		RequireAliasCheck:        h.RequireAliasCheck,
+		AllowProvisionalFirmware: h.AllowProvisionalFirmware,
+		MinBuild:                 h.MinBuild,
+		MinGuestSVN:              h.MinGuestSVN,
+	}
+	var err error
+	if p.MinFirmware, err = parseVersion("min_firmware", h.MinFirmware); err != nil {
+		return err
+	}
+	if p.MinPolicyABI, err = parseVersion("min_policy_abi", h.MinPolicyABI); err != nil {
+		return err
+	}
+	for _, b := range []struct {
+		key, val string
+		size     int
+		dst      *[]byte
+	}{{"host_data", h.HostData, 32, &p.HostData}, {"family_id", h.FamilyID, 16, &p.FamilyID}, {"image_id", h.ImageID, 16, &p.ImageID}} {
+		if b.val == "" {
+			continue
+		}
+		if *b.dst, err = hexBytes(b.key, b.val, b.size); err != nil {
+			return err
+		}
+	}
+	for _, l := range []struct {
+		key  string
+		vals []string
+		dst  *[][]byte
+	}{{"id_key_digests", h.IDKeyDigests, &p.IDKeyDigests}, {"author_key_digests", h.AuthorKeyDigests, &p.AuthorKeyDigests}} {
+		for _, s := range l.vals {
+			d, err := hexBytes(l.key, s, 48)
+			if err != nil {
+				return err
+			}
+			*l.dst = append(*l.dst, d)
+		}
+	}
+	h.snp = p
 	return nil
+}
+
+// parseVersion reads "major.minor" into major<<8 | minor; "" is 0.
+func parseVersion(key, s string) (uint16, error) {
+	if s == "" {
+		return 0, nil
+	}
+	maj, min, ok := strings.Cut(s, ".")
+	a, err1 := strconv.ParseUint(maj, 10, 8)
+	b, err2 := strconv.ParseUint(min, 10, 8)
+	if !ok || err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("%s: %q is not a version major.minor (each 0 to 255)", key, s)
+	}
+	return uint16(a)<<8 | uint16(b), nil
+}
+
+func hexBytes(key, s string, size int) ([]byte, error) {
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != size {
+		return nil, fmt.Errorf("%s: %q is not %d hex digits (%d bytes)", key, s, 2*size, size)
+	}
+	return b, nil
 }
 
 // VerifyOptions returns the verifier's options for evidence of platform
@@ -37,12 +133,8 @@ func (h *HardwareChecks) check(platform string) error {
 // comes from.
 func (s *Snapshot) VerifyOptions(platform string) verify.Options {
 	o := verify.Options{SimRoots: s.SimRoots[platform]}
-	pl := s.Policy.Platforms[platform]
-	if pl == nil {
-		return o
-	}
-	if platform == evidence.PlatformSNP {
-		o.SNP = verify.SNPPolicy{VMPLs: pl.VMPL}
+	if pl := s.Policy.Platforms[platform]; pl != nil {
+		o.SNP = pl.snp
 	}
 	return o
 }

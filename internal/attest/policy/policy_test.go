@@ -61,7 +61,12 @@ func TestLoadErrors(t *testing.T) {
 		{"empty revoked tcb", okPolicy + "[[platforms.snp.revoked_tcb]]\n", "", "names no component"},
 		{"missing sim root", okPolicy + "[platforms.snp]\nsim_roots = [\"nope.pem\"]\n", "", "nope.pem"},
 		{"vmpl out of range", okPolicy + "[platforms.snp]\nvmpl = [0, 4]\n", "", "platforms.snp.vmpl: 4 is not a VM privilege level"},
-		{"vmpl for tdx", okPolicy + "[platforms.tdx]\nvmpl = [0]\n", "", "platforms.tdx.vmpl: an SEV-SNP setting"},
+		{"vmpl for tdx", okPolicy + "[platforms.tdx]\nvmpl = [0]\n", "", "platforms.tdx.vmpl: a setting for platform snp, not tdx"},
+		{"bad host data", okPolicy + "[platforms.snp]\nhost_data = \"00\"\n", "", "platforms.snp.host_data: \"00\" is not 64 hex digits"},
+		{"bad id key digest", okPolicy + "[platforms.snp]\nid_key_digests = [\"zz\"]\n", "", "platforms.snp.id_key_digests: \"zz\" is not 96 hex digits"},
+		{"bad firmware version", okPolicy + "[platforms.snp]\nmin_firmware = \"1\"\n", "", "platforms.snp.min_firmware: \"1\" is not a version"},
+		{"bad policy abi", okPolicy + "[platforms.snp]\nmin_policy_abi = \"1.300\"\n", "", "platforms.snp.min_policy_abi"},
+		{"snp setting for tdx", okPolicy + "[platforms.tdx]\nforbid_smt = true\n", "", "platforms.tdx.forbid_smt: a setting for platform snp"},
 		{"negative max nonces", okPolicy + "max_nonces = -1\n", "", "max_nonces"},
 		{"short measurement", okPolicy, "[[measurement]]\nplatform = \"snp\"\nvalue = \"0011\"\n", "m.toml: measurement 1: value must be 96 hex digits"},
 		{"measurement platform", okPolicy, "[[measurement]]\nplatform = \"none\"\nvalue = \"" + strings.Repeat("00", 48) + "\"\n", "measurement 1: platform \"none\""},
@@ -174,5 +179,35 @@ func TestWatch(t *testing.T) {
 	}
 	if !st.Current().Policy.AllowInsecure {
 		t.Error("a bad edit replaced the policy")
+	}
+}
+
+func TestHardwareChecks(t *testing.T) {
+	p := `workloads = ["any"]
+[platforms.snp]
+vmpl = [0, 2]
+allow_migrate_ma = true
+forbid_smt = true
+require_single_socket = true
+allow_provisional_firmware = true
+min_firmware = "1.55"
+min_build = 21
+min_policy_abi = "1.51"
+min_guest_svn = 3
+host_data = "` + strings.Repeat("ab", 32) + `"
+id_key_digests = ["` + strings.Repeat("01", 48) + `"]
+`
+	s, err := parse("p.toml", []byte(p), "m.toml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := s.VerifyOptions("snp").SNP
+	if len(o.VMPLs) != 2 || o.VMPLs[1] != 2 || !o.AllowMigrateMA || !o.ForbidSMT || !o.RequireSingleSocket || !o.AllowProvisionalFirmware ||
+		o.MinFirmware != 1<<8|55 || o.MinBuild != 21 || o.MinPolicyABI != 1<<8|51 || o.MinGuestSVN != 3 ||
+		len(o.HostData) != 32 || o.HostData[0] != 0xab || len(o.IDKeyDigests) != 1 || len(o.IDKeyDigests[0]) != 48 {
+		t.Errorf("SNP options %+v", o)
+	}
+	if d := s.VerifyOptions("tdx").SNP; d.ForbidSMT || d.VMPLs != nil {
+		t.Errorf("tdx options carry SNP settings: %+v", d)
 	}
 }

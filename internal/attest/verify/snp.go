@@ -89,7 +89,8 @@ func verifySNP(raw []byte, endorsements [][]byte, opts *Options) (*evidence.Clai
 		}
 	}
 
-	if err := checkSNPFields(report, &opts.SNP); err != nil {
+	details, err := checkSNPFields(report, chain, &opts.SNP)
+	if err != nil {
 		return nil, err
 	}
 	policy, err := abi.ParseSnpPolicy(report.GetPolicy())
@@ -102,6 +103,7 @@ func verifySNP(raw []byte, endorsements [][]byte, opts *Options) (*evidence.Clai
 		Measurement: bytes.Clone(report.GetMeasurement()),
 		TCB:         snpTCB(chain.productLine, report.GetReportedTcb()),
 		Debug:       policy.Debug,
+		Details:     details,
 	}
 	copy(c.ReportData[:], report.GetReportData())
 	return c, nil

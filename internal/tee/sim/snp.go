@@ -62,6 +62,10 @@ type SNPOptions struct {
 	// VMPL is the privilege level of the guest code that asked for the
 	// report (0, the most privileged, unless a test says otherwise).
 	VMPL uint32
+	// Edit, if set, changes the report's bytes before they are signed:
+	// tests use it to craft fields (guest policy, platform info, firmware
+	// versions, ID block digests) that a verifier's policy must refuse.
+	Edit func(report []byte)
 }
 
 // SNP report layout offsets (SEV-SNP ABI specification, table "ATTESTATION_REPORT").
@@ -152,6 +156,9 @@ func (ca *CA) SignSNP(reportData [64]byte, o SNPOptions) (report []byte, endorse
 	r[offCommittedBld], r[offCommittedBld+1], r[offCommittedBld+2] = 21, 55, 1
 	le.PutUint64(r[offLaunchTCB:], tcbVersion)
 
+	if o.Edit != nil {
+		o.Edit(r)
+	}
 	h := sha512.Sum384(abi.SignedComponent(r))
 	rr, ss, err := ecdsa.Sign(rand.Reader, key, h[:])
 	if err != nil {
