@@ -1,0 +1,61 @@
+package collateral
+
+import (
+	"context"
+
+	sevtrust "github.com/google/go-sev-guest/verify/trust"
+	tdxtrust "github.com/google/go-tdx-guest/verify/trust"
+)
+
+// SEVGetter adapts a source to go-sev-guest's getter interface.
+func SEVGetter(s Source) sevtrust.HTTPSGetter { return sevGetter{s} }
+
+type sevGetter struct{ s Source }
+
+var _ sevtrust.ContextHTTPSGetter = sevGetter{}
+
+func (g sevGetter) Get(url string) ([]byte, error) {
+	return g.GetContext(context.Background(), url)
+}
+
+func (g sevGetter) GetContext(ctx context.Context, url string) ([]byte, error) {
+	r, err := g.s.Get(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	return r.Body, nil
+}
+
+// TDXGetter adapts a source to go-tdx-guest's getter interface, which
+// also wants the headers (Intel's issuer chains travel in them).
+func TDXGetter(s Source) tdxtrust.HTTPSGetter { return tdxGetter{s} }
+
+type tdxGetter struct{ s Source }
+
+var _ tdxtrust.ContextHTTPSGetter = tdxGetter{}
+
+func (g tdxGetter) Get(url string) (map[string][]string, []byte, error) {
+	return g.GetContext(context.Background(), url)
+}
+
+func (g tdxGetter) GetContext(ctx context.Context, url string) (map[string][]string, []byte, error) {
+	r, err := g.s.Get(ctx, url)
+	if err != nil {
+		return nil, nil, err
+	}
+	return r.Header, r.Body, nil
+}
+
+// Map is a source of fixed documents by URL, for tests and for the
+// simulation CA's in-memory collateral. Missing URLs are ErrNotFound.
+type Map map[string]*Response
+
+var _ Source = Map(nil)
+
+// Get returns the document stored for url.
+func (m Map) Get(_ context.Context, url string) (*Response, error) {
+	if r, ok := m[url]; ok {
+		return r, nil
+	}
+	return nil, &StatusError{URL: url, Status: 404}
+}
