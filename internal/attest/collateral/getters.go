@@ -2,6 +2,7 @@ package collateral
 
 import (
 	"context"
+	"errors"
 
 	sevtrust "github.com/google/go-sev-guest/verify/trust"
 	tdxtrust "github.com/google/go-tdx-guest/verify/trust"
@@ -58,4 +59,22 @@ func (m Map) Get(_ context.Context, url string) (*Response, error) {
 		return r, nil
 	}
 	return nil, &StatusError{URL: url, Status: 404}
+}
+
+// Sources tries each source in turn and returns the first document found;
+// a source that does not have it (ErrNotFound) passes to the next.
+type Sources []Source
+
+var _ Source = Sources(nil)
+
+// Get returns the document from the first source that has it.
+func (s Sources) Get(ctx context.Context, url string) (*Response, error) {
+	var err error = &StatusError{URL: url, Status: 404}
+	for _, src := range s {
+		var r *Response
+		if r, err = src.Get(ctx, url); err == nil || !errors.Is(err, ErrNotFound) {
+			return r, err
+		}
+	}
+	return nil, err
 }

@@ -3,10 +3,13 @@ package policy
 import (
 	"encoding/hex"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
 
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/verify"
 )
@@ -34,6 +37,11 @@ type HardwareChecks struct {
 	ImageID                  string   `toml:"image_id" platform:"snp"`  // 32 hex digits
 	IDKeyDigests             []string `toml:"id_key_digests" platform:"snp"`
 	AuthorKeyDigests         []string `toml:"author_key_digests" platform:"snp"`
+
+	// RequireCollateral refuses real evidence verified without vendor
+	// collateral (AMD's CRL; Intel's TCB info, QE identity and CRLs).
+	// Default true.
+	RequireCollateral *bool `toml:"require_collateral"`
 
 	snp verify.SNPPolicy
 }
@@ -127,6 +135,36 @@ func hexBytes(key, s string, size int) ([]byte, error) {
 	return b, nil
 }
 
+// CheckCollateral names a refusal of evidence verified without the vendor
+// collateral the policy requires.
+const CheckCollateral = "collateral"
+
+// checkClaims decides what the verifier left to the policy: whether real
+// evidence went without collateral. Simulated evidence is insecure by
+// definition; it is checked against its CA's collateral when the CA
+// publishes some (a stored CA does, beside its roots file).
+func (h *HardwareChecks) checkClaims(c *evidence.Claims) *Refusal {
+	if c.Simulated || (h.RequireCollateral != nil && !*h.RequireCollateral) {
+		return nil
+	}
+	if c.Details["collateral"] != "verified" {
+		return refuse(CheckCollateral, "the %s evidence was verified without the vendor's collateral (CRLs, TCB status), which the policy requires: give the service network access or an offline collateral folder, or set require_collateral = false", c.Platform)
+	}
+	return nil
+}
+
+// addSimCollateral notes the collateral folder beside a simulation roots
+// file, if there is one (sim.CollateralDir).
+func (s *Snapshot) addSimCollateral(platform, rootsFile string) {
+	dir := filepath.Join(filepath.Dir(rootsFile), "collateral")
+	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+		if s.SimCollateral == nil {
+			s.SimCollateral = map[string][]string{}
+		}
+		s.SimCollateral[platform] = append(s.SimCollateral[platform], dir)
+	}
+}
+
 // VerifyOptions returns the verifier's options for evidence of platform
 // under this snapshot: the simulation roots it trusts and its checks on
 // the report's fields. The caller adds the time and where collateral
@@ -135,6 +173,13 @@ func (s *Snapshot) VerifyOptions(platform string) verify.Options {
 	o := verify.Options{SimRoots: s.SimRoots[platform]}
 	if pl := s.Policy.Platforms[platform]; pl != nil {
 		o.SNP = pl.snp
+	}
+	if dirs := s.SimCollateral[platform]; len(dirs) > 0 {
+		var src collateral.Sources
+		for _, d := range dirs {
+			src = append(src, collateral.Offline(d))
+		}
+		o.SimCollateral = src
 	}
 	return o
 }

@@ -98,7 +98,10 @@ type Snapshot struct {
 	Policy       Policy
 	Measurements map[string]map[string]Measurement // platform → hex value → entry
 	SimRoots     map[string][]*x509.Certificate    // platform → trusted simulation roots
-	AnyWorkload  bool
+	// SimCollateral are the collateral folders beside the simulation
+	// roots files (platform.go), by platform.
+	SimCollateral map[string][]string
+	AnyWorkload   bool
 }
 
 // Refusal is a decision against a request, naming the check that failed.
@@ -252,6 +255,7 @@ func (s *Snapshot) checkPolicy(file string) error {
 				return fmt.Errorf("%s: platforms.%s.sim_roots: %w", file, name, err)
 			}
 			s.SimRoots[name] = append(s.SimRoots[name], certs...)
+			s.addSimCollateral(name, rf)
 		}
 	}
 	return nil
@@ -312,6 +316,9 @@ func (s *Snapshot) Check(c *evidence.Claims) *Refusal {
 			// The verifier only accepts simulation roots the policy lists;
 			// this guards against a verifier that did otherwise.
 			return refuse(CheckInsecure, "simulated %s evidence without a simulation root in the policy", c.Platform)
+		}
+		if r := pl.HardwareChecks.checkClaims(c); r != nil {
+			return r
 		}
 		if c.Debug {
 			return refuse(CheckDebug, "the %s guest allows debugging: the host could read the keep", c.Platform)

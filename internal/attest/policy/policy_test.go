@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,6 +116,11 @@ func TestCheck(t *testing.T) {
 		}, CheckMeasurement},
 		{"measurement revoked", func(c *evidence.Claims) { c.Measurement = revokedM }, CheckRevoked},
 		{"workload", func(c *evidence.Claims) { c.WorkloadDigest = "sha256:" + strings.Repeat("1", 64) }, CheckWorkload},
+		{"real evidence without collateral", func(c *evidence.Claims) { c.Simulated = false }, CheckCollateral},
+		{"real evidence with collateral", func(c *evidence.Claims) {
+			c.Simulated = false
+			c.Details = map[string]string{"collateral": "verified"}
+		}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -128,6 +134,17 @@ func TestCheck(t *testing.T) {
 				t.Fatalf("refusal %+v, want %s", r, tt.check)
 			}
 		})
+	}
+	// require_collateral = false accepts real evidence without collateral.
+	lax, err := parse("p.toml", []byte("workloads = [\"any\"]\n[platforms.snp]\nrequire_collateral = false\n"), "m.toml",
+		[]byte(fmt.Sprintf("[[measurement]]\nplatform = \"snp\"\nvalue = \"%x\"\n", m)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	realClaims := good()
+	realClaims.Simulated = false
+	if r := lax.Check(realClaims); r != nil {
+		t.Errorf("require_collateral = false: %v", r)
 	}
 	// A platform the policy does not name is refused.
 	s2, _ := parse("p.toml", []byte(`workloads = ["any"]`), "m.toml", nil)

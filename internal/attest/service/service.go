@@ -38,11 +38,11 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/ca"
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/castellan-dev/castellan/internal/attest/verify"
 	"github.com/castellan-dev/castellan/keepcert"
-	"github.com/google/go-sev-guest/verify/trust"
 )
 
 // MaxBodyBytes bounds a certificate request; evidence with its
@@ -97,10 +97,11 @@ type Config struct {
 	// Verify checks evidence and returns its claims; nil means
 	// verify.Envelope. Tests substitute it.
 	Verify func(env *evidence.Envelope, opts verify.Options) (*evidence.Claims, error)
-	// VCEKGetter fetches VCEK certificates from AMD's key distribution
-	// service for SEV-SNP evidence that does not carry them; nil refuses
-	// such evidence. Wrap it in verify.NewCachingGetter.
-	VCEKGetter trust.HTTPSGetter
+	// Collateral is where vendor collateral for real evidence comes from
+	// (verify.Options.Collateral): VCEKs, AMD's CRLs, Intel's TCB info,
+	// QE identity and CRLs; nil fetches none (then the policy refuses
+	// real evidence unless it sets require_collateral = false).
+	Collateral collateral.Source
 	// Logf reports what the service cannot answer with (audit failures);
 	// nil discards.
 	Logf func(format string, a ...any)
@@ -266,7 +267,7 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 	snap := s.cfg.Policy.Current()
 	t0 := time.Now()
 	opts := snap.VerifyOptions(env.Platform)
-	opts.Now, opts.VCEKGetter = now, s.cfg.VCEKGetter
+	opts.Now, opts.Collateral = now, s.cfg.Collateral
 	claims, err := s.cfg.Verify(env, opts)
 	if s.timing != nil {
 		s.timing.verify.Add(int64(time.Since(t0)))

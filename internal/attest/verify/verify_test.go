@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
 	"github.com/google/go-sev-guest/verify/trust"
@@ -474,16 +475,6 @@ func TestNone(t *testing.T) {
 	}
 }
 
-// mapGetter serves fixed URLs, as AMD's KDS would.
-type mapGetter map[string][]byte
-
-func (g mapGetter) Get(url string) ([]byte, error) {
-	if b, ok := g[url]; ok {
-		return b, nil
-	}
-	return nil, fmt.Errorf("404 %s", url)
-}
-
 func readTestdata(t testing.TB, name string) []byte {
 	t.Helper()
 	b, err := os.ReadFile("testdata/" + name)
@@ -499,7 +490,10 @@ const milanVCEKURL = "https://kdsintf.amd.com/vcek/v1/Milan/3ac3fe21e13fb0990eb2
 func TestRealSNPSample(t *testing.T) {
 	raw := readTestdata(t, "snp_milan_attestation.bin")
 	vcek := readTestdata(t, "snp_milan_vcek.der")
-	getter := NewCachingGetter(mapGetter{milanVCEKURL: vcek})
+	crl := readTestdata(t, "amd_milan_crl.der")
+	// AMD's KDS as a fake: the VCEK and the CRL, nothing else.
+	kds := collateral.Map{milanVCEKURL: {Body: vcek}, "https://kdsintf.amd.com/vcek/v1/Milan/crl": {Body: crl}}
+	withinCRL := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
 	check := func(t *testing.T, cl *evidence.Claims, err error) {
 		t.Helper()
 		if err != nil {
@@ -515,9 +509,35 @@ func TestRealSNPSample(t *testing.T) {
 			}
 		}
 	}
-	t.Run("VCEK fetched", func(t *testing.T) {
-		cl, err := Report(evidence.PlatformSNP, raw, nil, Options{VCEKGetter: getter})
+	t.Run("VCEK fetched, CRL checked", func(t *testing.T) {
+		cl, err := Report(evidence.PlatformSNP, raw, nil, Options{Collateral: kds, Now: withinCRL})
 		check(t, cl, err)
+		if cl.Details["collateral"] != "verified" || cl.Details["crl_next_update"] != "2026-05-12T00:00:00Z" {
+			t.Errorf("details %v", cl.Details)
+		}
+	})
+	t.Run("stale CRL refused", func(t *testing.T) {
+		_, err := Report(evidence.PlatformSNP, raw, nil, Options{Collateral: kds, Now: time.Date(2026, 5, 13, 0, 0, 0, 0, time.UTC)})
+		var ve *Error
+		if !errors.As(err, &ve) || ve.Check != CheckCollateral || !strings.Contains(err.Error(), "stale") {
+			t.Errorf("got %v, want a stale CRL refusal", err)
+		}
+	})
+	t.Run("CRL missing refused", func(t *testing.T) {
+		_, err := Report(evidence.PlatformSNP, raw, [][]byte{vcek}, Options{Collateral: collateral.Map{}, Now: withinCRL})
+		var ve *Error
+		if !errors.As(err, &ve) || ve.Check != CheckCollateral || !strings.Contains(err.Error(), "Milan/crl") {
+			t.Errorf("got %v, want a collateral refusal naming the CRL", err)
+		}
+	})
+	t.Run("CRL not signed by the ARK refused", func(t *testing.T) {
+		bad := bytes.Clone(crl)
+		bad[len(bad)-5] ^= 1
+		_, err := Report(evidence.PlatformSNP, raw, [][]byte{vcek}, Options{Collateral: collateral.Map{"https://kdsintf.amd.com/vcek/v1/Milan/crl": {Body: bad}}, Now: withinCRL})
+		var ve *Error
+		if !errors.As(err, &ve) || ve.Check != CheckCollateral || !strings.Contains(err.Error(), "verification") {
+			t.Errorf("got %v, want a collateral refusal", err)
+		}
 	})
 	t.Run("VCEK in the envelope", func(t *testing.T) {
 		cl, err := Report(evidence.PlatformSNP, raw, [][]byte{vcek}, Options{})

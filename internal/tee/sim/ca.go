@@ -26,6 +26,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/pemcerts"
 	"io"
 	"math/big"
@@ -38,6 +39,7 @@ import (
 // Role names written as the "Castellan-Role" PEM header in ca.pem.
 const (
 	roleSNPARK  = "snp-ark"
+	roleSNPARKK = "snp-ark-key"
 	roleSNPASK  = "snp-ask"
 	roleSNPASKK = "snp-ask-key"
 	roleSNPVCEK = "snp-vcek-key"
@@ -68,6 +70,7 @@ type CA struct {
 	Dir string
 
 	snpARK  *x509.Certificate
+	arkKey  *rsa.PrivateKey // signs the simulated CRLs; nil in CAs stored before collateral
 	snpASK  *x509.Certificate
 	askKey  *rsa.PrivateKey
 	vcekKey *ecdsa.PrivateKey
@@ -85,9 +88,10 @@ type CA struct {
 	akKey   *ecdsa.PrivateKey
 	pckPEM  []byte // PCK leaf || platform CA || root, as a quote carries it
 
-	mu    sync.Mutex
-	vceks map[uint64]*x509.Certificate // VCEK certificates by TCB version
-	vleks map[uint64]*x509.Certificate // VLEK certificates by TCB version
+	mu         sync.Mutex
+	collateral collateral.Map               // made on first use (collateral.go)
+	vceks      map[uint64]*x509.Certificate // VCEK certificates by TCB version
+	vleks      map[uint64]*x509.Certificate // VLEK certificates by TCB version
 }
 
 // DefaultDir returns the directory where the user's simulation CA lives:
@@ -175,6 +179,9 @@ func loadOrCreate(dir string) (*CA, error) {
 		if err := replaceFile(filepath.Join(dir, rootsFile), roots, 0o644); err != nil {
 			return nil, fmt.Errorf("simulation CA: %w", err)
 		}
+	}
+	if err := ca.refreshCollateral(); err != nil {
+		return nil, fmt.Errorf("simulation CA: %w", err)
 	}
 	return ca, nil
 }
@@ -324,6 +331,9 @@ func (ca *CA) encode() []byte {
 		return der
 	}
 	put(roleSNPARK, "CERTIFICATE", ca.snpARK.Raw)
+	if ca.arkKey != nil {
+		put(roleSNPARKK, "PRIVATE KEY", key(ca.arkKey))
+	}
 	put(roleSNPASK, "CERTIFICATE", ca.snpASK.Raw)
 	put(roleSNPASKK, "PRIVATE KEY", key(ca.askKey))
 	put(roleSNPVCEK, "PRIVATE KEY", key(ca.vcekKey))
@@ -418,6 +428,15 @@ func decode(b []byte) (*CA, error) {
 		ca.vlekKey, ok2 = vlekKey.(*ecdsa.PrivateKey)
 		if !ok1 || !ok2 || ca.vlekKey.Curve != elliptic.P384() {
 			return nil, errors.New("a VLEK chain key has the wrong type")
+		}
+	}
+	if _, ok := blocks[roleSNPARKK]; ok {
+		k := key(roleSNPARKK)
+		if err != nil {
+			return nil, err
+		}
+		if ca.arkKey, ok1 = k.(*rsa.PrivateKey); !ok1 || !ca.snpARK.PublicKey.(*rsa.PublicKey).Equal(ca.arkKey.Public()) {
+			return nil, errors.New("the ARK key has the wrong type or does not match the ARK")
 		}
 	}
 	ca.init()

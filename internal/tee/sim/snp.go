@@ -363,7 +363,7 @@ func (ca *CA) generateSNP(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	ca.snpARK, ca.snpASK, ca.askKey, ca.vcekKey = ark, ask, askKey, vcekKey
+	ca.snpARK, ca.arkKey, ca.snpASK, ca.askKey, ca.vcekKey = ark, arkKey, ask, askKey, vcekKey
 	ca.snpASVK, ca.asvkKey, ca.vlekKey = asvk, asvkKey, vlekKey
 	return nil
 }
