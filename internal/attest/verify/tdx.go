@@ -33,7 +33,7 @@ func verifyTDX(raw []byte, opts *Options) (*evidence.Claims, error) {
 	}
 	var (
 		header *pb.Header
-		body   tdQuoteBody
+		body   tdBody
 		extra  []byte
 	)
 	switch q := q.(type) {
@@ -87,13 +87,27 @@ func verifyTDX(raw []byte, opts *Options) (*evidence.Claims, error) {
 
 	err = tdxverify.TdxQuote(q, &tdxverify.Options{
 		TrustedRoots: roots,
-		Now:          &tdxverify.TimeSet{PckCertChain: now, TcbInfo: now, QeIdentity: now, PckCrl: now, RootCaCrl: now},
+		Now:          tdxTimes(now),
 	})
 	if err != nil {
 		if isTDXSignatureError(err) {
 			return nil, fail(CheckSignature, "TDX quote: %v", err)
 		}
 		return nil, fail(CheckChain, "TDX quote: %v", err)
+	}
+
+	details, err := checkTDFields(body, &opts.TDX)
+	if err != nil {
+		return nil, err
+	}
+	src := opts.Collateral
+	if simulated {
+		src = opts.SimCollateral
+	}
+	if src == nil {
+		details["collateral"] = "none"
+	} else if err := checkTDXCollateral(q, roots, now, src, &opts.TDX, details); err != nil {
+		return nil, err
 	}
 
 	svn := body.GetTeeTcbSvn()
@@ -114,6 +128,7 @@ func verifyTDX(raw []byte, opts *Options) (*evidence.Claims, error) {
 		Measurement: bytes.Clone(body.GetMrTd()),
 		TCB:         tcb,
 		Debug:       len(attrs) > 0 && attrs[0]&0x01 != 0, // TDATTRIBUTES.DEBUG
+		Details:     details,
 	}
 	copy(c.ReportData[:], body.GetReportData())
 	return c, nil

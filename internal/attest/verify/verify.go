@@ -85,6 +85,9 @@ type Options struct {
 	// SNP decides on an SEV-SNP report's fields (VMPL, ...); the zero
 	// value is the safe default.
 	SNP SNPPolicy
+	// TDX decides on a TDX quote's fields and Intel's TCB status; the zero
+	// value is the safe default.
+	TDX TDXPolicy
 }
 
 func (o *Options) now() time.Time {

@@ -582,7 +582,11 @@ func TestRealTDXSample(t *testing.T) {
 	}
 	raw = raw[:0x27c+binary.LittleEndian.Uint32(raw[0x278:])]
 	at := time.Date(2023, time.July, 1, 1, 0, 0, 0, time.UTC) // within the sample PCK's validity
-	cl, err := Report(evidence.PlatformTDX, raw, nil, Options{Now: at})
+	// The sample TD lacks SEPT_VE_DISABLE, which the default policy requires.
+	if _, err := Report(evidence.PlatformTDX, raw, nil, Options{Now: at}); err == nil || err.(*Error).Check != CheckTDFields || !strings.Contains(err.Error(), "SEPT_VE_DISABLE") {
+		t.Errorf("sample without SEPT_VE_DISABLE under the default policy: %v", err)
+	}
+	cl, err := Report(evidence.PlatformTDX, raw, nil, Options{Now: at, TDX: TDXPolicy{AllowSEPTVE: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -594,12 +598,12 @@ func TestRealTDXSample(t *testing.T) {
 	if _, err := Report(evidence.PlatformTDX, bad, nil, Options{Now: at}); err == nil || err.(*Error).Check != CheckSignature {
 		t.Errorf("tampered sample: got %v, want a signature error", err)
 	}
-	_, err = Report(evidence.PlatformTDX, raw, nil, Options{Now: at, IntelRoots: []*x509.Certificate{ca(t, testCA).Roots()[1]}})
+	_, err = Report(evidence.PlatformTDX, raw, nil, Options{Now: at, TDX: TDXPolicy{AllowSEPTVE: true}, IntelRoots: []*x509.Certificate{ca(t, testCA).Roots()[1]}})
 	if err == nil || err.(*Error).Check != CheckChain {
 		t.Errorf("sample under another root: got %v, want a chain error", err)
 	}
 	env := &evidence.Envelope{Platform: evidence.PlatformTDX, Evidence: raw, Key: keyA(), WorkloadDigest: digestA}
-	if _, err := Envelope(env, Options{Now: at}); err == nil || err.(*Error).Check != CheckReportData {
+	if _, err := Envelope(env, Options{Now: at, TDX: TDXPolicy{AllowSEPTVE: true}}); err == nil || err.(*Error).Check != CheckReportData {
 		t.Errorf("sample envelope: got %v, want a report_data error", err)
 	}
 }
