@@ -67,8 +67,13 @@ func TestPolicyVerifierVMPL(t *testing.T) {
 		return &Hello{Evidence: b}
 	}
 	strict := &PolicyVerifier{Policy: load(""), Name: "policy.toml"}
-	if _, err := strict.Verify(context.Background(), hello(0), nonce, digest); err != nil {
+	v, err := strict.Verify(context.Background(), hello(0), nonce, digest)
+	if err != nil {
 		t.Fatalf("VMPL 0: %v", err)
+	}
+	// The simulation CA's collateral (its CRL, beside roots.pem) was checked.
+	if d := v.Claims.Details; d["vmpl"] != "0" || d["collateral"] != "verified" {
+		t.Errorf("details %v", d)
 	}
 	for _, vmpl := range []uint32{1, 3} {
 		_, err := strict.Verify(context.Background(), hello(vmpl), nonce, digest)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -38,12 +39,59 @@ type HardwareChecks struct {
 	IDKeyDigests             []string `toml:"id_key_digests" platform:"snp"`
 	AuthorKeyDigests         []string `toml:"author_key_digests" platform:"snp"`
 
+	// TDX (docs/attest.md, "TDX quote fields").
+	TCBStatuses     []string `toml:"tcb_statuses" platform:"tdx"`
+	AllowSEPTVE     bool     `toml:"allow_sept_ve" platform:"tdx"`
+	AllowMigratable bool     `toml:"allow_migratable" platform:"tdx"`
+	RTMR0           string   `toml:"rtmr0" platform:"tdx"` // 96 hex digits each
+	RTMR1           string   `toml:"rtmr1" platform:"tdx"`
+	RTMR2           string   `toml:"rtmr2" platform:"tdx"`
+	RTMR3           string   `toml:"rtmr3" platform:"tdx"`
+	MRConfigID      string   `toml:"mr_config_id" platform:"tdx"`
+	MROwner         string   `toml:"mr_owner" platform:"tdx"`
+	MROwnerConfig   string   `toml:"mr_owner_config" platform:"tdx"`
+	XFAM            string   `toml:"xfam" platform:"tdx"` // 16 hex digits, little-endian bytes as in the quote
+
 	// RequireCollateral refuses real evidence verified without vendor
 	// collateral (AMD's CRL; Intel's TCB info, QE identity and CRLs).
 	// Default true.
 	RequireCollateral *bool `toml:"require_collateral"`
 
 	snp verify.SNPPolicy
+	tdx verify.TDXPolicy
+}
+
+// tcbStatuses are the TCB statuses a policy may accept (Intel PCS API v4);
+// Revoked is never accepted.
+var tcbStatuses = []string{"UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded"}
+
+func (h *HardwareChecks) checkTDX() error {
+	p := verify.TDXPolicy{AllowSEPTVE: h.AllowSEPTVE, AllowMigratable: h.AllowMigratable}
+	for _, st := range h.TCBStatuses {
+		if !slices.Contains(tcbStatuses, st) {
+			return fmt.Errorf("tcb_statuses: %q is not a TCB status a policy can accept (%s)", st, strings.Join(tcbStatuses, ", "))
+		}
+		p.TCBStatuses = append(p.TCBStatuses, st)
+	}
+	var err error
+	for _, b := range []struct {
+		key, val string
+		size     int
+		dst      *[]byte
+	}{
+		{"rtmr0", h.RTMR0, 48, &p.RTMRs[0]}, {"rtmr1", h.RTMR1, 48, &p.RTMRs[1]}, {"rtmr2", h.RTMR2, 48, &p.RTMRs[2]}, {"rtmr3", h.RTMR3, 48, &p.RTMRs[3]},
+		{"mr_config_id", h.MRConfigID, 48, &p.MRConfigID}, {"mr_owner", h.MROwner, 48, &p.MROwner}, {"mr_owner_config", h.MROwnerConfig, 48, &p.MROwnerConfig},
+		{"xfam", h.XFAM, 8, &p.XFAM},
+	} {
+		if b.val == "" {
+			continue
+		}
+		if *b.dst, err = hexBytes(b.key, b.val, b.size); err != nil {
+			return err
+		}
+	}
+	h.tdx = p
+	return nil
 }
 
 // check refuses settings out of range or for the other platform, and
@@ -56,6 +104,9 @@ func (h *HardwareChecks) check(platform string) error {
 		if want != "" && want != platform && !v.Field(i).IsZero() {
 			return fmt.Errorf("%s: a setting for platform %s, not %s", strings.Split(f.Tag.Get("toml"), ",")[0], want, platform)
 		}
+	}
+	if platform == evidence.PlatformTDX {
+		return h.checkTDX()
 	}
 	if platform != evidence.PlatformSNP {
 		return nil
@@ -172,7 +223,7 @@ func (s *Snapshot) addSimCollateral(platform, rootsFile string) {
 func (s *Snapshot) VerifyOptions(platform string) verify.Options {
 	o := verify.Options{SimRoots: s.SimRoots[platform]}
 	if pl := s.Policy.Platforms[platform]; pl != nil {
-		o.SNP = pl.snp
+		o.SNP, o.TDX = pl.snp, pl.tdx
 	}
 	if dirs := s.SimCollateral[platform]; len(dirs) > 0 {
 		var src collateral.Sources

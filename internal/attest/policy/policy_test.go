@@ -68,6 +68,9 @@ func TestLoadErrors(t *testing.T) {
 		{"bad firmware version", okPolicy + "[platforms.snp]\nmin_firmware = \"1\"\n", "", "platforms.snp.min_firmware: \"1\" is not a version"},
 		{"bad policy abi", okPolicy + "[platforms.snp]\nmin_policy_abi = \"1.300\"\n", "", "platforms.snp.min_policy_abi"},
 		{"snp setting for tdx", okPolicy + "[platforms.tdx]\nforbid_smt = true\n", "", "platforms.tdx.forbid_smt: a setting for platform snp"},
+		{"revoked tcb status", okPolicy + "[platforms.tdx]\ntcb_statuses = [\"UpToDate\", \"Revoked\"]\n", "", "platforms.tdx.tcb_statuses: \"Revoked\" is not a TCB status a policy can accept"},
+		{"bad rtmr", okPolicy + "[platforms.tdx]\nrtmr1 = \"abc\"\n", "", "platforms.tdx.rtmr1: \"abc\" is not 96 hex digits"},
+		{"tdx setting for snp", okPolicy + "[platforms.snp]\nmr_owner = \"00\"\n", "", "platforms.snp.mr_owner: a setting for platform tdx"},
 		{"negative max nonces", okPolicy + "max_nonces = -1\n", "", "max_nonces"},
 		{"short measurement", okPolicy, "[[measurement]]\nplatform = \"snp\"\nvalue = \"0011\"\n", "m.toml: measurement 1: value must be 96 hex digits"},
 		{"measurement platform", okPolicy, "[[measurement]]\nplatform = \"none\"\nvalue = \"" + strings.Repeat("00", 48) + "\"\n", "measurement 1: platform \"none\""},
@@ -226,5 +229,19 @@ id_key_digests = ["` + strings.Repeat("01", 48) + `"]
 	}
 	if d := s.VerifyOptions("tdx").SNP; d.ForbidSMT || d.VMPLs != nil {
 		t.Errorf("tdx options carry SNP settings: %+v", d)
+	}
+	s, err = parse("p.toml", []byte(`workloads = ["any"]
+[platforms.tdx]
+tcb_statuses = ["UpToDate", "SWHardeningNeeded"]
+allow_sept_ve = true
+rtmr2 = "`+strings.Repeat("ab", 48)+`"
+xfam = "e71a060000000000"
+`), "m.toml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := s.VerifyOptions("tdx").TDX
+	if len(td.TCBStatuses) != 2 || !td.AllowSEPTVE || td.AllowMigratable || len(td.RTMRs[2]) != 48 || td.RTMRs[0] != nil || len(td.XFAM) != 8 || td.XFAM[0] != 0xe7 {
+		t.Errorf("TDX options %+v", td)
 	}
 }

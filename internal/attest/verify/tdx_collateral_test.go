@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/tee/sim"
 	tdxtesting "github.com/google/go-tdx-guest/testing"
 )
 
@@ -78,4 +80,125 @@ func TestRealTDXCollateral(t *testing.T) {
 	noHeader[tcbURL] = &collateral.Response{Body: noHeader[tcbURL].Body}
 	o.Collateral = noHeader
 	refused("TCB info without its issuer chain", o, CheckCollateral, "Tcb-Info-Issuer-Chain")
+}
+
+// TestSimTDXCollateral runs simulated TDX quotes through the same
+// collateral code as real ones, with the collateral the simulation CA
+// publishes (signed under its root), and the policy's TCB status decision.
+func TestSimTDXCollateral(t *testing.T) {
+	c, other := ca(t, testCA), ca(t, otherCA)
+	coll, err := c.Collateral()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := trusting(c)
+	opts.SimCollateral = coll
+	cl, err := Envelope(simEnvelope(t, c, evidence.PlatformTDX, simOpts{}), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cl.Details; d["collateral"] != "verified" || d["tcb_status"] != "UpToDate" || d["qe_tcb_status"] != "UpToDate" || d["tcb_info_next_update"] == "" || d["td_attributes"] != "0x10000000" {
+		t.Errorf("details %v", d)
+	}
+	svn := func(module byte) *[16]byte { v := sim.DefaultTeeTCBSVN; v[0] = module; return &v }
+	qesvn := uint16(7)
+	revoking, err := c.RevokingCollateral()
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := other.Collateral()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		tdx    sim.TDXOptions
+		src    collateral.Source
+		check  string
+		want   string
+		accept []string // TCB statuses under which it is accepted
+	}{
+		{"module SWHardeningNeeded", sim.TDXOptions{TeeTCBSVN: svn(4)}, coll, CheckTCBStatus, "TCB status SWHardeningNeeded", []string{"UpToDate", "SWHardeningNeeded"}},
+		{"module ConfigurationNeeded", sim.TDXOptions{TeeTCBSVN: svn(3)}, coll, CheckTCBStatus, "ConfigurationNeeded", []string{"ConfigurationNeeded", "UpToDate"}},
+		{"module Revoked", sim.TDXOptions{TeeTCBSVN: svn(2)}, coll, CheckTCBStatus, "TCB status Revoked", nil},
+		{"module OutOfDate", sim.TDXOptions{TeeTCBSVN: svn(1)}, coll, CheckTCBStatus, "TCB status OutOfDate", []string{"UpToDate", "OutOfDate"}},
+		{"QE OutOfDate", sim.TDXOptions{QESVN: &qesvn}, coll, CheckTCBStatus, "QE identity gives TCB status OutOfDate", []string{"UpToDate", "OutOfDate"}},
+		{"PCK and platform CA revoked", sim.TDXOptions{}, revoking, CheckCollateral, "revoked", nil},
+		{"another CA's collateral", sim.TDXOptions{}, foreign, CheckCollateral, "", nil},
+		{"no collateral in the folder", sim.TDXOptions{}, collateral.Map{}, CheckCollateral, "", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			env := simEnvelope(t, c, evidence.PlatformTDX, simOpts{tdx: tc.tdx})
+			o := trusting(c)
+			o.SimCollateral = tc.src
+			_, err := Envelope(env, o)
+			var ve *Error
+			if !errors.As(err, &ve) || ve.Check != tc.check || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want a %s refusal naming %q", err, tc.check, tc.want)
+			}
+			if tc.accept != nil {
+				o.TDX.TCBStatuses = tc.accept
+				cl, err := Envelope(env, o)
+				if err != nil {
+					t.Fatalf("under TCB statuses %v: %v", tc.accept, err)
+				}
+				if cl.Details["collateral"] != "verified" {
+					t.Errorf("details %v", cl.Details)
+				}
+			}
+		})
+	}
+}
+
+// TestTDXFields checks each decision on a TD quote's own fields.
+func TestTDXFields(t *testing.T) {
+	c := ca(t, testCA)
+	const body = 0x30
+	set := func(off int, b byte) func([]byte) {
+		return func(q []byte) {
+			for i := 0; i < 48; i++ {
+				q[body+off+i] = b
+			}
+		}
+	}
+	v48 := func(b byte) []byte { return bytes.Repeat([]byte{b}, 48) }
+	noSEPT, migratable := uint64(0), uint64(1<<28|1<<29)
+	tests := []struct {
+		name   string
+		tdx    sim.TDXOptions
+		policy TDXPolicy
+		want   string
+		allow  *TDXPolicy
+	}{
+		{"no SEPT_VE_DISABLE", sim.TDXOptions{Attributes: &noSEPT}, TDXPolicy{}, "SEPT_VE_DISABLE", &TDXPolicy{AllowSEPTVE: true}},
+		{"migratable", sim.TDXOptions{Attributes: &migratable}, TDXPolicy{}, "MIGRATABLE", &TDXPolicy{AllowMigratable: true}},
+		{"RTMR2 other than expected", sim.TDXOptions{Edit: set(0x1A8, 0x22)}, TDXPolicy{RTMRs: [4][]byte{2: v48(0x33)}}, "RTMR2", &TDXPolicy{RTMRs: [4][]byte{2: v48(0x22)}}},
+		{"MRCONFIGID other than expected", sim.TDXOptions{Edit: set(0xB8, 1)}, TDXPolicy{MRConfigID: v48(2)}, "MRCONFIGID", &TDXPolicy{MRConfigID: v48(1)}},
+		{"MROWNER other than expected", sim.TDXOptions{}, TDXPolicy{MROwner: v48(2)}, "MROWNER", &TDXPolicy{MROwner: v48(0)}},
+		{"MROWNERCONFIG other than expected", sim.TDXOptions{Edit: set(0x118, 9)}, TDXPolicy{MROwnerConfig: v48(0)}, "MROWNERCONFIG", nil},
+		{"XFAM other than expected", sim.TDXOptions{}, TDXPolicy{XFAM: []byte{3, 0, 0, 0, 0, 0, 0, 0}}, "XFAM", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			env := simEnvelope(t, c, evidence.PlatformTDX, simOpts{tdx: tc.tdx})
+			o := trusting(c)
+			o.TDX = tc.policy
+			_, err := Envelope(env, o)
+			var ve *Error
+			if !errors.As(err, &ve) || ve.Check != CheckTDFields || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want a %s refusal naming %q", err, CheckTDFields, tc.want)
+			}
+			if tc.allow != nil {
+				o.TDX = *tc.allow
+				cl, err := Envelope(env, o)
+				if err != nil {
+					t.Fatalf("under a policy that allows it: %v", err)
+				}
+				if tc.name == "RTMR2 other than expected" && cl.Details["rtmr2"] != strings.Repeat("22", 48) {
+					t.Errorf("details %v", cl.Details)
+				}
+			}
+		})
+	}
 }

@@ -50,6 +50,8 @@ const (
 	roleTDXPCA  = "tdx-pck-ca"
 	roleTDXPCK  = "tdx-pck"
 	roleTDXPCKK = "tdx-pck-key"
+	roleTDXRK   = "tdx-root-key"
+	roleTDXPCAK = "tdx-pck-ca-key"
 	roleTDXAK   = "tdx-attestation-key"
 	roleHeader  = "Castellan-Role"
 )
@@ -83,10 +85,13 @@ type CA struct {
 
 	tdxRoot *x509.Certificate
 	tdxPCA  *x509.Certificate
-	tdxPCK  *x509.Certificate
-	pckKey  *ecdsa.PrivateKey
-	akKey   *ecdsa.PrivateKey
-	pckPEM  []byte // PCK leaf || platform CA || root, as a quote carries it
+	// The root's and the platform CA's keys sign the simulated TCB info,
+	// QE identity and CRLs; nil in CAs stored before collateral.
+	tdxRootKey, pcaKey *ecdsa.PrivateKey
+	tdxPCK             *x509.Certificate
+	pckKey             *ecdsa.PrivateKey
+	akKey              *ecdsa.PrivateKey
+	pckPEM             []byte // PCK leaf || platform CA || root, as a quote carries it
 
 	mu         sync.Mutex
 	collateral collateral.Map               // made on first use (collateral.go)
@@ -346,6 +351,10 @@ func (ca *CA) encode() []byte {
 	put(roleTDXPCA, "CERTIFICATE", ca.tdxPCA.Raw)
 	put(roleTDXPCK, "CERTIFICATE", ca.tdxPCK.Raw)
 	put(roleTDXPCKK, "PRIVATE KEY", key(ca.pckKey))
+	if ca.tdxRootKey != nil {
+		put(roleTDXRK, "PRIVATE KEY", key(ca.tdxRootKey))
+		put(roleTDXPCAK, "PRIVATE KEY", key(ca.pcaKey))
+	}
 	put(roleTDXAK, "PRIVATE KEY", key(ca.akKey))
 	return buf.Bytes()
 }
@@ -428,6 +437,17 @@ func decode(b []byte) (*CA, error) {
 		ca.vlekKey, ok2 = vlekKey.(*ecdsa.PrivateKey)
 		if !ok1 || !ok2 || ca.vlekKey.Curve != elliptic.P384() {
 			return nil, errors.New("a VLEK chain key has the wrong type")
+		}
+	}
+	if _, ok := blocks[roleTDXRK]; ok {
+		rk, pk := key(roleTDXRK), key(roleTDXPCAK)
+		if err != nil {
+			return nil, err
+		}
+		ca.tdxRootKey, ok1 = rk.(*ecdsa.PrivateKey)
+		ca.pcaKey, ok2 = pk.(*ecdsa.PrivateKey)
+		if !ok1 || !ok2 || !ca.tdxRoot.PublicKey.(*ecdsa.PublicKey).Equal(ca.tdxRootKey.Public()) || !ca.tdxPCA.PublicKey.(*ecdsa.PublicKey).Equal(ca.pcaKey.Public()) {
+			return nil, errors.New("the TDX root or platform CA key has the wrong type or does not match its certificate")
 		}
 	}
 	if _, ok := blocks[roleSNPARKK]; ok {

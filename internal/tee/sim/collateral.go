@@ -35,7 +35,9 @@ var errNoCollateralKeys = errors.New("this simulation CA was made before simulat
 // Collateral returns the collateral the simulation publishes, by the URL a
 // verifier asks for it, as the vendors' servers would serve it: AMD's CRLs
 // for the simulated product line (VCEK and VLEK chains), signed by the
-// simulated ARK. It is made once per CA and process.
+// simulated ARK; and Intel's TCB info for the simulated FMSPC, TD QE
+// identity, PCK CRL and root CA CRL, signed under the simulated TDX root
+// (tdx_collateral.go). It is made once per CA and process.
 func (ca *CA) Collateral() (collateral.Map, error) {
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
@@ -79,6 +81,11 @@ func (ca *CA) makeCollateral(revoke bool) (collateral.Map, error) {
 			return nil, fmt.Errorf("simulated AMD CRL: %w", err)
 		}
 		m[kds.CrlLinkByKey(SNPProductLine, signer)] = &collateral.Response{Body: der, Fetched: now}
+	}
+	if ca.tdxRootKey != nil {
+		if err := ca.tdxCollateral(m, now, revoke); err != nil {
+			return nil, fmt.Errorf("simulated Intel collateral: %w", err)
+		}
 	}
 	return m, nil
 }

@@ -232,6 +232,9 @@ func (ca *CA) generateTDX(r io.Reader) error {
 		IsCA:                  true,
 		MaxPathLen:            1,
 		SubjectKeyId:          skid(rootKey.Public()),
+		// Where verifiers fetch the root CA CRL (from the simulation's
+		// collateral folder: the host does not resolve).
+		CRLDistributionPoints: []string{tdxRootCRLURL},
 	}
 	root, err := create(r, rootT, rootT, rootKey.Public(), rootKey)
 	if err != nil {
@@ -274,6 +277,7 @@ func (ca *CA) generateTDX(r io.Reader) error {
 		return err
 	}
 	ca.tdxRoot, ca.tdxPCA, ca.tdxPCK, ca.pckKey, ca.akKey = root, pca, pck, pckKey, akKey
+	ca.tdxRootKey, ca.pcaKey = rootKey, pcaKey
 	return nil
 }
 
