@@ -20,6 +20,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/client"
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
@@ -112,6 +113,17 @@ name = "this test binary"
 	} {
 		writeAtomic(t, filepath.Join(dir, name), s)
 	}
+	// The simulation CA's collateral beside its roots, where a stored CA
+	// keeps it: the service checks simulated evidence against it.
+	coll, err := simCA.Collateral()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for url, r := range coll {
+		if err := collateral.Put(filepath.Join(dir, sim.CollateralDir), url, r); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // writeAtomic replaces a file as a deploy tool would, so that the service's
@@ -181,13 +193,18 @@ func TestAttestServeAndVerify(t *testing.T) {
 	}
 
 	code, out, errs := runCLI("verify", keeps["snp"], "--ca", srv.caPEM, "--digest", attestDigest, "--platform", "snp,tdx", "--allow-insecure")
-	if code != 0 || !strings.Contains(out, "platform:    snp (simulated)") || !strings.Contains(out, "workload:    "+attestDigest) {
+	if code != 0 || !strings.Contains(out, "platform:    snp (simulated)") || !strings.Contains(out, "workload:    "+attestDigest) ||
+		!strings.Contains(out, "checked:     vmpl=0\n") || !strings.Contains(out, "checked:     collateral=verified\n") {
 		t.Errorf("verify snp: %d\n%s%s", code, out, errs)
 	}
 	code, out, errs = runCLI("verify", keeps["tdx"], "--ca", srv.caPEM, "--json", "--allow-insecure")
 	var v verifyOutput
 	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || v.Platform != "tdx" || !v.Verified || v.WorkloadDigest != attestDigest {
 		t.Errorf("verify tdx --json: %d\n%s%s", code, out, errs)
+	}
+	// What the service checked on the hardware is in the certificate.
+	if d := v.Details; d["tcb_status"] != "UpToDate" || d["qe_tcb_status"] != "UpToDate" || d["collateral"] != "verified" || d["td_attributes"] != "0x10000000" || d["rtmr0"] == "" {
+		t.Errorf("verify tdx --json details: %v", d)
 	}
 	for _, tt := range []struct {
 		args []string

@@ -64,9 +64,12 @@ type verifyOutput struct {
 	Measurement    string            `json:"measurement,omitempty"`
 	WorkloadDigest string            `json:"workload_digest"`
 	Package        string            `json:"package,omitempty"`
-	Issuer         string            `json:"issuer"`
-	Serial         string            `json:"serial"`
-	NotAfter       time.Time         `json:"not_after"`
+	// Details are the hardware fields and collateral the attestation
+	// service checked (keepcert.Claims.Details).
+	Details  map[string]string `json:"details,omitempty"`
+	Issuer   string            `json:"issuer"`
+	Serial   string            `json:"serial"`
+	NotAfter time.Time         `json:"not_after"`
 }
 
 func init() {
@@ -141,6 +144,7 @@ func init() {
 		if claims != nil {
 			out.Attested, out.Platform, out.Simulated, out.Insecure, out.Debug = claims.Attested, claims.Platform, claims.Simulated, claims.Insecure, claims.Debug
 			out.TCB, out.WorkloadDigest, out.Package = claims.TCB, claims.WorkloadDigest, claims.Package
+			out.Details = claims.Details
 			out.Measurement = hex.EncodeToString(claims.Measurement)
 		}
 		if verr != nil {
@@ -218,6 +222,16 @@ func printClaims(e *Env, o *verifyOutput) {
 			parts = append(parts, fmt.Sprintf("%s=%d", k, o.TCB[k]))
 		}
 		fmt.Fprintf(w, "tcb:         %s\n", strings.Join(parts, " "))
+	}
+	if len(o.Details) > 0 {
+		keys := make([]string, 0, len(o.Details))
+		for k := range o.Details {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(w, "checked:     %s=%s\n", k, o.Details[k])
+		}
 	}
 	fmt.Fprintf(w, "issuer:      %s\n", o.Issuer)
 	fmt.Fprintf(w, "serial:      %s\n", o.Serial)

@@ -234,7 +234,7 @@ func (s *ServiceVerifier) Verify(ctx context.Context, hello *Hello, nonce []byte
 		return nil, refusedf("key", "the service's certificate is for another key than the evidence's")
 	}
 	claims := &evidence.Claims{
-		Platform: cc.Platform, Simulated: cc.Simulated, Measurement: cc.Measurement, TCB: cc.TCB, Debug: cc.Debug,
+		Platform: cc.Platform, Simulated: cc.Simulated, Measurement: cc.Measurement, TCB: cc.TCB, Debug: cc.Debug, Details: cc.Details,
 		Key: bytes.Clone(env.Key), Nonce: bytes.Clone(env.Nonce), WorkloadDigest: env.WorkloadDigest,
 	}
 	return &Verified{Claims: claims, SPKI: claims.Key, CertChain: ders, CertClaims: cc, By: "attestation service " + s.URL}, nil

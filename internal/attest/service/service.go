@@ -296,6 +296,7 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 		Measurement:    claims.Measurement,
 		WorkloadDigest: claims.WorkloadDigest,
 		Package:        req.Package,
+		Details:        claims.Details,
 	}
 	leaf := ca.Leaf{
 		PublicKey:   csr.PublicKey,
