@@ -256,8 +256,9 @@ func redactDSN(dsn string) string {
 
 // collateralSource is where the service gets vendor collateral: the
 // folder alone with --offline, else the network (Intel's PCS or a PCCS,
-// AMD's KDS) behind the folder as a cache. A request waits at most about
-// a minute for a rate-limited server.
+// AMD's KDS) behind the folder as a cache and a budget of fetches (a VCEK
+// is fetched before it can check the report). A request waits at most
+// about a minute for a rate-limited server.
 func collateralSource(stateDir string, f *attestServeFlags) (collateral.Source, error) {
 	dir := *f.collateralDir
 	if dir == "" {
@@ -282,5 +283,5 @@ func collateralSource(stateDir string, f *attestServeFlags) (collateral.Source, 
 		}
 		h.Rewrite = collateral.PCCS(*f.pccs)
 	}
-	return &collateral.Cache{Dir: dir, Upstream: h}, nil
+	return &collateral.Cache{Dir: dir, Upstream: &collateral.Limit{Source: h}}, nil
 }

@@ -312,3 +312,29 @@ func TestAttestServePortProbe(t *testing.T) {
 		t.Errorf("port probe logged as %q", l)
 	}
 }
+
+// TestAttestServeCollateralFlags: --offline needs its folder, and takes no
+// PCCS; a PCCS must be https.
+func TestAttestServeCollateralFlags(t *testing.T) {
+	dir := t.TempDir()
+	simCA, err := sim.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAttestFiles(t, dir, simCA, false)
+	base := []string{"attest", "serve", "--listen", "127.0.0.1:0", "--policy", filepath.Join(dir, "policy.toml"),
+		"--measurements", filepath.Join(dir, "measurements.toml"), "--state-dir", filepath.Join(dir, "state")}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--offline", "--collateral-dir", filepath.Join(dir, "none")}, "--offline: collateral folder " + filepath.Join(dir, "none") + ": not a folder"},
+		{[]string{"--offline", "--collateral-dir", dir, "--pccs", "https://pccs.example"}, "--offline and --pccs: give one"},
+		{[]string{"--pccs", "http://pccs.example"}, `--pccs "http://pccs.example": want an https:// URL`},
+	} {
+		code, _, errs := runCLI(append(append([]string{}, base...), tt.args...)...)
+		if code != ExitError || !strings.Contains(errs, tt.want) || strings.Count(errs, "\n") != 1 {
+			t.Errorf("%v: %d %q, want a one-line error with %q", tt.args, code, errs, tt.want)
+		}
+	}
+}

@@ -253,3 +253,26 @@ func TestCacheImmutableAndConcurrent(t *testing.T) {
 		t.Errorf("a VCEK certificate was fetched again after a year (%d fetches): %v", up.n, err)
 	}
 }
+
+func TestLimit(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	up := &countingSource{body: "x"}
+	l := &Limit{Source: up, PerMinute: 2, Now: func() time.Time { return now }}
+	get := func() error {
+		_, err := l.Get(context.Background(), "https://kdsintf.amd.com/vcek/v1/Milan/00")
+		return err
+	}
+	if get() != nil || get() != nil {
+		t.Fatal("the first two fetches were refused")
+	}
+	if err := get(); err == nil || !strings.Contains(err.Error(), "more than 2 collateral fetches a minute") {
+		t.Errorf("third fetch in the same minute: %v", err)
+	}
+	now = now.Add(30 * time.Second)
+	if err := get(); err != nil {
+		t.Errorf("after half a minute: %v", err)
+	}
+	if up.n != 3 {
+		t.Errorf("%d fetches reached the source, want 3", up.n)
+	}
+}

@@ -202,3 +202,53 @@ func TestTDXFields(t *testing.T) {
 		})
 	}
 }
+
+// FuzzTDXCollateral feeds random TCB info and QE identity documents (the
+// JSON that Intel's PCS, a PCCS or a collateral folder hands the verifier)
+// through the collateral path: it must never panic, and a document whose
+// signed part was changed must never be accepted, so whatever is accepted
+// still gives the genuine status.
+func FuzzTDXCollateral(f *testing.F) {
+	c := ca(f, testCA)
+	coll, err := c.Collateral()
+	if err != nil {
+		f.Fatal(err)
+	}
+	env := simEnvelope(f, c, evidence.PlatformTDX, simOpts{})
+	var tcbURL, qeURL string
+	for u := range coll {
+		switch {
+		case strings.Contains(u, "/tcb?"):
+			tcbURL = u
+		case strings.HasSuffix(u, "/qe/identity"):
+			qeURL = u
+		}
+	}
+	f.Add(false, coll[tcbURL].Body)
+	f.Add(true, coll[qeURL].Body)
+	f.Add(false, []byte(`{"tcbInfo":{},"signature":"00"}`))
+	f.Fuzz(func(t *testing.T, qe bool, body []byte) {
+		m := collateral.Map{}
+		for u, r := range coll {
+			m[u] = r
+		}
+		u := tcbURL
+		if qe {
+			u = qeURL
+		}
+		m[u] = &collateral.Response{Header: coll[u].Header, Body: body}
+		o := trusting(c)
+		o.SimCollateral = m
+		cl, err := Envelope(env, o)
+		if err != nil {
+			var ve *Error
+			if !errors.As(err, &ve) {
+				t.Fatalf("not a *verify.Error: %v", err)
+			}
+			return
+		}
+		if cl.Details["tcb_status"] != "UpToDate" || cl.Details["qe_tcb_status"] != "UpToDate" {
+			t.Fatalf("accepted with details %v", cl.Details)
+		}
+	})
+}
