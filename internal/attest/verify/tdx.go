@@ -85,29 +85,35 @@ func verifyTDX(raw []byte, opts *Options) (*evidence.Claims, error) {
 		}
 	}
 
-	err = tdxverify.TdxQuote(q, &tdxverify.Options{
-		TrustedRoots: roots,
-		Now:          tdxTimes(now),
-	})
-	if err != nil {
-		if isTDXSignatureError(err) {
-			return nil, fail(CheckSignature, "TDX quote: %v", err)
-		}
-		return nil, fail(CheckChain, "TDX quote: %v", err)
-	}
-
-	details, err := checkTDFields(body, &opts.TDX)
-	if err != nil {
-		return nil, err
-	}
+	// With collateral, one go-tdx-guest pass checks chain, signatures and
+	// collateral; only a failure is checked again without collateral, to
+	// tell a bad chain or signature from bad collateral.
 	src := opts.Collateral
 	if simulated {
 		src = opts.SimCollateral
 	}
-	if src == nil {
+	details := map[string]string{}
+	if src != nil {
+		err = checkTDXCollateral(q, roots, now, src, &opts.TDX, details)
+	}
+	if src == nil || err != nil {
+		if berr := tdxverify.TdxQuote(q, &tdxverify.Options{TrustedRoots: roots, Now: tdxTimes(now)}); berr != nil {
+			if isTDXSignatureError(berr) {
+				return nil, fail(CheckSignature, "TDX quote: %v", berr)
+			}
+			return nil, fail(CheckChain, "TDX quote: %v", berr)
+		}
+		if err != nil {
+			return nil, err
+		}
 		details["collateral"] = "none"
-	} else if err := checkTDXCollateral(q, roots, now, src, &opts.TDX, details); err != nil {
+	}
+	fields, err := checkTDFields(body, &opts.TDX)
+	if err != nil {
 		return nil, err
+	}
+	for k, v := range fields {
+		details[k] = v
 	}
 
 	svn := body.GetTeeTcbSvn()
