@@ -285,3 +285,17 @@ func collateralSource(stateDir string, f *attestServeFlags) (collateral.Source, 
 	}
 	return &collateral.Cache{Dir: dir, Upstream: &collateral.Limit{Source: h}}, nil
 }
+
+// clientCollateral is where a client verifying evidence with the owner's
+// policy (deploy --policy) gets vendor collateral: the network behind a
+// cache in os.UserCacheDir()/castellan/collateral, or the network alone if
+// there is no cache folder. Simulated evidence never reaches it: its
+// collateral comes from the folder beside the simulation roots.
+func clientCollateral() collateral.Source {
+	up := &collateral.Limit{Source: &collateral.HTTP{Attempts: 3, MaxDelay: 20 * time.Second}}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		return up
+	}
+	return &collateral.Cache{Dir: filepath.Join(base, "castellan", "collateral"), Upstream: up}
+}

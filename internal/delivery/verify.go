@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/castellan-dev/castellan/internal/attest/service"
@@ -74,6 +75,10 @@ type PolicyVerifier struct {
 	Policy *policy.Snapshot
 	Name   string // for messages, e.g. the policy file
 	Now    func() time.Time
+	// Collateral is where vendor collateral for real evidence comes from
+	// (verify.Options.Collateral); nil: none, which the policy refuses for
+	// real evidence unless it sets require_collateral = false.
+	Collateral collateral.Source
 }
 
 // Nonce returns 32 fresh random bytes.
@@ -86,6 +91,7 @@ func (p *PolicyVerifier) Verify(_ context.Context, hello *Hello, nonce []byte, d
 		return nil, refusedf(verify.CheckFormat, "%v", err)
 	}
 	opts := p.Policy.VerifyOptions(env.Platform)
+	opts.Collateral = p.Collateral
 	if p.Now != nil {
 		opts.Now = p.Now()
 	}

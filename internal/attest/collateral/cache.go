@@ -137,11 +137,9 @@ func (c *Cache) fetch(ctx context.Context, url, name string) (*Response, error) 
 	if cl.r.Fetched.IsZero() {
 		cl.r.Fetched = c.now()
 	}
-	if err := c.write(name, cl.r); err != nil {
-		// The document is good; only the cache failed. Say so, still use it.
-		cl.err = nil
-		return cl.r, nil
-	}
+	// A cache that cannot be written costs only a fetch next time; the
+	// document itself is good.
+	_ = c.write(name, cl.r)
 	return cl.r, nil
 }
 

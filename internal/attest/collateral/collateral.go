@@ -5,10 +5,11 @@
 // Source answers a URL with a body and headers; the implementations are
 // the network (HTTP: timeouts, backoff, Retry-After), a disk cache in
 // front of another source (Cache), and the same folder read without any
-// network (Cache with no upstream: the offline mode). The SEV-SNP and TDX
-// verifiers, and any later one (SGX), fetch through the adapters to
-// go-sev-guest's and go-tdx-guest's getter interfaces, so the libraries'
-// own collateral code runs unchanged on top of this.
+// network (Cache with no upstream: the offline mode), and a budget of
+// fetches (Limit). The SEV-SNP verifier fetches through it directly; the
+// TDX verifier (and an SGX one later) through TDXGetter, go-tdx-guest's
+// getter interface, so the library's own collateral code runs unchanged on
+// top of this.
 //
 // The folder layout is the URL: host, then path, then "@" and the query if
 // there is one (https://kdsintf.amd.com/vcek/v1/Milan/crl is

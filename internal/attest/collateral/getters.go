@@ -4,28 +4,8 @@ import (
 	"context"
 	"errors"
 
-	sevtrust "github.com/google/go-sev-guest/verify/trust"
 	tdxtrust "github.com/google/go-tdx-guest/verify/trust"
 )
-
-// SEVGetter adapts a source to go-sev-guest's getter interface.
-func SEVGetter(s Source) sevtrust.HTTPSGetter { return sevGetter{s} }
-
-type sevGetter struct{ s Source }
-
-var _ sevtrust.ContextHTTPSGetter = sevGetter{}
-
-func (g sevGetter) Get(url string) ([]byte, error) {
-	return g.GetContext(context.Background(), url)
-}
-
-func (g sevGetter) GetContext(ctx context.Context, url string) ([]byte, error) {
-	r, err := g.s.Get(ctx, url)
-	if err != nil {
-		return nil, err
-	}
-	return r.Body, nil
-}
 
 // TDXGetter adapts a source to go-tdx-guest's getter interface, which
 // also wants the headers (Intel's issuer chains travel in them).
