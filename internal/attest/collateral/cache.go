@@ -2,6 +2,7 @@ package collateral
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -62,9 +63,15 @@ func (c *Cache) now() time.Time {
 	return time.Now()
 }
 
-// immutable reports whether the document at name never changes.
-func immutable(name string) bool {
-	return (strings.Contains(name, "/vcek/") || strings.Contains(name, "/vlek/")) && !strings.HasSuffix(name, "/crl")
+// immutable reports whether the document at name never changes: an AMD
+// VCEK or VLEK certificate, if body is one (an error page a server sent
+// with status 200 is not kept for ever).
+func immutable(name string, body []byte) bool {
+	if !(strings.Contains(name, "/vcek/") || strings.Contains(name, "/vlek/")) || strings.HasSuffix(name, "/crl") {
+		return false
+	}
+	_, err := x509.ParseCertificate(body)
+	return err == nil
 }
 
 type meta struct {
@@ -93,7 +100,7 @@ func (c *Cache) Get(ctx context.Context, url string) (*Response, error) {
 	if maxAge <= 0 {
 		maxAge = DefaultMaxAge
 	}
-	if rerr == nil && (immutable(name) || c.now().Sub(cached.Fetched) < maxAge) {
+	if rerr == nil && (immutable(name, cached.Body) || c.now().Sub(cached.Fetched) < maxAge) {
 		return cached, nil
 	}
 	r, err := c.fetch(ctx, url, name)

@@ -2,7 +2,12 @@ package collateral
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"errors"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -228,7 +233,7 @@ func TestCache(t *testing.T) {
 func TestCacheImmutableAndConcurrent(t *testing.T) {
 	dir := t.TempDir()
 	now := time.Now()
-	up := &countingSource{body: "vcek", gate: make(chan struct{})}
+	up := &countingSource{body: string(testCert(t)), gate: make(chan struct{})}
 	c := &Cache{Dir: dir, Upstream: up, Now: func() time.Time { return now }}
 	const u = "https://kdsintf.amd.com/vcek/v1/Milan/0011?blSPL=4&teeSPL=0&snpSPL=22&ucodeSPL=213"
 	var wg sync.WaitGroup
@@ -236,7 +241,7 @@ func TestCacheImmutableAndConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if r, err := c.Get(context.Background(), u); err != nil || string(r.Body) != "vcek" {
+			if r, err := c.Get(context.Background(), u); err != nil || string(r.Body) != up.body {
 				t.Errorf("%v %v", r, err)
 			}
 		}()
@@ -252,6 +257,32 @@ func TestCacheImmutableAndConcurrent(t *testing.T) {
 	if _, err := c.Get(context.Background(), u); err != nil || up.n != n {
 		t.Errorf("a VCEK certificate was fetched again after a year (%d fetches): %v", up.n, err)
 	}
+	// A page that is not a certificate, served at a VCEK URL, is not kept
+	// for ever.
+	const u2 = "https://kdsintf.amd.com/vcek/v1/Milan/0022?blSPL=4&teeSPL=0&snpSPL=22&ucodeSPL=213"
+	up.body = "<html>busy</html>"
+	if _, err := c.Get(context.Background(), u2); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(DefaultMaxAge + time.Minute)
+	n = up.n
+	if _, err := c.Get(context.Background(), u2); err != nil || up.n != n+1 {
+		t.Errorf("a non-certificate at a VCEK URL was not fetched again (%d fetches): %v", up.n, err)
+	}
+}
+
+// testCert is a self-signed certificate's DER.
+func testCert(t *testing.T) []byte {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
 
 func TestLimit(t *testing.T) {
