@@ -397,7 +397,8 @@ func verifyCheck(err error) string {
 	if errors.As(err, &ve) {
 		switch ve.Check {
 		case CheckChain, CheckSignature, CheckReportData, CheckFormat,
-			policy.CheckTCB, policy.CheckDebug, policy.CheckMeasurement:
+			policy.CheckTCB, policy.CheckDebug, policy.CheckMeasurement,
+			verify.CheckVMPL, verify.CheckReportFields, verify.CheckTDFields, verify.CheckTCBStatus, verify.CheckCollateral:
 			return ve.Check
 		}
 		if ve.Check == verify.CheckPlatform {
