@@ -7,6 +7,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/tee/sim"
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
 )
@@ -32,6 +33,11 @@ func TestSimSNPCollateral(t *testing.T) {
 	}
 	if cl.Details["collateral"] != "verified" || cl.Details["crl_next_update"] == "" {
 		t.Errorf("details %v", cl.Details)
+	}
+	// A VLEK-signed report is checked against the VLEK CRL (the ASVK's).
+	vl, err := Envelope(simEnvelope(t, c, evidence.PlatformSNP, simOpts{snp: sim.SNPOptions{VLEK: true}}), opts)
+	if err != nil || vl.Details["collateral"] != "verified" || vl.Details["signing_key"] != "VLEK" {
+		t.Errorf("VLEK: %v, details %v", err, vl.Details)
 	}
 	// The real-evidence source is not used for simulated evidence.
 	opts.Collateral = collateral.Map{}
