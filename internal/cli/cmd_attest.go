@@ -138,6 +138,11 @@ func serveAttest(ctx context.Context, e *Env, f *attestServeFlags) int {
 	if err != nil {
 		return e.Errorf("%v", err)
 	}
+	if c, ok := src.(*collateral.Cache); ok && c.Upstream == nil {
+		e.Infof("vendor collateral: offline, from %s", c.Dir)
+	} else if ok {
+		e.Infof("vendor collateral: fetched from AMD and Intel as needed, cached in %s", c.Dir)
+	}
 	svc, err := service.New(service.Config{
 		Collateral: src,
 		Policy:     store,

@@ -30,6 +30,7 @@ import (
 type attestServer struct {
 	url    string
 	caPEM  string
+	seen   []string // lines waitFor read
 	lines  chan string
 	cancel context.CancelFunc
 	done   chan int
@@ -76,6 +77,7 @@ func (s *attestServer) waitFor(t *testing.T, substr string) string {
 			if !ok {
 				t.Fatalf("attest serve ended before printing %q", substr)
 			}
+			s.seen = append(s.seen, l)
 			if strings.Contains(l, substr) {
 				return l
 			}
@@ -172,6 +174,9 @@ func TestAttestServeAndVerify(t *testing.T) {
 	}
 	writeAttestFiles(t, dir, simCA, false)
 	srv := startAttestServe(t, dir)
+	if want := "vendor collateral: fetched from AMD and Intel as needed, cached in " + filepath.Join(dir, "state", "collateral"); !strings.Contains(strings.Join(srv.seen, "\n"), want) {
+		t.Errorf("attest serve did not say %q before it served: %q", want, srv.seen)
+	}
 	caPEM, err := os.ReadFile(srv.caPEM)
 	if err != nil {
 		t.Fatal(err)
