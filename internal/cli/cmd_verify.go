@@ -76,9 +76,12 @@ type verifyOutput struct {
 	Status         string            `json:"ear_status,omitempty"` // what an EAR would say of these claims
 	DNSNames       []string          `json:"dns_names,omitempty"`
 	IPAddresses    []string          `json:"ip_addresses,omitempty"`
-	Issuer         string            `json:"issuer"`
-	Serial         string            `json:"serial"`
-	NotAfter       time.Time         `json:"not_after"`
+	// Details are the hardware fields and collateral the attestation
+	// service checked (keepcert.Claims.Details).
+	Details  map[string]string `json:"details,omitempty"`
+	Issuer   string            `json:"issuer"`
+	Serial   string            `json:"serial"`
+	NotAfter time.Time         `json:"not_after"`
 }
 
 func init() {
@@ -160,6 +163,7 @@ func init() {
 		if claims != nil {
 			out.Attested, out.Platform, out.Simulated, out.Insecure, out.Debug = claims.Attested, claims.Platform, claims.Simulated, claims.Insecure, claims.Debug
 			out.TCB, out.WorkloadDigest, out.Package = claims.TCB, claims.WorkloadDigest, claims.Package
+			out.Details = claims.Details
 			out.Measurement = hex.EncodeToString(claims.Measurement)
 			if claims.Attested {
 				out.Status = eartoken.CertificateStatus(claims.Platform, claims.Simulated, claims.Debug).String()
@@ -252,6 +256,16 @@ func printClaims(e *Env, o *verifyOutput) {
 	}
 	if len(o.TCB) > 0 {
 		fmt.Fprintf(w, "tcb:         %s\n", sortedPairs(o.TCB))
+	}
+	if len(o.Details) > 0 {
+		keys := make([]string, 0, len(o.Details))
+		for k := range o.Details {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(w, "checked:     %s=%s\n", k, o.Details[k])
+		}
 	}
 	fmt.Fprintf(w, "issuer:      %s\n", o.Issuer)
 	fmt.Fprintf(w, "serial:      %s\n", o.Serial)

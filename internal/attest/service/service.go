@@ -46,12 +46,12 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/ca"
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/eartoken"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/castellan-dev/castellan/internal/attest/verify"
 	"github.com/castellan-dev/castellan/keepcert"
-	"github.com/google/go-sev-guest/verify/trust"
 )
 
 // MaxBodyBytes bounds a certificate request; evidence with its
@@ -112,10 +112,11 @@ type Config struct {
 	// Verify checks evidence and returns its claims; nil means
 	// verify.Envelope. Tests substitute it.
 	Verify func(env *evidence.Envelope, opts verify.Options) (*evidence.Claims, error)
-	// VCEKGetter fetches VCEK certificates from AMD's key distribution
-	// service for SEV-SNP evidence that does not carry them; nil refuses
-	// such evidence. Wrap it in verify.NewCachingGetter.
-	VCEKGetter trust.HTTPSGetter
+	// Collateral is where vendor collateral for real evidence comes from
+	// (verify.Options.Collateral): VCEKs, AMD's CRLs, Intel's TCB info,
+	// QE identity and CRLs; nil fetches none (then the policy refuses
+	// real evidence unless it sets require_collateral = false).
+	Collateral collateral.Source
 	// Logf reports what the service cannot answer with (audit failures);
 	// nil discards.
 	Logf func(format string, a ...any)
@@ -382,7 +383,9 @@ func (s *Service) issue(ctx context.Context, body []byte, now time.Time, d *audi
 	}
 	o.nonce, o.key, o.snap = env.Nonce, csr.PublicKey, snap
 	t0 := time.Now()
-	claims, err := s.cfg.Verify(env, verify.Options{SimRoots: snap.SimRoots[env.Platform], Now: now, VCEKGetter: s.cfg.VCEKGetter})
+	opts := snap.VerifyOptions(env.Platform)
+	opts.Now, opts.Collateral = now, s.cfg.Collateral
+	claims, err := s.cfg.Verify(env, opts)
 	if s.timing != nil {
 		s.timing.verify.Add(int64(time.Since(t0)))
 	}
@@ -425,6 +428,7 @@ func (s *Service) issue(ctx context.Context, body []byte, now time.Time, d *audi
 		Measurement:    claims.Measurement,
 		WorkloadDigest: claims.WorkloadDigest,
 		Package:        req.Package,
+		Details:        claims.Details,
 	}
 	leaf := ca.Leaf{
 		PublicKey:   csr.PublicKey,
@@ -575,7 +579,8 @@ func verifyCheck(err error) string {
 	if errors.As(err, &ve) {
 		switch ve.Check {
 		case CheckChain, CheckSignature, CheckReportData, CheckFormat,
-			policy.CheckTCB, policy.CheckDebug, policy.CheckMeasurement:
+			policy.CheckTCB, policy.CheckDebug, policy.CheckMeasurement,
+			verify.CheckVMPL, verify.CheckReportFields, verify.CheckTDFields, verify.CheckTCBStatus, verify.CheckCollateral:
 			return ve.Check
 		}
 		if ve.Check == verify.CheckPlatform {
