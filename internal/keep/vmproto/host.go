@@ -143,7 +143,9 @@ func (h *Host) Stream() net.Conn { return h.stream }
 func (h *Host) Events() <-chan Event { return h.events }
 
 // Wait blocks until the channel ends and returns the guest's exit
-// status, or ErrNoExit (wrapped with the cause) without one.
+// status, or ErrNoExit (wrapped with the cause) without one. The channel
+// ends with the guest's exit frame, with QEMU's death (its socket closes),
+// or with Close: a launcher that kills the VM at its wall time unblocks it.
 func (h *Host) Wait() (*Exit, error) {
 	<-h.done
 	return h.exit, h.waitErr
