@@ -263,22 +263,28 @@ func (vi *vmInstance) logLine(line string) {
 	vi.logW.Write([]byte(line + "\n"))
 }
 
-// dial connects to the VM's channel: QEMU creates its socket as it starts.
+// dial connects to the VM's channel as soon as QEMU has created its
+// socket, unless QEMU ends first.
 func (vi *vmInstance) dial(ctx context.Context) (net.Conn, error) {
-	path := filepath.Join(vi.dir, ChannelSocket)
-	for {
-		c, err := net.Dial("unix", path)
-		if err == nil {
-			return c, nil
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-vi.waited:
+			cancel()
+		case <-dctx.Done():
 		}
+	}()
+	c, err := vmproto.Dial(dctx, filepath.Join(vi.dir, ChannelSocket))
+	if err != nil {
 		select {
 		case <-vi.waited:
 			return nil, fmt.Errorf("QEMU ended before its channel was open (%s)", vi.cmd.ProcessState)
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(5 * time.Millisecond):
+		default:
 		}
+		return nil, err
 	}
+	return c, nil
 }
 
 // Hello implements keep.Instance: the channel's handshake (the guest's
