@@ -391,7 +391,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		if err != nil {
 			return hostError(e, err)
 		}
-		v = &delivery.PolicyVerifier{Policy: snap, Name: r.policyFile}
+		v = &delivery.PolicyVerifier{Policy: snap, Name: r.policyFile, Collateral: clientCollateral()}
 	case r.insecure:
 		v = insecureVerifier()
 		e.Warningf("--insecure: the keep's evidence is checked for signatures and bindings only, not against a policy")

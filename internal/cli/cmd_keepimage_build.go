@@ -61,9 +61,7 @@ func init() {
 		o := keepimage.Options{Out: *f.out, Kernel: *f.kernel, Modules: *f.modules, Castellan: *f.castellan,
 			Progress: e.Infof}
 		if o.Castellan == "" {
-			if out, err := exec.Command("git", "rev-parse", "HEAD").Output(); err == nil {
-				o.Commit = strings.TrimSpace(string(out))
-			}
+			o.Commit = sourceCommit()
 		}
 		info, err := keepimage.Build(context.Background(), o)
 		if err != nil {
@@ -78,4 +76,18 @@ func init() {
 		return ExitOK
 	}
 	Register(keepImageBuildCmd)
+}
+
+// sourceCommit names the git commit of the working folder for image.json,
+// with "+dirty" when files differ from it; "" outside git.
+func sourceCommit() string {
+	out, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		return ""
+	}
+	c := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
+		c += "+dirty"
+	}
+	return c
 }

@@ -126,7 +126,7 @@ func runVM(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Config, n
 	if err != nil {
 		return e.Errorf("%v", err)
 	}
-	vm := &vmRun{e: e, inst: inst, name: name}
+	vm := &vmRun{e: e, inst: inst, name: name, dir: dir}
 	defer vm.end(launcher, spec)
 	go vm.readLog()
 	if limits.WallTime > 0 {
@@ -209,6 +209,7 @@ type vmRun struct {
 	e    *Env
 	inst keep.Instance
 	name string
+	dir  string // the keep's folder
 
 	mu        sync.Mutex
 	log       []string // the keep's last log lines, shown when it fails
@@ -266,6 +267,16 @@ func (v *vmRun) failed(format string, a ...any) int {
 		v.e.Infof("keep: %s", l)
 	}
 	v.mu.Unlock()
+	// The serial console's last lines say how a guest that never spoke
+	// on its channel ended (a kernel panic, a missing module).
+	if b, err := os.ReadFile(filepath.Join(v.dir, qemu.ConsoleLog)); err == nil {
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		for _, l := range lines[max(0, len(lines)-10):] {
+			if l = strings.TrimSpace(l); l != "" {
+				v.e.Infof("keep console: %s", l)
+			}
+		}
+	}
 	return v.e.Errorf(format, a...)
 }
 

@@ -68,8 +68,9 @@ type KeepIO struct {
 	// HostOutput receives a detached workload's output when its config
 	// sends it to the host.
 	HostOutput io.Writer
-	// Ended records how the keep ended; it is called once, before RunKeep
-	// returns or Terminate is called.
+	// Ended records how the keep ended, before RunKeep returns or
+	// Terminate is called. It may be called twice (the wall-time timer
+	// racing the keep's own end): only the first call may count.
 	Ended func(ExitRecord)
 	// Terminate ends the keep at once with status (the workload was
 	// aborted, or the wall time passed); it does not return.

@@ -1,12 +1,18 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha512"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keep/qemu/qemutest"
+	"github.com/castellan-dev/castellan/internal/keepimage"
 )
 
 // TestVMMachine checks which VM each backend gets, and the refusals that
@@ -116,5 +122,38 @@ func TestVMAvailable(t *testing.T) {
 		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
 			t.Errorf("%s on %s: %v, want %q", tc.backend, tc.host.Path, err, tc.wantErr)
 		}
+	}
+}
+
+// TestInitMeasurement: a sim-snp VM keep claims the SHA-384 of the image's
+// /init, computed by the launcher from the initramfs.
+func TestInitMeasurement(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "initrd")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	init := []byte("a castellan binary")
+	if err := keepimage.WriteInitramfs(f, []keepimage.Entry{{Name: "lib", Mode: 0o755, Dir: true}, {Name: keepimage.InitPath, Mode: 0o755, Data: init}}); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	want := sha512.Sum384(init)
+	if got := initMeasurement(path); !bytes.Equal(got, want[:]) {
+		t.Fatalf("measurement %x, want %x", got, want)
+	}
+	if got := initMeasurement(filepath.Join(t.TempDir(), "none")); got != nil {
+		t.Fatalf("measurement of no initrd: %x", got)
+	}
+	v := &VM{simInit: want[:]}
+	s := keep.Spec{Backend: "sim-snp", Nonce: []byte("n"), Digest: "sha256:" + strings.Repeat("0", 64), ClientKey: make([]byte, 32), AttachTimeout: time.Second}
+	t.Setenv("CASTELLAN_CONFIG_DIR", t.TempDir())
+	r, err := v.launchRequest(s)
+	if err != nil || !bytes.Equal(r.SimMeasurement, want[:]) || len(r.SimCA) == 0 {
+		t.Fatalf("sim-snp launch request: %v, measurement %x", err, r.SimMeasurement)
+	}
+	s.Backend = "sim-tdx"
+	if r, err := v.launchRequest(s); err != nil || r.SimMeasurement != nil {
+		t.Fatalf("sim-tdx launch request: %v, measurement %x", err, r.SimMeasurement)
 	}
 }

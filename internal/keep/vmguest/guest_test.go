@@ -25,6 +25,7 @@ import (
 type fakeMachine struct {
 	port     net.Conn
 	setupErr error
+	cpu      time.Duration
 	off      chan struct{}
 	offOnce  sync.Once
 }
@@ -37,7 +38,7 @@ func (m *fakeMachine) OpenPort(name string) (io.ReadWriteCloser, error) {
 	return m.port, nil
 }
 func (m *fakeMachine) Uptime() time.Duration  { return time.Second }
-func (m *fakeMachine) CPUTime() time.Duration { return 0 }
+func (m *fakeMachine) CPUTime() time.Duration { return m.cpu }
 
 // PowerOff ends the calling goroutine, as the real one ends the machine.
 func (m *fakeMachine) PowerOff() {
@@ -48,9 +49,14 @@ func (m *fakeMachine) PowerOff() {
 // boot runs the guest on a fake machine and returns the host's end of
 // its port and the console.
 func boot(t *testing.T) (net.Conn, *fakeMachine, *bytes.Buffer) {
+	return bootCPU(t, 0)
+}
+
+// bootCPU is boot on a machine whose CPU clock reads cpu.
+func bootCPU(t *testing.T, cpu time.Duration) (net.Conn, *fakeMachine, *bytes.Buffer) {
 	t.Helper()
 	hostEnd, guestEnd := net.Pipe()
-	m := &fakeMachine{port: guestEnd, off: make(chan struct{})}
+	m := &fakeMachine{port: guestEnd, off: make(chan struct{}), cpu: cpu}
 	console := &bytes.Buffer{}
 	go func() {
 		run(m, console)
@@ -148,6 +154,34 @@ func TestGuestFailures(t *testing.T) {
 		if err != nil || x.State != vmproto.StateFailed || !strings.Contains(x.Reason, "no client attached within 50ms") {
 			t.Fatalf("exit %+v %v", x, err)
 		}
+	})
+	t.Run("wall time", func(t *testing.T) {
+		conn, m, _ := boot(t)
+		req := request(t, "nil", sess, digest)
+		req.Limits.WallSeconds = 1
+		h, err := vmproto.Handshake(context.Background(), conn, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x, err := h.Wait()
+		if err != nil || x.State != vmproto.StateFailed || x.Reason != "wall time limit of 1s reached" {
+			t.Fatalf("exit %+v %v", x, err)
+		}
+		<-m.off
+	})
+	t.Run("cpu time", func(t *testing.T) {
+		conn, m, _ := bootCPU(t, 5*time.Second)
+		req := request(t, "nil", sess, digest)
+		req.Limits.CPUSeconds = 2
+		h, err := vmproto.Handshake(context.Background(), conn, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x, err := h.Wait()
+		if err != nil || x.State != vmproto.StateFailed || x.Reason != "CPU time limit of 2s reached" {
+			t.Fatalf("exit %+v %v", x, err)
+		}
+		<-m.off
 	})
 	t.Run("host breaks the protocol", func(t *testing.T) {
 		conn, m, _ := boot(t)

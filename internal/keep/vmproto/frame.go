@@ -6,8 +6,9 @@
 // status; the guest through Accept, which reads the launch request and
 // gives the keep code its channels.
 //
-// The wire is a sequence of frames, each a type byte, a big-endian uint32
-// payload length and the payload; every type has its own size limit, and a
+// The wire is a sequence of frames in the delivery protocol's framing (a
+// type byte, a big-endian uint32 payload length, the payload); every type
+// has its own size limit, and a
 // frame that breaks one, an unknown type or a frame out of order ends the
 // session with an error. The session runs:
 //
@@ -22,14 +23,15 @@
 //
 // A guest that fails before its hello sends X without H. The host side
 // never blocks on a slow consumer of events (they are dropped and counted)
-// and allocates at most one frame's limit at a time.
+// and allocates at most one frame of the largest limit (1 MiB) at a time.
 package vmproto
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/castellan-dev/castellan/internal/delivery"
 )
 
 // Version is the payload of the guest's first frame.
@@ -53,15 +55,13 @@ const (
 // Size limits of frame payloads.
 const (
 	MaxVersion = 64
-	MaxLaunch  = 256 << 10 // the launch request, with simulation CA material
-	MaxHello   = 1 << 20   // at least delivery.MaxHelloSize (checked by a test)
-	MaxData    = 32 << 10  // one relayed chunk
+	MaxLaunch  = 256 << 10         // the launch request, with simulation CA material
+	MaxHello   = delivery.MaxFrame // the largest; at least delivery.MaxHelloSize (checked by a test)
+	MaxData    = 32 << 10          // one relayed chunk
 	MaxState   = 64
 	MaxLog     = 4096
 	MaxExit    = 8 << 10
 )
-
-const headerSize = 5
 
 // maxPayload returns the limit of typ, or -1 for an unknown type.
 func maxPayload(typ byte) int {
@@ -89,40 +89,34 @@ func maxPayload(typ byte) int {
 // ErrFrame marks a malformed frame (unknown type, over its limit, out of order).
 var ErrFrame = errors.New("vm channel: bad frame")
 
-// writeFrame writes one frame in a single Write (callers serialise).
+// writeFrame writes one frame (callers serialise), in the delivery
+// protocol's framing.
 func writeFrame(w io.Writer, typ byte, p []byte) error {
 	if m := maxPayload(typ); m < 0 || len(p) > m {
 		return fmt.Errorf("%w: %q frame of %d bytes", ErrFrame, typ, len(p))
 	}
-	buf := make([]byte, headerSize+len(p))
-	buf[0] = typ
-	binary.BigEndian.PutUint32(buf[1:], uint32(len(p)))
-	copy(buf[headerSize:], p)
-	_, err := w.Write(buf)
-	return err
+	return delivery.WriteFrame(w, typ, p)
 }
 
-// readFrame reads one frame, refusing unknown types and oversize payloads
-// before allocating. io.EOF means a clean end between frames.
+// readFrame reads one frame and refuses unknown types and payloads over
+// their type's limit. The payload is allocated after a check against the
+// largest limit (MaxHello). io.EOF means a clean end between frames.
 func readFrame(r io.Reader) (byte, []byte, error) {
-	var h [headerSize]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return 0, nil, fmt.Errorf("%w: truncated header", ErrFrame)
-		}
+	typ, p, err := delivery.ReadFrame(r, MaxHello)
+	switch {
+	case err == io.EOF:
 		return 0, nil, err
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return 0, nil, fmt.Errorf("%w: truncated: %v", ErrFrame, err)
+	case err != nil:
+		return 0, nil, fmt.Errorf("%w: %v", ErrFrame, err)
 	}
-	typ, n := h[0], binary.BigEndian.Uint32(h[1:])
 	m := maxPayload(typ)
 	if m < 0 {
 		return 0, nil, fmt.Errorf("%w: unknown type 0x%02x", ErrFrame, typ)
 	}
-	if n > uint32(m) {
-		return 0, nil, fmt.Errorf("%w: %q frame of %d bytes, limit %d", ErrFrame, typ, n, m)
-	}
-	p := make([]byte, n)
-	if _, err := io.ReadFull(r, p); err != nil {
-		return 0, nil, fmt.Errorf("%w: truncated %q frame: %v", ErrFrame, typ, err)
+	if len(p) > m {
+		return 0, nil, fmt.Errorf("%w: %q frame of %d bytes, more than %d", ErrFrame, typ, len(p), m)
 	}
 	return typ, p, nil
 }

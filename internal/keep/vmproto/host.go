@@ -143,7 +143,9 @@ func (h *Host) Stream() net.Conn { return h.stream }
 func (h *Host) Events() <-chan Event { return h.events }
 
 // Wait blocks until the channel ends and returns the guest's exit
-// status, or ErrNoExit (wrapped with the cause) without one.
+// status, or ErrNoExit (wrapped with the cause) without one. The channel
+// ends with the guest's exit frame, with QEMU's death (its socket closes),
+// or with Close: a launcher that kills the VM at its wall time unblocks it.
 func (h *Host) Wait() (*Exit, error) {
 	<-h.done
 	return h.exit, h.waitErr
@@ -318,4 +320,21 @@ func printable(p []byte) string {
 		b = append(b, r)
 	}
 	return string(b)
+}
+
+// Dial connects to the VM's channel socket at path (QEMU's chardev
+// server), retrying until QEMU has created it or ctx ends.
+func Dial(ctx context.Context, path string) (net.Conn, error) {
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "unix", path)
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("vm channel %s: %w (last: %v)", path, ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -148,10 +149,10 @@ func TestHostAfterHello(t *testing.T) {
 		{"failed with code", [][]byte{frame(FrameExit, []byte(`{"state":"failed","exit_code":1}`))}, "failed with an exit code"},
 		{"unknown state", [][]byte{frame(FrameExit, []byte(`{"state":"fine"}`))}, "state"},
 		{"unknown field", [][]byte{frame(FrameExit, []byte(`{"state":"failed","why":1}`))}, "unknown field"},
-		{"oversize log", [][]byte{{FrameLog, 0, 0, 0x10, 1}}, "limit"},
-		{"oversize data", [][]byte{{FrameData, 0xff, 0xff, 0xff, 0xff}}, "limit"},
+		{"oversize log", [][]byte{append([]byte{FrameLog, 0, 0, 0x10, 1}, make([]byte, 0x1001)...)}, "more than 4096"},
+		{"oversize data", [][]byte{{FrameData, 0xff, 0xff, 0xff, 0xff}}, "more than"},
 		{"unknown type", [][]byte{{'Z', 0, 0, 0, 0}}, "unknown type"},
-		{"truncated header", [][]byte{{FrameLog, 0}}, "truncated header"},
+		{"truncated header", [][]byte{{FrameLog, 0}}, "truncated"},
 		{"truncated payload", [][]byte{{FrameLog, 0, 0, 0, 9, 'a'}}, "truncated"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -331,7 +332,7 @@ func TestAcceptRefusals(t *testing.T) {
 		{"ok", frame(FrameLaunch, good), ""},
 		{"nothing", nil, "EOF"},
 		{"data first", frame(FrameData, []byte("x")), "want the launch request"},
-		{"oversize launch", []byte{FrameLaunch, 0x7f, 0xff, 0xff, 0xff}, "limit"},
+		{"oversize launch", []byte{FrameLaunch, 0x7f, 0xff, 0xff, 0xff}, "more than"},
 		{"truncated launch", frame(FrameLaunch, good)[:40], "truncated"},
 		{"not json", frame(FrameLaunch, []byte("backend=nil")), "launch request"},
 		{"two values", frame(FrameLaunch, append(append([]byte{}, good...), good...)), "after the JSON value"},
@@ -383,5 +384,85 @@ func TestGuestRefusesLateFrames(t *testing.T) {
 	// The keep's stream is closed.
 	if _, err := g.Stream().Read(make([]byte, 1)); err == nil {
 		t.Fatal("stream still open")
+	}
+}
+
+// The stream's read deadline works (a client's context cancels through
+// it), and CloseWrite then Write fails while reads go on.
+func TestStreamDeadlineAndHalfClose(t *testing.T) {
+	hc, gc := net.Pipe()
+	got := make(chan []byte, 1)
+	go func() {
+		defer gc.Close()
+		gc.Write(frame(FrameVersion, []byte(Version)))
+		readFrame(gc)
+		gc.Write(frame(FrameHello, []byte("{}")))
+		var in []byte
+		for {
+			typ, p, err := readFrame(gc)
+			if err != nil || typ == FrameEOF {
+				break
+			}
+			in = append(in, p...)
+		}
+		got <- in
+		gc.Write(frame(FrameData, []byte("after")))
+		gc.Write(frame(FrameExit, []byte(`{"state":"exited","exit_code":0}`)))
+	}()
+	h, err := Handshake(context.Background(), hc, testRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := h.Stream()
+	s.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+	if _, err := s.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline: %v", err)
+	}
+	s.SetReadDeadline(time.Time{})
+	s.Write([]byte("to the keep"))
+	s.(interface{ CloseWrite() error }).CloseWrite()
+	if _, err := s.Write([]byte("x")); err == nil {
+		t.Fatal("write after CloseWrite")
+	}
+	if string(<-got) != "to the keep" {
+		t.Fatal("the guest did not get the bytes")
+	}
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(s, b); err != nil || string(b) != "after" {
+		t.Fatalf("read after CloseWrite: %q %v", b, err)
+	}
+	if _, err := h.Wait(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDial(t *testing.T) {
+	dir, err := os.MkdirTemp("", "vmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := dir + "/channel.sock"
+	go func() {
+		time.Sleep(50 * time.Millisecond) // the socket appears late, as QEMU's does
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			return
+		}
+		c, _ := ln.Accept()
+		c.Close()
+		ln.Close()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := Dial(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	if _, err := Dial(ctx2, dir+"/none.sock"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("error %v", err)
 	}
 }
