@@ -19,6 +19,9 @@ type Install struct {
 	Binary  string // this castellan binary
 	Options []byte // the shim's options (TOML), checked first
 	Handler string // the runtime handler's name (the RuntimeClass's handler)
+	// AttestCA, if set, is the attestation service's CA certificate (PEM),
+	// written to NodeAttestCA for the options' attest_ca.
+	AttestCA []byte
 }
 
 // Paths on the node.
@@ -26,6 +29,7 @@ const (
 	NodeBinDir      = "/usr/local/bin"
 	NodeOptionsFile = "/etc/castellan/shim.toml"
 	NodeContainerd  = "/etc/containerd/config.toml"
+	NodeAttestCA    = "/etc/castellan/attest-ca.pem"
 )
 
 // handlerConfig is the CRI plugin's runtime handler (containerd 1.6 and
@@ -76,6 +80,14 @@ func (in *Install) Run() ([]string, error) {
 	}
 	if changed {
 		done = append(done, "wrote "+NodeOptionsFile)
+	}
+	if in.AttestCA != nil {
+		if changed, err = writeIfChanged(filepath.Join(in.Root, NodeAttestCA), in.AttestCA, 0o644); err != nil {
+			return nil, err
+		}
+		if changed {
+			done = append(done, "wrote "+NodeAttestCA)
+		}
 	}
 	cfgPath := filepath.Join(in.Root, NodeContainerd)
 	cfg, err := os.ReadFile(cfgPath)
