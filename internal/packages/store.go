@@ -29,6 +29,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -60,8 +61,19 @@ type Options struct {
 	// Warnf receives warnings such as a tag that moved; nil drops them.
 	Warnf func(format string, a ...any)
 	// Client talks to registries; nil means an oras auth client with the
-	// credentials of the Docker config file and its helpers.
+	// credentials of the Docker config file and its helpers, whose
+	// connections are abandoned after StallTimeout without progress.
 	Client remote.Client
+	// StallTimeout is how long a registry connection may make no progress
+	// (0: DefaultStallTimeout).
+	StallTimeout time.Duration
+}
+
+func (o *Options) stallLimit() time.Duration {
+	if o.StallTimeout > 0 {
+		return o.StallTimeout
+	}
+	return DefaultStallTimeout
 }
 
 // Store is an OCI image-layout folder holding packages.
