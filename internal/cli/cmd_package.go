@@ -78,10 +78,23 @@ func packageError(e *Env, err error) int {
 		return e.ErrorWithHint(err, "the registry speaks plain http: add --plain-http")
 	case errors.Is(err, packages.ErrStalled):
 		return e.ErrorWithHint(err, "a slow registry may need a longer --stall-timeout")
-	case errors.Is(err, packages.ErrTooLarge):
-		return e.ErrorWithHint(err, "raise the limit with --max-layer-size if you trust this package")
+	}
+	var se *packages.SizeError
+	if errors.As(err, &se) {
+		return e.ErrorWithHint(err, sizeHint(se.Limit))
 	}
 	return e.Errorf("%v", err)
+}
+
+// sizeHint says how the named limit can be changed, if it can.
+func sizeHint(l packages.Limit) string {
+	switch l {
+	case packages.LimitLayer:
+		return "raise the Wasm layer limit with --max-layer-size if you trust this package"
+	case packages.LimitManifest:
+		return fmt.Sprintf("the manifest limit (%d bytes, the OCI distribution spec's) is fixed: no flag raises it, and a Castellan package's manifest is under 1 KiB", packages.MaxManifestSize)
+	}
+	return fmt.Sprintf("the %s limit (%d bytes, for the config JSON and the TOML layer) is fixed: no flag raises it", l, packages.MaxConfigBlobSize)
 }
 
 var packageBuildCmd = &Command{
@@ -132,6 +145,9 @@ func init() {
 		limit, err := config.ParseSize(bo.maxLayer)
 		if err != nil || limit == 0 {
 			return e.Usagef("--max-layer-size: %s is not a size such as 256MiB", bo.maxLayer)
+		}
+		if st, err := os.Stat(pos[0]); err == nil && st.Mode().IsRegular() && st.Size() > int64(limit) {
+			return e.ErrorWithHint(fmt.Errorf("%s: %d bytes is over the Wasm layer limit of %d bytes", pos[0], st.Size(), limit), sizeHint(packages.LimitLayer))
 		}
 		wasm, err := readFileLimited(pos[0], int64(limit))
 		if err != nil {

@@ -362,7 +362,8 @@ func TestFetchCatchesBadRegistries(t *testing.T) {
 		art := publish(t, reg.host+"/t/big:v1", big, nil)
 		s := newStore(t, Options{MaxLayerSize: 1024})
 		_, err := s.Fetch(ctx, reg.host+"/t/big:v1")
-		if !errors.Is(err, ErrTooLarge) {
+		var se *SizeError
+		if !errors.Is(err, ErrTooLarge) || !errors.As(err, &se) || se.Limit != LimitLayer || se.Max != 1024 {
 			t.Fatalf("oversized layer: %v", err)
 		}
 		if n := reg.blobs.reads(art.WasmDesc.Digest); n != 0 {
