@@ -52,6 +52,7 @@ its keeps running.`,
 
 type hostServeFlags struct {
 	listen, stateDir, maxMemory, keepCache string
+	maxOutput                              string
 	maxKeeps, maxOpenFiles                 int
 	maxCPU, maxWall, attachTimeout         time.Duration
 }
@@ -66,6 +67,7 @@ func addHostServeFlags(fs *flag.FlagSet) *hostServeFlags {
 	fs.DurationVar(&f.maxWall, "max-wall-time", time.Duration(host.DefaultWallSeconds)*time.Second, "longest wall time a keep may ask for")
 	fs.IntVar(&f.maxOpenFiles, "max-open-files", host.DefaultOpenFiles, "most open descriptors a keep may ask for")
 	fs.DurationVar(&f.attachTimeout, "attach-timeout", host.DefaultAttachTimeout, "how long a ready keep waits for its client")
+	fs.StringVar(&f.maxOutput, "max-keep-output", "64MiB", "most bytes of log and host output each keep may write (keeps/ID/keep.log); the keep ends when it passes it")
 	fs.StringVar(&f.keepCache, "keep-cache-dir", "", "compilation cache for nil-backend keeps only (a cache on the host's disk is open to the host; TEE keeps never use one)")
 	return f
 }
@@ -256,6 +258,10 @@ func hostServe(e *Env, args []string) int {
 	if err != nil || mem == 0 {
 		return e.Usagef("--max-memory: %q is not a size such as 4GiB", f.maxMemory)
 	}
+	maxOut, err := config.ParseSize(f.maxOutput)
+	if err != nil || maxOut < 1024 {
+		return e.Usagef("--max-keep-output: %q is not a size of at least 1KiB such as 64MiB", f.maxOutput)
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -272,6 +278,7 @@ func hostServe(e *Env, args []string) int {
 		MaxKeeps:      f.maxKeeps,
 		Max:           host.Limits{MemoryBytes: int64(mem), CPUSeconds: int64(f.maxCPU / time.Second), WallSeconds: int64(f.maxWall / time.Second), OpenFiles: int64(f.maxOpenFiles)},
 		AttachTimeout: f.attachTimeout,
+		MaxOutput:     int64(maxOut),
 		KeepCacheDir:  f.keepCache,
 		Logf:          func(format string, a ...any) { e.Infof(format, a...) },
 	})
