@@ -13,9 +13,10 @@
 // byte is read.
 //
 // The local store writes blobs to a temporary file and renames them into
-// place once verified (oras-go's oci.Storage), writes the manifest after
-// its blobs, and rewrites index.json with write-then-rename under a file
-// lock, so an interrupted build or pull leaves nothing half-written.
+// place once verified, writes the manifest after its blobs, and rewrites
+// index.json with write-then-rename, all under a file lock; a write that
+// fails (a full disk) removes what it created, so a failed or interrupted
+// build or pull leaves nothing half-written.
 package packages
 
 import (
@@ -131,6 +132,7 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("package store %s: %s is not an OCI image layout version %s", dir, layoutPath, ocispec.ImageLayoutVersion)
 		}
 	}
+	removeStaleIngest(dir)
 	return openExisting(dir, opts)
 }
 
@@ -193,15 +195,39 @@ func (s *Store) Build(wasm, config []byte) (*workload.Artifact, error) {
 }
 
 // put writes an artifact's blobs, then its manifest, then records the
-// manifest in index.json. Blobs are verified and renamed into place.
-func (s *Store) put(ctx context.Context, art *workload.Artifact) error {
+// manifest in index.json, all under the store's lock. Blobs are verified,
+// written to a temporary file in ingest/ and renamed into place (writeBlob).
+// When any step fails, the blobs this put created are removed again: a
+// failed write leaves the store as it was (a full disk included).
+func (s *Store) put(ctx context.Context, art *workload.Artifact) (err error) {
+	unlock, err := lockDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("package store %s: lock: %w", s.dir, err)
+	}
+	defer unlock()
+	var created []string
+	defer func() {
+		if err != nil {
+			// Under the lock no other writer can have referenced them.
+			for _, p := range created {
+				os.Remove(p)
+			}
+		}
+	}()
 	blobs := append(artifactBlobs(art), blob{"manifest", art.ManifestDesc, art.Manifest})
 	for _, b := range blobs {
-		if err := s.blobs.Push(ctx, b.desc, bytes.NewReader(b.data)); err != nil && !errors.Is(err, errdef.ErrAlreadyExists) {
-			return fmt.Errorf("package store %s: write %s: %w", s.dir, b.desc.Digest, err)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		p, made, err := s.writeBlob(b.desc, b.data)
+		if made {
+			created = append(created, p)
+		}
+		if err != nil {
+			return fmt.Errorf("package store %s: write %s %s: %w", s.dir, b.what, b.desc.Digest, err)
 		}
 	}
-	return s.updateIndex(func(idx *ocispec.Index) error {
+	return s.updateIndexLocked(func(idx *ocispec.Index) error {
 		for _, m := range idx.Manifests {
 			if m.Digest == art.Digest {
 				return nil
@@ -373,6 +399,11 @@ func (s *Store) updateIndex(fn func(*ocispec.Index) error) error {
 		return fmt.Errorf("package store %s: lock: %w", s.dir, err)
 	}
 	defer unlock()
+	return s.updateIndexLocked(fn)
+}
+
+// updateIndexLocked is updateIndex for a caller that holds the lock.
+func (s *Store) updateIndexLocked(fn func(*ocispec.Index) error) error {
 	idx, err := s.readIndex()
 	if err != nil {
 		return err
