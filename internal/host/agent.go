@@ -50,6 +50,11 @@ type Config struct {
 	AttachTimeout time.Duration
 	// ReadyTimeout bounds the keep's start (evidence included).
 	ReadyTimeout time.Duration
+	// RetainKeeps is how many finished keeps (folder, record, events) are
+	// kept, newest first; RetainFor how long after its end one is kept.
+	// 0 = DefaultRetainKeeps, DefaultRetainFor.
+	RetainKeeps int
+	RetainFor   time.Duration
 	// MaxOutput bounds each keep's output file (its log and a detached
 	// workload's host output); the keep ends when it passes it. 0 =
 	// DefaultMaxOutput.
@@ -78,6 +83,8 @@ type Agent struct {
 	certOnce sync.Once
 	cert     *tls.Certificate
 	certErr  error
+
+	pruneMu sync.Mutex // one removal of finished keeps at a time
 
 	mu      sync.Mutex
 	live    map[string]*liveKeep
@@ -155,6 +162,12 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.MaxOutput <= 0 {
 		cfg.MaxOutput = DefaultMaxOutput
 	}
+	if cfg.RetainKeeps <= 0 {
+		cfg.RetainKeeps = DefaultRetainKeeps
+	}
+	if cfg.RetainFor <= 0 {
+		cfg.RetainFor = DefaultRetainFor
+	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
@@ -192,6 +205,9 @@ func New(cfg Config) (*Agent, error) {
 		lock.Close()
 		return nil, err
 	}
+	a.sweepOrphans()
+	a.prune()
+	go a.pruneLoop()
 	return a, nil
 }
 
@@ -402,6 +418,7 @@ func (a *Agent) finish(l *liveKeep, o outcome) {
 	}
 	a.event(l.id, "ended", "%s", msg)
 	a.cfg.Logf("keep %s %s", l.id, msg)
+	go a.prune()
 }
 
 // reconcile adopts keeps that outlived a previous agent and records the

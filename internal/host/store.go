@@ -281,6 +281,22 @@ func (s *store) addLogEvent(keep, typ, msg string, offset int64) (Event, error) 
 	return Event{Seq: seq, Keep: keep, Time: t, Type: typ, Message: msg}, nil
 }
 
+// deleteKeep removes a finished keep's record and events.
+func (s *store) deleteKeep(id string) error {
+	tx, err := s.db.Begin()
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec(`DELETE FROM events WHERE keep = ?`, id); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(`DELETE FROM keeps WHERE id = ? AND state IN (?, ?, ?)`, id, StateExited, StateFailed, StateStopped); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
 // setLogOffset records how far a keep's output file was read when the
 // lines read were not recorded as events.
 func (s *store) setLogOffset(keep string, offset int64) error {
