@@ -83,7 +83,7 @@ func TestRunSignal(t *testing.T) {
 			if !errors.As(err2, &ee) || ee.ExitCode() != c.code {
 				t.Errorf("exit %v, want status %d", err2, c.code)
 			}
-			if !regexp.MustCompile(`(?m)` + c.line).Match(stderr.Bytes()) || bytes.Contains(stderr.Bytes(), []byte("error:")) {
+			if !regexp.MustCompile(`(?m)`+c.line).Match(stderr.Bytes()) || bytes.Contains(stderr.Bytes(), []byte("error:")) {
 				t.Errorf("stderr:\n%s\nwant a line matching %s and no error", stderr.String(), c.line)
 			}
 			if conn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
