@@ -367,11 +367,47 @@ func addRemoteFlags(fs *flag.FlagSet) *remoteOptions {
 	return r
 }
 
+// timedVerifier bounds each exchange with the attestation service by
+// --attest-timeout, and says so when it runs out.
+type timedVerifier struct {
+	delivery.Verifier
+	limit time.Duration
+}
+
+var _ delivery.Verifier = timedVerifier{}
+
+func (t timedVerifier) Nonce(ctx context.Context) ([]byte, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, t.limit, errAttestTimeout(t.limit))
+	defer cancel()
+	n, err := t.Verifier.Nonce(ctx)
+	return n, namedTimeout(ctx, err)
+}
+
+func (t timedVerifier) Verify(ctx context.Context, hello *delivery.Hello, nonce []byte, digest string) (*delivery.Verified, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, t.limit, errAttestTimeout(t.limit))
+	defer cancel()
+	v, err := t.Verifier.Verify(ctx, hello, nonce, digest)
+	return v, namedTimeout(ctx, err)
+}
+
+// namedTimeout replaces an error caused by the attestation time limit with
+// the limit's own words.
+func namedTimeout(ctx context.Context, err error) error {
+	var lim errAttestTimeout
+	if err != nil && ctx.Err() != nil && errors.As(context.Cause(ctx), &lim) {
+		return lim
+	}
+	return err
+}
+
 // deployRemote runs the confidential delivery protocol through the agent.
 func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string, args []string) int {
 	r := do.remote
 	if do.memory != "" || do.maxOutput != "" || do.noCache || do.report != "" || len(do.allowDirs) > 0 {
 		return e.Usagef("deploy --host: --memory, --max-output, --no-cache, --report and --allow-dir apply to local runs (the keep's memory limit is --keep-memory)")
+	}
+	if do.attestTime <= 0 {
+		return e.Usagef("--attest-timeout: %v is not positive", do.attestTime)
 	}
 	c, code := r.client(e)
 	if c == nil {
@@ -402,7 +438,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 				return e.Errorf("--attest-ca: %s: no PEM certificate in it", do.attestCA)
 			}
 		}
-		v = sv
+		v = timedVerifier{Verifier: sv, limit: do.attestTime}
 	case r.policyFile != "":
 		if r.measurements == "" {
 			return e.Usagef("--policy needs --measurements")

@@ -91,10 +91,7 @@ func attestedCertificate(ctx context.Context, e *Env, ro *runOptions, url string
 	defer cancel()
 	cert, claims, err := client.Obtain(ctx, url, roots, backend, digest, "")
 	if err != nil {
-		if cause := context.Cause(ctx); ctx.Err() != nil && cause != nil {
-			return nil, cause // the time limit or a signal, said in words
-		}
-		return nil, err
+		return nil, namedTimeout(ctx, err)
 	}
 	what := claims.Platform
 	if claims.Insecure {
@@ -139,10 +136,7 @@ func writeKeepReport(ctx context.Context, ro *runOptions, cert *tls.Certificate,
 		defer cancel()
 		env, err := tee.Attest(ctx, backend, spki, nonce, digest)
 		if err != nil {
-			if cause := context.Cause(ctx); ctx.Err() != nil && cause != nil {
-				err = cause
-			}
-			return fmt.Errorf("evidence: %w", err)
+			return fmt.Errorf("evidence: %w", namedTimeout(ctx, err))
 		}
 		if r.Evidence, err = env.Marshal(); err != nil {
 			return err
