@@ -270,13 +270,18 @@ func newID() string {
 
 // event records and publishes an event; after Close it does nothing.
 func (a *Agent) event(keep, typ, format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
+	a.recordEvent(keep, typ, -1, fmt.Sprintf(format, args...))
+}
+
+// recordEvent is event with, for a line of the keep's output file, the
+// file offset after it (else -1).
+func (a *Agent) recordEvent(keep, typ string, offset int64, msg string) {
 	a.mu.Lock()
 	if a.crashed {
 		a.mu.Unlock()
 		return
 	}
-	ev, err := a.st.addEvent(keep, typ, msg)
+	ev, err := a.st.addEvent(keep, typ, msg, offset)
 	if err != nil {
 		a.mu.Unlock()
 		a.cfg.Logf("keep %s: recording event %s: %v", keep, typ, err)

@@ -79,18 +79,5 @@ func (a *Agent) followOutput(l *liveKeep, offset int64) {
 // logEvent is event for a line of the keep's output file, recorded with
 // the file offset after it.
 func (a *Agent) logEvent(keep, typ string, offset int64, format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	a.mu.Lock()
-	if a.crashed {
-		a.mu.Unlock()
-		return
-	}
-	ev, err := a.st.addLogEvent(keep, typ, msg, offset)
-	if err != nil {
-		a.mu.Unlock()
-		a.cfg.Logf("keep %s: recording event %s: %v", keep, typ, err)
-		return
-	}
-	a.publishLocked(ev)
-	a.mu.Unlock()
+	a.recordEvent(keep, typ, offset, fmt.Sprintf(format, args...))
 }

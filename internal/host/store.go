@@ -247,20 +247,11 @@ func (s *store) keeps(ctx context.Context, where string, args ...any) ([]*keepRo
 	return out, rows.Err()
 }
 
-func (s *store) addEvent(keep, typ, msg string) (Event, error) {
-	t := time.Now().UTC()
-	r, err := s.db.Exec(`INSERT INTO events (keep, time, type, message) VALUES (?, ?, ?, ?)`, keep, t.Format(time.RFC3339Nano), typ, msg)
-	if err != nil {
-		return Event{}, err
-	}
-	seq, _ := r.LastInsertId()
-	return Event{Seq: seq, Keep: keep, Time: t, Type: typ, Message: msg}, nil
-}
-
-// addLogEvent records an event read from a keep's output file together
-// with the offset after it, in one transaction: a restarted agent resumes
-// after the last line recorded, neither losing nor repeating one.
-func (s *store) addLogEvent(keep, typ, msg string, offset int64) (Event, error) {
+// addEvent records an event. An event read from a keep's output file
+// (offset >= 0) is recorded together with the offset after its line, in one
+// transaction: a restarted agent resumes after the last line recorded,
+// neither losing nor repeating one.
+func (s *store) addEvent(keep, typ, msg string, offset int64) (Event, error) {
 	tx, err := s.db.Begin()
 	if err != nil {
 		return Event{}, err
@@ -271,8 +262,10 @@ func (s *store) addLogEvent(keep, typ, msg string, offset int64) (Event, error) 
 	if err != nil {
 		return Event{}, err
 	}
-	if _, err := tx.Exec(`UPDATE keeps SET log_offset = ? WHERE id = ?`, offset, keep); err != nil {
-		return Event{}, err
+	if offset >= 0 {
+		if _, err := tx.Exec(`UPDATE keeps SET log_offset = ? WHERE id = ?`, offset, keep); err != nil {
+			return Event{}, err
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return Event{}, err

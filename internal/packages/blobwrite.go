@@ -42,26 +42,7 @@ func (s *Store) writeBlob(desc ocispec.Descriptor, data []byte) (path string, cr
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return path, false, err
 	}
-	f, err := os.CreateTemp(ingest, desc.Digest.Encoded()+"_*")
-	if err != nil {
-		return path, false, err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp, 0o444)
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := writeVia(ingest, desc.Digest.Encoded()+"_*", path, data, 0o444); err != nil {
 		return path, false, err
 	}
 	return path, true, nil

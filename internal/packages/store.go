@@ -431,7 +431,14 @@ func (s *Store) updateIndexLocked(fn func(*ocispec.Index) error) error {
 // writeFileAtomic writes b to a temporary file beside path, syncs it and
 // renames it over path.
 func writeFileAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	return writeVia(filepath.Dir(path), "."+filepath.Base(path)+".*", path, b, 0o644)
+}
+
+// writeVia writes b to a new temporary file in tmpDir (named after
+// pattern, as os.CreateTemp does), syncs it, gives it mode and renames it
+// to path; on any error the temporary file is removed.
+func writeVia(tmpDir, pattern, path string, b []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(tmpDir, pattern)
 	if err != nil {
 		return err
 	}
@@ -444,7 +451,7 @@ func writeFileAtomic(path string, b []byte) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Chmod(tmp, 0o644)
+		err = os.Chmod(tmp, mode)
 	}
 	if err == nil {
 		err = os.Rename(tmp, path)
