@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -48,4 +49,35 @@ func TestOutputLimit(t *testing.T) {
 	if !strings.Contains(last.Message, "keep failed: output limit of 4096 bytes reached") {
 		t.Errorf("last log event %q", last.Message)
 	}
+}
+
+// BenchmarkOutputEvents: a detached workload with host output prints 5000
+// lines as fast as it can; the figure is how fast the agent records them
+// as events (one SQLite transaction per line, with its file offset), from
+// the deployment to the keep's recorded end.
+func BenchmarkOutputEvents(b *testing.B) {
+	const lines = 5000
+	h := newHarness(b)
+	art := artifact(b, fixtures.Go(b, "ticker"), []byte("detached_output = \"host\"\n"+stdio))
+	ctx := context.Background()
+	b.ResetTimer()
+	for range b.N {
+		k, _, _, _, err := h.deploy(ctx, "nil", art, &delivery.InsecureVerifier{}, func(o *DeployOptions) {
+			o.Delivery.Detach, o.Delivery.Args = true, []string{"0s", fmt.Sprint(lines)}
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		h.waitEnded(k.ID)
+		n := 0
+		h.client.Events(ctx, k.ID, false, func(e Event) {
+			if e.Type == "log" && strings.HasPrefix(e.Message, "tick ") {
+				n++
+			}
+		})
+		if n != lines {
+			b.Fatalf("%d tick events, want %d", n, lines)
+		}
+	}
+	b.ReportMetric(float64(lines*b.N)/b.Elapsed().Seconds(), "lines/s")
 }

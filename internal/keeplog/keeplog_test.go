@@ -155,3 +155,24 @@ func TestCreateAppends(t *testing.T) {
 		t.Errorf("mode %v", st.Mode())
 	}
 }
+
+// BenchmarkFollow reads a keep's output file of 40-byte lines to its end,
+// as an agent catching up after a restart does (without recording them).
+func BenchmarkFollow(b *testing.B) {
+	dir := b.TempDir()
+	line := strings.Repeat("x", 39) + "\n"
+	const n = 100000
+	if err := os.WriteFile(Path(dir), []byte(strings.Repeat(line, n)), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(line) * n))
+	b.ResetTimer()
+	for range b.N {
+		lines := 0
+		Follow(context.Background(), Path(dir), 0, FollowOptions{Ended: closed()}, func([]byte, int64) error { lines++; return nil })
+		if lines != n {
+			b.Fatalf("%d lines", lines)
+		}
+	}
+	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "lines/s")
+}
