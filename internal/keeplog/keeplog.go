@@ -43,8 +43,9 @@ func Create(dir string) (*os.File, error) {
 var ErrLimit = errors.New("keep output limit reached")
 
 // Limited is a writer that passes at most Max bytes (counting From bytes
-// already in the file) and then calls OnLimit once, with what it refused;
-// writes after that fail with ErrLimit. It is safe for concurrent use.
+// already in the file): of the write that does not fit it passes the whole
+// lines that do, then calls OnLimit once; writes after that fail with
+// ErrLimit. It is safe for concurrent use.
 type Limited struct {
 	W       io.Writer
 	Max     int64
@@ -68,7 +69,11 @@ func (l *Limited) Write(p []byte) (int, error) {
 		l.mu.Unlock()
 		return n, err
 	}
-	n, err := l.W.Write(p[:max(left, 0)])
+	// What fits, cut after its last newline: the file ends with whole
+	// lines, and the writer's last word (OnLimit) starts a line of its own.
+	cut := p[:max(left, 0)]
+	cut = cut[:bytes.LastIndexByte(cut, '\n')+1]
+	n, err := l.W.Write(cut)
 	l.From += int64(n)
 	l.full = true
 	l.mu.Unlock()
@@ -90,7 +95,7 @@ type FollowOptions struct {
 	// ended): Follow then reads to the end, passes a last line without
 	// its newline if there is one, and returns nil.
 	Ended <-chan struct{}
-	// Poll is the longest wait between looks at an idle file; 0 = 250ms.
+	// Poll is the longest wait between looks at an idle file; 0 = 100ms.
 	Poll time.Duration
 }
 
@@ -107,7 +112,7 @@ func Follow(ctx context.Context, path string, offset int64, o FollowOptions, fn 
 	}
 	poll := o.Poll
 	if poll <= 0 {
-		poll = 250 * time.Millisecond
+		poll = 100 * time.Millisecond
 	}
 	var f *os.File
 	defer func() {

@@ -118,7 +118,8 @@ func TestFollowStops(t *testing.T) {
 }
 
 // TestLimited: writes pass up to the limit, counting what the file held,
-// then OnLimit is called once and later writes fail.
+// the one that does not fit only with its whole lines; then OnLimit is
+// called once and later writes fail.
 func TestLimited(t *testing.T) {
 	var b strings.Builder
 	calls := 0
@@ -126,13 +127,14 @@ func TestLimited(t *testing.T) {
 	if n, err := l.Write([]byte("abc")); n != 3 || err != nil {
 		t.Fatalf("%d %v", n, err)
 	}
-	if n, err := l.Write([]byte("defgh")); n != 3 || !errors.Is(err, ErrLimit) {
+	// 3 bytes left: the whole line that fits passes, the rest does not.
+	if n, err := l.Write([]byte("d\nefgh\n")); n != 2 || !errors.Is(err, ErrLimit) {
 		t.Fatalf("%d %v", n, err)
 	}
 	if n, err := l.Write([]byte("x")); n != 0 || !errors.Is(err, ErrLimit) {
 		t.Fatalf("%d %v", n, err)
 	}
-	if b.String() != "abcdef" || calls != 1 {
+	if b.String() != "abcd\n" || calls != 1 {
 		t.Errorf("wrote %q, OnLimit called %d times", b.String(), calls)
 	}
 }
