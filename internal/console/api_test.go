@@ -27,7 +27,7 @@ import (
 const keepEnv = "CASTELLAN_CONSOLE_TEST_KEEP"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(keepEnv) == "1" {
+	if os.Getenv(keepEnv) == "1" && !fuzzWorker() {
 		os.Exit(cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
 	// Every process this test binary starts acts as castellan: the keeps
@@ -44,6 +44,17 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// fuzzWorker reports whether this process is a worker of `go test -fuzz`
+// (which inherits the environment, keepEnv included).
+func fuzzWorker() bool {
+	for _, a := range os.Args[1:] {
+		if strings.HasPrefix(a, "-test.fuzzworker") {
+			return true
+		}
+	}
+	return false
 }
 
 // directRunner starts keeps as child `castellan run` processes (this test

@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -68,4 +70,31 @@ func TestCheckAllowedHost(t *testing.T) {
 			t.Errorf("%q: %v", h, err)
 		}
 	}
+}
+
+// FuzzAllowedHost: whatever Host header arrives on a loopback listener with
+// no names configured, it is allowed only if it names loopback (localhost
+// or a loopback IP) with the listener's port.
+func FuzzAllowedHost(f *testing.F) {
+	for _, s := range []string{"127.0.0.1:8080", "localhost:8080", "[::1]:8080", "evil.example:8080", "127.0.0.1", "",
+		"localhost.:8080", "127.0.0.1:08080", "[::ffff:127.0.0.1]:8080", "LOCALHOST:8080", "localhost:8080:8080", "[fe80::1%lo]:8080"} {
+		f.Add(s)
+	}
+	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080}
+	f.Fuzz(func(t *testing.T, host string) {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Host = host
+		r = r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, local))
+		if !allowedHost(r, nil) {
+			return
+		}
+		name, port, err := net.SplitHostPort(host)
+		if err != nil {
+			t.Fatalf("allowed %q, which has no port", host)
+		}
+		ip := net.ParseIP(name)
+		if p, _ := strconv.Atoi(port); p != 8080 || !(strings.EqualFold(name, "localhost") || ip != nil && ip.IsLoopback()) {
+			t.Fatalf("allowed %q", host)
+		}
+	})
 }

@@ -178,3 +178,51 @@ func BenchmarkFollow(b *testing.B) {
 	}
 	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "lines/s")
 }
+
+// FuzzFollow: whatever a keep wrote, following its file gives one call per
+// line (the last one without its newline included), each at most MaxLine
+// bytes and a prefix of its line, with offsets that rise to the file's
+// size; resuming at any offset given gives the remaining lines.
+func FuzzFollow(f *testing.F) {
+	for _, s := range []string{"", "\n", "a\nb\n", "no newline", strings.Repeat("x", 40) + "\nshort\n", "\n\n\n", "a\r\nb"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		if err := os.WriteFile(Path(dir), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		const maxLine = 16
+		var g got
+		if err := Follow(context.Background(), Path(dir), 0, FollowOptions{MaxLine: maxLine, Ended: closed()}, g.fn); err != nil {
+			t.Fatal(err)
+		}
+		want := strings.Split(string(data), "\n")
+		if len(data) == 0 || data[len(data)-1] == '\n' {
+			want = want[:len(want)-1]
+		}
+		if len(g.lines) != len(want) {
+			t.Fatalf("%d lines, want %d", len(g.lines), len(want))
+		}
+		prev := int64(0)
+		for i, l := range g.lines {
+			if len(l) > maxLine || !strings.HasPrefix(want[i], l) || len(l) != min(len(want[i]), maxLine) {
+				t.Fatalf("line %d: %q for %q", i, l, want[i])
+			}
+			if g.next[i] <= prev {
+				t.Fatalf("offsets %v", g.next)
+			}
+			prev = g.next[i]
+		}
+		if len(g.next) > 0 && g.next[len(g.next)-1] != int64(len(data)) {
+			t.Fatalf("last offset %d, file %d bytes", g.next[len(g.next)-1], len(data))
+		}
+		if len(g.next) > 1 {
+			var r got
+			Follow(context.Background(), Path(dir), g.next[0], FollowOptions{MaxLine: maxLine, Ended: closed()}, r.fn)
+			if fmt.Sprint(r.lines) != fmt.Sprint(g.lines[1:]) {
+				t.Fatalf("resumed: %q, want %q", r.lines, g.lines[1:])
+			}
+		}
+	})
+}
