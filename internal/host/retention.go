@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 )
 
@@ -110,11 +111,7 @@ func (a *Agent) prune() {
 		}
 		return r.Created
 	}
-	for i := 1; i < len(rows); i++ {
-		for j := i; j > 0 && ended(rows[j]).After(ended(rows[j-1])); j-- {
-			rows[j], rows[j-1] = rows[j-1], rows[j]
-		}
-	}
+	sort.SliceStable(rows, func(i, j int) bool { return ended(rows[i]).After(ended(rows[j])) })
 	cutoff := time.Now().Add(-a.cfg.RetainFor)
 	for i, r := range rows {
 		why := ""
