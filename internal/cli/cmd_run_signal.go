@@ -13,7 +13,7 @@ import (
 // stopGrace is how long a workload has to end after SIGINT or SIGTERM
 // closed its network descriptors before the keep process exits anyway (a
 // workload computing in a loop never returns to the host on its own).
-const stopGrace = 2 * time.Second
+const stopGrace = 5 * time.Second
 
 // signalStop is SIGINT or SIGTERM asking the keep to stop; it is the
 // cause of the run's context.

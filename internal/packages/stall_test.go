@@ -71,8 +71,11 @@ func TestRegistryStall(t *testing.T) {
 	})
 	t.Run("slow but steady body", func(t *testing.T) {
 		var calls atomic.Int32
-		setIntercept(trickle(&calls, limit/20, -1)) // 40 bytes: 4s in all
-		got, err := newStore(t, Options{StallTimeout: limit}).Pull(ctx, reg.host+"/t/stall:v1")
+		// A byte every 150ms, 6s in all, under a 5s limit: the margin
+		// (30x the gap) is for a loaded machine, where the trickling
+		// goroutine may be late.
+		setIntercept(trickle(&calls, 150*time.Millisecond, -1))
+		got, err := newStore(t, Options{StallTimeout: 5 * time.Second}).Pull(ctx, reg.host+"/t/stall:v1")
 		if err != nil {
 			t.Fatalf("a steady trickle was abandoned: %v", err)
 		}
