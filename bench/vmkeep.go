@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -12,13 +11,14 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"sync"
+	"strings"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/fixtures"
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keep/qemu"
+	"github.com/castellan-dev/castellan/internal/keeplog"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/workload"
 )
@@ -127,31 +127,6 @@ func oneKeep(l keep.Launcher, art *workload.Artifact, base string) (phases, erro
 	}
 	defer l.Cleanup(spec.ID, dir)
 	defer keep.KillGroup(inst.PID(), inst.StartTicks())
-	var mu sync.Mutex
-	logDone := make(chan struct{})
-	go func() {
-		defer close(logDone)
-		r := inst.Log()
-		defer r.Close()
-		sc := bufio.NewScanner(r)
-		for sc.Scan() {
-			line := sc.Text()
-			mu.Lock()
-			if m := channelRE.FindStringSubmatch(line); m != nil {
-				n, _ := strconv.Atoi(m[1])
-				p.channel = time.Duration(n) * time.Millisecond
-			}
-			if m := upRE.FindStringSubmatch(line); m != nil {
-				n, _ := strconv.Atoi(m[1])
-				p.up = time.Duration(n) * time.Millisecond
-			}
-			if m := uptimeRE.FindStringSubmatch(line); m != nil && p.guestUptime == 0 {
-				f, _ := strconv.ParseFloat(m[1], 64)
-				p.guestUptime = time.Duration(f * float64(time.Second))
-			}
-			mu.Unlock()
-		}
-	}()
 	hello, err := inst.Hello(ctx)
 	if err != nil {
 		return p, err
@@ -184,9 +159,25 @@ func oneKeep(l keep.Launcher, art *workload.Artifact, base string) (phases, erro
 	}
 	p.firstOutput = out.at
 	inst.Wait()
-	<-logDone
-	mu.Lock()
-	defer mu.Unlock()
+	// The launcher logged the boot's phases to the keep's output file.
+	b, err := os.ReadFile(keeplog.Path(dir))
+	if err != nil {
+		return p, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if m := channelRE.FindStringSubmatch(line); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			p.channel = time.Duration(n) * time.Millisecond
+		}
+		if m := upRE.FindStringSubmatch(line); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			p.up = time.Duration(n) * time.Millisecond
+		}
+		if m := uptimeRE.FindStringSubmatch(line); m != nil && p.guestUptime == 0 {
+			f, _ := strconv.ParseFloat(m[1], 64)
+			p.guestUptime = time.Duration(f * float64(time.Second))
+		}
+	}
 	return p, nil
 }
 

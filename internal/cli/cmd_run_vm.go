@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"flag"
@@ -20,6 +19,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keep/qemu"
+	"github.com/castellan-dev/castellan/internal/keeplog"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/workload"
 )
@@ -128,7 +128,6 @@ func runVM(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Config, n
 	}
 	vm := &vmRun{e: e, inst: inst, name: name, dir: dir}
 	defer vm.end(launcher, spec)
-	go vm.readLog()
 	if limits.WallTime > 0 {
 		t := time.AfterFunc(limits.WallTime, func() { vm.stop(ExitWallTime, "wall time limit of %v reached", limits.WallTime) })
 		defer t.Stop()
@@ -212,27 +211,25 @@ type vmRun struct {
 	dir  string // the keep's folder
 
 	mu        sync.Mutex
-	log       []string // the keep's last log lines, shown when it fails
 	stopCode  int
 	isStopped bool
 }
 
-func (v *vmRun) readLog() {
-	r := v.inst.Log()
-	defer r.Close()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, keep.StateLine) {
-			continue
+// tail prints the last n lines of a file of the keep (not its state
+// changes).
+func (v *vmRun) tail(what, path string, n int) {
+	b, err := readFileLimited(path, 1<<20)
+	if err != nil {
+		return
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, keep.StateLine) {
+			lines = append(lines, l)
 		}
-		v.mu.Lock()
-		v.log = append(v.log, line)
-		if len(v.log) > 20 {
-			v.log = v.log[1:]
-		}
-		v.mu.Unlock()
+	}
+	for _, l := range lines[max(0, len(lines)-n):] {
+		v.e.Infof("%s: %s", what, l)
 	}
 }
 
@@ -262,21 +259,11 @@ func (v *vmRun) failed(format string, a ...any) int {
 	}
 	keep.KillGroup(v.inst.PID(), v.inst.StartTicks())
 	v.inst.Wait()
-	v.mu.Lock()
-	for _, l := range v.log {
-		v.e.Infof("keep: %s", l)
-	}
-	v.mu.Unlock()
-	// The serial console's last lines say how a guest that never spoke
-	// on its channel ended (a kernel panic, a missing module).
-	if b, err := os.ReadFile(filepath.Join(v.dir, qemu.ConsoleLog)); err == nil {
-		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-		for _, l := range lines[max(0, len(lines)-10):] {
-			if l = strings.TrimSpace(l); l != "" {
-				v.e.Infof("keep console: %s", l)
-			}
-		}
-	}
+	// The keep's last log lines, and the serial console's, which say how
+	// a guest that never spoke on its channel ended (a kernel panic, a
+	// missing module).
+	v.tail("keep", keeplog.Path(v.dir), 20)
+	v.tail("keep console", filepath.Join(v.dir, qemu.ConsoleLog), 10)
 	return v.e.Errorf(format, a...)
 }
 

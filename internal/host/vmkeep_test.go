@@ -20,6 +20,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/keep/qemu"
 	"github.com/castellan-dev/castellan/internal/keep/qemu/qemutest"
 	"github.com/castellan-dev/castellan/internal/keep/vmproto"
+	"github.com/castellan-dev/castellan/internal/keeplog"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
@@ -163,8 +164,9 @@ func TestVMKeepFake(t *testing.T) {
 	}
 }
 
-// assertOnlyRecords checks that a ended keep's folder holds its records
-// only: no socket, no temporary file.
+// assertOnlyRecords checks that an ended keep's folder holds its records
+// only (exit record, kind, output file, console log): no socket, no
+// temporary file.
 func assertOnlyRecords(t *testing.T, dir string) {
 	t.Helper()
 	ents, err := os.ReadDir(dir)
@@ -173,7 +175,7 @@ func assertOnlyRecords(t *testing.T, dir string) {
 	}
 	for _, e := range ents {
 		switch e.Name() {
-		case keep.ExitFile, kindFile, qemu.ConsoleLog:
+		case keep.ExitFile, kindFile, qemu.ConsoleLog, keeplog.FileName:
 		default:
 			t.Errorf("keep folder holds %s after the keep ended", e.Name())
 		}

@@ -17,8 +17,10 @@
 // process leads a process group that holds everything the keep started
 // (the keep process, or QEMU), its folder holds the Unix socket of its
 // delivery endpoint (SocketFile, one connection: the agent relays the
-// client's TLS session there) and, once it ended, its own account of how
-// (ExitFile). The host never holds a key of the keep.
+// client's TLS session there), its output file (internal/keeplog: its log
+// lines, appended by the keep process or by the VM launcher) and, once it
+// ended, its own account of how (ExitFile). The host never holds a key of
+// the keep.
 package keep
 
 import (
@@ -26,7 +28,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -93,6 +94,8 @@ type Spec struct {
 	Limits    Limits
 	// AttachTimeout is how long the ready keep waits for its client.
 	AttachTimeout time.Duration
+	// MaxOutput bounds the keep's output file (0: the keep's default).
+	MaxOutput int64
 }
 
 // Launcher starts keeps of one kind.
@@ -129,10 +132,6 @@ type Instance interface {
 	// What names the keep's host process in reasons ("the keep process",
 	// "the keep VM").
 	What() string
-	// Log is the keep's log, one message a line (StateLine lines report
-	// state changes). It never carries workload data. It ends when the
-	// keep ends; the caller reads it to the end and closes it.
-	Log() io.ReadCloser
 	// Hello waits for the keep's hello (JSON of delivery.Hello: evidence
 	// and CSR) until ctx ends. Called once.
 	Hello(ctx context.Context) ([]byte, error)

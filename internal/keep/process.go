@@ -10,10 +10,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
+	"strconv"
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/keeplog"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
@@ -28,7 +29,8 @@ const MaxHello = 1 << 20
 // castellan binary with the argument "keep") with the keep's parameters as
 // flags, in a process group of its own and, where cgroups v2 is writable,
 // a cgroup of its own. The child sets its rlimits on itself before it
-// reads any input, writes its hello to descriptor 3 and its log to stderr.
+// reads any input, writes its hello to descriptor 3 and its log to stdout
+// and stderr, which are its output file (internal/keeplog).
 type Process struct {
 	// Command is the keep process to start, before its own flags; nil =
 	// this executable with the argument "keep".
@@ -86,6 +88,9 @@ func (p *Process) Args(s Spec) []string {
 	args := []string{"--dir", s.Dir, "--backend", s.Backend, "--nonce", hex.EncodeToString(s.Nonce),
 		"--digest", s.Digest, "--client-key", hex.EncodeToString(s.ClientKey), "--limits", string(limJSON),
 		"--attach-timeout", s.AttachTimeout.String()}
+	if s.MaxOutput > 0 {
+		args = append(args, "--max-output", strconv.FormatInt(s.MaxOutput, 10))
+	}
 	if s.Backend == "nil" && p.CacheDir != "" {
 		args = append(args, "--cache-dir", p.CacheDir)
 	}
@@ -108,47 +113,45 @@ func (p *Process) Start(ctx context.Context, s Spec) (Instance, error) {
 	cmd.Env = append(os.Environ(), "TMPDIR="+filepath.Join(s.Dir, "tmp"))
 	cmd.SysProcAttr = procAttr()
 	pi := &processInstance{cmd: cmd}
+	// The keep's stdout and stderr append to its output file, which
+	// outlives the agent.
+	out, err := keeplog.Create(s.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("keep output file: %w", err)
+	}
+	defer out.Close()
 	if p.cgroupDir != "" {
 		if f, err := makeCgroup(p.cgroupDir, s.ID, s.Limits); err == nil {
 			defer f.Close()
 			intoCgroup(cmd.SysProcAttr, f)
 		} else {
-			pi.logBefore = fmt.Sprintf("no cgroup for this keep: %v", err)
+			fmt.Fprintf(out, "no cgroup for this keep: %v\n", err)
 		}
 	}
 	helloR, helloW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("pipe: %w", err)
 	}
-	logR, logW, err := os.Pipe()
-	if err != nil {
-		helloR.Close()
-		helloW.Close()
-		return nil, fmt.Errorf("pipe: %w", err)
-	}
 	cmd.ExtraFiles = []*os.File{helloW}
-	cmd.Stdout = logW
-	cmd.Stderr = logW
+	cmd.Stdout = out
+	cmd.Stderr = out
 	err = cmd.Start()
 	helloW.Close()
-	logW.Close()
 	if err != nil {
 		helloR.Close()
-		logR.Close()
 		removeCgroup(p.cgroupDir, s.ID)
 		return nil, fmt.Errorf("starting the keep process: %w", err)
 	}
-	pi.hello, pi.log = helloR, logR
+	pi.hello = helloR
 	pi.ticks, _ = StartTicks(cmd.Process.Pid)
 	return pi, nil
 }
 
 type processInstance struct {
-	cmd        *exec.Cmd
-	ticks      uint64
-	hello, log *os.File
-	logBefore  string // a line for the log before the keep's own
-	waitOnce   sync.Once
+	cmd      *exec.Cmd
+	ticks    uint64
+	hello    *os.File
+	waitOnce sync.Once
 }
 
 var _ Instance = (*processInstance)(nil)
@@ -156,13 +159,6 @@ var _ Instance = (*processInstance)(nil)
 func (pi *processInstance) PID() int           { return pi.cmd.Process.Pid }
 func (pi *processInstance) StartTicks() uint64 { return pi.ticks }
 func (pi *processInstance) What() string       { return "the keep process" }
-
-func (pi *processInstance) Log() io.ReadCloser {
-	if pi.logBefore == "" {
-		return pi.log
-	}
-	return prefixed{io.MultiReader(strings.NewReader(pi.logBefore+"\n"), pi.log), pi.log}
-}
 
 func (pi *processInstance) Hello(ctx context.Context) ([]byte, error) {
 	defer pi.hello.Close()
@@ -195,11 +191,3 @@ func (p *Process) Cleanup(id, dir string) {
 	os.RemoveAll(filepath.Join(dir, "tmp"))
 	removeCgroup(p.cgroupDir, id)
 }
-
-// prefixed reads from r and closes c.
-type prefixed struct {
-	io.Reader
-	c io.Closer
-}
-
-func (p prefixed) Close() error { return p.c.Close() }

@@ -19,6 +19,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keep/vmproto"
 	"github.com/castellan-dev/castellan/internal/keepimage"
+	"github.com/castellan-dev/castellan/internal/keeplog"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
 )
@@ -230,8 +231,13 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 		return nil, err
 	}
 	defer console.Close()
-	logR, logW := io.Pipe()
-	vi := &vmInstance{dir: s.Dir, req: req, tap: v.ChannelTap, attach: s.AttachTimeout, logW: logW, logR: logR,
+	// The keep's log (QEMU's complaints, the guest's log lines and state
+	// changes) goes to its output file, as a process keep's does.
+	out, err := keeplog.Create(s.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("keep output file: %w", err)
+	}
+	vi := &vmInstance{dir: s.Dir, req: req, tap: v.ChannelTap, attach: s.AttachTimeout, out: out,
 		channelDone: make(chan struct{}), waited: make(chan struct{})}
 	cmd := exec.Command(v.support.QEMU, args...)
 	cmd.Dir = s.Dir
@@ -239,7 +245,7 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 	cmd.Stderr = &lineWriter{w: vi.logLine, prefix: "qemu: "}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		logW.Close()
+		out.Close()
 		return nil, fmt.Errorf("starting QEMU: %w", err)
 	}
 	vi.cmd = cmd
@@ -270,8 +276,7 @@ type vmInstance struct {
 	tap     func(toGuest bool, p []byte)
 
 	logMu sync.Mutex
-	logW  *io.PipeWriter
-	logR  *io.PipeReader
+	out   *os.File // the keep's output file; closed once the keep ended
 
 	host        *vmproto.Host
 	channelDone chan struct{} // the channel's events and exit status are in
@@ -283,7 +288,6 @@ var _ keep.Instance = (*vmInstance)(nil)
 func (vi *vmInstance) PID() int           { return vi.cmd.Process.Pid }
 func (vi *vmInstance) StartTicks() uint64 { return vi.ticks }
 func (vi *vmInstance) What() string       { return "the keep VM (QEMU)" }
-func (vi *vmInstance) Log() io.ReadCloser { return vi.logR }
 
 func (vi *vmInstance) logLine(line string) {
 	vi.logMu.Lock()
@@ -291,7 +295,9 @@ func (vi *vmInstance) logLine(line string) {
 	if len(line) > keep.MaxLogLine {
 		line = line[:keep.MaxLogLine]
 	}
-	vi.logW.Write([]byte(line + "\n"))
+	if vi.out != nil {
+		vi.out.Write([]byte(line + "\n"))
+	}
 }
 
 // dial connects to the VM's channel as soon as QEMU has created its
@@ -441,7 +447,10 @@ func (vi *vmInstance) Wait() *os.ProcessState {
 	case <-time.After(5 * time.Second):
 	}
 	vi.logMu.Lock()
-	vi.logW.Close()
+	if vi.out != nil {
+		vi.out.Close()
+		vi.out = nil
+	}
 	vi.logMu.Unlock()
 	return vi.cmd.ProcessState
 }
