@@ -84,7 +84,9 @@ func readOptions(a *anypb.Any) (*Options, error) {
 	return ParseOptions(ro.ConfigBody)
 }
 
-func newLauncher(o *Options) (keep.Launcher, error) {
+// newLauncher makes the Launcher of the options' keep kind (tests replace
+// it to start keeps from the test binary).
+var newLauncher = func(o *Options) (keep.Launcher, error) {
 	if o.Keep == keep.KindVM {
 		return &qemu.VM{Image: o.KeepImage, Firmware: o.Firmware}, nil
 	}

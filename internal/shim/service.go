@@ -1,7 +1,6 @@
 package shim
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/keep"
+	"github.com/castellan-dev/castellan/internal/keeplog"
 )
 
 // keepStartTimeout bounds a keep's start up to its evidence: generous, as
@@ -242,40 +242,34 @@ func (t *task) start(ctx context.Context) error {
 // run is the keep's life: evidence, delivery, output, end.
 func (t *task) run(ctx context.Context, sess *delivery.Session, nonce []byte, started chan struct{}) {
 	logs := &lastLines{}
+	ended := make(chan struct{})
+	go func() {
+		t.inst.Wait()
+		close(ended)
+	}()
 	logDone := make(chan struct{})
 	go func() {
 		defer close(logDone)
-		r := t.inst.Log()
-		defer r.Close()
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 0, 4096), 64<<10)
 		stacks := false
-		for sc.Scan() {
-			line := sc.Text()
-			if strings.HasPrefix(line, keep.StateLine) {
-				continue
-			}
+		keeplog.Follow(ctx, keeplog.Path(t.keepDir), 0, keeplog.FollowOptions{Ended: ended}, func(b []byte, _ int64) error {
+			line := string(b)
 			// A crash's goroutine stacks go to neither log: they may
 			// hold the workload's values.
-			if stacks = stacks || strings.HasPrefix(line, "goroutine "); stacks {
-				continue
+			if stacks = stacks || strings.HasPrefix(line, "goroutine "); stacks || strings.HasPrefix(line, keep.StateLine) {
+				return nil
 			}
 			t.shimLog("container %s: keep: %s", t.id, line)
 			logs.add(line)
-		}
+			return nil
+		})
 	}()
 	code, failure := t.deliver(ctx, sess, nonce, started)
 	// The keep ends with its workload; a keep that hangs on is killed.
-	waited := make(chan struct{})
-	go func() {
-		t.inst.Wait()
-		close(waited)
-	}()
 	select {
-	case <-waited:
+	case <-ended:
 	case <-time.After(30 * time.Second):
 		keep.KillGroup(t.inst.PID(), t.inst.StartTicks())
-		<-waited
+		<-ended
 	}
 	<-logDone
 	t.mu.Lock()
