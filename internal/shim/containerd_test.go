@@ -75,12 +75,20 @@ type containerd struct {
 	dir, sock, bin string
 	cmd            *exec.Cmd
 	exe            string // the castellan binary the shim runs as
+	ns             string // ctr's namespace
 }
 
 // startContainerd starts Debian's containerd (1.6) for the test, or skips
 // when it cannot run here (CASTELLAN_REQUIRE_CONTAINERD=1, set by
 // scripts/test, makes that a failure).
 func startContainerd(t *testing.T) *containerd {
+	t.Helper()
+	return startContainerdWith(t, "")
+}
+
+// startContainerdWith starts containerd with extra config (TOML, %[1]s is
+// the test's folder); a config that enables the CRI plugin leaves it on.
+func startContainerdWith(t *testing.T, extra string) *containerd {
 	t.Helper()
 	skip := func(format string, a ...any) {
 		t.Helper()
@@ -104,7 +112,7 @@ func startContainerd(t *testing.T) *containerd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &containerd{t: t, dir: dir, sock: filepath.Join(dir, "c.sock"), bin: filepath.Join(dir, "bin")}
+	c := &containerd{t: t, dir: dir, sock: filepath.Join(dir, "c.sock"), bin: filepath.Join(dir, "bin"), ns: "castellan"}
 	os.MkdirAll(c.bin, 0o755)
 	c.exe = filepath.Join(c.bin, "castellan")
 	root, _ := fixtures.RepoRoot()
@@ -117,10 +125,14 @@ func startContainerd(t *testing.T) *containerd {
 	if err := os.Symlink("castellan", filepath.Join(c.bin, shim.BinaryName)); err != nil {
 		t.Fatal(err)
 	}
+	disabled := `disabled_plugins = ["io.containerd.grpc.v1.cri"]`
+	if extra != "" {
+		disabled = ""
+	}
 	cfg := fmt.Sprintf(`version = 2
 root = %q
 state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+`+disabled+`
 [grpc]
   address = %q
 [ttrpc]
@@ -128,6 +140,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [debug]
   address = %q
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, c.sock+".ttrpc", filepath.Join(dir, "debug.sock"))
+	cfg += strings.ReplaceAll(extra, "%[1]s", dir)
 	cfgPath := filepath.Join(dir, "config.toml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o644)
 	logf, _ := os.Create(filepath.Join(dir, "containerd.log"))
@@ -238,7 +251,7 @@ func tail(b []byte, n int) []byte {
 func (c *containerd) ctr(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ctr", append([]string{"-a", c.sock, "-n", "castellan"}, args...)...)
+	cmd := exec.CommandContext(ctx, "ctr", append([]string{"-a", c.sock, "-n", c.ns}, args...)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
