@@ -31,6 +31,7 @@ import (
 	ggcrtypes "github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/castellan-dev/castellan/internal/fixtures"
+	"github.com/castellan-dev/castellan/internal/keepimage"
 	"github.com/castellan-dev/castellan/internal/shim"
 	"github.com/castellan-dev/castellan/internal/workload"
 )
@@ -375,6 +376,27 @@ func keepsWasmLayers(t *testing.T) bool {
 	return ok
 }
 
+// vmKeepImage builds a VM keep image (QEMU and a kernel needed; skipped
+// with the reason otherwise, as the VM keep tests of internal/host are).
+func vmKeepImage(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 is not installed (scripts/test installs it)")
+	}
+	kernel, mods, err := keepimage.FindKernel()
+	if err != nil {
+		t.Skipf("no kernel for the keep image: %v (scripts/test fetches one)", err)
+	}
+	root, _ := fixtures.RepoRoot()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	if _, err := keepimage.Build(ctx, keepimage.Options{Out: dir, Kernel: kernel, Modules: mods, Source: root}); err != nil {
+		t.Fatalf("building the keep image: %v", err)
+	}
+	return dir
+}
+
 // loopbackRegistry is go-containerregistry's registry on loopback, as the
 // package tests use.
 func loopbackRegistry(t *testing.T) string {
@@ -497,6 +519,16 @@ func TestContainerd(t *testing.T) {
 			t.Fatalf("exit status %d, want a refusal naming the options file:\n%s", code, out)
 		}
 		c.ctr("containers", "delete", "opts2")
+	})
+
+	t.Run("a VM keep", func(t *testing.T) {
+		img := vmKeepImage(t)
+		opts := filepath.Join(t.TempDir(), "shim.toml")
+		os.WriteFile(opts, []byte(fmt.Sprintf("keep = \"vm\"\nbackend = \"nil\"\nkeep_image = %q\n", img)), 0o644)
+		out, code := c.run(t, "--runtime-config-path", opts, "--memory-limit", strconv.Itoa(300<<20), "example.com/hello-c:v1", "vm1", "/app/main.wasm", "in-a-vm")
+		if code != 0 || !strings.Contains(out, "hello from C in a keep") || !strings.Contains(out, "arg[1]=in-a-vm") {
+			t.Fatalf("exit status %d, output:\n%s", code, out)
+		}
 	})
 
 	t.Run("not a Wasm module", func(t *testing.T) {
