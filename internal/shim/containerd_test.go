@@ -2,6 +2,7 @@ package shim_test
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -397,6 +398,39 @@ func vmKeepImage(t *testing.T) string {
 	return dir
 }
 
+// startAttest runs `castellan attest serve` on loopback with the policy in
+// dir (its state in dir/state) and returns its URL; it is stopped when the
+// test ends.
+func startAttest(t *testing.T, exe, dir string) string {
+	t.Helper()
+	cmd := exec.Command(exe, "attest", "serve", "--listen", "127.0.0.1:0", "--policy", filepath.Join(dir, "policy.toml"),
+		"--measurements", filepath.Join(dir, "measurements.toml"), "--state-dir", filepath.Join(dir, "state"), "--reload-interval", "200ms")
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	urls := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if _, rest, ok := strings.Cut(sc.Text(), "attestation service on "); ok {
+				urls <- strings.Fields(rest)[0]
+			}
+		}
+	}()
+	select {
+	case u := <-urls:
+		return u
+	case <-time.After(2 * time.Minute):
+		t.Fatal("attest serve did not start within 2 minutes")
+	}
+	return ""
+}
+
 // loopbackRegistry is go-containerregistry's registry on loopback, as the
 // package tests use.
 func loopbackRegistry(t *testing.T) string {
@@ -529,6 +563,39 @@ func TestContainerd(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "hello from C in a keep") || !strings.Contains(out, "arg[1]=in-a-vm") {
 			t.Fatalf("exit status %d, output:\n%s", code, out)
 		}
+	})
+
+	t.Run("attested by attest serve", func(t *testing.T) {
+		dir := t.TempDir()
+		if out, err := exec.Command(c.exe, "attest", "dev-policy", "-o", dir).CombinedOutput(); err != nil {
+			t.Fatalf("attest dev-policy: %v\n%s", err, out)
+		}
+		url := startAttest(t, c.exe, dir)
+		base := fmt.Sprintf("backend = \"sim-snp\"\nattest = %q\nattest_ca = %q\n", url, filepath.Join(dir, "state", "ca.pem"))
+		opts := filepath.Join(t.TempDir(), "shim.toml")
+		// The service certifies a simulated keep as insecure: refused
+		// unless the options allow it.
+		os.WriteFile(opts, []byte(base), 0o644)
+		out, code := c.run(t, "--runtime-config-path", opts, "example.com/hello-c:v1", "att0")
+		if code == 0 || strings.Contains(out, "hello from C") || !strings.Contains(out, "insecure keeps are not allowed") {
+			t.Fatalf("exit status %d, want a refusal of the insecure keep:\n%s", code, out)
+		}
+		os.WriteFile(opts, []byte(base+"allow_insecure = true\n"), 0o644)
+		out, code = c.run(t, "--runtime-config-path", opts, "example.com/hello-c:v1", "att1")
+		if code != 0 || !strings.Contains(out, "hello from C in a keep") {
+			t.Fatalf("exit status %d, output:\n%s", code, out)
+		}
+		// A policy that names another workload refuses the keep: the
+		// workload never runs.
+		pol, _ := os.ReadFile(filepath.Join(dir, "policy.toml"))
+		other := "sha256:" + strings.Repeat("ab", 32)
+		os.WriteFile(filepath.Join(dir, "policy.toml"), bytes.Replace(pol, []byte(`workloads = ["any"]`), []byte(`workloads = ["`+other+`"]`), 1), 0o644)
+		time.Sleep(2 * time.Second) // the service reloads its policy every 200ms
+		out, code = c.run(t, "--runtime-config-path", opts, "example.com/hello-c:v1", "att2")
+		if code == 0 || strings.Contains(out, "hello from C in a keep") || !strings.Contains(out, "castellan: error: ") || !strings.Contains(out, "workload") {
+			t.Fatalf("exit status %d, want a refusal naming the workload:\n%s", code, out)
+		}
+		t.Logf("refused: %s", strings.TrimSpace(out))
 	})
 
 	t.Run("not a Wasm module", func(t *testing.T) {

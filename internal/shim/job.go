@@ -246,12 +246,15 @@ func limitsOf(spec *specs.Spec, kind string) keep.Limits {
 // containerd's runtime options (ConfigPath or the options table), so the
 // node's administrator picks them per RuntimeClass, not the pod's author.
 type Options struct {
-	Keep      string `toml:"keep"`       // process (default) or vm
-	Backend   string `toml:"backend"`    // nil (default), sim-snp, sim-tdx, snp, tdx
-	Attest    string `toml:"attest"`     // attestation service URL; empty: signatures and bindings only
-	AttestCA  string `toml:"attest_ca"`  // PEM roots of the service's TLS certificate
-	KeepImage string `toml:"keep_image"` // VM keeps: the keep image folder
-	Firmware  string `toml:"firmware"`   // VM keeps of snp or tdx: the firmware
+	Keep     string `toml:"keep"`      // process (default) or vm
+	Backend  string `toml:"backend"`   // nil (default), sim-snp, sim-tdx, snp, tdx
+	Attest   string `toml:"attest"`    // attestation service URL; empty: signatures and bindings only
+	AttestCA string `toml:"attest_ca"` // PEM roots of the service's TLS certificate
+	// AllowInsecure accepts keeps the service certified as insecure (the
+	// nil backend, simulated evidence): for trying things out only.
+	AllowInsecure bool   `toml:"allow_insecure"`
+	KeepImage     string `toml:"keep_image"` // VM keeps: the keep image folder
+	Firmware      string `toml:"firmware"`   // VM keeps of snp or tdx: the firmware
 }
 
 func (o *Options) check() error {
@@ -316,7 +319,7 @@ func (o *Options) verifier(name string) (delivery.Verifier, error) {
 		}
 		return iv, nil
 	}
-	sv := &delivery.ServiceVerifier{URL: o.Attest, Package: name}
+	sv := &delivery.ServiceVerifier{URL: o.Attest, Package: name, AllowInsecure: o.AllowInsecure}
 	if o.AttestCA != "" {
 		pem, err := os.ReadFile(o.AttestCA)
 		if err != nil {

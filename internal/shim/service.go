@@ -263,12 +263,22 @@ func (t *task) run(ctx context.Context, sess *delivery.Session, nonce []byte, st
 			return nil
 		})
 	}()
-	code, failure := t.deliver(ctx, sess, nonce, started)
-	// The keep ends with its workload; a keep that hangs on is killed.
+	code, failure, delivered := t.deliver(ctx, sess, nonce, started)
+	if failure != "" {
+		t.shimLog("container %s: %s", t.id, failure)
+	}
+	// The keep ends with its workload; a keep that hangs on is killed, and
+	// one that never got its workload at once.
+	wait := 30 * time.Second
+	if !delivered {
+		wait = 0
+	}
+	killedHere := false
 	select {
 	case <-ended:
-	case <-time.After(30 * time.Second):
+	case <-time.After(wait):
 		keep.KillGroup(t.inst.PID(), t.inst.StartTicks())
+		killedHere = true
 		<-ended
 	}
 	<-logDone
@@ -278,7 +288,7 @@ func (t *task) run(ctx context.Context, sess *delivery.Session, nonce []byte, st
 	if killed {
 		code, failure = 128+int(syscall.SIGKILL), ""
 	} else if failure != "" {
-		if ps := t.inst.Wait(); ps != nil {
+		if ps := t.inst.Wait(); ps != nil && !killedHere {
 			if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 				code = 128 + int(ws.Signal())
 			}
@@ -308,36 +318,36 @@ func (t *task) run(ctx context.Context, sess *delivery.Session, nonce []byte, st
 // deliver verifies the keep and runs the workload in it; it returns the
 // exit status, and a failure message when the keep did not run it to its
 // end.
-func (t *task) deliver(ctx context.Context, sess *delivery.Session, nonce []byte, started chan struct{}) (int, string) {
+func (t *task) deliver(ctx context.Context, sess *delivery.Session, nonce []byte, started chan struct{}) (code int, failure string, delivered bool) {
 	once := sync.OnceFunc(func() { close(started) })
 	defer once()
 	hctx, cancel := context.WithTimeout(ctx, keepStartTimeout)
 	hello, err := t.inst.Hello(hctx)
 	cancel()
 	if err != nil {
-		return 1, fmt.Sprintf("%s did not start: %v", t.inst.What(), err)
+		return 1, fmt.Sprintf("%s did not start: %v", t.inst.What(), err), false
 	}
 	h, _, err := delivery.ParseHello(hello)
 	if err != nil {
-		return 1, fmt.Sprintf("the keep's hello: %v", err)
+		return 1, fmt.Sprintf("the keep's hello: %v", err), false
 	}
 	verified, err := t.w.verifier.Verify(ctx, h, nonce, t.w.art.Digest.String())
 	if err != nil {
-		return 1, err.Error()
+		return 1, err.Error(), false
 	}
 	conn, err := net.Dial("unix", filepath.Join(t.keepDir, keep.SocketFile))
 	if err != nil {
-		return 1, fmt.Sprintf("the keep's endpoint: %v", err)
+		return 1, fmt.Sprintf("the keep's endpoint: %v", err), false
 	}
 	res, err := sess.Deliver(ctx, conn, verified, delivery.Delivery{Artifact: t.w.art, Name: t.w.name, Args: t.w.args,
 		Stdout: t.stdoutFile, Stderr: t.stderrFile, OnStarted: once})
 	if err != nil {
-		return 1, err.Error()
+		return 1, err.Error(), true
 	}
 	if res.Reason != "" {
-		return 1, res.Reason
+		return 1, res.Reason, true
 	}
-	return res.ExitCode, ""
+	return res.ExitCode, "", true
 }
 
 func (t *task) exit(code int) {
