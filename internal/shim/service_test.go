@@ -1,11 +1,14 @@
 package shim
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/castellan-dev/castellan/internal/fixtures"
 	"github.com/castellan-dev/castellan/internal/host"
@@ -201,5 +205,50 @@ func TestServiceRefusals(t *testing.T) {
 	}
 	if _, err := s.Kill(ctx, &taskapi.KillRequest{ID: "none"}); status.Code(err) != codes.NotFound {
 		t.Errorf("kill of an unknown container: %v", err)
+	}
+}
+
+// TestDeleteAction: `delete` after a shim died kills the keep its bundle
+// records (checked against the process's start time) and answers
+// containerd with the container's end.
+func TestDeleteAction(t *testing.T) {
+	bundle := t.TempDir()
+	cmd := exec.Command("sleep", "600")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	ticks, err := keep.StartTicks(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A record whose start time does not match kills nothing.
+	writeKeepRecord(bundle, keepRecord{PID: cmd.Process.Pid, Ticks: ticks + 1, ID: "k", Dir: filepath.Join(t.TempDir(), "cstl-shim-x")})
+	var out bytes.Buffer
+	if code := Main([]string{"-namespace", "n", "-id", "c", "-bundle", bundle, "delete"}, nil, &out, os.Stderr); code != 0 {
+		t.Fatalf("delete: status %d", code)
+	}
+	if !keep.Alive(cmd.Process.Pid, ticks) {
+		t.Fatal("a record with another start time killed the process")
+	}
+	writeKeepRecord(bundle, keepRecord{PID: cmd.Process.Pid, Ticks: ticks, ID: "k", Dir: filepath.Join(t.TempDir(), "cstl-shim-x")})
+	out.Reset()
+	if code := Main([]string{"-namespace", "n", "-id", "c", "-bundle", bundle, "delete"}, nil, &out, os.Stderr); code != 0 {
+		t.Fatalf("delete: status %d", code)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the recorded keep was not killed")
+	}
+	var res taskapi.DeleteResponse
+	if err := proto.Unmarshal(out.Bytes(), &res); err != nil || res.ExitStatus != 137 {
+		t.Errorf("response %v (%v), want exit status 137", &res, err)
+	}
+	if _, err := os.Stat(filepath.Join(bundle, keepRecordFile)); !os.IsNotExist(err) {
+		t.Errorf("the keep record is still there: %v", err)
 	}
 }
