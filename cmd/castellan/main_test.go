@@ -20,13 +20,21 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	code := testscript.RunMain(m, map[string]func() int{
-		"castellan": func() int { return cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr) },
+	testscript.Main(cleanupM{m}, map[string]func(){
+		"castellan": func() { os.Exit(cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) },
 	})
+}
+
+// cleanupM runs the tests, then removes the scripts' keep image
+// (testscript.Main exits as soon as Run returns).
+type cleanupM struct{ m *testing.M }
+
+func (c cleanupM) Run() int {
+	code := c.m.Run()
 	if image.dir != "" {
 		os.RemoveAll(image.dir)
 	}
-	os.Exit(code)
+	return code
 }
 
 // image is the keep image of the scripts' VM keeps.

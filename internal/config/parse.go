@@ -517,6 +517,19 @@ func (p *parser) checkNames() error {
 	return nil
 }
 
+// intIn reads the integer of key, which must be from 1 to max.
+func (p *parser) intIn(key []string, v any, max int64) (int, error) {
+	name := strings.Join(key, ".")
+	n, ok := v.(int64)
+	if !ok {
+		return 0, p.at(key, "%s must be an integer, not %s", name, typeName(v))
+	}
+	if n < 1 || n > max {
+		return 0, p.at(key, "%s %d is out of range 1-%d", name, n, max)
+	}
+	return int(n), nil
+}
+
 func (p *parser) limits(m map[string]any) error {
 	for _, k := range p.sortedKeys([]string{"limits"}, m) {
 		key := []string{"limits", k}
@@ -558,14 +571,11 @@ func (p *parser) limits(m map[string]any) error {
 			}
 			p.cfg.Limits.WallTime = d
 		case "open_files":
-			n, ok := v.(int64)
-			if !ok {
-				return p.at(key, "limits.open_files must be an integer, not %s", typeName(v))
+			n, err := p.intIn(key, v, MaxOpenFiles)
+			if err != nil {
+				return err
 			}
-			if n < 1 || n > MaxOpenFiles {
-				return p.at(key, "limits.open_files %d is out of range 1-%d", n, MaxOpenFiles)
-			}
-			p.cfg.Limits.MaxOpenFiles = int(n)
+			p.cfg.Limits.MaxOpenFiles = n
 		case "vm_memory":
 			n, err := sizeValue(v)
 			if err != nil {
@@ -577,14 +587,11 @@ func (p *parser) limits(m map[string]any) error {
 			// QEMU sizes RAM in MiB: round up.
 			p.cfg.Limits.VMMemory = int64((n + 1<<20 - 1) &^ (1<<20 - 1))
 		case "vcpus":
-			n, ok := v.(int64)
-			if !ok {
-				return p.at(key, "limits.vcpus must be an integer, not %s", typeName(v))
+			n, err := p.intIn(key, v, MaxVCPUs)
+			if err != nil {
+				return err
 			}
-			if n < 1 || n > MaxVCPUs {
-				return p.at(key, "limits.vcpus %d is out of range 1-%d", n, MaxVCPUs)
-			}
-			p.cfg.Limits.VCPUs = int(n)
+			p.cfg.Limits.VCPUs = n
 		default:
 			return p.at(key, "unknown key %q in [limits] (want memory, wall_time, max_output, open_files, vm_memory or vcpus)", k)
 		}
