@@ -194,11 +194,10 @@ func (c *containerd) stop() {
 	// Shims end when containerd deleted their containers; keeps with
 	// them. Give them a moment, then any left is a failure.
 	var left []string
-	for i := 0; i < 50; i++ {
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		if left = c.processes(); len(left) == 0 {
 			break
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	if len(left) > 0 {
 		t.Errorf("processes left behind: %s", strings.Join(left, "; "))
@@ -590,9 +589,16 @@ func TestContainerd(t *testing.T) {
 		pol, _ := os.ReadFile(filepath.Join(dir, "policy.toml"))
 		other := "sha256:" + strings.Repeat("ab", 32)
 		os.WriteFile(filepath.Join(dir, "policy.toml"), bytes.Replace(pol, []byte(`workloads = ["any"]`), []byte(`workloads = ["`+other+`"]`), 1), 0o644)
-		time.Sleep(2 * time.Second) // the service reloads its policy every 200ms
-		out, code = c.run(t, "--runtime-config-path", opts, "example.com/hello-c:v1", "att2")
-		if code == 0 || strings.Contains(out, "hello from C in a keep") || !strings.Contains(out, "castellan: error: ") || !strings.Contains(out, "workload") {
+		// The service reloads its policy every 200ms; until it did, keeps
+		// still run.
+		for i, deadline := 2, time.Now().Add(2*time.Minute); ; i++ {
+			out, code = c.run(t, "--runtime-config-path", opts, "example.com/hello-c:v1", fmt.Sprintf("att%d", i))
+			if code != 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if code == 0 || strings.Contains(out, "hello from C in a keep") || !strings.Contains(out, "castellan: error: keep evidence refused (workload)") {
 			t.Fatalf("exit status %d, want a refusal naming the workload:\n%s", code, out)
 		}
 		t.Logf("refused: %s", strings.TrimSpace(out))
@@ -669,9 +675,13 @@ func TestContainerd(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	// Everything the subtests ran is gone: no keep and no shim runs.
-	time.Sleep(time.Second)
-	if left := c.processes(); len(left) != 1 {
+	// Everything the subtests ran is gone: no keep and no shim runs (a
+	// shim ends shortly after containerd deleted its container).
+	left := c.processes()
+	for deadline := time.Now().Add(2 * time.Minute); len(left) != 1 && time.Now().Before(deadline); left = c.processes() {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(left) != 1 {
 		t.Errorf("after the containers were removed, want only containerd, found: %v", left)
 	}
 }
