@@ -68,6 +68,11 @@ type Limits struct {
 	// them). Zero: DefaultVMMemory and DefaultVCPUs.
 	VMMemoryBytes int64 `json:"vm_memory_bytes,omitempty"`
 	VCPUs         int64 `json:"vcpus,omitempty"`
+	// CPUQuotaMicros of CPU time per CPUPeriodMicros cap a process keep's
+	// CPU rate (its cgroup's cpu.max; a pod's CPU limit); 0: no cap, and
+	// none without a cgroup. A VM keep's rate is its vCPUs.
+	CPUQuotaMicros  int64 `json:"cpu_quota_us,omitempty"`
+	CPUPeriodMicros int64 `json:"cpu_period_us,omitempty"`
 }
 
 // Default size of a VM keep (the workload config's, internal/config): RAM

@@ -123,7 +123,7 @@ func cgroupStatus() (string, string) {
 	}
 	// Enable the controllers keeps need in the new subtree.
 	os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+memory +pids +cpu"), 0)
-	return dir, "cgroups v2: each keep gets " + dir + "/<id> with memory.max and pids.max"
+	return dir, "cgroups v2: each keep gets " + dir + "/<id> with memory.max, cpu.max (cpu_quota_us) and pids.max"
 }
 
 // makeCgroup creates the keep's cgroup and returns an open descriptor of
@@ -137,6 +137,16 @@ func makeCgroup(parent, id string, l Limits) (*os.File, error) {
 		if err := os.WriteFile(filepath.Join(dir, "memory.max"), []byte(strconv.FormatInt(l.MemoryBytes, 10)), 0); err != nil {
 			os.Remove(dir)
 			return nil, fmt.Errorf("memory.max: %w", err)
+		}
+	}
+	if l.CPUQuotaMicros > 0 {
+		period := l.CPUPeriodMicros
+		if period <= 0 {
+			period = 100000
+		}
+		if err := os.WriteFile(filepath.Join(dir, "cpu.max"), fmt.Appendf(nil, "%d %d", l.CPUQuotaMicros, period), 0); err != nil {
+			os.Remove(dir)
+			return nil, fmt.Errorf("cpu.max: %w", err)
 		}
 	}
 	os.WriteFile(filepath.Join(dir, "pids.max"), []byte("256"), 0)

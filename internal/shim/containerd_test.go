@@ -618,7 +618,7 @@ func TestContainerd(t *testing.T) {
 	t.Run("kill a long-running keep", func(t *testing.T) {
 		c.importLayout(t, rootfsImage(t, fixtures.C(t, "spin"), nil), "example.com/spin:v1")
 		logPath := filepath.Join(t.TempDir(), "spin.log")
-		if out, err := c.ctr("run", "-d", "--runtime", shim.RuntimeType, "--log-uri", "file://"+logPath, "example.com/spin:v1", "spin1"); err != nil {
+		if out, err := c.ctr("run", "-d", "--runtime", shim.RuntimeType, "--cpus", "0.5", "--log-uri", "file://"+logPath, "example.com/spin:v1", "spin1"); err != nil {
 			t.Fatalf("ctr run -d: %v\n%s", err, out)
 		}
 		deadline := time.Now().Add(2 * time.Minute)
@@ -632,8 +632,29 @@ func TestContainerd(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		if before := c.processes(); len(before) < 2 {
+		before := c.processes()
+		if len(before) < 2 {
 			t.Fatalf("want a shim and a keep running, found %v", before)
+		}
+		// The pod's CPU limit is the process keep's cgroup's cpu.max.
+		for _, p := range before {
+			if !strings.Contains(p, " keep --dir ") {
+				continue
+			}
+			cg, _ := os.ReadFile(filepath.Join("/proc", strings.Fields(p)[0], "cgroup"))
+			rel := ""
+			for _, l := range strings.Split(string(cg), "\n") {
+				if strings.HasPrefix(l, "0::") && len(strings.Split(string(cg), "\n")) <= 2 {
+					rel = strings.TrimPrefix(l, "0::")
+				}
+			}
+			if !strings.Contains(rel, "/castellan-keeps/") {
+				t.Logf("the keep has no cgroup v2 of its own here (not a cgroups v2 host, or the shim's cgroup is not writable): cpu.max not checked")
+				break
+			}
+			if b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", rel, "cpu.max")); err != nil || strings.TrimSpace(string(b)) != "50000 100000" {
+				t.Errorf("keep cgroup %s: cpu.max %q (%v), want \"50000 100000\" (--cpus 0.5)", rel, b, err)
+			}
 		}
 		if out, err := c.ctr("tasks", "kill", "-s", "SIGKILL", "spin1"); err != nil {
 			t.Fatalf("ctr tasks kill: %v\n%s", err, out)

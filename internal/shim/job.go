@@ -215,7 +215,7 @@ func envConfig(env []string) ([]byte, error) {
 
 // limitsOf maps the pod's resources onto the keep: the memory limit is the
 // keep process's memory (RLIMIT_DATA, memory.max) or the VM's RAM; the CPU
-// quota is a VM keep's vCPUs (rounded up).
+// quota is a process keep's cpu.max or a VM keep's vCPUs (rounded up).
 func limitsOf(spec *specs.Spec, kind string) keep.Limits {
 	var l keep.Limits
 	if spec.Linux == nil || spec.Linux.Resources == nil {
@@ -238,6 +238,12 @@ func limitsOf(spec *specs.Spec, kind string) keep.Limits {
 		return l
 	}
 	l.MemoryBytes = mem
+	if c := r.CPU; c != nil && c.Quota != nil && *c.Quota > 0 {
+		l.CPUQuotaMicros = *c.Quota
+		if c.Period != nil && *c.Period > 0 {
+			l.CPUPeriodMicros = int64(*c.Period)
+		}
+	}
 	return l
 }
 

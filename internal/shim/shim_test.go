@@ -91,7 +91,7 @@ func TestLimitsOf(t *testing.T) {
 	}{
 		{"no limits", &specs.Spec{}, keep.KindProcess, keep.Limits{}},
 		{"process memory", spec(256<<20, 0, 0), keep.KindProcess, keep.Limits{MemoryBytes: 256 << 20}},
-		{"process ignores cpu", spec(0, 150000, 100000), keep.KindProcess, keep.Limits{}},
+		{"process cpu quota", spec(0, 150000, 100000), keep.KindProcess, keep.Limits{CPUQuotaMicros: 150000, CPUPeriodMicros: 100000}},
 		{"vm memory and cpus", spec(1<<30, 150000, 100000), keep.KindVM, keep.Limits{VMMemoryBytes: 1 << 30, VCPUs: 2}},
 		{"vm memory rounded down to MiB", spec(300<<20+12345, 0, 0), keep.KindVM, keep.Limits{VMMemoryBytes: 300 << 20}},
 		{"vm memory at least the minimum", spec(64<<20, 0, 0), keep.KindVM, keep.Limits{VMMemoryBytes: keep.MinVMMemory}},
