@@ -139,15 +139,13 @@ func makeCgroup(parent, id string, l Limits) (*os.File, error) {
 			return nil, fmt.Errorf("memory.max: %w", err)
 		}
 	}
-	if l.CPUQuotaMicros > 0 {
-		period := l.CPUPeriodMicros
-		if period <= 0 {
+	// The CPU cap is best effort: a value the kernel refuses leaves the
+	// keep uncapped, never without its memory.max.
+	if period := l.CPUPeriodMicros; l.CPUQuotaMicros >= 1000 {
+		if period < 1000 || period > 1000000 {
 			period = 100000
 		}
-		if err := os.WriteFile(filepath.Join(dir, "cpu.max"), fmt.Appendf(nil, "%d %d", l.CPUQuotaMicros, period), 0); err != nil {
-			os.Remove(dir)
-			return nil, fmt.Errorf("cpu.max: %w", err)
-		}
+		os.WriteFile(filepath.Join(dir, "cpu.max"), fmt.Appendf(nil, "%d %d", l.CPUQuotaMicros, period), 0)
 	}
 	os.WriteFile(filepath.Join(dir, "pids.max"), []byte("256"), 0)
 	return os.Open(dir)
