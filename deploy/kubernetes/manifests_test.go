@@ -96,29 +96,21 @@ func decode(t *testing.T) *objects {
 			var dst any
 			switch tm.APIVersion + " " + tm.Kind {
 			case "v1 Namespace":
-				o.namespaces = append(o.namespaces, corev1.Namespace{})
-				dst = &o.namespaces[len(o.namespaces)-1]
+				dst = add(&o.namespaces)
 			case "node.k8s.io/v1 RuntimeClass":
-				o.runtimes = append(o.runtimes, nodev1.RuntimeClass{})
-				dst = &o.runtimes[len(o.runtimes)-1]
+				dst = add(&o.runtimes)
 			case "apps/v1 DaemonSet":
-				o.daemonSets = append(o.daemonSets, appsv1.DaemonSet{})
-				dst = &o.daemonSets[len(o.daemonSets)-1]
+				dst = add(&o.daemonSets)
 			case "apps/v1 Deployment":
-				o.deployments = append(o.deployments, appsv1.Deployment{})
-				dst = &o.deployments[len(o.deployments)-1]
+				dst = add(&o.deployments)
 			case "apps/v1 StatefulSet":
-				o.statefulSets = append(o.statefulSets, appsv1.StatefulSet{})
-				dst = &o.statefulSets[len(o.statefulSets)-1]
+				dst = add(&o.statefulSets)
 			case "v1 Service":
-				o.services = append(o.services, corev1.Service{})
-				dst = &o.services[len(o.services)-1]
+				dst = add(&o.services)
 			case "networking.k8s.io/v1 NetworkPolicy":
-				o.policies = append(o.policies, networkingv1.NetworkPolicy{})
-				dst = &o.policies[len(o.policies)-1]
+				dst = add(&o.policies)
 			case "v1 Pod":
-				o.pods = append(o.pods, corev1.Pod{})
-				dst = &o.pods[len(o.pods)-1]
+				dst = add(&o.pods)
 			default:
 				t.Fatalf("%s #%d: unexpected object %s %s", r, i, tm.APIVersion, tm.Kind)
 			}
@@ -128,6 +120,13 @@ func decode(t *testing.T) *objects {
 		}
 	}
 	return o
+}
+
+// add appends a zero T to list and returns it, to decode into.
+func add[T any](list *[]T) *T {
+	var zero T
+	*list = append(*list, zero)
+	return &(*list)[len(*list)-1]
 }
 
 // podSpec is a workload's pod template or a pod, by name.
