@@ -340,7 +340,7 @@ func externKind(t *wasmtime.ExternType) string {
 	return "unknown"
 }
 
-func (m *wasmtimeModule) Imports() []Import          { return m.imports }
+func (m *wasmtimeModule) Imports() []Import           { return m.imports }
 func (m *wasmtimeModule) ExportedFunctions() []string { return m.exports }
 
 func (m *wasmtimeModule) Close(context.Context) error {
