@@ -51,8 +51,11 @@ type Options struct {
 	Env            map[string]string
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
-	// CacheDir is the wazero compilation cache folder; "" = no disk cache.
+	// CacheDir is the compilation cache folder; "" = no disk cache.
 	CacheDir string
+	// Engine runs the module: "wazero" (also for "") or "wasmtime", which
+	// only builds with the tag wasmtime have (see internal/engine).
+	Engine string
 	// MemoryPages caps linear memory; 0 = Config.Limits.MemoryPages or the
 	// engine default.
 	MemoryPages uint32
@@ -104,11 +107,24 @@ type Program struct {
 	mod  engine.Module
 }
 
-// Compile checks and compiles a module for Program.Run. name is the module
-// file name for messages; cacheDir is the compilation cache ("" = none).
-// An interruptible program stops even in a hot loop when the context of
-// Run is done, at some cost to speed (see Options.Interruptible).
+// defaultEngine is the engine of an empty Options.Engine. Tests built with
+// the tag wasmtime set it to wasmtime, so that they run on that engine.
+var defaultEngine = engine.NameWazero
+
+// Compile checks and compiles a module for Program.Run with the default
+// engine. name is the module file name for messages; cacheDir is the
+// compilation cache ("" = none). An interruptible program stops even in a
+// hot loop when the context of Run is done, at some cost to speed (see
+// Options.Interruptible).
 func Compile(ctx context.Context, name string, wasm []byte, cacheDir string, interruptible bool) (*Program, error) {
+	return CompileEngine(ctx, "", name, wasm, cacheDir, interruptible)
+}
+
+// CompileEngine is Compile with the engine named (see Options.Engine).
+func CompileEngine(ctx context.Context, engineName, name string, wasm []byte, cacheDir string, interruptible bool) (*Program, error) {
+	if engineName == "" {
+		engineName = defaultEngine
+	}
 	if name == "" {
 		name = "module"
 	}
@@ -117,7 +133,7 @@ func Compile(ctx context.Context, name string, wasm []byte, cacheDir string, int
 		// compiled into interruptible code: keep that code apart.
 		cacheDir = filepath.Join(cacheDir, "interruptible")
 	}
-	eng, err := engine.NewWazero(engine.Config{CacheDir: cacheDir, Interruptible: interruptible})
+	eng, err := engine.New(engineName, engine.Config{CacheDir: cacheDir, Interruptible: interruptible})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -179,7 +195,7 @@ func compile(ctx context.Context, eng engine.Engine, name string, wasm []byte) (
 // bad module, trap, missing import, bad config resource (a listen port in
 // use, a dir that does not exist), or ctx done.
 func Run(ctx context.Context, o Options) (exitCode int, err error) {
-	p, err := Compile(ctx, o.Name, o.Wasm, o.CacheDir, o.Interruptible)
+	p, err := CompileEngine(ctx, o.Engine, o.Name, o.Wasm, o.CacheDir, o.Interruptible)
 	if err != nil {
 		return 0, err
 	}
@@ -187,8 +203,8 @@ func Run(ctx context.Context, o Options) (exitCode int, err error) {
 	return p.Run(ctx, o)
 }
 
-// Run runs the program's _start with o (o.Name, o.Wasm, o.CacheDir and
-// o.Interruptible are not used: they were given to Compile).
+// Run runs the program's _start with o (o.Name, o.Wasm, o.CacheDir,
+// o.Engine and o.Interruptible are not used: they were given to Compile).
 func (p *Program) Run(ctx context.Context, o Options) (exitCode int, err error) {
 	cfg := o.Config
 	if cfg == nil {
