@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/cli"
+	"github.com/castellan-dev/castellan/internal/engine"
 	"github.com/castellan-dev/castellan/internal/fixtures"
 	"github.com/rogpeppe/go-internal/testscript"
 )
@@ -37,6 +39,13 @@ func TestScripts(t *testing.T) {
 			env.Setenv("CASTELLAN_CACHE_DIR", cache)
 			env.Setenv("CASTELLAN_CONFIG_DIR", filepath.Join(env.WorkDir, "home", "castellan-config"))
 			return nil
+		},
+		// [wasmtime]: this build has the wasmtime engine (-tags wasmtime).
+		Condition: func(cond string) (bool, error) {
+			if cond == "wasmtime" {
+				return engine.WasmtimeBuilt, nil
+			}
+			return false, fmt.Errorf("unknown condition %q", cond)
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"fixture":  cmdFixture,

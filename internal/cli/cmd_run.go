@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/engine"
 	"github.com/castellan-dev/castellan/internal/runtime"
 	"github.com/castellan-dev/castellan/internal/workload"
 )
@@ -34,6 +35,7 @@ type runOptions struct {
 	attestCA   string
 	cacheDir   string
 	noCache    bool
+	engine     string
 	memory     string
 	wallTime   time.Duration
 	maxOutput  string
@@ -50,6 +52,7 @@ func addRunFlags(fs *flag.FlagSet) *runOptions {
 	fs.StringVar(&ro.attestCA, "attest-ca", "", "PEM file of the CA that the attestation service's TLS certificate chains to")
 	fs.StringVar(&ro.cacheDir, "cache-dir", defaultCacheDir(), "compilation cache folder")
 	fs.BoolVar(&ro.noCache, "no-cache", false, "do not use the compilation cache")
+	fs.StringVar(&ro.engine, "engine", engine.NameWazero, "WebAssembly engine: wazero (pure Go) or wasmtime (builds with -tags wasmtime)")
 	fs.StringVar(&ro.memory, "memory", "", "linear memory limit, e.g. 256MiB (overrides the config's [limits] memory)")
 	fs.DurationVar(&ro.wallTime, "wall-time", 0, "stop the keep after this long, e.g. 30s (overrides the config's [limits] wall_time)")
 	fs.StringVar(&ro.maxOutput, "max-output", "", "stop the keep once stdout and stderr together pass this size, e.g. 10MiB")
@@ -215,6 +218,9 @@ func runArtifact(e *Env, ro *runOptions, art *workload.Artifact, name string, ar
 
 // runLoaded runs a workload whose bytes and config are in hand.
 func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Config, name, dir string, args []string) int {
+	if err := engine.Available(ro.engine); err != nil {
+		return e.Errorf("--engine %s: %v", ro.engine, err)
+	}
 	var limits config.Limits
 	if cfg != nil {
 		limits = cfg.Limits
@@ -288,6 +294,7 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		Stdout:      stdout,
 		Stderr:      stderr,
 		CacheDir:    cacheDir,
+		Engine:      ro.engine,
 		MemoryPages: limits.MemoryPages,
 		Certificate: cert,
 		Log:         func(f string, a ...any) { e.Infof(f, a...) },

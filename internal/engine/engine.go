@@ -104,13 +104,28 @@ const (
 // New makes the engine called name: "wazero" (also for "") or "wasmtime",
 // which exists only in builds with the build tag wasmtime.
 func New(name string, cfg Config) (Engine, error) {
-	switch name {
-	case "", NameWazero:
-		return NewWazero(cfg)
-	case NameWasmtime:
+	if err := Available(name); err != nil {
+		return nil, err
+	}
+	if name == NameWasmtime {
 		return newWasmtime(cfg)
 	}
-	return nil, fmt.Errorf("unknown engine %q (want %s or %s)", name, NameWazero, NameWasmtime)
+	return NewWazero(cfg)
+}
+
+// Available says in one line why New cannot make the engine called name:
+// an unknown name, or wasmtime in a build without it. It is nil if New can.
+func Available(name string) error {
+	switch name {
+	case "", NameWazero:
+		return nil
+	case NameWasmtime:
+		if !WasmtimeBuilt {
+			return errNoWasmtime
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown engine %q (want %s or %s)", name, NameWazero, NameWasmtime)
 }
 
 // Engine compiles and runs modules.

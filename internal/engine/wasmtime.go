@@ -84,6 +84,9 @@ var (
 	_ Caller = (*wasmtimeCaller)(nil)
 )
 
+// errNoWasmtime is never returned by this build.
+var errNoWasmtime error
+
 func newWasmtime(cfg Config) (Engine, error) { return NewWasmtime(cfg) }
 
 // NewWasmtime makes a wasmtime engine. With a CacheDir, compiled modules

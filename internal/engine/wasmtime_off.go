@@ -8,6 +8,6 @@ import "errors"
 const WasmtimeBuilt = false
 
 // errNoWasmtime is the one line a build without the tag gives.
-var errNoWasmtime = errors.New("engine wasmtime is not in this build: rebuild with cgo and the build tag, CGO_ENABLED=1 go build -tags wasmtime ./cmd/castellan")
+var errNoWasmtime = errors.New("this castellan is built without wasmtime: build it with CGO_ENABLED=1 go build -tags wasmtime ./cmd/castellan")
 
 func newWasmtime(Config) (Engine, error) { return nil, errNoWasmtime }
