@@ -214,3 +214,41 @@ func TestFrameName(t *testing.T) {
 		}
 	}
 }
+
+// trapBody is a module whose _start (function 0, no name section) runs
+// code, with one page of memory.
+func trapBody(code string) []byte {
+	body := "\x00" + code + "\x0b"
+	return []byte(header +
+		"\x01\x04\x01\x60\x00\x00" +
+		"\x03\x02\x01\x00" +
+		"\x05\x03\x01\x00\x01" +
+		"\x07\x0a\x01\x06_start\x00\x00" +
+		"\x0a" + string(rune(len(body)+2)) + "\x01" + string(rune(len(body))) + body)
+}
+
+// TestTrapReasons checks that each engine names traps in the same words.
+func TestTrapReasons(t *testing.T) {
+	tests := []struct{ name, code, reason string }{
+		{"unreachable", "\x00", "unreachable"},
+		{"out of bounds", "\x41\x80\x80\x08\x28\x02\x00\x1a", "out of bounds memory access"}, // i32.load at 128 KiB
+		{"divide by zero", "\x41\x01\x41\x00\x6d\x1a", "integer divide by zero"},
+		{"overflow", "\x41\x80\x80\x80\x80\x78\x41\x7f\x6d\x1a", "integer overflow"}, // MinInt32 / -1
+	}
+	for _, name := range engines() {
+		eng := newEngine(t, name, Config{})
+		for _, tt := range tests {
+			ctx := context.Background()
+			mod, err := eng.Compile(ctx, trapBody(tt.code))
+			if err != nil {
+				t.Fatalf("%s %s: %v", name, tt.name, err)
+			}
+			_, err = mod.Run(ctx, RunConfig{Start: "_start"})
+			mod.Close(ctx)
+			var trap *Trap
+			if !errors.As(err, &trap) || trap.Reason != tt.reason || trap.Func != "$0" {
+				t.Errorf("%s %s: err %v (%+v), want a trap in $0: %s", name, tt.name, err, trap, tt.reason)
+			}
+		}
+	}
+}
