@@ -41,6 +41,7 @@ var (
 	runsFlag = flag.Int("runs", 5, "runs of each compute workload per runner")
 	withWT   = flag.Bool("wasmtime", true, "also measure the wasmtime engine (builds with cgo and -tags wasmtime)")
 	jsonOut  = flag.Bool("json", false, "write every figure to stdout as JSON (the tables go to stderr)")
+	langs    = flag.String("lang", "go,c", "languages of the compute workloads")
 )
 
 type tools struct {
@@ -241,6 +242,13 @@ func compute(t *tools) error {
 		{"go", "fannkuch", "10", "3"}, {"go", "nbody", "2000000", "1"}, {"go", "sha256", "256", "0"},
 		{"c", "fannkuch", "10", "3"}, {"c", "nbody", "2000000", "1"}, {"c", "sha256", "256", "0"},
 	}
+	var picked []job
+	for _, j := range jobs {
+		if strings.Contains(","+*langs+",", ","+j.lang+",") {
+			picked = append(picked, j)
+		}
+	}
+	jobs = picked
 	runs := *runsFlag
 	if *quick {
 		jobs = []job{{"go", "fannkuch", "8", "3"}, {"c", "nbody", "100000", "1"}}
