@@ -42,6 +42,7 @@ var (
 	withWT   = flag.Bool("wasmtime", true, "also measure the wasmtime engine (builds with cgo and -tags wasmtime)")
 	jsonOut  = flag.Bool("json", false, "write every figure to stdout as JSON (the tables go to stderr)")
 	langs    = flag.String("lang", "go,c", "languages of the compute workloads")
+	cpuTime  = flag.Bool("cpu", false, "compute: measure CPU time (user+sys of the process) instead of wall time, which a loaded machine disturbs less")
 )
 
 type tools struct {
@@ -182,6 +183,23 @@ func timeRunEnv(n int, env []string, name string, args ...string) ([]time.Durati
 	return ds, nil
 }
 
+// timeOnce runs a command once and returns its wall time and the CPU
+// time (user and system) of the process.
+func timeOnce(env []string, name string, args ...string) (wall, cpu time.Duration, err error) {
+	cmd := exec.Command(name, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		return 0, 0, fmt.Errorf("%s %s: %v\n%s", filepath.Base(name), strings.Join(args, " "), err, out.String())
+	}
+	wall = time.Since(start)
+	return wall, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
+}
+
 func median(ds []time.Duration) time.Duration { return ds[len(ds)/2] }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
@@ -254,7 +272,11 @@ func compute(t *tools) error {
 		jobs = []job{{"go", "fannkuch", "8", "3"}, {"c", "nbody", "100000", "1"}}
 		runs = 1
 	}
-	fmt.Printf("\n## compute: min of %d whole-process runs, all runners interleaved\n\n", runs)
+	metric, what := "min time", "wall time"
+	if *cpuTime {
+		metric, what = "min cpu time", "CPU time (user+sys)"
+	}
+	fmt.Printf("\n## compute: %s, min of %d whole-process runs, all runners interleaved\n\n", what, runs)
 	fmt.Printf("\"compute ratio\" compares times less each runner's fixed cost (the same workload doing\n")
 	fmt.Printf("almost nothing): castellan against the bare runner of the same engine.\n\n")
 	var names []string
@@ -299,16 +321,20 @@ func compute(t *tools) error {
 				}
 				for k, a := range args {
 					c := r.cmd(a)
-					d, err := timeRunEnv(1, r.env, c[0], c[1:]...)
+					wall, cpu, err := timeOnce(r.env, c[0], c[1:]...)
 					if err != nil {
 						return err
+					}
+					d := wall
+					if *cpuTime {
+						d = cpu
 					}
 					m := full
 					if k == 1 {
 						m = small
 					}
-					if old, ok := m[r.name]; !ok || d[0] < old {
-						m[r.name] = d[0]
+					if old, ok := m[r.name]; !ok || d < old {
+						m[r.name] = d
 					}
 				}
 			}
@@ -317,9 +343,9 @@ func compute(t *tools) error {
 		row := []string{workload}
 		for _, r := range runners {
 			row = append(row, ms(full[r.name]))
-			recordMS("compute", workload, r.name, "min time", full[r.name])
+			recordMS("compute", workload, r.name, metric, full[r.name])
 			if r.wasm {
-				recordMS("compute", workload, r.name, "min fixed cost", small[r.name])
+				recordMS("compute", workload, r.name, metric+" of the fixed cost", small[r.name])
 			}
 		}
 		ratio := func(cast, bare string) float64 {
@@ -333,12 +359,12 @@ func compute(t *tools) error {
 			r := ratio("castellan "+e, "bare "+e)
 			worst[e] = max(worst[e], r)
 			row = append(row, fmt.Sprintf("%.3f", r))
-			record("compute", workload, "castellan "+e, "compute ratio to bare "+e, r, "ratio")
+			record("compute", workload, "castellan "+e, "compute ratio to bare "+e+" ("+what+")", r, "ratio")
 		}
 		if t.castellanWT != "" {
 			r := float64(full["castellan wasmtime"]) / float64(full["native"])
 			row = append(row, fmt.Sprintf("%.2f", r))
-			record("compute", workload, "castellan wasmtime", "ratio to native", r, "ratio")
+			record("compute", workload, "castellan wasmtime", "ratio to native ("+what+")", r, "ratio")
 		}
 		fmt.Printf("| %s |\n", strings.Join(row, " | "))
 	}
