@@ -323,6 +323,21 @@ func LoadRoots(path string) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
+// MarshalPEM returns the whole CA, keys included, in the form of its
+// ca.pem file. It exists for VM keeps of the simulated backends, which get
+// the host's simulation CA over their channel (a simulation proves
+// nothing; see RATIONALE.md).
+func (ca *CA) MarshalPEM() []byte { return ca.encode() }
+
+// ParsePEM reads a CA written by MarshalPEM; the result is in memory only.
+func ParsePEM(b []byte) (*CA, error) {
+	ca, err := decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("simulation CA: %w", err)
+	}
+	return ca, nil
+}
+
 func (ca *CA) encode() []byte {
 	var buf bytes.Buffer
 	put := func(role, typ string, der []byte) {

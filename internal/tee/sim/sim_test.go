@@ -242,3 +242,18 @@ func TestSNPCertTable(t *testing.T) {
 		}
 	}
 }
+
+// A CA sent to a VM keep signs with the same keys as the original.
+func TestMarshalPEMRoundTrip(t *testing.T) {
+	ca := testCA(t)
+	got, err := ParsePEM(ca.MarshalPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.RootsPEM(), ca.RootsPEM()) || got.Dir != "" {
+		t.Fatal("roots differ or the copy claims a folder")
+	}
+	if _, err := ParsePEM([]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")); err == nil {
+		t.Fatal("garbage accepted")
+	}
+}
