@@ -40,12 +40,15 @@ func dirConfig(path string, ro bool) *config.Config {
 
 func TestFileIOGo(t *testing.T) {
 	base, data := sandbox(t)
+	if err := os.Symlink(filepath.Join(base, "outside.txt"), filepath.Join(data, "hostabs")); err != nil {
+		t.Fatal(err)
+	}
 	// The path is relative to the config folder.
 	r := run(t, fixtures.Go(t, "fileio"), Options{Config: dirConfig("data", false), ConfigDir: base, Env: map[string]string{"DIR": "/data"}})
 	if r.err != nil || r.code != 0 || !strings.HasSuffix(r.stdout, "done\n") {
 		t.Fatalf("code %d, err %v\nstdout:\n%s\nstderr:\n%s", r.code, r.err, r.stdout, r.stderr)
 	}
-	for _, want := range []string{"ok read via symlink out refused", "ok read via symlink chain refused", "ok read via absolute symlink refused", "ok write via symlink out refused"} {
+	for _, want := range []string{"ok read via symlink out refused", "ok read via symlink chain refused", "ok symlink abs refused", "ok read via absolute symlink refused", "ok write via symlink out refused"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("stdout lacks %q", want)
 		}
