@@ -107,3 +107,25 @@ func TestClockRand(t *testing.T) {
 		t.Fatalf("code %d, err %v, stdout %q", r.code, r.err, r.stdout)
 	}
 }
+
+// TestPOSIXFileSystem runs the cases of the posixfs C fixture, each in a
+// fresh preopen: the file-system bugs of issue 12, found by hand, each of
+// which used to fail (see the fixture for the rule each case checks).
+func TestPOSIXFileSystem(t *testing.T) {
+	wasm := fixtures.C(t, "posixfs")
+	for _, name := range []string{
+		"append_cleared", "pwrite_append", "rename_dirs", "symlink_absolute", "lseek_dir",
+		"rmdir_dot", "pread_dir", "link_follow", "rights_dropped",
+	} {
+		t.Run(name, func(t *testing.T) {
+			base, data := sandbox(t)
+			r := run(t, wasm, Options{Config: dirConfig(data, false), ConfigDir: base, Args: []string{name}})
+			if r.err != nil || r.code != 0 || r.stdout != "ok "+name+"\n" {
+				t.Fatalf("code %d, err %v\nstdout:\n%s\nstderr:\n%s", r.code, r.err, r.stdout, r.stderr)
+			}
+			if _, err := os.Lstat(filepath.Join(base, "l")); err == nil {
+				t.Error("a file appeared next to the preopen")
+			}
+		})
+	}
+}
