@@ -76,7 +76,7 @@ func (s *System) open(ctx context.Context, f config.File) (*fdesc, error) {
 		if name == "" {
 			name = "."
 		}
-		k := &dirKind{noKind: noKind{filetypeDirectory}, f: dir, pre: p, rel: ".", preName: name}
+		k := &dirKind{hostNode: hostNode{noKind{filetypeDirectory}, dir, p, "."}, preName: name}
 		return &fdesc{f: k, base: base, inh: inh}, nil
 	}
 	return nil, errorf("unknown kind %q", f.Kind)
@@ -233,8 +233,8 @@ func fdWrite(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64)
 		return errno
 	}
 	n, errno := d.f.write(ctx, iovs, d.nonblock(), d.flags&fdflagAppend != 0)
-	if errno == errSuccess && d.flags&(fdflagSync|fdflagDsync) != 0 {
-		errno = d.f.sync()
+	if errno == errSuccess && n > 0 && d.flags&(fdflagSync|fdflagDsync) != 0 {
+		d.f.sync() // what was written stays written: n is the answer
 	}
 	if errno != errSuccess && n == 0 {
 		return errno

@@ -167,7 +167,7 @@ func pathOpen(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) 
 			f.Close()
 			return errIsdir
 		}
-		nd.f = &dirKind{noKind: noKind{filetypeDirectory}, f: f, pre: d.pre, rel: nrel}
+		nd.f = &dirKind{hostNode: hostNode{noKind{filetypeDirectory}, f, d.pre, nrel}}
 		nd.base = base & dd.inh & rightsDir
 		nd.inh = inh & dd.inh
 	default:
@@ -175,7 +175,7 @@ func pathOpen(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) 
 			f.Close()
 			return errNotdir
 		}
-		nd.f = &fileKind{noKind: noKind{filetypeOf(fi.Mode())}, f: f, pre: d.pre, rel: nrel}
+		nd.f = &fileKind{hostNode{noKind{filetypeOf(fi.Mode())}, f, d.pre, nrel}}
 		nd.base = base & dd.inh & rightsFile
 		nd.inh = 0
 	}

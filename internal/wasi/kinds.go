@@ -165,9 +165,14 @@ type outputKind struct {
 }
 
 func (k *outputKind) write(_ context.Context, iovs [][]byte, _, _ bool) (int, Errno) {
+	return writeAll(k.w, iovs)
+}
+
+// writeAll writes the iovecs in order and stops at the first error.
+func writeAll(w io.Writer, iovs [][]byte) (int, Errno) {
 	total := 0
 	for _, b := range iovs {
-		n, err := k.w.Write(b)
+		n, err := w.Write(b)
 		total += n
 		if err != nil {
 			return total, errnoOf(err)
@@ -189,16 +194,38 @@ func (nullKind) write(_ context.Context, iovs [][]byte, _, _ bool) (int, Errno) 
 	return total, errSuccess
 }
 
-// fileKind is a host file below a preopen. The host file is never opened
-// with O_APPEND: append is the descriptor's fdflag, applied at each
-// write, so that fd_fdstat_set_flags can clear it and fd_pwrite writes
-// where it is told (Go's WriteAt refuses O_APPEND files).
-type fileKind struct {
+// hostNode is what files and directories below a preopen share: the open
+// host handle, the preopen, and the path below its root.
+type hostNode struct {
 	noKind
 	f   *os.File
 	pre *preopen
 	rel string // path below the preopen root, slash-separated
 }
+
+func (k *hostNode) filestat(b []byte) Errno {
+	fi, err := k.f.Stat()
+	if err != nil {
+		return errnoOf(err)
+	}
+	putFilestat(b, fi)
+	return errSuccess
+}
+
+func (k *hostNode) setTimes(atim, mtim time.Time) Errno {
+	if k.pre.readOnly {
+		return errRofs
+	}
+	return errnoOf(k.pre.root.Chtimes(k.rel, atim, mtim))
+}
+
+func (k *hostNode) close() error { return k.f.Close() }
+
+// fileKind is a host file below a preopen. The host file is never opened
+// with O_APPEND: append is the descriptor's fdflag, applied at each
+// write, so that fd_fdstat_set_flags can clear it and fd_pwrite writes
+// where it is told (Go's WriteAt refuses O_APPEND files).
+type fileKind struct{ hostNode }
 
 func (k *fileKind) read(_ context.Context, iovs [][]byte, _ bool) (int, Errno) {
 	total := 0
@@ -227,39 +254,28 @@ func (k *fileKind) write(_ context.Context, iovs [][]byte, _, appendMode bool) (
 			return 0, errnoOf(err)
 		}
 	}
-	total := 0
-	for _, b := range iovs {
-		n, err := k.f.Write(b)
-		total += n
-		if err != nil {
-			return total, errnoOf(err)
-		}
-	}
-	return total, errSuccess
+	return writeAll(k.f, iovs)
 }
 
 func (k *fileKind) pread(iovs [][]byte, off int64) (int, Errno) {
+	return positioned(iovs, off, k.f.ReadAt)
+}
+
+func (k *fileKind) pwrite(iovs [][]byte, off int64) (int, Errno) {
+	return positioned(iovs, off, k.f.WriteAt)
+}
+
+// positioned moves through iovs from off with op (ReadAt or WriteAt); end
+// of file stops it without an error.
+func positioned(iovs [][]byte, off int64, op func([]byte, int64) (int, error)) (int, Errno) {
 	total := 0
 	for _, b := range iovs {
-		n, err := k.f.ReadAt(b, off)
+		n, err := op(b, off)
 		total += n
 		off += int64(n)
 		if err == io.EOF {
 			break
 		}
-		if err != nil {
-			return total, errnoOf(err)
-		}
-	}
-	return total, errSuccess
-}
-
-func (k *fileKind) pwrite(iovs [][]byte, off int64) (int, Errno) {
-	total := 0
-	for _, b := range iovs {
-		n, err := k.f.WriteAt(b, off)
-		total += n
-		off += int64(n)
 		if err != nil {
 			return total, errnoOf(err)
 		}
@@ -277,18 +293,8 @@ func (k *fileKind) seek(off int64, whence int) (int64, Errno) {
 
 func (*fileKind) setFlags(uint16) Errno { return errSuccess }
 
-func (k *fileKind) filestat(b []byte) Errno {
-	fi, err := k.f.Stat()
-	if err != nil {
-		return errnoOf(err)
-	}
-	putFilestat(b, fi)
-	return errSuccess
-}
-
 func (k *fileKind) sync() Errno            { return errnoOf(k.f.Sync()) }
 func (*fileKind) advise() Errno            { return errSuccess } // a hint; Go has no portable posix_fadvise
-func (k *fileKind) close() error           { return k.f.Close() }
 func (k *fileKind) truncate(n int64) Errno { return errnoOf(k.f.Truncate(n)) }
 
 func (k *fileKind) allocate(off, n int64) Errno {
@@ -300,13 +306,6 @@ func (k *fileKind) allocate(off, n int64) Errno {
 		return errnoOf(k.f.Truncate(end))
 	}
 	return errSuccess
-}
-
-func (k *fileKind) setTimes(atim, mtim time.Time) Errno {
-	if k.pre.readOnly {
-		return errRofs
-	}
-	return errnoOf(k.pre.root.Chtimes(k.rel, atim, mtim))
 }
 
 func (k *fileKind) readable() (bool, int, bool, Errno) {
@@ -323,10 +322,7 @@ func (k *fileKind) readable() (bool, int, bool, Errno) {
 // read by fd_readdir cookies: byte reads and writes answer EISDIR, and it
 // has no seek right.
 type dirKind struct {
-	noKind
-	f       *os.File // for stat
-	pre     *preopen
-	rel     string   // path below the preopen root, slash-separated
+	hostNode
 	preName string   // guest path, only on the preopened descriptor itself
 	entries []dirent // the listing fd_readdir serves, read again at cookie 0
 }
@@ -350,24 +346,6 @@ func (*dirKind) truncate(int64) Errno                                     { retu
 func (*dirKind) allocate(int64, int64) Errno                              { return errIsdir }
 func (*dirKind) advise() Errno                                            { return errBadf }
 func (*dirKind) sync() Errno                                              { return errSuccess }
-
-func (k *dirKind) filestat(b []byte) Errno {
-	fi, err := k.f.Stat()
-	if err != nil {
-		return errnoOf(err)
-	}
-	putFilestat(b, fi)
-	return errSuccess
-}
-
-func (k *dirKind) setTimes(atim, mtim time.Time) Errno {
-	if k.pre.readOnly {
-		return errRofs
-	}
-	return errnoOf(k.pre.root.Chtimes(k.rel, atim, mtim))
-}
-
-func (k *dirKind) close() error { return k.f.Close() }
 
 // secretKind is a read-only file held in memory, never on the host's disk.
 type secretKind struct {
