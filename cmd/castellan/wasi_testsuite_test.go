@@ -35,7 +35,9 @@ type suiteTest struct {
 }
 
 // suiteDir finds the WASI test suite: $CASTELLAN_WASI_TESTSUITE, else
-// testdata/wasi-testsuite (see its README). "" when it is not there.
+// testdata/wasi-testsuite, else wasi-testsuite in the shared/ folder beside
+// the checkout (see testdata/wasi-testsuite/README.md). "" when it is in
+// none of them.
 func suiteDir(t *testing.T) string {
 	if d := os.Getenv("CASTELLAN_WASI_TESTSUITE"); d != "" {
 		if _, err := os.Stat(filepath.Join(d, "tests")); err != nil {
@@ -47,11 +49,15 @@ func suiteDir(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := filepath.Join(root, "testdata", "wasi-testsuite")
-	if _, err := os.Stat(filepath.Join(d, "tests")); err != nil {
-		return ""
+	for _, d := range []string{
+		filepath.Join(root, "testdata", "wasi-testsuite"),
+		filepath.Join(root, "..", "shared", "wasi-testsuite"),
+	} {
+		if _, err := os.Stat(filepath.Join(d, "tests")); err == nil {
+			return d
+		}
 	}
-	return d
+	return ""
 }
 
 // TestWASITestsuite runs the official WASI test suite's wasm32-wasip1
@@ -63,7 +69,7 @@ func suiteDir(t *testing.T) string {
 func TestWASITestsuite(t *testing.T) {
 	dir := suiteDir(t)
 	if dir == "" {
-		t.Skip("the WASI test suite is not in testdata/wasi-testsuite and CASTELLAN_WASI_TESTSUITE is not set (see testdata/wasi-testsuite/README.md)")
+		t.Skip("the WASI test suite is not in testdata/wasi-testsuite or ../shared/wasi-testsuite, and CASTELLAN_WASI_TESTSUITE is not set (see testdata/wasi-testsuite/README.md)")
 	}
 	cache := t.TempDir()
 	total, passed := 0, 0
