@@ -148,7 +148,7 @@ const (
 		rightFdSync | rightFdTell | rightFdWrite | rightFdAdvise | rightFdAllocate |
 		rightFdFilestatGet | rightFdFilestatSetSize | rightFdFilestatSetTimes | rightPollFdReadwrite
 	// Rights of a secret: read, seek and stat, nothing that writes.
-	rightsSecret = rightFdRead | rightFdSeek | rightFdTell | rightFdFilestatGet | rightPollFdReadwrite | rightFdAdvise
+	rightsSecret = rightFdRead | rightFdSeek | rightFdTell | rightFdFilestatGet | rightPollFdReadwrite | rightFdAdvise | rightFdFdstatSetFlags
 	// Write rights of a regular file.
 	rightsFileWrite = rightFdDatasync | rightFdWrite | rightFdAllocate | rightFdFilestatSetSize
 	// Rights of a directory.

@@ -160,7 +160,7 @@ func pathOpen(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) 
 		nrel = "."
 	}
 	nd := &fdesc{flags: fdflags & (fdflagAppend | fdflagNonblock | fdflagSync | fdflagDsync | fdflagRsync)}
-	dd, _ := s.get(uint32(p[0]))
+	dd, _ := s.get(uint32(p[0])) // the directory's descriptor: what nd inherits
 	switch {
 	case fi.IsDir():
 		if write {
