@@ -40,11 +40,13 @@ type runOptions struct {
 	report     string
 	attestTime time.Duration
 	secrets    *secretFlags // --secret, --secret-file (cmd_deploy.go)
+	world      *worldFlags  // --dir, --dir-ro, --env: run only (run_world.go)
 }
 
 func addRunFlags(fs *flag.FlagSet) *runOptions {
 	ro := &runOptions{}
 	fs.StringVar(&ro.configPath, "c", "", "workload config (Enarx.toml format); none: stdin, stdout and stderr only")
+	fs.StringVar(&ro.configPath, "wasmcfgfile", "", "same as -c (Enarx's name for it)")
 	fs.StringVar(&ro.backend, "backend", "auto", "keep backend: auto, nil, sim-snp, sim-tdx, snp, tdx (see 'castellan platform info')")
 	fs.StringVar(&ro.attest, "attest", "", "attestation service URL to get the keep certificate from (default: the config's steward)")
 	fs.StringVar(&ro.attestCA, "attest-ca", "", "PEM file of the CA that the attestation service's TLS certificate chains to")
@@ -77,14 +79,18 @@ var runCmd = &Command{
 	Summary: "run a WebAssembly (WASI) workload in a keep",
 	Help: `Runs app.wasm with the descriptors, environment and limits that its config
 names (-c). Arguments after -- are passed to the workload after the config's
-args. The exit status is the workload's; a keep stopped by its wall-time
-limit exits with 124, by its output limit with 125, by SIGINT with 130 and
-by SIGTERM with 143 (after one line saying what was stopped; its listeners
-and connections are closed first).`,
+args. --dir and --env add preopened folders and variables, with or without
+a config (a folder or variable that the config also names is an error).
+Without a config the workload gets stdin, stdout, stderr, the --dir folders
+and exactly the --env variables; with one it also gets FD_COUNT and
+FD_NAMES, as under Enarx. The exit status is the workload's; a keep stopped
+by its wall-time limit exits with 124, by its output limit with 125, by
+SIGINT with 130 and by SIGTERM with 143 (after one line saying what was
+stopped; its listeners and connections are closed first).`,
 }
 
 func init() {
-	DefineFlags("run", func(fs *flag.FlagSet) { addRunFlags(fs) })
+	DefineFlags("run", func(fs *flag.FlagSet) { addRunFlags(fs); addWorldFlags(fs) })
 	runCmd.Run = runMain
 	Register(runCmd)
 }
@@ -92,6 +98,7 @@ func init() {
 func runMain(e *Env, args []string) int {
 	fs := e.FlagSet(runCmd)
 	ro := addRunFlags(fs)
+	ro.world = addWorldFlags(fs)
 	pos, status, ok := e.Parse(runCmd, fs, args)
 	if !ok {
 		return status
@@ -286,6 +293,21 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 	if code != ExitOK {
 		return code
 	}
+	var preopens []config.File
+	if ro.world != nil {
+		var flagEnv map[string]string
+		var err error
+		preopens, flagEnv, err = ro.world.apply(cfg, ro.configPath)
+		if err != nil {
+			return e.Usagef("%v", err)
+		}
+		for k, v := range flagEnv {
+			if secretEnv == nil {
+				secretEnv = map[string]string{}
+			}
+			secretEnv[k] = v
+		}
+	}
 	cert, code := keepCertificate(ctx, e, ro, cfg, art)
 	if s, ok := stoppedBy(ctx); ok {
 		return reportStop(e, s, name, art.Digest.String())
@@ -300,6 +322,7 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		ConfigDir:   dir,
 		Args:        args,
 		Env:         secretEnv,
+		Preopens:    preopens,
 		Stdin:       e.Stdin,
 		Stdout:      stdout,
 		Stderr:      stderr,
