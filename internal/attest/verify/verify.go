@@ -12,6 +12,7 @@ package verify
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/subtle"
 	"crypto/x509"
 	_ "embed"
@@ -67,6 +68,13 @@ type Options struct {
 	// envelope without its VCEK is refused. Wrap a network getter in
 	// NewCachingGetter: AMD rate-limits the service.
 	VCEKGetter trust.HTTPSGetter
+	// SGXCollateral gives Intel's TCB info, QE identity and CRLs for SGX
+	// quotes; the claims then carry Intel's TCB status. Nil: no collateral
+	// is evaluated and the claims' TCBStatus is empty.
+	SGXCollateral SGXCollateralGetter
+	// CCAPlatformKeys are the CPAKs (CCA platform attestation keys) whose
+	// platform tokens are trusted; simulated CPAKs come from SimRoots.
+	CCAPlatformKeys []crypto.PublicKey
 	// ChainCache keeps SEV-SNP endorsement chains that verified, so that
 	// the next report from the same chip and TCB skips the chain's RSA
 	// checks (never the report's signature or its binding). Nil = a
@@ -139,6 +147,14 @@ func Report(platform string, raw []byte, endorsements [][]byte, opts Options) (*
 			return nil, fail(CheckFormat, "a TDX quote carries its certificates inside; the envelope has %d endorsements", len(endorsements))
 		}
 		return verifyTDX(raw, &opts)
+	case evidence.PlatformSGX, evidence.PlatformCCA:
+		if len(endorsements) != 0 {
+			return nil, fail(CheckFormat, "%s evidence carries its certificates or keys inside; the envelope has %d endorsements", platform, len(endorsements))
+		}
+		if platform == evidence.PlatformSGX {
+			return verifySGX(raw, &opts)
+		}
+		return verifyCCA(raw, &opts)
 	case evidence.PlatformNone:
 		return nil, fail(CheckPlatform, "platform none has no report to verify")
 	default:

@@ -49,6 +49,11 @@ const (
 	roleTDXPCK  = "tdx-pck"
 	roleTDXPCKK = "tdx-pck-key"
 	roleTDXAK   = "tdx-attestation-key"
+	roleTDXRK   = "tdx-root-key"   // signs simulated SGX collateral (TCB signing certificate, root CRL)
+	roleTDXPCAK = "tdx-pck-ca-key" // signs the simulated PCK CRL
+	roleCCACPAK = "cca-cpak"       // self-signed certificate of the simulated CPAK
+	roleCCACPK  = "cca-cpak-key"
+	roleCCARAK  = "cca-rak-key"
 	roleHeader  = "Castellan-Role"
 )
 
@@ -84,6 +89,17 @@ type CA struct {
 	pckKey  *ecdsa.PrivateKey
 	akKey   *ecdsa.PrivateKey
 	pckPEM  []byte // PCK leaf || platform CA || root, as a quote carries it
+	// The keys of the TDX (and SGX) root and PCK platform CA, which sign
+	// simulated SGX collateral. Absent in CAs stored before it existed.
+	tdxRootKey *ecdsa.PrivateKey
+	tdxPCAKey  *ecdsa.PrivateKey
+
+	// The Arm CCA platform attestation key (CPAK, with a self-signed
+	// certificate that the roots carry) and realm attestation key (RAK).
+	// Absent in CAs stored before they existed.
+	ccaCPAK    *x509.Certificate
+	ccaCPAKKey *ecdsa.PrivateKey
+	ccaRAKKey  *ecdsa.PrivateKey
 
 	mu    sync.Mutex
 	vceks map[uint64]*x509.Certificate // VCEK certificates by TCB version
@@ -250,6 +266,9 @@ func New() (*CA, error) {
 	if err := ca.generateTDX(rand.Reader); err != nil {
 		return nil, fmt.Errorf("simulation CA: TDX chain: %w", err)
 	}
+	if err := ca.generateCCA(rand.Reader); err != nil {
+		return nil, fmt.Errorf("simulation CA: CCA keys: %w", err)
+	}
 	ca.init()
 	return ca, nil
 }
@@ -267,9 +286,14 @@ func (ca *CA) init() {
 	ca.pckPEM = buf.Bytes()
 }
 
-// Roots returns the CA's trust anchors: the SEV-SNP ARK and the TDX root.
+// Roots returns the CA's trust anchors: the SEV-SNP ARK, the TDX and SGX
+// root and, when the CA has one, the simulated CCA CPAK's certificate.
 func (ca *CA) Roots() []*x509.Certificate {
-	return []*x509.Certificate{ca.snpARK, ca.tdxRoot}
+	roots := []*x509.Certificate{ca.snpARK, ca.tdxRoot}
+	if ca.ccaCPAK != nil {
+		roots = append(roots, ca.ccaCPAK)
+	}
+	return roots
 }
 
 // RootsPEM returns Roots as PEM, the form a policy names.
@@ -337,6 +361,15 @@ func (ca *CA) encode() []byte {
 	put(roleTDXPCK, "CERTIFICATE", ca.tdxPCK.Raw)
 	put(roleTDXPCKK, "PRIVATE KEY", key(ca.pckKey))
 	put(roleTDXAK, "PRIVATE KEY", key(ca.akKey))
+	if ca.tdxRootKey != nil {
+		put(roleTDXRK, "PRIVATE KEY", key(ca.tdxRootKey))
+		put(roleTDXPCAK, "PRIVATE KEY", key(ca.tdxPCAKey))
+	}
+	if ca.ccaCPAK != nil {
+		put(roleCCACPAK, "CERTIFICATE", ca.ccaCPAK.Raw)
+		put(roleCCACPK, "PRIVATE KEY", key(ca.ccaCPAKKey))
+		put(roleCCARAK, "PRIVATE KEY", key(ca.ccaRAKKey))
+	}
 	return buf.Bytes()
 }
 
@@ -418,6 +451,33 @@ func decode(b []byte) (*CA, error) {
 		ca.vlekKey, ok2 = vlekKey.(*ecdsa.PrivateKey)
 		if !ok1 || !ok2 || ca.vlekKey.Curve != elliptic.P384() {
 			return nil, errors.New("a VLEK chain key has the wrong type")
+		}
+	}
+	if _, ok := blocks[roleTDXRK]; ok {
+		rk, pk := key(roleTDXRK), key(roleTDXPCAK)
+		if err != nil {
+			return nil, err
+		}
+		ca.tdxRootKey, ok1 = rk.(*ecdsa.PrivateKey)
+		ca.tdxPCAKey, ok2 = pk.(*ecdsa.PrivateKey)
+		if !ok1 || !ok2 || !ca.tdxRoot.PublicKey.(*ecdsa.PublicKey).Equal(ca.tdxRootKey.Public()) ||
+			!ca.tdxPCA.PublicKey.(*ecdsa.PublicKey).Equal(ca.tdxPCAKey.Public()) {
+			return nil, errors.New("the TDX root or PCK CA key does not match its certificate")
+		}
+	}
+	if _, ok := blocks[roleCCACPAK]; ok {
+		ca.ccaCPAK = cert(roleCCACPAK)
+		ck, rk := key(roleCCACPK), key(roleCCARAK)
+		if err != nil {
+			return nil, err
+		}
+		ca.ccaCPAKKey, ok1 = ck.(*ecdsa.PrivateKey)
+		ca.ccaRAKKey, ok2 = rk.(*ecdsa.PrivateKey)
+		if !ok1 || !ok2 || ca.ccaCPAKKey.Curve != elliptic.P384() || ca.ccaRAKKey.Curve != elliptic.P384() {
+			return nil, errors.New("a CCA key has the wrong type")
+		}
+		if pub, ok := ca.ccaCPAK.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(ca.ccaCPAKKey.Public()) {
+			return nil, errors.New("the CCA CPAK does not match its certificate")
 		}
 	}
 	ca.init()

@@ -254,6 +254,7 @@ func (ca *CA) generateTDX(r io.Reader) error {
 		return err
 	}
 	ca.tdxRoot, ca.tdxPCA, ca.tdxPCK, ca.pckKey, ca.akKey = root, pca, pck, pckKey, akKey
+	ca.tdxRootKey, ca.tdxPCAKey = rootKey, pcaKey
 	return nil
 }
 
