@@ -16,8 +16,8 @@ import (
 
 // Common names of Intel's PCK chain; the simulation uses the same ones.
 const (
-	cnPCKLeaf  = "Intel SGX PCK Certificate"
-	cnRootCA   = "Intel SGX Root CA"
+	cnPCKLeaf   = "Intel SGX PCK Certificate"
+	cnRootCA    = "Intel SGX Root CA"
 	cnTCBSigner = "Intel SGX TCB Signing"
 )
 

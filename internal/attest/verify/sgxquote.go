@@ -19,11 +19,11 @@ const (
 	SGXReportBodySize = 384
 	sgxSigSize        = 64
 	sgxKeySize        = 64
-	sgxAKTypeP256     = 2  // ECDSA-256-with-P-256 curve
-	sgxTeeTypeSGX     = 0  // v4 header TEE type of an SGX quote
-	sgxCertPCKChain   = 5  // certification data: PEM PCK leaf || intermediate || root
-	sgxCertQEReport   = 6  // certification data (v4): QE report, its signature, auth data, nested type 5
-	sgxMaxPCKChain    = 3  // leaf, PCK platform or processor CA, root
+	sgxAKTypeP256     = 2 // ECDSA-256-with-P-256 curve
+	sgxTeeTypeSGX     = 0 // v4 header TEE type of an SGX quote
+	sgxCertPCKChain   = 5 // certification data: PEM PCK leaf || intermediate || root
+	sgxCertQEReport   = 6 // certification data (v4): QE report, its signature, auth data, nested type 5
+	sgxMaxPCKChain    = 3 // leaf, PCK platform or processor CA, root
 	sgxMaxPEMChain    = 16 << 10
 	sgxMinQuoteSize   = SGXHeaderSize + SGXReportBodySize + 4 + sgxSigSize + sgxKeySize + SGXReportBodySize + sgxSigSize + 2 + 2 + 4
 	sgxAttrInit       = 1 << 0 // ATTRIBUTES.FLAGS.INIT: the enclave was initialised
