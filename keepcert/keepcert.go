@@ -67,6 +67,8 @@ const (
 	PlatformNone = "none"
 	PlatformSNP  = "snp"
 	PlatformTDX  = "tdx"
+	PlatformSGX  = "sgx"
+	PlatformCCA  = "cca"
 )
 
 // ClaimsVersion is the version of the KeepClaims structure this package writes.
@@ -78,17 +80,21 @@ const ClaimsVersion = 1
 //	KeepClaims ::= SEQUENCE {
 //	  version         INTEGER,        -- 1
 //	  attested        BOOLEAN,        -- issued by a service that checked evidence
-//	  platform        UTF8String,     -- "none", "snp", "tdx"
+//	  platform        UTF8String,     -- "none", "snp", "tdx", "sgx", "cca"
 //	  simulated       BOOLEAN,        -- evidence chained to a Castellan simulation root
 //	  insecure        BOOLEAN,        -- not attested, platform none, or simulated
 //	  debug           BOOLEAN,
 //	  tcb             SEQUENCE OF SEQUENCE { component UTF8String, svn INTEGER },
-//	  measurement     OCTET STRING,   -- SNP MEASUREMENT or TDX MRTD, empty for none
+//	  measurement     OCTET STRING,   -- SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE, CCA RIM; empty for none
 //	  workloadDigest  UTF8String,     -- "sha256:..." package digest
-//	  package         UTF8String      -- package reference, empty if unknown
+//	  package         UTF8String,     -- package reference, empty if unknown
+//	  identity    [0] EXPLICIT SEQUENCE OF SEQUENCE { name UTF8String, value OCTET STRING } OPTIONAL,
+//	                                  -- SGX mrsigner..., CCA rem.0..3, platform_sw.N...
+//	  tcbStatus   [1] EXPLICIT UTF8String OPTIONAL -- Intel's TCB status (SGX with collateral)
 //	}
 //
-// with tcb sorted by component name.
+// with tcb and identity sorted by name. The two optional fields were added
+// for SGX and CCA; claims without them encode as before.
 type Claims struct {
 	Attested       bool              `json:"attested"`
 	Platform       string            `json:"platform"`
@@ -99,6 +105,16 @@ type Claims struct {
 	Measurement    []byte            `json:"measurement,omitempty"`
 	WorkloadDigest string            `json:"workload_digest"`
 	Package        string            `json:"package,omitempty"`
+	// Identity holds further identity values of the measured code by
+	// name (SGX "mrsigner", CCA "rem.0" ...); TCBStatus is Intel's TCB
+	// status of an SGX platform when the service evaluated collateral.
+	Identity  map[string][]byte `json:"identity,omitempty"`
+	TCBStatus string            `json:"tcb_status,omitempty"`
+}
+
+type identityValue struct {
+	Name  string `asn1:"utf8"`
+	Value []byte
 }
 
 type tcbComponent struct {
@@ -115,8 +131,10 @@ type wireClaims struct {
 	Debug          bool
 	TCB            []tcbComponent
 	Measurement    []byte
-	WorkloadDigest string `asn1:"utf8"`
-	Package        string `asn1:"utf8"`
+	WorkloadDigest string          `asn1:"utf8"`
+	Package        string          `asn1:"utf8"`
+	Identity       []identityValue `asn1:"optional,explicit,tag:0"`
+	TCBStatus      string          `asn1:"optional,explicit,tag:1,utf8"`
 }
 
 // Limits on what ParseClaims accepts, so that a hostile certificate cannot
@@ -124,6 +142,8 @@ type wireClaims struct {
 const (
 	maxTCBComponents = 64
 	maxString        = 1024
+	maxIdentity      = 32  // identity values
+	maxIdentityValue = 128 // bytes of one value
 )
 
 // Marshal returns the DER of c. It sets Insecure when the claims are not
@@ -143,6 +163,15 @@ func (c *Claims) Marshal() ([]byte, error) {
 		Measurement:    c.Measurement,
 		WorkloadDigest: c.WorkloadDigest,
 		Package:        c.Package,
+		TCBStatus:      c.TCBStatus,
+	}
+	ids := make([]string, 0, len(c.Identity))
+	for k := range c.Identity {
+		ids = append(ids, k)
+	}
+	sort.Strings(ids)
+	for _, k := range ids {
+		w.Identity = append(w.Identity, identityValue{Name: k, Value: c.Identity[k]})
 	}
 	if w.Measurement == nil {
 		w.Measurement = []byte{}
@@ -167,7 +196,7 @@ func (c *Claims) mustBeInsecure() bool {
 
 func (c *Claims) check() error {
 	switch c.Platform {
-	case PlatformNone, PlatformSNP, PlatformTDX:
+	case PlatformNone, PlatformSNP, PlatformTDX, PlatformSGX, PlatformCCA:
 	default:
 		return fmt.Errorf("claims: unknown platform %q", c.Platform)
 	}
@@ -179,7 +208,15 @@ func (c *Claims) check() error {
 			return fmt.Errorf("claims: tcb component name of %d bytes", len(k))
 		}
 	}
-	if len(c.Measurement) > maxString || len(c.WorkloadDigest) > maxString || len(c.Package) > maxString {
+	if len(c.Identity) > maxIdentity {
+		return fmt.Errorf("claims: %d identity values, at most %d", len(c.Identity), maxIdentity)
+	}
+	for k, v := range c.Identity {
+		if k == "" || len(k) > 64 || len(v) > maxIdentityValue {
+			return fmt.Errorf("claims: identity value %q of %d bytes", k, len(v))
+		}
+	}
+	if len(c.Measurement) > maxString || len(c.WorkloadDigest) > maxString || len(c.Package) > maxString || len(c.TCBStatus) > 64 {
 		return errors.New("claims: a field is longer than 1024 bytes")
 	}
 	if !strings.HasPrefix(c.WorkloadDigest, "sha256:") {
@@ -215,6 +252,19 @@ func ParseClaims(der []byte) (*Claims, error) {
 		Measurement:    w.Measurement,
 		WorkloadDigest: w.WorkloadDigest,
 		Package:        w.Package,
+		TCBStatus:      w.TCBStatus,
+	}
+	if len(w.Identity) > maxIdentity {
+		return nil, fmt.Errorf("claims: %d identity values, at most %d", len(w.Identity), maxIdentity)
+	}
+	for _, v := range w.Identity {
+		if c.Identity == nil {
+			c.Identity = make(map[string][]byte, len(w.Identity))
+		}
+		if _, dup := c.Identity[v.Name]; dup {
+			return nil, fmt.Errorf("claims: identity value %q repeated", v.Name)
+		}
+		c.Identity[v.Name] = v.Value
 	}
 	if len(w.TCB) > 0 {
 		c.TCB = make(map[string]uint64, len(w.TCB))

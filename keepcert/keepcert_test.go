@@ -88,13 +88,23 @@ func TestParseClaimsRejects(t *testing.T) {
 		"empty":         nil,
 		"trailing":      append(mk(good), 0),
 		"version 2":     mk(func() wireClaims { w := good; w.Version = 2; return w }()),
-		"platform sgx":  mk(func() wireClaims { w := good; w.Platform = "sgx"; return w }()),
+		"platform sev":  mk(func() wireClaims { w := good; w.Platform = "sev"; return w }()),
 		"secure sim":    mk(func() wireClaims { w := good; w.Simulated = true; return w }()),
 		"secure none":   mk(func() wireClaims { w := good; w.Platform = "none"; return w }()),
 		"secure unatt.": mk(func() wireClaims { w := good; w.Attested = false; return w }()),
 		"negative svn":  mk(func() wireClaims { w := good; w.TCB = []tcbComponent{{"snp", -1}}; return w }()),
 		"repeated tcb":  mk(func() wireClaims { w := good; w.TCB = []tcbComponent{{"snp", 1}, {"snp", 2}}; return w }()),
 		"bad digest":    mk(func() wireClaims { w := good; w.WorkloadDigest = "md5:00"; return w }()),
+		"repeated identity": mk(func() wireClaims {
+			w := good
+			w.Identity = []identityValue{{"mrsigner", []byte{1}}, {"mrsigner", []byte{2}}}
+			return w
+		}()),
+		"huge identity value": mk(func() wireClaims {
+			w := good
+			w.Identity = []identityValue{{"mrsigner", make([]byte, maxIdentityValue+1)}}
+			return w
+		}()),
 	}
 	for name, der := range tests {
 		if c, err := ParseClaims(der); err == nil {

@@ -265,7 +265,8 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 	}
 	snap := s.cfg.Policy.Current()
 	t0 := time.Now()
-	claims, err := s.cfg.Verify(env, verify.Options{SimRoots: snap.SimRoots[env.Platform], Now: now, VCEKGetter: s.cfg.VCEKGetter})
+	claims, err := s.cfg.Verify(env, verify.Options{SimRoots: snap.SimRoots[env.Platform], Now: now, VCEKGetter: s.cfg.VCEKGetter,
+		SGXCollateral: sgxCollateral(snap), CCAPlatformKeys: snap.CCAPlatformKeys})
 	if s.timing != nil {
 		s.timing.verify.Add(int64(time.Since(t0)))
 	}
@@ -293,6 +294,8 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 		Measurement:    claims.Measurement,
 		WorkloadDigest: claims.WorkloadDigest,
 		Package:        req.Package,
+		Identity:       claims.Identity,
+		TCBStatus:      claims.TCBStatus,
 	}
 	leaf := ca.Leaf{
 		PublicKey:   csr.PublicKey,
@@ -424,3 +427,11 @@ func summarise(d *audit.Decision, c *evidence.Claims) {
 }
 
 var _ http.Handler = (*Service)(nil)
+
+// sgxCollateral is the collateral folder the policy names, if any.
+func sgxCollateral(snap *policy.Snapshot) verify.SGXCollateralGetter {
+	if snap.SGXCollateralDir == "" {
+		return nil
+	}
+	return verify.SGXCollateralDir(snap.SGXCollateralDir)
+}
