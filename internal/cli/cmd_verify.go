@@ -20,7 +20,7 @@ import (
 
 var verifyCmd = &Command{
 	Name:    "verify",
-	Usage:   "verify https://host:port --ca ca.pem [--digest sha256:...] [--platform snp,tdx] [--allow-insecure] [--json]",
+	Usage:   "verify https://host:port --ca ca.pem [--digest sha256:...] [--platform snp,tdx,sgx,cca] [--allow-insecure] [--json]",
 	Summary: "check a keep's certificate and print what it proves",
 	Help: `Connects to a keep's TLS listener, checks that its certificate chains to the
 attestation service's CA (--ca), and that its claims match what is expected:
@@ -42,7 +42,7 @@ func addVerifyFlags(fs *flag.FlagSet) *verifyFlags {
 	return &verifyFlags{
 		ca:            fs.String("ca", "", "the attestation service's CA certificate (PEM)"),
 		digest:        fs.String("digest", "", "workload digest the keep must run (sha256:...)"),
-		platform:      fs.String("platform", "", "comma-separated platforms accepted (snp, tdx, none)"),
+		platform:      fs.String("platform", "", "comma-separated platforms accepted (snp, tdx, sgx, cca, none)"),
 		allowInsecure: fs.Bool("allow-insecure", false, "accept keeps without a TEE, on simulated hardware, or self-signed"),
 		json:          fs.Bool("json", false, "print JSON"),
 		timeout:       fs.Duration("timeout", 10*time.Second, "connection timeout"),
@@ -62,6 +62,8 @@ type verifyOutput struct {
 	Debug          bool              `json:"debug"`
 	TCB            map[string]uint64 `json:"tcb,omitempty"`
 	Measurement    string            `json:"measurement,omitempty"`
+	Identity       map[string]string `json:"identity,omitempty"` // hex
+	TCBStatus      string            `json:"tcb_status,omitempty"`
 	WorkloadDigest string            `json:"workload_digest"`
 	Package        string            `json:"package,omitempty"`
 	Issuer         string            `json:"issuer"`
@@ -91,9 +93,9 @@ func init() {
 			for _, p := range strings.Split(*f.platform, ",") {
 				p = strings.TrimSpace(p)
 				switch p {
-				case keepcert.PlatformSNP, keepcert.PlatformTDX, keepcert.PlatformNone:
+				case keepcert.PlatformSNP, keepcert.PlatformTDX, keepcert.PlatformSGX, keepcert.PlatformCCA, keepcert.PlatformNone:
 				default:
-					return e.Usagef("--platform: unknown platform %q (snp, tdx, none)", p)
+					return e.Usagef("--platform: unknown platform %q (snp, tdx, sgx, cca, none)", p)
 				}
 				exp.Platforms = append(exp.Platforms, p)
 			}
@@ -142,6 +144,13 @@ func init() {
 			out.Attested, out.Platform, out.Simulated, out.Insecure, out.Debug = claims.Attested, claims.Platform, claims.Simulated, claims.Insecure, claims.Debug
 			out.TCB, out.WorkloadDigest, out.Package = claims.TCB, claims.WorkloadDigest, claims.Package
 			out.Measurement = hex.EncodeToString(claims.Measurement)
+			out.TCBStatus = claims.TCBStatus
+			for k, v := range claims.Identity {
+				if out.Identity == nil {
+					out.Identity = map[string]string{}
+				}
+				out.Identity[k] = hex.EncodeToString(v)
+			}
 		}
 		if verr != nil {
 			out.Error = verr.Error()
@@ -218,6 +227,17 @@ func printClaims(e *Env, o *verifyOutput) {
 			parts = append(parts, fmt.Sprintf("%s=%d", k, o.TCB[k]))
 		}
 		fmt.Fprintf(w, "tcb:         %s\n", strings.Join(parts, " "))
+	}
+	if o.TCBStatus != "" {
+		fmt.Fprintf(w, "tcb status:  %s (Intel)\n", o.TCBStatus)
+	}
+	ids := make([]string, 0, len(o.Identity))
+	for k := range o.Identity {
+		ids = append(ids, k)
+	}
+	sort.Strings(ids)
+	for _, k := range ids {
+		fmt.Fprintf(w, "%-12s %s\n", k+":", o.Identity[k])
 	}
 	fmt.Fprintf(w, "issuer:      %s\n", o.Issuer)
 	fmt.Fprintf(w, "serial:      %s\n", o.Serial)
