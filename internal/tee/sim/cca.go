@@ -25,6 +25,9 @@ type CCAOptions struct {
 	RIM       []byte   // Realm Initial Measurement, 64 bytes (SHA-512); nil = CCAMeasurement()
 	REMs      [][]byte // the four Realm Extensible Measurements; nil = four zero values
 	Lifecycle uint16   // the platform's lifecycle state; 0 = secured (0x3000)
+	// PlatformSoftware is the measurement of the platform's software
+	// component; nil = CCAPlatformSoftware.
+	PlatformSoftware []byte
 	// UnboundRAK signs the realm token with a fresh key, which the
 	// platform token does not bind (tests of the binding check).
 	UnboundRAK bool
@@ -137,6 +140,9 @@ func (ca *CA) SignCCA(reportData [64]byte, o CCAOptions) ([]byte, error) {
 	cpakPub, _ := x509.MarshalPKIXPublicKey(ca.ccaCPAKKey.Public())
 	inst := sha256.Sum256(cpakPub)
 	sw := CCAPlatformSoftware[:]
+	if o.PlatformSoftware != nil {
+		sw = o.PlatformSoftware
+	}
 	signerSum := sha256.Sum256([]byte("castellan simulated CCA firmware signer"))
 	signer := signerSum[:]
 	typ, version := "RMM", "1.0.0"
