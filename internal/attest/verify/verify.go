@@ -1,12 +1,15 @@
 // Package verify turns an evidence envelope into claims: it checks the
 // hardware report's signature chain up to a trusted root (AMD's ARKs for
-// SEV-SNP, Intel's SGX root for TDX, or a Castellan simulation root that the
-// caller's policy names), the report's signature, and that the report data
-// binds the keep's key, the verifier's nonce and the workload digest.
+// SEV-SNP, Intel's SGX root for TDX and SGX, a CPAK the policy lists for
+// Arm CCA, or a Castellan simulation root that the caller's policy names),
+// the report's signature, and that the report data binds the keep's key,
+// the verifier's nonce and the workload digest.
 //
 // Real and simulated evidence go through the same code, built on
-// go-sev-guest's verify.SnpAttestation and go-tdx-guest's verify.TdxQuote;
-// only the trusted roots differ. Policy (TCB minimums, debug, measurements,
+// go-sev-guest's verify.SnpAttestation, go-tdx-guest's verify.TdxQuote, an
+// SGX DCAP quote parser and checks of our own on go-tdx-guest's pcs helpers
+// (with Intel's collateral when given), and veraison/ccatoken for CCA
+// tokens; only the trusted roots differ. Policy (TCB minimums, debug, measurements,
 // nonce freshness) is not decided here: it is decided on the Claims.
 package verify
 

@@ -1,16 +1,19 @@
 // Package sim is Castellan's simulated TEE: a local certificate authority
-// that signs SEV-SNP attestation reports and TDX v4 quotes in the exact
+// that signs SEV-SNP attestation reports, TDX v4 quotes, SGX DCAP quotes
+// (and their Intel collateral) and Arm CCA attestation tokens in the exact
 // vendor binary formats, so that every verification path (the vendor
 // libraries' chain and signature checks, claim extraction, policy) runs on a
 // machine without the hardware. Only the trust root differs from real
 // evidence: an SNP report chains VCEK → ASK → ARK to a local ARK, a TDX
-// quote chains PCK → PCK platform CA → root to a local root, and a verifier
-// trusts them only when its policy names those roots.
+// or SGX quote chains PCK → PCK platform CA → root to a local root, a CCA
+// platform token is signed by a local CPAK whose self-signed certificate
+// sits with the roots, and a verifier trusts them only when its policy
+// names those roots.
 //
 // The CA is generated once per user and stored in the config directory
 // ($CASTELLAN_CONFIG_DIR, else os.UserConfigDir()/castellan) under sim/:
-// ca.pem holds the keys and certificates (0600), roots.pem the two root
-// certificates a policy can name.
+// ca.pem holds the keys and certificates (0600), roots.pem the root
+// certificates (and the CPAK's) a policy can name.
 package sim
 
 import (
