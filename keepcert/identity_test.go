@@ -48,4 +48,13 @@ func TestIdentityRoundTrip(t *testing.T) {
 	if !bytes.Equal(der, want) {
 		t.Errorf("claims without identity encode as %x, before as %x", der, want)
 	}
+	// A relying party built before the fields existed reads new claims.
+	newDER, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old1 v1
+	if rest, err := asn1.Unmarshal(newDER, &old1); err != nil || len(rest) != 0 || old1.Platform != PlatformSGX {
+		t.Errorf("old layout reading new claims: %+v, %v", old1, err)
+	}
 }
