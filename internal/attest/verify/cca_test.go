@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto"
 	"errors"
-	"strings"
 	"testing"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
@@ -87,17 +86,7 @@ func TestCCAAttacks(t *testing.T) {
 			if tc.change != nil {
 				tc.change(env)
 			}
-			cl, err := Envelope(env, tc.opts)
-			if err == nil {
-				t.Fatalf("accepted: %+v", cl)
-			}
-			var ve *Error
-			if !errors.As(err, &ve) || ve.Check != tc.check {
-				t.Fatalf("error %v, want check %s", err, tc.check)
-			}
-			if !strings.Contains(err.Error(), tc.msg) || strings.Contains(err.Error(), "\n") {
-				t.Errorf("error %q does not say %q on one line", err, tc.msg)
-			}
+			mustRefuse(t, env, tc.opts, tc.check, tc.msg)
 		})
 	}
 }

@@ -155,17 +155,7 @@ func TestSGXAttacks(t *testing.T) {
 			if tc.change != nil {
 				tc.change(env)
 			}
-			cl, err := Envelope(env, tc.opts)
-			if err == nil {
-				t.Fatalf("accepted: %+v", cl)
-			}
-			var ve *Error
-			if !errors.As(err, &ve) || ve.Check != tc.check {
-				t.Fatalf("error %v, want check %s", err, tc.check)
-			}
-			if !strings.Contains(err.Error(), tc.msg) || strings.Contains(err.Error(), "\n") {
-				t.Errorf("error %q does not say %q on one line", err, tc.msg)
-			}
+			mustRefuse(t, env, tc.opts, tc.check, tc.msg)
 		})
 	}
 }
@@ -324,5 +314,22 @@ func writeFile(t *testing.T, path string, b []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// mustRefuse asserts that Envelope refuses env under opts by check, with a
+// one-line error that says msg.
+func mustRefuse(t *testing.T, env *evidence.Envelope, opts Options, check, msg string) {
+	t.Helper()
+	cl, err := Envelope(env, opts)
+	if err == nil {
+		t.Fatalf("accepted: %+v", cl)
+	}
+	var ve *Error
+	if !errors.As(err, &ve) || ve.Check != check {
+		t.Fatalf("error %v, want check %s", err, check)
+	}
+	if !strings.Contains(err.Error(), msg) || strings.Contains(err.Error(), "\n") {
+		t.Errorf("error %q does not say %q on one line", err, msg)
 	}
 }

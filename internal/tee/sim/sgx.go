@@ -136,34 +136,11 @@ func (ca *CA) SignSGX(reportData [64]byte, o SGXOptions) ([]byte, error) {
 	}
 	body := sgxReportBody(DefaultTeeTCBSVN[:], flags, mre, mrs, o.ISVProdID, svn, reportData[:])
 
-	hq := sha256.Sum256(append(append([]byte{}, header...), body...))
-	qsig, err := rawSig(ca.akKey, hq[:])
+	qe := sgxReportBody(DefaultTeeTCBSVN[:], sgxAttrInit|sgxAttrMode64|sgxAttrProvKey, make([]byte, 32), simQEMRSigner[:], sgxQEProdID, qesvn, nil)
+	qsig, ak, qeCert, err := ca.signDCAP(header, body, qe)
 	if err != nil {
 		return nil, fmt.Errorf("simulated SGX quote: %w", err)
 	}
-	ak := make([]byte, 64)
-	ca.akKey.X.FillBytes(ak[:32])
-	ca.akKey.Y.FillBytes(ak[32:])
-	authData := make([]byte, 32)
-	for i := range authData {
-		authData[i] = byte(i)
-	}
-	hk := sha256.Sum256(append(append([]byte{}, ak...), authData...))
-	qe := sgxReportBody(DefaultTeeTCBSVN[:], sgxAttrInit|sgxAttrMode64|sgxAttrProvKey, make([]byte, 32), simQEMRSigner[:], sgxQEProdID, qesvn, hk[:])
-	hqe := sha256.Sum256(qe)
-	qeSig, err := rawSig(ca.pckKey, hqe[:])
-	if err != nil {
-		return nil, fmt.Errorf("simulated SGX quote: %w", err)
-	}
-
-	var qeCert []byte // QE report, its signature, auth data, PCK chain
-	qeCert = append(qeCert, qe...)
-	qeCert = append(qeCert, qeSig...)
-	qeCert = le.AppendUint16(qeCert, uint16(len(authData)))
-	qeCert = append(qeCert, authData...)
-	qeCert = le.AppendUint16(qeCert, certTypePCKChain)
-	qeCert = le.AppendUint32(qeCert, uint32(len(ca.pckPEM)))
-	qeCert = append(qeCert, ca.pckPEM...)
 
 	var signed []byte
 	signed = append(signed, qsig...)
@@ -180,6 +157,42 @@ func (ca *CA) SignSGX(reportData [64]byte, o SGXOptions) ([]byte, error) {
 	q = le.AppendUint32(q, uint32(len(signed)))
 	q = append(q, signed...)
 	return q, nil
+}
+
+// signDCAP makes the signature data that SGX and TDX DCAP quotes share:
+// the attestation key's signature over header || body, the attestation key,
+// and the QE report certification data: qe (a QE report body whose report
+// data is set here to SHA-256(attestation key || QE authentication data)),
+// its signature by the PCK key, the authentication data and the PCK chain
+// (certification data type 5).
+func (ca *CA) signDCAP(header, body, qe []byte) (sig, ak, qeCert []byte, err error) {
+	hq := sha256.Sum256(append(append([]byte{}, header...), body...))
+	if sig, err = rawSig(ca.akKey, hq[:]); err != nil {
+		return nil, nil, nil, err
+	}
+	ak = make([]byte, 64)
+	ca.akKey.X.FillBytes(ak[:32])
+	ca.akKey.Y.FillBytes(ak[32:])
+	authData := make([]byte, 32)
+	for i := range authData {
+		authData[i] = byte(i)
+	}
+	hk := sha256.Sum256(append(append([]byte{}, ak...), authData...))
+	copy(qe[320:352], hk[:])
+	hqe := sha256.Sum256(qe)
+	qeSig, err := rawSig(ca.pckKey, hqe[:])
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	le := binary.LittleEndian
+	qeCert = append(qeCert, qe...)
+	qeCert = append(qeCert, qeSig...)
+	qeCert = le.AppendUint16(qeCert, uint16(len(authData)))
+	qeCert = append(qeCert, authData...)
+	qeCert = le.AppendUint16(qeCert, certTypePCKChain)
+	qeCert = le.AppendUint32(qeCert, uint32(len(ca.pckPEM)))
+	qeCert = append(qeCert, ca.pckPEM...)
+	return sig, ak, qeCert, nil
 }
 
 // SGXCollateralOptions shape simulated SGX collateral.

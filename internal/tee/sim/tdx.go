@@ -4,7 +4,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -100,42 +99,15 @@ func (ca *CA) SignTDX(reportData [64]byte, o TDXOptions) ([]byte, error) {
 	copy(body[bodyMRTD:], m)
 	copy(body[bodyReportData:], reportData[:])
 
-	// The attestation key signs header || body.
-	hq := sha256.Sum256(append(append([]byte{}, header...), body...))
-	qsig, err := rawSig(ca.akKey, hq[:])
-	if err != nil {
-		return nil, fmt.Errorf("simulated TDX quote: %w", err)
-	}
-	ak := make([]byte, 64)
-	ca.akKey.X.FillBytes(ak[:32])
-	ca.akKey.Y.FillBytes(ak[32:])
-
-	// The QE report binds the attestation key: its report data is
-	// SHA-256(attestation key || QE authentication data), zero padded.
-	authData := make([]byte, 32)
-	for i := range authData {
-		authData[i] = byte(i)
-	}
+	// The QE report of the TD quoting enclave; signDCAP binds the
+	// attestation key into its report data.
 	qe := make([]byte, tdxQEReportSize)
 	le.PutUint16(qe[0x102:], qesvn) // ISVSVN
 	le.PutUint16(qe[0x100:], 1)     // ISVPRODID of the TD QE
-	hk := sha256.Sum256(append(append([]byte{}, ak...), authData...))
-	copy(qe[0x140:], hk[:])
-	hqe := sha256.Sum256(qe)
-	qeSig, err := rawSig(ca.pckKey, hqe[:])
+	qsig, ak, qeCert, err := ca.signDCAP(header, body, qe)
 	if err != nil {
 		return nil, fmt.Errorf("simulated TDX quote: %w", err)
 	}
-
-	// Certification data type 6 (QE report) nests type 5 (PCK chain).
-	var qeCert []byte
-	qeCert = append(qeCert, qe...)
-	qeCert = append(qeCert, qeSig...)
-	qeCert = le.AppendUint16(qeCert, uint16(len(authData)))
-	qeCert = append(qeCert, authData...)
-	qeCert = le.AppendUint16(qeCert, certTypePCKChain)
-	qeCert = le.AppendUint32(qeCert, uint32(len(ca.pckPEM)))
-	qeCert = append(qeCert, ca.pckPEM...)
 
 	var signed []byte
 	signed = append(signed, qsig...)
