@@ -137,40 +137,27 @@ func (ca *CA) SignSGX(reportData [64]byte, o SGXOptions) ([]byte, error) {
 	body := sgxReportBody(DefaultTeeTCBSVN[:], flags, mre, mrs, o.ISVProdID, svn, reportData[:])
 
 	qe := sgxReportBody(DefaultTeeTCBSVN[:], sgxAttrInit|sgxAttrMode64|sgxAttrProvKey, make([]byte, 32), simQEMRSigner[:], sgxQEProdID, qesvn, nil)
-	qsig, ak, qeCert, err := ca.signDCAP(header, body, qe)
+	q, err := ca.dcapQuote(header, body, qe, version == 4)
 	if err != nil {
 		return nil, fmt.Errorf("simulated SGX quote: %w", err)
 	}
-
-	var signed []byte
-	signed = append(signed, qsig...)
-	signed = append(signed, ak...)
-	if version == 4 {
-		signed = le.AppendUint16(signed, certTypeQEReport)
-		signed = le.AppendUint32(signed, uint32(len(qeCert)))
-	}
-	signed = append(signed, qeCert...)
-
-	var q []byte
-	q = append(q, header...)
-	q = append(q, body...)
-	q = le.AppendUint32(q, uint32(len(signed)))
-	q = append(q, signed...)
 	return q, nil
 }
 
-// signDCAP makes the signature data that SGX and TDX DCAP quotes share:
-// the attestation key's signature over header || body, the attestation key,
-// and the QE report certification data: qe (a QE report body whose report
-// data is set here to SHA-256(attestation key || QE authentication data)),
-// its signature by the PCK key, the authentication data and the PCK chain
-// (certification data type 5).
-func (ca *CA) signDCAP(header, body, qe []byte) (sig, ak, qeCert []byte, err error) {
+// dcapQuote assembles a DCAP ECDSA quote, SGX or TDX: header || body, then
+// the signature data: the attestation key's signature over header || body,
+// the attestation key, and the QE report certification data (qe, a QE
+// report body whose report data is set here to SHA-256(attestation key ||
+// QE authentication data), its signature by the PCK key, the authentication
+// data and the PCK chain as certification data type 5), wrapped in
+// certification data type 6 when wrapQE (TDX, and SGX v4) and bare (SGX v3).
+func (ca *CA) dcapQuote(header, body, qe []byte, wrapQE bool) ([]byte, error) {
 	hq := sha256.Sum256(append(append([]byte{}, header...), body...))
-	if sig, err = rawSig(ca.akKey, hq[:]); err != nil {
-		return nil, nil, nil, err
+	qsig, err := rawSig(ca.akKey, hq[:])
+	if err != nil {
+		return nil, err
 	}
-	ak = make([]byte, 64)
+	ak := make([]byte, 64)
 	ca.akKey.X.FillBytes(ak[:32])
 	ca.akKey.Y.FillBytes(ak[32:])
 	authData := make([]byte, 32)
@@ -182,9 +169,10 @@ func (ca *CA) signDCAP(header, body, qe []byte) (sig, ak, qeCert []byte, err err
 	hqe := sha256.Sum256(qe)
 	qeSig, err := rawSig(ca.pckKey, hqe[:])
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	le := binary.LittleEndian
+	var qeCert []byte
 	qeCert = append(qeCert, qe...)
 	qeCert = append(qeCert, qeSig...)
 	qeCert = le.AppendUint16(qeCert, uint16(len(authData)))
@@ -192,7 +180,16 @@ func (ca *CA) signDCAP(header, body, qe []byte) (sig, ak, qeCert []byte, err err
 	qeCert = le.AppendUint16(qeCert, certTypePCKChain)
 	qeCert = le.AppendUint32(qeCert, uint32(len(ca.pckPEM)))
 	qeCert = append(qeCert, ca.pckPEM...)
-	return sig, ak, qeCert, nil
+
+	signed := append(append([]byte{}, qsig...), ak...)
+	if wrapQE {
+		signed = le.AppendUint16(signed, certTypeQEReport)
+		signed = le.AppendUint32(signed, uint32(len(qeCert)))
+	}
+	signed = append(signed, qeCert...)
+	q := append(append([]byte{}, header...), body...)
+	q = le.AppendUint32(q, uint32(len(signed)))
+	return append(q, signed...), nil
 }
 
 // SGXCollateralOptions shape simulated SGX collateral.

@@ -99,28 +99,15 @@ func (ca *CA) SignTDX(reportData [64]byte, o TDXOptions) ([]byte, error) {
 	copy(body[bodyMRTD:], m)
 	copy(body[bodyReportData:], reportData[:])
 
-	// The QE report of the TD quoting enclave; signDCAP binds the
+	// The QE report of the TD quoting enclave; dcapQuote binds the
 	// attestation key into its report data.
 	qe := make([]byte, tdxQEReportSize)
 	le.PutUint16(qe[0x102:], qesvn) // ISVSVN
 	le.PutUint16(qe[0x100:], 1)     // ISVPRODID of the TD QE
-	qsig, ak, qeCert, err := ca.signDCAP(header, body, qe)
+	q, err := ca.dcapQuote(header, body, qe, true)
 	if err != nil {
 		return nil, fmt.Errorf("simulated TDX quote: %w", err)
 	}
-
-	var signed []byte
-	signed = append(signed, qsig...)
-	signed = append(signed, ak...)
-	signed = le.AppendUint16(signed, certTypeQEReport)
-	signed = le.AppendUint32(signed, uint32(len(qeCert)))
-	signed = append(signed, qeCert...)
-
-	var q []byte
-	q = append(q, header...)
-	q = append(q, body...)
-	q = le.AppendUint32(q, uint32(len(signed)))
-	q = append(q, signed...)
 	return q, nil
 }
 
