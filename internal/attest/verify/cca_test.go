@@ -128,3 +128,24 @@ func FuzzVerifyCCA(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkSimSignCCA(b *testing.B) {
+	c := ca(b, testCA)
+	rim := make([]byte, 64)
+	for b.Loop() {
+		if _, err := c.SignCCA([64]byte{}, sim.CCAOptions{RIM: rim}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkVerifyCCA(b *testing.B) {
+	c := ca(b, testCA)
+	env := ccaEnvelope(b, c, sim.CCAOptions{})
+	opts := trusting(c)
+	for b.Loop() {
+		if _, err := Envelope(env, opts); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
