@@ -26,7 +26,9 @@ var verifyCmd = &Command{
 attestation service's CA (--ca), and that its claims match what is expected:
 the workload digest (--digest), the platform (--platform), and that it is not
 insecure (no TEE, simulated hardware, or self-signed) unless --allow-insecure.
-Prints the claims; exits non-zero with the reason on any mismatch.
+Prints the claims (for SGX and CCA keeps also their identity values, such as
+MRSIGNER or the realm's extensible measurements, and Intel's TCB status);
+exits non-zero with the reason on any mismatch.
 
 Keeps are identified by their claims, not by host names: the host name in
 the URL is not checked against the certificate.`,
