@@ -89,7 +89,7 @@ func (p *PolicyVerifier) Verify(_ context.Context, hello *Hello, nonce []byte, d
 	if p.Now != nil {
 		now = p.Now()
 	}
-	claims, err := verify.Envelope(env, verify.Options{SimRoots: p.Policy.SimRoots[env.Platform], Now: now})
+	claims, err := verify.Envelope(env, p.Policy.VerifyOptions(env.Platform, now))
 	if err != nil {
 		var ve *verify.Error
 		if errors.As(err, &ve) {

@@ -13,8 +13,10 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/attest/verify"
 	"github.com/google/go-tdx-guest/pcs"
 )
 
@@ -277,4 +279,15 @@ func checkREMs(c *evidence.Claims, m *Measurement) *Refusal {
 		}
 	}
 	return nil
+}
+
+// VerifyOptions says what the snapshot trusts for evidence of platform:
+// its simulation roots, Intel collateral (SGX) and CPAKs (CCA), for
+// verify.Envelope at now (zero = the current time).
+func (s *Snapshot) VerifyOptions(platform string, now time.Time) verify.Options {
+	o := verify.Options{SimRoots: s.SimRoots[platform], Now: now, CCAPlatformKeys: s.CCAPlatformKeys}
+	if s.SGXCollateralDir != "" {
+		o.SGXCollateral = verify.SGXCollateralDir(s.SGXCollateralDir)
+	}
+	return o
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 )
@@ -105,6 +106,9 @@ rems = ["` + strings.Repeat("01", 64) + `", "` + strings.Repeat("00", 64) + `", 
 	}
 	if len(s.CCAPlatformKeys) != 1 || s.SGXCollateralDir != filepath.Join(dir, "collateral") || len(s.SGXSigners) != 2 {
 		t.Fatalf("snapshot %+v", s)
+	}
+	if o := s.VerifyOptions(evidence.PlatformSGX, time.Time{}); o.SGXCollateral == nil || len(o.CCAPlatformKeys) != 1 {
+		t.Errorf("verify options %+v: want the collateral folder and the CPAK", o)
 	}
 	tests := []struct {
 		name   string

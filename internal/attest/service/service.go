@@ -265,8 +265,9 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 	}
 	snap := s.cfg.Policy.Current()
 	t0 := time.Now()
-	claims, err := s.cfg.Verify(env, verify.Options{SimRoots: snap.SimRoots[env.Platform], Now: now, VCEKGetter: s.cfg.VCEKGetter,
-		SGXCollateral: sgxCollateral(snap), CCAPlatformKeys: snap.CCAPlatformKeys})
+	vopts := snap.VerifyOptions(env.Platform, now)
+	vopts.VCEKGetter = s.cfg.VCEKGetter
+	claims, err := s.cfg.Verify(env, vopts)
 	if s.timing != nil {
 		s.timing.verify.Add(int64(time.Since(t0)))
 	}
@@ -427,11 +428,3 @@ func summarise(d *audit.Decision, c *evidence.Claims) {
 }
 
 var _ http.Handler = (*Service)(nil)
-
-// sgxCollateral is the collateral folder the policy names, if any.
-func sgxCollateral(snap *policy.Snapshot) verify.SGXCollateralGetter {
-	if snap.SGXCollateralDir == "" {
-		return nil
-	}
-	return verify.SGXCollateralDir(snap.SGXCollateralDir)
-}
