@@ -61,13 +61,6 @@ func Info() []Status {
 				s.Hint = "set CASTELLAN_CONFIG_DIR to a writable directory"
 				break
 			}
-			if name == NameSimCCA {
-				if err := simCCAUsable(dir); err != nil {
-					s.Reason = err.Error()
-					s.Hint = "move the old simulation CA away; a new one with CCA keys is made on first use"
-					break
-				}
-			}
 			s.Usable = true
 			path := sim.RootsPath(dir)
 			if _, err := os.Stat(path); err != nil {
@@ -92,22 +85,6 @@ func SimMeasurement() (string, error) {
 		return "", err
 	}
 	return hex.EncodeToString(m), nil
-}
-
-// simCCAUsable reports whether the simulation CA in dir, if it exists yet,
-// has CCA keys (CAs made before CCA simulation have none).
-func simCCAUsable(dir string) error {
-	if _, err := os.Stat(sim.RootsPath(dir)); err != nil {
-		return nil // made on first use, with CCA keys
-	}
-	ca, err := sim.Load(dir)
-	if err != nil {
-		return err
-	}
-	if ca.CCAPlatformKey() == nil {
-		return fmt.Errorf("the simulation CA in %s has no CCA keys", dir)
-	}
-	return nil
 }
 
 // SimSGXMeasurement and SimCCAMeasurement return the MRENCLAVE and the

@@ -189,6 +189,11 @@ func loadOrCreate(dir string) (*CA, error) {
 		return nil, fmt.Errorf("simulation CA %s: %w", path, err)
 	}
 	ca.Dir = dir
+	if ca.ccaCPAK == nil { // a CA made before CCA simulation
+		if err := ca.loadOrCreateCCA(dir); err != nil {
+			return nil, fmt.Errorf("simulation CA %s: %w", dir, err)
+		}
+	}
 	roots := ca.RootsPEM()
 	if old, err := os.ReadFile(filepath.Join(dir, rootsFile)); err != nil || !bytes.Equal(old, roots) {
 		if err := replaceFile(filepath.Join(dir, rootsFile), roots, 0o644); err != nil {
@@ -368,11 +373,7 @@ func (ca *CA) encode() []byte {
 		put(roleTDXRK, "PRIVATE KEY", key(ca.tdxRootKey))
 		put(roleTDXPCAK, "PRIVATE KEY", key(ca.tdxPCAKey))
 	}
-	if ca.ccaCPAK != nil {
-		put(roleCCACPAK, "CERTIFICATE", ca.ccaCPAK.Raw)
-		put(roleCCACPK, "PRIVATE KEY", key(ca.ccaCPAKKey))
-		put(roleCCARAK, "PRIVATE KEY", key(ca.ccaRAKKey))
-	}
+	buf.Write(ca.encodeCCA())
 	return buf.Bytes()
 }
 
@@ -468,20 +469,8 @@ func decode(b []byte) (*CA, error) {
 			return nil, errors.New("the TDX root or PCK CA key does not match its certificate")
 		}
 	}
-	if _, ok := blocks[roleCCACPAK]; ok {
-		ca.ccaCPAK = cert(roleCCACPAK)
-		ck, rk := key(roleCCACPK), key(roleCCARAK)
-		if err != nil {
-			return nil, err
-		}
-		ca.ccaCPAKKey, ok1 = ck.(*ecdsa.PrivateKey)
-		ca.ccaRAKKey, ok2 = rk.(*ecdsa.PrivateKey)
-		if !ok1 || !ok2 || ca.ccaCPAKKey.Curve != elliptic.P384() || ca.ccaRAKKey.Curve != elliptic.P384() {
-			return nil, errors.New("a CCA key has the wrong type")
-		}
-		if pub, ok := ca.ccaCPAK.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(ca.ccaCPAKKey.Public()) {
-			return nil, errors.New("the CCA CPAK does not match its certificate")
-		}
+	if err := ca.decodeCCA(blocks); err != nil {
+		return nil, err
 	}
 	ca.init()
 	return ca, nil

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -8,9 +9,12 @@ import (
 	"crypto/sha512"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 
 	"github.com/veraison/ccatoken"
 	"github.com/veraison/ccatoken/platform"
@@ -203,4 +207,97 @@ func coseKey(pub *ecdsa.PublicKey) ([]byte, error) {
 		return nil, err
 	}
 	return k.MarshalCBOR()
+}
+
+// ccaFile holds the CCA keys of a CA made before CCA simulation existed;
+// CAs made since keep them in ca.pem.
+const ccaFile = "cca.pem"
+
+// encodeCCA returns the PEM blocks of the CCA keys, none if the CA has none.
+func (ca *CA) encodeCCA() []byte {
+	if ca.ccaCPAK == nil {
+		return nil
+	}
+	var buf bytes.Buffer
+	put := func(role, typ string, der []byte) {
+		pem.Encode(&buf, &pem.Block{Type: typ, Headers: map[string]string{roleHeader: role}, Bytes: der})
+	}
+	cpak, err1 := x509.MarshalPKCS8PrivateKey(ca.ccaCPAKKey)
+	rak, err2 := x509.MarshalPKCS8PrivateKey(ca.ccaRAKKey)
+	if err1 != nil || err2 != nil {
+		panic("simulation CA: cannot encode an ECDSA key") // x509 knows ECDSA
+	}
+	put(roleCCACPAK, "CERTIFICATE", ca.ccaCPAK.Raw)
+	put(roleCCACPK, "PRIVATE KEY", cpak)
+	put(roleCCARAK, "PRIVATE KEY", rak)
+	return buf.Bytes()
+}
+
+// decodeCCA reads the CCA blocks, if any.
+func (ca *CA) decodeCCA(blocks map[string]*pem.Block) error {
+	cb, ok := blocks[roleCCACPAK]
+	if !ok {
+		return nil
+	}
+	kb, rb := blocks[roleCCACPK], blocks[roleCCARAK]
+	if cb.Type != "CERTIFICATE" || kb == nil || rb == nil {
+		return errors.New("incomplete CCA keys")
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return fmt.Errorf("%s: %w", roleCCACPAK, err)
+	}
+	var keys [2]*ecdsa.PrivateKey
+	for i, b := range []*pem.Block{kb, rb} {
+		k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+		if err != nil {
+			return fmt.Errorf("CCA key: %w", err)
+		}
+		ek, ok := k.(*ecdsa.PrivateKey)
+		if !ok || ek.Curve != elliptic.P384() {
+			return errors.New("a CCA key has the wrong type")
+		}
+		keys[i] = ek
+	}
+	if pub, ok := cert.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(keys[0].Public()) {
+		return errors.New("the CCA CPAK does not match its certificate")
+	}
+	ca.ccaCPAK, ca.ccaCPAKKey, ca.ccaRAKKey = cert, keys[0], keys[1]
+	return nil
+}
+
+// loadOrCreateCCA gives a CA made before CCA simulation its CCA keys, from
+// dir/cca.pem, creating the file if needed. As with ca.pem, concurrent
+// first calls all end up with the file that won the exclusive link.
+func (ca *CA) loadOrCreateCCA(dir string) error {
+	path := filepath.Join(dir, ccaFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		fresh := &CA{}
+		if err := fresh.generateCCA(rand.Reader); err != nil {
+			return err
+		}
+		if err := createExclusive(path, fresh.encodeCCA()); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+		b, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return err
+	}
+	blocks := map[string]*pem.Block{}
+	for {
+		var blk *pem.Block
+		if blk, b = pem.Decode(b); blk == nil {
+			break
+		}
+		blocks[blk.Headers[roleHeader]] = blk
+	}
+	if err := ca.decodeCCA(blocks); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if ca.ccaCPAK == nil {
+		return fmt.Errorf("%s: no CCA keys", path)
+	}
+	return nil
 }

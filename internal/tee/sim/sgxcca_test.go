@@ -3,6 +3,8 @@ package sim
 import (
 	"bytes"
 	"encoding/pem"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -67,5 +69,38 @@ func TestOldCAWithoutCCAKeys(t *testing.T) {
 	}
 	if _, err := o.SignSGX([64]byte{}, SGXOptions{MREnclave: make([]byte, 32)}); err != nil {
 		t.Errorf("SignSGX with an old CA: %v", err)
+	}
+}
+
+// A CA stored before CCA simulation gets its CCA keys in cca.pem on first
+// load, the same ones on every later load, and its roots file gains the
+// CPAK certificate.
+func TestOldCAGetsCCAKeys(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca.ccaCPAK, ca.ccaCPAKKey, ca.ccaRAKKey = nil, nil, nil
+	if err := os.WriteFile(filepath.Join(dir, caFile), ca.encode(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, err := loadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := loadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.CCAPlatformKey() == nil || !a.CCAPlatformKey().Equal(b.CCAPlatformKey()) || !a.ccaRAKKey.Equal(b.ccaRAKKey) {
+		t.Fatal("the CCA keys differ between loads")
+	}
+	roots, err := LoadRoots(RootsPath(dir))
+	if err != nil || len(roots) != 3 || !roots[2].Equal(a.CCAPlatformKey()) {
+		t.Errorf("roots.pem: %d certificates, %v; want the CPAK's third", len(roots), err)
+	}
+	if old, _ := os.ReadFile(filepath.Join(dir, caFile)); !bytes.Equal(old, ca.encode()) {
+		t.Error("ca.pem was rewritten")
 	}
 }
