@@ -3,7 +3,10 @@ package verify
 import (
 	"bytes"
 	"crypto"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
@@ -110,6 +113,7 @@ func FuzzVerifyCCA(f *testing.F) {
 	f.Add(env.Evidence)
 	f.Add(ccaEnvelope(f, c, sim.CCAOptions{UnboundRAK: true}).Evidence)
 	f.Add([]byte{0xd9, 0x01, 0x8f, 0xa0})
+	f.Add(readTestdata(f, "cca_tfrmm_token.cbor"))
 	opts := trusting(c)
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		e := *env
@@ -147,5 +151,38 @@ func BenchmarkVerifyCCA(b *testing.B) {
 		if _, err := Envelope(env, opts); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestRealCCASample verifies a token made by TF-RMM (Arm's reference realm
+// management monitor) with the CPAK it was signed with.
+func TestRealCCASample(t *testing.T) {
+	raw := readTestdata(t, "cca_tfrmm_token.cbor")
+	blk, _ := pem.Decode(readTestdata(t, "cca_tfrmm_cpak.pem"))
+	cpak, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{CCAPlatformKeys: []crypto.PublicKey{cpak}}
+	cl, err := Report(evidence.PlatformCCA, raw, nil, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cl.Simulated || cl.Debug || len(cl.Measurement) != 32 || len(cl.Identity["platform_sw.3"]) != 32 || cl.ReportData[0] != 0xab {
+		t.Errorf("claims %+v", cl)
+	}
+	c := ca(t, testCA)
+	for name, o := range map[string]Options{
+		"no CPAK listed":      {},
+		"another CPAK listed": trusting(c),
+	} {
+		if _, err := Report(evidence.PlatformCCA, raw, nil, o); err == nil || !strings.Contains(err.Error(), "chain:") {
+			t.Errorf("%s: %v, want a chain refusal", name, err)
+		}
+	}
+	tampered := bytes.Clone(raw)
+	tampered[len(tampered)-200] ^= 1 // inside the realm token
+	if _, err := Report(evidence.PlatformCCA, tampered, nil, opts); err == nil {
+		t.Error("tampered token accepted")
 	}
 }
