@@ -25,6 +25,8 @@ func FuzzRequestJSON(f *testing.F) {
 	h := newHarness(f)
 	f.Add(h.body(keepReq{}))
 	f.Add(h.body(keepReq{platform: evidence.PlatformTDX}))
+	f.Add(h.body(keepReq{platform: evidence.PlatformSGX}))
+	f.Add(h.body(keepReq{platform: evidence.PlatformCCA}))
 	f.Add(h.body(keepReq{platform: evidence.PlatformNone}))
 	f.Add([]byte(`{"csr":"","evidence":""}`))
 	f.Add([]byte(`{"csr":"MAA=","evidence":"oA==","package":"x"}`))
