@@ -3,14 +3,15 @@ package keepcert
 import (
 	"bytes"
 	"encoding/asn1"
+	"strings"
 	"testing"
 )
 
-// SGX and CCA claims carry identity values and a TCB status; SNP and TDX
-// claims without them encode exactly as before the fields existed.
-func TestIdentityRoundTrip(t *testing.T) {
+// SGX and CCA claims carry their identity values and TCB status as
+// details; claims without details encode exactly as before they existed.
+func TestSGXDetailsRoundTrip(t *testing.T) {
 	c := &Claims{Attested: true, Platform: PlatformSGX, Measurement: bytes.Repeat([]byte{1}, 32), WorkloadDigest: digest,
-		TCB: map[string]uint64{"isv_svn": 2}, Identity: map[string][]byte{"mrsigner": bytes.Repeat([]byte{2}, 32), "config_id": {3}}, TCBStatus: "UpToDate"}
+		TCB: map[string]uint64{"isv_svn": 2}, Details: map[string]string{"mrsigner": strings.Repeat("02", 32), "config_id": "03", "tcb_status": "UpToDate"}}
 	der, err := c.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -19,7 +20,7 @@ func TestIdentityRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.TCBStatus != "UpToDate" || len(got.Identity) != 2 || !bytes.Equal(got.Identity["mrsigner"], c.Identity["mrsigner"]) {
+	if got.Details["tcb_status"] != "UpToDate" || len(got.Details) != 3 || got.Details["mrsigner"] != c.Details["mrsigner"] {
 		t.Errorf("parsed %+v", got)
 	}
 
@@ -28,7 +29,7 @@ func TestIdentityRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The layout before identity and tcbStatus.
+	// The layout before details.
 	type v1 struct {
 		Version        int
 		Attested       bool
@@ -46,7 +47,7 @@ func TestIdentityRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(der, want) {
-		t.Errorf("claims without identity encode as %x, before as %x", der, want)
+		t.Errorf("claims without details encode as %x, before as %x", der, want)
 	}
 	// A relying party built before the fields existed reads new claims.
 	newDER, err := c.Marshal()

@@ -88,13 +88,16 @@ const ClaimsVersion = 1
 //	  measurement     OCTET STRING,   -- SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE, CCA RIM; empty for none
 //	  workloadDigest  UTF8String,     -- "sha256:..." package digest
 //	  package         UTF8String,     -- package reference, empty if unknown
-//	  identity    [0] EXPLICIT SEQUENCE OF SEQUENCE { name UTF8String, value OCTET STRING } OPTIONAL,
-//	                                  -- SGX mrsigner..., CCA rem.0..3, platform_sw.N...
-//	  tcbStatus   [1] EXPLICIT UTF8String OPTIONAL -- Intel's TCB status (SGX with collateral)
+//	  details     [0] EXPLICIT SEQUENCE OF SEQUENCE { name UTF8String, value UTF8String } OPTIONAL
 //	}
 //
-// with tcb and identity sorted by name. The two optional fields were added
-// for SGX and CCA; claims without them encode as before.
+// with tcb and details sorted by name. Details are the other hardware
+// fields and collateral the attestation service checked (SEV-SNP "vmpl",
+// "guest_policy", "host_data"...; TDX "tcb_status", "rtmr0"...; SGX
+// "mrsigner", "tcb_status"...; CCA "rem.0" .. "rem.3", "platform_sw.N",
+// "lifecycle"...; "collateral" and its dates; docs/attest.md lists them). They were added
+// after version 1 without changing it: parsers of version 1 that predate
+// them ignore trailing fields, as Go's encoding/asn1 does.
 type Claims struct {
 	Attested       bool              `json:"attested"`
 	Platform       string            `json:"platform"`
@@ -105,21 +108,17 @@ type Claims struct {
 	Measurement    []byte            `json:"measurement,omitempty"`
 	WorkloadDigest string            `json:"workload_digest"`
 	Package        string            `json:"package,omitempty"`
-	// Identity holds further identity values of the measured code by
-	// name (SGX "mrsigner", CCA "rem.0" ...); TCBStatus is Intel's TCB
-	// status of an SGX platform when the service evaluated collateral.
-	Identity  map[string][]byte `json:"identity,omitempty"`
-	TCBStatus string            `json:"tcb_status,omitempty"`
-}
-
-type identityValue struct {
-	Name  string `asn1:"utf8"`
-	Value []byte
+	Details        map[string]string `json:"details,omitempty"`
 }
 
 type tcbComponent struct {
 	Component string `asn1:"utf8"`
 	SVN       int64
+}
+
+type detail struct {
+	Name  string `asn1:"utf8"`
+	Value string `asn1:"utf8"`
 }
 
 type wireClaims struct {
@@ -131,19 +130,17 @@ type wireClaims struct {
 	Debug          bool
 	TCB            []tcbComponent
 	Measurement    []byte
-	WorkloadDigest string          `asn1:"utf8"`
-	Package        string          `asn1:"utf8"`
-	Identity       []identityValue `asn1:"optional,explicit,tag:0"`
-	TCBStatus      string          `asn1:"optional,explicit,tag:1,utf8"`
+	WorkloadDigest string   `asn1:"utf8"`
+	Package        string   `asn1:"utf8"`
+	Details        []detail `asn1:"optional,explicit,tag:0"`
 }
 
 // Limits on what ParseClaims accepts, so that a hostile certificate cannot
 // make a relying party allocate much.
 const (
 	maxTCBComponents = 64
+	maxDetails       = 64
 	maxString        = 1024
-	maxIdentity      = 32  // identity values
-	maxIdentityValue = 128 // bytes of one value
 )
 
 // Marshal returns the DER of c. It sets Insecure when the claims are not
@@ -163,15 +160,6 @@ func (c *Claims) Marshal() ([]byte, error) {
 		Measurement:    c.Measurement,
 		WorkloadDigest: c.WorkloadDigest,
 		Package:        c.Package,
-		TCBStatus:      c.TCBStatus,
-	}
-	ids := make([]string, 0, len(c.Identity))
-	for k := range c.Identity {
-		ids = append(ids, k)
-	}
-	sort.Strings(ids)
-	for _, k := range ids {
-		w.Identity = append(w.Identity, identityValue{Name: k, Value: c.Identity[k]})
 	}
 	if w.Measurement == nil {
 		w.Measurement = []byte{}
@@ -186,6 +174,14 @@ func (c *Claims) Marshal() ([]byte, error) {
 			return nil, fmt.Errorf("claims: tcb component %q: svn %d too large", k, c.TCB[k])
 		}
 		w.TCB = append(w.TCB, tcbComponent{Component: k, SVN: int64(c.TCB[k])})
+	}
+	names = names[:0]
+	for k := range c.Details {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		w.Details = append(w.Details, detail{Name: k, Value: c.Details[k]})
 	}
 	return asn1.Marshal(w)
 }
@@ -208,15 +204,15 @@ func (c *Claims) check() error {
 			return fmt.Errorf("claims: tcb component name of %d bytes", len(k))
 		}
 	}
-	if len(c.Identity) > maxIdentity {
-		return fmt.Errorf("claims: %d identity values, at most %d", len(c.Identity), maxIdentity)
+	if len(c.Details) > maxDetails {
+		return fmt.Errorf("claims: %d details, at most %d", len(c.Details), maxDetails)
 	}
-	for k, v := range c.Identity {
-		if k == "" || len(k) > 64 || len(v) > maxIdentityValue {
-			return fmt.Errorf("claims: identity value %q of %d bytes", k, len(v))
+	for k, v := range c.Details {
+		if k == "" || len(k) > maxString || len(v) > maxString {
+			return fmt.Errorf("claims: detail %.40q: name empty or a field longer than 1024 bytes", k)
 		}
 	}
-	if len(c.Measurement) > maxString || len(c.WorkloadDigest) > maxString || len(c.Package) > maxString || len(c.TCBStatus) > 64 {
+	if len(c.Measurement) > maxString || len(c.WorkloadDigest) > maxString || len(c.Package) > maxString {
 		return errors.New("claims: a field is longer than 1024 bytes")
 	}
 	if !strings.HasPrefix(c.WorkloadDigest, "sha256:") {
@@ -243,6 +239,9 @@ func ParseClaims(der []byte) (*Claims, error) {
 	if len(w.TCB) > maxTCBComponents {
 		return nil, fmt.Errorf("claims: %d tcb components, at most %d", len(w.TCB), maxTCBComponents)
 	}
+	if len(w.Details) > maxDetails {
+		return nil, fmt.Errorf("claims: %d details, at most %d", len(w.Details), maxDetails)
+	}
 	c := &Claims{
 		Attested:       w.Attested,
 		Platform:       w.Platform,
@@ -252,19 +251,6 @@ func ParseClaims(der []byte) (*Claims, error) {
 		Measurement:    w.Measurement,
 		WorkloadDigest: w.WorkloadDigest,
 		Package:        w.Package,
-		TCBStatus:      w.TCBStatus,
-	}
-	if len(w.Identity) > maxIdentity {
-		return nil, fmt.Errorf("claims: %d identity values, at most %d", len(w.Identity), maxIdentity)
-	}
-	for _, v := range w.Identity {
-		if c.Identity == nil {
-			c.Identity = make(map[string][]byte, len(w.Identity))
-		}
-		if _, dup := c.Identity[v.Name]; dup {
-			return nil, fmt.Errorf("claims: identity value %q repeated", v.Name)
-		}
-		c.Identity[v.Name] = v.Value
 	}
 	if len(w.TCB) > 0 {
 		c.TCB = make(map[string]uint64, len(w.TCB))
@@ -277,6 +263,15 @@ func ParseClaims(der []byte) (*Claims, error) {
 			return nil, fmt.Errorf("claims: tcb component %q repeated", t.Component)
 		}
 		c.TCB[t.Component] = uint64(t.SVN)
+	}
+	if len(w.Details) > 0 {
+		c.Details = make(map[string]string, len(w.Details))
+	}
+	for _, d := range w.Details {
+		if _, dup := c.Details[d.Name]; dup {
+			return nil, fmt.Errorf("claims: detail %.40q repeated", d.Name)
+		}
+		c.Details[d.Name] = d.Value
 	}
 	if err := c.check(); err != nil {
 		return nil, err

@@ -369,7 +369,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		if err != nil {
 			return hostError(e, err)
 		}
-		v = &delivery.PolicyVerifier{Policy: snap, Name: r.policyFile}
+		v = &delivery.PolicyVerifier{Policy: snap, Name: r.policyFile, Collateral: clientCollateral()}
 	case r.insecure:
 		iv := &delivery.InsecureVerifier{}
 		if roots, _, err := tee.SimRoots(); err == nil {

@@ -170,7 +170,7 @@ func readFileLimited(path string, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	if st.IsDir() {
-		return nil, fmt.Errorf("%s: is a directory, not a module file", path)
+		return nil, fmt.Errorf("%s: is a directory, not a file", path)
 	}
 	if st.Size() > limit {
 		return nil, fmt.Errorf("%s: %d bytes is over the %d byte limit", path, st.Size(), limit)

@@ -35,7 +35,11 @@ type Proof struct {
 	// Identity lists the platform's further identity values (SGX signer,
 	// CCA extensible measurements and platform firmware), each explained.
 	Identity  []Identity `json:"identity,omitempty"`
-	TCBStatus string     `json:"tcb_status,omitempty"` // Intel's verdict, SGX with collateral
+	TCBStatus string     `json:"tcb_status,omitempty"` // Intel's verdict (SGX, TDX) when collateral was used
+	// Checked are the other hardware fields the verifier decided on
+	// (evidence.Claims.Details: VMPL, guest policy, TD attributes, RTMRs,
+	// whether collateral was used...).
+	Checked map[string]string `json:"checked,omitempty"`
 
 	// KeyFingerprint is the SHA-256 of the keep's attested key; Nonce the
 	// challenge its evidence answers (hex).
@@ -126,8 +130,8 @@ func decodeReport(b []byte, check Verifier, now time.Time) (*Proof, error) {
 		Debug:              claims.Debug,
 		Measurement:        hex.EncodeToString(claims.Measurement),
 		TCB:                tcbList(claims.TCB),
-		Identity:           identityList(claims.Identity),
-		TCBStatus:          claims.TCBStatus,
+		TCBStatus:          claims.Details["tcb_status"],
+		Checked:            claims.Details,
 		Certificate:        certInfo(chain, claims, now),
 		VerifiedBy:         "This console, from the keep's report (direct mode: no host agent, no confidential delivery): the evidence's signatures, and that it binds the certificate's key and the workload digest. The nonce is the keep's own: this shows a binding, not freshness.",
 	}
@@ -157,7 +161,8 @@ func decodeReport(b []byte, check Verifier, now time.Time) (*Proof, error) {
 				p.Measurement = hex.EncodeToString(ec.Measurement)
 				p.TCB = tcbList(ec.TCB)
 				p.Identity = identityList(ec.Identity)
-				p.TCBStatus = ec.TCBStatus
+				p.TCBStatus = ec.Details["tcb_status"]
+				p.Checked = ec.Details
 				p.Insecure = p.Insecure || ec.Insecure()
 			}
 		}

@@ -134,6 +134,10 @@ func TestDecodeReport(t *testing.T) {
 				t.Errorf("%s: identity value %+v is not explained", backend, id)
 			}
 		}
+		// What the verifier decided on is shown, collateral included.
+		if (want != "cca" && p.Checked["collateral"] != "none") || (want == "snp" && p.Checked["vmpl"] != "0") || (want == "tdx" && p.Checked["td_attributes"] == "") {
+			t.Errorf("%s: checked %v", backend, p.Checked)
+		}
 		if !strings.Contains(p.Verdict, "simulated") || !strings.Contains(p.PlatformName, "simulated on this machine") {
 			t.Errorf("%s: verdict %q, platform %q", backend, p.Verdict, p.PlatformName)
 		}

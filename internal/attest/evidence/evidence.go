@@ -72,10 +72,6 @@ type Claims struct {
 	// "platform_impl_id", "platform_config" and "platform_sw.N" (the
 	// measurement of each platform software component). Nil for SNP, TDX.
 	Identity map[string][]byte
-	// TCBStatus is Intel's verdict on the platform's TCB from the TCB info
-	// and QE identity collateral ("UpToDate", "OutOfDate", ...); "" when no
-	// collateral was evaluated.
-	TCBStatus string
 	// TCB holds the platform's security version numbers by component name:
 	// SNP "bootloader", "tee", "snp", "microcode"; TDX "tee_tcb_svn.0" ..
 	// "tee_tcb_svn.15" and "qe_svn", "pce_svn"; SGX "cpu_svn.0" ..
@@ -86,6 +82,15 @@ type Claims struct {
 	TCB map[string]uint64
 	// Debug is true when the guest policy allows debugging (the host could read the keep).
 	Debug bool
+	// Details are the other hardware fields the verifier decided on, by
+	// name, so that a relying party sees what was checked: for SEV-SNP
+	// "vmpl", "guest_policy", "platform_info", "host_data", "firmware"...;
+	// for TDX "tcb_status", "rtmr0", "td_attributes", "xfam"...; for SGX
+	// "tcb_status", "attributes", "misc_select" and the Identity values in
+	// hex; for CCA "lifecycle" and the Identity values in hex; and where
+	// collateral was used, "collateral" and its next update. The values
+	// are short text (decimal, hex or a status name).
+	Details map[string]string
 	// ReportData is the 64 bytes the hardware signed.
 	ReportData [64]byte
 	// Key, Nonce and WorkloadDigest are copied from the envelope once the

@@ -13,10 +13,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
-	"github.com/castellan-dev/castellan/internal/attest/verify"
 	"github.com/google/go-tdx-guest/pcs"
 )
 
@@ -42,16 +40,6 @@ import (
 //	platform = "cca"
 //	value = "<64, 96 or 128 hex>"
 //	rems = ["<hex>", "<hex>", "<hex>", "<hex>"]
-
-// tcbStatuses are Intel's TCB statuses a policy may accept (Revoked never).
-var tcbStatuses = []string{
-	string(pcs.TcbComponentStatusUpToDate),
-	string(pcs.TcbComponentStatusSwHardeningNeeded),
-	string(pcs.TcbComponentStatusConfigurationNeeded),
-	string(pcs.TcbComponentStatusConfigurationAndSWHardeningNeeded),
-	string(pcs.TcbComponentStatusOutOfDate),
-	string(pcs.TcbComponentStatusOutOfDateConfigurationNeeded),
-}
 
 // measurementSizes are the byte lengths of a measurement by platform.
 var measurementSizes = map[string][]int{
@@ -208,11 +196,9 @@ func (s *Snapshot) checkPlatformClaims(pl *Platform, c *evidence.Claims) *Refusa
 		if len(accepted) == 0 {
 			accepted = []string{string(pcs.TcbComponentStatusUpToDate)}
 		}
-		switch {
-		case c.TCBStatus == "" && !c.Simulated:
-			return refuse(CheckTCB, "sgx TCB status unknown: the service has no Intel collateral (set platforms.sgx.collateral)")
-		case c.TCBStatus != "" && !slices.Contains(accepted, c.TCBStatus):
-			return refuse(CheckTCB, "sgx TCB status is %s; the policy accepts %s", c.TCBStatus, strings.Join(accepted, ", "))
+		status := c.Details["tcb_status"]
+		if status != "" && !slices.Contains(accepted, status) {
+			return refuse(CheckTCB, "sgx TCB status is %s; the policy accepts %s", status, strings.Join(accepted, ", "))
 		}
 	case evidence.PlatformCCA:
 		if len(pl.PlatformSoftware) == 0 {
@@ -279,15 +265,4 @@ func checkREMs(c *evidence.Claims, m *Measurement) *Refusal {
 		}
 	}
 	return nil
-}
-
-// VerifyOptions says what the snapshot trusts for evidence of platform:
-// its simulation roots, Intel collateral (SGX) and CPAKs (CCA), for
-// verify.Envelope at now (zero = the current time).
-func (s *Snapshot) VerifyOptions(platform string, now time.Time) verify.Options {
-	o := verify.Options{SimRoots: s.SimRoots[platform], Now: now, CCAPlatformKeys: s.CCAPlatformKeys}
-	if s.SGXCollateralDir != "" {
-		o.SGXCollateral = verify.SGXCollateralDir(s.SGXCollateralDir)
-	}
-	return o
 }

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 )
@@ -26,7 +25,7 @@ var (
 
 func sgxClaims(mod func(*evidence.Claims)) *evidence.Claims {
 	c := &evidence.Claims{
-		Platform: evidence.PlatformSGX, Measurement: mrenclave, TCBStatus: "UpToDate",
+		Platform: evidence.PlatformSGX, Measurement: mrenclave, Details: map[string]string{"tcb_status": "UpToDate", "collateral": "verified"},
 		Identity:       map[string][]byte{"mrsigner": mrsigner},
 		TCB:            map[string]uint64{"cpu_svn.0": 5, "pce_svn": 13, "qe_svn": 8, "isv_svn": 3, "isv_prod_id": 1},
 		WorkloadDigest: "sha256:" + strings.Repeat("0", 64),
@@ -107,7 +106,7 @@ rems = ["` + strings.Repeat("01", 64) + `", "` + strings.Repeat("00", 64) + `", 
 	if len(s.CCAPlatformKeys) != 1 || s.SGXCollateralDir != filepath.Join(dir, "collateral") || len(s.SGXSigners) != 2 {
 		t.Fatalf("snapshot %+v", s)
 	}
-	if o := s.VerifyOptions(evidence.PlatformSGX, time.Time{}); o.SGXCollateral == nil || len(o.CCAPlatformKeys) != 1 {
+	if o := s.VerifyOptions(evidence.PlatformSGX); o.SGXCollateral == nil || len(o.CCAPlatformKeys) != 1 {
 		t.Errorf("verify options %+v: want the collateral folder and the CPAK", o)
 	}
 	tests := []struct {
@@ -121,7 +120,7 @@ rems = ["` + strings.Repeat("01", 64) + `", "` + strings.Repeat("00", 64) + `", 
 			c.Measurement = bytes.Repeat([]byte{9}, 32)
 			c.TCB["isv_prod_id"], c.TCB["isv_svn"] = 2, 4
 		}), "", ""},
-		{"sgx SWHardeningNeeded accepted", sgxClaims(func(c *evidence.Claims) { c.TCBStatus = "SWHardeningNeeded" }), "", ""},
+		{"sgx SWHardeningNeeded accepted", sgxClaims(func(c *evidence.Claims) { c.Details["tcb_status"] = "SWHardeningNeeded" }), "", ""},
 		{"sgx debug", sgxClaims(func(c *evidence.Claims) { c.Debug = true }), CheckDebug, "debugging"},
 		{"sgx measurement unknown", sgxClaims(func(c *evidence.Claims) { c.Measurement = bytes.Repeat([]byte{9}, 32) }), CheckMeasurement, "not in the measurement database"},
 		{"sgx measurement revoked", sgxClaims(func(c *evidence.Claims) { c.Measurement = bytes.Repeat([]byte{0xee}, 32) }), CheckRevoked, "old enclave"},
@@ -134,8 +133,8 @@ rems = ["` + strings.Repeat("01", 64) + `", "` + strings.Repeat("00", 64) + `", 
 			c.TCB["isv_prod_id"], c.TCB["isv_svn"] = 2, 3
 		}), CheckMeasurement, "below the minimum 4"},
 		{"sgx TCB below min_tcb", sgxClaims(func(c *evidence.Claims) { c.TCB["cpu_svn.0"] = 3 }), CheckTCB, "cpu_svn.0 is 3"},
-		{"sgx TCB out of date (Intel)", sgxClaims(func(c *evidence.Claims) { c.TCBStatus = "OutOfDate" }), CheckTCB, "TCB status is OutOfDate"},
-		{"sgx without collateral", sgxClaims(func(c *evidence.Claims) { c.TCBStatus = "" }), CheckTCB, "no Intel collateral"},
+		{"sgx TCB out of date (Intel)", sgxClaims(func(c *evidence.Claims) { c.Details["tcb_status"] = "OutOfDate" }), CheckTCB, "TCB status is OutOfDate"},
+		{"sgx without collateral", sgxClaims(func(c *evidence.Claims) { c.Details = map[string]string{"collateral": "none"} }), CheckCollateral, "without the vendor's collateral"},
 		{"cca realm", ccaClaims(nil), "", ""},
 		{"cca realm with listed REMs", ccaClaims(func(c *evidence.Claims) {
 			c.Measurement = bytes.Repeat([]byte{0xdd}, 64)

@@ -32,7 +32,7 @@ import (
 // Defaults for fields a policy leaves out.
 const (
 	DefaultNonceLifetime       = 60 * time.Second
-	DefaultMaxNonces           = 10000
+	DefaultMaxNonces           = 1000000
 	DefaultCertificateLifetime = time.Hour
 )
 
@@ -61,6 +61,10 @@ type Policy struct {
 	AllowInsecure       bool                 `toml:"allow_insecure"`
 	Workloads           []string             `toml:"workloads"`
 	Platforms           map[string]*Platform `toml:"platforms"`
+
+	// Identity sections (identity.go).
+	SPIFFE   SPIFFE     `toml:"spiffe"`
+	Identity []Identity `toml:"identity"`
 }
 
 // Platform is a [platforms.snp] or [platforms.tdx] table.
@@ -81,6 +85,9 @@ type Platform struct {
 	Collateral       string   `toml:"collateral"`        // sgx: folder of Intel collateral files
 	CPAKs            []string `toml:"cpaks"`             // cca: PEM files of trusted CPAKs
 	PlatformSoftware []string `toml:"platform_software"` // cca: accepted platform firmware measurements (hex)
+
+	// Checks on the hardware report's own fields (platform.go).
+	HardwareChecks
 }
 
 // Measurements is the parsed measurement database.
@@ -111,7 +118,12 @@ type Snapshot struct {
 	Policy       Policy
 	Measurements map[string]map[string]Measurement // platform → hex value → entry
 	SimRoots     map[string][]*x509.Certificate    // platform → trusted simulation roots
-	AnyWorkload  bool
+	// SimCollateral are the collateral folders beside the simulation
+	// roots files (platform.go), by platform.
+	SimCollateral map[string][]string
+	AnyWorkload   bool
+
+	identities map[string]*Identity // workload digest → its [[identity]] (identity.go)
 
 	// SGXSigners are the SGX measurement entries by signer.
 	SGXSigners []Measurement
@@ -260,6 +272,9 @@ func (s *Snapshot) checkPolicy(file string) error {
 				}
 			}
 		}
+		if err := pl.HardwareChecks.check(name); err != nil {
+			return fmt.Errorf("%s: platforms.%s.%w", file, name, err)
+		}
 		for _, rf := range pl.SimRoots {
 			if !filepath.IsAbs(rf) {
 				rf = filepath.Join(filepath.Dir(file), rf)
@@ -269,12 +284,13 @@ func (s *Snapshot) checkPolicy(file string) error {
 				return fmt.Errorf("%s: platforms.%s.sim_roots: %w", file, name, err)
 			}
 			s.SimRoots[name] = append(s.SimRoots[name], certs...)
+			s.addSimCollateral(name, rf)
 		}
 		if err := s.checkPlatformExtras(file, name, pl); err != nil {
 			return err
 		}
 	}
-	return nil
+	return s.checkIdentity(file)
 }
 
 func readCerts(path string) ([]*x509.Certificate, error) {
@@ -332,6 +348,9 @@ func (s *Snapshot) Check(c *evidence.Claims) *Refusal {
 			// The verifier only accepts simulation roots the policy lists;
 			// this guards against a verifier that did otherwise.
 			return refuse(CheckInsecure, "simulated %s evidence without a simulation root in the policy", c.Platform)
+		}
+		if r := pl.HardwareChecks.checkClaims(c); r != nil {
+			return r
 		}
 		if c.Debug {
 			return refuse(CheckDebug, "the %s guest allows debugging: the host could read the keep", c.Platform)

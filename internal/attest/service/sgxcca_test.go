@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
@@ -83,12 +84,12 @@ func TestIssueSGXAndCCA(t *testing.T) {
 	h := sgxCCAHarness(t)
 	c := h.mustIssue(keepReq{platform: evidence.PlatformSGX, sgx: goodSGX(nil)})
 	if c.Platform != evidence.PlatformSGX || !c.Simulated || !bytes.Equal(c.Measurement, sgxMeasurement) ||
-		!bytes.Equal(c.Identity["mrsigner"], sim.SGXSigner[:]) || c.TCBStatus != "UpToDate" || c.TCB["isv_svn"] != 2 {
+		c.Details["mrsigner"] != hex.EncodeToString(sim.SGXSigner[:]) || c.Details["tcb_status"] != "UpToDate" || c.TCB["isv_svn"] != 2 {
 		t.Errorf("sgx claims %+v", c)
 	}
 	c = h.mustIssue(keepReq{platform: evidence.PlatformCCA, cca: goodCCA(nil)})
 	if c.Platform != evidence.PlatformCCA || !c.Simulated || !bytes.Equal(c.Measurement, ccaMeasurement) ||
-		!bytes.Equal(c.Identity["rem.0"], make([]byte, 64)) || c.TCBStatus != "" {
+		c.Details["rem.0"] != strings.Repeat("00", 64) || c.Details["tcb_status"] != "" || c.Details["lifecycle"] == "" {
 		t.Errorf("cca claims %+v", c)
 	}
 }

@@ -146,6 +146,8 @@ func verifyCCA(raw []byte, opts *Options) (*evidence.Claims, error) {
 		c.Identity[fmt.Sprintf("platform_sw.%d", i)] = bytes.Clone(v)
 	}
 	copy(c.ReportData[:], challenge)
+	identityDetails(c)
+	c.Details["lifecycle"] = fmt.Sprintf("%#04x %s", lifecycle, platform.LifeCycleToState(lifecycle))
 	return c, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"math/big"
 	"strings"
@@ -126,6 +127,10 @@ func verifySGX(raw []byte, opts *Options) (*evidence.Claims, error) {
 		}
 	}
 
+	identityDetails(c)
+	c.Details["attributes"] = hex.EncodeToString(q.Body.Attributes[:])
+	c.Details["misc_select"] = fmt.Sprintf("%#08x", q.Body.MiscSelect)
+	c.Details["collateral"] = "none"
 	if opts.SGXCollateral != nil {
 		col, err := opts.SGXCollateral.SGXCollateral(strings.ToUpper(exts.FMSPC))
 		if err != nil {
@@ -135,9 +140,21 @@ func verifySGX(raw []byte, opts *Options) (*evidence.Claims, error) {
 		if err != nil {
 			return nil, err
 		}
-		c.TCBStatus = string(status)
+		c.Details["collateral"] = "verified"
+		c.Details["tcb_status"] = string(status)
 	}
 	return c, nil
+}
+
+// identityDetails copies c.Identity into c.Details in hex, so that the
+// certificate and the EAR show them.
+func identityDetails(c *evidence.Claims) {
+	if c.Details == nil {
+		c.Details = map[string]string{}
+	}
+	for k, v := range c.Identity {
+		c.Details[k] = hex.EncodeToString(v)
+	}
 }
 
 func (o *Options) intelRoots() []*x509.Certificate {

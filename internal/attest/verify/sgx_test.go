@@ -81,7 +81,7 @@ func TestSGXSimRoundTrip(t *testing.T) {
 		}
 		if cl.Platform != evidence.PlatformSGX || !cl.Simulated || cl.Debug || !bytes.Equal(cl.Measurement, mre) ||
 			!bytes.Equal(cl.Identity["mrsigner"], sim.SGXSigner[:]) || cl.TCB["isv_prod_id"] != 7 || cl.TCB["isv_svn"] != 3 ||
-			cl.TCB["cpu_svn.0"] != uint64(sim.DefaultTeeTCBSVN[0]) || cl.TCB["qe_svn"] != uint64(sim.DefaultQESVN) || cl.TCBStatus != "UpToDate" {
+			cl.TCB["cpu_svn.0"] != uint64(sim.DefaultTeeTCBSVN[0]) || cl.TCB["qe_svn"] != uint64(sim.DefaultQESVN) || cl.Details["tcb_status"] != "UpToDate" {
 			t.Errorf("v%d claims %+v", v, cl)
 		}
 	}
@@ -175,7 +175,7 @@ func TestSGXClaimsForPolicy(t *testing.T) {
 	opts := trusting(c)
 	opts.SGXCollateral = simCollateral(t, c, sim.SGXCollateralOptions{QEStatus: "OutOfDate"})
 	cl, err = Envelope(sgxEnvelope(t, c, sim.SGXOptions{}), opts)
-	if err != nil || cl.TCBStatus != "OutOfDate" {
+	if err != nil || cl.Details["tcb_status"] != "OutOfDate" {
 		t.Errorf("out-of-date QE: claims %+v, %v; want TCBStatus OutOfDate", cl, err)
 	}
 }
@@ -193,7 +193,7 @@ func TestRealSGXSample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cl.Simulated || cl.Debug || cl.TCBStatus != "ConfigurationAndSWHardeningNeeded" || cl.TCB["cpu_svn.0"] != 11 || cl.TCB["pce_svn"] != 15 ||
+	if cl.Simulated || cl.Debug || cl.Details["tcb_status"] != "ConfigurationAndSWHardeningNeeded" || cl.TCB["cpu_svn.0"] != 11 || cl.TCB["pce_svn"] != 15 ||
 		!strings.HasPrefix(string(cl.ReportData[:]), "Hello, world!") {
 		t.Errorf("claims %+v", cl)
 	}
@@ -238,7 +238,7 @@ func TestRealSGXOcclumSample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cl.Simulated || cl.TCBStatus != "" || len(cl.Measurement) != 32 {
+	if cl.Simulated || cl.Details["tcb_status"] != "" || len(cl.Measurement) != 32 {
 		t.Errorf("claims %+v", cl)
 	}
 }
@@ -374,8 +374,8 @@ func TestPCSCollateral(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cl.TCBStatus != "ConfigurationAndSWHardeningNeeded" || len(fake.urls) != 4 || !strings.HasPrefix(fake.urls[0], "https://api.trustedservices.intel.com/sgx/certification/v4/tcb?fmspc=") {
-		t.Errorf("status %q, fetched %v", cl.TCBStatus, fake.urls)
+	if cl.Details["tcb_status"] != "ConfigurationAndSWHardeningNeeded" || len(fake.urls) != 4 || !strings.HasPrefix(fake.urls[0], "https://api.trustedservices.intel.com/sgx/certification/v4/tcb?fmspc=") {
+		t.Errorf("status %q, fetched %v", cl.Details["tcb_status"], fake.urls)
 	}
 	// An answer without its issuer chain is refused.
 	if _, err := (&PCSCollateral{Getter: &pcsFake{c: &SGXCollateral{}}, BaseURL: "https://pccs.invalid"}).SGXCollateral("00A067110000"); err == nil {

@@ -29,6 +29,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/pemcerts"
 	"io"
 	"math/big"
@@ -41,6 +42,7 @@ import (
 // Role names written as the "Castellan-Role" PEM header in ca.pem.
 const (
 	roleSNPARK  = "snp-ark"
+	roleSNPARKK = "snp-ark-key"
 	roleSNPASK  = "snp-ask"
 	roleSNPASKK = "snp-ask-key"
 	roleSNPVCEK = "snp-vcek-key"
@@ -51,10 +53,10 @@ const (
 	roleTDXPCA  = "tdx-pck-ca"
 	roleTDXPCK  = "tdx-pck"
 	roleTDXPCKK = "tdx-pck-key"
+	roleTDXRK   = "tdx-root-key"
+	roleTDXPCAK = "tdx-pck-ca-key"
 	roleTDXAK   = "tdx-attestation-key"
-	roleTDXRK   = "tdx-root-key"   // signs simulated SGX collateral (TCB signing certificate, root CRL)
-	roleTDXPCAK = "tdx-pck-ca-key" // signs the simulated PCK CRL
-	roleCCACPAK = "cca-cpak"       // self-signed certificate of the simulated CPAK
+	roleCCACPAK = "cca-cpak" // self-signed certificate of the simulated CPAK
 	roleCCACPK  = "cca-cpak-key"
 	roleCCARAK  = "cca-rak-key"
 	roleHeader  = "Castellan-Role"
@@ -76,6 +78,7 @@ type CA struct {
 	Dir string
 
 	snpARK  *x509.Certificate
+	arkKey  *rsa.PrivateKey // signs the simulated CRLs; nil in CAs stored before collateral
 	snpASK  *x509.Certificate
 	askKey  *rsa.PrivateKey
 	vcekKey *ecdsa.PrivateKey
@@ -88,14 +91,13 @@ type CA struct {
 
 	tdxRoot *x509.Certificate
 	tdxPCA  *x509.Certificate
-	tdxPCK  *x509.Certificate
-	pckKey  *ecdsa.PrivateKey
-	akKey   *ecdsa.PrivateKey
-	pckPEM  []byte // PCK leaf || platform CA || root, as a quote carries it
-	// The keys of the TDX (and SGX) root and PCK platform CA, which sign
-	// simulated SGX collateral. Absent in CAs stored before it existed.
-	tdxRootKey *ecdsa.PrivateKey
-	tdxPCAKey  *ecdsa.PrivateKey
+	// The root's and the platform CA's keys sign the simulated TCB info,
+	// QE identity and CRLs; nil in CAs stored before collateral.
+	tdxRootKey, pcaKey *ecdsa.PrivateKey
+	tdxPCK             *x509.Certificate
+	pckKey             *ecdsa.PrivateKey
+	akKey              *ecdsa.PrivateKey
+	pckPEM             []byte // PCK leaf || platform CA || root, as a quote carries it
 
 	// The Arm CCA platform attestation key (CPAK, with a self-signed
 	// certificate that the roots carry) and realm attestation key (RAK).
@@ -104,9 +106,10 @@ type CA struct {
 	ccaCPAKKey *ecdsa.PrivateKey
 	ccaRAKKey  *ecdsa.PrivateKey
 
-	mu    sync.Mutex
-	vceks map[uint64]*x509.Certificate // VCEK certificates by TCB version
-	vleks map[uint64]*x509.Certificate // VLEK certificates by TCB version
+	mu         sync.Mutex
+	collateral collateral.Map               // made on first use (collateral.go)
+	vceks      map[uint64]*x509.Certificate // VCEK certificates by TCB version
+	vleks      map[uint64]*x509.Certificate // VLEK certificates by TCB version
 }
 
 // DefaultDir returns the directory where the user's simulation CA lives:
@@ -199,6 +202,9 @@ func loadOrCreate(dir string) (*CA, error) {
 		if err := replaceFile(filepath.Join(dir, rootsFile), roots, 0o644); err != nil {
 			return nil, fmt.Errorf("simulation CA: %w", err)
 		}
+	}
+	if err := ca.refreshCollateral(); err != nil {
+		return nil, fmt.Errorf("simulation CA: %w", err)
 	}
 	return ca, nil
 }
@@ -356,6 +362,9 @@ func (ca *CA) encode() []byte {
 		return der
 	}
 	put(roleSNPARK, "CERTIFICATE", ca.snpARK.Raw)
+	if ca.arkKey != nil {
+		put(roleSNPARKK, "PRIVATE KEY", key(ca.arkKey))
+	}
 	put(roleSNPASK, "CERTIFICATE", ca.snpASK.Raw)
 	put(roleSNPASKK, "PRIVATE KEY", key(ca.askKey))
 	put(roleSNPVCEK, "PRIVATE KEY", key(ca.vcekKey))
@@ -368,11 +377,11 @@ func (ca *CA) encode() []byte {
 	put(roleTDXPCA, "CERTIFICATE", ca.tdxPCA.Raw)
 	put(roleTDXPCK, "CERTIFICATE", ca.tdxPCK.Raw)
 	put(roleTDXPCKK, "PRIVATE KEY", key(ca.pckKey))
-	put(roleTDXAK, "PRIVATE KEY", key(ca.akKey))
 	if ca.tdxRootKey != nil {
 		put(roleTDXRK, "PRIVATE KEY", key(ca.tdxRootKey))
-		put(roleTDXPCAK, "PRIVATE KEY", key(ca.tdxPCAKey))
+		put(roleTDXPCAK, "PRIVATE KEY", key(ca.pcaKey))
 	}
+	put(roleTDXAK, "PRIVATE KEY", key(ca.akKey))
 	buf.Write(ca.encodeCCA())
 	return buf.Bytes()
 }
@@ -463,10 +472,18 @@ func decode(b []byte) (*CA, error) {
 			return nil, err
 		}
 		ca.tdxRootKey, ok1 = rk.(*ecdsa.PrivateKey)
-		ca.tdxPCAKey, ok2 = pk.(*ecdsa.PrivateKey)
-		if !ok1 || !ok2 || !ca.tdxRoot.PublicKey.(*ecdsa.PublicKey).Equal(ca.tdxRootKey.Public()) ||
-			!ca.tdxPCA.PublicKey.(*ecdsa.PublicKey).Equal(ca.tdxPCAKey.Public()) {
-			return nil, errors.New("the TDX root or PCK CA key does not match its certificate")
+		ca.pcaKey, ok2 = pk.(*ecdsa.PrivateKey)
+		if !ok1 || !ok2 || !ca.tdxRoot.PublicKey.(*ecdsa.PublicKey).Equal(ca.tdxRootKey.Public()) || !ca.tdxPCA.PublicKey.(*ecdsa.PublicKey).Equal(ca.pcaKey.Public()) {
+			return nil, errors.New("the TDX root or platform CA key has the wrong type or does not match its certificate")
+		}
+	}
+	if _, ok := blocks[roleSNPARKK]; ok {
+		k := key(roleSNPARKK)
+		if err != nil {
+			return nil, err
+		}
+		if ca.arkKey, ok1 = k.(*rsa.PrivateKey); !ok1 || !ca.snpARK.PublicKey.(*rsa.PublicKey).Equal(ca.arkKey.Public()) {
+			return nil, errors.New("the ARK key has the wrong type or does not match the ARK")
 		}
 	}
 	if err := ca.decodeCCA(blocks); err != nil {

@@ -296,7 +296,7 @@ func (ca *CA) SignSGXCollateral(o SGXCollateralOptions) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	pckCRL, err := crl(ca.tdxPCA, ca.tdxPCAKey, pckRevoked)
+	pckCRL, err := crl(ca.tdxPCA, ca.pcaKey, pckRevoked)
 	if err != nil {
 		return nil, err
 	}
