@@ -43,16 +43,16 @@ type HardwareChecks struct {
 	TCBStatuses []string `toml:"tcb_statuses" platform:"tdx sgx"`
 
 	// TDX (docs/attest.md, "TDX quote fields").
-	AllowSEPTVE     bool     `toml:"allow_sept_ve" platform:"tdx"`
-	AllowMigratable bool     `toml:"allow_migratable" platform:"tdx"`
-	RTMR0           string   `toml:"rtmr0" platform:"tdx"` // 96 hex digits each
-	RTMR1           string   `toml:"rtmr1" platform:"tdx"`
-	RTMR2           string   `toml:"rtmr2" platform:"tdx"`
-	RTMR3           string   `toml:"rtmr3" platform:"tdx"`
-	MRConfigID      string   `toml:"mr_config_id" platform:"tdx"`
-	MROwner         string   `toml:"mr_owner" platform:"tdx"`
-	MROwnerConfig   string   `toml:"mr_owner_config" platform:"tdx"`
-	XFAM            string   `toml:"xfam" platform:"tdx"` // 16 hex digits, little-endian bytes as in the quote
+	AllowSEPTVE     bool   `toml:"allow_sept_ve" platform:"tdx"`
+	AllowMigratable bool   `toml:"allow_migratable" platform:"tdx"`
+	RTMR0           string `toml:"rtmr0" platform:"tdx"` // 96 hex digits each
+	RTMR1           string `toml:"rtmr1" platform:"tdx"`
+	RTMR2           string `toml:"rtmr2" platform:"tdx"`
+	RTMR3           string `toml:"rtmr3" platform:"tdx"`
+	MRConfigID      string `toml:"mr_config_id" platform:"tdx"`
+	MROwner         string `toml:"mr_owner" platform:"tdx"`
+	MROwnerConfig   string `toml:"mr_owner_config" platform:"tdx"`
+	XFAM            string `toml:"xfam" platform:"tdx"` // 16 hex digits, little-endian bytes as in the quote
 
 	// RequireCollateral refuses real evidence verified without vendor
 	// collateral (AMD's CRL; Intel's TCB info, QE identity and CRLs).

@@ -1,8 +1,8 @@
 package verify
 
 import (
-	"context"
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
@@ -26,7 +26,8 @@ const (
 // report's signature by the PCK key, the attestation key's binding into the
 // QE report data, the quote's signature by the attestation key and, when
 // the options give collateral, the TCB status (TCB info, QE identity,
-// CRLs, through the same collateral source as TDX's). It returns the claims of the application enclave.
+// CRLs, through the same collateral source as TDX's). It returns the
+// claims of the application enclave.
 func verifySGX(raw []byte, opts *Options) (*evidence.Claims, error) {
 	q, err := ParseSGXQuote(raw)
 	if err != nil {
