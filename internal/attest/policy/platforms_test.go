@@ -154,6 +154,26 @@ rems = ["` + strings.Repeat("01", 64) + `", "` + strings.Repeat("00", 64) + `", 
 			case tc.check != "" && (r.Check != tc.check || !strings.Contains(r.Reason, tc.reason)):
 				t.Errorf("refusal %s: %q, want %s saying %q", r.Check, r.Reason, tc.check, tc.reason)
 			}
+			// The facets (the EAR's view) agree with the decision.
+			f := s.Facets(tc.c)
+			switch tc.check {
+			case "":
+				if !f.MeasurementListed || f.MeasurementRevoked || f.TCBBelowMinimum {
+					t.Errorf("accepted, facets %+v", f)
+				}
+			case CheckMeasurement:
+				if f.MeasurementListed {
+					t.Errorf("measurement refused, facets %+v", f)
+				}
+			case CheckRevoked:
+				if !f.MeasurementRevoked {
+					t.Errorf("revoked, facets %+v", f)
+				}
+			case CheckTCB:
+				if !f.TCBBelowMinimum {
+					t.Errorf("tcb refused, facets %+v", f)
+				}
+			}
 		})
 	}
 }
