@@ -107,13 +107,7 @@ func (ca *CA) SignSGX(reportData [64]byte, o SGXOptions) ([]byte, error) {
 	if svn == 0 {
 		svn = DefaultISVSVN
 	}
-	qesvn, pcesvn := DefaultQESVN, DefaultPCESVN
-	if o.QESVN != nil {
-		qesvn = *o.QESVN
-	}
-	if o.PCESVN != nil {
-		pcesvn = *o.PCESVN
-	}
+	qesvn, pcesvn := quotingSVNs(o.QESVN, o.PCESVN)
 	le := binary.LittleEndian
 
 	header := make([]byte, sgxHeaderSize)
