@@ -263,7 +263,7 @@ func TestAttestServeUsage(t *testing.T) {
 		{"verify"},
 		{"verify", "https://127.0.0.1:1"},
 		{"verify", "http://127.0.0.1:1", "--allow-insecure"},
-		{"verify", "https://127.0.0.1:1", "--allow-insecure", "--platform", "sgx"},
+		{"verify", "https://127.0.0.1:1", "--allow-insecure", "--platform", "sev"},
 	} {
 		if code, _, errs := runCLI(args...); code != ExitUsage || !strings.HasPrefix(errs, "castellan: error: ") {
 			t.Errorf("%v: %d %q", args, code, errs)

@@ -476,14 +476,14 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 			return hostError(e, err)
 		}
 		backend = ""
-		for _, n := range []string{tee.NameSNP, tee.NameTDX} {
+		for _, n := range []string{tee.NameSNP, tee.NameTDX, tee.NameSGX, tee.NameCCA} {
 			if info.Backends[n] == "available" {
 				backend = n
 				break
 			}
 		}
 		if backend == "" {
-			return e.ErrorWithHint(errors.New("the host has no TEE backend available"), "pass --backend sim-snp, sim-tdx or nil for a test keep")
+			return e.ErrorWithHint(errors.New("the host has no TEE backend available"), "pass --backend sim-snp, sim-tdx, sim-sgx, sim-cca or nil for a test keep")
 		}
 	}
 	k, res, err := c.Deploy(ctx, host.DeployOptions{

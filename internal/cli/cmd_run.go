@@ -47,7 +47,7 @@ func addRunFlags(fs *flag.FlagSet) *runOptions {
 	ro := &runOptions{}
 	fs.StringVar(&ro.configPath, "c", "", "workload config (Enarx.toml format); none: stdin, stdout and stderr only")
 	fs.StringVar(&ro.configPath, "wasmcfgfile", "", "same as -c (Enarx's name for it)")
-	fs.StringVar(&ro.backend, "backend", "auto", "keep backend: auto, nil, sim-snp, sim-tdx, snp, tdx (see 'castellan platform info')")
+	fs.StringVar(&ro.backend, "backend", "auto", "keep backend: auto, nil, sim-snp, sim-tdx, sim-sgx, sim-cca, snp, tdx, sgx, cca (see 'castellan platform info')")
 	fs.StringVar(&ro.attest, "attest", "", "attestation service URL to get the keep certificate from (default: the config's steward)")
 	fs.StringVar(&ro.attestCA, "attest-ca", "", "PEM file of the CA that the attestation service's TLS certificate chains to")
 	fs.DurationVar(&ro.attestTime, "attest-timeout", defaultAttestTimeout, "time limit for getting the keep's certificate from the attestation service")
