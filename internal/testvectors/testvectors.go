@@ -128,7 +128,7 @@ func Read(t testing.TB, name string) []byte {
 	}
 	b, _, err := find(v, Dirs())
 	if errors.Is(err, fs.ErrNotExist) {
-		t.Skipf("outside test vector %s not found in %v: place %s there (or set %s)", name, Dirs(), v.Source, EnvVar)
+		t.Skipf("outside test vector %s not found in %v (or $%s); its source: %s", name, Dirs(), EnvVar, v.Source)
 	}
 	if err != nil {
 		t.Fatalf("testvectors: %v", err)
@@ -146,7 +146,7 @@ func Path(t testing.TB, name string) string {
 	}
 	_, p, err := find(v, Dirs())
 	if errors.Is(err, fs.ErrNotExist) {
-		t.Skipf("outside test vector %s not found in %v: place %s there (or set %s)", name, Dirs(), v.Source, EnvVar)
+		t.Skipf("outside test vector %s not found in %v (or $%s); its source: %s", name, Dirs(), EnvVar, v.Source)
 	}
 	if err != nil {
 		t.Fatalf("testvectors: %v", err)
