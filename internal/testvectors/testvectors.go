@@ -122,6 +122,11 @@ func find(v Vector, dirs []string) ([]byte, string, error) {
 // sha256.
 func Read(t testing.TB, name string) []byte {
 	t.Helper()
+	return get(t, name)
+}
+
+func get(t testing.TB, name string) []byte {
+	t.Helper()
 	v, ok := Lookup(name)
 	if !ok {
 		t.Fatalf("testvectors: %q is not a known vector", name)
@@ -134,22 +139,4 @@ func Read(t testing.TB, name string) []byte {
 		t.Fatalf("testvectors: %v", err)
 	}
 	return b
-}
-
-// Path is Read for tests that need a file name (a command line): the
-// vector's path, or a skip.
-func Path(t testing.TB, name string) string {
-	t.Helper()
-	v, ok := Lookup(name)
-	if !ok {
-		t.Fatalf("testvectors: %q is not a known vector", name)
-	}
-	_, p, err := find(v, Dirs())
-	if errors.Is(err, fs.ErrNotExist) {
-		t.Skipf("outside test vector %s not found in %v (or $%s); its source: %s", name, Dirs(), EnvVar, v.Source)
-	}
-	if err != nil {
-		t.Fatalf("testvectors: %v", err)
-	}
-	return p
 }
