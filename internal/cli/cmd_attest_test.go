@@ -305,25 +305,6 @@ func TestAttestServePostgres(t *testing.T) {
 // Two `attest serve` replicas on one PostgreSQL database and one state
 // folder (so one CA and one nonce key): a nonce from one is redeemed at the
 // other once; a replay at either is refused.
-func TestAttestServeReplicas(t *testing.T) {
-	dsn := audittest.PostgresDSN(t)
-	dir, simCA := attestFiles(t)
-	a := startAttestServe(t, dir, "--database", dsn)
-	b := startAttestServe(t, dir, "--database", dsn)
-	kc := newKeepClient(t, a.caPEM, simCA)
-	body := kc.request(a.url, false)
-	if code := kc.post(b.url+"/v1/certificate", body, nil); code != http.StatusOK {
-		t.Fatalf("nonce from a redeemed at b: %d", code)
-	}
-	b.waitFor(t, "issued ")
-	for _, s := range []*attestServer{a, b} {
-		var e service.ErrorResponse
-		if code := kc.post(s.url+"/v1/certificate", body, &e); code != http.StatusForbidden || e.Check != "nonce" || !strings.Contains(e.Error, "already used") {
-			t.Errorf("replay at %s: %d %+v", s.url, code, e)
-		}
-	}
-}
-
 // keepClient plays a sim-snp keep against attest serve, step by step.
 type keepClient struct {
 	t     *testing.T
