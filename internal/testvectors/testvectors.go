@@ -8,6 +8,9 @@
 // A vector is looked up as $CASTELLAN_VECTORS/<name>, then as
 // <module root>/../shared/vectors/<name> (the steering repository's shared
 // folder beside a worktree). README.md lists every vector with its source.
+//
+// Test data shipped inside Go modules is read from the Go module cache
+// instead (ModuleFile): a registry package, never copied into the tree.
 package testvectors
 
 import (
@@ -49,6 +52,21 @@ var Known = []Vector{
 		Name:   "amd_milan_crl.der",
 		SHA256: "53a61dc059e525ef637c4f28b7ab2542f64ef1ad0a485eca425bafe722e15f58",
 		Source: "AMD KDS https://kdsintf.amd.com/vcek/v1/Milan/crl, CRL number 6 (this update 2025-05-06, next update 2026-05-12), DER; or the second X509 CRL of openpcc/openpcc@b357e152c7bf5e212d18e94de6974ca67642e16d attestation/attest/testdata/sev_certificates.txt (Apache-2.0) turned into DER with openssl crl -outform DER",
+	},
+	{
+		Name:   "sgx_quote_v3_dcapqvl.dat",
+		SHA256: "f8b81014b6e443609746822194910f5dc1c92c322fa0584298d1e33e505ca3b5",
+		Source: "Phala-Network/dcap-qvl@9bffe30b4da53acc05f2e3a36fafc0f6418973b8 sample/sgx_quote (MIT): an SGX DCAP v3 quote from a real machine, FMSPC 00A067110000",
+	},
+	{
+		Name:   "sgx_collateral_00A067110000.json",
+		SHA256: "bdd694bbe50f3a2a1cfe12f9e2bd83125921107a368edcf10780a5523b8501ce",
+		Source: "Phala-Network/dcap-qvl@9bffe30b4da53acc05f2e3a36fafc0f6418973b8 sample/sgx_quote_collateral.json (MIT): Intel's collateral for that quote's FMSPC, issued 2025-06-19",
+	},
+	{
+		Name:   "sgx_quote_v3_occlum.dat",
+		SHA256: "77bcbdfa9c1abb98fd19d60f815b049d187e4e7495203a2e13aeac91fb9f9772",
+		Source: "confidential-containers/trustee@78962cd416dcc8a32f9377e0066a28fe21420f69 deps/verifier/test_data/occlum_quote.dat (Apache-2.0): an SGX DCAP v3 quote from an Occlum enclave",
 	},
 }
 
@@ -122,10 +140,17 @@ func find(v Vector, dirs []string) ([]byte, string, error) {
 // sha256.
 func Read(t testing.TB, name string) []byte {
 	t.Helper()
-	return get(t, name)
+	return get(t, name, false)
 }
 
-func get(t testing.TB, name string) []byte {
+// Optional is Read for fuzz seeds, which must not skip their target: it
+// returns nil where Read would skip.
+func Optional(t testing.TB, name string) []byte {
+	t.Helper()
+	return get(t, name, true)
+}
+
+func get(t testing.TB, name string, optional bool) []byte {
 	t.Helper()
 	v, ok := Lookup(name)
 	if !ok {
@@ -133,6 +158,9 @@ func get(t testing.TB, name string) []byte {
 	}
 	b, _, err := find(v, Dirs())
 	if errors.Is(err, fs.ErrNotExist) {
+		if optional {
+			return nil
+		}
 		t.Skipf("outside test vector %s not found in %v (or $%s); its source: %s", name, Dirs(), EnvVar, v.Source)
 	}
 	if err != nil {

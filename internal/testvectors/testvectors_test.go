@@ -65,3 +65,53 @@ func TestReadme(t *testing.T) {
 		}
 	}
 }
+
+func TestParseDownload(t *testing.T) {
+	m := Module{Path: "example.com/m", Version: "v1.0.0", Sum: "h1:good="}
+	for _, tc := range []struct {
+		name      string
+		out       string
+		runErr    error
+		dir, want string
+		wrong     bool
+	}{
+		{name: "cached", out: `{"Path":"example.com/m","Version":"v1.0.0","Dir":"/cache/m@v1.0.0","Sum":"h1:good="}`, dir: "/cache/m@v1.0.0"},
+		{name: "refused by the proxy", out: `{"Path":"example.com/m","Error":"403 Forbidden"}`, runErr: errors.New("exit status 1"), want: "403 Forbidden"},
+		{name: "another hash", out: `{"Dir":"/cache/m@v1.0.0","Sum":"h1:other="}`, want: "has hash h1:other=, want h1:good=", wrong: true},
+		{name: "no folder", out: `{"Sum":"h1:good="}`, want: "no folder"},
+		{name: "no JSON", out: "", runErr: errors.New("exec: \"go\": not found"), want: "not found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			md := parseDownload(m, []byte(tc.out), tc.runErr, "")
+			if md.dir != tc.dir || md.wrong != tc.wrong || (tc.want == "") != (md.err == nil) || (md.err != nil && !strings.Contains(md.err.Error(), tc.want)) {
+				t.Errorf("got %+v, want dir %q, error with %q, wrong %v", md, tc.dir, tc.want, tc.wrong)
+			}
+		})
+	}
+}
+
+// TestModuleFile reads a file of a module Castellan already depends on
+// (so in the module cache wherever the tests build) through the go command.
+func TestModuleFile(t *testing.T) {
+	b := ModuleFile(t, "github.com/veraison/ccatoken", "realm/testvectors/tf-rmm/cca_platform.pub")
+	if !strings.HasPrefix(string(b), "-----BEGIN PUBLIC KEY-----") {
+		t.Errorf("cca_platform.pub starts %q", b[:min(len(b), 30)])
+	}
+}
+
+func TestModulesUniqueAndListed(t *testing.T) {
+	b, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, m := range Modules {
+		if seen[m.Path] || !strings.HasPrefix(m.Sum, "h1:") || m.Version == "" || m.Licence == "" {
+			t.Errorf("module %+v", m)
+		}
+		seen[m.Path] = true
+		if !strings.Contains(string(b), m.Path+"@"+m.Version) || !strings.Contains(string(b), m.Sum) {
+			t.Errorf("README.md does not list %s@%s with its hash", m.Path, m.Version)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
+	"github.com/castellan-dev/castellan/internal/testvectors"
 	"github.com/veraison/ccatoken/platform"
 )
 
@@ -113,7 +114,9 @@ func FuzzVerifyCCA(f *testing.F) {
 	f.Add(env.Evidence)
 	f.Add(ccaEnvelope(f, c, sim.CCAOptions{UnboundRAK: true}).Evidence)
 	f.Add([]byte{0xd9, 0x01, 0x8f, 0xa0})
-	f.Add(readTestdata(f, "cca_tfrmm_token.cbor"))
+	if b := testvectors.OptionalModuleFile(f, ccaModule, ccaTFRMM+"cca_token.cbor"); b != nil {
+		f.Add(b)
+	}
 	opts := trusting(c)
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		e := *env
@@ -154,11 +157,22 @@ func BenchmarkVerifyCCA(b *testing.B) {
 	}
 }
 
-// TestRealCCASample verifies a token made by TF-RMM (Arm's reference realm
-// management monitor) with the CPAK it was signed with.
+// The real CCA sample: a token made by TF-RMM (Arm's reference realm
+// management monitor) and the CPAK that signed its platform token, as the
+// ccatoken module (a dependency) ships them, read from the module cache.
+const (
+	ccaModule = "github.com/veraison/ccatoken"
+	ccaTFRMM  = "realm/testvectors/tf-rmm/"
+)
+
+// TestRealCCASample verifies the TF-RMM token with the CPAK it was signed
+// with.
 func TestRealCCASample(t *testing.T) {
-	raw := readTestdata(t, "cca_tfrmm_token.cbor")
-	blk, _ := pem.Decode(readTestdata(t, "cca_tfrmm_cpak.pem"))
+	raw := testvectors.ModuleFile(t, ccaModule, ccaTFRMM+"cca_token.cbor")
+	blk, _ := pem.Decode(testvectors.ModuleFile(t, ccaModule, ccaTFRMM+"cca_platform.pub"))
+	if blk == nil {
+		t.Fatal("cca_platform.pub: no PEM block")
+	}
 	cpak, err := x509.ParsePKIXPublicKey(blk.Bytes)
 	if err != nil {
 		t.Fatal(err)

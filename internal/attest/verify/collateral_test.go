@@ -62,7 +62,7 @@ func TestSimSNPCollateral(t *testing.T) {
 		want string
 	}{
 		{"CRL missing", collateral.Map{}, time.Time{}, "Milan/crl"},
-		{"ASK revoked", revoking, time.Time{}, "revoked by AMD's CRL"},
+		{"ASK revoked", revoking, time.Time{}, "is revoked by the AMD CRL"},
 		{"CRL stale", coll, afterNextUpdate, "stale"},
 		{"CRL tampered", collateral.Map{crlURL: {Body: tampered}}, time.Time{}, "verification"},
 		{"CRL signed by another CA", collateral.Map{crlURL: otherColl[crlURL]}, time.Time{}, "verification"},

@@ -17,7 +17,9 @@ import (
 	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
+	"github.com/castellan-dev/castellan/internal/testvectors"
 	"github.com/google/go-tdx-guest/pcs"
+	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
 )
 
 // Offsets in an SGX v3 quote.
@@ -48,9 +50,54 @@ func simCollateral(tb testing.TB, c *sim.CA, o sim.SGXCollateralOptions) collate
 	return m
 }
 
-// realFMSPC is the FMSPC of sgx_quote_v3_dcapqvl.dat, as its PCK
-// certificate writes it.
+// realFMSPC is the FMSPC of sgx_quote_v3_dcapqvl.dat (an outside vector,
+// internal/testvectors), as its PCK certificate writes it.
 const realFMSPC = "00a067110000"
+
+// The registry sample: an SGX v3 quote from a real machine with the TCB
+// info and QE identity Intel's PCS v4 served for its FMSPC, as the Go
+// module of oasis-core ships them as test data (testdata/README.md).
+const (
+	oasisModule   = "github.com/oasisprotocol/oasis-core/go"
+	oasisTestdata = "common/sgx/pcs/testdata/"
+	oasisFMSPC    = "00606a000000"
+	oasisQuote    = "quote_v3_ecdsa_p256_pck_chain.bin"
+)
+
+// oasisAt is a time the oasis sample's collateral is valid at (the one
+// oasis-core's own test verifies at): 2022-12-20.
+var oasisAt = time.Unix(1671497404, 0)
+
+// oasisCollateral serves the oasis sample's collateral at Intel's PCS v4
+// URLs: the TCB info and QE identity as Intel's responses with the TCB
+// signing chain in their headers (tcbChain, PEM), and the PCK Platform CA
+// and root CA CRLs go-tdx-guest ships (2023). Those CRLs are newer than
+// the TCB info: a later CRL that does not list the PCK certificate or its
+// CA shows they were not revoked at oasisAt either, and checkCRL refuses
+// stale CRLs only.
+func oasisCollateral(tb testing.TB, tcbInfo, tcbChain []byte) collateral.Map {
+	tb.Helper()
+	chain := url.QueryEscape(string(tcbChain))
+	return collateral.Map{
+		collateral.SGXTCBInfoURL(oasisFMSPC): {Header: http.Header{"Tcb-Info-Issuer-Chain": {chain}}, Body: tcbInfo},
+		collateral.SGXQEIdentityURL(): {Header: http.Header{"Sgx-Enclave-Identity-Issuer-Chain": {chain}},
+			Body: oasisFile(tb, "qe_identity_v2.json")},
+		// The quote's PCK certificate is issued by Intel's platform CA.
+		pcs.PckCrlURL("platform"):  {Body: tdxtestdata.PckCrlBody},
+		collateral.IntelRootCRLURL: {Body: tdxtestdata.RootCrlBody},
+	}
+}
+
+func oasisFile(tb testing.TB, name string) []byte {
+	tb.Helper()
+	return testvectors.ModuleFile(tb, oasisModule, oasisTestdata+name)
+}
+
+// oasisPCS is oasisCollateral with the sample's own TCB info and chain.
+func oasisPCS(tb testing.TB) collateral.Map {
+	tb.Helper()
+	return oasisCollateral(tb, oasisFile(tb, "tcb_info_v3_fmspc_00606A000000.json"), oasisFile(tb, "tcb_info_v3_fmspc_00606A000000_certs.pem"))
+}
 
 // pcsMap serves an sgx_ql_qve_collateral_t (the test data's form) at
 // Intel's PCS v4 URLs, as Intel does: issuer chains URL-encoded in
@@ -78,7 +125,7 @@ func pcsMap(tb testing.TB, c *SGXCollateral) collateral.Map {
 func realCollateral(tb testing.TB) *SGXCollateral {
 	tb.Helper()
 	var col SGXCollateral
-	if err := json.Unmarshal(readTestdata(tb, "sgx_collateral_00A067110000.json"), &col); err != nil {
+	if err := json.Unmarshal(testvectors.Read(tb, "sgx_collateral_00A067110000.json"), &col); err != nil {
 		tb.Fatal(err)
 	}
 	return &col
@@ -273,10 +320,110 @@ func TestSGXTCBStatusPolicy(t *testing.T) {
 	}
 }
 
+// TestRealSGXOasisSample verifies the registry sample (a real SGX v3
+// quote) against Intel's real root with Intel's collateral, and refuses it
+// tampered, with tampered or wrongly signed collateral, out of the
+// collateral's validity, and under the default policy. It runs wherever
+// the Go module proxy or module cache has oasis-core's module (CI does).
+func TestRealSGXOasisSample(t *testing.T) {
+	raw := oasisFile(t, oasisQuote)
+	accept := SGXPolicy{TCBStatuses: []string{"UpToDate", "SWHardeningNeeded"}}
+
+	// Without collateral: the PCK chain to Intel's SGX root (the TCB
+	// claims are its PCK certificate's components), the QE
+	// report, the attestation key binding and the quote's signature.
+	cl, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: oasisAt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRD := []byte{2, 106, 105, 206, 217, 108, 62, 2, 149, 209, 109, 107, 56, 142, 5, 122, 19, 122, 20, 49, 150, 113, 102, 42, 88, 68, 199, 71, 47, 60, 98, 174,
+		14, 61, 63, 153, 183, 125, 216, 155, 15, 193, 67, 108, 79, 233, 104, 40, 57, 26, 82, 88, 138, 15, 136, 52, 85, 161, 139, 143, 88, 114, 227, 240}
+	if cl.Simulated || cl.Debug || hex.EncodeToString(cl.Measurement) != "68823bc62f409ee33a32ea270cfe45d4b19a6fb3c8570d7bc186cbe062398e8f" ||
+		hex.EncodeToString(cl.Identity["mrsigner"]) != "9affcfae47b848ec2caf1c49b4b283531e1cc425f93582b36806e52a43d78d1a" ||
+		cl.TCB["cpu_svn.0"] != 7 || cl.TCB["cpu_svn.2"] != 3 || cl.TCB["pce_svn"] != 13 || cl.TCB["qe_svn"] != 9 || cl.TCB["isv_svn"] != 0 ||
+		!bytes.Equal(cl.ReportData[:], wantRD) || cl.Details["tcb_status"] != "" {
+		t.Errorf("claims %+v", cl)
+	}
+
+	// With Intel's collateral, and through an offline collateral folder.
+	dir := t.TempDir()
+	for u, r := range oasisPCS(t) {
+		if err := collateral.Put(dir, u, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, src := range map[string]collateral.Source{"served": oasisPCS(t), "folder": collateral.Offline(dir)} {
+		cl, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: oasisAt, Collateral: src, SGX: accept})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if cl.Details["tcb_status"] != "SWHardeningNeeded" || cl.Details["qe_tcb_status"] != "UpToDate" || cl.Details["tcb_date"] == "" ||
+			cl.Details["tcb_info_next_update"] != "2023-01-18T09:40:10Z" {
+			t.Errorf("%s: details %v", name, cl.Details)
+		}
+	}
+
+	tcbInfo := oasisFile(t, "tcb_info_v3_fmspc_00606A000000.json")
+	tests := []struct {
+		name string
+		raw  []byte
+		src  collateral.Source
+		now  time.Time
+		pol  SGXPolicy
+		want string
+	}{
+		{name: "default policy (UpToDate only)", src: oasisPCS(t), want: "TCB info gives TCB status SWHardeningNeeded"},
+		{name: "a month later", src: oasisPCS(t), now: oasisAt.AddDate(0, 1, 0), pol: accept, want: "fetch it again"},
+		{name: "before the TCB info was issued", src: oasisPCS(t), now: oasisAt.AddDate(0, 0, -2), pol: accept, want: "fetch it again"},
+		{name: "tampered TCB info", src: oasisCollateral(t, bytes.Replace(tcbInfo, []byte(`"tcbStatus":"SWHardeningNeeded"`), []byte(`"tcbStatus":"UpToDate"`), 1),
+			oasisFile(t, "tcb_info_v3_fmspc_00606A000000_certs.pem")), pol: accept, want: "TCB info: the signature does not verify"},
+		{name: "TCB info signed by another chain", src: oasisCollateral(t, tcbInfo, oasisFile(t, "tcb_info_v3_fmspc_00606A000000_certs_bad.pem")), pol: accept, want: "SGX TCB info"},
+		{name: "no collateral for the FMSPC", src: collateral.Map{}, pol: accept, want: "HTTP 404"},
+		{name: "tampered quote", raw: func() []byte {
+			b := bytes.Clone(raw)
+			b[sgxOffMREnclave] ^= 1
+			return b
+		}(), src: oasisPCS(t), pol: accept, want: "signature"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, now := raw, oasisAt
+			if tc.raw != nil {
+				r = tc.raw
+			}
+			if !tc.now.IsZero() {
+				now = tc.now
+			}
+			_, err := Report(evidence.PlatformSGX, r, nil, Options{Now: now, Collateral: tc.src, SGX: tc.pol})
+			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("Report = %v, want one line saying %q", err, tc.want)
+			}
+		})
+	}
+
+	// The report data was chosen by whoever made the quote: bound to no
+	// key, so an envelope around it is refused.
+	env := &evidence.Envelope{Platform: evidence.PlatformSGX, Evidence: raw, Key: keyA(), WorkloadDigest: digestA}
+	if _, err := Envelope(env, Options{Now: oasisAt}); err == nil || !strings.Contains(err.Error(), "report_data") {
+		t.Errorf("real quote in an envelope: %v, want a report data refusal", err)
+	}
+}
+
+// The registry's second real quote carries an encrypted PPID instead of
+// the PCK chain (certification data type 3), which Castellan cannot
+// verify offline: refused by the parser.
+func TestRealSGXQuoteWithoutPCKChain(t *testing.T) {
+	_, err := ParseSGXQuote(oasisFile(t, "quote_v3_ecdsa_p256_eppid.bin"))
+	if err == nil || !strings.Contains(err.Error(), "certification data type 3") {
+		t.Errorf("ParseSGXQuote = %v, want a certification data type refusal", err)
+	}
+}
+
 // TestRealSGXSample verifies an SGX v3 quote from a real machine with the
-// collateral Intel's PCS served for it, at a time both were valid.
+// collateral Intel's PCS served for it, at a time both were valid. Both
+// are outside vectors (internal/testvectors): skipped without them.
 func TestRealSGXSample(t *testing.T) {
-	raw := readTestdata(t, "sgx_quote_v3_dcapqvl.dat")
+	raw := testvectors.Read(t, "sgx_quote_v3_dcapqvl.dat")
 	col := realCollateral(t)
 	at := time.Date(2025, 6, 20, 0, 0, 0, 0, time.UTC)
 	accept := SGXPolicy{TCBStatuses: []string{"UpToDate", "ConfigurationAndSWHardeningNeeded"}}
@@ -327,9 +474,10 @@ func TestRealSGXSample(t *testing.T) {
 	}
 }
 
-// A second real quote (an Occlum enclave), without collateral.
+// A second real quote (an Occlum enclave, an outside vector), without
+// collateral.
 func TestRealSGXOcclumSample(t *testing.T) {
-	raw := readTestdata(t, "sgx_quote_v3_occlum.dat")
+	raw := testvectors.Read(t, "sgx_quote_v3_occlum.dat")
 	q, err := ParseSGXQuote(raw)
 	if err != nil {
 		t.Fatal(err)
@@ -394,8 +542,15 @@ func FuzzParseSGXQuote(f *testing.F) {
 	f.Add(env.Evidence)
 	v4 := sgxEnvelope(f, c, sim.SGXOptions{Version: 4})
 	f.Add(v4.Evidence)
-	f.Add(readTestdata(f, "sgx_quote_v3_dcapqvl.dat"))
-	f.Add(readTestdata(f, "sgx_quote_v3_occlum.dat"))
+	for _, b := range [][]byte{
+		testvectors.OptionalModuleFile(f, oasisModule, oasisTestdata+oasisQuote),
+		testvectors.Optional(f, "sgx_quote_v3_dcapqvl.dat"),
+		testvectors.Optional(f, "sgx_quote_v3_occlum.dat"),
+	} {
+		if b != nil {
+			f.Add(b)
+		}
+	}
 	opts := trusting(c)
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		if _, err := ParseSGXQuote(raw); err != nil {
@@ -442,22 +597,22 @@ func mustRefuse(t *testing.T, env *evidence.Envelope, opts Options, check, msg s
 // PCCS rewrite and the cache see like TDX's), and a response without its
 // issuer chain is refused.
 func TestSGXCollateralURLs(t *testing.T) {
-	col := realCollateral(t)
-	rec := &recording{Source: pcsMap(t, col)}
-	at := time.Date(2025, 6, 20, 0, 0, 0, 0, time.UTC)
-	raw := readTestdata(t, "sgx_quote_v3_dcapqvl.dat")
-	if _, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: at, Collateral: rec, SGX: SGXPolicy{TCBStatuses: []string{"UpToDate", "ConfigurationAndSWHardeningNeeded"}}}); err != nil {
+	rec := &recording{Source: oasisPCS(t)}
+	raw := oasisFile(t, oasisQuote)
+	if _, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: oasisAt, Collateral: rec, SGX: SGXPolicy{TCBStatuses: []string{"UpToDate", "SWHardeningNeeded"}}}); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"https://api.trustedservices.intel.com/sgx/certification/v4/tcb?fmspc=00a067110000", "https://api.trustedservices.intel.com/sgx/certification/v4/qe/identity",
-		"https://api.trustedservices.intel.com/sgx/certification/v4/pckcrl?ca=processor&encoding=der", collateral.IntelRootCRLURL}
+	want := []string{"https://api.trustedservices.intel.com/sgx/certification/v4/tcb?fmspc=00606a000000", "https://api.trustedservices.intel.com/sgx/certification/v4/qe/identity",
+		"https://api.trustedservices.intel.com/sgx/certification/v4/pckcrl?ca=platform&encoding=der", collateral.IntelRootCRLURL}
 	if strings.Join(rec.urls, " ") != strings.Join(want, " ") {
 		t.Errorf("fetched %v, want %v", rec.urls, want)
 	}
-	m := pcsMap(t, col)
-	m[collateral.SGXTCBInfoURL(realFMSPC)].Header = nil
-	if _, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: at, Collateral: m}); err == nil || !strings.Contains(err.Error(), "no Tcb-Info-Issuer-Chain header") {
-		t.Errorf("no issuer chain: %v", err)
+	for _, u := range []string{collateral.SGXTCBInfoURL(oasisFMSPC), collateral.SGXQEIdentityURL()} {
+		m := oasisPCS(t)
+		m[u].Header = nil
+		if _, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: oasisAt, Collateral: m}); err == nil || !strings.Contains(err.Error(), "Issuer-Chain header") {
+			t.Errorf("%s without its issuer chain: %v", u, err)
+		}
 	}
 }
 
@@ -482,11 +637,12 @@ func BenchmarkVerifySGX(b *testing.B) {
 	}
 }
 
-// BenchmarkVerifySGXCollateral is the real quote with Intel's collateral:
-// chain, QE report, quote, two collateral signatures, two CRLs.
+// BenchmarkVerifySGXCollateral is a real quote (the registry sample) with
+// Intel's collateral: chain, QE report, quote, two collateral signatures,
+// two CRLs.
 func BenchmarkVerifySGXCollateral(b *testing.B) {
-	raw := readTestdata(b, "sgx_quote_v3_dcapqvl.dat")
-	opts := Options{Now: time.Date(2025, 6, 20, 0, 0, 0, 0, time.UTC), Collateral: pcsMap(b, realCollateral(b)), SGX: SGXPolicy{TCBStatuses: []string{"UpToDate", "ConfigurationAndSWHardeningNeeded"}}}
+	raw := oasisFile(b, oasisQuote)
+	opts := Options{Now: oasisAt, Collateral: oasisPCS(b), SGX: SGXPolicy{TCBStatuses: []string{"UpToDate", "SWHardeningNeeded"}}}
 	for b.Loop() {
 		if _, err := Report(evidence.PlatformSGX, raw, nil, opts); err != nil {
 			b.Fatal(err)
