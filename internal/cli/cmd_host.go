@@ -20,6 +20,8 @@ import (
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/host"
+	"github.com/castellan-dev/castellan/internal/keep"
+	"github.com/castellan-dev/castellan/internal/keep/qemu"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/workload"
 )
@@ -40,9 +42,13 @@ var hostServeCmd = &Command{
 	Usage:   "host serve [flags]",
 	Summary: "run the host agent: the keep manager and confidential delivery relay",
 	Help: `Serves the host agent API over HTTPS with bearer tokens (see 'castellan host
-token create'). Each keep is a child process with its own limits; keep
-state lives in SQLite in --state-dir, so that a restarted agent adopts the
-keeps that still run and records how the others ended. The agent relays
+token create'). Each keep is a child process with its own limits, or with
+--keep-kind vm a QEMU micro-VM booted from --keep-image (KVM where usable,
+else TCG; an SEV-SNP VM for backend snp and a TD for tdx, with --firmware);
+keep state lives in SQLite in --state-dir, so that a restarted agent adopts
+the process keeps that still run and records how the others ended (a VM
+keep's channel ends with the agent that launched it: a restarted agent
+stops VM keeps it finds running). The agent relays
 encrypted sessions between clients and keeps: it never sees a confidentially
 delivered workload or its secrets.
 
@@ -58,6 +64,9 @@ type hostServeFlags struct {
 	retainFor                              time.Duration
 	maxKeeps, maxOpenFiles                 int
 	maxCPU, maxWall, attachTimeout         time.Duration
+	keepKind, keepImage, firmware          string
+	maxVMMemory                            string
+	maxVCPUs                               int
 }
 
 func addHostServeFlags(fs *flag.FlagSet) *hostServeFlags {
@@ -74,6 +83,11 @@ func addHostServeFlags(fs *flag.FlagSet) *hostServeFlags {
 	fs.IntVar(&f.retainKeeps, "retain-keeps", host.DefaultRetainKeeps, "finished keeps to keep (folder, record, events), newest first; older ones are removed")
 	fs.DurationVar(&f.retainFor, "retain-for", host.DefaultRetainFor, "how long after its end a finished keep is kept")
 	fs.StringVar(&f.keepCache, "keep-cache-dir", "", "compilation cache for nil-backend keeps only (a cache on the host's disk is open to the host; TEE keeps never use one)")
+	fs.StringVar(&f.keepKind, "keep-kind", keep.KindProcess, "what each keep is: process (a child process) or vm (a QEMU micro-VM booted from --keep-image)")
+	fs.StringVar(&f.keepImage, "keep-image", os.Getenv("CASTELLAN_KEEP_IMAGE"), "with --keep-kind vm: the keep image folder ('castellan keep-image build'; $CASTELLAN_KEEP_IMAGE)")
+	fs.StringVar(&f.firmware, "firmware", "", "with --keep-kind vm: the firmware of snp and tdx VM keeps (the file 'castellan keep-image measure --firmware' used)")
+	fs.StringVar(&f.maxVMMemory, "max-vm-memory", "8GiB", "with --keep-kind vm: the largest VM a keep may ask for (vm_memory_bytes; default size 512MiB)")
+	fs.IntVar(&f.maxVCPUs, "max-vcpus", host.DefaultMaxVCPUs, "with --keep-kind vm: most vCPUs a keep may ask for (default 1)")
 	return f
 }
 
@@ -306,15 +320,27 @@ func hostServe(e *Env, args []string) int {
 	if f.maxKeeps < 1 || f.maxOpenFiles < 16 {
 		return e.Usagef("host serve: --max-keeps must be at least 1 and --max-open-files at least 16")
 	}
+	vmMem, err := config.ParseSize(f.maxVMMemory)
+	if err != nil || vmMem < config.MinVMMemory || vmMem%(1<<20) != 0 {
+		return e.Usagef("--max-vm-memory: %q is not a whole number of MiB of at least 128MiB, such as 8GiB", f.maxVMMemory)
+	}
+	if f.maxVCPUs < 1 || f.maxVCPUs > config.MaxVCPUs {
+		return e.Usagef("--max-vcpus: %d is out of range 1-%d", f.maxVCPUs, config.MaxVCPUs)
+	}
+	launcher, code := keepLauncher(e, f.keepKind, f.keepImage, f.firmware, f.keepCache)
+	if launcher == nil {
+		return code
+	}
 	a, err := host.New(host.Config{
-		StateDir:      f.stateDir,
-		MaxKeeps:      f.maxKeeps,
-		Max:           host.Limits{MemoryBytes: int64(mem), CPUSeconds: int64(f.maxCPU / time.Second), WallSeconds: int64(f.maxWall / time.Second), OpenFiles: int64(f.maxOpenFiles)},
+		StateDir: f.stateDir,
+		MaxKeeps: f.maxKeeps,
+		Max: host.Limits{MemoryBytes: int64(mem), CPUSeconds: int64(f.maxCPU / time.Second), WallSeconds: int64(f.maxWall / time.Second), OpenFiles: int64(f.maxOpenFiles),
+			VMMemoryBytes: int64(vmMem), VCPUs: int64(f.maxVCPUs)},
 		AttachTimeout: f.attachTimeout,
+		Launcher:      launcher,
 		MaxOutput:     int64(maxOut),
 		RetainKeeps:   f.retainKeeps,
 		RetainFor:     f.retainFor,
-		KeepCacheDir:  f.keepCache,
 		Logf:          func(format string, a ...any) { e.Infof(format, a...) },
 	})
 	if err != nil {
@@ -403,6 +429,9 @@ func namedTimeout(ctx context.Context, err error) error {
 // deployRemote runs the confidential delivery protocol through the agent.
 func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string, args []string) int {
 	r := do.remote
+	if do.vm.kind != keep.KindProcess {
+		return e.Usagef("deploy --host: the host agent chooses the keep kind ('castellan host serve --keep-kind vm'); --keep applies to local runs")
+	}
 	if do.memory != "" || do.maxOutput != "" || do.noCache || do.report != "" || len(do.allowDirs) > 0 {
 		return e.Usagef("deploy --host: --memory, --max-output, --no-cache, --report and --allow-dir apply to local runs (the keep's memory limit is --keep-memory)")
 	}
@@ -427,16 +456,9 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 	var v delivery.Verifier
 	switch {
 	case do.attest != "":
-		sv := &delivery.ServiceVerifier{URL: do.attest, Package: name, AllowInsecure: r.insecure}
-		if do.attestCA != "" {
-			pem, err := os.ReadFile(do.attestCA)
-			if err != nil {
-				return e.Errorf("--attest-ca: %v", err)
-			}
-			sv.Roots = x509.NewCertPool()
-			if !sv.Roots.AppendCertsFromPEM(pem) {
-				return e.Errorf("--attest-ca: %s: no PEM certificate in it", do.attestCA)
-			}
+		sv, code := serviceVerifier(e, do.attest, do.attestCA, name, r.insecure)
+		if sv == nil {
+			return code
 		}
 		v = timedVerifier{Verifier: sv, limit: do.attestTime}
 	case r.policyFile != "":
@@ -449,11 +471,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		}
 		v = &delivery.PolicyVerifier{Policy: snap, Name: r.policyFile, Collateral: clientCollateral()}
 	case r.insecure:
-		iv := &delivery.InsecureVerifier{}
-		if roots, _, err := tee.SimRoots(); err == nil {
-			iv.SimRoots = roots
-		}
-		v = iv
+		v = insecureVerifier()
 		e.Warningf("--insecure: the keep's evidence is checked for signatures and bindings only, not against a policy")
 	default:
 		return e.ErrorWithHint(errors.New("deploy --host: nothing to verify the keep's evidence with"),
@@ -523,6 +541,33 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 	return res.ExitCode
 }
 
+// serviceVerifier is the attestation service at url as the verifier of a
+// keep's evidence (--attest, --attest-ca).
+func serviceVerifier(e *Env, url, caFile, pkg string, allowInsecure bool) (*delivery.ServiceVerifier, int) {
+	sv := &delivery.ServiceVerifier{URL: url, Package: pkg, AllowInsecure: allowInsecure}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, e.Errorf("--attest-ca: %v", err)
+		}
+		sv.Roots = x509.NewCertPool()
+		if !sv.Roots.AppendCertsFromPEM(pem) {
+			return nil, e.Errorf("--attest-ca: %s: no PEM certificate in it", caFile)
+		}
+	}
+	return sv, ExitOK
+}
+
+// insecureVerifier checks a keep's evidence for signatures and bindings
+// only, this machine's simulation roots included.
+func insecureVerifier() *delivery.InsecureVerifier {
+	iv := &delivery.InsecureVerifier{}
+	if roots, _, err := tee.SimRoots(); err == nil {
+		iv.SimRoots = roots
+	}
+	return iv
+}
+
 // hostError reports err, with a hint when the host agent's certificate was
 // not trusted (the agent's certificate is self-signed: clients pin it).
 func hostError(e *Env, err error) int {
@@ -531,4 +576,25 @@ func hostError(e *Env, err error) int {
 		return e.ErrorWithHint(err, "pass --host-ca with the agent's certificate (STATE-DIR/tls/cert.pem on the host; the agent prints its SHA-256 at start)")
 	}
 	return e.Errorf("%v", err)
+}
+
+// keepLauncher makes the launcher of a keep kind (--keep-kind, --keep):
+// process, or vm with its image and firmware. It reports a bad choice.
+func keepLauncher(e *Env, kind, image, firmware, cacheDir string) (keep.Launcher, int) {
+	switch kind {
+	case keep.KindProcess:
+		if image != "" && image != os.Getenv("CASTELLAN_KEEP_IMAGE") || firmware != "" {
+			return nil, e.Usagef("--keep-image and --firmware apply to VM keeps (--keep-kind vm)")
+		}
+		return &keep.Process{CacheDir: cacheDir}, ExitOK
+	case keep.KindVM:
+		if cacheDir != "" {
+			return nil, e.Usagef("--keep-cache-dir applies to process keeps: a VM keep compiles inside its VM")
+		}
+		if image == "" {
+			return nil, e.ErrorWithHint(errors.New("vm keeps: no keep image"), "pass --keep-image DIR (make one with 'castellan keep-image build -o DIR')")
+		}
+		return &qemu.VM{Image: image, Firmware: firmware, Warnf: e.Warningf}, ExitOK
+	}
+	return nil, e.Usagef("keep kind %q: want %s", kind, strings.Join(keep.Kinds(), " or "))
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/runtime"
 	"github.com/castellan-dev/castellan/internal/workload"
 )
@@ -41,6 +42,7 @@ type runOptions struct {
 	attestTime time.Duration
 	secrets    *secretFlags // --secret, --secret-file (cmd_deploy.go)
 	world      *worldFlags  // --dir, --dir-ro, --env: run only (run_world.go)
+	vm         *vmOptions   // --keep, --keep-image, --firmware (cmd_run_vm.go)
 }
 
 func addRunFlags(fs *flag.FlagSet) *runOptions {
@@ -59,6 +61,7 @@ func addRunFlags(fs *flag.FlagSet) *runOptions {
 	fs.BoolVar(&ro.digestOnly, "digest", false, "print the workload digest and exit without running")
 	fs.StringVar(&ro.report, "report", "", "before the workload starts, write the keep's certificate, claims and evidence to this JSON file")
 	ro.secrets = addSecretFlags(fs)
+	ro.vm = addKeepKindFlags(fs)
 	return ro
 }
 
@@ -86,7 +89,18 @@ and exactly the --env variables; with one it also gets FD_COUNT and
 FD_NAMES, as under Enarx. The exit status is the workload's; a keep stopped
 by its wall-time limit exits with 124, by its output limit with 125, by
 SIGINT with 130 and by SIGTERM with 143 (after one line saying what was
-stopped; its listeners and connections are closed first).`,
+stopped; its listeners and connections are closed first).
+
+With --keep vm the keep is a micro-VM: QEMU boots the keep image
+(--keep-image, made by 'castellan keep-image build'), under KVM where usable,
+else under TCG (emulation: slow, and not isolated by hardware); backend snp
+or tdx boots an SEV-SNP VM or a TD with --firmware. This castellan then
+verifies the keep's evidence (signatures and bindings; with --attest, the
+attestation service), sends the package and its secrets over TLS that ends
+inside the VM, and prints the output that comes back. The VM's size is the
+config's [limits] vm_memory and vcpus (default 512MiB and 1); it has no
+network and no disk, so configs with dir, listen or connect entries are
+refused.`,
 }
 
 func init() {
@@ -225,6 +239,16 @@ func runArtifact(e *Env, ro *runOptions, art *workload.Artifact, name string, ar
 
 // runLoaded runs a workload whose bytes and config are in hand.
 func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Config, name, dir string, args []string) int {
+	switch ro.vm.kind {
+	case keep.KindVM:
+		return runVM(e, ro, art, cfg, name, args)
+	case keep.KindProcess:
+		if ro.vm.image != os.Getenv("CASTELLAN_KEEP_IMAGE") || ro.vm.firmware != "" {
+			return e.Usagef("--keep-image and --firmware apply to VM keeps (--keep vm)")
+		}
+	default:
+		return e.Usagef("--keep: %q is not a keep kind (want %s)", ro.vm.kind, strings.Join(keep.Kinds(), " or "))
+	}
 	var limits config.Limits
 	if cfg != nil {
 		limits = cfg.Limits

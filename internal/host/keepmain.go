@@ -18,29 +18,24 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keeplog"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
-// Files in a keep's folder (state dir/keeps/ID).
+// The keep process's side of its contract with the launcher
+// (internal/keep): files in its folder (state dir/keeps/ID), its hello
+// descriptor, its log.
 const (
-	keepSocket = "keep.sock" // the keep's relay endpoint, one connection
-	exitFile   = "exit.json" // the keep's own account of how it ended
-	helloFD    = 3           // the pipe the keep writes its hello to
-	stateLine  = "@state "   // a stderr line that reports a state change
-	maxLogLine = 4096        // longer keep log lines are cut
-	keepDirMax = 100         // bytes, so that the socket path fits sun_path
+	keepSocket = keep.SocketFile // the keep's relay endpoint, one connection
+	helloFD    = keep.HelloFD    // the pipe the keep writes its hello to
+	stateLine  = keep.StateLine  // a stderr line that reports a state change
+	maxLogLine = keep.MaxLogLine // longer keep log lines are cut
 )
 
 // ExitRecord is how a keep ended: a process keep writes it to exit.json
 // before it exits, a VM keep sends it as its last frame.
-type ExitRecord = exitRecord
-
-type exitRecord struct {
-	State    string `json:"state"` // exited or failed
-	ExitCode *int   `json:"exit_code,omitempty"`
-	Reason   string `json:"reason,omitempty"`
-}
+type ExitRecord = keep.ExitRecord
 
 // KeepParams are the parameters of one keep, as the agent gives them (to
 // a process keep as flags, to a VM keep over its channel).
@@ -111,7 +106,7 @@ func KeepMain(args []string, stderr io.Writer) int {
 		// Said past the limit (one line): the agent allows for it.
 		msg := fmt.Sprintf("output limit of %d bytes reached", *maxOutput)
 		fmt.Fprintf(raw, "keep failed: %s\n", msg)
-		rec.record(exitRecord{State: StateFailed, Reason: msg})
+		rec.record(ExitRecord{State: StateFailed, Reason: msg})
 		os.Exit(1)
 	}}
 	logf := func(format string, a ...any) {
@@ -177,7 +172,7 @@ func RunKeep(ctx context.Context, p KeepParams, kio KeepIO) int {
 	fail := func(format string, a ...any) int { return keepFailed(kio, format, a...) }
 	apply := p.ApplyLimits
 	if apply == nil {
-		apply = applyLimits
+		apply = keep.ApplyLimits
 	}
 	if err := apply(p.Limits); err != nil {
 		return fail("%v", err)
@@ -239,29 +234,25 @@ type exitRecorder struct {
 	once sync.Once
 }
 
-func (k *exitRecorder) record(r exitRecord) {
+func (k *exitRecorder) record(r ExitRecord) {
 	k.once.Do(func() {
 		if k.dir == "" {
 			return
 		}
-		b, _ := json.Marshal(r)
-		tmp := filepath.Join(k.dir, exitFile+".tmp")
-		if os.WriteFile(tmp, b, 0o600) == nil {
-			os.Rename(tmp, filepath.Join(k.dir, exitFile))
-		}
+		keep.WriteExitRecord(k.dir, r)
 	})
 }
 
 func keepFailed(kio KeepIO, format string, a ...any) int {
 	msg := fmt.Sprintf(format, a...)
 	kio.Logf("keep failed: %s", msg)
-	kio.Ended(exitRecord{State: StateFailed, Reason: msg})
+	kio.Ended(ExitRecord{State: StateFailed, Reason: msg})
 	return 1
 }
 
 func keepExited(kio KeepIO, code int) int {
 	kio.Logf("workload exited with status %d", code)
-	kio.Ended(exitRecord{State: StateExited, ExitCode: &code})
+	kio.Ended(ExitRecord{State: StateExited, ExitCode: &code})
 	if code < 0 || code > 255 {
 		return 255
 	}
@@ -270,4 +261,4 @@ func keepExited(kio KeepIO, code int) int {
 
 // ApplyLimits applies l to this process with setrlimit, as a process keep
 // does (RLIMIT_DATA, RLIMIT_CPU, RLIMIT_NOFILE; zero fields are left alone).
-func ApplyLimits(l Limits) error { return applyLimits(l) }
+func ApplyLimits(l Limits) error { return keep.ApplyLimits(l) }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keeplog"
 )
 
@@ -42,7 +43,7 @@ func (a *Agent) followOutput(l *liveKeep, offset int64) {
 	err := keeplog.Follow(ctx, keeplog.Path(l.dir), offset, keeplog.FollowOptions{MaxLine: maxLogLine, Ended: l.exited},
 		func(b []byte, next int64) error {
 			if next > a.cfg.MaxOutput+outputSlack && l.setStop(StateFailed, fmt.Sprintf("output limit of %d bytes reached", a.cfg.MaxOutput)) {
-				killGroup(l.pid, l.ticks)
+				keep.KillGroup(l.pid, l.ticks)
 			}
 			line := string(b)
 			if s, ok := strings.CutPrefix(line, stateLine); ok {

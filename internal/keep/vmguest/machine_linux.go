@@ -92,12 +92,16 @@ func (linuxMachine) OpenPort(name string) (io.ReadWriteCloser, error) {
 		path, err := findPort("/sys/class/virtio-ports", "/dev", name)
 		if err == nil {
 			f, err := os.OpenFile(path, os.O_RDWR, 0)
-			if err != nil {
+			if err == nil {
+				return f, nil
+			}
+			// devtmpfs makes the node a moment after sysfs shows the
+			// port: wait for it as for the port.
+			if !errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
 				return nil, fmt.Errorf("opening %s: %w", path, err)
 			}
-			return f, nil
 		}
-		if time.Now().After(deadline) {
+		if err != nil && time.Now().After(deadline) {
 			return nil, fmt.Errorf("%w after %v", err, portWait)
 		}
 		time.Sleep(20 * time.Millisecond)
