@@ -179,4 +179,3 @@ func (c *Client) Resource(ctx context.Context, r Ref) ([]byte, error) {
 	}
 	return v, nil
 }
-

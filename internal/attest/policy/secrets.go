@@ -144,4 +144,3 @@ func (s *Snapshot) Release(path string, c *evidence.Claims) ([]byte, *Refusal) {
 	}
 	return bytes.Clone(e.value), nil
 }
-
