@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +42,7 @@ type runOptions struct {
 	digestOnly bool
 	report     string
 	secrets    *secretFlags // --secret, --secret-file (cmd_deploy.go)
+	kbs        string       // run only: --kbs (cmd_run_kbs.go)
 }
 
 func addRunFlags(fs *flag.FlagSet) *runOptions {
@@ -81,7 +84,7 @@ limit exits with 124, by its output limit with 125.`,
 }
 
 func init() {
-	DefineFlags("run", func(fs *flag.FlagSet) { addRunFlags(fs) })
+	DefineFlags("run", func(fs *flag.FlagSet) { addKBSFlag(fs, addRunFlags(fs)) })
 	runCmd.Run = runMain
 	Register(runCmd)
 }
@@ -89,6 +92,7 @@ func init() {
 func runMain(e *Env, args []string) int {
 	fs := e.FlagSet(runCmd)
 	ro := addRunFlags(fs)
+	addKBSFlag(fs, ro)
 	pos, status, ok := e.Parse(runCmd, fs, args)
 	if !ok {
 		return status
@@ -269,13 +273,29 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		defer t.Stop()
 	}
 
-	secretEnv, code := ro.secrets.bindLocal(e, cfg)
+	// Supplied secrets are checked before the keep attests; those the
+	// config fetches by kbs:/// reference come after it attested.
+	secretVals, code := ro.secrets.read(e)
 	if code != ExitOK {
 		return code
+	}
+	supplied := len(secretVals)
+	if err := cfg.CheckSecrets(slices.Collect(maps.Keys(secretVals))); err != nil {
+		return secretsError(e, err)
 	}
 	cert, code := keepCertificate(e, ro, cfg, art)
 	if code != ExitOK {
 		return code
+	}
+	if code := fetchSecrets(e, ro, cfg, art, secretVals); code != ExitOK {
+		return code
+	}
+	secretEnv, err := cfg.BindSecrets(secretVals)
+	if err != nil {
+		return secretsError(e, err)
+	}
+	if supplied > 0 {
+		e.Warningf("the secrets go to a keep on this machine: without a keep on a separate host (deploy --host) they are not protected from this machine")
 	}
 	exit, err := runtime.Run(context.Background(), runtime.Options{
 		Name:        name,
