@@ -111,6 +111,9 @@ func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 		if err != nil {
 			return nil, fmt.Errorf("tee-evidence: quote: %w", err)
 		}
+		if len(q) == 0 {
+			return nil, errors.New("tee-evidence: empty quote")
+		}
 		ev.Report = q
 	default:
 		return nil, fmt.Errorf("tee-evidence: not a form accepted for %s (Castellan's {\"platform\", \"report\"}, or for tdx {\"quote\"})", platform)

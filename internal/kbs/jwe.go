@@ -59,6 +59,9 @@ func ParseTEEKey(raw []byte) (*TEEKey, error) {
 	if err := jwk.Export(k, &pub); err != nil {
 		return nil, fmt.Errorf("tee-pubkey: %w", err)
 	}
+	if _, private := k.(interface{ D() ([]byte, bool) }); private {
+		return nil, errors.New("tee-pubkey: a private key")
+	}
 	name := ""
 	if a, ok := k.Algorithm(); ok {
 		name = a.String()
@@ -135,6 +138,15 @@ func Open(priv crypto.Signer, body []byte) ([]byte, error) {
 	}
 	if enc, ok := h.ContentEncryption(); !ok || enc != jwa.A256GCM() {
 		return nil, fmt.Errorf("jwe: enc is not A256GCM")
+	}
+	// The wrapped key's length is fixed by the algorithm: checked here,
+	// since jwx v3.0.8 panics on an empty AES key wrap.
+	wantLen := 40 // a 256-bit key, AES key-wrapped
+	if rk, ok := priv.Public().(*rsa.PublicKey); ok {
+		wantLen = rk.Size()
+	}
+	if n := len(rs[0].EncryptedKey()); n != wantLen {
+		return nil, fmt.Errorf("jwe: encrypted_key of %d bytes (want %d)", n, wantLen)
 	}
 	pt, err := jwe.Decrypt(body, jwe.WithKey(want, priv))
 	if err != nil {
