@@ -16,7 +16,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/castellan-dev/castellan/internal/kbs"
@@ -184,7 +186,7 @@ func (k *kbsHarness) send(t *testing.T, method, path string, cookie *http.Cookie
 
 // attestation builds an Attestation: runtime data with nonce and key's JWK
 // (and digest), evidence over bindJSON (default: the runtime data itself).
-func (k *kbsHarness) attestation(t *testing.T, nonce string, key *ecdsa.PrivateKey, digest string, bind func(rt []byte) []byte, form func(rd [64]byte) json.RawMessage) []byte {
+func (k *kbsHarness) attestation(t testing.TB, nonce string, key *ecdsa.PrivateKey, digest string, bind func(rt []byte) []byte, form func(rd [64]byte) json.RawMessage) []byte {
 	t.Helper()
 	jwk, err := kbs.PublicJWK(key.Public())
 	if err != nil {
@@ -360,4 +362,60 @@ func (k *kbsHarness) noPlaintext(t *testing.T) {
 			return nil
 		})
 	}
+}
+
+// FuzzKBSAttest feeds arbitrary Attestation bodies to an auth session: no
+// panic, refusals name a known check with a 4xx status, and an accepted
+// one yields an attested session.
+func FuzzKBSAttest(f *testing.F) {
+	h := newHarness(f)
+	k := &kbsHarness{harness: h}
+	nonce := h.nonceKey.seal(h.now)
+	sess := &kbsSession{Stage: "auth", Platform: "snp", Nonce: nonce, Expires: h.now.Add(time.Minute).Unix()}
+	key := newKey(f)
+	n64 := base64.StdEncoding.EncodeToString(nonce)
+	f.Add(k.attestation(f, n64, key, goodDigest, nil, nil))
+	f.Add(k.attestation(f, n64, key, "", nil, nil))
+	f.Add([]byte(`{"runtime-data":{"nonce":"` + n64 + `","tee-pubkey":{}},"tee-evidence":{}}`))
+	f.Add([]byte(`{"runtime-data":{"nonce":"` + n64 + `","tee-pubkey":{"kty":"EC"}},"tee-evidence":{"quote":""}}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var d audit.Decision
+		var o outcome
+		ns, ref := h.svc.kbsVerify(context.Background(), sess, body, h.now, &d, &o)
+		if (ns == nil) == (ref == nil) {
+			t.Fatalf("session %v and refusal %v", ns, ref)
+		}
+		if ref != nil && (!knownChecks[ref.Check] || ref.Reason == "" || ref.Status < 400 || ref.Status > 499) {
+			t.Fatalf("refusal %+v", ref)
+		}
+		if ns != nil && (ns.Stage != "ok" || ns.Platform != "snp" || len(ns.Key) == 0) {
+			t.Fatalf("session %+v", ns)
+		}
+	})
+}
+
+// FuzzKBSSession feeds arbitrary cookies: only those this key sealed open.
+func FuzzKBSSession(f *testing.F) {
+	key := NewNonceKey()
+	now := time.Unix(1_900_000_000, 0)
+	good := key.sealSession(&kbsSession{Stage: "ok", Platform: "snp", Expires: now.Unix() + 60, Workload: goodDigest})
+	f.Add(good)
+	f.Add(NewNonceKey().sealSession(&kbsSession{Stage: "ok", Expires: now.Unix() + 60}))
+	f.Add("e30.AAAA")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, v string) {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Header.Set("Cookie", kbs.CookieName+"="+v)
+		s, err := key.openSession(r, "ok", now)
+		if err != nil {
+			return
+		}
+		p, mac, _ := strings.Cut(v, ".")
+		raw, _ := base64.RawURLEncoding.DecodeString(p)
+		m, _ := base64.RawURLEncoding.DecodeString(mac)
+		if !bytes.Equal(m, key.sessionMAC(raw)) || s.Stage != "ok" {
+			t.Fatalf("cookie %q opened: %+v", v, s)
+		}
+	})
 }
