@@ -94,8 +94,9 @@ sim_roots = [%q]
 [platforms.tdx]
 sim_roots = [%q]
 
-# SGX: the simulation root signs the PCK chain; simulated quotes carry no
-# Intel collateral, so no TCB status is required of them.
+# SGX: the simulation root signs the PCK chain; Intel's TCB status of the
+# simulated platform comes from the collateral folder beside the roots, as
+# for TDX (tcb_statuses, default UpToDate).
 [platforms.sgx]
 sim_roots = [%q]
 

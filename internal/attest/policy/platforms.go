@@ -15,15 +15,12 @@ import (
 	"strings"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
-	"github.com/google/go-tdx-guest/pcs"
 )
 
 // What the SGX and CCA platforms add to the policy and the measurement
-// database (SEV-SNP and TDX need none of it):
+// database (SEV-SNP and TDX need none of it; SGX shares tcb_statuses and
+// require_collateral with TDX, platform.go):
 //
-//	[platforms.sgx]
-//	tcb_status = ["UpToDate"]      # Intel TCB statuses accepted (default UpToDate)
-//	collateral = "intel-collateral" # folder of sgx-<FMSPC>.json collateral files
 //	[platforms.cca]
 //	cpaks = ["cpaks.pem"]          # trusted CCA platform attestation keys
 //	platform_software = ["<hex>"]  # accepted platform firmware measurements
@@ -108,9 +105,6 @@ func checkMeasurement(e *Measurement) error {
 // and loads what they name.
 func (s *Snapshot) checkPlatformExtras(file, name string, pl *Platform) error {
 	at := fmt.Sprintf("%s: platforms.%s", file, name)
-	if name != evidence.PlatformSGX && (pl.TCBStatus != nil || pl.Collateral != "") {
-		return fmt.Errorf("%s: tcb_status and collateral are for platform sgx", at)
-	}
 	if name != evidence.PlatformCCA && (pl.CPAKs != nil || pl.PlatformSoftware != nil) {
 		return fmt.Errorf("%s: cpaks and platform_software are for platform cca", at)
 	}
@@ -119,18 +113,6 @@ func (s *Snapshot) checkPlatformExtras(file, name string, pl *Platform) error {
 			return p
 		}
 		return filepath.Join(filepath.Dir(file), p)
-	}
-	for _, st := range pl.TCBStatus {
-		if !slices.Contains(tcbStatuses, st) {
-			return fmt.Errorf("%s.tcb_status: %q is not one of %s", at, st, strings.Join(tcbStatuses, ", "))
-		}
-	}
-	if pl.Collateral != "" {
-		dir := resolve(pl.Collateral)
-		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-			return fmt.Errorf("%s.collateral: %s is not a folder", at, dir)
-		}
-		s.SGXCollateralDir = dir
 	}
 	for _, f := range pl.CPAKs {
 		keys, err := readPublicKeys(resolve(f))
@@ -186,20 +168,11 @@ func readPublicKeys(path string) ([]crypto.PublicKey, error) {
 	return out, nil
 }
 
-// checkPlatformClaims makes the SGX and CCA decisions on verified claims
-// beyond the shared ones: Intel's TCB status (SGX) and the platform's
-// firmware (CCA).
+// checkPlatformClaims makes the CCA decisions on verified claims beyond the
+// shared ones: the platform's firmware. (SGX's TCB status is decided by
+// the verifier with tcb_statuses, as TDX's is.)
 func (s *Snapshot) checkPlatformClaims(pl *Platform, c *evidence.Claims) *Refusal {
 	switch c.Platform {
-	case evidence.PlatformSGX:
-		accepted := pl.TCBStatus
-		if len(accepted) == 0 {
-			accepted = []string{string(pcs.TcbComponentStatusUpToDate)}
-		}
-		status := c.Details["tcb_status"]
-		if status != "" && !slices.Contains(accepted, status) {
-			return refuse(CheckTCB, "sgx TCB status is %s; the policy accepts %s", status, strings.Join(accepted, ", "))
-		}
 	case evidence.PlatformCCA:
 		if len(pl.PlatformSoftware) == 0 {
 			if c.Simulated {

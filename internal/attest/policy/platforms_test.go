@@ -55,11 +55,9 @@ func TestSGXAndCCADecisions(t *testing.T) {
 	k, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	der, _ := x509.MarshalPKIXPublicKey(k.Public())
 	os.WriteFile(filepath.Join(dir, "cpaks.pem"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
-	os.Mkdir(filepath.Join(dir, "collateral"), 0o755)
 	pol := `workloads = ["any"]
 [platforms.sgx]
-tcb_status = ["UpToDate", "SWHardeningNeeded"]
-collateral = "collateral"
+tcb_statuses = ["UpToDate", "SWHardeningNeeded"]
 [platforms.sgx.min_tcb]
 "cpu_svn.0" = 4
 [platforms.cca]
@@ -103,11 +101,12 @@ rems = ["` + strings.Repeat("01", 64) + `", "` + strings.Repeat("00", 64) + `", 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.CCAPlatformKeys) != 1 || s.SGXCollateralDir != filepath.Join(dir, "collateral") || len(s.SGXSigners) != 2 {
+	if len(s.CCAPlatformKeys) != 1 || len(s.SGXSigners) != 2 {
 		t.Fatalf("snapshot %+v", s)
 	}
-	if o := s.VerifyOptions(evidence.PlatformSGX); o.SGXCollateral == nil || len(o.CCAPlatformKeys) != 1 {
-		t.Errorf("verify options %+v: want the collateral folder and the CPAK", o)
+	// The verifier decides on Intel's TCB status with tcb_statuses, as for TDX.
+	if o := s.VerifyOptions(evidence.PlatformSGX); len(o.SGX.TCBStatuses) != 2 || o.SGX.TCBStatuses[1] != "SWHardeningNeeded" || len(o.CCAPlatformKeys) != 1 {
+		t.Errorf("verify options %+v: want the TCB statuses and the CPAK", o)
 	}
 	tests := []struct {
 		name   string
@@ -120,7 +119,6 @@ rems = ["` + strings.Repeat("01", 64) + `", "` + strings.Repeat("00", 64) + `", 
 			c.Measurement = bytes.Repeat([]byte{9}, 32)
 			c.TCB["isv_prod_id"], c.TCB["isv_svn"] = 2, 4
 		}), "", ""},
-		{"sgx SWHardeningNeeded accepted", sgxClaims(func(c *evidence.Claims) { c.Details["tcb_status"] = "SWHardeningNeeded" }), "", ""},
 		{"sgx debug", sgxClaims(func(c *evidence.Claims) { c.Debug = true }), CheckDebug, "debugging"},
 		{"sgx measurement unknown", sgxClaims(func(c *evidence.Claims) { c.Measurement = bytes.Repeat([]byte{9}, 32) }), CheckMeasurement, "not in the measurement database"},
 		{"sgx measurement revoked", sgxClaims(func(c *evidence.Claims) { c.Measurement = bytes.Repeat([]byte{0xee}, 32) }), CheckRevoked, "old enclave"},
@@ -133,7 +131,6 @@ rems = ["` + strings.Repeat("01", 64) + `", "` + strings.Repeat("00", 64) + `", 
 			c.TCB["isv_prod_id"], c.TCB["isv_svn"] = 2, 3
 		}), CheckMeasurement, "below the minimum 4"},
 		{"sgx TCB below min_tcb", sgxClaims(func(c *evidence.Claims) { c.TCB["cpu_svn.0"] = 3 }), CheckTCB, "cpu_svn.0 is 3"},
-		{"sgx TCB out of date (Intel)", sgxClaims(func(c *evidence.Claims) { c.Details["tcb_status"] = "OutOfDate" }), CheckTCB, "TCB status is OutOfDate"},
 		{"sgx without collateral", sgxClaims(func(c *evidence.Claims) { c.Details = map[string]string{"collateral": "none"} }), CheckCollateral, "without the vendor's collateral"},
 		{"cca realm", ccaClaims(nil), "", ""},
 		{"cca realm with listed REMs", ccaClaims(func(c *evidence.Claims) {
@@ -157,6 +154,26 @@ rems = ["` + strings.Repeat("01", 64) + `", "` + strings.Repeat("00", 64) + `", 
 			case tc.check != "" && (r.Check != tc.check || !strings.Contains(r.Reason, tc.reason)):
 				t.Errorf("refusal %s: %q, want %s saying %q", r.Check, r.Reason, tc.check, tc.reason)
 			}
+			// The facets (the EAR's view) agree with the decision.
+			f := s.Facets(tc.c)
+			switch tc.check {
+			case "":
+				if !f.MeasurementListed || f.MeasurementRevoked || f.TCBBelowMinimum {
+					t.Errorf("accepted, facets %+v", f)
+				}
+			case CheckMeasurement:
+				if f.MeasurementListed {
+					t.Errorf("measurement refused, facets %+v", f)
+				}
+			case CheckRevoked:
+				if !f.MeasurementRevoked {
+					t.Errorf("revoked, facets %+v", f)
+				}
+			case CheckTCB:
+				if !f.TCBBelowMinimum {
+					t.Errorf("tcb refused, facets %+v", f)
+				}
+			}
 		})
 	}
 }
@@ -164,10 +181,10 @@ rems = ["` + strings.Repeat("01", 64) + `", "` + strings.Repeat("00", 64) + `", 
 func TestSGXAndCCALoadErrors(t *testing.T) {
 	const ok = "workloads = [\"any\"]\n"
 	tests := []struct{ name, policy, meas, want string }{
-		{"tcb_status on snp", ok + "[platforms.snp]\ntcb_status = [\"UpToDate\"]\n", "", "tcb_status and collateral are for platform sgx"},
-		{"unknown tcb status", ok + "[platforms.sgx]\ntcb_status = [\"Fine\"]\n", "", `"Fine" is not one of`},
-		{"revoked is no status to accept", ok + "[platforms.sgx]\ntcb_status = [\"Revoked\"]\n", "", `"Revoked" is not one of`},
-		{"collateral not a folder", ok + "[platforms.sgx]\ncollateral = \"nowhere\"\n", "", "is not a folder"},
+		{"tcb_statuses on snp", ok + "[platforms.snp]\ntcb_statuses = [\"UpToDate\"]\n", "", "a setting for platform tdx or sgx, not snp"},
+		{"unknown tcb status", ok + "[platforms.sgx]\ntcb_statuses = [\"Fine\"]\n", "", `"Fine" is not a TCB status`},
+		{"revoked is no status to accept", ok + "[platforms.sgx]\ntcb_statuses = [\"Revoked\"]\n", "", `"Revoked" is not a TCB status`},
+		{"tdx setting on sgx", ok + "[platforms.sgx]\nallow_sept_ve = true\n", "", "a setting for platform tdx, not sgx"},
 		{"cpaks on tdx", ok + "[platforms.tdx]\ncpaks = [\"x.pem\"]\n", "", "cpaks and platform_software are for platform cca"},
 		{"cpaks file missing", ok + "[platforms.cca]\ncpaks = [\"x.pem\"]\n", "", "platforms.cca.cpaks"},
 		{"bad firmware value", ok + "[platforms.cca]\nplatform_software = [\"00\"]\n", "", "platform_software 1"},

@@ -83,9 +83,7 @@ type Platform struct {
 	// it names has exactly that value.
 	RevokedTCB []map[string]uint64 `toml:"revoked_tcb"`
 
-	// SGX and CCA only; see platforms.go.
-	TCBStatus        []string `toml:"tcb_status"`        // sgx: Intel TCB statuses accepted
-	Collateral       string   `toml:"collateral"`        // sgx: folder of Intel collateral files
+	// CCA only; see platforms.go.
 	CPAKs            []string `toml:"cpaks"`             // cca: PEM files of trusted CPAKs
 	PlatformSoftware []string `toml:"platform_software"` // cca: accepted platform firmware measurements (hex)
 
@@ -131,8 +129,6 @@ type Snapshot struct {
 
 	// SGXSigners are the SGX measurement entries by signer.
 	SGXSigners []Measurement
-	// SGXCollateralDir is platforms.sgx.collateral, resolved; "" = none.
-	SGXCollateralDir string
 	// CCAPlatformKeys are the CPAKs platforms.cca.cpaks lists.
 	CCAPlatformKeys []crypto.PublicKey
 }

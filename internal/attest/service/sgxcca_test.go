@@ -3,11 +3,11 @@ package service
 import (
 	"bytes"
 	"encoding/hex"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
 	"github.com/veraison/ccatoken/platform"
@@ -19,22 +19,28 @@ var (
 )
 
 // sgxCCAHarness is the harness with platforms sgx and cca enabled: the
-// simulation root trusted for both (its CPAK certificate for CCA), Intel
-// collateral for the simulated platform in a folder, minimums on the
+// simulation root trusted for both (its CPAK certificate for CCA), the
+// simulation's Intel collateral for SGX in the collateral folder beside
+// the roots file (as a stored simulation CA keeps it), minimums on the
 // enclave's ISVSVN and the CCA platform's firmware.
 func sgxCCAHarness(t *testing.T) *harness {
+	return sgxCCAHarnessWith(t, sim.SGXCollateralOptions{})
+}
+
+func sgxCCAHarnessWith(t *testing.T, o sim.SGXCollateralOptions) *harness {
 	h := newHarness(t)
-	col := filepath.Join(h.dir, "collateral")
-	os.Mkdir(col, 0o755)
-	b, err := h.sim.SignSGXCollateral(sim.SGXCollateralOptions{})
+	m, err := h.sim.SignSGXCollateral(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.write(filepath.Join(col, "sgx-"+sim.SGXFMSPC+".json"), string(b))
+	for u, r := range m {
+		if err := collateral.Put(filepath.Join(h.dir, sim.CollateralDir), u, r); err != nil {
+			t.Fatal(err)
+		}
+	}
 	h.writePolicy(goodDigest, `
 [platforms.sgx]
 sim_roots = ["`+h.rootsFile+`"]
-collateral = "collateral"
 [platforms.sgx.min_tcb]
 isv_svn = 2
 
@@ -92,6 +98,13 @@ func TestIssueSGXAndCCA(t *testing.T) {
 		c.Details["rem.0"] != strings.Repeat("00", 64) || c.Details["tcb_status"] != "" || c.Details["lifecycle"] == "" {
 		t.Errorf("cca claims %+v", c)
 	}
+}
+
+// Intel's TCB status of the simulated SGX platform, from the collateral
+// beside the simulation root, is decided by tcb_statuses.
+func TestSGXTCBStatus(t *testing.T) {
+	h := sgxCCAHarnessWith(t, sim.SGXCollateralOptions{Status: "OutOfDate"})
+	h.mustRefuse(h.body(keepReq{platform: evidence.PlatformSGX, sgx: goodSGX(nil)}), "tcb_status")
 }
 
 // TestRefusalsSGXAndCCA: the refusals the SNP and TDX requests have, for

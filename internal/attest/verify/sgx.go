@@ -2,6 +2,7 @@ package verify
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
@@ -9,7 +10,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/big"
-	"strings"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/google/go-tdx-guest/pcs"
@@ -26,7 +26,8 @@ const (
 // report's signature by the PCK key, the attestation key's binding into the
 // QE report data, the quote's signature by the attestation key and, when
 // the options give collateral, the TCB status (TCB info, QE identity,
-// CRLs). It returns the claims of the application enclave.
+// CRLs, through the same collateral source as TDX's). It returns the
+// claims of the application enclave.
 func verifySGX(raw []byte, opts *Options) (*evidence.Claims, error) {
 	q, err := ParseSGXQuote(raw)
 	if err != nil {
@@ -131,17 +132,18 @@ func verifySGX(raw []byte, opts *Options) (*evidence.Claims, error) {
 	c.Details["attributes"] = hex.EncodeToString(q.Body.Attributes[:])
 	c.Details["misc_select"] = fmt.Sprintf("%#08x", q.Body.MiscSelect)
 	c.Details["collateral"] = "none"
-	if opts.SGXCollateral != nil {
-		col, err := opts.SGXCollateral.SGXCollateral(strings.ToUpper(exts.FMSPC))
+	src := opts.Collateral
+	if simulated {
+		src = opts.SimCollateral
+	}
+	if src != nil {
+		col, err := fetchSGXCollateral(context.Background(), src, q.PCKChain, exts.FMSPC)
 		if err != nil {
-			return nil, fail(CheckChain, "SGX collateral for FMSPC %s: %v", exts.FMSPC, err)
+			return nil, fail(CheckCollateral, "SGX collateral for FMSPC %s: %v", exts.FMSPC, err)
 		}
-		status, err := col.Evaluate(q, exts, roots, now)
-		if err != nil {
+		if err := col.evaluate(q, exts, roots, now, &opts.SGX, c.Details); err != nil {
 			return nil, err
 		}
-		c.Details["collateral"] = "verified"
-		c.Details["tcb_status"] = string(status)
 	}
 	return c, nil
 }

@@ -2,20 +2,22 @@ package verify
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
+	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
+	"github.com/google/go-tdx-guest/pcs"
 )
 
 // Offsets in an SGX v3 quote.
@@ -37,25 +39,60 @@ func sgxEnvelope(tb testing.TB, c *sim.CA, o sim.SGXOptions) *evidence.Envelope 
 	return env
 }
 
-// fixedCollateral is an SGXCollateralGetter with one answer.
-type fixedCollateral struct {
-	c   *SGXCollateral
-	err error
-}
-
-func (f fixedCollateral) SGXCollateral(fmspc string) (*SGXCollateral, error) { return f.c, f.err }
-
-func simCollateral(tb testing.TB, c *sim.CA, o sim.SGXCollateralOptions) SGXCollateralGetter {
+func simCollateral(tb testing.TB, c *sim.CA, o sim.SGXCollateralOptions) collateral.Map {
 	tb.Helper()
-	b, err := c.SignSGXCollateral(o)
+	m, err := c.SignSGXCollateral(o)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return m
+}
+
+// realFMSPC is the FMSPC of sgx_quote_v3_dcapqvl.dat, as its PCK
+// certificate writes it.
+const realFMSPC = "00a067110000"
+
+// pcsMap serves an sgx_ql_qve_collateral_t (the test data's form) at
+// Intel's PCS v4 URLs, as Intel does: issuer chains URL-encoded in
+// headers, signed bodies, DER CRLs.
+func pcsMap(tb testing.TB, c *SGXCollateral) collateral.Map {
+	tb.Helper()
+	der := func(h string) []byte {
+		b, err := hex.DecodeString(h)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return b
+	}
+	return collateral.Map{
+		collateral.SGXTCBInfoURL(realFMSPC): {Header: http.Header{"Tcb-Info-Issuer-Chain": {url.QueryEscape(c.TCBInfoIssuerChain)}},
+			Body: []byte(`{"tcbInfo":` + c.TCBInfo + `,"signature":"` + c.TCBInfoSignature + `"}`)},
+		collateral.SGXQEIdentityURL(): {Header: http.Header{"Sgx-Enclave-Identity-Issuer-Chain": {url.QueryEscape(c.QEIdentityIssuerChain)}},
+			Body: []byte(`{"enclaveIdentity":` + c.QEIdentity + `,"signature":"` + c.QEIdentitySignature + `"}`)},
+		// The quote's PCK certificate is issued by Intel's processor CA.
+		pcs.PckCrlURL("processor"): {Header: http.Header{"Sgx-Pck-Crl-Issuer-Chain": {url.QueryEscape(c.PCKCRLIssuerChain)}}, Body: der(c.PCKCRL)},
+		collateral.IntelRootCRLURL: {Body: der(c.RootCACRL)},
+	}
+}
+
+func realCollateral(tb testing.TB) *SGXCollateral {
+	tb.Helper()
 	var col SGXCollateral
-	if err := json.Unmarshal(b, &col); err != nil {
+	if err := json.Unmarshal(readTestdata(tb, "sgx_collateral_00A067110000.json"), &col); err != nil {
 		tb.Fatal(err)
 	}
-	return fixedCollateral{c: &col}
+	return &col
+}
+
+// recording is a collateral source that notes the URLs asked for.
+type recording struct {
+	collateral.Source
+	urls []string
+}
+
+func (r *recording) Get(ctx context.Context, u string) (*collateral.Response, error) {
+	r.urls = append(r.urls, u)
+	return r.Source.Get(ctx, u)
 }
 
 func TestSGXSimRoundTrip(t *testing.T) {
@@ -74,14 +111,21 @@ func TestSGXSimRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		opts := trusting(c)
-		opts.SGXCollateral = simCollateral(t, c, sim.SGXCollateralOptions{})
+		opts.SimCollateral = simCollateral(t, c, sim.SGXCollateralOptions{})
+		if v == 4 {
+			// The collateral the CA publishes for all its platforms.
+			if opts.SimCollateral, err = c.Collateral(); err != nil {
+				t.Fatal(err)
+			}
+		}
 		cl, err := Envelope(env, opts)
 		if err != nil {
 			t.Fatalf("v%d: %v", v, err)
 		}
 		if cl.Platform != evidence.PlatformSGX || !cl.Simulated || cl.Debug || !bytes.Equal(cl.Measurement, mre) ||
 			!bytes.Equal(cl.Identity["mrsigner"], sim.SGXSigner[:]) || cl.TCB["isv_prod_id"] != 7 || cl.TCB["isv_svn"] != 3 ||
-			cl.TCB["cpu_svn.0"] != uint64(sim.DefaultTeeTCBSVN[0]) || cl.TCB["qe_svn"] != uint64(sim.DefaultQESVN) || cl.Details["tcb_status"] != "UpToDate" {
+			cl.TCB["cpu_svn.0"] != uint64(sim.DefaultTeeTCBSVN[0]) || cl.TCB["qe_svn"] != uint64(sim.DefaultQESVN) || cl.Details["tcb_status"] != "UpToDate" ||
+			cl.Details["qe_tcb_status"] != "UpToDate" || cl.Details["collateral"] != "verified" || cl.Details["mrsigner"] != hex.EncodeToString(sim.SGXSigner[:]) {
 			t.Errorf("v%d claims %+v", v, cl)
 		}
 	}
@@ -129,29 +173,42 @@ func TestSGXAttacks(t *testing.T) {
 		}, opts: trusting(c), check: CheckFormat, msg: "TDX quote"},
 		{name: "revoked TCB", signer: c, opts: func() Options {
 			o := trusting(c)
-			o.SGXCollateral = simCollateral(t, c, sim.SGXCollateralOptions{Status: "Revoked"})
+			o.SimCollateral = simCollateral(t, c, sim.SGXCollateralOptions{Status: "Revoked"})
 			return o
-		}(), check: CheckChain, msg: "revoked"},
+		}(), check: CheckTCBStatus, msg: "TCB status Revoked"},
+		{name: "QE revoked", signer: c, opts: func() Options {
+			o := trusting(c)
+			o.SimCollateral = simCollateral(t, c, sim.SGXCollateralOptions{QEStatus: "Revoked"})
+			o.SGX.TCBStatuses = []string{"UpToDate", "OutOfDate"}
+			return o
+		}(), check: CheckTCBStatus, msg: "QE identity gives TCB status Revoked"},
 		{name: "revoked PCK certificate", signer: c, opts: func() Options {
 			o := trusting(c)
-			o.SGXCollateral = simCollateral(t, c, sim.SGXCollateralOptions{RevokePCK: true})
+			o.SimCollateral = simCollateral(t, c, sim.SGXCollateralOptions{RevokePCK: true})
 			return o
-		}(), check: CheckChain, msg: "certificate is revoked"},
+		}(), check: CheckCollateral, msg: "revoked by the Intel PCK CRL"},
 		{name: "expired collateral", signer: c, opts: func() Options {
 			o := trusting(c)
-			o.SGXCollateral = simCollateral(t, c, sim.SGXCollateralOptions{IssueDate: time.Now().AddDate(0, -2, 0), NextUpdate: time.Now().AddDate(0, -1, 0)})
+			o.SimCollateral = simCollateral(t, c, sim.SGXCollateralOptions{IssueDate: time.Now().AddDate(0, -2, 0), NextUpdate: time.Now().AddDate(0, -1, 0)})
 			return o
-		}(), check: CheckChain, msg: "fetch it again"},
+		}(), check: CheckCollateral, msg: "fetch it again"},
 		{name: "collateral signed under a foreign root", signer: c, opts: func() Options {
 			o := trusting(c)
-			o.SGXCollateral = simCollateral(t, other, sim.SGXCollateralOptions{})
+			o.SimCollateral = simCollateral(t, other, sim.SGXCollateralOptions{})
 			return o
-		}(), check: CheckChain},
+		}(), check: CheckCollateral},
+		{name: "TDX collateral only", signer: c, opts: func() Options {
+			o := trusting(c)
+			m := simCollateral(t, c, sim.SGXCollateralOptions{})
+			delete(m, collateral.SGXTCBInfoURL("00806f050000"))
+			o.SimCollateral = m
+			return o
+		}(), check: CheckCollateral, msg: "sgx/certification/v4/tcb"},
 		{name: "collateral unavailable", signer: c, opts: func() Options {
 			o := trusting(c)
-			o.SGXCollateral = fixedCollateral{err: errors.New("no file")}
+			o.SimCollateral = collateral.Map{}
 			return o
-		}(), check: CheckChain, msg: "no file"},
+		}(), check: CheckCollateral, msg: "HTTP 404"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -172,11 +229,47 @@ func TestSGXClaimsForPolicy(t *testing.T) {
 	if err != nil || !cl.Debug {
 		t.Errorf("debug enclave: claims %+v, %v; want Debug", cl, err)
 	}
-	opts := trusting(c)
-	opts.SGXCollateral = simCollateral(t, c, sim.SGXCollateralOptions{QEStatus: "OutOfDate"})
-	cl, err = Envelope(sgxEnvelope(t, c, sim.SGXOptions{}), opts)
-	if err != nil || cl.Details["tcb_status"] != "OutOfDate" {
-		t.Errorf("out-of-date QE: claims %+v, %v; want TCBStatus OutOfDate", cl, err)
+}
+
+// Intel's TCB statuses are accepted as the policy's tcb_statuses say, the
+// same way for SGX as for TDX (Revoked never).
+func TestSGXTCBStatusPolicy(t *testing.T) {
+	c := ca(t, testCA)
+	for _, tc := range []struct {
+		name   string
+		o      sim.SGXCollateralOptions
+		accept []string
+		refuse string // "" = accepted
+	}{
+		{"UpToDate by default", sim.SGXCollateralOptions{}, nil, ""},
+		{"SWHardeningNeeded by default", sim.SGXCollateralOptions{Status: "SWHardeningNeeded"}, nil, "TCB info gives TCB status SWHardeningNeeded"},
+		{"SWHardeningNeeded accepted", sim.SGXCollateralOptions{Status: "SWHardeningNeeded"}, []string{"UpToDate", "SWHardeningNeeded"}, ""},
+		{"ConfigurationNeeded", sim.SGXCollateralOptions{Status: "ConfigurationNeeded"}, []string{"UpToDate"}, "ConfigurationNeeded"},
+		{"platform OutOfDate", sim.SGXCollateralOptions{Status: "OutOfDate"}, nil, "TCB info gives TCB status OutOfDate"},
+		{"QE OutOfDate", sim.SGXCollateralOptions{QEStatus: "OutOfDate"}, nil, "QE identity gives TCB status OutOfDate"},
+		{"QE OutOfDate accepted", sim.SGXCollateralOptions{QEStatus: "OutOfDate"}, []string{"UpToDate", "OutOfDate"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := trusting(c)
+			opts.SimCollateral = simCollateral(t, c, tc.o)
+			opts.SGX.TCBStatuses = tc.accept
+			env := sgxEnvelope(t, c, sim.SGXOptions{})
+			if tc.refuse != "" {
+				mustRefuse(t, env, opts, CheckTCBStatus, tc.refuse)
+				return
+			}
+			cl, err := Envelope(env, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := tc.o.QEStatus
+			if want == "" {
+				want = "UpToDate"
+			}
+			if cl.Details["qe_tcb_status"] != want || cl.Details["tcb_info_next_update"] == "" || cl.Details["qe_identity_next_update"] == "" {
+				t.Errorf("details %v", cl.Details)
+			}
+		})
 	}
 }
 
@@ -184,12 +277,10 @@ func TestSGXClaimsForPolicy(t *testing.T) {
 // collateral Intel's PCS served for it, at a time both were valid.
 func TestRealSGXSample(t *testing.T) {
 	raw := readTestdata(t, "sgx_quote_v3_dcapqvl.dat")
-	var col SGXCollateral
-	if err := json.Unmarshal(readTestdata(t, "sgx_collateral_00A067110000.json"), &col); err != nil {
-		t.Fatal(err)
-	}
+	col := realCollateral(t)
 	at := time.Date(2025, 6, 20, 0, 0, 0, 0, time.UTC)
-	cl, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: at, SGXCollateral: fixedCollateral{c: &col}})
+	accept := SGXPolicy{TCBStatuses: []string{"UpToDate", "ConfigurationAndSWHardeningNeeded"}}
+	cl, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: at, Collateral: pcsMap(t, col), SGX: accept})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,20 +288,29 @@ func TestRealSGXSample(t *testing.T) {
 		!strings.HasPrefix(string(cl.ReportData[:]), "Hello, world!") {
 		t.Errorf("claims %+v", cl)
 	}
-	// Through the offline folder.
+	// The policy's default accepts UpToDate only.
+	if _, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: at, Collateral: pcsMap(t, col)}); err == nil || !strings.Contains(err.Error(), "ConfigurationAndSWHardeningNeeded") {
+		t.Errorf("default policy: %v, want a TCB status refusal", err)
+	}
+	// Through an offline collateral folder (the layout of package
+	// collateral, which attest serve --offline reads).
 	dir := t.TempDir()
-	writeFile(t, dir+"/sgx-00A067110000.json", readTestdata(t, "sgx_collateral_00A067110000.json"))
-	if _, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: at, SGXCollateral: SGXCollateralDir(dir)}); err != nil {
+	for u, r := range pcsMap(t, col) {
+		if err := collateral.Put(dir, u, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: at, Collateral: collateral.Offline(dir), SGX: accept}); err != nil {
 		t.Errorf("from the folder: %v", err)
 	}
-	// A month later the TCB info is stale.
-	if _, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: at.AddDate(0, 1, 0), SGXCollateral: fixedCollateral{c: &col}}); err == nil || !strings.Contains(err.Error(), "fetch it again") {
+	// A month later the collateral is stale (the PCK CRL first).
+	if _, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: at.AddDate(0, 1, 0), Collateral: pcsMap(t, col), SGX: accept}); err == nil || !strings.Contains(err.Error(), "stale") {
 		t.Errorf("stale collateral: %v", err)
 	}
 	// Tampered collateral.
-	bad := col
+	bad := *col
 	bad.TCBInfo = strings.Replace(bad.TCBInfo, `"tcbStatus":"OutOfDate"`, `"tcbStatus":"UpToDate"`, 1)
-	if _, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: at, SGXCollateral: fixedCollateral{c: &bad}}); err == nil || !strings.Contains(err.Error(), "signature") {
+	if _, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: at, Collateral: pcsMap(t, &bad), SGX: accept}); err == nil || !strings.Contains(err.Error(), "signature") {
 		t.Errorf("tampered TCB info: %v", err)
 	}
 	// Without collateral, the chain and signatures still verify; the
@@ -338,66 +438,26 @@ func mustRefuse(t *testing.T, env *evidence.Envelope, opts Options, check, msg s
 	}
 }
 
-// pcsFake answers Intel's PCS v4 URLs from a collateral, as Intel does:
-// issuer chains URL-encoded in headers, signed bodies, DER CRLs.
-type pcsFake struct {
-	c    *SGXCollateral
-	urls []string
-}
-
-func (p *pcsFake) Get(u string) (map[string][]string, []byte, error) {
-	p.urls = append(p.urls, u)
-	der := func(h string) []byte { b, _ := hex.DecodeString(h); return b }
-	switch {
-	case strings.HasSuffix(u, "/tcb?fmspc=00A067110000"):
-		return map[string][]string{"Tcb-Info-Issuer-Chain": {url.QueryEscape(p.c.TCBInfoIssuerChain)}},
-			[]byte(`{"tcbInfo":` + p.c.TCBInfo + `,"signature":"` + p.c.TCBInfoSignature + `"}`), nil
-	case strings.HasSuffix(u, "/qe/identity"):
-		return map[string][]string{"Sgx-Enclave-Identity-Issuer-Chain": {url.QueryEscape(p.c.QEIdentityIssuerChain)}},
-			[]byte(`{"enclaveIdentity":` + p.c.QEIdentity + `,"signature":"` + p.c.QEIdentitySignature + `"}`), nil
-	case strings.Contains(u, "/pckcrl?ca=platform"):
-		return map[string][]string{"Sgx-Pck-Crl-Issuer-Chain": {url.QueryEscape(p.c.PCKCRLIssuerChain)}}, der(p.c.PCKCRL), nil
-	case u == intelRootCRLURL:
-		return nil, der(p.c.RootCACRL), nil
-	}
-	return nil, nil, fmt.Errorf("404 %s", u)
-}
-
-func TestPCSCollateral(t *testing.T) {
-	var col SGXCollateral
-	if err := json.Unmarshal(readTestdata(t, "sgx_collateral_00A067110000.json"), &col); err != nil {
-		t.Fatal(err)
-	}
-	fake := &pcsFake{c: &col}
+// The SGX collateral is fetched from Intel's PCS v4 SGX URLs (which a
+// PCCS rewrite and the cache see like TDX's), and a response without its
+// issuer chain is refused.
+func TestSGXCollateralURLs(t *testing.T) {
+	col := realCollateral(t)
+	rec := &recording{Source: pcsMap(t, col)}
 	at := time.Date(2025, 6, 20, 0, 0, 0, 0, time.UTC)
-	cl, err := Report(evidence.PlatformSGX, readTestdata(t, "sgx_quote_v3_dcapqvl.dat"), nil, Options{Now: at, SGXCollateral: &PCSCollateral{Getter: fake}})
-	if err != nil {
+	raw := readTestdata(t, "sgx_quote_v3_dcapqvl.dat")
+	if _, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: at, Collateral: rec, SGX: SGXPolicy{TCBStatuses: []string{"UpToDate", "ConfigurationAndSWHardeningNeeded"}}}); err != nil {
 		t.Fatal(err)
 	}
-	if cl.Details["tcb_status"] != "ConfigurationAndSWHardeningNeeded" || len(fake.urls) != 4 || !strings.HasPrefix(fake.urls[0], "https://api.trustedservices.intel.com/sgx/certification/v4/tcb?fmspc=") {
-		t.Errorf("status %q, fetched %v", cl.Details["tcb_status"], fake.urls)
+	want := []string{"https://api.trustedservices.intel.com/sgx/certification/v4/tcb?fmspc=00a067110000", "https://api.trustedservices.intel.com/sgx/certification/v4/qe/identity",
+		"https://api.trustedservices.intel.com/sgx/certification/v4/pckcrl?ca=processor&encoding=der", collateral.IntelRootCRLURL}
+	if strings.Join(rec.urls, " ") != strings.Join(want, " ") {
+		t.Errorf("fetched %v, want %v", rec.urls, want)
 	}
-	// An answer without its issuer chain is refused.
-	if _, err := (&PCSCollateral{Getter: &pcsFake{c: &SGXCollateral{}}, BaseURL: "https://pccs.invalid"}).SGXCollateral("00A067110000"); err == nil {
-		t.Error("a PCS answer without an issuer chain was accepted")
-	}
-}
-
-func TestSGXCollateralDirErrors(t *testing.T) {
-	dir := t.TempDir()
-	d := SGXCollateralDir(dir)
-	for _, tc := range []struct{ fmspc, file, want string }{
-		{"../../etc", "", "not 12 upper-case hex digits"},
-		{"00A067110000", "", "no such file"},
-		{"00A067110000", `{"tcb_info": "x", "extra": 1}`, "unknown field"},
-		{"00A067110000", `{"tcb_info": "` + strings.Repeat("a", maxCollateralSize) + `"}`, "more than 1 MiB"},
-	} {
-		if tc.file != "" {
-			writeFile(t, filepath.Join(dir, "sgx-"+tc.fmspc+".json"), []byte(tc.file))
-		}
-		if _, err := d.SGXCollateral(tc.fmspc); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s %.20q: %v, want %q", tc.fmspc, tc.file, err, tc.want)
-		}
+	m := pcsMap(t, col)
+	m[collateral.SGXTCBInfoURL(realFMSPC)].Header = nil
+	if _, err := Report(evidence.PlatformSGX, raw, nil, Options{Now: at, Collateral: m}); err == nil || !strings.Contains(err.Error(), "no Tcb-Info-Issuer-Chain header") {
+		t.Errorf("no issuer chain: %v", err)
 	}
 }
 
@@ -425,12 +485,8 @@ func BenchmarkVerifySGX(b *testing.B) {
 // BenchmarkVerifySGXCollateral is the real quote with Intel's collateral:
 // chain, QE report, quote, two collateral signatures, two CRLs.
 func BenchmarkVerifySGXCollateral(b *testing.B) {
-	var col SGXCollateral
-	if err := json.Unmarshal(readTestdata(b, "sgx_collateral_00A067110000.json"), &col); err != nil {
-		b.Fatal(err)
-	}
 	raw := readTestdata(b, "sgx_quote_v3_dcapqvl.dat")
-	opts := Options{Now: time.Date(2025, 6, 20, 0, 0, 0, 0, time.UTC), SGXCollateral: fixedCollateral{c: &col}}
+	opts := Options{Now: time.Date(2025, 6, 20, 0, 0, 0, 0, time.UTC), Collateral: pcsMap(b, realCollateral(b)), SGX: SGXPolicy{TCBStatuses: []string{"UpToDate", "ConfigurationAndSWHardeningNeeded"}}}
 	for b.Loop() {
 		if _, err := Report(evidence.PlatformSGX, raw, nil, opts); err != nil {
 			b.Fatal(err)

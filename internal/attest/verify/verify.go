@@ -80,10 +80,6 @@ type Options struct {
 	// used for simulated evidence through the same code as Collateral for
 	// real evidence. Nil: simulated evidence is checked without it.
 	SimCollateral collateral.Source
-	// SGXCollateral gives Intel's TCB info, QE identity and CRLs for SGX
-	// quotes; the claims then carry Intel's TCB status. Nil: no collateral
-	// is evaluated and the claims' TCBStatus is empty.
-	SGXCollateral SGXCollateralGetter
 	// CCAPlatformKeys are the CPAKs (CCA platform attestation keys) whose
 	// platform tokens are trusted; simulated CPAKs come from SimRoots.
 	CCAPlatformKeys []crypto.PublicKey
@@ -99,6 +95,9 @@ type Options struct {
 	// TDX decides on a TDX quote's fields and Intel's TCB status; the zero
 	// value is the safe default.
 	TDX TDXPolicy
+	// SGX decides on Intel's TCB status of an SGX platform; the zero value
+	// is the safe default.
+	SGX SGXPolicy
 }
 
 func (o *Options) now() time.Time {

@@ -1,22 +1,16 @@
 package sim
 
 import (
-	"bytes"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"strings"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
+	"github.com/google/go-tdx-guest/pcs"
 )
 
 // SGXOptions shape a simulated SGX quote. The zero value gives a version 3
@@ -113,13 +107,7 @@ func (ca *CA) SignSGX(reportData [64]byte, o SGXOptions) ([]byte, error) {
 	if svn == 0 {
 		svn = DefaultISVSVN
 	}
-	qesvn, pcesvn := DefaultQESVN, DefaultPCESVN
-	if o.QESVN != nil {
-		qesvn = *o.QESVN
-	}
-	if o.PCESVN != nil {
-		pcesvn = *o.PCESVN
-	}
+	qesvn, pcesvn := quotingSVNs(o.QESVN, o.PCESVN)
 	le := binary.LittleEndian
 
 	header := make([]byte, sgxHeaderSize)
@@ -198,121 +186,84 @@ type SGXCollateralOptions struct {
 	// "UpToDate". QEStatus likewise for the simulated QE.
 	Status, QEStatus string
 	// IssueDate and NextUpdate bound the TCB info's and QE identity's
-	// validity; zero = an hour ago and thirty days on.
+	// validity; zero = an hour ago and the simulation's validity on.
 	IssueDate, NextUpdate time.Time
 	// RevokePCK lists the simulated PCK certificate in the PCK CRL.
 	RevokePCK bool
 }
 
-// SGXFMSPC is the FMSPC of simulated PCK certificates.
-const SGXFMSPC = "00806F050000"
-
 // SignSGXCollateral returns simulated Intel collateral for simulated SGX
-// quotes, as JSON in the form of Intel's sgx_ql_qve_collateral_t (the
-// form of an offline collateral folder's sgx-<FMSPC>.json): a TCB info and
-// QE identity signed by a simulated "Intel SGX TCB Signing" certificate
-// under the simulation root, and CRLs signed by the root and PCK CA.
-func (ca *CA) SignSGXCollateral(o SGXCollateralOptions) ([]byte, error) {
+// quotes, by the URLs a verifier fetches it from (Intel's PCS v4 SGX TCB
+// info and QE identity, signed by a simulated "Intel SGX TCB Signing"
+// certificate under the simulation root; the PCK and root CA CRLs), shaped
+// by o for tests. Collateral (and the CA's collateral folder) holds the
+// same documents with the default options.
+func (ca *CA) SignSGXCollateral(o SGXCollateralOptions) (collateral.Map, error) {
 	if ca.tdxRootKey == nil {
-		return nil, errors.New("simulated SGX collateral: this simulation CA has no root key (delete it to have a new one made)")
+		return nil, errors.New("simulated SGX collateral: " + errNoCollateralKeys.Error())
 	}
-	status, qeStatus := o.Status, o.QEStatus
-	if status == "" {
-		status = "UpToDate"
+	now := time.Now().UTC().Truncate(time.Second)
+	s, err := ca.newIntelSigner(now)
+	if err != nil {
+		return nil, fmt.Errorf("simulated SGX collateral: %w", err)
 	}
-	if qeStatus == "" {
-		qeStatus = "UpToDate"
+	m := collateral.Map{}
+	if err := ca.intelCRLs(m, now, now.Add(-time.Hour), now.Add(collateralValidity), o.RevokePCK, false); err != nil {
+		return nil, fmt.Errorf("simulated SGX collateral: %w", err)
 	}
-	issue, next := o.IssueDate, o.NextUpdate
+	if err := ca.sgxCollateral(m, s, now, o); err != nil {
+		return nil, fmt.Errorf("simulated SGX collateral: %w", err)
+	}
+	return m, nil
+}
+
+func (o SGXCollateralOptions) dates(now time.Time) (issue, next time.Time) {
+	issue, next = o.IssueDate, o.NextUpdate
 	if issue.IsZero() {
-		issue = time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+		issue = now.Add(-time.Hour)
 	}
 	if next.IsZero() {
-		next = issue.Add(30 * 24 * time.Hour)
+		next = now.Add(collateralValidity)
 	}
-	start := notBefore()
-	sn, err := serial(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	signerT := &x509.Certificate{
-		SerialNumber:       sn,
-		Subject:            intelName("Intel SGX TCB Signing"),
-		NotBefore:          start,
-		NotAfter:           start.AddDate(7, 0, 0),
-		SignatureAlgorithm: x509.ECDSAWithSHA256,
-		KeyUsage:           x509.KeyUsageDigitalSignature | x509.KeyUsageContentCommitment,
-	}
-	// The TCB signing key is made per call: nothing more to store.
-	signerKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	signerT.SubjectKeyId = skid(signerKey.Public())
-	signer, err := create(rand.Reader, signerT, ca.tdxRoot, signerKey.Public(), ca.tdxRootKey)
-	if err != nil {
-		return nil, err
-	}
-	var chain bytes.Buffer
-	for _, c := range []*x509.Certificate{signer, ca.tdxRoot} {
-		pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
+	return issue, next
+}
 
-	comps := make([]string, 16)
-	for i, v := range DefaultTeeTCBSVN {
-		comps[i] = fmt.Sprintf(`{"svn":%d}`, v)
+// sgxCollateral adds the SGX TCB info for the simulated FMSPC and the SGX
+// QE identity, signed by s, to m: one TCB level at the simulated
+// platform's TCB (status o.Status) above an out-of-date floor, and one QE
+// level at the simulated QE's ISVSVN (o.QEStatus).
+func (ca *CA) sgxCollateral(m collateral.Map, s *intelSigner, now time.Time, o SGXCollateralOptions) error {
+	status, qeStatus := o.Status, o.QEStatus
+	if status == "" {
+		status = string(pcs.TcbComponentStatusUpToDate)
 	}
-	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
-	tcbInfo := fmt.Sprintf(`{"id":"SGX","version":3,"issueDate":%q,"nextUpdate":%q,"fmspc":%q,"pceId":"0000","tcbType":0,"tcbEvaluationDataNumber":17,"tcbLevels":[{"tcb":{"sgxtcbcomponents":[%s],"pcesvn":%d},"tcbDate":%q,"tcbStatus":%q}]}`,
-		ts(issue), ts(next), SGXFMSPC, strings.Join(comps, ","), DefaultPCESVN, ts(issue), status)
-	qeIdentity := fmt.Sprintf(`{"id":"QE","version":2,"issueDate":%q,"nextUpdate":%q,"tcbEvaluationDataNumber":17,"miscselect":"00000000","miscselectMask":"FFFFFFFF","attributes":"11000000000000000000000000000000","attributesMask":"FBFFFFFFFFFFFFFF0000000000000000","mrsigner":%q,"isvprodid":%d,"tcbLevels":[{"tcb":{"isvsvn":%d},"tcbDate":%q,"tcbStatus":%q}]}`,
-		ts(issue), ts(next), strings.ToUpper(hex.EncodeToString(simQEMRSigner[:])), sgxQEProdID, DefaultQESVN, ts(issue), qeStatus)
-	sign := func(s string) (string, error) {
-		d := sha256.Sum256([]byte(s))
-		sig, err := rawSig(signerKey, d[:])
-		return hex.EncodeToString(sig), err
+	if qeStatus == "" {
+		qeStatus = string(pcs.TcbComponentStatusUpToDate)
 	}
-	tcbSig, err := sign(tcbInfo)
+	i, n := o.dates(now)
+	issue, next := i.Format(time.RFC3339), n.Format(time.RFC3339)
+	date := now.Add(-24 * time.Hour).Format(time.RFC3339)
+	err := s.put(m, collateral.SGXTCBInfoURL(simFMSPC), "tcbInfo", "Tcb-Info-Issuer-Chain", jsonTcbInfo{
+		ID: "SGX", Version: 3, IssueDate: issue, NextUpdate: next,
+		Fmspc: simFMSPC, PceID: "0000", TcbType: 0, TcbEvaluationDataNumber: 17,
+		TcbLevels: []jsonTcbLevel{
+			{Tcb: jsonTcb{SgxTcbcomponents: svns(DefaultTeeTCBSVN[:]), Pcesvn: DefaultPCESVN}, TcbDate: date, TcbStatus: status},
+			{Tcb: jsonTcb{SgxTcbcomponents: svns(nil)}, TcbDate: date, TcbStatus: string(pcs.TcbComponentStatusOutOfDate)},
+		},
+	}, now)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	qeSig, err := sign(qeIdentity)
-	if err != nil {
-		return nil, err
-	}
-	crl := func(issuer *x509.Certificate, key crypto.Signer, revoked *big.Int) (string, error) {
-		t := &x509.RevocationList{Number: big.NewInt(1), ThisUpdate: issue, NextUpdate: next}
-		if revoked != nil {
-			t.RevokedCertificateEntries = []x509.RevocationListEntry{{SerialNumber: revoked, RevocationTime: issue}}
-		}
-		der, err := x509.CreateRevocationList(rand.Reader, t, issuer, key)
-		return hex.EncodeToString(der), err
-	}
-	var pckRevoked *big.Int
-	if o.RevokePCK {
-		pckRevoked = ca.tdxPCK.SerialNumber
-	}
-	rootCRL, err := crl(ca.tdxRoot, ca.tdxRootKey, nil)
-	if err != nil {
-		return nil, err
-	}
-	pckCRL, err := crl(ca.tdxPCA, ca.pcaKey, pckRevoked)
-	if err != nil {
-		return nil, err
-	}
-	var pcaChain bytes.Buffer
-	for _, c := range []*x509.Certificate{ca.tdxPCA, ca.tdxRoot} {
-		pem.Encode(&pcaChain, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	return json.MarshalIndent(map[string]string{
-		"pck_crl_issuer_chain":     pcaChain.String(),
-		"root_ca_crl":              rootCRL,
-		"pck_crl":                  pckCRL,
-		"tcb_info_issuer_chain":    chain.String(),
-		"tcb_info":                 tcbInfo,
-		"tcb_info_signature":       tcbSig,
-		"qe_identity_issuer_chain": chain.String(),
-		"qe_identity":              qeIdentity,
-		"qe_identity_signature":    qeSig,
-	}, "", "  ")
+	return s.put(m, collateral.SGXQEIdentityURL(), "enclaveIdentity", "Sgx-Enclave-Identity-Issuer-Chain", jsonEnclaveIdentity{
+		ID: "QE", Version: 2, IssueDate: issue, NextUpdate: next, TcbEvaluationDataNumber: 17,
+		// The simulated QE report: MISCSELECT zero, ATTRIBUTES INIT|MODE64
+		// (PROVISIONKEY masked out, as Intel's identity does).
+		Miscselect: "00000000", MiscselectMask: "ffffffff",
+		Attributes: "11" + strings.Repeat("00", 15), AttributesMask: "fbffffffffffffff" + strings.Repeat("00", 8),
+		Mrsigner: hex.EncodeToString(simQEMRSigner[:]), IsvProdID: sgxQEProdID,
+		TcbLevels: []jsonTcbLevel{
+			{Tcb: jsonTcb{Isvsvn: uint32(DefaultQESVN)}, TcbDate: date, TcbStatus: qeStatus},
+			{Tcb: jsonTcb{Isvsvn: 0}, TcbDate: date, TcbStatus: string(pcs.TcbComponentStatusOutOfDate)},
+		},
+	}, now)
 }

@@ -64,7 +64,7 @@ func TestOldCAWithoutCCAKeys(t *testing.T) {
 	if _, err := o.SignCCA([64]byte{}, CCAOptions{}); err == nil || !strings.Contains(err.Error(), "no CCA keys") {
 		t.Errorf("SignCCA = %v", err)
 	}
-	if _, err := o.SignSGXCollateral(SGXCollateralOptions{}); err == nil || !strings.Contains(err.Error(), "no root key") {
+	if _, err := o.SignSGXCollateral(SGXCollateralOptions{}); err == nil || !strings.Contains(err.Error(), "before simulated collateral existed") {
 		t.Errorf("SignSGXCollateral = %v", err)
 	}
 	if _, err := o.SignSGX([64]byte{}, SGXOptions{MREnclave: make([]byte, 32)}); err != nil {

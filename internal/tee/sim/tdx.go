@@ -81,13 +81,7 @@ func (ca *CA) SignTDX(reportData [64]byte, o TDXOptions) ([]byte, error) {
 	if o.TeeTCBSVN != nil {
 		svn = *o.TeeTCBSVN
 	}
-	qesvn, pcesvn := DefaultQESVN, DefaultPCESVN
-	if o.QESVN != nil {
-		qesvn = *o.QESVN
-	}
-	if o.PCESVN != nil {
-		pcesvn = *o.PCESVN
-	}
+	qesvn, pcesvn := quotingSVNs(o.QESVN, o.PCESVN)
 	le := binary.LittleEndian
 
 	header := make([]byte, tdxHeaderSize)
@@ -129,6 +123,19 @@ func (ca *CA) SignTDX(reportData [64]byte, o TDXOptions) ([]byte, error) {
 		return nil, fmt.Errorf("simulated TDX quote: %w", err)
 	}
 	return q, nil
+}
+
+// quotingSVNs are the QE and PCE SVNs of a simulated DCAP quote (TDX or
+// SGX): the defaults unless the options set them.
+func quotingSVNs(qe, pce *uint16) (qesvn, pcesvn uint16) {
+	qesvn, pcesvn = DefaultQESVN, DefaultPCESVN
+	if qe != nil {
+		qesvn = *qe
+	}
+	if pce != nil {
+		pcesvn = *pce
+	}
+	return qesvn, pcesvn
 }
 
 // rawSig signs a digest and returns r || s, 32 bytes each, big-endian: the
