@@ -75,7 +75,7 @@ func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 	var additional *string
 	if _, ok := probe["primary_evidence"]; ok {
 		var c composite
-		if err := strictJSON(raw, &c); err != nil {
+		if err := DecodeStrict(raw, &c); err != nil {
 			return nil, fmt.Errorf("tee-evidence: %w", err)
 		}
 		if c.Additional == nil {
@@ -92,7 +92,7 @@ func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 	switch {
 	case probe["platform"] != nil:
 		var c castellanEvidence
-		if err := strictJSON(raw, &c); err != nil {
+		if err := DecodeStrict(raw, &c); err != nil {
 			return nil, fmt.Errorf("tee-evidence: %w", err)
 		}
 		if c.Platform != platform {
@@ -104,7 +104,7 @@ func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 		ev.Report, ev.Endorsements = c.Report, c.Endorsements
 	case probe["quote"] != nil && platform == "tdx":
 		var t trusteeTDX
-		if err := strictJSON(raw, &t); err != nil {
+		if err := DecodeStrict(raw, &t); err != nil {
 			return nil, fmt.Errorf("tee-evidence: %w", err)
 		}
 		q, err := base64.StdEncoding.DecodeString(t.Quote)
@@ -121,9 +121,9 @@ func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 	return ev, nil
 }
 
-// strictJSON decodes one JSON object into v, refusing unknown fields and
+// DecodeStrict decodes one JSON object into v, refusing unknown fields and
 // trailing data.
-func strictJSON(b []byte, v any) error {
+func DecodeStrict(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

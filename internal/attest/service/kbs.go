@@ -1,7 +1,6 @@
 package service
 
 import (
-	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -197,7 +196,7 @@ func (s *Service) kbsVerify(ctx context.Context, sess *kbsSession, body []byte, 
 		return nil, refuse(http.StatusBadRequest, CheckFormat, "attestation: %v", err)
 	}
 	var rt kbs.RuntimeData
-	if err := strictDecode(att.RuntimeData, &rt); err != nil {
+	if err := kbs.DecodeStrict(att.RuntimeData, &rt); err != nil {
 		return nil, refuse(http.StatusBadRequest, CheckFormat, "runtime-data: %v", err)
 	}
 	d.Platform, d.WorkloadDigest = sess.Platform, clip(rt.WorkloadDigest)
@@ -308,17 +307,4 @@ func (s *Service) kbsResource(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Write(out)
-}
-
-// strictDecode decodes one JSON object, refusing unknown fields.
-func strictDecode(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("data after the JSON object")
-	}
-	return nil
 }
