@@ -419,3 +419,58 @@ func FuzzKBSSession(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkKBSRelease measures what the service does for one keep that
+// fetches a secret over the KBS protocol: attest (JSON, sealed session,
+// nonce redeem, sim-snp verification, policy, EAR, audit insert) and one
+// resource (session, policy binding, JWE to the keep's P-256 key, audit
+// insert). The challenges and the keeps' evidence are made beforehand.
+func BenchmarkKBSRelease(b *testing.B) {
+	h := newHarness(b)
+	k := &kbsHarness{harness: h}
+	if err := os.WriteFile(filepath.Join(h.dir, "db-password"), []byte(kbsMarker), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	h.write(h.policyFile, fmt.Sprintf(strings.Replace(policyTOML, "max_nonces = 50", "max_nonces = 10000000", 1), goodDigest, h.rootsFile, h.rootsFile)+
+		"\n[[secret]]\nresource = \"default/db/password\"\nfile = \"db-password\"\nworkloads = [\""+goodDigest+"\"]\n")
+	if _, err := h.store.Reload(); err != nil {
+		b.Fatal(err)
+	}
+	key := newKey(b)
+	type job struct {
+		cookie *http.Cookie
+		body   []byte
+	}
+	jobs := make([]job, b.N)
+	for i := range jobs {
+		w := h.do("POST", kbs.PathAuth, []byte(`{"version":"0.1.1","tee":"snp","extra-params":""}`))
+		var ch kbs.Challenge
+		json.Unmarshal(w.Body.Bytes(), &ch)
+		jobs[i] = job{w.Result().Cookies()[0], k.attestation(b, ch.Nonce, key, goodDigest, nil, nil)}
+	}
+	send := func(method, path string, c *http.Cookie, body []byte) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(method, path, bytes.NewReader(body))
+		r.AddCookie(c)
+		w := httptest.NewRecorder()
+		h.svc.ServeHTTP(w, r)
+		return w
+	}
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	start := time.Now()
+	for _, j := range jobs {
+		w := send("POST", kbs.PathAttest, j.cookie, j.body)
+		if w.Code != http.StatusOK {
+			b.Fatalf("attest: %d %s", w.Code, w.Body)
+		}
+		w = send("GET", kbs.PathResource+"default/db/password", w.Result().Cookies()[0], nil)
+		if v, err := kbs.Open(key, w.Body.Bytes()); err != nil || string(v) != kbsMarker {
+			b.Fatalf("resource: %d %v", w.Code, err)
+		}
+	}
+	elapsed := time.Since(start)
+	cpu := cpuTime() - cpu0
+	b.StopTimer()
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "keeps/s")
+}
