@@ -172,6 +172,11 @@ func (s *Service) kbsAttest(w http.ResponseWriter, r *http.Request) {
 	if ref != nil {
 		d.Check, d.Reason = ref.Check, ref.Reason
 		s.kbsRecord(r.Context(), d)
+		if ref.Status == http.StatusServiceUnavailable { // the used-nonce ledger is full or down
+			w.Header().Set("Retry-After", "1")
+			kbsError(w, ref.Status, "Busy", ref.Reason)
+			return
+		}
 		kbsError(w, http.StatusUnauthorized, "AttestationFailed", ref.Check+": "+ref.Reason)
 		return
 	}

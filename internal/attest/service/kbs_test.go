@@ -474,3 +474,27 @@ func BenchmarkKBSRelease(b *testing.B) {
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "keeps/s")
 }
+
+type fullLedger struct{}
+
+func (fullLedger) UseNonce(context.Context, []byte, time.Time, time.Time, int) error {
+	return audit.ErrNoncesFull
+}
+
+// TestKBSLedgerFull: a full used-nonce ledger answers 503 with
+// Retry-After, not a refusal of the keep.
+func TestKBSLedgerFull(t *testing.T) {
+	k := newKBSHarness(t)
+	k.svc.cfg.UsedNonces = fullLedger{}
+	ck, nonce := k.auth(t, "snp")
+	req, _ := http.NewRequest("POST", k.srv.URL+kbs.PathAttest, bytes.NewReader(k.attestation(t, nonce, newKey(t), goodDigest, nil, nil)))
+	req.AddCookie(ck)
+	resp, err := k.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("status %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+}
