@@ -209,6 +209,9 @@ func secretsError(e *Env, err error) int {
 	if errors.As(err, &se) && len(se.Missing) > 0 {
 		return e.ErrorWithHint(err, "pass --secret NAME=VALUE or --secret-file NAME=PATH for each")
 	}
+	if errors.As(err, &se) && len(se.Undeclared) == 0 {
+		return e.ErrorWithHint(err, "the keep fetches those itself after it attested: leave them out")
+	}
 	if errors.As(err, &se) {
 		return e.ErrorWithHint(err, "a workload gets only the secrets its config declares ([secrets] env, or [[files]] with kind = \"secret\")")
 	}

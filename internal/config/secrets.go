@@ -154,6 +154,7 @@ func (c *Config) SecretNames() []string {
 type SecretsError struct {
 	Missing    []string // declared, not supplied
 	Undeclared []string // supplied, not declared
+	Fetched    []string // supplied, but fetched by the keep ([secrets.kbs])
 }
 
 func (e *SecretsError) Error() string {
@@ -163,6 +164,9 @@ func (e *SecretsError) Error() string {
 	}
 	if len(e.Undeclared) > 0 {
 		parts = append(parts, "secrets were supplied that the config does not declare: "+strings.Join(e.Undeclared, ", "))
+	}
+	if len(e.Fetched) > 0 {
+		parts = append(parts, "secrets were supplied that the keep fetches by kbs:/// reference ([secrets.kbs]): "+strings.Join(e.Fetched, ", "))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -197,7 +201,9 @@ func (c *Config) checkSecretNames(supplied []string, skip map[string]string) err
 	given := map[string]bool{}
 	for _, n := range supplied {
 		given[n] = true
-		if !declared[n] {
+		if _, fetched := skip[n]; fetched {
+			e.Fetched = append(e.Fetched, n)
+		} else if !declared[n] {
 			e.Undeclared = append(e.Undeclared, n)
 		}
 	}
@@ -206,10 +212,11 @@ func (c *Config) checkSecretNames(supplied []string, skip map[string]string) err
 			e.Missing = append(e.Missing, n)
 		}
 	}
-	if len(e.Missing) == 0 && len(e.Undeclared) == 0 {
+	if len(e.Missing) == 0 && len(e.Undeclared) == 0 && len(e.Fetched) == 0 {
 		return nil
 	}
 	sort.Strings(e.Undeclared)
+	sort.Strings(e.Fetched)
 	return e
 }
 

@@ -28,6 +28,10 @@ func TestSecretRefs(t *testing.T) {
 			t.Errorf("CheckSecrets(%v) = %v", c.supplied, err)
 		}
 	}
+	err = cfg.CheckSecrets([]string{"API_TOKEN", "DB_PASSWORD"})
+	if err == nil || err.Error() != "secrets were supplied that the keep fetches by kbs:/// reference ([secrets.kbs]): DB_PASSWORD" {
+		t.Errorf("supplying a fetched secret: %v", err)
+	}
 	if _, err := cfg.BindSecrets(map[string]string{"API_TOKEN": "a"}); err == nil {
 		t.Error("BindSecrets without the fetched secrets succeeded")
 	}
