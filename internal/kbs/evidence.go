@@ -68,6 +68,10 @@ func MarshalEvidence(platform string, report []byte, endorsements [][]byte) (jso
 // ({"quote": base64, "cc_eventlog"}), each either alone or as the
 // primary_evidence of the composite form. Unknown fields are refused.
 func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
+	raw, err := unquote(raw)
+	if err != nil {
+		return nil, fmt.Errorf("tee-evidence: %w", err)
+	}
 	var probe map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &probe); err != nil {
 		return nil, fmt.Errorf("tee-evidence: %w", err)
@@ -82,7 +86,9 @@ func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 			return nil, errors.New("tee-evidence: composite evidence without additional_evidence")
 		}
 		additional = c.Additional
-		raw = c.Primary
+		if raw, err = unquote(c.Primary); err != nil {
+			return nil, fmt.Errorf("tee-evidence: primary_evidence: %w", err)
+		}
 		probe = nil
 		if err := json.Unmarshal(raw, &probe); err != nil {
 			return nil, fmt.Errorf("tee-evidence: primary_evidence: %w", err)
@@ -119,6 +125,21 @@ func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 		return nil, fmt.Errorf("tee-evidence: not a form accepted for %s (Castellan's {\"platform\", \"report\"}, or for tdx {\"quote\"})", platform)
 	}
 	return ev, nil
+}
+
+// unquote returns the JSON text inside a JSON string, as older guest
+// components send evidence (a string holding the attester's JSON), and
+// anything else as it is.
+func unquote(raw []byte) ([]byte, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] != '"' {
+		return raw, nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, err
+	}
+	return []byte(s), nil
 }
 
 // DecodeStrict decodes one JSON object into v, refusing unknown fields and

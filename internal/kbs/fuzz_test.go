@@ -65,6 +65,7 @@ func FuzzParseEvidence(f *testing.F) {
 	f.Add("snp", []byte(`{"platform":"snp","report":"UkVQT1JU","endorsements":["UkVQT1JU"]}`))
 	f.Add("snp", []byte(`{"primary_evidence":{"platform":"snp","report":"UkVQT1JU"},"additional_evidence":"{}"}`))
 	f.Add("tdx", []byte(`{"quote":"UkVQT1JU","cc_eventlog":null}`))
+	f.Add("tdx", []byte(`"{\"quote\":\"UkVQT1JU\"}"`))
 	f.Add("tdx", []byte(`{"primary_evidence":{"quote":"UkVQT1JU"},"additional_evidence":""}`))
 	f.Fuzz(func(t *testing.T, platform string, b []byte) {
 		ev, err := ParseEvidence(platform, b)

@@ -94,6 +94,9 @@ func TestParseEvidence(t *testing.T) {
 		"castellan":   `{"platform":"snp","report":"` + report + `","endorsements":["` + report + `"]}`,
 		"composite":   `{"primary_evidence":{"platform":"snp","report":"` + report + `"},"additional_evidence":""}`,
 		"trustee tdx": `{"quote":"` + report + `","cc_eventlog":null}`,
+		// Older guest components send the attester's JSON as a string.
+		"trustee tdx string": `"{\"cc_eventlog\":null,\"quote\":\"` + report + `\"}"`,
+		"composite string":   `{"primary_evidence":"{\"platform\":\"snp\",\"report\":\"` + report + `\"}","additional_evidence":""}`,
 	}
 	for name, in := range good {
 		platform := "snp"
@@ -104,7 +107,7 @@ func TestParseEvidence(t *testing.T) {
 		if err != nil || string(ev.Report) != "REPORT" {
 			t.Errorf("%s: %v", name, err)
 		}
-		if name == "composite" && (ev.Additional == nil || *ev.Additional != "") {
+		if strings.HasPrefix(name, "composite") && (ev.Additional == nil || *ev.Additional != "") {
 			t.Errorf("composite: additional %v", ev.Additional)
 		}
 	}
@@ -120,6 +123,8 @@ func TestParseEvidence(t *testing.T) {
 		"composite no add":  `{"primary_evidence":{"platform":"snp","report":"` + report + `"}}`,
 		"composite junk":    `{"primary_evidence":7,"additional_evidence":""}`,
 		"sev crate form":    `{"attestation_report":{"version":2},"cert_chain":null}`,
+		"string of junk":    `"{"`,
+		"bad string":        `"\x"`,
 	} {
 		platform := "snp"
 		if strings.HasPrefix(name, "quote base64") {
