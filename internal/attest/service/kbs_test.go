@@ -3,7 +3,9 @@ package service
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -186,7 +188,7 @@ func (k *kbsHarness) send(t *testing.T, method, path string, cookie *http.Cookie
 
 // attestation builds an Attestation: runtime data with nonce and key's JWK
 // (and digest), evidence over bindJSON (default: the runtime data itself).
-func (k *kbsHarness) attestation(t testing.TB, nonce string, key *ecdsa.PrivateKey, digest string, bind func(rt []byte) []byte, form func(rd [64]byte) json.RawMessage) []byte {
+func (k *kbsHarness) attestation(t testing.TB, nonce string, key crypto.Signer, digest string, bind func(rt []byte) []byte, form func(rd [64]byte) json.RawMessage) []byte {
 	t.Helper()
 	jwk, err := kbs.PublicJWK(key.Public())
 	if err != nil {
@@ -315,7 +317,11 @@ func TestKBSRefusals(t *testing.T) {
 // report data binds the runtime data with "additional-evidence" added.
 func TestKBSTrusteeForms(t *testing.T) {
 	k := newKBSHarness(t)
-	key := newKey(t)
+	// An RSA tee-pubkey (RSA-OAEP-256), as guest components may send.
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ck, nonce := k.auth(t, "tdx")
 	withAdditional := func(rt []byte) []byte {
 		var m map[string]any
