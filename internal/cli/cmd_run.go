@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -43,6 +45,7 @@ type runOptions struct {
 	secrets    *secretFlags // --secret, --secret-file (cmd_deploy.go)
 	world      *worldFlags  // --dir, --dir-ro, --env: run only (run_world.go)
 	vm         *vmOptions   // --keep, --keep-image, --firmware (cmd_run_vm.go)
+	kbs        string       // run only: --kbs (cmd_run_kbs.go)
 }
 
 func addRunFlags(fs *flag.FlagSet) *runOptions {
@@ -104,7 +107,7 @@ refused.`,
 }
 
 func init() {
-	DefineFlags("run", func(fs *flag.FlagSet) { addRunFlags(fs); addWorldFlags(fs) })
+	DefineFlags("run", func(fs *flag.FlagSet) { addKBSFlag(fs, addRunFlags(fs)); addWorldFlags(fs) })
 	runCmd.Run = runMain
 	Register(runCmd)
 }
@@ -113,6 +116,7 @@ func runMain(e *Env, args []string) int {
 	fs := e.FlagSet(runCmd)
 	ro := addRunFlags(fs)
 	ro.world = addWorldFlags(fs)
+	addKBSFlag(fs, ro)
 	pos, status, ok := e.Parse(runCmd, fs, args)
 	if !ok {
 		return status
@@ -313,23 +317,23 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		k.stop(s.status(), "%s (workload %s) %s; it did not end within %v, its listeners and connections are closed", name, art.Digest, s, stopGrace)
 	})
 	defer release()
-	secretEnv, code := ro.secrets.bindLocal(e, cfg)
+	// Supplied secrets are checked before the keep attests; those the
+	// config fetches by kbs:/// reference come after it attested.
+	secretVals, code := ro.secrets.read(e)
 	if code != ExitOK {
 		return code
 	}
+	supplied := len(secretVals)
+	if err := cfg.CheckSecrets(slices.Collect(maps.Keys(secretVals))); err != nil {
+		return secretsError(e, err)
+	}
 	var preopens []config.File
+	var flagEnv map[string]string
 	if ro.world != nil {
-		var flagEnv map[string]string
 		var err error
 		preopens, flagEnv, err = ro.world.apply(cfg, ro.configPath)
 		if err != nil {
 			return e.Usagef("%v", err)
-		}
-		for k, v := range flagEnv {
-			if secretEnv == nil {
-				secretEnv = map[string]string{}
-			}
-			secretEnv[k] = v
 		}
 	}
 	cert, code := keepCertificate(ctx, e, ro, cfg, art)
@@ -338,6 +342,22 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 	}
 	if code != ExitOK {
 		return code
+	}
+	if code := fetchSecrets(e, ro, cfg, art, secretVals); code != ExitOK {
+		return code
+	}
+	secretEnv, err := cfg.BindSecrets(secretVals)
+	if err != nil {
+		return secretsError(e, err)
+	}
+	if supplied > 0 {
+		e.Warningf("the secrets go to a keep on this machine: without a keep on a separate host (deploy --host) they are not protected from this machine")
+	}
+	for k, v := range flagEnv {
+		if secretEnv == nil {
+			secretEnv = map[string]string{}
+		}
+		secretEnv[k] = v
 	}
 	exit, err := runtime.Run(ctx, runtime.Options{
 		Name:        name,

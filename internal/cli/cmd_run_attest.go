@@ -76,16 +76,9 @@ func attestedCertificate(ctx context.Context, e *Env, ro *runOptions, url string
 	if !strings.HasPrefix(url, "https://") {
 		return nil, fmt.Errorf("must be an https:// URL")
 	}
-	var roots *x509.CertPool
-	if ro.attestCA != "" {
-		b, err := os.ReadFile(ro.attestCA)
-		if err != nil {
-			return nil, fmt.Errorf("--attest-ca: %w", err)
-		}
-		roots = x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("--attest-ca: %s: no PEM certificate in it", ro.attestCA)
-		}
+	roots, err := attestRoots(ro)
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeoutCause(ctx, ro.attestTime, errAttestTimeout(ro.attestTime))
 	defer cancel()

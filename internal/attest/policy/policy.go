@@ -65,6 +65,9 @@ type Policy struct {
 	// Identity sections (identity.go).
 	SPIFFE   SPIFFE     `toml:"spiffe"`
 	Identity []Identity `toml:"identity"`
+
+	// Secrets released to attested keeps (secrets.go).
+	Secrets []Secret `toml:"secret"`
 }
 
 // Platform is a [platforms.snp] or [platforms.tdx] table.
@@ -121,7 +124,8 @@ type Snapshot struct {
 	SimCollateral map[string][]string
 	AnyWorkload   bool
 
-	identities map[string]*Identity // workload digest → its [[identity]] (identity.go)
+	identities map[string]*Identity    // workload digest → its [[identity]] (identity.go)
+	secrets    map[string]*secretEntry // resource path → its [[secret]] and value (secrets.go)
 
 	// SGXSigners are the SGX measurement entries by signer.
 	SGXSigners []Measurement
@@ -285,6 +289,9 @@ func (s *Snapshot) checkPolicy(file string) error {
 		if err := s.checkPlatformExtras(file, name, pl); err != nil {
 			return err
 		}
+	}
+	if err := s.checkSecrets(file); err != nil {
+		return err
 	}
 	return s.checkIdentity(file)
 }
