@@ -217,4 +217,3 @@ func secretsError(e *Env, err error) int {
 	}
 	return e.Errorf("%v", err)
 }
-
