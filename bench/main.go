@@ -11,6 +11,8 @@
 //     process, beside the native build and the bare runners.
 //   - HTTP: requests per second of one Go program on a listen descriptor,
 //     plain and TLS, in a keep and built natively.
+//   - vm (only when asked: -only vm): a VM keep's start to its first
+//     workload output, by phase, beside the same keep as a process.
 //
 // The wasmtime runners need cgo (-wasmtime=false leaves them out).
 //
@@ -133,6 +135,8 @@ func run() error {
 			err = httpBench(t)
 		case "attest":
 			err = attestBench(t)
+		case "vm":
+			err = vmBench(t)
 		default:
 			err = fmt.Errorf("unknown section %q", s)
 		}

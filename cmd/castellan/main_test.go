@@ -1,31 +1,84 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/cli"
 	"github.com/castellan-dev/castellan/internal/engine"
 	"github.com/castellan-dev/castellan/internal/fixtures"
+	"github.com/castellan-dev/castellan/internal/keep/qemu"
+	"github.com/castellan-dev/castellan/internal/keepimage"
 	"github.com/rogpeppe/go-internal/testscript"
 )
 
 func TestMain(m *testing.M) {
-	testscript.Main(m, map[string]func(){
+	testscript.Main(cleanupM{m}, map[string]func(){
 		"castellan": func() { os.Exit(cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) },
 	})
+}
+
+// cleanupM runs the tests, then removes the scripts' keep image
+// (testscript.Main exits as soon as Run returns).
+type cleanupM struct{ m *testing.M }
+
+func (c cleanupM) Run() int {
+	code := c.m.Run()
+	if image.dir != "" {
+		os.RemoveAll(image.dir)
+	}
+	return code
+}
+
+// image is the keep image of the scripts' VM keeps.
+var image struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// cmdKeepImage sets VAR to a keep image built from this source tree.
+func cmdKeepImage(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: keepimage VAR")
+	}
+	image.once.Do(func() {
+		kernel, mods, err := keepimage.FindKernel()
+		if err != nil {
+			image.err = err
+			return
+		}
+		root, err := fixtures.RepoRoot()
+		if err != nil {
+			image.err = err
+			return
+		}
+		if image.dir, image.err = os.MkdirTemp("", "cst-image-"); image.err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+		defer cancel()
+		_, image.err = keepimage.Build(ctx, keepimage.Options{Out: image.dir, Kernel: kernel, Modules: mods, Source: root})
+	})
+	ts.Check(image.err)
+	ts.Setenv(args[0], image.dir)
 }
 
 // TestScripts runs the CLI scenarios in testdata/script: each asserts the
 // stdout, stderr and exit status of the real castellan main.
 //
 // Scripts get Wasm fixtures, built from source, with the command
-// "fixture go|c NAME [DEST]".
+// "fixture go|c NAME [DEST]", and a keep image for VM keeps with
+// "keepimage VAR" (built once per test binary; scripts skip without QEMU
+// or a kernel with "[!vmkeeps] skip").
 func TestScripts(t *testing.T) {
 	cache := t.TempDir() // one compilation cache for all scripts
 	testscript.Run(t, testscript.Params{
@@ -40,17 +93,24 @@ func TestScripts(t *testing.T) {
 			env.Setenv("CASTELLAN_CONFIG_DIR", filepath.Join(env.WorkDir, "home", "castellan-config"))
 			return nil
 		},
+		// [vmkeeps]: QEMU and a kernel for a keep image are here.
 		// [wasmtime]: this build has the wasmtime engine (-tags wasmtime).
 		Condition: func(cond string) (bool, error) {
-			if cond == "wasmtime" {
+			switch cond {
+			case "vmkeeps":
+				_, err1 := exec.LookPath(qemu.Program)
+				_, _, err2 := keepimage.FindKernel()
+				return err1 == nil && err2 == nil, nil
+			case "wasmtime":
 				return engine.WasmtimeBuilt, nil
 			}
 			return false, fmt.Errorf("unknown condition %q", cond)
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"fixture":  cmdFixture,
-			"freeport": cmdFreePort,
-			"waitport": cmdWaitPort,
+			"fixture":   cmdFixture,
+			"freeport":  cmdFreePort,
+			"waitport":  cmdWaitPort,
+			"keepimage": cmdKeepImage,
 		},
 	})
 }

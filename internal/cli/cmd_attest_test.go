@@ -25,6 +25,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/audit/audittest"
 	"github.com/castellan-dev/castellan/internal/attest/client"
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/service"
 	"github.com/castellan-dev/castellan/internal/tee"
@@ -35,6 +36,7 @@ import (
 type attestServer struct {
 	url    string
 	caPEM  string
+	seen   []string // lines waitFor read
 	lines  chan string
 	cancel context.CancelFunc
 	done   chan int
@@ -81,6 +83,7 @@ func (s *attestServer) waitFor(t *testing.T, substr string) string {
 			if !ok {
 				t.Fatalf("attest serve ended before printing %q", substr)
 			}
+			s.seen = append(s.seen, l)
 			if strings.Contains(l, substr) {
 				return l
 			}
@@ -117,6 +120,17 @@ name = "this test binary"
 `, hex.EncodeToString(m), revoked),
 	} {
 		writeAtomic(t, filepath.Join(dir, name), s)
+	}
+	// The simulation CA's collateral beside its roots, where a stored CA
+	// keeps it: the service checks simulated evidence against it.
+	coll, err := simCA.Collateral()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for url, r := range coll {
+		if err := collateral.Put(filepath.Join(dir, sim.CollateralDir), url, r); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -173,6 +187,9 @@ func runCLI(args ...string) (int, string, string) {
 func TestAttestServeAndVerify(t *testing.T) {
 	dir, simCA := attestFiles(t)
 	srv := startAttestServe(t, dir)
+	if want := "vendor collateral: fetched from AMD and Intel as needed, cached in " + filepath.Join(dir, "state", "collateral"); !strings.Contains(strings.Join(srv.seen, "\n"), want) {
+		t.Errorf("attest serve did not say %q before it served: %q", want, srv.seen)
+	}
 	caPEM, err := os.ReadFile(srv.caPEM)
 	if err != nil {
 		t.Fatal(err)
@@ -194,7 +211,8 @@ func TestAttestServeAndVerify(t *testing.T) {
 	}
 
 	code, out, errs := runCLI("verify", keeps["snp"], "--ca", srv.caPEM, "--digest", attestDigest, "--platform", "snp,tdx", "--allow-insecure")
-	if code != 0 || !strings.Contains(out, "platform:    snp (simulated)") || !strings.Contains(out, "workload:    "+attestDigest) {
+	if code != 0 || !strings.Contains(out, "platform:    snp (simulated)") || !strings.Contains(out, "workload:    "+attestDigest) ||
+		!strings.Contains(out, "checked:     vmpl=0\n") || !strings.Contains(out, "checked:     collateral=verified\n") {
 		t.Errorf("verify snp: %d\n%s%s", code, out, errs)
 	}
 	code, out, errs = runCLI("verify", keeps["tdx"], "--ca", srv.caPEM, "--json", "--allow-insecure")
@@ -202,6 +220,10 @@ func TestAttestServeAndVerify(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || v.Platform != "tdx" || !v.Verified || v.WorkloadDigest != attestDigest ||
 		v.Status != "warning" || !strings.HasPrefix(v.SPIFFEID, "spiffe://castellan.invalid/workload/") {
 		t.Errorf("verify tdx --json: %d\n%s%s", code, out, errs)
+	}
+	// What the service checked on the hardware is in the certificate.
+	if d := v.Details; d["tcb_status"] != "UpToDate" || d["qe_tcb_status"] != "UpToDate" || d["collateral"] != "verified" || d["td_attributes"] != "0x10000000" || d["rtmr0"] == "" {
+		t.Errorf("verify tdx --json details: %v", d)
 	}
 	for _, tt := range []struct {
 		args []string
@@ -241,7 +263,7 @@ func TestAttestServeUsage(t *testing.T) {
 		{"verify"},
 		{"verify", "https://127.0.0.1:1"},
 		{"verify", "http://127.0.0.1:1", "--allow-insecure"},
-		{"verify", "https://127.0.0.1:1", "--allow-insecure", "--platform", "sgx"},
+		{"verify", "https://127.0.0.1:1", "--allow-insecure", "--platform", "sev"},
 	} {
 		if code, _, errs := runCLI(args...); code != ExitUsage || !strings.HasPrefix(errs, "castellan: error: ") {
 			t.Errorf("%v: %d %q", args, code, errs)
@@ -283,25 +305,6 @@ func TestAttestServePostgres(t *testing.T) {
 // Two `attest serve` replicas on one PostgreSQL database and one state
 // folder (so one CA and one nonce key): a nonce from one is redeemed at the
 // other once; a replay at either is refused.
-func TestAttestServeReplicas(t *testing.T) {
-	dsn := audittest.PostgresDSN(t)
-	dir, simCA := attestFiles(t)
-	a := startAttestServe(t, dir, "--database", dsn)
-	b := startAttestServe(t, dir, "--database", dsn)
-	kc := newKeepClient(t, a.caPEM, simCA)
-	body := kc.request(a.url, false)
-	if code := kc.post(b.url+"/v1/certificate", body, nil); code != http.StatusOK {
-		t.Fatalf("nonce from a redeemed at b: %d", code)
-	}
-	b.waitFor(t, "issued ")
-	for _, s := range []*attestServer{a, b} {
-		var e service.ErrorResponse
-		if code := kc.post(s.url+"/v1/certificate", body, &e); code != http.StatusForbidden || e.Check != "nonce" || !strings.Contains(e.Error, "already used") {
-			t.Errorf("replay at %s: %d %+v", s.url, code, e)
-		}
-	}
-}
-
 // keepClient plays a sim-snp keep against attest serve, step by step.
 type keepClient struct {
 	t     *testing.T
@@ -423,5 +426,31 @@ func TestAttestServePortProbe(t *testing.T) {
 	l := srv.waitFor(t, "closed before the TLS handshake")
 	if strings.Contains(l, "http:") || strings.Contains(l, "warning") {
 		t.Errorf("port probe logged as %q", l)
+	}
+}
+
+// TestAttestServeCollateralFlags: --offline needs its folder, and takes no
+// PCCS; a PCCS must be https.
+func TestAttestServeCollateralFlags(t *testing.T) {
+	dir := t.TempDir()
+	simCA, err := sim.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAttestFiles(t, dir, simCA, false)
+	base := []string{"attest", "serve", "--listen", "127.0.0.1:0", "--policy", filepath.Join(dir, "policy.toml"),
+		"--measurements", filepath.Join(dir, "measurements.toml"), "--state-dir", filepath.Join(dir, "state")}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--offline", "--collateral-dir", filepath.Join(dir, "none")}, "--offline: collateral folder " + filepath.Join(dir, "none") + ": not a folder"},
+		{[]string{"--offline", "--collateral-dir", dir, "--pccs", "https://pccs.example"}, "--offline and --pccs: give one"},
+		{[]string{"--pccs", "http://pccs.example"}, `--pccs "http://pccs.example": want an https:// URL`},
+	} {
+		code, _, errs := runCLI(append(append([]string{}, base...), tt.args...)...)
+		if code != ExitError || !strings.Contains(errs, tt.want) || strings.Count(errs, "\n") != 1 {
+			t.Errorf("%v: %d %q, want a one-line error with %q", tt.args, code, errs, tt.want)
+		}
 	}
 }

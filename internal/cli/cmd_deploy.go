@@ -209,26 +209,11 @@ func secretsError(e *Env, err error) int {
 	if errors.As(err, &se) && len(se.Missing) > 0 {
 		return e.ErrorWithHint(err, "pass --secret NAME=VALUE or --secret-file NAME=PATH for each")
 	}
+	if errors.As(err, &se) && len(se.Undeclared) == 0 {
+		return e.ErrorWithHint(err, "the keep fetches those itself after it attested: leave them out")
+	}
 	if errors.As(err, &se) {
 		return e.ErrorWithHint(err, "a workload gets only the secrets its config declares ([secrets] env, or [[files]] with kind = \"secret\")")
 	}
 	return e.Errorf("%v", err)
-}
-
-// bindLocal gives a local keep its secrets: it checks them against cfg,
-// puts secret files into cfg's entries and returns the secret environment
-// values. A local keep runs on this machine, which sees them.
-func (s *secretFlags) bindLocal(e *Env, cfg *config.Config) (map[string]string, int) {
-	vals, code := s.read(e)
-	if code != ExitOK {
-		return nil, code
-	}
-	env, err := cfg.BindSecrets(vals)
-	if err != nil {
-		return nil, secretsError(e, err)
-	}
-	if len(vals) > 0 {
-		e.Warningf("the secrets go to a keep on this machine: without a keep on a separate host (deploy --host) they are not protected from this machine")
-	}
-	return env, ExitOK
 }

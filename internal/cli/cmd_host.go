@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -19,6 +20,8 @@ import (
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/host"
+	"github.com/castellan-dev/castellan/internal/keep"
+	"github.com/castellan-dev/castellan/internal/keep/qemu"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/workload"
 )
@@ -39,9 +42,13 @@ var hostServeCmd = &Command{
 	Usage:   "host serve [flags]",
 	Summary: "run the host agent: the keep manager and confidential delivery relay",
 	Help: `Serves the host agent API over HTTPS with bearer tokens (see 'castellan host
-token create'). Each keep is a child process with its own limits; keep
-state lives in SQLite in --state-dir, so that a restarted agent adopts the
-keeps that still run and records how the others ended. The agent relays
+token create'). Each keep is a child process with its own limits, or with
+--keep-kind vm a QEMU micro-VM booted from --keep-image (KVM where usable,
+else TCG; an SEV-SNP VM for backend snp and a TD for tdx, with --firmware);
+keep state lives in SQLite in --state-dir, so that a restarted agent adopts
+the process keeps that still run and records how the others ended (a VM
+keep's channel ends with the agent that launched it: a restarted agent
+stops VM keeps it finds running). The agent relays
 encrypted sessions between clients and keeps: it never sees a confidentially
 delivered workload or its secrets.
 
@@ -52,8 +59,14 @@ its keeps running.`,
 
 type hostServeFlags struct {
 	listen, stateDir, maxMemory, keepCache string
+	maxOutput                              string
+	retainKeeps                            int
+	retainFor                              time.Duration
 	maxKeeps, maxOpenFiles                 int
 	maxCPU, maxWall, attachTimeout         time.Duration
+	keepKind, keepImage, firmware          string
+	maxVMMemory                            string
+	maxVCPUs                               int
 }
 
 func addHostServeFlags(fs *flag.FlagSet) *hostServeFlags {
@@ -66,7 +79,15 @@ func addHostServeFlags(fs *flag.FlagSet) *hostServeFlags {
 	fs.DurationVar(&f.maxWall, "max-wall-time", time.Duration(host.DefaultWallSeconds)*time.Second, "longest wall time a keep may ask for")
 	fs.IntVar(&f.maxOpenFiles, "max-open-files", host.DefaultOpenFiles, "most open descriptors a keep may ask for")
 	fs.DurationVar(&f.attachTimeout, "attach-timeout", host.DefaultAttachTimeout, "how long a ready keep waits for its client")
+	fs.StringVar(&f.maxOutput, "max-keep-output", "64MiB", "most bytes of log and host output each keep may write (keeps/ID/keep.log); the keep ends when it passes it")
+	fs.IntVar(&f.retainKeeps, "retain-keeps", host.DefaultRetainKeeps, "finished keeps to keep (folder, record, events), newest first; older ones are removed")
+	fs.DurationVar(&f.retainFor, "retain-for", host.DefaultRetainFor, "how long after its end a finished keep is kept")
 	fs.StringVar(&f.keepCache, "keep-cache-dir", "", "compilation cache for nil-backend keeps only (a cache on the host's disk is open to the host; TEE keeps never use one)")
+	fs.StringVar(&f.keepKind, "keep-kind", keep.KindProcess, "what each keep is: process (a child process) or vm (a QEMU micro-VM booted from --keep-image)")
+	fs.StringVar(&f.keepImage, "keep-image", os.Getenv("CASTELLAN_KEEP_IMAGE"), "with --keep-kind vm: the keep image folder ('castellan keep-image build'; $CASTELLAN_KEEP_IMAGE)")
+	fs.StringVar(&f.firmware, "firmware", "", "with --keep-kind vm: the firmware of snp and tdx VM keeps (the file 'castellan keep-image measure --firmware' used)")
+	fs.StringVar(&f.maxVMMemory, "max-vm-memory", "8GiB", "with --keep-kind vm: the largest VM a keep may ask for (vm_memory_bytes; default size 512MiB)")
+	fs.IntVar(&f.maxVCPUs, "max-vcpus", host.DefaultMaxVCPUs, "with --keep-kind vm: most vCPUs a keep may ask for (default 1)")
 	return f
 }
 
@@ -80,8 +101,13 @@ agent runs (the state database is shared).`,
 
 var hostKeepsCmd = &Command{
 	Name:    "host keeps",
-	Usage:   "host keeps [--host URL] [--host-ca FILE] [--token-file FILE] [--stop ID] [--events ID]",
-	Summary: "list a host agent's keeps, stop one, or follow one's events",
+	Usage:   "host keeps [--host URL] [--host-ca FILE] [--token-file FILE] [--stop ID] [--events ID] | rm [--force] ID...",
+	Summary: "list a host agent's keeps, stop one, follow one's events, or remove finished ones",
+	Help: `Lists the agent's keeps; --stop ID stops one ("all": every live keep),
+--events ID follows one's events until it ends. 'host keeps rm ID...'
+removes finished keeps (folder, record and events); a keep that still runs
+is refused unless --force, which stops it first. The agent also removes
+finished keeps by itself (host serve --retain-keeps, --retain-for).`,
 }
 
 type hostClientFlags struct {
@@ -166,20 +192,28 @@ func init() {
 	}
 	Register(hostTokenCmd)
 
-	keepsFlags := func(fs *flag.FlagSet) (*hostClientFlags, *string, *string, *bool) {
+	keepsFlags := func(fs *flag.FlagSet) (*hostClientFlags, *string, *string, *bool, *bool) {
 		return addHostClientFlags(fs, true), fs.String("stop", "", "stop this keep (\"all\": every live keep)"), fs.String("events", "", "follow this keep's events until it ends"),
-			fs.Bool("json", false, "print JSON")
+			fs.Bool("json", false, "print JSON"), fs.Bool("force", false, "rm: stop a keep that still runs, then remove it")
 	}
 	DefineFlags(hostKeepsCmd.Name, func(fs *flag.FlagSet) { keepsFlags(fs) })
 	hostKeepsCmd.Run = func(e *Env, args []string) int {
 		fs := e.FlagSet(hostKeepsCmd)
-		hf, stop, events, asJSON := keepsFlags(fs)
+		hf, stop, events, asJSON, force := keepsFlags(fs)
 		pos, status, ok := e.Parse(hostKeepsCmd, fs, args)
 		if !ok {
 			return status
 		}
-		if len(pos) != 0 {
-			return e.Usagef("host keeps: no arguments expected")
+		rm := len(pos) > 0 && pos[0] == "rm"
+		switch {
+		case rm && len(pos) == 1:
+			return e.Usagef("host keeps rm: want one or more keep ids")
+		case rm && (*stop != "" || *events != ""):
+			return e.Usagef("host keeps rm: --stop and --events do not apply")
+		case !rm && len(pos) != 0:
+			return e.Usagef("host keeps: unexpected argument %q (want rm ID... or no argument)", pos[0])
+		case !rm && *force:
+			return e.Usagef("host keeps: --force applies to rm only")
 		}
 		c, code := hf.client(e)
 		if c == nil {
@@ -187,6 +221,18 @@ func init() {
 		}
 		ctx := context.Background()
 		switch {
+		case rm:
+			for _, id := range pos[1:] {
+				err := c.Remove(ctx, id, *force)
+				var ae *host.APIError
+				if errors.As(err, &ae) && ae.Status == http.StatusConflict {
+					return e.ErrorWithHint(err, "stop it first ('castellan host keeps --stop "+id+"') or pass --force")
+				}
+				if err != nil {
+					return hostError(e, err) // the agent's answer names the keep
+				}
+				fmt.Fprintf(e.Stdout, "%s removed\n", id)
+			}
 		case *stop != "":
 			ids := []string{*stop}
 			if *stop == "all" {
@@ -256,10 +302,17 @@ func hostServe(e *Env, args []string) int {
 	if err != nil || mem == 0 {
 		return e.Usagef("--max-memory: %q is not a size such as 4GiB", f.maxMemory)
 	}
+	maxOut, err := config.ParseSize(f.maxOutput)
+	if err != nil || maxOut < 1024 {
+		return e.Usagef("--max-keep-output: %q is not a size of at least 1KiB such as 64MiB", f.maxOutput)
+	}
+	if f.retainKeeps < 1 {
+		return e.Usagef("--retain-keeps: %d is less than 1", f.retainKeeps)
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"--max-cpu-time", f.maxCPU}, {"--max-wall-time", f.maxWall}, {"--attach-timeout", f.attachTimeout}} {
+	}{{"--retain-for", f.retainFor}, {"--max-cpu-time", f.maxCPU}, {"--max-wall-time", f.maxWall}, {"--attach-timeout", f.attachTimeout}} {
 		if d.v < time.Second {
 			return e.Usagef("%s: %v is less than a second", d.name, d.v)
 		}
@@ -267,12 +320,27 @@ func hostServe(e *Env, args []string) int {
 	if f.maxKeeps < 1 || f.maxOpenFiles < 16 {
 		return e.Usagef("host serve: --max-keeps must be at least 1 and --max-open-files at least 16")
 	}
+	vmMem, err := config.ParseSize(f.maxVMMemory)
+	if err != nil || vmMem < config.MinVMMemory || vmMem%(1<<20) != 0 {
+		return e.Usagef("--max-vm-memory: %q is not a whole number of MiB of at least 128MiB, such as 8GiB", f.maxVMMemory)
+	}
+	if f.maxVCPUs < 1 || f.maxVCPUs > config.MaxVCPUs {
+		return e.Usagef("--max-vcpus: %d is out of range 1-%d", f.maxVCPUs, config.MaxVCPUs)
+	}
+	launcher, code := keepLauncher(e, f.keepKind, f.keepImage, f.firmware, f.keepCache)
+	if launcher == nil {
+		return code
+	}
 	a, err := host.New(host.Config{
-		StateDir:      f.stateDir,
-		MaxKeeps:      f.maxKeeps,
-		Max:           host.Limits{MemoryBytes: int64(mem), CPUSeconds: int64(f.maxCPU / time.Second), WallSeconds: int64(f.maxWall / time.Second), OpenFiles: int64(f.maxOpenFiles)},
+		StateDir: f.stateDir,
+		MaxKeeps: f.maxKeeps,
+		Max: host.Limits{MemoryBytes: int64(mem), CPUSeconds: int64(f.maxCPU / time.Second), WallSeconds: int64(f.maxWall / time.Second), OpenFiles: int64(f.maxOpenFiles),
+			VMMemoryBytes: int64(vmMem), VCPUs: int64(f.maxVCPUs)},
 		AttachTimeout: f.attachTimeout,
-		KeepCacheDir:  f.keepCache,
+		Launcher:      launcher,
+		MaxOutput:     int64(maxOut),
+		RetainKeeps:   f.retainKeeps,
+		RetainFor:     f.retainFor,
 		Logf:          func(format string, a ...any) { e.Infof(format, a...) },
 	})
 	if err != nil {
@@ -325,11 +393,50 @@ func addRemoteFlags(fs *flag.FlagSet) *remoteOptions {
 	return r
 }
 
+// timedVerifier bounds each exchange with the attestation service by
+// --attest-timeout, and says so when it runs out.
+type timedVerifier struct {
+	delivery.Verifier
+	limit time.Duration
+}
+
+var _ delivery.Verifier = timedVerifier{}
+
+func (t timedVerifier) Nonce(ctx context.Context) ([]byte, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, t.limit, errAttestTimeout(t.limit))
+	defer cancel()
+	n, err := t.Verifier.Nonce(ctx)
+	return n, namedTimeout(ctx, err)
+}
+
+func (t timedVerifier) Verify(ctx context.Context, hello *delivery.Hello, nonce []byte, digest string) (*delivery.Verified, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, t.limit, errAttestTimeout(t.limit))
+	defer cancel()
+	v, err := t.Verifier.Verify(ctx, hello, nonce, digest)
+	return v, namedTimeout(ctx, err)
+}
+
+// namedTimeout replaces an error caused by the attestation time limit with
+// the limit's own words.
+func namedTimeout(ctx context.Context, err error) error {
+	var lim errAttestTimeout
+	if err != nil && ctx.Err() != nil && errors.As(context.Cause(ctx), &lim) {
+		return lim
+	}
+	return err
+}
+
 // deployRemote runs the confidential delivery protocol through the agent.
 func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string, args []string) int {
 	r := do.remote
+	if do.vm.kind != keep.KindProcess {
+		return e.Usagef("deploy --host: the host agent chooses the keep kind ('castellan host serve --keep-kind vm'); --keep applies to local runs")
+	}
 	if do.memory != "" || do.maxOutput != "" || do.noCache || do.report != "" || len(do.allowDirs) > 0 {
 		return e.Usagef("deploy --host: --memory, --max-output, --no-cache, --report and --allow-dir apply to local runs (the keep's memory limit is --keep-memory)")
+	}
+	if do.attestTime <= 0 {
+		return e.Usagef("--attest-timeout: %v is not positive", do.attestTime)
 	}
 	c, code := r.client(e)
 	if c == nil {
@@ -349,18 +456,11 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 	var v delivery.Verifier
 	switch {
 	case do.attest != "":
-		sv := &delivery.ServiceVerifier{URL: do.attest, Package: name, AllowInsecure: r.insecure}
-		if do.attestCA != "" {
-			pem, err := os.ReadFile(do.attestCA)
-			if err != nil {
-				return e.Errorf("--attest-ca: %v", err)
-			}
-			sv.Roots = x509.NewCertPool()
-			if !sv.Roots.AppendCertsFromPEM(pem) {
-				return e.Errorf("--attest-ca: %s: no PEM certificate in it", do.attestCA)
-			}
+		sv, code := serviceVerifier(e, do.attest, do.attestCA, name, r.insecure)
+		if sv == nil {
+			return code
 		}
-		v = sv
+		v = timedVerifier{Verifier: sv, limit: do.attestTime}
 	case r.policyFile != "":
 		if r.measurements == "" {
 			return e.Usagef("--policy needs --measurements")
@@ -369,13 +469,9 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		if err != nil {
 			return hostError(e, err)
 		}
-		v = &delivery.PolicyVerifier{Policy: snap, Name: r.policyFile}
+		v = &delivery.PolicyVerifier{Policy: snap, Name: r.policyFile, Collateral: clientCollateral()}
 	case r.insecure:
-		iv := &delivery.InsecureVerifier{}
-		if roots, _, err := tee.SimRoots(); err == nil {
-			iv.SimRoots = roots
-		}
-		v = iv
+		v = insecureVerifier()
 		e.Warningf("--insecure: the keep's evidence is checked for signatures and bindings only, not against a policy")
 	default:
 		return e.ErrorWithHint(errors.New("deploy --host: nothing to verify the keep's evidence with"),
@@ -398,14 +494,14 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 			return hostError(e, err)
 		}
 		backend = ""
-		for _, n := range []string{tee.NameSNP, tee.NameTDX} {
+		for _, n := range []string{tee.NameSNP, tee.NameTDX, tee.NameSGX, tee.NameCCA} {
 			if info.Backends[n] == "available" {
 				backend = n
 				break
 			}
 		}
 		if backend == "" {
-			return e.ErrorWithHint(errors.New("the host has no TEE backend available"), "pass --backend sim-snp, sim-tdx or nil for a test keep")
+			return e.ErrorWithHint(errors.New("the host has no TEE backend available"), "pass --backend sim-snp, sim-tdx, sim-sgx, sim-cca or nil for a test keep")
 		}
 	}
 	k, res, err := c.Deploy(ctx, host.DeployOptions{
@@ -445,6 +541,33 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 	return res.ExitCode
 }
 
+// serviceVerifier is the attestation service at url as the verifier of a
+// keep's evidence (--attest, --attest-ca).
+func serviceVerifier(e *Env, url, caFile, pkg string, allowInsecure bool) (*delivery.ServiceVerifier, int) {
+	sv := &delivery.ServiceVerifier{URL: url, Package: pkg, AllowInsecure: allowInsecure}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, e.Errorf("--attest-ca: %v", err)
+		}
+		sv.Roots = x509.NewCertPool()
+		if !sv.Roots.AppendCertsFromPEM(pem) {
+			return nil, e.Errorf("--attest-ca: %s: no PEM certificate in it", caFile)
+		}
+	}
+	return sv, ExitOK
+}
+
+// insecureVerifier checks a keep's evidence for signatures and bindings
+// only, this machine's simulation roots included.
+func insecureVerifier() *delivery.InsecureVerifier {
+	iv := &delivery.InsecureVerifier{}
+	if roots, _, err := tee.SimRoots(); err == nil {
+		iv.SimRoots = roots
+	}
+	return iv
+}
+
 // hostError reports err, with a hint when the host agent's certificate was
 // not trusted (the agent's certificate is self-signed: clients pin it).
 func hostError(e *Env, err error) int {
@@ -453,4 +576,25 @@ func hostError(e *Env, err error) int {
 		return e.ErrorWithHint(err, "pass --host-ca with the agent's certificate (STATE-DIR/tls/cert.pem on the host; the agent prints its SHA-256 at start)")
 	}
 	return e.Errorf("%v", err)
+}
+
+// keepLauncher makes the launcher of a keep kind (--keep-kind, --keep):
+// process, or vm with its image and firmware. It reports a bad choice.
+func keepLauncher(e *Env, kind, image, firmware, cacheDir string) (keep.Launcher, int) {
+	switch kind {
+	case keep.KindProcess:
+		if image != "" && image != os.Getenv("CASTELLAN_KEEP_IMAGE") || firmware != "" {
+			return nil, e.Usagef("--keep-image and --firmware apply to VM keeps (--keep-kind vm)")
+		}
+		return &keep.Process{CacheDir: cacheDir}, ExitOK
+	case keep.KindVM:
+		if cacheDir != "" {
+			return nil, e.Usagef("--keep-cache-dir applies to process keeps: a VM keep compiles inside its VM")
+		}
+		if image == "" {
+			return nil, e.ErrorWithHint(errors.New("vm keeps: no keep image"), "pass --keep-image DIR (make one with 'castellan keep-image build -o DIR')")
+		}
+		return &qemu.VM{Image: image, Firmware: firmware, Warnf: e.Warningf}, ExitOK
+	}
+	return nil, e.Usagef("keep kind %q: want %s", kind, strings.Join(keep.Kinds(), " or "))
 }

@@ -2,18 +2,20 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/engine"
+	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/runtime"
 	"github.com/castellan-dev/castellan/internal/workload"
 )
@@ -41,15 +43,21 @@ type runOptions struct {
 	maxOutput  string
 	digestOnly bool
 	report     string
+	attestTime time.Duration
 	secrets    *secretFlags // --secret, --secret-file (cmd_deploy.go)
+	world      *worldFlags  // --dir, --dir-ro, --env: run only (run_world.go)
+	vm         *vmOptions   // --keep, --keep-image, --firmware (cmd_run_vm.go)
+	kbs        string       // run only: --kbs (cmd_run_kbs.go)
 }
 
 func addRunFlags(fs *flag.FlagSet) *runOptions {
 	ro := &runOptions{}
 	fs.StringVar(&ro.configPath, "c", "", "workload config (Enarx.toml format); none: stdin, stdout and stderr only")
-	fs.StringVar(&ro.backend, "backend", "auto", "keep backend: auto, nil, sim-snp, sim-tdx, snp, tdx (see 'castellan platform info')")
+	fs.StringVar(&ro.configPath, "wasmcfgfile", "", "same as -c (Enarx's name for it)")
+	fs.StringVar(&ro.backend, "backend", "auto", "keep backend: auto, nil, sim-snp, sim-tdx, sim-sgx, sim-cca, snp, tdx, sgx, cca (see 'castellan platform info')")
 	fs.StringVar(&ro.attest, "attest", "", "attestation service URL to get the keep certificate from (default: the config's steward)")
 	fs.StringVar(&ro.attestCA, "attest-ca", "", "PEM file of the CA that the attestation service's TLS certificate chains to")
+	fs.DurationVar(&ro.attestTime, "attest-timeout", defaultAttestTimeout, "time limit for getting the keep's certificate from the attestation service")
 	fs.StringVar(&ro.cacheDir, "cache-dir", defaultCacheDir(), "compilation cache folder")
 	fs.BoolVar(&ro.noCache, "no-cache", false, "do not use the compilation cache")
 	fs.StringVar(&ro.engine, "engine", engine.NameWazero, "WebAssembly engine: wazero (pure Go) or wasmtime (builds with -tags wasmtime)")
@@ -59,6 +67,7 @@ func addRunFlags(fs *flag.FlagSet) *runOptions {
 	fs.BoolVar(&ro.digestOnly, "digest", false, "print the workload digest and exit without running")
 	fs.StringVar(&ro.report, "report", "", "before the workload starts, write the keep's certificate, claims and evidence to this JSON file")
 	ro.secrets = addSecretFlags(fs)
+	ro.vm = addKeepKindFlags(fs)
 	return ro
 }
 
@@ -79,12 +88,29 @@ var runCmd = &Command{
 	Summary: "run a WebAssembly (WASI) workload in a keep",
 	Help: `Runs app.wasm with the descriptors, environment and limits that its config
 names (-c). Arguments after -- are passed to the workload after the config's
-args. The exit status is the workload's; a keep stopped by its wall-time
-limit exits with 124, by its output limit with 125.`,
+args. --dir and --env add preopened folders and variables, with or without
+a config (a folder or variable that the config also names is an error).
+Without a config the workload gets stdin, stdout, stderr, the --dir folders
+and exactly the --env variables; with one it also gets FD_COUNT and
+FD_NAMES, as under Enarx. The exit status is the workload's; a keep stopped
+by its wall-time limit exits with 124, by its output limit with 125, by
+SIGINT with 130 and by SIGTERM with 143 (after one line saying what was
+stopped; its listeners and connections are closed first).
+
+With --keep vm the keep is a micro-VM: QEMU boots the keep image
+(--keep-image, made by 'castellan keep-image build'), under KVM where usable,
+else under TCG (emulation: slow, and not isolated by hardware); backend snp
+or tdx boots an SEV-SNP VM or a TD with --firmware. This castellan then
+verifies the keep's evidence (signatures and bindings; with --attest, the
+attestation service), sends the package and its secrets over TLS that ends
+inside the VM, and prints the output that comes back. The VM's size is the
+config's [limits] vm_memory and vcpus (default 512MiB and 1); it has no
+network and no disk, so configs with dir, listen or connect entries are
+refused.`,
 }
 
 func init() {
-	DefineFlags("run", func(fs *flag.FlagSet) { addRunFlags(fs) })
+	DefineFlags("run", func(fs *flag.FlagSet) { addKBSFlag(fs, addRunFlags(fs)); addWorldFlags(fs) })
 	runCmd.Run = runMain
 	Register(runCmd)
 }
@@ -92,6 +118,8 @@ func init() {
 func runMain(e *Env, args []string) int {
 	fs := e.FlagSet(runCmd)
 	ro := addRunFlags(fs)
+	ro.world = addWorldFlags(fs)
+	addKBSFlag(fs, ro)
 	pos, status, ok := e.Parse(runCmd, fs, args)
 	if !ok {
 		return status
@@ -221,6 +249,19 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 	if err := engine.Available(ro.engine); err != nil {
 		return e.Errorf("--engine %s: %v", ro.engine, err)
 	}
+	switch ro.vm.kind {
+	case keep.KindVM:
+		if ro.engine == engine.NameWasmtime {
+			return e.Usagef("--engine %s applies to process keeps (--keep process)", ro.engine)
+		}
+		return runVM(e, ro, art, cfg, name, args)
+	case keep.KindProcess:
+		if ro.vm.image != os.Getenv("CASTELLAN_KEEP_IMAGE") || ro.vm.firmware != "" {
+			return e.Usagef("--keep-image and --firmware apply to VM keeps (--keep vm)")
+		}
+	default:
+		return e.Usagef("--keep: %q is not a keep kind (want %s)", ro.vm.kind, strings.Join(keep.Kinds(), " or "))
+	}
 	var limits config.Limits
 	if cfg != nil {
 		limits = cfg.Limits
@@ -252,6 +293,9 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		}
 		limits.MaxOutput = int64(n)
 	}
+	if ro.attestTime <= 0 {
+		return e.Usagef("--attest-timeout: %v is not positive", ro.attestTime)
+	}
 	if cfg != nil {
 		cfg.Limits = limits
 	}
@@ -275,21 +319,63 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		defer t.Stop()
 	}
 
-	secretEnv, code := ro.secrets.bindLocal(e, cfg)
+	// SIGINT and SIGTERM end the run: its blocking calls return and its
+	// listeners and connections close; a workload that does not return
+	// (a loop) is ended with the process after stopGrace.
+	ctx, release := stopOnSignal(context.Background(), func(s signalStop) {
+		k.stop(s.status(), "%s (workload %s) %s; it did not end within %v, its listeners and connections are closed", name, art.Digest, s, stopGrace)
+	})
+	defer release()
+	// Supplied secrets are checked before the keep attests; those the
+	// config fetches by kbs:/// reference come after it attested.
+	secretVals, code := ro.secrets.read(e)
 	if code != ExitOK {
 		return code
 	}
-	cert, code := keepCertificate(e, ro, cfg, art)
+	supplied := len(secretVals)
+	if err := cfg.CheckSecrets(slices.Collect(maps.Keys(secretVals))); err != nil {
+		return secretsError(e, err)
+	}
+	var preopens []config.File
+	var flagEnv map[string]string
+	if ro.world != nil {
+		var err error
+		preopens, flagEnv, err = ro.world.apply(cfg, ro.configPath)
+		if err != nil {
+			return e.Usagef("%v", err)
+		}
+	}
+	cert, code := keepCertificate(ctx, e, ro, cfg, art)
+	if s, ok := stoppedBy(ctx); ok {
+		return reportStop(e, s, name, art.Digest.String())
+	}
 	if code != ExitOK {
 		return code
 	}
-	exit, err := runtime.Run(context.Background(), runtime.Options{
+	if code := fetchSecrets(e, ro, cfg, art, secretVals); code != ExitOK {
+		return code
+	}
+	secretEnv, err := cfg.BindSecrets(secretVals)
+	if err != nil {
+		return secretsError(e, err)
+	}
+	if supplied > 0 {
+		e.Warningf("the secrets go to a keep on this machine: without a keep on a separate host (deploy --host) they are not protected from this machine")
+	}
+	for k, v := range flagEnv {
+		if secretEnv == nil {
+			secretEnv = map[string]string{}
+		}
+		secretEnv[k] = v
+	}
+	exit, err := runtime.Run(ctx, runtime.Options{
 		Name:        name,
 		Wasm:        art.Wasm,
 		Config:      cfg,
 		ConfigDir:   dir,
 		Args:        args,
 		Env:         secretEnv,
+		Preopens:    preopens,
 		Stdin:       e.Stdin,
 		Stdout:      stdout,
 		Stderr:      stderr,
@@ -299,11 +385,10 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		Certificate: cert,
 		Log:         func(f string, a ...any) { e.Infof(f, a...) },
 	})
+	if s, ok := stoppedBy(ctx); ok {
+		return reportStop(e, s, name, art.Digest.String())
+	}
 	if err != nil {
-		var trap *runtime.TrapError
-		if errors.As(err, &trap) {
-			return e.Errorf("%v", err)
-		}
 		return e.Errorf("%v", err)
 	}
 	return exit
@@ -323,7 +408,11 @@ type keepProcess struct {
 
 func (k *keepProcess) stop(code int, format string, a ...any) {
 	k.once.Do(func() {
-		k.e.Errorf("%s: stopped: %s", k.name, fmt.Sprintf(format, a...))
+		if code > 128 { // a signal: said as a notice, as reportStop does
+			k.e.Infof(format, a...)
+		} else {
+			k.e.Errorf("%s: stopped: %s", k.name, fmt.Sprintf(format, a...))
+		}
 		exitProcess(code)
 	})
 }

@@ -21,13 +21,15 @@ import (
 
 var verifyCmd = &Command{
 	Name:    "verify",
-	Usage:   "verify (https://host:port | --ear FILE) --ca ca.pem [--digest sha256:...] [--platform snp,tdx] [--allow-insecure] [--json]",
+	Usage:   "verify (https://host:port | --ear FILE) --ca ca.pem [--digest sha256:...] [--platform snp,tdx,sgx,cca] [--allow-insecure] [--json]",
 	Summary: "check a keep's certificate, or an EAR, and print what it proves",
 	Help: `Connects to a keep's TLS listener, checks that its certificate chains to the
 attestation service's CA (--ca), and that its claims match what is expected:
 the workload digest (--digest), the platform (--platform), and that it is not
 insecure (no TEE, simulated hardware, or self-signed) unless --allow-insecure.
-Prints the claims; exits non-zero with the reason on any mismatch.
+Prints the claims, with the hardware fields the attestation service checked
+(for SGX keeps also MRSIGNER and Intel's TCB status, for CCA keeps the realm's
+extensible measurements and the platform's firmware); exits non-zero with the reason on any mismatch.
 
 Keeps are identified by their claims, not by host names: the host name in
 the URL is not checked against the certificate.
@@ -49,7 +51,7 @@ func addVerifyFlags(fs *flag.FlagSet) *verifyFlags {
 	return &verifyFlags{
 		ca:            fs.String("ca", "", "the attestation service's CA certificate (PEM)"),
 		digest:        fs.String("digest", "", "workload digest the keep must run (sha256:...)"),
-		platform:      fs.String("platform", "", "comma-separated platforms accepted (snp, tdx, none)"),
+		platform:      fs.String("platform", "", "comma-separated platforms accepted (snp, tdx, sgx, cca, none)"),
 		allowInsecure: fs.Bool("allow-insecure", false, "accept keeps without a TEE, on simulated hardware, or self-signed"),
 		json:          fs.Bool("json", false, "print JSON"),
 		timeout:       fs.Duration("timeout", 10*time.Second, "connection timeout"),
@@ -76,9 +78,12 @@ type verifyOutput struct {
 	Status         string            `json:"ear_status,omitempty"` // what an EAR would say of these claims
 	DNSNames       []string          `json:"dns_names,omitempty"`
 	IPAddresses    []string          `json:"ip_addresses,omitempty"`
-	Issuer         string            `json:"issuer"`
-	Serial         string            `json:"serial"`
-	NotAfter       time.Time         `json:"not_after"`
+	// Details are the hardware fields and collateral the attestation
+	// service checked (keepcert.Claims.Details).
+	Details  map[string]string `json:"details,omitempty"`
+	Issuer   string            `json:"issuer"`
+	Serial   string            `json:"serial"`
+	NotAfter time.Time         `json:"not_after"`
 }
 
 func init() {
@@ -102,9 +107,9 @@ func init() {
 			for _, p := range strings.Split(*f.platform, ",") {
 				p = strings.TrimSpace(p)
 				switch p {
-				case keepcert.PlatformSNP, keepcert.PlatformTDX, keepcert.PlatformNone:
+				case keepcert.PlatformSNP, keepcert.PlatformTDX, keepcert.PlatformSGX, keepcert.PlatformCCA, keepcert.PlatformNone:
 				default:
-					return e.Usagef("--platform: unknown platform %q (snp, tdx, none)", p)
+					return e.Usagef("--platform: unknown platform %q (snp, tdx, sgx, cca, none)", p)
 				}
 				exp.Platforms = append(exp.Platforms, p)
 			}
@@ -160,6 +165,7 @@ func init() {
 		if claims != nil {
 			out.Attested, out.Platform, out.Simulated, out.Insecure, out.Debug = claims.Attested, claims.Platform, claims.Simulated, claims.Insecure, claims.Debug
 			out.TCB, out.WorkloadDigest, out.Package = claims.TCB, claims.WorkloadDigest, claims.Package
+			out.Details = claims.Details
 			out.Measurement = hex.EncodeToString(claims.Measurement)
 			if claims.Attested {
 				out.Status = eartoken.CertificateStatus(claims.Platform, claims.Simulated, claims.Debug).String()
@@ -252,6 +258,16 @@ func printClaims(e *Env, o *verifyOutput) {
 	}
 	if len(o.TCB) > 0 {
 		fmt.Fprintf(w, "tcb:         %s\n", sortedPairs(o.TCB))
+	}
+	if len(o.Details) > 0 {
+		keys := make([]string, 0, len(o.Details))
+		for k := range o.Details {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(w, "checked:     %s=%s\n", k, o.Details[k])
+		}
 	}
 	fmt.Fprintf(w, "issuer:      %s\n", o.Issuer)
 	fmt.Fprintf(w, "serial:      %s\n", o.Serial)

@@ -57,6 +57,9 @@ type Config struct {
 	// SecretEnv names the environment variables whose values are secrets
 	// the deployer supplies ([secrets] env), in the file's order.
 	SecretEnv []string
+	// SecretRefs maps declared secret names to the kbs:///repo/type/tag
+	// references ([secrets.kbs]) the keep fetches after attestation.
+	SecretRefs map[string]string
 	// DetachedOutput is DetachedDiscard or DetachedHost: where the output of
 	// a workload goes once its client detached.
 	DetachedOutput string
@@ -106,7 +109,21 @@ type Limits struct {
 	MaxOutput int64
 	// MaxOpenFiles caps the descriptors open at once (0: default 1024).
 	MaxOpenFiles int
+	// VMMemory and VCPUs size the VM of a VM keep (--keep vm): its RAM in
+	// bytes, a whole number of MiB (0: DefaultVMMemory), and its vCPUs
+	// (0: DefaultVCPUs). A process keep ignores them.
+	VMMemory int64
+	VCPUs    int
 }
+
+// Default size of a VM keep's VM.
+const (
+	DefaultVMMemory = 512 << 20
+	DefaultVCPUs    = 1
+	MinVMMemory     = 128 << 20
+	MaxVMMemory     = 1 << 40
+	MaxVCPUs        = 255
+)
 
 // Default is the config of a workload run without one: stdin, stdout and
 // stderr, no limits.

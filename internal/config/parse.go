@@ -517,6 +517,19 @@ func (p *parser) checkNames() error {
 	return nil
 }
 
+// intIn reads the integer of key, which must be from 1 to max.
+func (p *parser) intIn(key []string, v any, max int64) (int, error) {
+	name := strings.Join(key, ".")
+	n, ok := v.(int64)
+	if !ok {
+		return 0, p.at(key, "%s must be an integer, not %s", name, typeName(v))
+	}
+	if n < 1 || n > max {
+		return 0, p.at(key, "%s %d is out of range 1-%d", name, n, max)
+	}
+	return int(n), nil
+}
+
 func (p *parser) limits(m map[string]any) error {
 	for _, k := range p.sortedKeys([]string{"limits"}, m) {
 		key := []string{"limits", k}
@@ -558,16 +571,29 @@ func (p *parser) limits(m map[string]any) error {
 			}
 			p.cfg.Limits.WallTime = d
 		case "open_files":
-			n, ok := v.(int64)
-			if !ok {
-				return p.at(key, "limits.open_files must be an integer, not %s", typeName(v))
+			n, err := p.intIn(key, v, MaxOpenFiles)
+			if err != nil {
+				return err
 			}
-			if n < 1 || n > MaxOpenFiles {
-				return p.at(key, "limits.open_files %d is out of range 1-%d", n, MaxOpenFiles)
+			p.cfg.Limits.MaxOpenFiles = n
+		case "vm_memory":
+			n, err := sizeValue(v)
+			if err != nil {
+				return p.at(key, "limits.vm_memory: %v", err)
 			}
-			p.cfg.Limits.MaxOpenFiles = int(n)
+			if n < MinVMMemory || n > MaxVMMemory {
+				return p.at(key, "limits.vm_memory %d bytes is out of range 128MiB-1TiB", n)
+			}
+			// QEMU sizes RAM in MiB: round up.
+			p.cfg.Limits.VMMemory = int64((n + 1<<20 - 1) &^ (1<<20 - 1))
+		case "vcpus":
+			n, err := p.intIn(key, v, MaxVCPUs)
+			if err != nil {
+				return err
+			}
+			p.cfg.Limits.VCPUs = n
 		default:
-			return p.at(key, "unknown key %q in [limits] (want memory, wall_time, max_output or open_files)", k)
+			return p.at(key, "unknown key %q in [limits] (want memory, wall_time, max_output, open_files, vm_memory or vcpus)", k)
 		}
 	}
 	return nil

@@ -98,6 +98,11 @@ type Options struct {
 	SimRoots func() ([]*x509.Certificate, error)
 	// Log receives one line per notable event (may be nil).
 	Log func(format string, a ...any)
+	// AllowedHosts are the names, besides the address a request arrived
+	// on, that a request's Host header may carry: "NAME" with any port,
+	// "NAME:PORT" with that port only. Any other Host is refused before
+	// anything else runs (DNS rebinding); see allowedHost.
+	AllowedHosts []string
 }
 
 // Server is the console: an http.Handler plus the keeps it runs.
@@ -182,6 +187,11 @@ func New(o Options) (*Server, error) {
 
 // ServeHTTP serves the page and the API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !allowedHost(r, s.o.AllowedHosts) {
+		s.o.Log("refused a request for host %q from %s", r.Host, r.RemoteAddr)
+		writeError(w, http.StatusMisdirectedRequest, "", "host %q is not a name of this console (castellan console --allowed-host NAME adds one)", r.Host)
+		return
+	}
 	h := w.Header()
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
@@ -381,6 +391,18 @@ func (s *Server) backends() ([]BackendInfo, string) {
 		case tee.NameSimTDX:
 			b.Label = "sim-tdx: simulated Intel TDX (insecure)"
 			b.Description = "A real-format TDX quote signed by a test key on this machine: every check runs, nothing is protected."
+		case tee.NameSimSGX:
+			b.Label = "sim-sgx: simulated Intel SGX enclave (insecure)"
+			b.Description = "A real-format SGX DCAP quote signed by a test key on this machine: every check runs, nothing is protected."
+		case tee.NameSimCCA:
+			b.Label = "sim-cca: simulated Arm CCA realm (insecure)"
+			b.Description = "A real-format Arm CCA attestation token signed by test keys on this machine: every check runs, nothing is protected."
+		case tee.NameSGX:
+			b.Label = "sgx: Intel SGX enclave (Gramine)"
+			b.Description = "Castellan runs inside an SGX enclave; Intel's key signs the quote of its measurement."
+		case tee.NameCCA:
+			b.Label = "cca: Arm CCA realm"
+			b.Description = "The keep runs in a realm the hypervisor cannot read; the platform's attestation key signs the evidence."
 		case tee.NameSNP:
 			b.Label = "snp: AMD SEV-SNP confidential VM"
 			b.Description = "The keep's memory is encrypted by the CPU; AMD's key signs the evidence."
@@ -391,7 +413,7 @@ func (s *Server) backends() ([]BackendInfo, string) {
 			b.Label = st.Name
 		}
 		if st.Usable && def == "" {
-			def = st.Name // Names order: snp, tdx, sim-snp, sim-tdx, nil
+			def = st.Name // Names order: real TEEs, then sim-snp, other simulations, nil
 		}
 		out = append(out, b)
 	}

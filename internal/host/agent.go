@@ -1,17 +1,13 @@
 package host
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,6 +15,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/keep"
 )
 
 // Default host maxima.
@@ -28,6 +25,8 @@ const (
 	DefaultCPUSeconds    = 3600
 	DefaultWallSeconds   = 24 * 3600
 	DefaultOpenFiles     = 1024
+	DefaultMaxVMMemory   = 8 << 30
+	DefaultMaxVCPUs      = 8
 	DefaultAttachTimeout = 2 * time.Minute
 	DefaultReadyTimeout  = 30 * time.Second
 )
@@ -43,6 +42,9 @@ type Config struct {
 	// A create request above one is refused; a request that leaves a
 	// limit out gets the maximum.
 	Max Limits
+	// Launcher starts the keeps (internal/keep: process or VM); nil = a
+	// keep.Process from KeepCommand and KeepCacheDir.
+	Launcher keep.Launcher
 	// KeepCommand is the keep process to start, before its own flags;
 	// nil = this executable with the argument "keep".
 	KeepCommand []string
@@ -50,6 +52,15 @@ type Config struct {
 	AttachTimeout time.Duration
 	// ReadyTimeout bounds the keep's start (evidence included).
 	ReadyTimeout time.Duration
+	// RetainKeeps is how many finished keeps (folder, record, events) are
+	// kept, newest first; RetainFor how long after its end one is kept.
+	// 0 = DefaultRetainKeeps, DefaultRetainFor.
+	RetainKeeps int
+	RetainFor   time.Duration
+	// MaxOutput bounds each keep's output file (its log and a detached
+	// workload's host output); the keep ends when it passes it. 0 =
+	// DefaultMaxOutput.
+	MaxOutput int64
 	// KeepCacheDir is a compilation cache for keeps of the nil backend
 	// only: a cache on the host's disk is readable and writable by the
 	// host, so TEE keeps never get one.
@@ -66,7 +77,7 @@ type Agent struct {
 	cfg         Config
 	st          *store
 	lock        *os.File
-	cgroupDir   string
+	launcher    keep.Launcher
 	enforcement []string
 	closing     chan struct{}
 	closeOnce   sync.Once
@@ -74,6 +85,8 @@ type Agent struct {
 	certOnce sync.Once
 	cert     *tls.Certificate
 	certErr  error
+
+	pruneMu sync.Mutex // one removal of finished keeps at a time
 
 	mu      sync.Mutex
 	live    map[string]*liveKeep
@@ -87,6 +100,7 @@ type liveKeep struct {
 	dir    string
 	pid    int
 	ticks  uint64
+	what   string // "the keep process" or "the keep VM"
 	limits Limits
 	done   chan struct{}
 	wall   *time.Timer
@@ -95,6 +109,13 @@ type liveKeep struct {
 	stopState  string // set before the agent kills the keep
 	stopReason string
 	fatal      string // the first "fatal error:" line of the keep's log
+
+	exited     chan struct{} // closed when the keep's process is gone
+	outputRead chan struct{} // closed when its output file is read to the end
+}
+
+func newLiveKeep(id, dir string, lim Limits) *liveKeep {
+	return &liveKeep{id: id, dir: dir, limits: lim, done: make(chan struct{}), exited: make(chan struct{}), outputRead: make(chan struct{})}
 }
 
 func (l *liveKeep) setStop(state, reason string) bool {
@@ -120,8 +141,8 @@ func New(cfg Config) (*Agent, error) {
 	}
 	cfg.StateDir = dir
 	// keeps/<12 hex>/keep.sock must fit in a Unix socket address.
-	if len(filepath.Join(dir, "keeps", "000000000000", keepSocket)) > keepDirMax {
-		return nil, fmt.Errorf("state folder %s: path too long for the keeps' Unix sockets (at most about %d bytes)", dir, keepDirMax-32)
+	if len(filepath.Join(dir, "keeps", "000000000000")) > keep.MaxDirLen {
+		return nil, fmt.Errorf("state folder %s: path too long for the keeps' Unix sockets (at most about %d bytes)", dir, keep.MaxDirLen-20)
 	}
 	if cfg.MaxKeeps <= 0 {
 		cfg.MaxKeeps = DefaultMaxKeeps
@@ -135,21 +156,31 @@ func New(cfg Config) (*Agent, error) {
 	def(&cfg.Max.CPUSeconds, DefaultCPUSeconds)
 	def(&cfg.Max.WallSeconds, DefaultWallSeconds)
 	def(&cfg.Max.OpenFiles, DefaultOpenFiles)
+	def(&cfg.Max.VMMemoryBytes, DefaultMaxVMMemory)
+	def(&cfg.Max.VCPUs, DefaultMaxVCPUs)
 	if cfg.AttachTimeout <= 0 {
 		cfg.AttachTimeout = DefaultAttachTimeout
 	}
 	if cfg.ReadyTimeout <= 0 {
 		cfg.ReadyTimeout = DefaultReadyTimeout
 	}
+	if cfg.MaxOutput <= 0 {
+		cfg.MaxOutput = DefaultMaxOutput
+	}
+	if cfg.RetainKeeps <= 0 {
+		cfg.RetainKeeps = DefaultRetainKeeps
+	}
+	if cfg.RetainFor <= 0 {
+		cfg.RetainFor = DefaultRetainFor
+	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	if cfg.KeepCommand == nil {
-		exe, err := os.Executable()
-		if err != nil {
-			return nil, fmt.Errorf("host agent: finding its own executable: %w", err)
-		}
-		cfg.KeepCommand = []string{exe, "keep"}
+	if cfg.Launcher == nil {
+		cfg.Launcher = &keep.Process{Command: cfg.KeepCommand, CacheDir: cfg.KeepCacheDir}
+	}
+	if err := cfg.Launcher.Provision(); err != nil {
+		return nil, fmt.Errorf("host agent: %w", err)
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "keeps"), 0o700); err != nil {
 		return nil, fmt.Errorf("state folder: %w", err)
@@ -163,20 +194,18 @@ func New(cfg Config) (*Agent, error) {
 		lock.Close()
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, st: st, lock: lock, closing: make(chan struct{}),
+	a := &Agent{cfg: cfg, st: st, lock: lock, launcher: cfg.Launcher, closing: make(chan struct{}),
 		live: map[string]*liveKeep{}, subs: map[string]map[chan Event]struct{}{}}
-	cg, why := cgroupStatus()
-	a.cgroupDir = cg
-	a.enforcement = []string{
-		"rlimits: RLIMIT_DATA (memory_bytes), RLIMIT_CPU (cpu_seconds), RLIMIT_NOFILE (open_files), set by the keep process on itself before it reads any input",
-		"wall time: the agent kills the keep's process group at created + wall_seconds",
-		why,
-	}
+	a.enforcement = append(cfg.Launcher.Enforcement(),
+		fmt.Sprintf("output: each keep's log and host output (keeps/ID/keep.log, read by the agent into log events) is capped at %d bytes; the keep ends when it passes the cap", cfg.MaxOutput))
 	if err := a.reconcile(); err != nil {
 		st.close()
 		lock.Close()
 		return nil, err
 	}
+	a.sweepOrphans()
+	a.prune()
+	go a.pruneLoop()
 	return a, nil
 }
 
@@ -209,11 +238,21 @@ func (a *Agent) StopKeeps() {
 }
 
 func (a *Agent) stop(l *liveKeep, state, reason string) {
+	if l.pid != 0 && !keep.Alive(l.pid, l.ticks) {
+		// It ended on its own (a limit, a crash, its exit) and is being
+		// recorded: that end stands, a late stop does not rename it.
+		a.waitDone(l)
+		return
+	}
 	l.setStop(state, reason)
 	if l.pid == 0 {
 		return // not started yet; start sees nothing to wait for
 	}
-	killGroup(l.pid, l.ticks)
+	keep.KillGroup(l.pid, l.ticks)
+	a.waitDone(l)
+}
+
+func (a *Agent) waitDone(l *liveKeep) {
 	select {
 	case <-l.done:
 	case <-time.After(10 * time.Second):
@@ -229,25 +268,35 @@ func newID() string {
 
 // event records and publishes an event; after Close it does nothing.
 func (a *Agent) event(keep, typ, format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
+	a.recordEvent(keep, typ, -1, fmt.Sprintf(format, args...))
+}
+
+// recordEvent is event with, for a line of the keep's output file, the
+// file offset after it (else -1).
+func (a *Agent) recordEvent(keep, typ string, offset int64, msg string) {
 	a.mu.Lock()
 	if a.crashed {
 		a.mu.Unlock()
 		return
 	}
-	ev, err := a.st.addEvent(keep, typ, msg)
+	ev, err := a.st.addEvent(keep, typ, msg, offset)
 	if err != nil {
 		a.mu.Unlock()
 		a.cfg.Logf("keep %s: recording event %s: %v", keep, typ, err)
 		return
 	}
-	for ch := range a.subs[keep] {
+	a.publishLocked(ev)
+	a.mu.Unlock()
+}
+
+// publishLocked sends ev to the keep's followers; a.mu is held.
+func (a *Agent) publishLocked(ev Event) {
+	for ch := range a.subs[ev.Keep] {
 		select {
 		case ch <- ev:
 		default: // a slow follower misses live events; the log has them
 		}
 	}
-	a.mu.Unlock()
 }
 
 func (a *Agent) subscribe(keep string) (chan Event, func()) {
@@ -278,6 +327,9 @@ func (a *Agent) write(f func() error) error {
 	return f()
 }
 
+// kindFile in a keep's folder holds its kind (keep.KindProcess, keep.KindVM).
+const kindFile = "kind"
+
 // outcome is how a keep ended.
 type outcome struct {
 	state    string
@@ -286,22 +338,7 @@ type outcome struct {
 	reason   string
 }
 
-func readExitRecord(dir string) *exitRecord {
-	b, err := os.ReadFile(filepath.Join(dir, exitFile))
-	if err != nil || len(b) > 64<<10 {
-		return nil
-	}
-	var r exitRecord
-	if json.Unmarshal(b, &r) != nil || (r.State != StateExited && r.State != StateFailed) {
-		return nil
-	}
-	if r.State == StateExited && r.ExitCode == nil {
-		return nil
-	}
-	return &r
-}
-
-func (r *exitRecord) outcome() outcome {
+func recordOutcome(r *keep.ExitRecord) outcome {
 	return outcome{state: r.State, exitCode: r.ExitCode, reason: r.Reason}
 }
 
@@ -314,13 +351,13 @@ func (a *Agent) childOutcome(l *liveKeep, ps *os.ProcessState) outcome {
 	l.mu.Unlock()
 	sig := ""
 	if ws.Signaled() {
-		sig = signalName(ws.Signal())
+		sig = keep.SignalName(ws.Signal())
 	}
 	if stopState != "" {
 		return outcome{state: stopState, reason: stopReason, signal: sig}
 	}
-	if r := readExitRecord(l.dir); r != nil {
-		o := r.outcome()
+	if r := keep.ReadExitRecord(l.dir); r != nil {
+		o := recordOutcome(r)
 		o.signal = sig
 		return o
 	}
@@ -338,13 +375,13 @@ func (a *Agent) childOutcome(l *liveKeep, ps *os.ProcessState) outcome {
 	fatal := l.fatal
 	l.mu.Unlock()
 	if fatal != "" {
-		reason := fmt.Sprintf("the keep process crashed (status %d): %s", code, fatal)
+		reason := fmt.Sprintf("%s crashed (status %d): %s", l.what, code, fatal)
 		if strings.Contains(fatal, "out of memory") && l.limits.MemoryBytes > 0 {
 			reason = fmt.Sprintf("memory limit of %d bytes reached (%s)", l.limits.MemoryBytes, fatal)
 		}
 		return outcome{state: StateFailed, reason: reason}
 	}
-	return outcome{state: StateFailed, reason: fmt.Sprintf("the keep process exited with status %d without an exit record", code)}
+	return outcome{state: StateFailed, reason: fmt.Sprintf("%s exited with status %d without an exit record", l.what, code)}
 }
 
 // finish records a keep's end.
@@ -352,9 +389,7 @@ func (a *Agent) finish(l *liveKeep, o outcome) {
 	if l.wall != nil {
 		l.wall.Stop()
 	}
-	os.Remove(filepath.Join(l.dir, keepSocket))
-	os.RemoveAll(filepath.Join(l.dir, "tmp"))
-	removeCgroup(a.cgroupDir, l.id)
+	a.launcher.Cleanup(l.id, l.dir)
 	err := a.write(func() error { return a.st.setEnded(l.id, o) })
 	a.mu.Lock()
 	delete(a.live, l.id)
@@ -372,6 +407,7 @@ func (a *Agent) finish(l *liveKeep, o outcome) {
 	}
 	a.event(l.id, "ended", "%s", msg)
 	a.cfg.Logf("keep %s %s", l.id, msg)
+	go a.prune()
 }
 
 // reconcile adopts keeps that outlived a previous agent and records the
@@ -382,12 +418,16 @@ func (a *Agent) reconcile() error {
 		return fmt.Errorf("state database: %w", err)
 	}
 	for _, r := range rows {
-		l := &liveKeep{id: r.ID, dir: filepath.Join(a.cfg.StateDir, "keeps", r.ID), pid: r.PID, ticks: r.startTicks,
-			limits: r.Limits, done: make(chan struct{})}
-		if !alive(r.PID, r.startTicks) {
+		l := newLiveKeep(r.ID, filepath.Join(a.cfg.StateDir, "keeps", r.ID), r.Limits)
+		l.pid, l.ticks, l.what = r.PID, r.startTicks, "the keep process"
+		if !keep.Alive(r.PID, r.startTicks) {
+			// What it wrote after the previous agent stopped reading is
+			// recorded before its end.
+			close(l.exited)
+			a.followOutput(l, r.logOffset)
 			o := outcome{state: StateFailed, reason: "the keep process ended while the agent was down, without an exit record (killed by a signal or crashed)"}
-			if rec := readExitRecord(l.dir); rec != nil {
-				o = rec.outcome()
+			if rec := keep.ReadExitRecord(l.dir); rec != nil {
+				o = recordOutcome(rec)
 			}
 			a.finish(l, o)
 			continue
@@ -395,15 +435,22 @@ func (a *Agent) reconcile() error {
 		a.mu.Lock()
 		a.live[r.ID] = l
 		a.mu.Unlock()
-		if r.State == StateStarting {
+		if kind, _ := os.ReadFile(filepath.Join(l.dir, kindFile)); string(kind) == keep.KindVM {
+			// The VM's channel (its delivery relay, log and exit status)
+			// was held by the previous agent and cannot be taken over.
+			l.what = "the keep VM (QEMU)"
+			l.setStop(StateFailed, "the agent restarted: a VM keep's channel ends with the agent that launched it")
+			keep.KillGroup(l.pid, l.ticks)
+		} else if r.State == StateStarting {
 			// Its hello went to the previous agent's pipe and is lost.
 			l.setStop(StateFailed, "the agent restarted before the keep was ready")
-			killGroup(l.pid, l.ticks)
+			keep.KillGroup(l.pid, l.ticks)
 		} else {
 			a.event(r.ID, "adopted", "the restarted agent adopted the keep (pid %d, state %s)", r.PID, r.State)
 			a.cfg.Logf("keep %s: adopted (pid %d, %s)", r.ID, r.PID, r.State)
 			a.armWall(l, r.Created)
 		}
+		go a.followOutput(l, r.logOffset)
 		go a.watchAdopted(l)
 	}
 	return nil
@@ -414,6 +461,8 @@ func (a *Agent) watchAdopted(l *liveKeep) {
 	if err != nil && errors.Is(err, errAgentClosing) {
 		return
 	}
+	close(l.exited)
+	<-l.outputRead // its last lines come before its end
 	select {
 	case <-a.closing:
 		return
@@ -425,8 +474,8 @@ func (a *Agent) watchAdopted(l *liveKeep) {
 	o := outcome{state: StateFailed, reason: "the keep process ended without an exit record (killed by a signal or crashed; the restarted agent is not its parent and cannot see the signal)"}
 	if stopState != "" {
 		o = outcome{state: stopState, reason: stopReason}
-	} else if rec := readExitRecord(l.dir); rec != nil {
-		o = rec.outcome()
+	} else if rec := keep.ReadExitRecord(l.dir); rec != nil {
+		o = recordOutcome(rec)
 	}
 	a.finish(l, o)
 }
@@ -441,7 +490,7 @@ func (a *Agent) armWall(l *liveKeep, created time.Time) {
 	left := time.Until(created.Add(time.Duration(l.limits.WallSeconds) * time.Second))
 	l.wall = time.AfterFunc(max(left, 0), func() {
 		l.setStop(StateFailed, fmt.Sprintf("wall time limit of %ds reached", l.limits.WallSeconds))
-		killGroup(l.pid, l.ticks)
+		keep.KillGroup(l.pid, l.ticks)
 	})
 }
 
@@ -453,7 +502,7 @@ func (a *Agent) start(ctx context.Context, req *CreateRequest, platform string, 
 		return nil, errCapacity
 	}
 	id := newID()
-	l := &liveKeep{id: id, dir: filepath.Join(a.cfg.StateDir, "keeps", id), limits: lim, done: make(chan struct{})}
+	l := newLiveKeep(id, filepath.Join(a.cfg.StateDir, "keeps", id), lim)
 	a.live[id] = l // reserve the slot
 	a.mu.Unlock()
 	fail := func(err error) (*Keep, error) {
@@ -462,7 +511,11 @@ func (a *Agent) start(ctx context.Context, req *CreateRequest, platform string, 
 		a.mu.Unlock()
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Join(l.dir, "tmp"), 0o700); err != nil {
+	if err := os.MkdirAll(l.dir, 0o700); err != nil {
+		return fail(err)
+	}
+	// A restarted agent reads the keep's kind here (see reconcile).
+	if err := os.WriteFile(filepath.Join(l.dir, kindFile), []byte(a.launcher.Kind()), 0o600); err != nil {
 		return fail(err)
 	}
 	k := &Keep{ID: id, Name: req.Name, Backend: req.Backend, Platform: platform, Digest: req.Digest, State: StateStarting,
@@ -472,73 +525,27 @@ func (a *Agent) start(ctx context.Context, req *CreateRequest, platform string, 
 	}
 	a.event(id, "created", "keep created: backend %s, package %s", req.Backend, req.Digest)
 
-	limJSON, _ := json.Marshal(lim)
-	args := append(append([]string(nil), a.cfg.KeepCommand[1:]...),
-		"--dir", l.dir, "--backend", req.Backend, "--nonce", hex.EncodeToString(req.Nonce),
-		"--digest", req.Digest, "--client-key", hex.EncodeToString(req.ClientKey), "--limits", string(limJSON),
-		"--attach-timeout", a.cfg.AttachTimeout.String())
-	if req.Backend == "nil" && a.cfg.KeepCacheDir != "" {
-		args = append(args, "--cache-dir", a.cfg.KeepCacheDir)
-	}
-	cmd := exec.Command(a.cfg.KeepCommand[0], args...)
-	cmd.Dir = l.dir
-	cmd.Env = append(os.Environ(), "TMPDIR="+filepath.Join(l.dir, "tmp"))
-	cmd.SysProcAttr = procAttr()
-	if a.cgroupDir != "" {
-		if f, err := makeCgroup(a.cgroupDir, id, lim); err == nil {
-			defer f.Close()
-			intoCgroup(cmd.SysProcAttr, f)
-		} else {
-			a.event(id, "log", "no cgroup for this keep: %v", err)
-		}
-	}
-	helloR, helloW, err := os.Pipe()
+	inst, err := a.launcher.Start(ctx, keep.Spec{ID: id, Dir: l.dir, Backend: req.Backend, Nonce: req.Nonce,
+		Digest: req.Digest, ClientKey: req.ClientKey, Limits: lim, AttachTimeout: a.cfg.AttachTimeout, MaxOutput: a.cfg.MaxOutput})
 	if err != nil {
-		return a.startFailed(l, fmt.Errorf("pipe: %w", err))
+		return a.startFailed(l, err)
 	}
-	defer helloR.Close()
-	logR, logW, err := os.Pipe()
-	if err != nil {
-		helloW.Close()
-		return a.startFailed(l, fmt.Errorf("pipe: %w", err))
-	}
-	cmd.ExtraFiles = []*os.File{helloW}
-	cmd.Stdout = logW
-	cmd.Stderr = logW
-	err = cmd.Start()
-	helloW.Close()
-	logW.Close()
-	if err != nil {
-		logR.Close()
-		return a.startFailed(l, fmt.Errorf("starting the keep process: %w", err))
-	}
-	l.pid = cmd.Process.Pid
-	l.ticks, _ = startTicks(l.pid)
+	l.pid, l.ticks, l.what = inst.PID(), inst.StartTicks(), inst.What()
 	a.write(func() error { return a.st.setProcess(id, l.pid, l.ticks) })
 	a.armWall(l, k.Created)
-	logDone := make(chan struct{})
+	go a.followOutput(l, 0)
 	go func() {
-		a.readLog(l, logR)
-		close(logDone)
-	}()
-	go func() {
-		cmd.Wait()
+		ps := inst.Wait()
+		close(l.exited)
 		// The log's last lines (a crash message) come before the end.
-		select {
-		case <-logDone:
-		case <-time.After(5 * time.Second):
-		}
-		a.finish(l, a.childOutcome(l, cmd.ProcessState))
+		<-l.outputRead
+		a.finish(l, a.childOutcome(l, ps))
 	}()
 
 	// Wait for the hello, the request's end or the ready timeout.
-	helloR.SetReadDeadline(time.Now().Add(a.cfg.ReadyTimeout))
-	stopRead := context.AfterFunc(ctx, func() { helloR.SetReadDeadline(time.Unix(1, 0)) })
-	hello, err := io.ReadAll(io.LimitReader(helloR, delivery.MaxHelloSize+1))
-	stopRead()
-	if err == nil && len(hello) == 0 {
-		err = errors.New("the keep ended before it was ready")
-	}
+	hctx, cancel := context.WithTimeout(ctx, a.cfg.ReadyTimeout)
+	hello, err := inst.Hello(hctx)
+	cancel()
 	if err == nil {
 		_, envp, perr := delivery.ParseHello(hello)
 		switch {
@@ -553,7 +560,7 @@ func (a *Agent) start(ctx context.Context, req *CreateRequest, platform string, 
 		if ctx.Err() != nil {
 			reason = "the client went away before the keep was ready"
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			reason = fmt.Sprintf("not ready within %v", a.cfg.ReadyTimeout)
 		}
 		a.stop(l, StateFailed, reason)
@@ -578,41 +585,3 @@ func (a *Agent) startFailed(l *liveKeep, err error) (*Keep, error) {
 }
 
 var errCapacity = errors.New("capacity")
-
-// readLog turns the keep's stderr into events.
-func (a *Agent) readLog(l *liveKeep, r io.ReadCloser) {
-	defer r.Close()
-	id := l.id
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	crashed, skipped := false, 0
-	for sc.Scan() {
-		line := sc.Text()
-		if len(line) > maxLogLine {
-			line = line[:maxLogLine]
-		}
-		if s, ok := strings.CutPrefix(line, stateLine); ok {
-			if s == StateRunning {
-				a.write(func() error { return a.st.setState(id, StateRunning) })
-				a.event(id, "running", "the keep checked the package and started the workload")
-			}
-			continue
-		}
-		if crashed {
-			// A crash trace holds stacks with argument values: memory of
-			// the keep. Only its first line is recorded.
-			skipped++
-			continue
-		}
-		if strings.HasPrefix(line, "fatal error: ") || strings.HasPrefix(line, "panic: ") {
-			crashed = true
-			l.mu.Lock()
-			l.fatal = line
-			l.mu.Unlock()
-		}
-		a.event(id, "log", "%s", line)
-	}
-	if skipped > 0 {
-		a.event(id, "log", "(%d lines of crash trace not recorded)", skipped)
-	}
-}

@@ -26,6 +26,7 @@ import (
 	"unicode"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
@@ -43,6 +44,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/keeps", a.list)
 	mux.HandleFunc("GET /v1/keeps/{id}", a.inspect)
 	mux.HandleFunc("POST /v1/keeps/{id}/stop", a.stopKeep)
+	mux.HandleFunc("DELETE /v1/keeps/{id}", a.removeKeepAPI)
 	mux.HandleFunc("GET /v1/keeps/{id}/events", a.events)
 	mux.HandleFunc("POST /v1/keeps/{id}/attach", a.attach)
 	return a.auth(mux)
@@ -78,8 +80,7 @@ func (a *Agent) auth(next http.Handler) http.Handler {
 func (a *Agent) hostInfo(w http.ResponseWriter, r *http.Request) {
 	info := HostInfo{Backends: map[string]string{}, Max: a.cfg.Max, MaxKeeps: a.cfg.MaxKeeps, Enforcement: a.enforcement}
 	for _, n := range tee.Names() {
-		b, _ := tee.New(n)
-		if err := b.Available(); err != nil {
+		if err := a.launcher.Available(n); err != nil {
 			info.Backends[n] = err.Error()
 		} else {
 			info.Backends[n] = "available"
@@ -131,28 +132,43 @@ func ParseCreateRequest(b []byte) (*CreateRequest, error) {
 }
 
 // checkLimits fills unset limits with the host's maxima and refuses any
-// above them.
+// above them. A VM's size is the exception: unset, it is the default size,
+// not the maximum, because a VM's RAM is reserved for its whole life.
 func checkLimits(req, max Limits) (Limits, error) {
 	out := req
+	size := func(n int64) string { return fmt.Sprintf("%d bytes", n) }
+	secs := func(n int64) string { return fmt.Sprintf("%ds", n) }
+	count := func(n int64) string { return fmt.Sprint(n) }
 	for _, f := range []struct {
 		name     string
 		v        *int64
 		max      int64
+		def      int64 // 0: the maximum
+		vmMin    int64 // the least a VM keep takes (VM size only)
 		describe func(int64) string
 	}{
-		{"memory_bytes", &out.MemoryBytes, max.MemoryBytes, func(n int64) string { return fmt.Sprintf("%d bytes", n) }},
-		{"cpu_seconds", &out.CPUSeconds, max.CPUSeconds, func(n int64) string { return fmt.Sprintf("%ds", n) }},
-		{"wall_seconds", &out.WallSeconds, max.WallSeconds, func(n int64) string { return fmt.Sprintf("%ds", n) }},
-		{"open_files", &out.OpenFiles, max.OpenFiles, func(n int64) string { return fmt.Sprint(n) }},
+		{"memory_bytes", &out.MemoryBytes, max.MemoryBytes, 0, 0, size},
+		{"cpu_seconds", &out.CPUSeconds, max.CPUSeconds, 0, 0, secs},
+		{"wall_seconds", &out.WallSeconds, max.WallSeconds, 0, 0, secs},
+		{"open_files", &out.OpenFiles, max.OpenFiles, 0, 0, count},
+		{"vm_memory_bytes", &out.VMMemoryBytes, max.VMMemoryBytes, keep.DefaultVMMemory, keep.MinVMMemory, size},
+		{"vcpus", &out.VCPUs, max.VCPUs, keep.DefaultVCPUs, 1, count},
 	} {
 		switch {
 		case *f.v < 0:
 			return out, fmt.Errorf("limits: %s is negative", f.name)
-		case *f.v == 0:
+		case *f.v == 0 && f.def == 0:
 			*f.v = f.max
+		case *f.v == 0:
+			*f.v = min(f.def, f.max)
 		case *f.v > f.max:
 			return out, fmt.Errorf("limits: %s of %s is over the host's maximum of %s", f.name, f.describe(*f.v), f.describe(f.max))
+		case *f.v < f.vmMin:
+			return out, fmt.Errorf("limits: %s of %s is too little for a VM keep (at least %s)", f.name, f.describe(*f.v), f.describe(f.vmMin))
 		}
+	}
+	if out.VMMemoryBytes%(1<<20) != 0 {
+		return out, fmt.Errorf("limits: vm_memory_bytes of %d is not a whole number of MiB", out.VMMemoryBytes)
 	}
 	if out.OpenFiles < 16 {
 		return out, fmt.Errorf("limits: open_files of %d is too few for a keep (at least 16)", out.OpenFiles)
@@ -179,7 +195,7 @@ func (a *Agent) create(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if err := b.Available(); err != nil {
+	if err := a.launcher.Available(req.Backend); err != nil {
 		writeError(w, http.StatusBadRequest, "backend %s is not available on this host: %v", req.Backend, err)
 		return
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/fixtures"
+	"github.com/castellan-dev/castellan/internal/keep"
 )
 
 func TestCreateRefused(t *testing.T) {
@@ -36,6 +37,11 @@ func TestCreateRefused(t *testing.T) {
 		{"wall over max", func(r *CreateRequest) { r.Limits.WallSeconds = 3600 }, 400, "wall_seconds of 3600s is over the host's maximum of 60s"},
 		{"files over max", func(r *CreateRequest) { r.Limits.OpenFiles = 101 }, 400, "open_files of 101 is over the host's maximum of 100"},
 		{"negative", func(r *CreateRequest) { r.Limits.CPUSeconds = -1 }, 400, "cpu_seconds is negative"},
+		{"vm memory over max", func(r *CreateRequest) { r.Limits.VMMemoryBytes = 16 << 30 }, 400, "vm_memory_bytes of 17179869184 bytes is over the host's maximum of 8589934592 bytes"},
+		{"vm memory too little", func(r *CreateRequest) { r.Limits.VMMemoryBytes = 64 << 20 }, 400, "vm_memory_bytes of 67108864 bytes is too little for a VM keep (at least 134217728 bytes)"},
+		{"vm memory not MiB", func(r *CreateRequest) { r.Limits.VMMemoryBytes = 256<<20 + 1 }, 400, "not a whole number of MiB"},
+		{"vcpus over max", func(r *CreateRequest) { r.Limits.VCPUs = 9 }, 400, "vcpus of 9 is over the host's maximum of 8"},
+		{"vcpus negative", func(r *CreateRequest) { r.Limits.VCPUs = -1 }, 400, "vcpus is negative"},
 		{"bad digest", func(r *CreateRequest) { r.Digest = "sha256:xyz" }, 400, "workload digest"},
 		{"no nonce", func(r *CreateRequest) { r.Nonce = nil }, 400, "nonce of 0 bytes"},
 		{"bad client key", func(r *CreateRequest) { r.ClientKey = []byte("short") }, 400, "client_key of 5 bytes"},
@@ -163,7 +169,7 @@ func TestClientDisconnectsMidDelivery(t *testing.T) {
 	if end.State != StateFailed || !strings.Contains(end.Reason, "reading the module") {
 		t.Errorf("keep after the client hung up: %s (%s)", end.State, end.Reason)
 	}
-	if alive(k.PID, mustTicks(t, k.PID)) {
+	if keep.Alive(k.PID, mustTicks(t, k.PID)) {
 		t.Errorf("keep process %d still alive", k.PID)
 	}
 }

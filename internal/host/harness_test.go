@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == keepArg {
 		os.Exit(KeepMain(os.Args[2:], os.Stderr))
 	}
+	if os.Getenv(fakeQEMUEnv) != "" {
+		os.Exit(fakeQEMUMain(os.Args[1:]))
+	}
 	// The simulation CA lives in a folder of this run, shared with the
 	// keep processes through the environment.
 	dir, err := os.MkdirTemp("", "castellan-host-test-")
@@ -34,6 +37,9 @@ func TestMain(m *testing.M) {
 	os.Setenv("CASTELLAN_CONFIG_DIR", dir)
 	code := m.Run()
 	os.RemoveAll(dir)
+	if imageDir != "" {
+		os.RemoveAll(imageDir)
+	}
 	os.Exit(code)
 }
 
@@ -196,7 +202,13 @@ func (h *harness) deploy(ctx context.Context, backend string, art *workload.Arti
 // waitEnded follows a keep's events until it ended and returns its record.
 func (h *harness) waitEnded(id string) *Keep {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	return h.waitEndedWithin(id, 60*time.Second)
+}
+
+// waitEndedWithin is waitEnded with its own bound.
+func (h *harness) waitEndedWithin(id string, d time.Duration) *Keep {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	if err := h.client.Events(ctx, id, true, func(Event) {}); err != nil {
 		h.t.Fatalf("events of %s: %v", id, err)

@@ -18,32 +18,73 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/keep"
+	"github.com/castellan-dev/castellan/internal/keeplog"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
-// Files in a keep's folder (state dir/keeps/ID).
+// The keep process's side of its contract with the launcher
+// (internal/keep): files in its folder (state dir/keeps/ID), its hello
+// descriptor, its log.
 const (
-	keepSocket = "keep.sock" // the keep's relay endpoint, one connection
-	exitFile   = "exit.json" // the keep's own account of how it ended
-	helloFD    = 3           // the pipe the keep writes its hello to
-	stateLine  = "@state "   // a stderr line that reports a state change
-	maxLogLine = 4096        // longer keep log lines are cut
-	keepDirMax = 100         // bytes, so that the socket path fits sun_path
+	keepSocket = keep.SocketFile // the keep's relay endpoint, one connection
+	helloFD    = keep.HelloFD    // the pipe the keep writes its hello to
+	stateLine  = keep.StateLine  // a stderr line that reports a state change
+	maxLogLine = keep.MaxLogLine // longer keep log lines are cut
 )
 
-// exitRecord is what the keep writes to exit.json before it exits.
-type exitRecord struct {
-	State    string `json:"state"` // exited or failed
-	ExitCode *int   `json:"exit_code,omitempty"`
-	Reason   string `json:"reason,omitempty"`
+// ExitRecord is how a keep ended: a process keep writes it to exit.json
+// before it exits, a VM keep sends it as its last frame.
+type ExitRecord = keep.ExitRecord
+
+// KeepParams are the parameters of one keep, as the agent gives them (to
+// a process keep as flags, to a VM keep over its channel).
+type KeepParams struct {
+	Backend       string
+	Nonce         []byte
+	Digest        string
+	ClientKey     []byte
+	Limits        Limits
+	AttachTimeout time.Duration
+	CacheDir      string // compilation cache (insecure keeps only)
+	// Evidence, if set, is the backend to use instead of tee.Open(Backend)
+	// (a VM keep of a simulated backend, with the CA from its channel).
+	Evidence tee.Backend
+	// ApplyLimits applies Limits to the keep itself; nil = setrlimit on this
+	// process.
+	ApplyLimits func(Limits) error
+}
+
+// KeepIO are a keep's channels to the agent.
+type KeepIO struct {
+	// Logf writes one line of the keep's log (never workload data).
+	Logf func(format string, a ...any)
+	// State reports a state change (StateRunning).
+	State func(state string)
+	// Hello publishes the keep's hello (JSON of delivery.Hello).
+	Hello func(hello []byte) error
+	// Accept returns the relayed connection of the client, waiting at most
+	// timeout.
+	Accept func(timeout time.Duration) (net.Conn, error)
+	// HostOutput receives a detached workload's output when its config
+	// sends it to the host.
+	HostOutput io.Writer
+	// Ended records how the keep ended, before RunKeep returns or
+	// Terminate is called. It may be called twice (the wall-time timer
+	// racing the keep's own end): only the first call may count.
+	Ended func(ExitRecord)
+	// Terminate ends the keep at once with status (the workload was
+	// aborted, or the wall time passed); it does not return.
+	Terminate func(status int)
 }
 
 // KeepMain is the keep process that the agent starts (`castellan keep`,
 // re-executing its own binary). It applies its limits to itself, makes
 // its key and evidence, writes its hello to descriptor 3, waits on its
 // socket for one relayed connection and serves one delivery. Its stderr is
-// the agent's log of the keep: it never carries workload data (unless a
-// detached workload asked for host output).
+// the agent's log of the keep (its output file, keeplog): it never carries
+// workload data (unless a detached workload asked for host output), and
+// the keep ends when it passes --max-output bytes.
 func KeepMain(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("castellan keep", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -55,9 +96,19 @@ func KeepMain(args []string, stderr io.Writer) int {
 	limits := fs.String("limits", "{}", "limits, JSON")
 	attachTimeout := fs.Duration("attach-timeout", 2*time.Minute, "how long to wait for the client")
 	cacheDir := fs.String("cache-dir", "", "compilation cache (insecure keeps only)")
+	maxOutput := fs.Int64("max-output", DefaultMaxOutput, "bytes of log and host output after which the keep ends")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	rec := &exitRecorder{dir: *dir}
+	raw := stderr
+	stderr = &keeplog.Limited{W: raw, Max: *maxOutput, OnLimit: func() {
+		// Said past the limit (one line): the agent allows for it.
+		msg := fmt.Sprintf("output limit of %d bytes reached", *maxOutput)
+		fmt.Fprintf(raw, "keep failed: %s\n", msg)
+		rec.record(ExitRecord{State: StateFailed, Reason: msg})
+		os.Exit(1)
+	}}
 	logf := func(format string, a ...any) {
 		msg := fmt.Sprintf(format, a...)
 		if len(msg) > maxLogLine {
@@ -65,119 +116,149 @@ func KeepMain(args []string, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stderr, msg)
 	}
-	// The agent may die and leave the pipe without a reader; the keep
-	// must go on.
+	// Its output is a file (keeplog) nowadays; should it be a pipe whose
+	// reader died, the keep must go on.
 	signal.Ignore(syscall.SIGPIPE)
 	// A crash (out of memory under the keep's limit) prints its message
 	// to the agent's log, without goroutine stacks and their values.
 	debug.SetTraceback("none")
-	k := &keepProc{dir: *dir, logf: logf}
-	var lim Limits
-	if err := json.Unmarshal([]byte(*limits), &lim); err != nil {
-		return k.fail("limits: %v", err)
+	kio := KeepIO{
+		Logf:       logf,
+		State:      func(s string) { logf("%s", stateLine+s) },
+		HostOutput: stderr,
+		Ended:      rec.record,
+		Terminate:  os.Exit,
 	}
-	if err := applyLimits(lim); err != nil {
-		return k.fail("%v", err)
+	p := KeepParams{Backend: *backend, Digest: *digest, AttachTimeout: *attachTimeout, CacheDir: *cacheDir}
+	var err1, err2 error
+	p.Nonce, err1 = hex.DecodeString(*nonce)
+	p.ClientKey, err2 = hex.DecodeString(*clientKey)
+	err3 := json.Unmarshal([]byte(*limits), &p.Limits)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return keepFailed(kio, "arguments: %v", err)
 	}
-	if lim.WallSeconds > 0 {
+	var ln *net.UnixListener
+	sock := filepath.Join(*dir, keepSocket)
+	kio.Hello = func(hello []byte) error {
+		os.Remove(sock)
+		var err error
+		if ln, err = net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"}); err != nil {
+			return err
+		}
+		os.Chmod(sock, 0o600)
+		hf := os.NewFile(helloFD, "hello")
+		_, err = hf.Write(hello)
+		hf.Close()
+		if err != nil {
+			return fmt.Errorf("writing the hello: %w", err)
+		}
+		return nil
+	}
+	kio.Accept = func(timeout time.Duration) (net.Conn, error) {
+		ln.SetDeadline(time.Now().Add(timeout))
+		conn, err := ln.Accept()
+		ln.Close()
+		os.Remove(sock)
+		return conn, err
+	}
+	return RunKeep(context.Background(), p, kio)
+}
+
+// RunKeep is a keep, process or VM: it applies its limits, makes its key
+// and evidence inside, publishes its hello, serves one confidential
+// delivery on the relayed connection and runs the workload. It returns the
+// status for the keep's exit (the workload's, or 1 when the keep failed).
+func RunKeep(ctx context.Context, p KeepParams, kio KeepIO) int {
+	fail := func(format string, a ...any) int { return keepFailed(kio, format, a...) }
+	apply := p.ApplyLimits
+	if apply == nil {
+		apply = keep.ApplyLimits
+	}
+	if err := apply(p.Limits); err != nil {
+		return fail("%v", err)
+	}
+	if p.Limits.WallSeconds > 0 {
 		// The agent kills the keep at its wall time; the keep also ends
 		// itself, so that it does not outlive its limit when no agent runs.
-		time.AfterFunc(time.Duration(lim.WallSeconds)*time.Second, func() {
-			os.Exit(k.fail("wall time limit of %ds reached", lim.WallSeconds))
+		time.AfterFunc(time.Duration(p.Limits.WallSeconds)*time.Second, func() {
+			kio.Terminate(fail("wall time limit of %ds reached", p.Limits.WallSeconds))
 		})
 	}
-	n, err1 := hex.DecodeString(*nonce)
-	ck, err2 := hex.DecodeString(*clientKey)
-	if err := errors.Join(err1, err2); err != nil {
-		return k.fail("arguments: %v", err)
+	b := p.Evidence
+	if b == nil {
+		var err error
+		if b, err = tee.Open(p.Backend); err != nil {
+			return fail("%v", err)
+		}
 	}
-	b, err := tee.Open(*backend)
+	keep, err := delivery.NewKeep(ctx, b, p.Nonce, p.Digest, p.ClientKey)
 	if err != nil {
-		return k.fail("%v", err)
+		return fail("evidence: %v", err)
 	}
-	ctx := context.Background()
-	keep, err := delivery.NewKeep(ctx, b, n, *digest, ck)
-	if err != nil {
-		return k.fail("evidence: %v", err)
-	}
-	sock := filepath.Join(*dir, keepSocket)
-	os.Remove(sock)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		return k.fail("%v", err)
-	}
-	os.Chmod(sock, 0o600)
 	hello, _ := json.Marshal(keep.Hello)
-	hf := os.NewFile(helloFD, "hello")
-	_, err = hf.Write(hello)
-	hf.Close()
-	if err != nil {
-		return k.fail("writing the hello: %v", err)
+	if err := kio.Hello(hello); err != nil {
+		return fail("%v", err)
 	}
-	logf("evidence made (%s, key %s); waiting for the client", b.Platform(), delivery.SPKIFingerprint(keep.SPKI()))
-	ln.SetDeadline(time.Now().Add(*attachTimeout))
-	conn, err := ln.Accept()
-	ln.Close()
-	os.Remove(sock)
+	kio.Logf("evidence made (%s, key %s); waiting for the client", b.Platform(), delivery.SPKIFingerprint(keep.SPKI()))
+	conn, err := kio.Accept(p.AttachTimeout)
 	if err != nil {
-		return k.fail("no client attached within %v", *attachTimeout)
+		return fail("no client attached within %v", p.AttachTimeout)
 	}
 	opts := delivery.ServeOptions{
-		CacheDir: *cacheDir,
-		Log:      logf,
+		CacheDir: p.CacheDir,
+		Log:      kio.Logf,
 		Abort: func(reason string) {
-			os.Exit(k.fail("workload stopped: %s", reason))
+			kio.Terminate(fail("workload stopped: %s", reason))
 		},
-		Detached: func() { logf("the client detached; the workload runs on") },
-		Started:  func() { logf(stateLine + StateRunning) },
+		Detached:   func() { kio.Logf("the client detached; the workload runs on") },
+		Started:    func() { kio.State(StateRunning) },
+		HostOutput: kio.HostOutput,
 	}
-	opts.HostOutput = stderr
 	res, err := keep.Serve(ctx, conn, opts)
 	if err != nil {
 		if errors.Is(err, delivery.ErrRefused) {
 			// The client was told why; the reason may quote the package.
-			return k.fail("delivery refused (the client was told why)")
+			return fail("delivery refused (the client was told why)")
 		}
-		return k.fail("delivery: %v", err)
+		return fail("delivery: %v", err)
 	}
 	if res.Reason != "" {
-		return k.fail("workload error (reported to the client)")
+		return fail("workload error (reported to the client)")
 	}
-	return k.exited(res.ExitCode)
+	return keepExited(kio, res.ExitCode)
 }
 
-// keepProc writes the keep's exit record.
-type keepProc struct {
+// exitRecorder writes a process keep's exit record to its folder, once.
+type exitRecorder struct {
 	dir  string
-	logf func(string, ...any)
 	once sync.Once
 }
 
-func (k *keepProc) record(r exitRecord) {
+func (k *exitRecorder) record(r ExitRecord) {
 	k.once.Do(func() {
 		if k.dir == "" {
 			return
 		}
-		b, _ := json.Marshal(r)
-		tmp := filepath.Join(k.dir, exitFile+".tmp")
-		if os.WriteFile(tmp, b, 0o600) == nil {
-			os.Rename(tmp, filepath.Join(k.dir, exitFile))
-		}
+		keep.WriteExitRecord(k.dir, r)
 	})
 }
 
-func (k *keepProc) fail(format string, a ...any) int {
+func keepFailed(kio KeepIO, format string, a ...any) int {
 	msg := fmt.Sprintf(format, a...)
-	k.logf("keep failed: %s", msg)
-	k.record(exitRecord{State: StateFailed, Reason: msg})
+	kio.Logf("keep failed: %s", msg)
+	kio.Ended(ExitRecord{State: StateFailed, Reason: msg})
 	return 1
 }
 
-func (k *keepProc) exited(code int) int {
-	k.logf("workload exited with status %d", code)
-	k.record(exitRecord{State: StateExited, ExitCode: &code})
+func keepExited(kio KeepIO, code int) int {
+	kio.Logf("workload exited with status %d", code)
+	kio.Ended(ExitRecord{State: StateExited, ExitCode: &code})
 	if code < 0 || code > 255 {
 		return 255
 	}
 	return code
 }
+
+// ApplyLimits applies l to this process with setrlimit, as a process keep
+// does (RLIMIT_DATA, RLIMIT_CPU, RLIMIT_NOFILE; zero fields are left alone).
+func ApplyLimits(l Limits) error { return keep.ApplyLimits(l) }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/fixtures"
+	"github.com/castellan-dev/castellan/internal/keep"
 )
 
 // TestLoad creates 50 keeps at once, each delivered its own workload
@@ -89,7 +90,8 @@ func (h *harness) create(t testing.TB, backend string, lim Limits) *Keep {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Generous: a VM keep under TCG boots in seconds to tens of seconds.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	k, err := h.client.Create(ctx, &CreateRequest{Backend: backend, Nonce: []byte("n0nce"), ClientKey: sess.KeyHash,
 		Digest: "sha256:" + strings.Repeat("0", 64), Limits: lim})
@@ -107,7 +109,7 @@ func (h *harness) create(t testing.TB, backend string, lim Limits) *Keep {
 func TestStop(t *testing.T) {
 	h := newHarness(t)
 	k := h.create(t, "nil", Limits{})
-	ticks, err := startTicks(k.PID)
+	ticks, err := keep.StartTicks(k.PID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +120,7 @@ func TestStop(t *testing.T) {
 	if got.State != StateStopped || got.Reason != "stopped through the API" {
 		t.Errorf("stopped keep: %s (%s)", got.State, got.Reason)
 	}
-	if alive(k.PID, ticks) {
+	if keep.Alive(k.PID, ticks) {
 		t.Errorf("keep process %d still alive after stop", k.PID)
 	}
 	if err := syscall.Kill(-k.PID, 0); err == nil {
@@ -220,11 +222,11 @@ func TestRestart(t *testing.T) {
 	// Wait for the kill to land: the process becomes a zombie of this
 	// test process (the agent was in-process), which the old agent's wait
 	// reaps.
-	for alive(killed.PID, mustTicks(t, killed.PID)) {
+	for keep.Alive(killed.PID, mustTicks(t, killed.PID)) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
-	for alive(timedOut.PID, timedOutTicks) {
+	for keep.Alive(timedOut.PID, timedOutTicks) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
@@ -297,7 +299,7 @@ func TestRestart(t *testing.T) {
 
 func mustTicks(t *testing.T, pid int) uint64 {
 	t.Helper()
-	ticks, err := startTicks(pid)
+	ticks, err := keep.StartTicks(pid)
 	if err != nil {
 		return 0
 	}

@@ -21,6 +21,8 @@ import (
 	"encoding/json"
 	"errors"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/keep"
 )
 
 // Keep states.
@@ -38,14 +40,10 @@ func Terminal(state string) bool {
 	return state == StateExited || state == StateFailed || state == StateStopped
 }
 
-// Limits of one keep, enforced by the OS on its process. Zero means the
-// host's maximum.
-type Limits struct {
-	MemoryBytes int64 `json:"memory_bytes,omitempty"` // private writable memory (RLIMIT_DATA; memory.max with cgroups)
-	CPUSeconds  int64 `json:"cpu_seconds,omitempty"`  // CPU time (RLIMIT_CPU)
-	WallSeconds int64 `json:"wall_seconds,omitempty"` // wall time, from creation; the agent kills the keep
-	OpenFiles   int64 `json:"open_files,omitempty"`   // descriptors (RLIMIT_NOFILE)
-}
+// Limits of one keep (internal/keep): the OS enforces them on a process
+// keep; a VM keep is sized by them and ended at its wall time. Zero means
+// the host's maximum, or for a VM's size the default.
+type Limits = keep.Limits
 
 // CreateRequest is the body of POST /v1/keeps.
 type CreateRequest struct {

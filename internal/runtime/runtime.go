@@ -48,7 +48,10 @@ type Options struct {
 	// Args are appended after the config's args; argv[0] is "main.wasm".
 	Args []string
 	// Env holds extra variables added after the config's env.
-	Env            map[string]string
+	Env map[string]string
+	// Preopens are dir entries added after the config's descriptors
+	// (castellan run --dir).
+	Preopens       []config.File
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 	// CacheDir is the compilation cache folder; "" = no disk cache.
@@ -225,10 +228,17 @@ func (p *Program) Run(ctx context.Context, o Options) (exitCode int, err error) 
 			o.Log("using a fresh self-signed certificate for TLS: the keep is not attested")
 		}
 	}
+	files := append(cfg.Files[:len(cfg.Files):len(cfg.Files)], o.Preopens...)
+	var envCfg *config.Config // FD_COUNT and FD_NAMES only with a config
+	if o.Config != nil {
+		c := *o.Config
+		c.Files = files
+		envCfg = &c
+	}
 	sys, err := wasi.New(ctx, wasi.Options{
 		Args:         Argv(cfg, o.Args),
-		Env:          Environ(cfg, o.Env),
-		Files:        cfg.Files,
+		Env:          Environ(envCfg, o.Env),
+		Files:        files,
 		ConfigDir:    o.ConfigDir,
 		Stdin:        o.Stdin,
 		Stdout:       o.Stdout,
@@ -289,12 +299,15 @@ func Argv(cfg *config.Config, extra []string) []string {
 	return append(argv, extra...)
 }
 
-// Environ is the workload's environment: FD_COUNT and FD_NAMES first, then
-// the config's env sorted by key, then extra sorted by key. A later entry
-// with the same key replaces an earlier one in place.
+// Environ is the workload's environment. With a config: FD_COUNT and
+// FD_NAMES first (as Enarx gives them), then the config's env sorted by
+// key, then extra sorted by key; a later entry with the same key replaces
+// an earlier one in place. Without one (cfg nil): exactly extra, sorted by
+// key, so that a workload run with flags only gets what it was given.
 func Environ(cfg *config.Config, extra map[string]string) []string {
+	fdVars := cfg != nil
 	if cfg == nil {
-		cfg = config.Default()
+		cfg = &config.Config{}
 	}
 	names := make([]string, len(cfg.Files))
 	for i, f := range cfg.Files {
@@ -308,8 +321,10 @@ func Environ(cfg *config.Config, extra map[string]string) []string {
 		}
 		vals[k] = v
 	}
-	set("FD_COUNT", fmt.Sprint(len(cfg.Files)))
-	set("FD_NAMES", strings.Join(names, ":"))
+	if fdVars {
+		set("FD_COUNT", fmt.Sprint(len(cfg.Files)))
+		set("FD_NAMES", strings.Join(names, ":"))
+	}
 	for _, m := range []map[string]string{cfg.Env, extra} {
 		ks := make([]string, 0, len(m))
 		for k := range m {

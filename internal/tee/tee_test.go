@@ -61,9 +61,9 @@ func TestNames(t *testing.T) {
 			t.Errorf("New(%q).Name() = %q", n, b.Name())
 		}
 	}
-	_, err := Open("sgx")
+	_, err := Open("sev")
 	if err == nil || !strings.Contains(err.Error(), "sim-snp") {
-		t.Errorf("Open(sgx) = %v, want an error listing the backends", err)
+		t.Errorf("Open(sev) = %v, want an error listing the backends", err)
 	}
 }
 
@@ -84,7 +84,7 @@ func TestAutoNeverSimulates(t *testing.T) {
 func TestAttestVerifies(t *testing.T) {
 	ca := simCA(t)
 	key := spki(t)
-	for _, b := range []Backend{Nil{}, NewSim(evidence.PlatformSNP, ca), NewSim(evidence.PlatformTDX, ca)} {
+	for _, b := range []Backend{Nil{}, NewSim(evidence.PlatformSNP, ca), NewSim(evidence.PlatformTDX, ca), NewSim(evidence.PlatformSGX, ca), NewSim(evidence.PlatformCCA, ca)} {
 		t.Run(b.Name(), func(t *testing.T) {
 			if err := b.Available(); err != nil {
 				t.Fatal(err)
@@ -141,7 +141,7 @@ func TestSimUsesUserCA(t *testing.T) {
 }
 
 // fakeTSM is go-configfs-tsm's fake configfs whose report provider is a
-// simulated SEV-SNP or TDX guest: the outblob is a real-format report over
+// simulated SEV-SNP or TDX guest or Arm CCA realm: the outblob is a real-format report over
 // the inblob, the auxblob the certificate table.
 func fakeTSM(t *testing.T, ca *sim.CA, provider string) *faketsm.Client {
 	rs := faketsm.Report611(0)
@@ -157,6 +157,9 @@ func fakeTSM(t *testing.T, ca *sim.CA, provider string) *faketsm.Client {
 		case "outblob":
 			if provider == providerTdxGuest {
 				return ca.SignTDX(rd, sim.TDXOptions{})
+			}
+			if provider == providerCCAGuest {
+				return ca.SignCCA(rd, sim.CCAOptions{})
 			}
 			r, _, err := ca.SignSNP(rd, sim.SNPOptions{})
 			return r, err
@@ -180,6 +183,8 @@ func TestConfigfsTSM(t *testing.T) {
 		{NewTDX("", "").WithTSM(fakeTSM(t, ca, providerTdxGuest)), providerTdxGuest, ""},
 		{NewSNP("", "").WithTSM(fakeTSM(t, ca, providerTdxGuest)), providerTdxGuest, "not an SEV-SNP guest"},
 		{NewTDX("", "").WithTSM(fakeTSM(t, ca, "fake")), "fake", "not a TDX guest"},
+		{NewCCA("").WithTSM(fakeTSM(t, ca, providerCCAGuest)), providerCCAGuest, ""},
+		{NewCCA("").WithTSM(fakeTSM(t, ca, providerSevGuest)), providerSevGuest, "not an Arm CCA realm"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.b.Name()+"/"+tc.provider, func(t *testing.T) {

@@ -12,6 +12,8 @@
 //	                      or 4xx {"error": "...", "check": "...", "ear": JWT}
 //	GET  /v1/ca           → the CA certificate, PEM
 //	GET  /v1/jwks         → the CA key as a JSON Web Key Set (verifies EARs)
+//	/kbs/v0/...           Trustee's KBS protocol: secrets the policy binds to
+//	                      workloads, released to keeps that attested (kbs.go)
 //
 // Challenges store nothing (nonce.go: nonces are sealed by a key replicas
 // share); redeemed nonces go to a bounded ledger (audit.NonceLedger) in the
@@ -46,12 +48,13 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/ca"
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/eartoken"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/castellan-dev/castellan/internal/attest/verify"
+	"github.com/castellan-dev/castellan/internal/kbs"
 	"github.com/castellan-dev/castellan/keepcert"
-	"github.com/google/go-sev-guest/verify/trust"
 )
 
 // MaxBodyBytes bounds a certificate request; evidence with its
@@ -112,10 +115,14 @@ type Config struct {
 	// Verify checks evidence and returns its claims; nil means
 	// verify.Envelope. Tests substitute it.
 	Verify func(env *evidence.Envelope, opts verify.Options) (*evidence.Claims, error)
-	// VCEKGetter fetches VCEK certificates from AMD's key distribution
-	// service for SEV-SNP evidence that does not carry them; nil refuses
-	// such evidence. Wrap it in verify.NewCachingGetter.
-	VCEKGetter trust.HTTPSGetter
+	// Report checks a raw report for the KBS endpoints (kbs.go), which
+	// bind their own report data; nil means verify.Report.
+	Report func(platform string, raw []byte, endorsements [][]byte, opts verify.Options) (*evidence.Claims, error)
+	// Collateral is where vendor collateral for real evidence comes from
+	// (verify.Options.Collateral): VCEKs, AMD's CRLs, Intel's TCB info,
+	// QE identity and CRLs; nil fetches none (then the policy refuses
+	// real evidence unless it sets require_collateral = false).
+	Collateral collateral.Source
 	// Logf reports what the service cannot answer with (audit failures);
 	// nil discards.
 	Logf func(format string, a ...any)
@@ -171,6 +178,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Verify == nil {
 		cfg.Verify = verify.Envelope
 	}
+	if cfg.Report == nil {
+		cfg.Report = verify.Report
+	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
@@ -195,6 +205,9 @@ func New(cfg Config) (*Service, error) {
 	s.mux.HandleFunc("POST /v1/certificate", s.certificate)
 	s.mux.HandleFunc("GET /v1/ca", s.caCert)
 	s.mux.HandleFunc("GET /v1/jwks", s.caJWKS)
+	s.mux.HandleFunc("POST "+kbs.PathAuth, s.kbsAuth)
+	s.mux.HandleFunc("POST "+kbs.PathAttest, s.kbsAttest)
+	s.mux.HandleFunc("GET "+kbs.PathResource+"{repo}/{type}/{tag}", s.kbsResource)
 	return s, nil
 }
 
@@ -382,7 +395,9 @@ func (s *Service) issue(ctx context.Context, body []byte, now time.Time, d *audi
 	}
 	o.nonce, o.key, o.snap = env.Nonce, csr.PublicKey, snap
 	t0 := time.Now()
-	claims, err := s.cfg.Verify(env, verify.Options{SimRoots: snap.SimRoots[env.Platform], Now: now, VCEKGetter: s.cfg.VCEKGetter})
+	opts := snap.VerifyOptions(env.Platform)
+	opts.Now, opts.Collateral = now, s.cfg.Collateral
+	claims, err := s.cfg.Verify(env, opts)
 	if s.timing != nil {
 		s.timing.verify.Add(int64(time.Since(t0)))
 	}
@@ -425,6 +440,7 @@ func (s *Service) issue(ctx context.Context, body []byte, now time.Time, d *audi
 		Measurement:    claims.Measurement,
 		WorkloadDigest: claims.WorkloadDigest,
 		Package:        req.Package,
+		Details:        claims.Details,
 	}
 	leaf := ca.Leaf{
 		PublicKey:   csr.PublicKey,
@@ -575,7 +591,8 @@ func verifyCheck(err error) string {
 	if errors.As(err, &ve) {
 		switch ve.Check {
 		case CheckChain, CheckSignature, CheckReportData, CheckFormat,
-			policy.CheckTCB, policy.CheckDebug, policy.CheckMeasurement:
+			policy.CheckTCB, policy.CheckDebug, policy.CheckMeasurement,
+			verify.CheckVMPL, verify.CheckReportFields, verify.CheckTDFields, verify.CheckTCBStatus, verify.CheckCollateral:
 			return ve.Check
 		}
 		if ve.Check == verify.CheckPlatform {

@@ -1,17 +1,21 @@
 // Package verify turns an evidence envelope into claims: it checks the
 // hardware report's signature chain up to a trusted root (AMD's ARKs for
-// SEV-SNP, Intel's SGX root for TDX, or a Castellan simulation root that the
-// caller's policy names), the report's signature, and that the report data
-// binds the keep's key, the verifier's nonce and the workload digest.
+// SEV-SNP, Intel's SGX root for TDX and SGX, a CPAK the policy lists for
+// Arm CCA, or a Castellan simulation root that the caller's policy names),
+// the report's signature, and that the report data binds the keep's key,
+// the verifier's nonce and the workload digest.
 //
 // Real and simulated evidence go through the same code, built on
-// go-sev-guest's verify.SnpAttestation and go-tdx-guest's verify.TdxQuote;
-// only the trusted roots differ. Policy (TCB minimums, debug, measurements,
+// go-sev-guest's verify.SnpAttestation, go-tdx-guest's verify.TdxQuote, an
+// SGX DCAP quote parser and checks of our own on go-tdx-guest's pcs helpers
+// (with Intel's collateral when given), and veraison/ccatoken for CCA
+// tokens; only the trusted roots differ. Policy (TCB minimums, debug, measurements,
 // nonce freshness) is not decided here: it is decided on the Claims.
 package verify
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/subtle"
 	"crypto/x509"
 	_ "embed"
@@ -21,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/google/go-sev-guest/verify/trust"
 )
@@ -32,6 +37,7 @@ const (
 	CheckChain      = "chain"       // the certificate chain does not end at a trusted root
 	CheckSignature  = "signature"   // the report's signature does not verify
 	CheckReportData = "report_data" // the report data does not bind key, nonce and digest
+	CheckCollateral = "collateral"  // vendor collateral is missing, stale, or revokes the chain
 )
 
 // Error is a failed verification: Check names the step, Err says why.
@@ -62,17 +68,36 @@ type Options struct {
 	AMDRoots map[string][]*trust.AMDRootCerts
 	// IntelRoots replaces the Intel SGX Root CA. Nil = Intel's root.
 	IntelRoots []*x509.Certificate
-	// VCEKGetter fetches a VCEK certificate from AMD's key distribution
-	// service when the envelope carries none. Nil: no fetching, and an SNP
-	// envelope without its VCEK is refused. Wrap a network getter in
-	// NewCachingGetter: AMD rate-limits the service.
-	VCEKGetter trust.HTTPSGetter
+	// Collateral is where vendor collateral for real evidence comes from:
+	// VCEK certificates an envelope lacks, AMD's CRLs, Intel's TCB info,
+	// QE identity and CRLs (package collateral: the network behind a disk
+	// cache, or an offline folder). Nil: nothing is fetched; an SEV-SNP
+	// envelope without its VCEK is refused, and the claims say
+	// "collateral": "none", which a policy refuses by default.
+	Collateral collateral.Source
+	// SimCollateral is the collateral the trusted simulation CAs publish
+	// (CRLs, TCB info, QE identity, signed under the simulation roots),
+	// used for simulated evidence through the same code as Collateral for
+	// real evidence. Nil: simulated evidence is checked without it.
+	SimCollateral collateral.Source
+	// CCAPlatformKeys are the CPAKs (CCA platform attestation keys) whose
+	// platform tokens are trusted; simulated CPAKs come from SimRoots.
+	CCAPlatformKeys []crypto.PublicKey
 	// ChainCache keeps SEV-SNP endorsement chains that verified, so that
 	// the next report from the same chip and TCB skips the chain's RSA
 	// checks (never the report's signature or its binding). Nil = a
 	// process-wide cache of DefaultChainCacheSize chains;
 	// NewChainCache(0) turns caching off.
 	ChainCache *ChainCache
+	// SNP decides on an SEV-SNP report's fields (VMPL, ...); the zero
+	// value is the safe default.
+	SNP SNPPolicy
+	// TDX decides on a TDX quote's fields and Intel's TCB status; the zero
+	// value is the safe default.
+	TDX TDXPolicy
+	// SGX decides on Intel's TCB status of an SGX platform; the zero value
+	// is the safe default.
+	SGX SGXPolicy
 }
 
 func (o *Options) now() time.Time {
@@ -139,6 +164,14 @@ func Report(platform string, raw []byte, endorsements [][]byte, opts Options) (*
 			return nil, fail(CheckFormat, "a TDX quote carries its certificates inside; the envelope has %d endorsements", len(endorsements))
 		}
 		return verifyTDX(raw, &opts)
+	case evidence.PlatformSGX, evidence.PlatformCCA:
+		if len(endorsements) != 0 {
+			return nil, fail(CheckFormat, "%s evidence carries its certificates or keys inside; the envelope has %d endorsements", platform, len(endorsements))
+		}
+		if platform == evidence.PlatformSGX {
+			return verifySGX(raw, &opts)
+		}
+		return verifyCCA(raw, &opts)
 	case evidence.PlatformNone:
 		return nil, fail(CheckPlatform, "platform none has no report to verify")
 	default:

@@ -1,16 +1,19 @@
 // Package sim is Castellan's simulated TEE: a local certificate authority
-// that signs SEV-SNP attestation reports and TDX v4 quotes in the exact
+// that signs SEV-SNP attestation reports, TDX v4 quotes, SGX DCAP quotes
+// (and their Intel collateral) and Arm CCA attestation tokens in the exact
 // vendor binary formats, so that every verification path (the vendor
 // libraries' chain and signature checks, claim extraction, policy) runs on a
 // machine without the hardware. Only the trust root differs from real
 // evidence: an SNP report chains VCEK → ASK → ARK to a local ARK, a TDX
-// quote chains PCK → PCK platform CA → root to a local root, and a verifier
-// trusts them only when its policy names those roots.
+// or SGX quote chains PCK → PCK platform CA → root to a local root, a CCA
+// platform token is signed by a local CPAK whose self-signed certificate
+// sits with the roots, and a verifier trusts them only when its policy
+// names those roots.
 //
 // The CA is generated once per user and stored in the config directory
 // ($CASTELLAN_CONFIG_DIR, else os.UserConfigDir()/castellan) under sim/:
-// ca.pem holds the keys and certificates (0600), roots.pem the two root
-// certificates a policy can name.
+// ca.pem holds the keys and certificates (0600), roots.pem the root
+// certificates (and the CPAK's) a policy can name.
 package sim
 
 import (
@@ -26,6 +29,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/pemcerts"
 	"io"
 	"math/big"
@@ -38,6 +42,7 @@ import (
 // Role names written as the "Castellan-Role" PEM header in ca.pem.
 const (
 	roleSNPARK  = "snp-ark"
+	roleSNPARKK = "snp-ark-key"
 	roleSNPASK  = "snp-ask"
 	roleSNPASKK = "snp-ask-key"
 	roleSNPVCEK = "snp-vcek-key"
@@ -48,7 +53,12 @@ const (
 	roleTDXPCA  = "tdx-pck-ca"
 	roleTDXPCK  = "tdx-pck"
 	roleTDXPCKK = "tdx-pck-key"
+	roleTDXRK   = "tdx-root-key"
+	roleTDXPCAK = "tdx-pck-ca-key"
 	roleTDXAK   = "tdx-attestation-key"
+	roleCCACPAK = "cca-cpak" // self-signed certificate of the simulated CPAK
+	roleCCACPK  = "cca-cpak-key"
+	roleCCARAK  = "cca-rak-key"
 	roleHeader  = "Castellan-Role"
 )
 
@@ -68,6 +78,7 @@ type CA struct {
 	Dir string
 
 	snpARK  *x509.Certificate
+	arkKey  *rsa.PrivateKey // signs the simulated CRLs; nil in CAs stored before collateral
 	snpASK  *x509.Certificate
 	askKey  *rsa.PrivateKey
 	vcekKey *ecdsa.PrivateKey
@@ -80,14 +91,25 @@ type CA struct {
 
 	tdxRoot *x509.Certificate
 	tdxPCA  *x509.Certificate
-	tdxPCK  *x509.Certificate
-	pckKey  *ecdsa.PrivateKey
-	akKey   *ecdsa.PrivateKey
-	pckPEM  []byte // PCK leaf || platform CA || root, as a quote carries it
+	// The root's and the platform CA's keys sign the simulated TCB info,
+	// QE identity and CRLs; nil in CAs stored before collateral.
+	tdxRootKey, pcaKey *ecdsa.PrivateKey
+	tdxPCK             *x509.Certificate
+	pckKey             *ecdsa.PrivateKey
+	akKey              *ecdsa.PrivateKey
+	pckPEM             []byte // PCK leaf || platform CA || root, as a quote carries it
 
-	mu    sync.Mutex
-	vceks map[uint64]*x509.Certificate // VCEK certificates by TCB version
-	vleks map[uint64]*x509.Certificate // VLEK certificates by TCB version
+	// The Arm CCA platform attestation key (CPAK, with a self-signed
+	// certificate that the roots carry) and realm attestation key (RAK).
+	// Absent in CAs stored before they existed.
+	ccaCPAK    *x509.Certificate
+	ccaCPAKKey *ecdsa.PrivateKey
+	ccaRAKKey  *ecdsa.PrivateKey
+
+	mu         sync.Mutex
+	collateral collateral.Map               // made on first use (collateral.go)
+	vceks      map[uint64]*x509.Certificate // VCEK certificates by TCB version
+	vleks      map[uint64]*x509.Certificate // VLEK certificates by TCB version
 }
 
 // DefaultDir returns the directory where the user's simulation CA lives:
@@ -170,11 +192,19 @@ func loadOrCreate(dir string) (*CA, error) {
 		return nil, fmt.Errorf("simulation CA %s: %w", path, err)
 	}
 	ca.Dir = dir
+	if ca.ccaCPAK == nil { // a CA made before CCA simulation
+		if err := ca.loadOrCreateCCA(dir); err != nil {
+			return nil, fmt.Errorf("simulation CA %s: %w", dir, err)
+		}
+	}
 	roots := ca.RootsPEM()
 	if old, err := os.ReadFile(filepath.Join(dir, rootsFile)); err != nil || !bytes.Equal(old, roots) {
 		if err := replaceFile(filepath.Join(dir, rootsFile), roots, 0o644); err != nil {
 			return nil, fmt.Errorf("simulation CA: %w", err)
 		}
+	}
+	if err := ca.refreshCollateral(); err != nil {
+		return nil, fmt.Errorf("simulation CA: %w", err)
 	}
 	return ca, nil
 }
@@ -250,6 +280,9 @@ func New() (*CA, error) {
 	if err := ca.generateTDX(rand.Reader); err != nil {
 		return nil, fmt.Errorf("simulation CA: TDX chain: %w", err)
 	}
+	if err := ca.generateCCA(rand.Reader); err != nil {
+		return nil, fmt.Errorf("simulation CA: CCA keys: %w", err)
+	}
 	ca.init()
 	return ca, nil
 }
@@ -267,9 +300,14 @@ func (ca *CA) init() {
 	ca.pckPEM = buf.Bytes()
 }
 
-// Roots returns the CA's trust anchors: the SEV-SNP ARK and the TDX root.
+// Roots returns the CA's trust anchors: the SEV-SNP ARK, the TDX and SGX
+// root and, when the CA has one, the simulated CCA CPAK's certificate.
 func (ca *CA) Roots() []*x509.Certificate {
-	return []*x509.Certificate{ca.snpARK, ca.tdxRoot}
+	roots := []*x509.Certificate{ca.snpARK, ca.tdxRoot}
+	if ca.ccaCPAK != nil {
+		roots = append(roots, ca.ccaCPAK)
+	}
+	return roots
 }
 
 // RootsPEM returns Roots as PEM, the form a policy names.
@@ -311,6 +349,21 @@ func LoadRoots(path string) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
+// MarshalPEM returns the whole CA, keys included, in the form of its
+// ca.pem file. It exists for VM keeps of the simulated backends, which get
+// the host's simulation CA over their channel (a simulation proves
+// nothing; see RATIONALE.md).
+func (ca *CA) MarshalPEM() []byte { return ca.encode() }
+
+// ParsePEM reads a CA written by MarshalPEM; the result is in memory only.
+func ParsePEM(b []byte) (*CA, error) {
+	ca, err := decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("simulation CA: %w", err)
+	}
+	return ca, nil
+}
+
 func (ca *CA) encode() []byte {
 	var buf bytes.Buffer
 	put := func(role, typ string, der []byte) {
@@ -324,6 +377,9 @@ func (ca *CA) encode() []byte {
 		return der
 	}
 	put(roleSNPARK, "CERTIFICATE", ca.snpARK.Raw)
+	if ca.arkKey != nil {
+		put(roleSNPARKK, "PRIVATE KEY", key(ca.arkKey))
+	}
 	put(roleSNPASK, "CERTIFICATE", ca.snpASK.Raw)
 	put(roleSNPASKK, "PRIVATE KEY", key(ca.askKey))
 	put(roleSNPVCEK, "PRIVATE KEY", key(ca.vcekKey))
@@ -336,7 +392,12 @@ func (ca *CA) encode() []byte {
 	put(roleTDXPCA, "CERTIFICATE", ca.tdxPCA.Raw)
 	put(roleTDXPCK, "CERTIFICATE", ca.tdxPCK.Raw)
 	put(roleTDXPCKK, "PRIVATE KEY", key(ca.pckKey))
+	if ca.tdxRootKey != nil {
+		put(roleTDXRK, "PRIVATE KEY", key(ca.tdxRootKey))
+		put(roleTDXPCAK, "PRIVATE KEY", key(ca.pcaKey))
+	}
 	put(roleTDXAK, "PRIVATE KEY", key(ca.akKey))
+	buf.Write(ca.encodeCCA())
 	return buf.Bytes()
 }
 
@@ -419,6 +480,29 @@ func decode(b []byte) (*CA, error) {
 		if !ok1 || !ok2 || ca.vlekKey.Curve != elliptic.P384() {
 			return nil, errors.New("a VLEK chain key has the wrong type")
 		}
+	}
+	if _, ok := blocks[roleTDXRK]; ok {
+		rk, pk := key(roleTDXRK), key(roleTDXPCAK)
+		if err != nil {
+			return nil, err
+		}
+		ca.tdxRootKey, ok1 = rk.(*ecdsa.PrivateKey)
+		ca.pcaKey, ok2 = pk.(*ecdsa.PrivateKey)
+		if !ok1 || !ok2 || !ca.tdxRoot.PublicKey.(*ecdsa.PublicKey).Equal(ca.tdxRootKey.Public()) || !ca.tdxPCA.PublicKey.(*ecdsa.PublicKey).Equal(ca.pcaKey.Public()) {
+			return nil, errors.New("the TDX root or platform CA key has the wrong type or does not match its certificate")
+		}
+	}
+	if _, ok := blocks[roleSNPARKK]; ok {
+		k := key(roleSNPARKK)
+		if err != nil {
+			return nil, err
+		}
+		if ca.arkKey, ok1 = k.(*rsa.PrivateKey); !ok1 || !ca.snpARK.PublicKey.(*rsa.PublicKey).Equal(ca.arkKey.Public()) {
+			return nil, errors.New("the ARK key has the wrong type or does not match the ARK")
+		}
+	}
+	if err := ca.decodeCCA(blocks); err != nil {
+		return nil, err
 	}
 	ca.init()
 	return ca, nil

@@ -50,7 +50,7 @@ func TestLoadStoresOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(roots) != 2 || !roots[0].Equal(a.Roots()[0]) || !roots[1].Equal(a.Roots()[1]) {
+	if len(roots) != 3 || !roots[0].Equal(a.Roots()[0]) || !roots[1].Equal(a.Roots()[1]) || !roots[2].Equal(a.CCAPlatformKey()) {
 		t.Error("roots.pem does not hold the CA's roots")
 	}
 	// Signing keys survive the round trip: a reloaded CA signs for the same VCEK.
@@ -240,5 +240,20 @@ func TestSNPCertTable(t *testing.T) {
 		if b, err := tbl.GetByGUIDString(g); err != nil || !bytes.Equal(b, end[i]) {
 			t.Errorf("entry %s: %v", g, err)
 		}
+	}
+}
+
+// A CA sent to a VM keep signs with the same keys as the original.
+func TestMarshalPEMRoundTrip(t *testing.T) {
+	ca := testCA(t)
+	got, err := ParsePEM(ca.MarshalPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.RootsPEM(), ca.RootsPEM()) || got.Dir != "" {
+		t.Fatal("roots differ or the copy claims a folder")
+	}
+	if _, err := ParsePEM([]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")); err == nil {
+		t.Fatal("garbage accepted")
 	}
 }

@@ -1,0 +1,145 @@
+package vmproto
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/tee"
+)
+
+// LaunchRequest is what the host tells one VM keep: exactly the
+// parameters the agent gives a process keep, plus, for the simulated
+// backends only, the simulation CA that signs the keep's evidence. None of
+// it is on the (measured, per-image) kernel command line.
+type LaunchRequest struct {
+	Backend   string `json:"backend"`    // a tee backend name (not "auto")
+	Nonce     []byte `json:"nonce"`      // bound into the evidence, 1 to evidence.MaxNonceSize bytes
+	Digest    string `json:"digest"`     // the package digest the keep attests to
+	ClientKey []byte `json:"client_key"` // SHA-256 of the client's SPKI
+	Limits    Limits `json:"limits"`
+	// AttachTimeoutMillis is how long the keep waits for its client.
+	AttachTimeoutMillis int64 `json:"attach_timeout_ms"`
+	// SimCA is the simulation CA (sim.CA.MarshalPEM: keys and
+	// certificates) for sim-snp and sim-tdx; refused for other backends.
+	// A simulation proves nothing, so its keys may cross the untrusted
+	// channel (see RATIONALE.md).
+	SimCA []byte `json:"sim_ca,omitempty"`
+	// SimMeasurement is the launch measurement a sim-snp report claims
+	// (48 bytes, e.g. the image's expected SEV-SNP measurement); empty =
+	// SHA-384 of the guest's castellan binary.
+	SimMeasurement []byte `json:"sim_measurement,omitempty"`
+}
+
+// Limits are the keep's limits, as the agent's host.Limits (the VM's
+// memory and vCPUs are set by the launcher; the guest applies these to
+// itself as a process keep does).
+type Limits struct {
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+	CPUSeconds  int64 `json:"cpu_seconds,omitempty"`
+	WallSeconds int64 `json:"wall_seconds,omitempty"`
+	OpenFiles   int64 `json:"open_files,omitempty"`
+}
+
+// MaxAttachTimeout bounds the attach timeout a launch request may ask for.
+const MaxAttachTimeout = 24 * time.Hour
+
+// AttachTimeout returns the attach timeout as a duration.
+func (r *LaunchRequest) AttachTimeout() time.Duration {
+	return time.Duration(r.AttachTimeoutMillis) * time.Millisecond
+}
+
+// Check validates every field.
+func (r *LaunchRequest) Check() error {
+	if r.Backend == tee.NameAuto || !slices.Contains(tee.Names(), r.Backend) {
+		return fmt.Errorf("launch request: backend %q, want one of %v", r.Backend, tee.Names())
+	}
+	if len(r.Nonce) == 0 || len(r.Nonce) > evidence.MaxNonceSize {
+		return fmt.Errorf("launch request: nonce of %d bytes, want 1 to %d", len(r.Nonce), evidence.MaxNonceSize)
+	}
+	if err := evidence.CheckDigest(r.Digest); err != nil {
+		return fmt.Errorf("launch request: %w", err)
+	}
+	if len(r.ClientKey) != sha256.Size {
+		return fmt.Errorf("launch request: client_key of %d bytes, want %d", len(r.ClientKey), sha256.Size)
+	}
+	l := r.Limits
+	if l.MemoryBytes < 0 || l.CPUSeconds < 0 || l.WallSeconds < 0 || l.OpenFiles < 0 {
+		return errors.New("launch request: a negative limit")
+	}
+	if r.AttachTimeoutMillis <= 0 || r.AttachTimeoutMillis > MaxAttachTimeout.Milliseconds() {
+		return fmt.Errorf("launch request: attach timeout of %d ms, want 1 ms to %v", r.AttachTimeoutMillis, MaxAttachTimeout)
+	}
+	sim := r.Backend == tee.NameSimSNP || r.Backend == tee.NameSimTDX
+	if !sim && (len(r.SimCA) > 0 || len(r.SimMeasurement) > 0) {
+		return fmt.Errorf("launch request: simulation material for backend %s", r.Backend)
+	}
+	if sim && len(r.SimCA) == 0 {
+		return fmt.Errorf("launch request: backend %s without its simulation CA", r.Backend)
+	}
+	if len(r.SimMeasurement) != 0 && (r.Backend != tee.NameSimSNP || len(r.SimMeasurement) != 48) {
+		return fmt.Errorf("launch request: sim_measurement of %d bytes, want 48 and backend sim-snp", len(r.SimMeasurement))
+	}
+	return nil
+}
+
+// ParseLaunchRequest decodes and checks a launch frame: one JSON object,
+// no unknown fields, every field valid.
+func ParseLaunchRequest(b []byte) (*LaunchRequest, error) {
+	var r LaunchRequest
+	if err := decodeStrict(b, &r); err != nil {
+		return nil, fmt.Errorf("launch request: %w", err)
+	}
+	if err := r.Check(); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Exit is the guest's last frame: how the keep ended.
+type Exit struct {
+	State    string `json:"state"` // "exited" (ExitCode is the workload's) or "failed"
+	ExitCode *int   `json:"exit_code,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+// Exit states.
+const (
+	StateExited = "exited"
+	StateFailed = "failed"
+)
+
+// ParseExit decodes and checks an exit frame.
+func ParseExit(b []byte) (*Exit, error) {
+	var x Exit
+	if err := decodeStrict(b, &x); err != nil {
+		return nil, fmt.Errorf("exit status: %w", err)
+	}
+	switch {
+	case x.State == StateExited && x.ExitCode == nil:
+		return nil, errors.New("exit status: exited without an exit code")
+	case x.State == StateFailed && x.ExitCode != nil:
+		return nil, errors.New("exit status: failed with an exit code")
+	case x.State != StateExited && x.State != StateFailed:
+		return nil, fmt.Errorf("exit status: state %q, want exited or failed", x.State)
+	}
+	return &x, nil
+}
+
+func decodeStrict(b []byte, v any) error {
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		return err
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return errors.New("data after the JSON value")
+	}
+	return nil
+}
