@@ -169,23 +169,21 @@ func timeRun(n int, name string, args ...string) ([]time.Duration, error) {
 func timeRunEnv(n int, env []string, name string, args ...string) ([]time.Duration, error) {
 	var ds []time.Duration
 	for i := -1; i < n; i++ {
-		cmd := exec.Command(name, args...)
-		if env != nil {
-			cmd.Env = append(os.Environ(), env...)
-		}
-		var out strings.Builder
-		cmd.Stdout, cmd.Stderr = &out, &out
-		start := time.Now()
-		if err := cmd.Run(); err != nil {
-			return nil, fmt.Errorf("%s %s: %v\n%s", filepath.Base(name), strings.Join(args, " "), err, out.String())
+		wall, _, err := timeOnce(env, name, args...)
+		if err != nil {
+			return nil, err
 		}
 		if i >= 0 {
-			ds = append(ds, time.Since(start))
+			ds = append(ds, wall)
 		}
 	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
 	return ds, nil
 }
+
+func median(ds []time.Duration) time.Duration { return ds[len(ds)/2] }
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
 
 // timeOnce runs a command once and returns its wall time and the CPU
 // time (user and system) of the process.
@@ -203,10 +201,6 @@ func timeOnce(env []string, name string, args ...string) (wall, cpu time.Duratio
 	wall = time.Since(start)
 	return wall, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
 }
-
-func median(ds []time.Duration) time.Duration { return ds[len(ds)/2] }
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
 
 // runner is one way to run a workload: cmd gives the command line for the
 // workload's argument.
