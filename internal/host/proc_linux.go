@@ -210,3 +210,7 @@ func signalName(s syscall.Signal) string {
 	}
 	return n
 }
+
+// isCPULimitSignal reports whether s is the signal the kernel sends at
+// RLIMIT_CPU's soft limit.
+func isCPULimitSignal(s syscall.Signal) bool { return s == syscall.SIGXCPU }

@@ -24,6 +24,7 @@ func procAttr() *syscall.SysProcAttr              { return &syscall.SysProcAttr{
 func cgroupStatus() (string, string)              { return "", errUnsupported.Error() }
 func removeCgroup(string, string)                 {}
 func signalName(s syscall.Signal) string          { return s.String() }
+func isCPULimitSignal(syscall.Signal) bool        { return false }
 
 func makeCgroup(string, string, Limits) (*os.File, error) { return nil, errUnsupported }
 func lockState(string) (*os.File, error)                  { return nil, errUnsupported }
