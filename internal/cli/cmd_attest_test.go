@@ -68,7 +68,7 @@ func startAttestServe(t *testing.T, dir string, extra ...string) *attestServer {
 
 func (s *attestServer) waitFor(t *testing.T, substr string) string {
 	t.Helper()
-	timeout := time.After(20 * time.Second)
+	timeout := time.After(2 * time.Minute)
 	for {
 		select {
 		case l, ok := <-s.lines:

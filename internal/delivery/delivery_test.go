@@ -79,7 +79,7 @@ func pair(t *testing.T, digest string) (*Keep, *Session, *Verified) {
 func run(t *testing.T, k *Keep, sess *Session, v *Verified, d Delivery) (*Result, error, *Result, error) {
 	t.Helper()
 	c1, c2 := socketPair(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var kres *Result
 	var kerr error

@@ -78,7 +78,7 @@ func TestEndToEndSimSNP(t *testing.T) {
 	policyFile, measFile, _ := ownerPolicy(t, art.Digest.String())
 	url, attCA := attestationService(t, policyFile, measFile)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	v := &delivery.ServiceVerifier{URL: url, Roots: attCA.Pool(), Package: "httpserver:test", AllowInsecure: true}
 	var verified *delivery.Verified
@@ -100,7 +100,7 @@ func TestEndToEndSimSNP(t *testing.T) {
 	// against the attestation service's CA and the expected digest.
 	exp := keepcert.Expect{Roots: attCA.Pool(), Digest: art.Digest.String(), Platforms: []string{"snp"}, AllowInsecure: true}
 	var claims *keepcert.Claims
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+	hc := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		InsecureSkipVerify: true, // keepcert checks the chain to the service's CA
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			c, err := keepcert.VerifyConnectionState(cs, exp)
@@ -109,7 +109,7 @@ func TestEndToEndSimSNP(t *testing.T) {
 		},
 	}}}
 	var body []byte
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		resp, err := hc.Get(fmt.Sprintf("https://127.0.0.1:%d/attested", port))
 		if err == nil {

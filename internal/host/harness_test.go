@@ -90,7 +90,8 @@ func newHarness(t testing.TB, mods ...func(*Config)) *harness {
 	h.cfg = Config{
 		StateDir:      state,
 		KeepCommand:   []string{exe, keepArg},
-		AttachTimeout: 30 * time.Second,
+		AttachTimeout: 5 * time.Minute, // a hang-catcher: the restart test waits across an agent restart
+		ReadyTimeout:  2 * time.Minute,
 		Logf:          func(f string, a ...any) { fmt.Fprintf(h.log, f+"\n", a...) },
 		RelayTap:      func(_ string, _ bool, p []byte) { h.relay.Write(p) },
 	}
@@ -196,7 +197,7 @@ func (h *harness) deploy(ctx context.Context, backend string, art *workload.Arti
 // waitEnded follows a keep's events until it ended and returns its record.
 func (h *harness) waitEnded(id string) *Keep {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := h.client.Events(ctx, id, true, func(Event) {}); err != nil {
 		h.t.Fatalf("events of %s: %v", id, err)

@@ -26,7 +26,7 @@ func TestLoad(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.MaxKeeps = n })
 	art := artifact(t, fixtures.C(t, "hello"), nil)
 	v := &delivery.InsecureVerifier{SimRoots: simRoots(t)}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -89,7 +89,7 @@ func (h *harness) create(t testing.TB, backend string, lim Limits) *Keep {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	k, err := h.client.Create(ctx, &CreateRequest{Backend: backend, Nonce: []byte("n0nce"), ClientKey: sess.KeyHash,
 		Digest: "sha256:" + strings.Repeat("0", 64), Limits: lim})
@@ -157,7 +157,7 @@ func TestLimitsEnforced(t *testing.T) {
 		{"wall", Limits{WallSeconds: 2, CPUSeconds: 30}, "wall time limit of 2s reached"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			k, _, _, _, err := h.deploy(ctx, "nil", art, v, func(o *DeployOptions) { o.Limits = tc.lim })
 			if err == nil {
@@ -179,7 +179,7 @@ func TestRestart(t *testing.T) {
 	h := newHarness(t)
 	hello := artifact(t, fixtures.C(t, "hello"), nil)
 	v := &delivery.InsecureVerifier{}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
 	// exited: ran to completion before the crash.

@@ -15,7 +15,7 @@ import (
 func TestMemoryLimit(t *testing.T) {
 	h := newHarness(t)
 	art := artifact(t, fixtures.Go(t, "memhog"), []byte(stdio))
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	k, res, out, errOut, err := h.deploy(ctx, "nil", art, &delivery.InsecureVerifier{}, func(o *DeployOptions) {
 		o.Limits = Limits{MemoryBytes: 512 << 20}
