@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/policy"
@@ -226,13 +227,7 @@ func init() {
 				enc.Encode(ks)
 				return ExitOK
 			}
-			for _, k := range ks {
-				extra := k.Reason
-				if k.ExitCode != nil {
-					extra = fmt.Sprintf("status %d", *k.ExitCode)
-				}
-				fmt.Fprintf(e.Stdout, "%-12s %-8s %-7s %s %s\n", k.ID, k.State, k.Backend, k.Digest, extra)
-			}
+			printKeeps(e, ks)
 		}
 		return ExitOK
 	}
@@ -311,6 +306,7 @@ type remoteOptions struct {
 	keepMemory               string
 	cpuTime                  time.Duration
 	openFiles                int
+	name                     string // the keep's name on the agent (cmd_deploy.go's keepName when empty)
 }
 
 func addRemoteFlags(fs *flag.FlagSet) *remoteOptions {
@@ -322,11 +318,12 @@ func addRemoteFlags(fs *flag.FlagSet) *remoteOptions {
 	fs.StringVar(&r.keepMemory, "keep-memory", "", "with --host: memory limit of the keep process (RLIMIT_DATA), e.g. 1GiB (default: the host's maximum)")
 	fs.DurationVar(&r.cpuTime, "cpu-time", 0, "with --host: CPU time limit of the keep process (default: the host's maximum)")
 	fs.IntVar(&r.openFiles, "open-files", 0, "with --host: descriptor limit of the keep process (default: the host's maximum)")
+	fs.StringVar(&r.name, "name", "", "with --host: the keep's name on the agent, up to 64 bytes (default: the reference, shortened to its last path element and tag or digest prefix when longer)")
 	return r
 }
 
 // deployRemote runs the confidential delivery protocol through the agent.
-func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string, args []string) int {
+func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name, keepName string, args []string) int {
 	r := do.remote
 	if do.memory != "" || do.maxOutput != "" || do.noCache || do.report != "" || len(do.allowDirs) > 0 {
 		return e.Usagef("deploy --host: --memory, --max-output, --no-cache, --report and --allow-dir apply to local runs (the keep's memory limit is --keep-memory)")
@@ -409,7 +406,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		}
 	}
 	k, res, err := c.Deploy(ctx, host.DeployOptions{
-		Backend: backend, Limits: lim, Name: name, Verifier: v,
+		Backend: backend, Limits: lim, Name: keepName, Verifier: v,
 		Delivery: delivery.Delivery{Artifact: art, Name: name, Args: args, Secrets: secrets, Detach: r.detach,
 			Stdout: e.Stdout, Stderr: e.Stderr},
 		OnKeep: func(k *host.Keep) { e.Infof("keep %s created on %s (backend %s)", k.ID, *r.url, k.Backend) },
@@ -443,6 +440,29 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		return e.Errorf("keep %s: %s", k.ID, res.Reason)
 	}
 	return res.ExitCode
+}
+
+// printKeeps prints the keeps as a table with a header, or says on stderr
+// that there are none (stdout stays empty for scripts).
+func printKeeps(e *Env, ks []host.Keep) {
+	if len(ks) == 0 {
+		e.Infof("no keeps on this host agent")
+		return
+	}
+	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tBACKEND\tNAME\tDIGEST\tEND")
+	for _, k := range ks {
+		end := k.Reason
+		if k.ExitCode != nil {
+			end = fmt.Sprintf("status %d", *k.ExitCode)
+		}
+		name := k.Name
+		if name == "" {
+			name = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.State, k.Backend, name, k.Digest, end)
+	}
+	tw.Flush()
 }
 
 // hostError reports err, with a hint when the host agent's certificate was
