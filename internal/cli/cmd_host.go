@@ -76,7 +76,8 @@ var hostTokenCmd = &Command{
 	Usage:   "host token create [--state-dir DIR] [--name NAME]",
 	Summary: "create a bearer token for the host agent's API",
 	Help: `Prints a new token once; the agent stores only its SHA-256. Works while the
-agent runs (the state database is shared).`,
+agent runs (the state database is shared). The state folder must hold the
+agent's state: start 'castellan host serve' on it once first.`,
 }
 
 var hostKeepsCmd = &Command{
@@ -157,6 +158,15 @@ func init() {
 		}
 		if *dir == "" {
 			return e.Usagef("host token: no --state-dir")
+		}
+		// A typo must not create a second state folder whose tokens the
+		// running agent does not know.
+		hint := "check the path; 'castellan host serve --state-dir DIR' creates the agent's state on its first start"
+		if st, err := os.Stat(*dir); err != nil || !st.IsDir() {
+			return e.ErrorWithHint(fmt.Errorf("host token: %s: no such folder", *dir), hint)
+		}
+		if _, err := os.Stat(filepath.Join(*dir, host.DBFile)); err != nil {
+			return e.ErrorWithHint(fmt.Errorf("host token: %s holds no host agent state (no %s)", *dir, host.DBFile), hint)
 		}
 		tok, err := host.CreateToken(*dir, *name)
 		if err != nil {
