@@ -353,6 +353,9 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name, keepN
 	if err != nil {
 		return secretsError(e, err)
 	}
+	if cfg != nil {
+		warnStdio(e, name+" config", cfg)
+	}
 	var v delivery.Verifier
 	switch {
 	case do.attest != "":
