@@ -370,7 +370,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name, keepN
 				return e.Errorf("--attest-ca: %s: no PEM certificate in it", do.attestCA)
 			}
 		}
-		v = sv
+		v = markedVerifier{sv}
 	case r.policyFile != "":
 		if r.measurements == "" {
 			return e.Usagef("--policy needs --measurements")
@@ -435,8 +435,14 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name, keepN
 		var ve *delivery.VerificationError
 		if errors.As(err, &ve) {
 			e.Errorf("%v", err)
+			if h := deployHint(err, do); h != "" {
+				e.Hintf("%s", h)
+			}
 			e.Hintf("nothing was sent to the keep; it has been stopped")
 			return ExitError
+		}
+		if h := deployHint(err, do); h != "" {
+			return e.ErrorWithHint(err, h)
 		}
 		return hostError(e, err)
 	}

@@ -50,7 +50,14 @@ func keepCertificate(e *Env, ro *runOptions, cfg *config.Config, art *workload.A
 	switch {
 	case url != "":
 		if cert, err = attestedCertificate(e, ro, url, backend, digest); err != nil {
-			return nil, e.Errorf("attestation with %s: %v", url, err)
+			err = fmt.Errorf("attestation with %s: %w", url, err)
+			switch {
+			case unknownAuthority(err):
+				return nil, e.ErrorWithHint(err, hintAttestCA)
+			case refusedCheck(err) == keepcert.CheckInsecure:
+				return nil, e.ErrorWithHint(err, fmt.Sprintf(hintPolicyInsecure, "the attestation service's policy"))
+			}
+			return nil, e.Errorf("%v", err)
 		}
 	case usesTLS(cfg) || ro.report != "":
 		if cert, err = client.SelfSigned(digest); err != nil {
