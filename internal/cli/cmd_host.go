@@ -391,7 +391,12 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name, keepN
 		return e.ErrorWithHint(errors.New("deploy --host: nothing to verify the keep's evidence with"),
 			"pass --attest URL (the attestation service), --policy FILE --measurements FILE, or --insecure for development")
 	}
-	lim := host.Limits{CPUSeconds: int64(r.cpuTime / time.Second), WallSeconds: int64(do.wallTime / time.Second), OpenFiles: int64(r.openFiles)}
+	wall := do.wallTime
+	if wall == 0 && cfg != nil {
+		wall = cfg.Limits.WallTime // --wall-time overrides the config, as with run
+	}
+	// The agent counts whole seconds: round up, so that 1.5s is not 1s.
+	lim := host.Limits{CPUSeconds: int64(r.cpuTime / time.Second), WallSeconds: int64((wall + time.Second - 1) / time.Second), OpenFiles: int64(r.openFiles)}
 	if r.keepMemory != "" {
 		n, err := config.ParseSize(r.keepMemory)
 		if err != nil || n == 0 {
@@ -444,6 +449,9 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name, keepN
 		if h := deployHint(err, do); h != "" {
 			return e.ErrorWithHint(err, h)
 		}
+		if k != nil {
+			return remoteEnd(ctx, e, c, k, err)
+		}
 		return hostError(e, err)
 	}
 	if r.detach {
@@ -456,6 +464,11 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name, keepN
 		return ExitOK
 	}
 	if res.Reason != "" {
+		// The keep stopped the workload (its output limit: 125, as run)
+		// or the runtime failed (1).
+		if res.ExitCode == delivery.ExitMaxOutput {
+			return exitWithError(e, ExitMaxOutput, "keep %s: stopped: %s", k.ID, res.Reason)
+		}
 		return e.Errorf("keep %s: %s", k.ID, res.Reason)
 	}
 	return res.ExitCode

@@ -112,6 +112,25 @@ func TestDeliverGoHello(t *testing.T) {
 	}
 }
 
+// TestOutputLimit: the config's max_output counts stdout and stderr in the
+// keep; past it the client gets status 125 and the reason, as from
+// castellan run, and no more output.
+func TestOutputLimit(t *testing.T) {
+	art := load(t, "go", "hello", []byte("[limits]\nmax_output = \"10\"\n"+stdio))
+	k, sess, v := pair(t, art.Digest.String())
+	var out, errOut syncBuf
+	res, err, kres, kerr := run(t, k, sess, v, Delivery{Artifact: art, Stdout: &out, Stderr: &errOut})
+	if err != nil || kerr != nil {
+		t.Fatalf("deliver: %v; keep: %v", err, kerr)
+	}
+	if res.ExitCode != ExitMaxOutput || res.Reason != "output limit of 10 bytes reached" || kres.ExitCode != ExitMaxOutput {
+		t.Errorf("client result %+v, keep result %+v", res, kres)
+	}
+	if got := out.String() + errOut.String(); got != "hello from" {
+		t.Errorf("output %q, want the first 10 bytes", got)
+	}
+}
+
 // TestKeepRefuses sends what a malicious or buggy client (or a host that
 // got hold of a connection) could: the keep runs nothing it did not
 // attest to.
