@@ -190,6 +190,15 @@ func (s *Store) put(ctx context.Context, art *workload.Artifact) error {
 		}
 	}
 	return s.updateIndex(func(idx *ocispec.Index) error {
+		// A package rm between the writes above and this lock may have
+		// collected those blobs (unused then): write again what is gone.
+		for _, b := range blobs {
+			if ok, err := s.blobs.Exists(ctx, b.desc); err == nil && !ok {
+				if err := s.blobs.Push(ctx, b.desc, bytes.NewReader(b.data)); err != nil && !errors.Is(err, errdef.ErrAlreadyExists) {
+					return fmt.Errorf("package store %s: write %s: %w", s.dir, b.desc.Digest, err)
+				}
+			}
+		}
 		for _, m := range idx.Manifests {
 			if m.Digest == art.Digest {
 				return nil
