@@ -13,6 +13,9 @@ import (
 // TestMemoryLimit: a workload that allocates without end is stopped by
 // the keep's address-space limit, and the keep is reported failed.
 func TestMemoryLimit(t *testing.T) {
+	if raceEnabled {
+		t.Skip("a keep under -race cannot start within a 512MiB RLIMIT_DATA (ThreadSanitizer's shadow memory)")
+	}
 	h := newHarness(t)
 	art := artifact(t, fixtures.Go(t, "memhog"), []byte(stdio))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
