@@ -73,7 +73,7 @@ func TestLoad(t *testing.T) {
 func TestSIGKILL(t *testing.T) {
 	h := newHarness(t)
 	k := h.create(t, "nil", Limits{})
-	if err := syscall.Kill(k.PID, syscall.SIGKILL); err != nil {
+	if err := kill(k.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	end := h.waitEnded(k.ID)
@@ -121,7 +121,7 @@ func TestStop(t *testing.T) {
 	if alive(k.PID, ticks) {
 		t.Errorf("keep process %d still alive after stop", k.PID)
 	}
-	if err := syscall.Kill(-k.PID, 0); err == nil {
+	if err := kill(-k.PID, 0); err == nil {
 		t.Errorf("process group %d still exists after stop", k.PID)
 	}
 }
@@ -248,7 +248,7 @@ func TestRestart(t *testing.T) {
 	timedOutTicks := mustTicks(t, timedOut.PID)
 	h.stop()
 
-	if err := syscall.Kill(killed.PID, syscall.SIGKILL); err != nil {
+	if err := kill(killed.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	// Wait for the kill to land: the process becomes a zombie of this

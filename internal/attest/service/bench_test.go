@@ -3,19 +3,11 @@ package service
 import (
 	"net/http"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 )
-
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 func BenchmarkIssueSNP(b *testing.B) { benchIssue(b, evidence.PlatformSNP) }
 func BenchmarkIssueTDX(b *testing.B) { benchIssue(b, evidence.PlatformTDX) }
