@@ -116,7 +116,7 @@ func TestDeliverGoHello(t *testing.T) {
 // keep; past it the client gets status 125 and the reason, as from
 // castellan run, and no more output.
 func TestOutputLimit(t *testing.T) {
-	art := load(t, "go", "hello", []byte("[limits]\nmax_output = \"10\"\n"+stdio))
+	art := load(t, "c", "hello", []byte("[limits]\nmax_output = \"10\"\n"+stdio))
 	k, sess, v := pair(t, art.Digest.String())
 	var out, errOut syncBuf
 	res, err, kres, kerr := run(t, k, sess, v, Delivery{Artifact: art, Stdout: &out, Stderr: &errOut})
