@@ -191,7 +191,7 @@ func TestBrowser(t *testing.T) {
 		waitFor(`document.getElementById('stdout').textContent.includes('tick 2')`),
 		waitFor(`document.getElementById('countdown').textContent.startsWith('Time left: ')`),
 	)
-	if c := text("#countdown"); !strings.HasSuffix(c, " s of 60 s") {
+	if c := text("#countdown"); !strings.HasSuffix(c, " s of 120 s") {
 		t.Errorf("countdown: %q", c)
 	}
 	shot("4-ticker-running.png")
