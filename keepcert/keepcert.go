@@ -216,7 +216,7 @@ func (c *Claims) check() error {
 		return errors.New("claims: a field is longer than 1024 bytes")
 	}
 	if !strings.HasPrefix(c.WorkloadDigest, "sha256:") {
-		return fmt.Errorf("claims: workload digest %q does not start with sha256:", c.WorkloadDigest)
+		return fmt.Errorf("claims: workload digest %q does not start with \"sha256:\"", c.WorkloadDigest)
 	}
 	return nil
 }

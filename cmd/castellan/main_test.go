@@ -158,7 +158,7 @@ func cmdWaitPort(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) != 1 {
 		ts.Fatalf("usage: waitport PORT")
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		c, err := net.DialTimeout("tcp", "127.0.0.1:"+args[0], time.Second)
 		if err == nil {
@@ -166,7 +166,7 @@ func cmdWaitPort(ts *testscript.TestScript, neg bool, args []string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			ts.Fatalf("nothing listens on 127.0.0.1:%s after 60s: %v", args[0], err)
+			ts.Fatalf("nothing listens on 127.0.0.1:%s after 2m: %v", args[0], err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

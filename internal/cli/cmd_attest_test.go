@@ -76,7 +76,7 @@ func startAttestServe(t *testing.T, dir string, extra ...string) *attestServer {
 
 func (s *attestServer) waitFor(t *testing.T, substr string) string {
 	t.Helper()
-	timeout := time.After(20 * time.Second)
+	timeout := time.After(2 * time.Minute)
 	for {
 		select {
 		case l, ok := <-s.lines:
@@ -226,17 +226,19 @@ func TestAttestServeAndVerify(t *testing.T) {
 		t.Errorf("verify tdx --json details: %v", d)
 	}
 	for _, tt := range []struct {
-		args []string
-		want string
+		args       []string
+		want, hint string
 	}{
-		{[]string{"verify", keeps["snp"], "--ca", srv.caPEM}, "insecure"},
-		{[]string{"verify", keeps["snp"], "--ca", srv.caPEM, "--allow-insecure", "--digest", strings.Replace(attestDigest, "1", "2", 1)}, "expected " + strings.Replace(attestDigest, "1", "2", 1)},
-		{[]string{"verify", keeps["snp"], "--ca", srv.caPEM, "--allow-insecure", "--platform", "tdx"}, "platform snp"},
-		{[]string{"verify", keeps["snp"], "--ca", filepath.Join(dir, "roots.pem"), "--allow-insecure"}, "certificate signed by unknown authority"},
+		{[]string{"verify", keeps["snp"], "--ca", srv.caPEM}, "insecure", "castellan: hint: pass --allow-insecure "},
+		{[]string{"verify", keeps["snp"], "--ca", srv.caPEM, "--allow-insecure", "--digest", strings.Replace(attestDigest, "1", "2", 1)}, "expected " + strings.Replace(attestDigest, "1", "2", 1), ""},
+		{[]string{"verify", keeps["snp"], "--ca", srv.caPEM, "--allow-insecure", "--platform", "tdx"}, "platform snp", ""},
+		{[]string{"verify", keeps["snp"], "--ca", filepath.Join(dir, "roots.pem"), "--allow-insecure"}, "certificate signed by unknown authority", "castellan: hint: pass --ca with the CA certificate of the attestation service"},
 	} {
 		code, _, errs := runCLI(tt.args...)
-		if code != ExitError || !strings.Contains(errs, tt.want) || strings.Count(errs, "\n") != 1 {
-			t.Errorf("%v: %d %q, want a one-line error with %q", tt.args[1:], code, errs, tt.want)
+		errLine, hint, _ := strings.Cut(errs, "\n")
+		if code != ExitError || !strings.HasPrefix(errLine, "castellan: error: ") || !strings.Contains(errLine, tt.want) ||
+			(tt.hint == "") != (hint == "") || !strings.HasPrefix(hint, tt.hint) || strings.Count(hint, "\n") > 1 {
+			t.Errorf("%v: %d %q, want a one-line error with %q and hint %q", tt.args[1:], code, errs, tt.want, tt.hint)
 		}
 	}
 

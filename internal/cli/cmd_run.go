@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -179,15 +180,38 @@ func loadWorkload(e *Env, wasmPath, configPath string) (*workload.Artifact, *con
 		for _, w := range cfg.Warnings {
 			e.Warningf("%s", w)
 		}
-		if len(cfg.Files) == 0 {
-			e.Warningf("%s: no [[files]]: the workload gets no descriptors, not even stdout (as under Enarx); list stdin, stdout and stderr first", configPath)
-		}
+		warnStdio(e, configPath, cfg)
 	}
 	art, err := workload.New(wasm, raw)
 	if err != nil {
 		return nil, nil, e.Errorf("%s: %v", wasmPath, err)
 	}
 	return art, cfg, ExitOK
+}
+
+// warnStdio warns, once at start, when a config does not give the workload
+// stdout as descriptor 1 and stderr as descriptor 2 (or null there, which
+// is a choice): what the workload writes there would be lost without a
+// word, since descriptor i is the config's i-th [[files]] entry.
+func warnStdio(e *Env, where string, cfg *config.Config) {
+	if len(cfg.Files) == 0 {
+		e.Warningf("%s: no [[files]]: the workload gets no descriptors, not even stdout (as under Enarx); list stdin, stdout and stderr first", where)
+		return
+	}
+	var lost []string
+	for fd, want := range map[int]config.Kind{1: config.KindStdout, 2: config.KindStderr} {
+		switch {
+		case fd >= len(cfg.Files):
+			lost = append(lost, fmt.Sprintf("descriptor %d (%s) does not exist", fd, want))
+		case cfg.Files[fd].Kind != want && cfg.Files[fd].Kind != config.KindNull:
+			lost = append(lost, fmt.Sprintf("descriptor %d (%s) is its %s entry", fd, want, cfg.Files[fd].Kind))
+		}
+	}
+	if len(lost) == 0 {
+		return
+	}
+	sort.Strings(lost)
+	e.Warningf("%s: %s: what the workload writes there is lost (descriptor i is the i-th [[files]] entry); list stdin, stdout and stderr first, or null for a stream to drop", where, strings.Join(lost, ", "))
 }
 
 func readFileLimited(path string, limit int64) ([]byte, error) {
@@ -236,6 +260,7 @@ func runArtifact(e *Env, ro *runOptions, art *workload.Artifact, name string, ar
 		for _, w := range cfg.Warnings {
 			e.Warningf("%s", w)
 		}
+		warnStdio(e, name+" config", cfg)
 	}
 	if ro.digestOnly {
 		fmt.Fprintln(e.Stdout, art.Digest)

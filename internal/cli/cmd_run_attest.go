@@ -54,7 +54,14 @@ func keepCertificate(ctx context.Context, e *Env, ro *runOptions, cfg *config.Co
 			if _, ok := stoppedBy(ctx); ok {
 				return nil, ExitError // the caller says what was stopped
 			}
-			return nil, e.Errorf("attestation with %s: %v", url, err)
+			err = fmt.Errorf("attestation with %s: %w", url, err)
+			switch {
+			case unknownAuthority(err):
+				return nil, e.ErrorWithHint(err, hintAttestCA)
+			case refusedCheck(err) == keepcert.CheckInsecure:
+				return nil, e.ErrorWithHint(err, fmt.Sprintf(hintPolicyInsecure, "the attestation service's policy"))
+			}
+			return nil, e.Errorf("%v", err)
 		}
 	case usesTLS(cfg) || ro.report != "":
 		if cert, err = client.SelfSigned(digest); err != nil {

@@ -134,7 +134,9 @@ func init() {
 				return e.Errorf("--ca: %s: no PEM certificate in it", *f.ca)
 			}
 		} else if !*f.allowInsecure {
-			return e.Usagef("verify: --ca is required (the attestation service's ca.pem), unless --allow-insecure")
+			e.Errorf("verify: no --ca: nothing to check the keep's certificate chain against")
+			e.Hintf("%s; or, for a keep run without an attestation service (self-signed), --allow-insecure", hintVerifyCA)
+			return ExitUsage
 		}
 
 		ctx, cancel := context.WithTimeout(context.Background(), *f.timeout)
@@ -184,7 +186,16 @@ func init() {
 			printClaims(e, &out)
 		}
 		if verr != nil {
-			return e.Errorf("keep at %s: %v", pos[0], verr)
+			err := fmt.Errorf("keep at %s: %w", pos[0], verr)
+			switch {
+			case refusedCheck(verr) == keepcert.CheckInsecure:
+				return e.ErrorWithHint(err, hintAllowInsecure)
+			case refusedCheck(verr) == keepcert.CheckChain && *f.ca == "":
+				return e.ErrorWithHint(err, hintVerifyCA)
+			case unknownAuthority(verr) && *f.ca != "":
+				return e.ErrorWithHint(err, hintVerifyCA+"; a keep run without an attestation service has a self-signed certificate, accepted only with --allow-insecure and no --ca")
+			}
+			return e.Errorf("%v", err)
 		}
 		return ExitOK
 	}

@@ -13,14 +13,17 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"math/big"
 	"net"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -131,11 +134,7 @@ func CompileEngine(ctx context.Context, engineName, name string, wasm []byte, ca
 	if name == "" {
 		name = "module"
 	}
-	if interruptible && cacheDir != "" {
-		// wazero's cache key does not include the termination checks
-		// compiled into interruptible code: keep that code apart.
-		cacheDir = filepath.Join(cacheDir, "interruptible")
-	}
+	cacheDir = cacheFolder(cacheDir, interruptible)
 	eng, err := engine.New(engineName, engine.Config{CacheDir: cacheDir, Interruptible: interruptible})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -145,7 +144,52 @@ func CompileEngine(ctx context.Context, engineName, name string, wasm []byte, ca
 		eng.Close(ctx)
 		return nil, err
 	}
+	if cacheDir != "" {
+		markCompiled(cacheDir, wasm)
+	}
 	return &Program{name: name, eng: eng, mod: mod}, nil
+}
+
+func cacheFolder(cacheDir string, interruptible bool) string {
+	if interruptible && cacheDir != "" {
+		// wazero's cache key does not include the termination checks
+		// compiled into interruptible code: keep that code apart.
+		return filepath.Join(cacheDir, "interruptible")
+	}
+	return cacheDir
+}
+
+// compiledMarks is the folder, inside a compilation cache, where castellan
+// notes the modules it compiled into that cache: wazero's own cache does
+// not say whether it holds a module. A mark is an empty file named by the
+// module's SHA-256; emptying the cache folder removes both.
+const compiledMarks = "castellan-compiled"
+
+func markPath(cacheDir string, wasm []byte) string {
+	sum := sha256.Sum256(wasm)
+	return filepath.Join(cacheDir, compiledMarks, hex.EncodeToString(sum[:]))
+}
+
+// Compiled reports whether a module was compiled into the cache folder
+// cacheDir before (so that Run will load it rather than compile it).
+func Compiled(cacheDir string, wasm []byte, interruptible bool) bool {
+	cacheDir = cacheFolder(cacheDir, interruptible)
+	if cacheDir == "" {
+		return false
+	}
+	_, err := os.Stat(markPath(cacheDir, wasm))
+	return err == nil
+}
+
+// markCompiled notes that wasm is in the cache; a failure only costs a
+// notice on the next run.
+func markCompiled(cacheDir string, wasm []byte) {
+	p := markPath(cacheDir, wasm)
+	if os.MkdirAll(filepath.Dir(p), 0o700) == nil {
+		if f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+			f.Close()
+		}
+	}
 }
 
 // Close releases the compiled code.
@@ -198,6 +242,10 @@ func compile(ctx context.Context, eng engine.Engine, name string, wasm []byte) (
 // bad module, trap, missing import, bad config resource (a listen port in
 // use, a dir that does not exist), or ctx done.
 func Run(ctx context.Context, o Options) (exitCode int, err error) {
+	if o.CacheDir != "" && o.Log != nil && !Compiled(o.CacheDir, o.Wasm, o.Interruptible) {
+		// Compiling a large module takes seconds to minutes, in silence.
+		o.Log("compiling %s (first run; cached for next time)", o.Name)
+	}
 	p, err := CompileEngine(ctx, o.Engine, o.Name, o.Wasm, o.CacheDir, o.Interruptible)
 	if err != nil {
 		return 0, err

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
@@ -24,7 +23,7 @@ func fakeGramine(t *testing.T, ca *sim.CA, attType string) string {
 	os.WriteFile(filepath.Join(dir, "attestation_type"), []byte(attType+"\n"), 0o644)
 	ud, q := filepath.Join(dir, "user_report_data"), filepath.Join(dir, "quote")
 	for _, p := range []string{ud, q} {
-		if err := syscall.Mkfifo(p, 0o644); err != nil {
+		if err := mkfifo(p); err != nil {
 			t.Skipf("no FIFOs here: %v", err)
 		}
 	}

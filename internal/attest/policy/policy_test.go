@@ -184,7 +184,7 @@ func TestWatch(t *testing.T) {
 		select {
 		case err := <-reports:
 			return err
-		case <-time.After(10 * time.Second):
+		case <-time.After(2 * time.Minute):
 			t.Fatal("no reload reported")
 		}
 		return nil

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/cputime"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -462,7 +463,7 @@ func BenchmarkKBSRelease(b *testing.B) {
 		return w
 	}
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := cputime.Self()
 	start := time.Now()
 	for _, j := range jobs {
 		w := send("POST", kbs.PathAttest, j.cookie, j.body)
@@ -475,7 +476,7 @@ func BenchmarkKBSRelease(b *testing.B) {
 		}
 	}
 	elapsed := time.Since(start)
-	cpu := cpuTime() - cpu0
+	cpu := cputime.Self() - cpu0
 	b.StopTimer()
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "keeps/s")
