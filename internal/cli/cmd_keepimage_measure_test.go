@@ -119,6 +119,19 @@ func TestKeepImageMeasureTDX(t *testing.T) {
 			t.Errorf("output lacks %s:\n%s", re, out)
 		}
 	}
+	// The output loads as a measurement database entry, RTMRs included.
+	pf, mf := filepath.Join(t.TempDir(), "policy.toml"), filepath.Join(t.TempDir(), "measurements.toml")
+	os.WriteFile(pf, []byte(`workloads = ["any"]`), 0o644)
+	os.WriteFile(mf, []byte(out), 0o644)
+	snap, err := policy.Load(pf, mf)
+	if err != nil {
+		t.Fatalf("output does not load as a measurement database: %v\n%s", err, out)
+	}
+	for _, m := range snap.Measurements["tdx"] {
+		if len(m.RTMR1) != 96 || len(m.RTMR2) != 96 {
+			t.Errorf("entry without its RTMRs: %+v", m)
+		}
+	}
 	o2, _, _ := runMeasure(t, dir, "--platform", "tdx", "--firmware", tdxFirmware, "--memory", "4GiB")
 	if o2 == out {
 		t.Error("--memory does not change RTMR[1]")

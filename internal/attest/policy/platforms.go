@@ -67,6 +67,18 @@ func checkMeasurement(e *Measurement) error {
 	if e.Platform != evidence.PlatformCCA && e.REMs != nil {
 		return errors.New("rems are for platform cca")
 	}
+	for i, r := range e.rtmrs() {
+		if *r == "" {
+			continue
+		}
+		if e.Platform != evidence.PlatformTDX {
+			return fmt.Errorf("rtmr%d is for platform tdx", i)
+		}
+		if b, err := hex.DecodeString(*r); err != nil || len(b) != 48 {
+			return fmt.Errorf("rtmr%d must be 96 hex digits (48 bytes)", i)
+		}
+		*r = strings.ToLower(*r)
+	}
 	if e.Platform == evidence.PlatformSGX && e.Value == "" {
 		raw, err := hex.DecodeString(e.MRSigner)
 		if err != nil || len(raw) != 32 {
@@ -223,6 +235,23 @@ func (s *Snapshot) checkSGXSigner(c *evidence.Claims, mrenclave string) *Refusal
 }
 
 // checkREMs compares a CCA realm's extensible measurements with its entry.
+// checkRTMRs refuses a TDX quote whose runtime measurement registers
+// differ from those its measurement database entry lists.
+func checkRTMRs(c *evidence.Claims, m *Measurement) *Refusal {
+	if c.Platform != evidence.PlatformTDX {
+		return nil
+	}
+	for i, want := range m.rtmrs() {
+		if *want == "" {
+			continue
+		}
+		if got := c.Details[fmt.Sprintf("rtmr%d", i)]; got != *want {
+			return refuse(CheckMeasurement, "tdx rtmr%d is %q, the measurement database entry %q expects %s", i, got, m.Name, *want)
+		}
+	}
+	return nil
+}
+
 func checkREMs(c *evidence.Claims, m *Measurement) *Refusal {
 	if c.Platform != evidence.PlatformCCA {
 		return nil

@@ -195,6 +195,8 @@ func TestSGXAndCCALoadErrors(t *testing.T) {
 		{"mrsigner on snp", ok, "[[measurement]]\nplatform = \"snp\"\nvalue = \"" + strings.Repeat("00", 48) + "\"\nmrsigner = \"00\"\n", "for platform sgx"},
 		{"cca three REMs", ok, "[[measurement]]\nplatform = \"cca\"\nvalue = \"" + strings.Repeat("00", 64) + "\"\nrems = [\"00\", \"00\", \"00\"]\n", "rems lists 3 values"},
 		{"cca REM of another length", ok, "[[measurement]]\nplatform = \"cca\"\nvalue = \"" + strings.Repeat("00", 64) + "\"\nrems = [\"00\", \"00\", \"00\", \"00\"]\n", "as long as value"},
+		{"rtmr on snp", ok, "[[measurement]]\nplatform = \"snp\"\nvalue = \"" + strings.Repeat("00", 48) + "\"\nrtmr1 = \"" + strings.Repeat("00", 48) + "\"\n", "rtmr1 is for platform tdx"},
+		{"tdx rtmr too short", ok, "[[measurement]]\nplatform = \"tdx\"\nvalue = \"" + strings.Repeat("00", 48) + "\"\nrtmr2 = \"abcd\"\n", "rtmr2 must be 96 hex digits"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -204,6 +206,50 @@ func TestSGXAndCCALoadErrors(t *testing.T) {
 			_, err := Load(filepath.Join(dir, "p.toml"), filepath.Join(dir, "m.toml"))
 			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
 				t.Errorf("Load = %v, want one line saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestTDXRTMRDecisions: a TDX measurement database entry that lists RTMRs
+// (a VM keep image's, from 'castellan keep-image measure') admits only
+// quotes whose RTMRs match them; one that lists none checks MRTD alone.
+func TestTDXRTMRDecisions(t *testing.T) {
+	dir := t.TempDir()
+	mrtd, other := strings.Repeat("1a", 48), strings.Repeat("2b", 48)
+	r1, r2 := strings.Repeat("AB", 48), strings.Repeat("cd", 48)
+	meas := "[[measurement]]\nplatform = \"tdx\"\nname = \"keep image\"\nvalue = \"" + mrtd + "\"\nrtmr1 = \"" + r1 + "\"\nrtmr2 = \"" + r2 + "\"\n" +
+		"[[measurement]]\nplatform = \"tdx\"\nvalue = \"" + other + "\"\n"
+	os.WriteFile(filepath.Join(dir, "p.toml"), []byte("workloads = [\"any\"]\n[platforms.tdx]\nrequire_collateral = false\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "m.toml"), []byte(meas), 0o644)
+	s, err := Load(filepath.Join(dir, "p.toml"), filepath.Join(dir, "m.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := func(m string, d map[string]string) *evidence.Claims {
+		raw, _ := hex.DecodeString(m)
+		return &evidence.Claims{Platform: evidence.PlatformTDX, Measurement: raw, WorkloadDigest: "sha256:" + strings.Repeat("0", 64), Details: d}
+	}
+	lower := strings.ToLower(r1)
+	tests := []struct {
+		name   string
+		c      *evidence.Claims
+		reason string // "" = accepted
+	}{
+		{"rtmrs match", claims(mrtd, map[string]string{"rtmr0": strings.Repeat("00", 48), "rtmr1": lower, "rtmr2": r2}), ""},
+		{"rtmr1 differs", claims(mrtd, map[string]string{"rtmr1": strings.Repeat("00", 48), "rtmr2": r2}), "tdx rtmr1 is"},
+		{"rtmr2 differs", claims(mrtd, map[string]string{"rtmr1": lower, "rtmr2": strings.Repeat("ee", 48)}), "tdx rtmr2 is"},
+		{"rtmrs not reported", claims(mrtd, nil), "tdx rtmr1 is \"\""},
+		{"entry without rtmrs", claims(other, map[string]string{"rtmr1": strings.Repeat("00", 48)}), ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := s.Check(tc.c)
+			switch {
+			case tc.reason == "" && r != nil:
+				t.Errorf("refused: %v", r)
+			case tc.reason != "" && (r == nil || r.Check != CheckMeasurement || !strings.Contains(r.Reason, tc.reason) || !strings.Contains(r.Reason, "keep image")):
+				t.Errorf("got %v, want a measurement refusal saying %q and naming the entry", r, tc.reason)
 			}
 		})
 	}

@@ -111,6 +111,19 @@ type Measurement struct {
 	// CCA: the four Realm Extensible Measurements expected with the Realm
 	// Initial Measurement (hex); left out, all four must be zero.
 	REMs []string `toml:"rems"`
+	// TDX: runtime measurement registers the entry's image leaves at
+	// launch ('castellan keep-image measure --platform tdx' prints rtmr1
+	// and rtmr2 of a VM keep's direct boot). Those given must match the
+	// quote's; those left out are not checked by the entry.
+	RTMR0 string `toml:"rtmr0"`
+	RTMR1 string `toml:"rtmr1"`
+	RTMR2 string `toml:"rtmr2"`
+	RTMR3 string `toml:"rtmr3"`
+}
+
+// rtmrs lists the entry's expected RTMRs by index ("" = not checked).
+func (m *Measurement) rtmrs() [4]*string {
+	return [4]*string{&m.RTMR0, &m.RTMR1, &m.RTMR2, &m.RTMR3}
 }
 
 // Snapshot is one consistent version of the policy and measurement database,
@@ -394,6 +407,9 @@ func (s *Snapshot) Check(c *evidence.Claims) *Refusal {
 				return refuse(CheckRevoked, "%s measurement %s (%s) is revoked", c.Platform, v, m.Name)
 			}
 			if r := checkREMs(c, &m); r != nil {
+				return r
+			}
+			if r := checkRTMRs(c, &m); r != nil {
 				return r
 			}
 		}
