@@ -48,7 +48,11 @@ func httpBench(t *tools) error {
 		dur = time.Second
 	}
 	fmt.Printf("\n## HTTP: requests/s, %d keep-alive connections for %v, load generator in the same machine\n\n", *conns, dur)
-	fmt.Printf("| listener | native | castellan | ratio |\n|---|---|---|---|\n")
+	if t.castellanWT == "" {
+		fmt.Printf("| listener | native | castellan | ratio |\n|---|---|---|---|\n")
+	} else {
+		fmt.Printf("| listener | native | castellan | ratio | castellan wasmtime | ratio |\n|---|---|---|---|---|---|\n")
+	}
 	for _, prot := range []string{"tcp", "tls"} {
 		step("http %s: native", prot)
 		nat, err := serveNative(native, prot == "tls", certFile, keyFile, dur)
@@ -60,7 +64,19 @@ func httpBench(t *tools) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("| %s | %.0f | %.0f | %.3f |\n", prot, nat, cas, cas/nat)
+		record("http", prot, "native", "requests/s", nat, "1/s")
+		record("http", prot, "castellan wazero", "requests/s", cas, "1/s")
+		if t.castellanWT == "" {
+			fmt.Printf("| %s | %.0f | %.0f | %.3f |\n", prot, nat, cas, cas/nat)
+			continue
+		}
+		step("http %s: castellan on wasmtime", prot)
+		wt, err := serveKeep(&tools{dir: t.dir, cache: t.cache, castellan: t.castellanWT}, wasm, prot, dur, "--engine", "wasmtime")
+		if err != nil {
+			return err
+		}
+		record("http", prot, "castellan wasmtime", "requests/s", wt, "1/s")
+		fmt.Printf("| %s | %.0f | %.0f | %.3f | %.0f | %.3f |\n", prot, nat, cas, cas/nat, wt, wt/nat)
 	}
 	return nil
 }
@@ -90,7 +106,7 @@ func serveNative(bin string, useTLS bool, certFile, keyFile string, dur time.Dur
 	return load(addr, useTLS, dur)
 }
 
-func serveKeep(t *tools, wasm, prot string, dur time.Duration) (float64, error) {
+func serveKeep(t *tools, wasm, prot string, dur time.Duration, flags ...string) (float64, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -102,7 +118,7 @@ func serveKeep(t *tools, wasm, prot string, dur time.Duration) (float64, error) 
 	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
 		return 0, err
 	}
-	cmd := exec.Command(t.castellan, "run", "--cache-dir", t.cache, "-c", cfg, wasm)
+	cmd := exec.Command(t.castellan, append(append([]string{"run", "--cache-dir", t.cache}, flags...), "-c", cfg, wasm)...)
 	cmd.Stderr = io.Discard
 	if err := cmd.Start(); err != nil {
 		return 0, err

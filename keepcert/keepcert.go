@@ -67,6 +67,8 @@ const (
 	PlatformNone = "none"
 	PlatformSNP  = "snp"
 	PlatformTDX  = "tdx"
+	PlatformSGX  = "sgx"
+	PlatformCCA  = "cca"
 )
 
 // ClaimsVersion is the version of the KeepClaims structure this package writes.
@@ -78,12 +80,12 @@ const ClaimsVersion = 1
 //	KeepClaims ::= SEQUENCE {
 //	  version         INTEGER,        -- 1
 //	  attested        BOOLEAN,        -- issued by a service that checked evidence
-//	  platform        UTF8String,     -- "none", "snp", "tdx"
+//	  platform        UTF8String,     -- "none", "snp", "tdx", "sgx", "cca"
 //	  simulated       BOOLEAN,        -- evidence chained to a Castellan simulation root
 //	  insecure        BOOLEAN,        -- not attested, platform none, or simulated
 //	  debug           BOOLEAN,
 //	  tcb             SEQUENCE OF SEQUENCE { component UTF8String, svn INTEGER },
-//	  measurement     OCTET STRING,   -- SNP MEASUREMENT or TDX MRTD, empty for none
+//	  measurement     OCTET STRING,   -- SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE, CCA RIM; empty for none
 //	  workloadDigest  UTF8String,     -- "sha256:..." package digest
 //	  package         UTF8String,     -- package reference, empty if unknown
 //	  details     [0] EXPLICIT SEQUENCE OF SEQUENCE { name UTF8String, value UTF8String } OPTIONAL
@@ -91,8 +93,9 @@ const ClaimsVersion = 1
 //
 // with tcb and details sorted by name. Details are the other hardware
 // fields and collateral the attestation service checked (SEV-SNP "vmpl",
-// "guest_policy", "host_data"...; TDX "tcb_status", "rtmr0"...; both
-// "collateral" and its dates; docs/attest.md lists them). They were added
+// "guest_policy", "host_data"...; TDX "tcb_status", "rtmr0"...; SGX
+// "mrsigner", "tcb_status"...; CCA "rem.0" .. "rem.3", "platform_sw.N",
+// "lifecycle"...; "collateral" and its dates; docs/attest.md lists them). They were added
 // after version 1 without changing it: parsers of version 1 that predate
 // them ignore trailing fields, as Go's encoding/asn1 does.
 type Claims struct {
@@ -189,7 +192,7 @@ func (c *Claims) mustBeInsecure() bool {
 
 func (c *Claims) check() error {
 	switch c.Platform {
-	case PlatformNone, PlatformSNP, PlatformTDX:
+	case PlatformNone, PlatformSNP, PlatformTDX, PlatformSGX, PlatformCCA:
 	default:
 		return fmt.Errorf("claims: unknown platform %q", c.Platform)
 	}
@@ -213,7 +216,7 @@ func (c *Claims) check() error {
 		return errors.New("claims: a field is longer than 1024 bytes")
 	}
 	if !strings.HasPrefix(c.WorkloadDigest, "sha256:") {
-		return fmt.Errorf("claims: workload digest %q does not start with sha256:", c.WorkloadDigest)
+		return fmt.Errorf("claims: workload digest %q does not start with \"sha256:\"", c.WorkloadDigest)
 	}
 	return nil
 }

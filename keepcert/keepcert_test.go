@@ -116,7 +116,7 @@ func TestParseClaimsRejects(t *testing.T) {
 		"empty":         nil,
 		"trailing":      append(mk(good), 0),
 		"version 2":     mk(func() wireClaims { w := good; w.Version = 2; return w }()),
-		"platform sgx":  mk(func() wireClaims { w := good; w.Platform = "sgx"; return w }()),
+		"platform sev":  mk(func() wireClaims { w := good; w.Platform = "sev"; return w }()),
 		"secure sim":    mk(func() wireClaims { w := good; w.Simulated = true; return w }()),
 		"secure none":   mk(func() wireClaims { w := good; w.Platform = "none"; return w }()),
 		"secure unatt.": mk(func() wireClaims { w := good; w.Attested = false; return w }()),

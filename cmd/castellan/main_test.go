@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/cli"
+	"github.com/castellan-dev/castellan/internal/engine"
 	"github.com/castellan-dev/castellan/internal/fixtures"
 	"github.com/castellan-dev/castellan/internal/keep/qemu"
 	"github.com/castellan-dev/castellan/internal/keepimage"
@@ -93,13 +94,17 @@ func TestScripts(t *testing.T) {
 			return nil
 		},
 		// [vmkeeps]: QEMU and a kernel for a keep image are here.
+		// [wasmtime]: this build has the wasmtime engine (-tags wasmtime).
 		Condition: func(cond string) (bool, error) {
-			if cond != "vmkeeps" {
-				return false, fmt.Errorf("unknown condition %q", cond)
+			switch cond {
+			case "vmkeeps":
+				_, err1 := exec.LookPath(qemu.Program)
+				_, _, err2 := keepimage.FindKernel()
+				return err1 == nil && err2 == nil, nil
+			case "wasmtime":
+				return engine.WasmtimeBuilt, nil
 			}
-			_, err1 := exec.LookPath(qemu.Program)
-			_, _, err2 := keepimage.FindKernel()
-			return err1 == nil && err2 == nil, nil
+			return false, fmt.Errorf("unknown condition %q", cond)
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"fixture":   cmdFixture,
@@ -153,7 +158,7 @@ func cmdWaitPort(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) != 1 {
 		ts.Fatalf("usage: waitport PORT")
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		c, err := net.DialTimeout("tcp", "127.0.0.1:"+args[0], time.Second)
 		if err == nil {
@@ -161,7 +166,7 @@ func cmdWaitPort(ts *testscript.TestScript, neg bool, args []string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			ts.Fatalf("nothing listens on 127.0.0.1:%s after 60s: %v", args[0], err)
+			ts.Fatalf("nothing listens on 127.0.0.1:%s after 2m: %v", args[0], err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -73,7 +73,11 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				e.commandHelp(e.Stdout, c)
 				return ExitOK
 			}
-			return e.Usagef("unknown command %q", strings.Join(args[1:], " "))
+			if len(args) == 2 && isGroup(args[1]) {
+				e.groupHelp(e.Stdout, args[1])
+				return ExitOK
+			}
+			return e.Usagef("unknown command %q (see 'castellan help')", strings.Join(args[1:], " "))
 		}
 		e.usage(e.Stdout)
 		return ExitOK
@@ -83,10 +87,16 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	c := lookup(args)
 	if c == nil {
 		if isGroup(args[0]) {
-			if len(args) > 1 {
-				return e.Usagef("unknown command %q (see 'castellan help')", args[0]+" "+args[1])
+			if len(args) > 1 && args[1] != "-h" && args[1] != "-help" && args[1] != "--help" {
+				e.groupHelp(e.Stderr, args[0])
+				return e.Usagef("unknown command %q (see 'castellan help %s')", args[0]+" "+args[1], args[0])
 			}
-			return e.Usagef("%q needs a subcommand (see 'castellan help')", args[0])
+			if len(args) > 1 {
+				e.groupHelp(e.Stdout, args[0])
+				return ExitOK
+			}
+			e.groupHelp(e.Stderr, args[0])
+			return e.Usagef("%q needs a subcommand, one of the above", args[0])
 		}
 		return e.Usagef("unknown command %q (see 'castellan help')", args[0])
 	}
@@ -113,8 +123,19 @@ func isGroup(name string) bool {
 	return false
 }
 
-func (e *Env) usage(w io.Writer) {
-	fmt.Fprintf(w, "castellan runs WebAssembly workloads in keeps and proves what they run.\n\nUsage:\n  castellan <command> [flags] [args]\n\nCommands:\n")
+// groupHelp lists the subcommands of a group such as "host".
+func (e *Env) groupHelp(w io.Writer, group string) {
+	fmt.Fprintf(w, "Usage: castellan %s <command> [flags] [args]\n\nCommands:\n", group)
+	for _, k := range visibleNames() {
+		if strings.HasPrefix(k, group+" ") {
+			fmt.Fprintf(w, "  %-18s %s\n", k, commands[k].Summary)
+		}
+	}
+	fmt.Fprintf(w, "\nRun 'castellan help %s <command>' for a command's flags.\n", group)
+}
+
+// visibleNames lists the commands shown to users, sorted.
+func visibleNames() []string {
 	names := make([]string, 0, len(commands))
 	for k, c := range commands {
 		if !c.Hidden {
@@ -122,7 +143,12 @@ func (e *Env) usage(w io.Writer) {
 		}
 	}
 	sort.Strings(names)
-	for _, k := range names {
+	return names
+}
+
+func (e *Env) usage(w io.Writer) {
+	fmt.Fprintf(w, "castellan runs WebAssembly workloads in keeps and proves what they run.\n\nUsage:\n  castellan <command> [flags] [args]\n\nCommands:\n")
+	for _, k := range visibleNames() {
 		fmt.Fprintf(w, "  %-18s %s\n", k, commands[k].Summary)
 	}
 	fmt.Fprintf(w, "\nRun 'castellan help <command>' for a command's flags.\n")
@@ -185,7 +211,11 @@ func (e *Env) Parse(c *Command, fs *flag.FlagSet, args []string) (pos []string, 
 				e.commandHelp(e.Stdout, c)
 				return nil, ExitOK, false
 			}
-			return nil, e.Usagef("%s: %v (see 'castellan help %s')", c.Name, err, c.Name), false
+			status := e.Usagef("%s: %v (see 'castellan help %s')", c.Name, err, c.Name)
+			if len(rest) > 0 && strings.Contains(c.Usage, "[-- args...]") && strings.Contains(err.Error(), "not defined") {
+				e.Hintf("arguments for the workload go after --: castellan %s %s -- %s", c.Name, strings.Join(rest, " "), strings.Join(args, " "))
+			}
+			return nil, status, false
 		}
 		args = fs.Args()
 		if len(args) == 0 {

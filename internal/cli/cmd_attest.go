@@ -167,9 +167,14 @@ func serveAttest(ctx context.Context, e *Env, f *attestServeFlags) int {
 		Audit:      log,
 		Logf:       func(format string, a ...any) { e.Warningf(format, a...) },
 		Decided: func(d audit.Decision) {
-			if d.Accepted {
+			switch {
+			case d.Accepted && d.Package == "kbs attest":
+				e.Infof("kbs session for %s: %s%s %s", d.Remote, d.Platform, simTag(d.Simulated), d.WorkloadDigest)
+			case d.Accepted && strings.HasPrefix(d.Package, "kbs://"):
+				e.Infof("released %s to %s: %s%s %s", d.Package, d.Remote, d.Platform, simTag(d.Simulated), d.WorkloadDigest)
+			case d.Accepted:
 				e.Infof("issued %s to %s: %s%s %s", d.Serial, d.Remote, d.Platform, simTag(d.Simulated), d.WorkloadDigest)
-			} else {
+			default:
 				e.Infof("refused %s (%s): %s", d.Remote, d.Check, d.Reason)
 			}
 		},

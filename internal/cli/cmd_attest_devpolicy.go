@@ -18,8 +18,8 @@ var attestDevPolicyCmd = &Command{
 	Summary: "write a development policy that trusts this machine's simulated keeps",
 	Help: `Writes DIR/policy.toml and DIR/measurements.toml for 'castellan attest
 serve': they trust the local simulation root (created now if it does not
-exist) for sim-snp and sim-tdx keeps, the measurement of this castellan
-binary, and any workload. Certificates issued under it say insecure. It is
+exist) for sim-snp, sim-tdx, sim-sgx and sim-cca keeps, the measurements of
+this castellan binary, and any workload. Certificates issued under it say insecure. It is
 for trying attestation on a laptop; a production policy names AMD's and
 Intel's roots only (see README). Existing files are never overwritten.`,
 }
@@ -50,6 +50,14 @@ func writeDevPolicy(e *Env, dir string) int {
 		return e.Errorf("simulation root: %v", err)
 	}
 	m, err := tee.SimMeasurement()
+	if err != nil {
+		return e.Errorf("measurement of this binary: %v", err)
+	}
+	sgxM, err := tee.SimSGXMeasurement()
+	if err != nil {
+		return e.Errorf("measurement of this binary: %v", err)
+	}
+	ccaM, err := tee.SimCCAMeasurement()
 	if err != nil {
 		return e.Errorf("measurement of this binary: %v", err)
 	}
@@ -85,7 +93,17 @@ sim_roots = [%q]
 
 [platforms.tdx]
 sim_roots = [%q]
-`, ca.RootsPath(), ca.RootsPath())
+
+# SGX: the simulation root signs the PCK chain; Intel's TCB status of the
+# simulated platform comes from the collateral folder beside the roots, as
+# for TDX (tcb_statuses, default UpToDate).
+[platforms.sgx]
+sim_roots = [%q]
+
+# CCA: the roots file also holds the simulated CPAK's certificate.
+[platforms.cca]
+sim_roots = [%q]
+`, ca.RootsPath(), ca.RootsPath(), ca.RootsPath(), ca.RootsPath())
 	measurements := fmt.Sprintf(`# Measurements written by 'castellan attest dev-policy': the launch
 # measurement that simulated keeps of this castellan binary report. A new
 # castellan build has a new measurement; run dev-policy again or add it here.
@@ -99,7 +117,17 @@ name = "this castellan binary, simulated SEV-SNP"
 platform = "tdx"
 value = %q
 name = "this castellan binary, simulated TDX"
-`, m, m)
+
+[[measurement]]
+platform = "sgx"
+value = %q
+name = "this castellan binary, simulated SGX enclave (MRENCLAVE)"
+
+[[measurement]]
+platform = "cca"
+value = %q
+name = "this castellan binary, simulated CCA realm (RIM)"
+`, m, m, sgxM, ccaM)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return e.Errorf("%v", err)
 	}

@@ -5,7 +5,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"path"
+	"path/filepath"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/delivery"
@@ -107,7 +111,13 @@ func init() {
 		}
 		name := ref.String()
 		if *do.remote.url != "" && !do.digestOnly {
-			return deployRemote(e, do, art, name, extra)
+			keep := do.remote.name
+			if keep == "" {
+				keep = keepName(ref)
+			} else if err := checkKeepName(keep); err != nil {
+				return e.Usagef("--name: %v", err)
+			}
+			return deployRemote(e, do, art, name, keep, extra)
 		}
 		if art.Config != nil && !do.digestOnly {
 			// runArtifact reports a config that does not parse.
@@ -120,6 +130,64 @@ func init() {
 		return runArtifact(e, do.runOptions, art, name, extra)
 	}
 	Register(deployCmd)
+}
+
+// maxKeepName is the longest keep name a host agent takes.
+const maxKeepName = 64
+
+// keepName is the name deploy gives a keep on the host agent when --name
+// is not given: the reference as written when it fits in maxKeepName
+// bytes, else the repository's last path element (or the layout folder's
+// name) with the tag, or with the first 12 hex digits of a pinned digest.
+func keepName(ref packages.Ref) string {
+	if s := ref.String(); len(s) <= maxKeepName {
+		return s
+	}
+	base := path.Base(ref.Repository)
+	if ref.Layout != "" {
+		base = filepath.Base(ref.Layout)
+	}
+	suffix := ""
+	switch {
+	case ref.Digest != "":
+		suffix = "@" + string(ref.Digest.Algorithm()) + ":" + ref.Digest.Encoded()[:min(12, len(ref.Digest.Encoded()))]
+	case ref.Tag != "":
+		suffix = ":" + ref.Tag
+	}
+	base = strings.Map(func(r rune) rune {
+		if !unicode.IsPrint(r) {
+			return '_'
+		}
+		return r
+	}, base)
+	// A long folder name is cut to keep the digest prefix; a long tag is
+	// cut itself.
+	if ref.Digest != "" {
+		base = cutRunes(base, maxKeepName-len(suffix))
+	}
+	return cutRunes(base+suffix, maxKeepName)
+}
+
+// cutRunes shortens s to at most n bytes, at a rune boundary.
+func cutRunes(s string, n int) string {
+	for len(s) > n {
+		_, size := utf8.DecodeLastRuneInString(s)
+		s = s[:len(s)-size]
+	}
+	return s
+}
+
+// checkKeepName checks a --name as the host agent will.
+func checkKeepName(s string) error {
+	if len(s) > maxKeepName {
+		return fmt.Errorf("%q is %d bytes, over the host agent's %d", s, len(s), maxKeepName)
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("%q holds a control character", s)
+		}
+	}
+	return nil
 }
 
 // checkDirs refuses host folders that the package's author chose and the
@@ -209,26 +277,11 @@ func secretsError(e *Env, err error) int {
 	if errors.As(err, &se) && len(se.Missing) > 0 {
 		return e.ErrorWithHint(err, "pass --secret NAME=VALUE or --secret-file NAME=PATH for each")
 	}
+	if errors.As(err, &se) && len(se.Undeclared) == 0 {
+		return e.ErrorWithHint(err, "the keep fetches those itself after it attested: leave them out")
+	}
 	if errors.As(err, &se) {
 		return e.ErrorWithHint(err, "a workload gets only the secrets its config declares ([secrets] env, or [[files]] with kind = \"secret\")")
 	}
 	return e.Errorf("%v", err)
-}
-
-// bindLocal gives a local keep its secrets: it checks them against cfg,
-// puts secret files into cfg's entries and returns the secret environment
-// values. A local keep runs on this machine, which sees them.
-func (s *secretFlags) bindLocal(e *Env, cfg *config.Config) (map[string]string, int) {
-	vals, code := s.read(e)
-	if code != ExitOK {
-		return nil, code
-	}
-	env, err := cfg.BindSecrets(vals)
-	if err != nil {
-		return nil, secretsError(e, err)
-	}
-	if len(vals) > 0 {
-		e.Warningf("the secrets go to a keep on this machine: without a keep on a separate host (deploy --host) they are not protected from this machine")
-	}
-	return env, ExitOK
 }

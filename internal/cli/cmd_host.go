@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/policy"
@@ -96,7 +97,8 @@ var hostTokenCmd = &Command{
 	Usage:   "host token create [--state-dir DIR] [--name NAME]",
 	Summary: "create a bearer token for the host agent's API",
 	Help: `Prints a new token once; the agent stores only its SHA-256. Works while the
-agent runs (the state database is shared).`,
+agent runs (the state database is shared). The state folder must hold the
+agent's state: start 'castellan host serve' on it once first.`,
 }
 
 var hostKeepsCmd = &Command{
@@ -182,6 +184,15 @@ func init() {
 		}
 		if *dir == "" {
 			return e.Usagef("host token: no --state-dir")
+		}
+		// A typo must not create a second state folder whose tokens the
+		// running agent does not know.
+		hint := "check the path; 'castellan host serve --state-dir DIR' creates the agent's state on its first start"
+		if st, err := os.Stat(*dir); err != nil || !st.IsDir() {
+			return e.ErrorWithHint(fmt.Errorf("host token: %s: no such folder", *dir), hint)
+		}
+		if _, err := os.Stat(filepath.Join(*dir, host.DBFile)); err != nil {
+			return e.ErrorWithHint(fmt.Errorf("host token: %s holds no host agent state (no %s)", *dir, host.DBFile), hint)
 		}
 		tok, err := host.CreateToken(*dir, *name)
 		if err != nil {
@@ -272,13 +283,7 @@ func init() {
 				enc.Encode(ks)
 				return ExitOK
 			}
-			for _, k := range ks {
-				extra := k.Reason
-				if k.ExitCode != nil {
-					extra = fmt.Sprintf("status %d", *k.ExitCode)
-				}
-				fmt.Fprintf(e.Stdout, "%-12s %-8s %-7s %s %s\n", k.ID, k.State, k.Backend, k.Digest, extra)
-			}
+			printKeeps(e, ks)
 		}
 		return ExitOK
 	}
@@ -379,6 +384,7 @@ type remoteOptions struct {
 	keepMemory               string
 	cpuTime                  time.Duration
 	openFiles                int
+	name                     string // the keep's name on the agent (cmd_deploy.go's keepName when empty)
 }
 
 func addRemoteFlags(fs *flag.FlagSet) *remoteOptions {
@@ -390,6 +396,7 @@ func addRemoteFlags(fs *flag.FlagSet) *remoteOptions {
 	fs.StringVar(&r.keepMemory, "keep-memory", "", "with --host: memory limit of the keep process (RLIMIT_DATA), e.g. 1GiB (default: the host's maximum)")
 	fs.DurationVar(&r.cpuTime, "cpu-time", 0, "with --host: CPU time limit of the keep process (default: the host's maximum)")
 	fs.IntVar(&r.openFiles, "open-files", 0, "with --host: descriptor limit of the keep process (default: the host's maximum)")
+	fs.StringVar(&r.name, "name", "", "with --host: the keep's name on the agent, up to 64 bytes (default: the reference, shortened to its last path element and tag or digest prefix when longer)")
 	return r
 }
 
@@ -427,7 +434,7 @@ func namedTimeout(ctx context.Context, err error) error {
 }
 
 // deployRemote runs the confidential delivery protocol through the agent.
-func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string, args []string) int {
+func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name, keepName string, args []string) int {
 	r := do.remote
 	if do.vm.kind != keep.KindProcess {
 		return e.Usagef("deploy --host: the host agent chooses the keep kind ('castellan host serve --keep-kind vm'); --keep applies to local runs")
@@ -453,6 +460,9 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 	if err != nil {
 		return secretsError(e, err)
 	}
+	if cfg != nil {
+		warnStdio(e, name+" config", cfg)
+	}
 	var v delivery.Verifier
 	switch {
 	case do.attest != "":
@@ -460,7 +470,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		if sv == nil {
 			return code
 		}
-		v = timedVerifier{Verifier: sv, limit: do.attestTime}
+		v = markedVerifier{timedVerifier{Verifier: sv, limit: do.attestTime}}
 	case r.policyFile != "":
 		if r.measurements == "" {
 			return e.Usagef("--policy needs --measurements")
@@ -477,7 +487,12 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		return e.ErrorWithHint(errors.New("deploy --host: nothing to verify the keep's evidence with"),
 			"pass --attest URL (the attestation service), --policy FILE --measurements FILE, or --insecure for development")
 	}
-	lim := host.Limits{CPUSeconds: int64(r.cpuTime / time.Second), WallSeconds: int64(do.wallTime / time.Second), OpenFiles: int64(r.openFiles)}
+	wall := do.wallTime
+	if wall == 0 && cfg != nil {
+		wall = cfg.Limits.WallTime // --wall-time overrides the config, as with run
+	}
+	// The agent counts whole seconds: round up, so that 1.5s is not 1s.
+	lim := host.Limits{CPUSeconds: int64(r.cpuTime / time.Second), WallSeconds: int64((wall + time.Second - 1) / time.Second), OpenFiles: int64(r.openFiles)}
 	if r.keepMemory != "" {
 		n, err := config.ParseSize(r.keepMemory)
 		if err != nil || n == 0 {
@@ -494,18 +509,18 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 			return hostError(e, err)
 		}
 		backend = ""
-		for _, n := range []string{tee.NameSNP, tee.NameTDX} {
+		for _, n := range []string{tee.NameSNP, tee.NameTDX, tee.NameSGX, tee.NameCCA} {
 			if info.Backends[n] == "available" {
 				backend = n
 				break
 			}
 		}
 		if backend == "" {
-			return e.ErrorWithHint(errors.New("the host has no TEE backend available"), "pass --backend sim-snp, sim-tdx or nil for a test keep")
+			return e.ErrorWithHint(errors.New("the host has no TEE backend available"), "pass --backend sim-snp, sim-tdx, sim-sgx, sim-cca or nil for a test keep")
 		}
 	}
 	k, res, err := c.Deploy(ctx, host.DeployOptions{
-		Backend: backend, Limits: lim, Name: name, Verifier: v,
+		Backend: backend, Limits: lim, Name: keepName, Verifier: v,
 		Delivery: delivery.Delivery{Artifact: art, Name: name, Args: args, Secrets: secrets, Detach: r.detach,
 			Stdout: e.Stdout, Stderr: e.Stderr},
 		OnKeep: func(k *host.Keep) { e.Infof("keep %s created on %s (backend %s)", k.ID, *r.url, k.Backend) },
@@ -521,8 +536,17 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		var ve *delivery.VerificationError
 		if errors.As(err, &ve) {
 			e.Errorf("%v", err)
+			if h := deployHint(err, do); h != "" {
+				e.Hintf("%s", h)
+			}
 			e.Hintf("nothing was sent to the keep; it has been stopped")
 			return ExitError
+		}
+		if h := deployHint(err, do); h != "" {
+			return e.ErrorWithHint(err, h)
+		}
+		if k != nil {
+			return remoteEnd(ctx, e, c, k, err)
 		}
 		return hostError(e, err)
 	}
@@ -536,6 +560,11 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		return ExitOK
 	}
 	if res.Reason != "" {
+		// The keep stopped the workload (its output limit: 125, as run)
+		// or the runtime failed (1).
+		if res.ExitCode == delivery.ExitMaxOutput {
+			return exitWithError(e, ExitMaxOutput, "keep %s: stopped: %s", k.ID, res.Reason)
+		}
 		return e.Errorf("keep %s: %s", k.ID, res.Reason)
 	}
 	return res.ExitCode
@@ -566,6 +595,29 @@ func insecureVerifier() *delivery.InsecureVerifier {
 		iv.SimRoots = roots
 	}
 	return iv
+}
+
+// printKeeps prints the keeps as a table with a header, or says on stderr
+// that there are none (stdout stays empty for scripts).
+func printKeeps(e *Env, ks []host.Keep) {
+	if len(ks) == 0 {
+		e.Infof("no keeps on this host agent")
+		return
+	}
+	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tBACKEND\tNAME\tDIGEST\tEND")
+	for _, k := range ks {
+		end := k.Reason
+		if k.ExitCode != nil {
+			end = fmt.Sprintf("status %d", *k.ExitCode)
+		}
+		name := k.Name
+		if name == "" {
+			name = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.State, k.Backend, name, k.Digest, end)
+	}
+	tw.Flush()
 }
 
 // hostError reports err, with a hint when the host agent's certificate was

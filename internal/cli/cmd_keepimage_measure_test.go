@@ -36,21 +36,29 @@ func runMeasure(t *testing.T, args ...string) (stdout, stderr string, code int) 
 	return o.String(), e.String(), code
 }
 
-const (
-	snpFirmware = "../measure/snp/testdata/ovmf_AmdSev_suffix.bin"
-	snpNoHashes = "../measure/snp/testdata/ovmf_OvmfX64_suffix.bin"
-	tdxFirmware = "../measure/tdx/testdata/tdvf_synthetic.bin"
-)
+const tdxFirmware = "../measure/tdx/testdata/tdvf_synthetic.bin"
+
+// sevFirmwareFile writes measuretest.SEVFirmware (an AmdSev-style image)
+// to a temporary file named name.
+func sevFirmwareFile(t *testing.T, name string, kernelHashes bool) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, measuretest.SEVFirmware(kernelHashes), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
 
 // TestKeepImageMeasureSNP: the printed entry loads as a measurement
 // database, and the launch parameters change it.
 func TestKeepImageMeasureSNP(t *testing.T) {
+	snpFirmware := sevFirmwareFile(t, "amdsev.fd", true)
 	dir := measureImage(t, "console=ttyS0 panic=-1")
 	out, errOut, code := runMeasure(t, dir, "--platform", "snp", "--firmware", snpFirmware)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	if !regexp.MustCompile(`name = 'keep image sha256:[0-9a-f]{12}, firmware sha256:8f765dfabc12, snp, 1 vCPU EPYC-v4, features 0x1'`).MatchString(out) {
+	if !regexp.MustCompile(`name = 'keep image sha256:[0-9a-f]{12}, firmware sha256:ee2ce36f8c91, snp, 1 vCPU EPYC-v4, features 0x1'`).MatchString(out) {
 		t.Fatalf("output:\n%s", out)
 	}
 	pf, mf := filepath.Join(t.TempDir(), "policy.toml"), filepath.Join(t.TempDir(), "measurements.toml")
@@ -111,6 +119,19 @@ func TestKeepImageMeasureTDX(t *testing.T) {
 			t.Errorf("output lacks %s:\n%s", re, out)
 		}
 	}
+	// The output loads as a measurement database entry, RTMRs included.
+	pf, mf := filepath.Join(t.TempDir(), "policy.toml"), filepath.Join(t.TempDir(), "measurements.toml")
+	os.WriteFile(pf, []byte(`workloads = ["any"]`), 0o644)
+	os.WriteFile(mf, []byte(out), 0o644)
+	snap, err := policy.Load(pf, mf)
+	if err != nil {
+		t.Fatalf("output does not load as a measurement database: %v\n%s", err, out)
+	}
+	for _, m := range snap.Measurements["tdx"] {
+		if len(m.RTMR1) != 96 || len(m.RTMR2) != 96 {
+			t.Errorf("entry without its RTMRs: %+v", m)
+		}
+	}
 	o2, _, _ := runMeasure(t, dir, "--platform", "tdx", "--firmware", tdxFirmware, "--memory", "4GiB")
 	if o2 == out {
 		t.Error("--memory does not change RTMR[1]")
@@ -129,10 +150,17 @@ func TestKeepImageMeasureBad(t *testing.T) {
 	newline := measureImage(t, "quiet\n")
 	noInitrd := measureImage(t, "quiet")
 	os.Remove(filepath.Join(noInitrd, "initrd"))
+	snpFirmware := sevFirmwareFile(t, "amdsev.fd", true)
+	snpNoHashes := sevFirmwareFile(t, "nohashes.fd", false)
 	tmp := t.TempDir()
 	truncated := filepath.Join(tmp, "truncated.fd")
-	b, _ := os.ReadFile(snpFirmware)
-	os.WriteFile(truncated, b[:3000], 0o644)
+	os.WriteFile(truncated, measuretest.SEVFirmware(true)[:3000], 0o644)
+	tdvfTail := filepath.Join(tmp, "tdvf-tail.fd")
+	tdvf, err := os.ReadFile(tdxFirmware)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(tdvfTail, tdvf[len(tdvf)-4096:], 0o644)
 	zeros := filepath.Join(tmp, "zeros.fd")
 	os.WriteFile(zeros, make([]byte, 8192), 0o644)
 	cases := []struct {
@@ -157,10 +185,10 @@ func TestKeepImageMeasureBad(t *testing.T) {
 		{"truncated firmware", []string{good, "--platform", "snp", "--firmware", truncated}, 1, "truncated.fd: firmware size 3000 is not a whole number of 4 KiB pages"},
 		{"no SEV metadata", []string{good, "--platform", "snp", "--firmware", zeros}, 1, "zeros.fd: firmware has no SEV metadata"},
 		{"no TDX metadata", []string{good, "--platform", "tdx", "--firmware", zeros}, 1, "zeros.fd: firmware has no TDX metadata"},
-		// The last 4 KiB of an OVMF build: TDX metadata whose sections lie
+		// The last 4 KiB of a TDVF image: TDX metadata whose sections lie
 		// outside what is left.
-		{"truncated TDVF", []string{good, "--platform", "tdx", "--firmware", snpFirmware}, 1, "ovmf_AmdSev_suffix.bin: TDX metadata section 0 (BFV): raw data at 0x84000 size 0x37c000 is outside the 4096-byte image"},
-		{"no kernel hashes", []string{good, "--platform", "snp", "--firmware", snpNoHashes}, 1, "ovmf_OvmfX64_suffix.bin: firmware has no SNP_KERNEL_HASHES section"},
+		{"truncated TDVF", []string{good, "--platform", "tdx", "--firmware", tdvfTail}, 1, "tdvf-tail.fd: TDX metadata section 0 (BFV): raw data at 0x1000 size 0x3000 is outside the 4096-byte image"},
+		{"no kernel hashes", []string{good, "--platform", "snp", "--firmware", snpNoHashes}, 1, "nohashes.fd: firmware has no SNP_KERNEL_HASHES section"},
 		{"unknown vcpu type", []string{good, "--platform", "snp", "--firmware", snpFirmware, "--vcpu-type", "Skylake"}, 1, `unknown vCPU type "Skylake"`},
 		{"zero vcpus", []string{good, "--platform", "snp", "--firmware", snpFirmware, "--vcpus", "0"}, 1, "--vcpus 0"},
 		{"features without SNP", []string{good, "--platform", "snp", "--firmware", snpFirmware, "--guest-features", "0x20"}, 1, "SNPActive"},

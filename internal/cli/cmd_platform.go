@@ -15,13 +15,16 @@ var platformInfoCmd = &Command{
 	Name:    "platform info",
 	Usage:   "platform info [--json] [--keep-image DIR] [--firmware FILE]",
 	Summary: "say which TEE backends this host can use, and why not",
-	Help: `For each backend (snp, tdx, sim-snp, sim-tdx, nil) prints whether a keep
-can use it here, the reason if not, and a hint. "--backend auto" picks snp or
-tdx when usable, else nil; it never picks a simulation.
+	Help: `For each backend (snp, tdx, sgx, cca, sim-snp, sim-tdx, sim-sgx, sim-cca,
+nil) prints whether a keep can use it here, the reason if not, and a hint.
+"--backend auto" picks snp, tdx, sgx or cca when usable, else nil; it never
+picks a simulation.
 
-Also prints the measurement that simulated evidence from this castellan
-binary claims (SHA-384 of the executable), for the measurement database, and
-the file holding the simulation roots, for a policy that trusts them.
+Also prints the measurements that simulated evidence from this castellan
+binary claims (SNP and TDX: SHA-384 of the executable; the SGX MRENCLAVE and
+the CCA Realm Initial Measurement derived from it), for the measurement
+database, and the file holding the simulation roots, for a policy that
+trusts them.
 
 Then VM keep support (a keep booted as its own micro-VM from a keep image):
 QEMU's path and version, whether KVM is usable (and why not: a /dev/kvm
@@ -36,10 +39,12 @@ VM's firmware only, not castellan or the VM's kernel.`,
 }
 
 type platformInfoOutput struct {
-	Backends       []tee.Status `json:"backends"`
-	Auto           string       `json:"auto"`
-	SimMeasurement string       `json:"sim_measurement"`
-	SimRoots       string       `json:"sim_roots,omitempty"`
+	Backends        []tee.Status `json:"backends"`
+	Auto            string       `json:"auto"`
+	SimMeasurement  string       `json:"sim_measurement"`
+	SimSGXMREnclave string       `json:"sim_sgx_mrenclave"`
+	SimCCARIM       string       `json:"sim_cca_rim"`
+	SimRoots        string       `json:"sim_roots,omitempty"`
 	// VMKeeps is VM keep support; ProcessKeeps says what a process keep
 	// proves here when castellan runs in a confidential VM.
 	VMKeeps      *qemu.Report `json:"vm_keeps"`
@@ -86,7 +91,7 @@ func init() {
 			out.VMKeeps.Kernel = k
 		}
 		for _, s := range out.Backends {
-			if s.Usable && (s.Name == tee.NameSNP || s.Name == tee.NameTDX) {
+			if s.Usable && (s.Name == tee.NameSNP || s.Name == tee.NameTDX || s.Name == tee.NameSGX || s.Name == tee.NameCCA) {
 				out.Auto = s.Name
 				out.ProcessKeeps = processKeepNote
 				break
@@ -97,6 +102,12 @@ func init() {
 			return e.Errorf("%v", err)
 		}
 		out.SimMeasurement = m
+		if out.SimSGXMREnclave, err = tee.SimSGXMeasurement(); err != nil {
+			return e.Errorf("%v", err)
+		}
+		if out.SimCCARIM, err = tee.SimCCAMeasurement(); err != nil {
+			return e.Errorf("%v", err)
+		}
 		if dir, err := sim.DefaultDir(); err == nil {
 			out.SimRoots = sim.RootsPath(dir)
 		}
@@ -121,6 +132,8 @@ func init() {
 		}
 		fmt.Fprintf(e.Stdout, "\nauto:            %s\n", out.Auto)
 		fmt.Fprintf(e.Stdout, "sim measurement: %s\n", out.SimMeasurement)
+		fmt.Fprintf(e.Stdout, "sim sgx mrenclave: %s\n", out.SimSGXMREnclave)
+		fmt.Fprintf(e.Stdout, "sim cca rim:     %s\n", out.SimCCARIM)
 		if out.SimRoots != "" {
 			fmt.Fprintf(e.Stdout, "sim roots:       %s\n", out.SimRoots)
 		}

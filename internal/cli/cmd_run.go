@@ -5,13 +5,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/engine"
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/runtime"
 	"github.com/castellan-dev/castellan/internal/workload"
@@ -34,6 +38,7 @@ type runOptions struct {
 	attestCA   string
 	cacheDir   string
 	noCache    bool
+	engine     string
 	memory     string
 	wallTime   time.Duration
 	maxOutput  string
@@ -41,18 +46,22 @@ type runOptions struct {
 	report     string
 	attestTime time.Duration
 	secrets    *secretFlags // --secret, --secret-file (cmd_deploy.go)
+	world      *worldFlags  // --dir, --dir-ro, --env: run only (run_world.go)
 	vm         *vmOptions   // --keep, --keep-image, --firmware (cmd_run_vm.go)
+	kbs        string       // run only: --kbs (cmd_run_kbs.go)
 }
 
 func addRunFlags(fs *flag.FlagSet) *runOptions {
 	ro := &runOptions{}
 	fs.StringVar(&ro.configPath, "c", "", "workload config (Enarx.toml format); none: stdin, stdout and stderr only")
-	fs.StringVar(&ro.backend, "backend", "auto", "keep backend: auto, nil, sim-snp, sim-tdx, snp, tdx (see 'castellan platform info')")
+	fs.StringVar(&ro.configPath, "wasmcfgfile", "", "same as -c (Enarx's name for it)")
+	fs.StringVar(&ro.backend, "backend", "auto", "keep backend: auto, nil, sim-snp, sim-tdx, sim-sgx, sim-cca, snp, tdx, sgx, cca (see 'castellan platform info')")
 	fs.StringVar(&ro.attest, "attest", "", "attestation service URL to get the keep certificate from (default: the config's steward)")
 	fs.StringVar(&ro.attestCA, "attest-ca", "", "PEM file of the CA that the attestation service's TLS certificate chains to")
 	fs.DurationVar(&ro.attestTime, "attest-timeout", defaultAttestTimeout, "time limit for getting the keep's certificate from the attestation service")
 	fs.StringVar(&ro.cacheDir, "cache-dir", defaultCacheDir(), "compilation cache folder")
 	fs.BoolVar(&ro.noCache, "no-cache", false, "do not use the compilation cache")
+	fs.StringVar(&ro.engine, "engine", engine.NameWazero, "WebAssembly engine: wazero (pure Go) or wasmtime (builds with -tags wasmtime)")
 	fs.StringVar(&ro.memory, "memory", "", "linear memory limit, e.g. 256MiB (overrides the config's [limits] memory)")
 	fs.DurationVar(&ro.wallTime, "wall-time", 0, "stop the keep after this long, e.g. 30s (overrides the config's [limits] wall_time)")
 	fs.StringVar(&ro.maxOutput, "max-output", "", "stop the keep once stdout and stderr together pass this size, e.g. 10MiB")
@@ -80,10 +89,14 @@ var runCmd = &Command{
 	Summary: "run a WebAssembly (WASI) workload in a keep",
 	Help: `Runs app.wasm with the descriptors, environment and limits that its config
 names (-c). Arguments after -- are passed to the workload after the config's
-args. The exit status is the workload's; a keep stopped by its wall-time
-limit exits with 124, by its output limit with 125, by SIGINT with 130 and
-by SIGTERM with 143 (after one line saying what was stopped; its listeners
-and connections are closed first).
+args. --dir and --env add preopened folders and variables, with or without
+a config (a folder or variable that the config also names is an error).
+Without a config the workload gets stdin, stdout, stderr, the --dir folders
+and exactly the --env variables; with one it also gets FD_COUNT and
+FD_NAMES, as under Enarx. The exit status is the workload's; a keep stopped
+by its wall-time limit exits with 124, by its output limit with 125, by
+SIGINT with 130 and by SIGTERM with 143 (after one line saying what was
+stopped; its listeners and connections are closed first).
 
 With --keep vm the keep is a micro-VM: QEMU boots the keep image
 (--keep-image, made by 'castellan keep-image build'), under KVM where usable,
@@ -98,7 +111,7 @@ refused.`,
 }
 
 func init() {
-	DefineFlags("run", func(fs *flag.FlagSet) { addRunFlags(fs) })
+	DefineFlags("run", func(fs *flag.FlagSet) { addKBSFlag(fs, addRunFlags(fs)); addWorldFlags(fs) })
 	runCmd.Run = runMain
 	Register(runCmd)
 }
@@ -106,6 +119,8 @@ func init() {
 func runMain(e *Env, args []string) int {
 	fs := e.FlagSet(runCmd)
 	ro := addRunFlags(fs)
+	ro.world = addWorldFlags(fs)
+	addKBSFlag(fs, ro)
 	pos, status, ok := e.Parse(runCmd, fs, args)
 	if !ok {
 		return status
@@ -165,15 +180,38 @@ func loadWorkload(e *Env, wasmPath, configPath string) (*workload.Artifact, *con
 		for _, w := range cfg.Warnings {
 			e.Warningf("%s", w)
 		}
-		if len(cfg.Files) == 0 {
-			e.Warningf("%s: no [[files]]: the workload gets no descriptors, not even stdout (as under Enarx); list stdin, stdout and stderr first", configPath)
-		}
+		warnStdio(e, configPath, cfg)
 	}
 	art, err := workload.New(wasm, raw)
 	if err != nil {
 		return nil, nil, e.Errorf("%s: %v", wasmPath, err)
 	}
 	return art, cfg, ExitOK
+}
+
+// warnStdio warns, once at start, when a config does not give the workload
+// stdout as descriptor 1 and stderr as descriptor 2 (or null there, which
+// is a choice): what the workload writes there would be lost without a
+// word, since descriptor i is the config's i-th [[files]] entry.
+func warnStdio(e *Env, where string, cfg *config.Config) {
+	if len(cfg.Files) == 0 {
+		e.Warningf("%s: no [[files]]: the workload gets no descriptors, not even stdout (as under Enarx); list stdin, stdout and stderr first", where)
+		return
+	}
+	var lost []string
+	for fd, want := range map[int]config.Kind{1: config.KindStdout, 2: config.KindStderr} {
+		switch {
+		case fd >= len(cfg.Files):
+			lost = append(lost, fmt.Sprintf("descriptor %d (%s) does not exist", fd, want))
+		case cfg.Files[fd].Kind != want && cfg.Files[fd].Kind != config.KindNull:
+			lost = append(lost, fmt.Sprintf("descriptor %d (%s) is its %s entry", fd, want, cfg.Files[fd].Kind))
+		}
+	}
+	if len(lost) == 0 {
+		return
+	}
+	sort.Strings(lost)
+	e.Warningf("%s: %s: what the workload writes there is lost (descriptor i is the i-th [[files]] entry); list stdin, stdout and stderr first, or null for a stream to drop", where, strings.Join(lost, ", "))
 }
 
 func readFileLimited(path string, limit int64) ([]byte, error) {
@@ -222,6 +260,7 @@ func runArtifact(e *Env, ro *runOptions, art *workload.Artifact, name string, ar
 		for _, w := range cfg.Warnings {
 			e.Warningf("%s", w)
 		}
+		warnStdio(e, name+" config", cfg)
 	}
 	if ro.digestOnly {
 		fmt.Fprintln(e.Stdout, art.Digest)
@@ -232,8 +271,14 @@ func runArtifact(e *Env, ro *runOptions, art *workload.Artifact, name string, ar
 
 // runLoaded runs a workload whose bytes and config are in hand.
 func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Config, name, dir string, args []string) int {
+	if err := engine.Available(ro.engine); err != nil {
+		return e.Errorf("--engine %s: %v", ro.engine, err)
+	}
 	switch ro.vm.kind {
 	case keep.KindVM:
+		if ro.engine == engine.NameWasmtime {
+			return e.Usagef("--engine %s applies to process keeps (--keep process)", ro.engine)
+		}
 		return runVM(e, ro, art, cfg, name, args)
 	case keep.KindProcess:
 		if ro.vm.image != os.Getenv("CASTELLAN_KEEP_IMAGE") || ro.vm.firmware != "" {
@@ -306,9 +351,24 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		k.stop(s.status(), "%s (workload %s) %s; it did not end within %v, its listeners and connections are closed", name, art.Digest, s, stopGrace)
 	})
 	defer release()
-	secretEnv, code := ro.secrets.bindLocal(e, cfg)
+	// Supplied secrets are checked before the keep attests; those the
+	// config fetches by kbs:/// reference come after it attested.
+	secretVals, code := ro.secrets.read(e)
 	if code != ExitOK {
 		return code
+	}
+	supplied := len(secretVals)
+	if err := cfg.CheckSecrets(slices.Collect(maps.Keys(secretVals))); err != nil {
+		return secretsError(e, err)
+	}
+	var preopens []config.File
+	var flagEnv map[string]string
+	if ro.world != nil {
+		var err error
+		preopens, flagEnv, err = ro.world.apply(cfg, ro.configPath)
+		if err != nil {
+			return e.Usagef("%v", err)
+		}
 	}
 	cert, code := keepCertificate(ctx, e, ro, cfg, art)
 	if s, ok := stoppedBy(ctx); ok {
@@ -317,6 +377,22 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 	if code != ExitOK {
 		return code
 	}
+	if code := fetchSecrets(e, ro, cfg, art, secretVals); code != ExitOK {
+		return code
+	}
+	secretEnv, err := cfg.BindSecrets(secretVals)
+	if err != nil {
+		return secretsError(e, err)
+	}
+	if supplied > 0 {
+		e.Warningf("the secrets go to a keep on this machine: without a keep on a separate host (deploy --host) they are not protected from this machine")
+	}
+	for k, v := range flagEnv {
+		if secretEnv == nil {
+			secretEnv = map[string]string{}
+		}
+		secretEnv[k] = v
+	}
 	exit, err := runtime.Run(ctx, runtime.Options{
 		Name:        name,
 		Wasm:        art.Wasm,
@@ -324,10 +400,12 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		ConfigDir:   dir,
 		Args:        args,
 		Env:         secretEnv,
+		Preopens:    preopens,
 		Stdin:       e.Stdin,
 		Stdout:      stdout,
 		Stderr:      stderr,
 		CacheDir:    cacheDir,
+		Engine:      ro.engine,
 		MemoryPages: limits.MemoryPages,
 		Certificate: cert,
 		Log:         func(f string, a ...any) { e.Infof(f, a...) },

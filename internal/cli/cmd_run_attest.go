@@ -54,7 +54,14 @@ func keepCertificate(ctx context.Context, e *Env, ro *runOptions, cfg *config.Co
 			if _, ok := stoppedBy(ctx); ok {
 				return nil, ExitError // the caller says what was stopped
 			}
-			return nil, e.Errorf("attestation with %s: %v", url, err)
+			err = fmt.Errorf("attestation with %s: %w", url, err)
+			switch {
+			case unknownAuthority(err):
+				return nil, e.ErrorWithHint(err, hintAttestCA)
+			case refusedCheck(err) == keepcert.CheckInsecure:
+				return nil, e.ErrorWithHint(err, fmt.Sprintf(hintPolicyInsecure, "the attestation service's policy"))
+			}
+			return nil, e.Errorf("%v", err)
 		}
 	case usesTLS(cfg) || ro.report != "":
 		if cert, err = client.SelfSigned(digest); err != nil {
@@ -76,16 +83,9 @@ func attestedCertificate(ctx context.Context, e *Env, ro *runOptions, url string
 	if !strings.HasPrefix(url, "https://") {
 		return nil, fmt.Errorf("must be an https:// URL")
 	}
-	var roots *x509.CertPool
-	if ro.attestCA != "" {
-		b, err := os.ReadFile(ro.attestCA)
-		if err != nil {
-			return nil, fmt.Errorf("--attest-ca: %w", err)
-		}
-		roots = x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("--attest-ca: %s: no PEM certificate in it", ro.attestCA)
-		}
+	roots, err := attestRoots(ro)
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeoutCause(ctx, ro.attestTime, errAttestTimeout(ro.attestTime))
 	defer cancel()

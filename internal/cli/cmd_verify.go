@@ -21,13 +21,15 @@ import (
 
 var verifyCmd = &Command{
 	Name:    "verify",
-	Usage:   "verify (https://host:port | --ear FILE) --ca ca.pem [--digest sha256:...] [--platform snp,tdx] [--allow-insecure] [--json]",
+	Usage:   "verify (https://host:port | --ear FILE) --ca ca.pem [--digest sha256:...] [--platform snp,tdx,sgx,cca] [--allow-insecure] [--json]",
 	Summary: "check a keep's certificate, or an EAR, and print what it proves",
 	Help: `Connects to a keep's TLS listener, checks that its certificate chains to the
 attestation service's CA (--ca), and that its claims match what is expected:
 the workload digest (--digest), the platform (--platform), and that it is not
 insecure (no TEE, simulated hardware, or self-signed) unless --allow-insecure.
-Prints the claims; exits non-zero with the reason on any mismatch.
+Prints the claims, with the hardware fields the attestation service checked
+(for SGX keeps also MRSIGNER and Intel's TCB status, for CCA keeps the realm's
+extensible measurements and the platform's firmware); exits non-zero with the reason on any mismatch.
 
 Keeps are identified by their claims, not by host names: the host name in
 the URL is not checked against the certificate.
@@ -49,7 +51,7 @@ func addVerifyFlags(fs *flag.FlagSet) *verifyFlags {
 	return &verifyFlags{
 		ca:            fs.String("ca", "", "the attestation service's CA certificate (PEM)"),
 		digest:        fs.String("digest", "", "workload digest the keep must run (sha256:...)"),
-		platform:      fs.String("platform", "", "comma-separated platforms accepted (snp, tdx, none)"),
+		platform:      fs.String("platform", "", "comma-separated platforms accepted (snp, tdx, sgx, cca, none)"),
 		allowInsecure: fs.Bool("allow-insecure", false, "accept keeps without a TEE, on simulated hardware, or self-signed"),
 		json:          fs.Bool("json", false, "print JSON"),
 		timeout:       fs.Duration("timeout", 10*time.Second, "connection timeout"),
@@ -105,9 +107,9 @@ func init() {
 			for _, p := range strings.Split(*f.platform, ",") {
 				p = strings.TrimSpace(p)
 				switch p {
-				case keepcert.PlatformSNP, keepcert.PlatformTDX, keepcert.PlatformNone:
+				case keepcert.PlatformSNP, keepcert.PlatformTDX, keepcert.PlatformSGX, keepcert.PlatformCCA, keepcert.PlatformNone:
 				default:
-					return e.Usagef("--platform: unknown platform %q (snp, tdx, none)", p)
+					return e.Usagef("--platform: unknown platform %q (snp, tdx, sgx, cca, none)", p)
 				}
 				exp.Platforms = append(exp.Platforms, p)
 			}
@@ -132,7 +134,9 @@ func init() {
 				return e.Errorf("--ca: %s: no PEM certificate in it", *f.ca)
 			}
 		} else if !*f.allowInsecure {
-			return e.Usagef("verify: --ca is required (the attestation service's ca.pem), unless --allow-insecure")
+			e.Errorf("verify: no --ca: nothing to check the keep's certificate chain against")
+			e.Hintf("%s; or, for a keep run without an attestation service (self-signed), --allow-insecure", hintVerifyCA)
+			return ExitUsage
 		}
 
 		ctx, cancel := context.WithTimeout(context.Background(), *f.timeout)
@@ -182,7 +186,16 @@ func init() {
 			printClaims(e, &out)
 		}
 		if verr != nil {
-			return e.Errorf("keep at %s: %v", pos[0], verr)
+			err := fmt.Errorf("keep at %s: %w", pos[0], verr)
+			switch {
+			case refusedCheck(verr) == keepcert.CheckInsecure:
+				return e.ErrorWithHint(err, hintAllowInsecure)
+			case refusedCheck(verr) == keepcert.CheckChain && *f.ca == "":
+				return e.ErrorWithHint(err, hintVerifyCA)
+			case unknownAuthority(verr) && *f.ca != "":
+				return e.ErrorWithHint(err, hintVerifyCA+"; a keep run without an attestation service has a self-signed certificate, accepted only with --allow-insecure and no --ca")
+			}
+			return e.Errorf("%v", err)
 		}
 		return ExitOK
 	}

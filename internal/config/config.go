@@ -57,6 +57,9 @@ type Config struct {
 	// SecretEnv names the environment variables whose values are secrets
 	// the deployer supplies ([secrets] env), in the file's order.
 	SecretEnv []string
+	// SecretRefs maps declared secret names to the kbs:///repo/type/tag
+	// references ([secrets.kbs]) the keep fetches after attestation.
+	SecretRefs map[string]string
 	// DetachedOutput is DetachedDiscard or DetachedHost: where the output of
 	// a workload goes once its client detached.
 	DetachedOutput string

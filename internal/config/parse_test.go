@@ -33,13 +33,14 @@ func render(cfg *Config, err error) string {
 		Environ  []string
 		Warnings []string `json:",omitempty"`
 		// Shown only when set, so that older golden files stay as they are.
-		SecretEnv      []string `json:",omitempty"`
-		Secrets        []string `json:",omitempty"`
-		DetachedOutput string   `json:",omitempty"`
-		VMMemory       int64    `json:",omitempty"`
-		VCPUs          int      `json:",omitempty"`
+		SecretEnv      []string          `json:",omitempty"`
+		Secrets        []string          `json:",omitempty"`
+		DetachedOutput string            `json:",omitempty"`
+		VMMemory       int64             `json:",omitempty"`
+		VCPUs          int               `json:",omitempty"`
+		SecretRefs     map[string]string `json:",omitempty"`
 	}{cfg.Steward, cfg.Args, cfg.Env, cfg.Files, limits{cfg.Limits.MemoryPages, cfg.Limits.WallTime.String(), cfg.Limits.MaxOutput, cfg.Limits.MaxOpenFiles}, cfg.Environ(), cfg.Warnings,
-		cfg.SecretEnv, cfg.SecretNames(), "", cfg.Limits.VMMemory, cfg.Limits.VCPUs}
+		cfg.SecretEnv, cfg.SecretNames(), "", cfg.Limits.VMMemory, cfg.Limits.VCPUs, cfg.SecretRefs}
 	if cfg.DetachedOutput != DetachedDiscard {
 		out.DetachedOutput = cfg.DetachedOutput
 	}

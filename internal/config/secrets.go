@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+
+	"github.com/castellan-dev/castellan/internal/kbs"
 	"regexp"
 	"sort"
 	"strings"
@@ -35,8 +37,14 @@ func ValidSecretName(s string) bool { return secretName.MatchString(s) }
 func (p *parser) secrets(m map[string]any) error {
 	for _, k := range p.sortedKeys([]string{"secrets"}, m) {
 		key := []string{"secrets", k}
+		if k == "kbs" {
+			if err := p.secretRefs(m[k]); err != nil {
+				return err
+			}
+			continue
+		}
 		if k != "env" {
-			return p.at(key, "unknown key %q in [secrets] (want env; secret files are [[files]] entries with kind = \"secret\")", k)
+			return p.at(key, "unknown key %q in [secrets] (want env or kbs; secret files are [[files]] entries with kind = \"secret\")", k)
 		}
 		a, ok := m[k].([]any)
 		if !ok {
@@ -66,10 +74,44 @@ func (p *parser) secrets(m map[string]any) error {
 	return nil
 }
 
+// secretRefs parses [secrets.kbs]: declared secret names mapped to
+// kbs:///repo/type/tag references, fetched by the keep after attestation
+// instead of being supplied at deploy.
+func (p *parser) secretRefs(v any) error {
+	t, ok := v.(map[string]any)
+	if !ok {
+		return p.at([]string{"secrets", "kbs"}, "secrets.kbs must be a table of secret names and kbs:/// references, not %s", typeName(v))
+	}
+	p.cfg.SecretRefs = map[string]string{}
+	for _, name := range p.sortedKeys([]string{"secrets", "kbs"}, t) {
+		key := []string{"secrets", "kbs", name}
+		s, ok := t[name].(string)
+		if !ok {
+			return p.at(key, "secrets.kbs.%s must be a kbs:/// reference string, not %s", name, typeName(t[name]))
+		}
+		ref, err := kbs.ParseRef(s)
+		if err != nil {
+			return p.at(key, "secrets.kbs.%s: %v", name, err)
+		}
+		p.cfg.SecretRefs[name] = ref.String()
+	}
+	return nil
+}
+
 // checkSecrets runs once the whole file is read: a secret environment
-// variable must not also have a value in [env], and names are unique
-// across environment and file secrets (the deployer names them alike).
+// variable must not also have a value in [env], names are unique across
+// environment and file secrets (the deployer names them alike), and each
+// [secrets.kbs] name is a declared secret.
 func (p *parser) checkSecrets() error {
+	declared := map[string]bool{}
+	for _, n := range p.cfg.SecretNames() {
+		declared[n] = true
+	}
+	for _, name := range p.sortedKeys([]string{"secrets", "kbs"}, anyMap(p.cfg.SecretRefs)) {
+		if !declared[name] {
+			return p.at([]string{"secrets", "kbs", name}, "secrets.kbs.%s: no secret of that name is declared (in secrets.env or a [[files]] entry with kind = \"secret\")", name)
+		}
+	}
 	for i, name := range p.cfg.SecretEnv {
 		k := []string{"secrets", "env", idx(i)}
 		if _, ok := p.cfg.Env[name]; ok {
@@ -112,6 +154,7 @@ func (c *Config) SecretNames() []string {
 type SecretsError struct {
 	Missing    []string // declared, not supplied
 	Undeclared []string // supplied, not declared
+	Fetched    []string // supplied, but fetched by the keep ([secrets.kbs])
 }
 
 func (e *SecretsError) Error() string {
@@ -122,46 +165,72 @@ func (e *SecretsError) Error() string {
 	if len(e.Undeclared) > 0 {
 		parts = append(parts, "secrets were supplied that the config does not declare: "+strings.Join(e.Undeclared, ", "))
 	}
+	if len(e.Fetched) > 0 {
+		parts = append(parts, "secrets were supplied that the keep fetches by kbs:/// reference ([secrets.kbs]): "+strings.Join(e.Fetched, ", "))
+	}
 	return strings.Join(parts, "; ")
 }
 
-// CheckSecrets compares the names of the supplied secrets with those the
-// config declares: every declared one must be supplied and nothing else.
+func anyMap(m map[string]string) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// CheckSecrets compares the names of the secrets a deployer supplies with
+// those the config declares: every declared one must be supplied, except
+// those [secrets.kbs] fetches, and nothing else.
 func (c *Config) CheckSecrets(supplied []string) error {
+	var skip map[string]string
+	if c != nil {
+		skip = c.SecretRefs
+	}
+	return c.checkSecretNames(supplied, skip)
+}
+
+func (c *Config) checkSecretNames(supplied []string, skip map[string]string) error {
 	declared := map[string]bool{}
 	for _, n := range c.SecretNames() {
-		declared[n] = true
+		if _, ok := skip[n]; !ok {
+			declared[n] = true
+		}
 	}
 	e := &SecretsError{}
 	given := map[string]bool{}
 	for _, n := range supplied {
 		given[n] = true
-		if !declared[n] {
+		if _, fetched := skip[n]; fetched {
+			e.Fetched = append(e.Fetched, n)
+		} else if !declared[n] {
 			e.Undeclared = append(e.Undeclared, n)
 		}
 	}
 	for _, n := range c.SecretNames() {
-		if !given[n] {
+		if _, ok := skip[n]; !given[n] && !ok {
 			e.Missing = append(e.Missing, n)
 		}
 	}
-	if len(e.Missing) == 0 && len(e.Undeclared) == 0 {
+	if len(e.Missing) == 0 && len(e.Undeclared) == 0 && len(e.Fetched) == 0 {
 		return nil
 	}
 	sort.Strings(e.Undeclared)
+	sort.Strings(e.Fetched)
 	return e
 }
 
-// BindSecrets checks values against the declared secrets (CheckSecrets),
-// puts the contents of secret files into their entries (File.Secret) and
-// returns the secret environment values, to be added after the config's
-// env. A nil config accepts no secrets.
+// BindSecrets checks values against the declared secrets (every one,
+// those fetched from [secrets.kbs] included), puts the contents of secret
+// files into their entries (File.Secret) and returns the secret
+// environment values, to be added after the config's env. A nil config
+// accepts no secrets.
 func (c *Config) BindSecrets(values map[string]string) (env map[string]string, err error) {
 	names := make([]string, 0, len(values))
 	for n := range values {
 		names = append(names, n)
 	}
-	if err := c.CheckSecrets(names); err != nil {
+	if err := c.checkSecretNames(names, nil); err != nil {
 		return nil, err
 	}
 	if c == nil {

@@ -62,7 +62,7 @@ func artifacts(t *testing.T) string {
 func TestBrowser(t *testing.T) {
 	exe := chromium(t)
 	art := artifacts(t)
-	tc := newConsole(t, console.Options{TimeLimit: 60 * time.Second, MaxKeeps: 1})
+	tc := newConsole(t, console.Options{TimeLimit: 2 * time.Minute, MaxKeeps: 1})
 
 	// Build the examples first: on a fresh machine the first Go build for
 	// wasip1 compiles the standard library, which is not the page's doing.
@@ -90,7 +90,7 @@ func TestBrowser(t *testing.T) {
 	defer cancelA()
 	ctx, cancelB := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
 	defer cancelB()
-	ctx, cancelT := context.WithTimeout(ctx, 4*time.Minute)
+	ctx, cancelT := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancelT()
 
 	shotIn := func(ctx context.Context, name string) {
@@ -124,7 +124,7 @@ func TestBrowser(t *testing.T) {
 	do := func(step string, actions ...chromedp.Action[chromedp.Void]) { t.Helper(); doIn(ctx, step, actions...) }
 	text := func(sel string) string { t.Helper(); return textIn(ctx, sel) }
 	waitFor := func(js string) chromedp.Action[chromedp.Void] {
-		return chromedp.Poll[chromedp.Void](js, chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(90*time.Second))
+		return chromedp.Poll[chromedp.Void](js, chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(2*time.Minute))
 	}
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
 
@@ -191,7 +191,7 @@ func TestBrowser(t *testing.T) {
 		waitFor(`document.getElementById('stdout').textContent.includes('tick 2')`),
 		waitFor(`document.getElementById('countdown').textContent.startsWith('Time left: ')`),
 	)
-	if c := text("#countdown"); !strings.HasSuffix(c, " s of 60 s") {
+	if c := text("#countdown"); !strings.HasSuffix(c, " s of 120 s") {
 		t.Errorf("countdown: %q", c)
 	}
 	shot("4-ticker-running.png")

@@ -391,6 +391,18 @@ func (s *Server) backends() ([]BackendInfo, string) {
 		case tee.NameSimTDX:
 			b.Label = "sim-tdx: simulated Intel TDX (insecure)"
 			b.Description = "A real-format TDX quote signed by a test key on this machine: every check runs, nothing is protected."
+		case tee.NameSimSGX:
+			b.Label = "sim-sgx: simulated Intel SGX enclave (insecure)"
+			b.Description = "A real-format SGX DCAP quote signed by a test key on this machine: every check runs, nothing is protected."
+		case tee.NameSimCCA:
+			b.Label = "sim-cca: simulated Arm CCA realm (insecure)"
+			b.Description = "A real-format Arm CCA attestation token signed by test keys on this machine: every check runs, nothing is protected."
+		case tee.NameSGX:
+			b.Label = "sgx: Intel SGX enclave (Gramine)"
+			b.Description = "Castellan runs inside an SGX enclave; Intel's key signs the quote of its measurement."
+		case tee.NameCCA:
+			b.Label = "cca: Arm CCA realm"
+			b.Description = "The keep runs in a realm the hypervisor cannot read; the platform's attestation key signs the evidence."
 		case tee.NameSNP:
 			b.Label = "snp: AMD SEV-SNP confidential VM"
 			b.Description = "The keep's memory is encrypted by the CPU; AMD's key signs the evidence."
@@ -401,7 +413,7 @@ func (s *Server) backends() ([]BackendInfo, string) {
 			b.Label = st.Name
 		}
 		if st.Usable && def == "" {
-			def = st.Name // Names order: snp, tdx, sim-snp, sim-tdx, nil
+			def = st.Name // Names order: real TEEs, then sim-snp, other simulations, nil
 		}
 		out = append(out, b)
 	}

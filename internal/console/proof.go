@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
@@ -20,7 +21,7 @@ import (
 type Proof struct {
 	WorkloadDigest     string `json:"workload_digest"`
 	Backend            string `json:"backend"`
-	Platform           string `json:"platform"`      // none, snp, tdx
+	Platform           string `json:"platform"`      // none, snp, tdx, sgx, cca
 	PlatformName       string `json:"platform_name"` // for people
 	Simulated          bool   `json:"simulated"`
 	Insecure           bool   `json:"insecure"`
@@ -31,6 +32,10 @@ type Proof struct {
 	Debug              bool   `json:"debug"`
 	Measurement        string `json:"measurement,omitempty"` // hex
 	TCB                []TCB  `json:"tcb,omitempty"`
+	// Identity lists the platform's further identity values (SGX signer,
+	// CCA extensible measurements and platform firmware), each explained.
+	Identity  []Identity `json:"identity,omitempty"`
+	TCBStatus string     `json:"tcb_status,omitempty"` // Intel's verdict (SGX, TDX) when collateral was used
 	// Checked are the other hardware fields the verifier decided on
 	// (evidence.Claims.Details: VMPL, guest policy, TD attributes, RTMRs,
 	// whether collateral was used...).
@@ -125,6 +130,8 @@ func decodeReport(b []byte, check Verifier, now time.Time) (*Proof, error) {
 		Debug:              claims.Debug,
 		Measurement:        hex.EncodeToString(claims.Measurement),
 		TCB:                tcbList(claims.TCB),
+		TCBStatus:          claims.Details["tcb_status"],
+		Checked:            claims.Details,
 		Certificate:        certInfo(chain, claims, now),
 		VerifiedBy:         "This console, from the keep's report (direct mode: no host agent, no confidential delivery): the evidence's signatures, and that it binds the certificate's key and the workload digest. The nonce is the keep's own: this shows a binding, not freshness.",
 	}
@@ -153,6 +160,8 @@ func decodeReport(b []byte, check Verifier, now time.Time) (*Proof, error) {
 				p.Debug = ec.Debug
 				p.Measurement = hex.EncodeToString(ec.Measurement)
 				p.TCB = tcbList(ec.TCB)
+				p.Identity = identityList(ec.Identity)
+				p.TCBStatus = ec.Details["tcb_status"]
 				p.Checked = ec.Details
 				p.Insecure = p.Insecure || ec.Insecure()
 			}
@@ -207,6 +216,10 @@ func platformName(platform string, simulated bool) string {
 		n = "AMD SEV-SNP"
 	case evidence.PlatformTDX:
 		n = "Intel TDX"
+	case evidence.PlatformSGX:
+		n = "Intel SGX"
+	case evidence.PlatformCCA:
+		n = "Arm CCA"
 	default:
 		return platform
 	}
@@ -264,4 +277,39 @@ func verdict(p *Proof) (string, string) {
 		return "Protected by " + platformName(p.Platform, false) + ".",
 			"The CPU vendor's key signed a report of the measured runtime and this keep's key: the host cannot read or change the keep's memory."
 	}
+}
+
+// Identity is one identity value of the platform, in hex, with what it means.
+type Identity struct {
+	Name    string `json:"name"`
+	Value   string `json:"value"`
+	Meaning string `json:"meaning"`
+}
+
+// identityMeanings says in plain words what each identity value is.
+var identityMeanings = map[string]string{
+	"mrsigner":             "hash of the key that signed the enclave: who built it",
+	"config_id":            "configuration the enclave was started with",
+	"isv_ext_prod_id":      "extended product ID the enclave's author chose",
+	"isv_family_id":        "product family the enclave's author chose",
+	"personalization":      "value chosen when the realm was created (zero: none)",
+	"platform_impl_id":     "which implementation of the Arm CCA platform firmware",
+	"platform_instance_id": "which machine: derived from its platform attestation key",
+	"platform_config":      "the platform's security configuration",
+}
+
+func identityList(m map[string][]byte) []Identity {
+	out := make([]Identity, 0, len(m))
+	for k, v := range m {
+		meaning := identityMeanings[k]
+		switch {
+		case strings.HasPrefix(k, "rem."):
+			meaning = "extensible measurement " + strings.TrimPrefix(k, "rem.") + ": what the realm added after launch (zero: nothing)"
+		case strings.HasPrefix(k, "platform_sw."):
+			meaning = "measurement of the platform's firmware component " + strings.TrimPrefix(k, "platform_sw.")
+		}
+		out = append(out, Identity{Name: k, Value: hex.EncodeToString(v), Meaning: meaning})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }

@@ -90,8 +90,8 @@ func makeReport(t testing.TB, s reportSpec) []byte {
 			t.Fatal(err)
 		}
 		platform := evidence.PlatformSNP
-		if s.backend == tee.NameSimTDX {
-			platform = evidence.PlatformTDX
+		if p, ok := map[string]string{tee.NameSimTDX: evidence.PlatformTDX, tee.NameSimSGX: evidence.PlatformSGX, tee.NameSimCCA: evidence.PlatformCCA}[s.backend]; ok {
+			platform = p
 		}
 		env, err := tee.Attest(context.Background(), tee.NewSim(platform, s.ca), spki, []byte("nonce"), s.envDigest)
 		if err != nil {
@@ -116,17 +116,26 @@ func makeReport(t testing.TB, s reportSpec) []byte {
 
 func TestDecodeReport(t *testing.T) {
 	ca, _ := simCAs(t)
-	for _, backend := range []string{tee.NameSimSNP, tee.NameSimTDX} {
+	for _, backend := range []string{tee.NameSimSNP, tee.NameSimTDX, tee.NameSimSGX, tee.NameSimCCA} {
 		p, err := decodeReport(makeReport(t, reportSpec{backend: backend, ca: ca}), testVerifier(ca), time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := map[string]string{tee.NameSimSNP: "snp", tee.NameSimTDX: "tdx"}[backend]
-		if p.Platform != want || !p.Simulated || !p.Insecure || !p.Evidence.Verified || p.Measurement == "" || len(p.TCB) == 0 {
+		want := map[string]string{tee.NameSimSNP: "snp", tee.NameSimTDX: "tdx", tee.NameSimSGX: "sgx", tee.NameSimCCA: "cca"}[backend]
+		if p.Platform != want || !p.Simulated || !p.Insecure || !p.Evidence.Verified || p.Measurement == "" || (len(p.TCB) == 0) != (want == "cca") {
 			t.Errorf("%s: %+v", backend, p)
 		}
+		// SGX and CCA evidence has identity values, each explained.
+		if (want == "sgx" || want == "cca") != (len(p.Identity) > 0) {
+			t.Errorf("%s: identity %+v", backend, p.Identity)
+		}
+		for _, id := range p.Identity {
+			if id.Meaning == "" || id.Value == "" {
+				t.Errorf("%s: identity value %+v is not explained", backend, id)
+			}
+		}
 		// What the verifier decided on is shown, collateral included.
-		if p.Checked["collateral"] != "none" || (want == "snp" && p.Checked["vmpl"] != "0") || (want == "tdx" && p.Checked["td_attributes"] == "") {
+		if (want != "cca" && p.Checked["collateral"] != "none") || (want == "snp" && p.Checked["vmpl"] != "0") || (want == "tdx" && p.Checked["td_attributes"] == "") {
 			t.Errorf("%s: checked %v", backend, p.Checked)
 		}
 		if !strings.Contains(p.Verdict, "simulated") || !strings.Contains(p.PlatformName, "simulated on this machine") {

@@ -80,6 +80,9 @@ func CheckSecrets(art *workload.Artifact, secrets map[string]string) (*config.Co
 			return nil, err
 		}
 	}
+	if cfg != nil && len(cfg.SecretRefs) > 0 {
+		return nil, errors.New("the config fetches secrets by kbs:/// reference ([secrets.kbs]); a delivered keep does not fetch them: run it where it attests to a service (castellan run --attest, the containerd shim)")
+	}
 	names := make([]string, 0, len(secrets))
 	for k := range secrets {
 		names = append(names, k)

@@ -79,7 +79,7 @@ func pair(t *testing.T, digest string) (*Keep, *Session, *Verified) {
 func run(t *testing.T, k *Keep, sess *Session, v *Verified, d Delivery) (*Result, error, *Result, error) {
 	t.Helper()
 	c1, c2 := socketPair(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var kres *Result
 	var kerr error
@@ -109,6 +109,25 @@ func TestDeliverGoHello(t *testing.T) {
 	}
 	if res.ExitCode != 0 {
 		t.Errorf("exit %d", res.ExitCode)
+	}
+}
+
+// TestOutputLimit: the config's max_output counts stdout and stderr in the
+// keep; past it the client gets status 125 and the reason, as from
+// castellan run, and no more output.
+func TestOutputLimit(t *testing.T) {
+	art := load(t, "c", "hello", []byte("[limits]\nmax_output = \"10\"\n"+stdio))
+	k, sess, v := pair(t, art.Digest.String())
+	var out, errOut syncBuf
+	res, err, kres, kerr := run(t, k, sess, v, Delivery{Artifact: art, Stdout: &out, Stderr: &errOut})
+	if err != nil || kerr != nil {
+		t.Fatalf("deliver: %v; keep: %v", err, kerr)
+	}
+	if res.ExitCode != ExitMaxOutput || res.Reason != "output limit of 10 bytes reached" || kres.ExitCode != ExitMaxOutput {
+		t.Errorf("client result %+v, keep result %+v", res, kres)
+	}
+	if got := out.String() + errOut.String(); got != "hello from" {
+		t.Errorf("output %q, want the first 10 bytes", got)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"math/big"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
@@ -241,6 +242,27 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 		})
 	}
 	stdout.onFail, stderr.onFail = gone, gone
+	// The config's max_output counts stdout and stderr together, as
+	// castellan run counts them: past it the client gets the exit status
+	// 125 with the reason, and the workload is stopped.
+	var limited atomic.Bool
+	if cfg != nil && cfg.Limits.MaxOutput > 0 {
+		b := &outputBudget{left: cfg.Limits.MaxOutput}
+		b.onLimit = func() {
+			reason := fmt.Sprintf("output limit of %d bytes reached", cfg.Limits.MaxOutput)
+			limited.Store(true)
+			rb, _ := json.Marshal(Result{ExitCode: ExitMaxOutput, Reason: reason})
+			if w.write(FrameExit, rb) == nil {
+				tc.CloseWrite()
+			}
+			stdout.redirect(nil, false)
+			stderr.redirect(nil, false)
+			if o.Abort != nil {
+				o.Abort(reason)
+			}
+		}
+		stdout.budget, stderr.budget = b, b
+	}
 	if m.Detach {
 		// A detached client returns once it read Started: the output
 		// never goes to it.
@@ -272,11 +294,16 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 		Certificate: cert,
 		Log: func(f string, a ...any) {
 			// Runtime notices may name workload data (a listen address);
-			// they go to the client only.
-			fmt.Fprintf(stderr, "castellan: "+f+"\n", a...)
+			// they go to the client only, outside the output budget.
+			stderr.write([]byte(fmt.Sprintf("castellan: "+f+"\n", a...)))
 		},
 	})
 	clientGone.Do(func() {}) // the workload is over: a hang-up now changes nothing
+	if limited.Load() {
+		// The client has its exit frame (without Abort, as in tests, the
+		// workload ran on with its output dropped).
+		return &Result{ExitCode: ExitMaxOutput, Reason: "output limit reached"}, nil
+	}
 	res := &Result{ExitCode: code}
 	if err != nil {
 		res = &Result{ExitCode: 1, Reason: err.Error()}
@@ -384,6 +411,7 @@ type streamWriter struct {
 	fw     *frameWriter
 	typ    byte
 	onFail func()
+	budget *outputBudget // nil: no output limit
 
 	mu     sync.Mutex
 	moved  bool
@@ -399,7 +427,47 @@ func (s *streamWriter) redirect(w io.Writer, use bool) {
 	}
 }
 
+// ExitMaxOutput is the exit status of a workload stopped by its output
+// limit, as castellan run gives it.
+const ExitMaxOutput = 125
+
+// outputBudget counts a workload's stdout and stderr against one limit.
+type outputBudget struct {
+	mu      sync.Mutex
+	left    int64
+	once    sync.Once
+	onLimit func()
+}
+
+// take returns how much of n bytes may still be written, and whether the
+// limit is passed.
+func (b *outputBudget) take(n int) (int, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if int64(n) <= b.left {
+		b.left -= int64(n)
+		return n, false
+	}
+	ok := int(b.left)
+	b.left = 0
+	return ok, true
+}
+
 func (s *streamWriter) Write(p []byte) (int, error) {
+	if s.budget != nil {
+		n, over := s.budget.take(len(p))
+		s.write(p[:n])
+		if over {
+			s.budget.once.Do(s.budget.onLimit)
+			return n, errors.New("output limit reached")
+		}
+		return len(p), nil
+	}
+	return s.write(p)
+}
+
+// write sends p on, outside any budget.
+func (s *streamWriter) write(p []byte) (int, error) {
 	s.mu.Lock()
 	moved, target := s.moved, s.target
 	s.mu.Unlock()

@@ -79,7 +79,7 @@ func TestDetachedOutput(t *testing.T) {
 		art := load(t, "c", "hello", []byte(c.setting+stdio))
 		k, sess, v := pair(t, art.Digest.String())
 		c1, c2 := socketPair(t)
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		var host, log syncBuf
 		done := make(chan error, 1)
 		go func() {

@@ -4,9 +4,9 @@
 //
 // Host functions see linear memory as a byte slice and their parameters and
 // results as a []uint64 stack, nothing more, so the WASI code never imports
-// an engine. The only implementation today is wazero (pure Go, see
-// wazero.go); a second one (wasmtime through cgo, behind a build tag) can be
-// added by implementing Engine without touching internal/wasi.
+// an engine. There are two implementations: wazero (pure Go, the default,
+// see wazero.go) and wasmtime (through cgo, only in builds with the build
+// tag "wasmtime", see wasmtime.go). New picks one by name.
 package engine
 
 import (
@@ -93,6 +93,39 @@ type RunConfig struct {
 	// MemoryPages caps linear memory for this run, if lower than the
 	// engine's limit (0: the engine's).
 	MemoryPages uint32
+}
+
+// Names of the engines New knows.
+const (
+	NameWazero   = "wazero"
+	NameWasmtime = "wasmtime"
+)
+
+// New makes the engine called name: "wazero" (also for "") or "wasmtime",
+// which exists only in builds with the build tag wasmtime.
+func New(name string, cfg Config) (Engine, error) {
+	if err := Available(name); err != nil {
+		return nil, err
+	}
+	if name == NameWasmtime {
+		return newWasmtime(cfg)
+	}
+	return NewWazero(cfg)
+}
+
+// Available says in one line why New cannot make the engine called name:
+// an unknown name, or wasmtime in a build without it. It is nil if New can.
+func Available(name string) error {
+	switch name {
+	case "", NameWazero:
+		return nil
+	case NameWasmtime:
+		if !WasmtimeBuilt {
+			return errNoWasmtime
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown engine %q (want %s or %s)", name, NameWazero, NameWasmtime)
 }
 
 // Engine compiles and runs modules.

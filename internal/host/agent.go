@@ -364,7 +364,7 @@ func (a *Agent) childOutcome(l *liveKeep, ps *os.ProcessState) outcome {
 	if ws.Signaled() {
 		reason := "killed by signal " + sig
 		cpu := ps.UserTime() + ps.SystemTime()
-		if l.limits.CPUSeconds > 0 && (ws.Signal() == syscall.SIGXCPU ||
+		if l.limits.CPUSeconds > 0 && (keep.IsCPULimitSignal(ws.Signal()) ||
 			(ws.Signal() == syscall.SIGKILL && cpu >= time.Duration(l.limits.CPUSeconds)*time.Second-100*time.Millisecond)) {
 			reason = fmt.Sprintf("cpu time limit of %ds reached (killed by signal %s)", l.limits.CPUSeconds, sig)
 		}

@@ -145,7 +145,7 @@ func TestClientDisconnectsMidDelivery(t *testing.T) {
 	art := artifact(t, fixtures.Go(t, "hello"), nil)
 	sess, _ := delivery.NewSession()
 	v := &delivery.InsecureVerifier{}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	nonce := []byte("mid-delivery")
 	k, err := h.client.Create(ctx, &CreateRequest{Backend: "nil", Nonce: nonce, Digest: art.Digest.String(), ClientKey: sess.KeyHash})
@@ -247,7 +247,7 @@ func TestLyingAgent(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := lyingAgent(t, h, tc.tamper)
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			var kid string
 			_, _, err := c.Deploy(ctx, DeployOptions{Backend: "sim-snp", Verifier: &delivery.PolicyVerifier{Policy: snap},
@@ -279,7 +279,7 @@ func TestPolicyRefusesMeasurement(t *testing.T) {
 	h := newHarness(t)
 	art := artifact(t, fixtures.C(t, "hello"), nil)
 	_, _, snap := ownerPolicy(t, "sha256:"+strings.Repeat("2", 64)) // not this workload
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	_, _, _, _, err := h.deploy(ctx, "sim-snp", art, &delivery.PolicyVerifier{Policy: snap}, nil)
 	var ve *delivery.VerificationError

@@ -79,7 +79,7 @@ func TestNoPlaintext(t *testing.T) {
 	fileArt := artifact(t, fixtures.Go(t, "stdin"), fileCfg)
 	_, _, snap := ownerPolicy(t, art.Digest.String(), fileArt.Digest.String())
 	v := &delivery.PolicyVerifier{Policy: snap, Name: "test policy"}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	k, res, out, errOut, err := h.deploy(ctx, "sim-snp", art, v, func(o *DeployOptions) {
 		o.Delivery.Secrets = map[string]string{"API_KEY": secretMarker}

@@ -100,7 +100,7 @@ func TestEndToEndSimSNP(t *testing.T) {
 	// against the attestation service's CA and the expected digest.
 	exp := keepcert.Expect{Roots: attCA.Pool(), Digest: art.Digest.String(), Platforms: []string{"snp"}, AllowInsecure: true}
 	var claims *keepcert.Claims
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+	hc := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		InsecureSkipVerify: true, // keepcert checks the chain to the service's CA
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			c, err := keepcert.VerifyConnectionState(cs, exp)

@@ -96,7 +96,8 @@ func newHarness(t testing.TB, mods ...func(*Config)) *harness {
 	h.cfg = Config{
 		StateDir:      state,
 		KeepCommand:   []string{exe, keepArg},
-		AttachTimeout: 30 * time.Second,
+		AttachTimeout: 5 * time.Minute, // a hang-catcher: the restart test waits across an agent restart
+		ReadyTimeout:  2 * time.Minute,
 		Logf:          func(f string, a ...any) { fmt.Fprintf(h.log, f+"\n", a...) },
 		RelayTap:      func(_ string, _ bool, p []byte) { h.relay.Write(p) },
 	}
@@ -202,10 +203,10 @@ func (h *harness) deploy(ctx context.Context, backend string, art *workload.Arti
 // waitEnded follows a keep's events until it ended and returns its record.
 func (h *harness) waitEnded(id string) *Keep {
 	h.t.Helper()
-	return h.waitEndedWithin(id, 60*time.Second)
+	return h.waitEndedWithin(id, 2*time.Minute)
 }
 
-// waitEndedWithin is waitEnded with its own bound.
+// waitEndedWithin is waitEnded with its own bound (a hang catcher).
 func (h *harness) waitEndedWithin(id string, d time.Duration) *Keep {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)

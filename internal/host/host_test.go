@@ -16,7 +16,7 @@ import (
 func TestDeployNil(t *testing.T) {
 	h := newHarness(t)
 	art := artifact(t, fixtures.C(t, "hello"), nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	k, res, out, errOut, err := h.deploy(ctx, "nil", art, &delivery.InsecureVerifier{}, func(o *DeployOptions) {
 		o.Delivery.Args = []string{"a1"}
@@ -49,7 +49,7 @@ func TestDetachedOutput(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			h := newHarness(t)
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			art := artifact(t, fixtures.C(t, "hello"), []byte(c.setting+stdio))
 			marker := fmt.Sprintf("DETACHED-OUTPUT-MARKER-%x", time.Now().UnixNano())

@@ -27,7 +27,7 @@ func TestLoad(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.MaxKeeps = n })
 	art := artifact(t, fixtures.C(t, "hello"), nil)
 	v := &delivery.InsecureVerifier{SimRoots: simRoots(t)}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -74,7 +74,7 @@ func TestLoad(t *testing.T) {
 func TestSIGKILL(t *testing.T) {
 	h := newHarness(t)
 	k := h.create(t, "nil", Limits{})
-	if err := syscall.Kill(k.PID, syscall.SIGKILL); err != nil {
+	if err := kill(k.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	end := h.waitEnded(k.ID)
@@ -123,7 +123,7 @@ func TestStop(t *testing.T) {
 	if keep.Alive(k.PID, ticks) {
 		t.Errorf("keep process %d still alive after stop", k.PID)
 	}
-	if err := syscall.Kill(-k.PID, 0); err == nil {
+	if err := kill(-k.PID, 0); err == nil {
 		t.Errorf("process group %d still exists after stop", k.PID)
 	}
 }
@@ -133,7 +133,12 @@ func TestStop(t *testing.T) {
 // workload that spins.
 func TestLimitsEnforced(t *testing.T) {
 	h := newHarness(t)
-	k := h.create(t, "nil", Limits{MemoryBytes: 1 << 30, CPUSeconds: 7, OpenFiles: 77})
+	mem := int64(1 << 30)
+	if raceEnabled {
+		// ThreadSanitizer's shadow memory needs more (race_test.go).
+		mem = DefaultMemoryBytes
+	}
+	k := h.create(t, "nil", Limits{MemoryBytes: mem, CPUSeconds: 7, OpenFiles: 77})
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", k.PID))
 	if err != nil {
 		t.Fatal(err)
@@ -141,7 +146,7 @@ func TestLimitsEnforced(t *testing.T) {
 	for _, want := range []string{
 		"Max cpu time              7                    7                    seconds",
 		"Max open files            77                   77                   files",
-		"Max data size             1073741824           1073741824           bytes",
+		fmt.Sprintf("Max data size             %-20d %-20d bytes", mem, mem),
 	} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("/proc/%d/limits lacks %q:\n%s", k.PID, want, b)
@@ -159,11 +164,20 @@ func TestLimitsEnforced(t *testing.T) {
 		{"wall", Limits{WallSeconds: 2, CPUSeconds: 30}, "wall time limit of 2s reached"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
+			before, err := h.client.List(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
 			k, _, _, _, err := h.deploy(ctx, "nil", art, v, func(o *DeployOptions) { o.Limits = tc.lim })
 			if err == nil {
 				t.Fatal("a spinning workload ended normally")
+			}
+			if k == nil {
+				// On a slow machine the limit may end the keep before it
+				// is ready: find it in the list.
+				k = newKeep(t, h, before)
 			}
 			end := h.waitEnded(k.ID)
 			if end.State != StateFailed || !strings.Contains(end.Reason, tc.reason) {
@@ -171,6 +185,26 @@ func TestLimitsEnforced(t *testing.T) {
 			}
 		})
 	}
+}
+
+// newKeep returns the one keep that the agent lists and before did not.
+func newKeep(t *testing.T, h *harness, before []Keep) *Keep {
+	t.Helper()
+	after, err := h.client.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := map[string]bool{}
+	for _, k := range before {
+		old[k.ID] = true
+	}
+	for i := range after {
+		if !old[after[i].ID] {
+			return &after[i]
+		}
+	}
+	t.Fatal("no new keep listed")
+	return nil
 }
 
 // TestRestart stops the agent abruptly with keeps in every state, changes
@@ -181,7 +215,7 @@ func TestRestart(t *testing.T) {
 	h := newHarness(t)
 	hello := artifact(t, fixtures.C(t, "hello"), nil)
 	v := &delivery.InsecureVerifier{}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
 	// exited: ran to completion before the crash.
@@ -216,7 +250,7 @@ func TestRestart(t *testing.T) {
 	timedOutTicks := mustTicks(t, timedOut.PID)
 	h.stop()
 
-	if err := syscall.Kill(killed.PID, syscall.SIGKILL); err != nil {
+	if err := kill(killed.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	// Wait for the kill to land: the process becomes a zombie of this

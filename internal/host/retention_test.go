@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -90,7 +89,7 @@ func TestRemove(t *testing.T) {
 	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || !strings.Contains(ae.Message, "is ready: stop it first") {
 		t.Fatalf("removing a live keep: %v", err)
 	}
-	if err := syscall.Kill(live.PID, 0); err != nil {
+	if err := kill(live.PID, 0); err != nil {
 		t.Fatalf("the refused removal touched the keep: %v", err)
 	}
 	if err := h.client.Remove(ctx, live.ID, true); err != nil {
@@ -99,7 +98,7 @@ func TestRemove(t *testing.T) {
 	if _, err := h.client.Get(ctx, live.ID); !notFound(err) {
 		t.Errorf("removed keep still served: %v", err)
 	}
-	if err := syscall.Kill(-live.PID, 0); err == nil {
+	if err := kill(-live.PID, 0); err == nil {
 		t.Errorf("the removed keep's process group %d still runs", live.PID)
 	}
 	done := h.create(t, "nil", Limits{})

@@ -176,7 +176,7 @@ func TestVMKeepLimits(t *testing.T) {
 
 	// The killed one: ready, then its QEMU gets SIGKILL.
 	killed := h.create(t, "nil", Limits{})
-	if err := syscall.Kill(killed.PID, syscall.SIGKILL); err != nil {
+	if err := kill(killed.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	end := h.waitEnded(killed.ID)
@@ -206,7 +206,7 @@ func TestVMKeepLimits(t *testing.T) {
 	if !strings.Contains(evs.String(), "running ") {
 		t.Errorf("the spinning keep never ran its workload:\n%s", evs.String())
 	}
-	if err := syscall.Kill(-k.PID, 0); err == nil {
+	if err := kill(-k.PID, 0); err == nil {
 		t.Errorf("QEMU's process group %d is still there", k.PID)
 	}
 	assertOnlyRecords(t, filepath.Join(h.stateDir, "keeps", k.ID))

@@ -187,7 +187,7 @@ func assertOnlyRecords(t *testing.T, dir string) {
 func TestVMKeepFakeKilled(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.Launcher = fakeVMLauncher(t) })
 	k := h.create(t, "nil", Limits{})
-	if err := syscall.Kill(k.PID, syscall.SIGKILL); err != nil {
+	if err := kill(k.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	end := h.waitEnded(k.ID)

@@ -95,7 +95,9 @@ func KillGroup(pid int, ticks uint64) error {
 	return nil
 }
 
-func procAttr() *syscall.SysProcAttr {
+// ProcAttr makes a started process lead a process group of its own, so
+// that a keep and all it started are stopped together.
+func ProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true}
 }
 
@@ -171,3 +173,7 @@ func SignalName(s syscall.Signal) string {
 	}
 	return n
 }
+
+// IsCPULimitSignal reports whether s is the signal the kernel sends at
+// RLIMIT_CPU's soft limit.
+func IsCPULimitSignal(s syscall.Signal) bool { return s == syscall.SIGXCPU }

@@ -19,7 +19,8 @@ func ApplyLimits(Limits) error                  { return errUnsupported }
 func StartTicks(int) (uint64, error)            { return 0, errUnsupported }
 func Alive(int, uint64) bool                    { return false }
 func KillGroup(int, uint64) error               { return errUnsupported }
-func procAttr() *syscall.SysProcAttr            { return &syscall.SysProcAttr{} }
+func ProcAttr() *syscall.SysProcAttr            { return &syscall.SysProcAttr{} }
+func IsCPULimitSignal(syscall.Signal) bool      { return false }
 func cgroupStatus() (string, string)            { return "", errUnsupported.Error() }
 func removeCgroup(string, string)               {}
 func SignalName(s syscall.Signal) string        { return s.String() }

@@ -111,7 +111,7 @@ func (p *Process) Start(ctx context.Context, s Spec) (Instance, error) {
 	cmd := exec.Command(p.Command[0], append(append([]string(nil), p.Command[1:]...), p.Args(s)...)...)
 	cmd.Dir = s.Dir
 	cmd.Env = append(os.Environ(), "TMPDIR="+filepath.Join(s.Dir, "tmp"))
-	cmd.SysProcAttr = procAttr()
+	cmd.SysProcAttr = ProcAttr()
 	pi := &processInstance{cmd: cmd}
 	// The keep's stdout and stderr append to its output file, which
 	// outlives the agent.

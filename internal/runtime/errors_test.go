@@ -3,6 +3,8 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 
@@ -115,6 +117,43 @@ func TestCheckCache(t *testing.T) {
 	r := run(t, fixtures.Go(t, "hello"), Options{CacheDir: dir})
 	if r.err != nil || !strings.Contains(r.stdout, "hello from a keep") {
 		t.Fatalf("run with cache: %v %q", r.err, r.stdout)
+	}
+}
+
+// TestCompileNotice: a module that is not in the compilation cache is
+// announced once, before it is compiled; the next run loads it quietly.
+// Check fills the cache too, and no cache means no notice.
+func TestCompileNotice(t *testing.T) {
+	hello := readWasm(t, fixtures.Go(t, "hello"))
+	runLogged := func(dir string, wasm []byte) []string {
+		t.Helper()
+		var notes []string
+		_, err := Run(context.Background(), Options{Name: "hello.wasm", Wasm: wasm, CacheDir: dir, Stdout: io.Discard, Stderr: io.Discard,
+			Log: func(f string, a ...any) { notes = append(notes, fmt.Sprintf(f, a...)) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return notes
+	}
+	dir := t.TempDir()
+	if n := runLogged(dir, hello); len(n) != 1 || n[0] != "compiling hello.wasm (first run; cached for next time)" {
+		t.Errorf("first run: notices %q", n)
+	}
+	if n := runLogged(dir, hello); len(n) != 0 {
+		t.Errorf("second run: notices %q", n)
+	}
+	if !Compiled(dir, hello, false) || Compiled(dir, hello, true) || Compiled("", hello, false) {
+		t.Error("Compiled does not tell the cached module from the others")
+	}
+	checked := t.TempDir()
+	if err := Check(context.Background(), "hello.wasm", hello, checked); err != nil {
+		t.Fatal(err)
+	}
+	if n := runLogged(checked, hello); len(n) != 0 {
+		t.Errorf("run after Check: notices %q", n)
+	}
+	if n := runLogged("", hello); len(n) != 0 {
+		t.Errorf("run without a cache: notices %q", n)
 	}
 }
 

@@ -40,12 +40,15 @@ func dirConfig(path string, ro bool) *config.Config {
 
 func TestFileIOGo(t *testing.T) {
 	base, data := sandbox(t)
+	if err := os.Symlink(filepath.Join(base, "outside.txt"), filepath.Join(data, "hostabs")); err != nil {
+		t.Fatal(err)
+	}
 	// The path is relative to the config folder.
 	r := run(t, fixtures.Go(t, "fileio"), Options{Config: dirConfig("data", false), ConfigDir: base, Env: map[string]string{"DIR": "/data"}})
 	if r.err != nil || r.code != 0 || !strings.HasSuffix(r.stdout, "done\n") {
 		t.Fatalf("code %d, err %v\nstdout:\n%s\nstderr:\n%s", r.code, r.err, r.stdout, r.stderr)
 	}
-	for _, want := range []string{"ok read via symlink out refused", "ok read via symlink chain refused", "ok read via absolute symlink refused", "ok write via symlink out refused"} {
+	for _, want := range []string{"ok read via symlink out refused", "ok read via symlink chain refused", "ok symlink abs refused", "ok read via absolute symlink refused", "ok write via symlink out refused"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("stdout lacks %q", want)
 		}
@@ -102,5 +105,27 @@ func TestClockRand(t *testing.T) {
 	r := run(t, fixtures.Go(t, "clockrand"), Options{Env: map[string]string{"NOW": strconv.FormatInt(time.Now().Unix(), 10)}})
 	if r.err != nil || r.code != 0 || r.stdout != "ok sleep\nok realtime\nok random\n" {
 		t.Fatalf("code %d, err %v, stdout %q", r.code, r.err, r.stdout)
+	}
+}
+
+// TestPOSIXFileSystem runs the cases of the posixfs C fixture, each in a
+// fresh preopen: the file-system bugs of issue 12, found by hand, each of
+// which used to fail (see the fixture for the rule each case checks).
+func TestPOSIXFileSystem(t *testing.T) {
+	wasm := fixtures.C(t, "posixfs")
+	for _, name := range []string{
+		"append_cleared", "pwrite_append", "rename_dirs", "symlink_absolute", "lseek_dir",
+		"rmdir_dot", "pread_dir", "link_follow", "rights_dropped",
+	} {
+		t.Run(name, func(t *testing.T) {
+			base, data := sandbox(t)
+			r := run(t, wasm, Options{Config: dirConfig(data, false), ConfigDir: base, Args: []string{name}})
+			if r.err != nil || r.code != 0 || r.stdout != "ok "+name+"\n" {
+				t.Fatalf("code %d, err %v\nstdout:\n%s\nstderr:\n%s", r.code, r.err, r.stdout, r.stderr)
+			}
+			if _, err := os.Lstat(filepath.Join(base, "l")); err == nil {
+				t.Error("a file appeared next to the preopen")
+			}
+		})
 	}
 }

@@ -13,14 +13,17 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"math/big"
 	"net"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -48,11 +51,17 @@ type Options struct {
 	// Args are appended after the config's args; argv[0] is "main.wasm".
 	Args []string
 	// Env holds extra variables added after the config's env.
-	Env            map[string]string
+	Env map[string]string
+	// Preopens are dir entries added after the config's descriptors
+	// (castellan run --dir).
+	Preopens       []config.File
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
-	// CacheDir is the wazero compilation cache folder; "" = no disk cache.
+	// CacheDir is the compilation cache folder; "" = no disk cache.
 	CacheDir string
+	// Engine runs the module: "wazero" (also for "") or "wasmtime", which
+	// only builds with the tag wasmtime have (see internal/engine).
+	Engine string
 	// MemoryPages caps linear memory; 0 = Config.Limits.MemoryPages or the
 	// engine default.
 	MemoryPages uint32
@@ -104,20 +113,29 @@ type Program struct {
 	mod  engine.Module
 }
 
-// Compile checks and compiles a module for Program.Run. name is the module
-// file name for messages; cacheDir is the compilation cache ("" = none).
-// An interruptible program stops even in a hot loop when the context of
-// Run is done, at some cost to speed (see Options.Interruptible).
+// defaultEngine is the engine of an empty Options.Engine. Tests built with
+// the tag wasmtime set it to wasmtime, so that they run on that engine.
+var defaultEngine = engine.NameWazero
+
+// Compile checks and compiles a module for Program.Run with the default
+// engine. name is the module file name for messages; cacheDir is the
+// compilation cache ("" = none). An interruptible program stops even in a
+// hot loop when the context of Run is done, at some cost to speed (see
+// Options.Interruptible).
 func Compile(ctx context.Context, name string, wasm []byte, cacheDir string, interruptible bool) (*Program, error) {
+	return CompileEngine(ctx, "", name, wasm, cacheDir, interruptible)
+}
+
+// CompileEngine is Compile with the engine named (see Options.Engine).
+func CompileEngine(ctx context.Context, engineName, name string, wasm []byte, cacheDir string, interruptible bool) (*Program, error) {
+	if engineName == "" {
+		engineName = defaultEngine
+	}
 	if name == "" {
 		name = "module"
 	}
-	if interruptible && cacheDir != "" {
-		// wazero's cache key does not include the termination checks
-		// compiled into interruptible code: keep that code apart.
-		cacheDir = filepath.Join(cacheDir, "interruptible")
-	}
-	eng, err := engine.NewWazero(engine.Config{CacheDir: cacheDir, Interruptible: interruptible})
+	cacheDir = cacheFolder(cacheDir, interruptible)
+	eng, err := engine.New(engineName, engine.Config{CacheDir: cacheDir, Interruptible: interruptible})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -126,7 +144,52 @@ func Compile(ctx context.Context, name string, wasm []byte, cacheDir string, int
 		eng.Close(ctx)
 		return nil, err
 	}
+	if cacheDir != "" {
+		markCompiled(cacheDir, wasm)
+	}
 	return &Program{name: name, eng: eng, mod: mod}, nil
+}
+
+func cacheFolder(cacheDir string, interruptible bool) string {
+	if interruptible && cacheDir != "" {
+		// wazero's cache key does not include the termination checks
+		// compiled into interruptible code: keep that code apart.
+		return filepath.Join(cacheDir, "interruptible")
+	}
+	return cacheDir
+}
+
+// compiledMarks is the folder, inside a compilation cache, where castellan
+// notes the modules it compiled into that cache: wazero's own cache does
+// not say whether it holds a module. A mark is an empty file named by the
+// module's SHA-256; emptying the cache folder removes both.
+const compiledMarks = "castellan-compiled"
+
+func markPath(cacheDir string, wasm []byte) string {
+	sum := sha256.Sum256(wasm)
+	return filepath.Join(cacheDir, compiledMarks, hex.EncodeToString(sum[:]))
+}
+
+// Compiled reports whether a module was compiled into the cache folder
+// cacheDir before (so that Run will load it rather than compile it).
+func Compiled(cacheDir string, wasm []byte, interruptible bool) bool {
+	cacheDir = cacheFolder(cacheDir, interruptible)
+	if cacheDir == "" {
+		return false
+	}
+	_, err := os.Stat(markPath(cacheDir, wasm))
+	return err == nil
+}
+
+// markCompiled notes that wasm is in the cache; a failure only costs a
+// notice on the next run.
+func markCompiled(cacheDir string, wasm []byte) {
+	p := markPath(cacheDir, wasm)
+	if os.MkdirAll(filepath.Dir(p), 0o700) == nil {
+		if f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+			f.Close()
+		}
+	}
 }
 
 // Close releases the compiled code.
@@ -179,7 +242,11 @@ func compile(ctx context.Context, eng engine.Engine, name string, wasm []byte) (
 // bad module, trap, missing import, bad config resource (a listen port in
 // use, a dir that does not exist), or ctx done.
 func Run(ctx context.Context, o Options) (exitCode int, err error) {
-	p, err := Compile(ctx, o.Name, o.Wasm, o.CacheDir, o.Interruptible)
+	if o.CacheDir != "" && o.Log != nil && !Compiled(o.CacheDir, o.Wasm, o.Interruptible) {
+		// Compiling a large module takes seconds to minutes, in silence.
+		o.Log("compiling %s (first run; cached for next time)", o.Name)
+	}
+	p, err := CompileEngine(ctx, o.Engine, o.Name, o.Wasm, o.CacheDir, o.Interruptible)
 	if err != nil {
 		return 0, err
 	}
@@ -187,8 +254,8 @@ func Run(ctx context.Context, o Options) (exitCode int, err error) {
 	return p.Run(ctx, o)
 }
 
-// Run runs the program's _start with o (o.Name, o.Wasm, o.CacheDir and
-// o.Interruptible are not used: they were given to Compile).
+// Run runs the program's _start with o (o.Name, o.Wasm, o.CacheDir,
+// o.Engine and o.Interruptible are not used: they were given to Compile).
 func (p *Program) Run(ctx context.Context, o Options) (exitCode int, err error) {
 	cfg := o.Config
 	if cfg == nil {
@@ -209,10 +276,17 @@ func (p *Program) Run(ctx context.Context, o Options) (exitCode int, err error) 
 			o.Log("using a fresh self-signed certificate for TLS: the keep is not attested")
 		}
 	}
+	files := append(cfg.Files[:len(cfg.Files):len(cfg.Files)], o.Preopens...)
+	var envCfg *config.Config // FD_COUNT and FD_NAMES only with a config
+	if o.Config != nil {
+		c := *o.Config
+		c.Files = files
+		envCfg = &c
+	}
 	sys, err := wasi.New(ctx, wasi.Options{
 		Args:         Argv(cfg, o.Args),
-		Env:          Environ(cfg, o.Env),
-		Files:        cfg.Files,
+		Env:          Environ(envCfg, o.Env),
+		Files:        files,
 		ConfigDir:    o.ConfigDir,
 		Stdin:        o.Stdin,
 		Stdout:       o.Stdout,
@@ -273,12 +347,15 @@ func Argv(cfg *config.Config, extra []string) []string {
 	return append(argv, extra...)
 }
 
-// Environ is the workload's environment: FD_COUNT and FD_NAMES first, then
-// the config's env sorted by key, then extra sorted by key. A later entry
-// with the same key replaces an earlier one in place.
+// Environ is the workload's environment. With a config: FD_COUNT and
+// FD_NAMES first (as Enarx gives them), then the config's env sorted by
+// key, then extra sorted by key; a later entry with the same key replaces
+// an earlier one in place. Without one (cfg nil): exactly extra, sorted by
+// key, so that a workload run with flags only gets what it was given.
 func Environ(cfg *config.Config, extra map[string]string) []string {
+	fdVars := cfg != nil
 	if cfg == nil {
-		cfg = config.Default()
+		cfg = &config.Config{}
 	}
 	names := make([]string, len(cfg.Files))
 	for i, f := range cfg.Files {
@@ -292,8 +369,10 @@ func Environ(cfg *config.Config, extra map[string]string) []string {
 		}
 		vals[k] = v
 	}
-	set("FD_COUNT", fmt.Sprint(len(cfg.Files)))
-	set("FD_NAMES", strings.Join(names, ":"))
+	if fdVars {
+		set("FD_COUNT", fmt.Sprint(len(cfg.Files)))
+		set("FD_NAMES", strings.Join(names, ":"))
+	}
 	for _, m := range []map[string]string{cfg.Env, extra} {
 		ks := make([]string, 0, len(m))
 		for k := range m {

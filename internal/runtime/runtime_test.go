@@ -159,3 +159,16 @@ func (w *watchWriter) Write(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+func TestEnvWithoutConfig(t *testing.T) {
+	// A workload run without a config gets exactly the variables it was
+	// given: no FD_COUNT or FD_NAMES, which only an Enarx.toml brings.
+	r := run(t, fixtures.Go(t, "hello"), Options{Env: map[string]string{"B": "2", "A": "1"}})
+	if r.err != nil || r.code != 0 {
+		t.Fatalf("code %d, err %v", r.code, r.err)
+	}
+	want := "hello from a keep\narg[0]=main.wasm\nenv A=1\nenv B=2\n"
+	if r.stdout != want {
+		t.Errorf("stdout:\n%s\nwant:\n%s", r.stdout, want)
+	}
+}

@@ -38,7 +38,23 @@ func Info() []Status {
 				s.Usable = true
 				s.Hint = "evidence is signed by the CPU vendor's key and verified against the vendor's roots"
 			}
-		case NameSimSNP, NameSimTDX:
+		case NameSGX, NameCCA:
+			if err := b.Available(); err != nil {
+				s.Reason = err.Error()
+				if name == NameSGX {
+					s.Hint = "run castellan inside an SGX enclave under Gramine with DCAP attestation (deploy/gramine); for development use --backend sim-sgx"
+				} else {
+					s.Hint = "run castellan inside an Arm CCA realm (Linux 6.13+ has the arm_cca_guest configfs-tsm provider); for development use --backend sim-cca"
+				}
+			} else {
+				s.Usable = true
+				if name == NameSGX {
+					s.Hint = "evidence is an Intel DCAP quote, verified against Intel's SGX root"
+				} else {
+					s.Hint = "evidence is an Arm CCA token, trusted when the policy lists the platform's CPAK"
+				}
+			}
+		case NameSimSNP, NameSimTDX, NameSimSGX, NameSimCCA:
 			dir, err := sim.DefaultDir()
 			if err != nil {
 				s.Reason = err.Error()
@@ -65,6 +81,25 @@ func Info() []Status {
 // this executable claims, in hex, for a measurement database.
 func SimMeasurement() (string, error) {
 	m, err := sim.Measurement()
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(m), nil
+}
+
+// SimSGXMeasurement and SimCCAMeasurement return the MRENCLAVE and the
+// Realm Initial Measurement simulated evidence from this executable claims,
+// in hex, for a measurement database.
+func SimSGXMeasurement() (string, error) {
+	m, err := sim.SGXMeasurement()
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(m), nil
+}
+
+func SimCCAMeasurement() (string, error) {
+	m, err := sim.CCAMeasurement()
 	if err != nil {
 		return "", err
 	}

@@ -5,10 +5,13 @@
 // evidence envelope.
 //
 // Backends: "snp" and "tdx" run inside a confidential VM and ask the kernel
-// (configfs-tsm, else /dev/sev-guest or /dev/tdx_guest); "sim-snp" and
-// "sim-tdx" sign real-format evidence with the local simulation CA (package
-// tee/sim); "nil" has no TEE and makes evidence of platform none. "auto"
-// picks snp or tdx when usable, else nil; it never picks a simulation.
+// (configfs-tsm, else /dev/sev-guest or /dev/tdx_guest); "cca" runs in an
+// Arm CCA realm and asks configfs-tsm; "sgx" runs in an SGX enclave under
+// Gramine and asks its /dev/attestation files; "sim-snp", "sim-tdx",
+// "sim-sgx" and "sim-cca" sign real-format evidence with the local
+// simulation CA (package tee/sim); "nil" has no TEE and makes evidence of
+// platform none. "auto" picks the first real backend usable, else nil; it
+// never picks a simulation.
 package tee
 
 import (
@@ -45,11 +48,20 @@ const (
 	NameSimTDX = "sim-tdx"
 	NameSNP    = "snp"
 	NameTDX    = "tdx"
+	NameSGX    = "sgx"
+	NameCCA    = "cca"
+	NameSimSGX = "sim-sgx"
+	NameSimCCA = "sim-cca"
 	NameAuto   = "auto"
 )
 
 // Names returns every backend name in preference order.
-func Names() []string { return []string{NameSNP, NameTDX, NameSimSNP, NameSimTDX, NameNil} }
+func Names() []string {
+	return []string{NameSNP, NameTDX, NameSGX, NameCCA, NameSimSNP, NameSimTDX, NameSimSGX, NameSimCCA, NameNil}
+}
+
+// realNames are the hardware backends, in the order auto tries them.
+var realNames = []string{NameSNP, NameTDX, NameSGX, NameCCA}
 
 // New returns the backend called name with default settings, without
 // checking that it is usable. "auto" is not a backend; see Open.
@@ -65,15 +77,23 @@ func New(name string) (Backend, error) {
 		return NewSim(evidence.PlatformSNP, nil), nil
 	case NameSimTDX:
 		return NewSim(evidence.PlatformTDX, nil), nil
+	case NameSGX:
+		return &SGX{}, nil
+	case NameCCA:
+		return &CCA{}, nil
+	case NameSimSGX:
+		return NewSim(evidence.PlatformSGX, nil), nil
+	case NameSimCCA:
+		return NewSim(evidence.PlatformCCA, nil), nil
 	}
 	return nil, fmt.Errorf("unknown backend %q (want auto, %s)", name, strings.Join(Names(), ", "))
 }
 
 // Open returns the backend called name, checked to be usable here. "auto"
-// returns snp or tdx when usable, else nil; never a simulation.
+// returns snp, tdx, sgx or cca when usable, else nil; never a simulation.
 func Open(name string) (Backend, error) {
 	if name == NameAuto || name == "" {
-		for _, n := range []string{NameSNP, NameTDX} {
+		for _, n := range realNames {
 			b, _ := New(n)
 			if b.Available() == nil {
 				return b, nil
@@ -134,17 +154,25 @@ type Sim struct {
 	CA       *sim.CA        // nil = sim.Default(), the user's CA, created on first use
 	SNP      sim.SNPOptions // report options for PlatformSNP
 	TDX      sim.TDXOptions // quote options for PlatformTDX
+	SGX      sim.SGXOptions // quote options for PlatformSGX
+	CCA      sim.CCAOptions // token options for PlatformCCA
 }
 
-// NewSim returns the simulated backend for platform (evidence.PlatformSNP
-// or evidence.PlatformTDX) signing with ca; nil ca means the user's CA.
+// NewSim returns the simulated backend for platform (evidence.PlatformSNP,
+// PlatformTDX, PlatformSGX or PlatformCCA) signing with ca; nil ca means
+// the user's CA.
 func NewSim(platform string, ca *sim.CA) *Sim { return &Sim{platform: platform, CA: ca} }
 
 var _ Backend = (*Sim)(nil)
 
 func (s *Sim) Name() string {
-	if s.platform == evidence.PlatformTDX {
+	switch s.platform {
+	case evidence.PlatformTDX:
 		return NameSimTDX
+	case evidence.PlatformSGX:
+		return NameSimSGX
+	case evidence.PlatformCCA:
+		return NameSimCCA
 	}
 	return NameSimSNP
 }
@@ -175,6 +203,12 @@ func (s *Sim) Evidence(ctx context.Context, rd [64]byte) ([]byte, [][]byte, erro
 	case evidence.PlatformTDX:
 		q, err := ca.SignTDX(rd, s.TDX)
 		return q, nil, err
+	case evidence.PlatformSGX:
+		q, err := ca.SignSGX(rd, s.SGX)
+		return q, nil, err
+	case evidence.PlatformCCA:
+		t, err := ca.SignCCA(rd, s.CCA)
+		return t, nil, err
 	}
 	return nil, nil, fmt.Errorf("simulated backend: unknown platform %q", s.platform)
 }

@@ -14,16 +14,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/verify"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
 	"github.com/google/go-configfs-tsm/configfs/configfsi"
 	"github.com/google/go-configfs-tsm/configfs/faketsm"
-	sevclient "github.com/google/go-sev-guest/client"
-	sevtest "github.com/google/go-sev-guest/testing"
-	"github.com/google/go-sev-guest/verify/trust"
 	tdxclient "github.com/google/go-tdx-guest/client"
 	tdxlabi "github.com/google/go-tdx-guest/client/linuxabi"
 	tdxtest "github.com/google/go-tdx-guest/testing"
@@ -61,9 +57,9 @@ func TestNames(t *testing.T) {
 			t.Errorf("New(%q).Name() = %q", n, b.Name())
 		}
 	}
-	_, err := Open("sgx")
+	_, err := Open("sev")
 	if err == nil || !strings.Contains(err.Error(), "sim-snp") {
-		t.Errorf("Open(sgx) = %v, want an error listing the backends", err)
+		t.Errorf("Open(sev) = %v, want an error listing the backends", err)
 	}
 }
 
@@ -84,7 +80,7 @@ func TestAutoNeverSimulates(t *testing.T) {
 func TestAttestVerifies(t *testing.T) {
 	ca := simCA(t)
 	key := spki(t)
-	for _, b := range []Backend{Nil{}, NewSim(evidence.PlatformSNP, ca), NewSim(evidence.PlatformTDX, ca)} {
+	for _, b := range []Backend{Nil{}, NewSim(evidence.PlatformSNP, ca), NewSim(evidence.PlatformTDX, ca), NewSim(evidence.PlatformSGX, ca), NewSim(evidence.PlatformCCA, ca)} {
 		t.Run(b.Name(), func(t *testing.T) {
 			if err := b.Available(); err != nil {
 				t.Fatal(err)
@@ -141,7 +137,7 @@ func TestSimUsesUserCA(t *testing.T) {
 }
 
 // fakeTSM is go-configfs-tsm's fake configfs whose report provider is a
-// simulated SEV-SNP or TDX guest: the outblob is a real-format report over
+// simulated SEV-SNP or TDX guest or Arm CCA realm: the outblob is a real-format report over
 // the inblob, the auxblob the certificate table.
 func fakeTSM(t *testing.T, ca *sim.CA, provider string) *faketsm.Client {
 	rs := faketsm.Report611(0)
@@ -157,6 +153,9 @@ func fakeTSM(t *testing.T, ca *sim.CA, provider string) *faketsm.Client {
 		case "outblob":
 			if provider == providerTdxGuest {
 				return ca.SignTDX(rd, sim.TDXOptions{})
+			}
+			if provider == providerCCAGuest {
+				return ca.SignCCA(rd, sim.CCAOptions{})
 			}
 			r, _, err := ca.SignSNP(rd, sim.SNPOptions{})
 			return r, err
@@ -180,6 +179,8 @@ func TestConfigfsTSM(t *testing.T) {
 		{NewTDX("", "").WithTSM(fakeTSM(t, ca, providerTdxGuest)), providerTdxGuest, ""},
 		{NewSNP("", "").WithTSM(fakeTSM(t, ca, providerTdxGuest)), providerTdxGuest, "not an SEV-SNP guest"},
 		{NewTDX("", "").WithTSM(fakeTSM(t, ca, "fake")), "fake", "not a TDX guest"},
+		{NewCCA("").WithTSM(fakeTSM(t, ca, providerCCAGuest)), providerCCAGuest, ""},
+		{NewCCA("").WithTSM(fakeTSM(t, ca, providerSevGuest)), providerSevGuest, "not an Arm CCA realm"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.b.Name()+"/"+tc.provider, func(t *testing.T) {
@@ -239,64 +240,6 @@ func TestKernelPaths(t *testing.T) {
 	}
 	if _, _, err := b.Evidence(context.Background(), [64]byte{}); err == nil {
 		t.Error("Evidence from a regular file succeeded")
-	}
-}
-
-// TestSevGuestDevice goes through /dev/sev-guest's ioctl interface, faked by
-// go-sev-guest: extended report, certificate table, and verification of the
-// result against the fake's own AMD-format roots.
-func TestSevGuestDevice(t *testing.T) {
-	signer, err := sevtest.DefaultTestOnlyCertChain("Milan-B1", time.Now().Add(-time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs, err := signer.CertTableBytes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := spki(t)
-	rd := evidence.ReportData(key, []byte("n"), digest)
-	resp := &sevtest.GetReportResponse{}
-	raw := sevtest.TestRawReport(rd)
-	copy(resp.Resp.Data[:], raw[:])
-	dev := &sevtest.Device{
-		ReportDataRsp: map[string]any{hexs(rd[:]): resp},
-		Certs:         certs,
-		Signer:        signer,
-	}
-	var opened string
-	b := NewSNP(filepath.Join(t.TempDir(), "none"), "/dev/fake-sev")
-	b.OpenDevice = func(path string) (sevclient.Device, error) {
-		opened = path
-		return dev, dev.Open(path)
-	}
-	env, err := Attest(context.Background(), b, key, []byte("n"), digest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if opened != "/dev/fake-sev" {
-		t.Errorf("opened %q, want the configured device path", opened)
-	}
-	if len(env.Endorsements) != 3 || !bytes.Equal(env.Endorsements[0], signer.Vcek.Raw) {
-		t.Fatalf("endorsements are not the device's VCEK, ASK, ARK")
-	}
-	roots := map[string][]*trust.AMDRootCerts{"Milan": {{ProductLine: "Milan", ProductCerts: &trust.ProductCerts{Ark: signer.Ark, Ask: signer.Ask}}}}
-	cl, err := verify.Envelope(env, verify.Options{AMDRoots: roots})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// go-sev-guest's fake reports set the DEBUG policy bit.
-	if cl.Simulated || !cl.Debug {
-		t.Errorf("claims %+v", cl)
-	}
-	// With the real AMD roots, the fake's chain is refused.
-	if _, err := verify.Envelope(env, verify.Options{}); err == nil {
-		t.Error("the fake device's report verified against AMD's roots")
-	}
-	// A firmware error comes back as an error.
-	dev.ReportDataRsp[hexs(rd[:])] = &sevtest.GetReportResponse{FwErr: 0x16}
-	if _, err := Attest(context.Background(), b, key, []byte("n"), digest); err == nil {
-		t.Error("a firmware error was ignored")
 	}
 }
 

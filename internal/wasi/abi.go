@@ -148,11 +148,11 @@ const (
 		rightFdSync | rightFdTell | rightFdWrite | rightFdAdvise | rightFdAllocate |
 		rightFdFilestatGet | rightFdFilestatSetSize | rightFdFilestatSetTimes | rightPollFdReadwrite
 	// Rights of a secret: read, seek and stat, nothing that writes.
-	rightsSecret = rightFdRead | rightFdSeek | rightFdTell | rightFdFilestatGet | rightPollFdReadwrite | rightFdAdvise
+	rightsSecret = rightFdRead | rightFdSeek | rightFdTell | rightFdFilestatGet | rightPollFdReadwrite | rightFdAdvise | rightFdFdstatSetFlags
 	// Write rights of a regular file.
 	rightsFileWrite = rightFdDatasync | rightFdWrite | rightFdAllocate | rightFdFilestatSetSize
 	// Rights of a directory.
-	rightsDir = rightFdFdstatSetFlags | rightFdSync | rightFdAdvise | rightPathCreateDirectory |
+	rightsDir = rightFdFdstatSetFlags | rightFdSync | rightFdDatasync | rightFdAdvise | rightPathCreateDirectory |
 		rightPathCreateFile | rightPathLinkSource | rightPathLinkTarget | rightPathOpen |
 		rightFdReaddir | rightPathReadlink | rightPathRenameSource | rightPathRenameTarget |
 		rightPathFilestatGet | rightPathFilestatSetSize | rightPathFilestatSetTimes |
@@ -266,6 +266,8 @@ func errnoOf(err error) Errno {
 		return errPerm
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return errAgain
+	case errors.Is(err, errors.ErrUnsupported):
+		return errNotsup
 	case errors.Is(err, net.ErrClosed), errors.Is(err, fs.ErrClosed):
 		return errBadf
 	case errors.Is(err, io.ErrClosedPipe), errors.Is(err, syscall.EPIPE):

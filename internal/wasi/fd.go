@@ -3,9 +3,7 @@ package wasi
 import (
 	"bytes"
 	"context"
-	"errors"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -14,36 +12,6 @@ import (
 	"github.com/castellan-dev/castellan/internal/engine"
 )
 
-// fdesc is one open descriptor. Exactly one of the kind-specific fields
-// is set, except for stdio which uses r or w.
-type fdesc struct {
-	filetype uint8
-	flags    uint16
-	base     uint64 // rights
-	inh      uint64 // inheriting rights
-
-	// stdio and null
-	stdin  bool
-	null   bool
-	w      io.Writer
-	sys    *System
-	pumped *pump // stdin pump, started lazily by poll or a nonblocking read
-
-	// files and directories inside a preopen
-	file    *os.File
-	dir     *dirState
-	pre     *preopen
-	rel     string // path below the preopen root, slash-separated
-	preName string // guest path, only on the preopened descriptor itself
-
-	// a secret: a read-only file held in memory, never on the host's disk
-	mem *bytes.Reader
-
-	// sockets
-	ln   *listener
-	conn *conn
-}
-
 // preopen is a host directory shared by its descriptors. All access goes
 // through root, which refuses paths that leave it, via ".." or symlinks.
 type preopen struct {
@@ -51,35 +19,17 @@ type preopen struct {
 	readOnly bool
 }
 
-func (d *fdesc) close() error {
-	switch {
-	case d.file != nil:
-		return d.file.Close()
-	case d.dir != nil:
-		if d.dir.f != nil {
-			return d.dir.f.Close()
-		}
-	case d.ln != nil:
-		return d.ln.close()
-	case d.conn != nil:
-		return d.conn.close()
-	}
-	return nil
-}
-
-func (d *fdesc) nonblock() bool { return d.flags&fdflagNonblock != 0 }
-
 // open makes the descriptor of one config entry.
 func (s *System) open(ctx context.Context, f config.File) (*fdesc, error) {
 	switch f.Kind {
 	case config.KindStdin:
-		return &fdesc{filetype: filetypeCharacterDevice, base: rightsTTY &^ rightFdWrite, stdin: true, sys: s}, nil
+		return &fdesc{f: &stdinKind{noKind: noKind{filetypeCharacterDevice}, s: s}, base: rightsTTY &^ rightFdWrite}, nil
 	case config.KindStdout:
-		return &fdesc{filetype: filetypeCharacterDevice, base: rightsTTY &^ rightFdRead, w: orDiscard(s.opts.Stdout)}, nil
+		return &fdesc{f: &outputKind{noKind: noKind{filetypeCharacterDevice}, w: orDiscard(s.opts.Stdout)}, base: rightsTTY &^ rightFdRead}, nil
 	case config.KindStderr:
-		return &fdesc{filetype: filetypeCharacterDevice, base: rightsTTY &^ rightFdRead, w: orDiscard(s.opts.Stderr)}, nil
+		return &fdesc{f: &outputKind{noKind: noKind{filetypeCharacterDevice}, w: orDiscard(s.opts.Stderr)}, base: rightsTTY &^ rightFdRead}, nil
 	case config.KindNull:
-		return &fdesc{filetype: filetypeCharacterDevice, base: rightsTTY, null: true}, nil
+		return &fdesc{f: nullKind{noKind{filetypeCharacterDevice}}, base: rightsTTY}, nil
 	case config.KindListen:
 		ln, err := s.listen(f)
 		if err != nil {
@@ -87,18 +37,18 @@ func (s *System) open(ctx context.Context, f config.File) (*fdesc, error) {
 		}
 		// Preopened sockets start non-blocking, as under wasmtime and
 		// wazero: Go's os.NewFile only polls descriptors that already are.
-		return &fdesc{filetype: filetypeSocketStream, base: rightsListener, flags: fdflagNonblock, ln: ln}, nil
+		return &fdesc{f: &listenerKind{noKind: noKind{filetypeSocketStream}, ln: ln}, base: rightsListener, flags: fdflagNonblock}, nil
 	case config.KindConnect:
 		c, err := s.connect(ctx, f)
 		if err != nil {
 			return nil, err
 		}
-		return &fdesc{filetype: filetypeSocketStream, base: rightsSock, flags: fdflagNonblock, conn: c}, nil
+		return &fdesc{f: &connKind{noKind: noKind{filetypeSocketStream}, c: c}, base: rightsSock, flags: fdflagNonblock}, nil
 	case config.KindSecret:
 		if f.Secret == nil {
 			return nil, errorf("the secret %q was not supplied", f.Name)
 		}
-		return &fdesc{filetype: filetypeRegularFile, base: rightsSecret, mem: bytes.NewReader(f.Secret)}, nil
+		return &fdesc{f: &secretKind{noKind: noKind{filetypeRegularFile}, r: bytes.NewReader(f.Secret)}, base: rightsSecret}, nil
 	case config.KindDir:
 		path := f.Path
 		if path == "" {
@@ -126,7 +76,8 @@ func (s *System) open(ctx context.Context, f config.File) (*fdesc, error) {
 		if name == "" {
 			name = "."
 		}
-		return &fdesc{filetype: filetypeDirectory, base: base, inh: inh, pre: p, rel: ".", preName: name, dir: &dirState{f: dir}}, nil
+		k := &dirKind{hostNode: hostNode{noKind{filetypeDirectory}, dir, p, "."}, preName: name}
+		return &fdesc{f: k, base: base, inh: inh}, nil
 	}
 	return nil, errorf("unknown kind %q", f.Kind)
 }
@@ -176,7 +127,7 @@ func fdFdstatGet(s *System, _ context.Context, _ engine.Caller, m mem, p []uint6
 	}
 	b := m.bytes(uint32(p[1]), 24)
 	clear(b)
-	b[0] = d.filetype
+	b[0] = d.f.filetype()
 	le.PutUint16(b[2:], d.flags)
 	le.PutUint64(b[8:], d.base)
 	le.PutUint64(b[16:], d.inh)
@@ -192,13 +143,19 @@ func fdFdstatSetFlags(s *System, _ context.Context, _ engine.Caller, _ mem, p []
 	if flags&^(fdflagAppend|fdflagDsync|fdflagNonblock|fdflagRsync|fdflagSync) != 0 {
 		return errInval
 	}
-	if flags&fdflagAppend != 0 && d.file == nil {
-		return errInval
+	if errno := d.need(rightFdFdstatSetFlags); errno != errSuccess {
+		return errno
+	}
+	if errno := d.f.setFlags(flags); errno != errSuccess {
+		return errno
 	}
 	d.flags = flags
 	return errSuccess
 }
 
+// fdFdstatSetRights only drops rights; every call that needs one checks
+// it (fdesc.need, System.resolve), so a dropped right stays dropped for
+// the descriptor and, for inheriting rights, for what it opens.
 func fdFdstatSetRights(s *System, _ context.Context, _ engine.Caller, _ mem, p []uint64) Errno {
 	d, errno := s.get(uint32(p[0]))
 	if errno != errSuccess {
@@ -219,7 +176,8 @@ func fdPrestatGet(s *System, _ context.Context, _ engine.Caller, m mem, p []uint
 	}
 	b := m.bytes(uint32(p[1]), 8)
 	clear(b)
-	if d.preName == "" {
+	dir := dirOf(d)
+	if dir == nil || dir.preName == "" {
 		// An open descriptor that is not a preopen (a socket before a
 		// directory in the config) answers success with a tag that is not
 		// "dir". EBADF would end the preopen scan of Go and wasi-libc, and
@@ -228,7 +186,7 @@ func fdPrestatGet(s *System, _ context.Context, _ engine.Caller, m mem, p []uint
 		return errSuccess
 	}
 	b[0] = preopentypeDir
-	le.PutUint32(b[4:], uint32(len(d.preName)))
+	le.PutUint32(b[4:], uint32(len(dir.preName)))
 	return errSuccess
 }
 
@@ -237,13 +195,14 @@ func fdPrestatDirName(s *System, _ context.Context, _ engine.Caller, m mem, p []
 	if errno != errSuccess {
 		return errno
 	}
-	if d.preName == "" {
+	dir := dirOf(d)
+	if dir == nil || dir.preName == "" {
 		return errNotdir
 	}
-	if uint32(p[2]) < uint32(len(d.preName)) {
+	if uint32(p[2]) < uint32(len(dir.preName)) {
 		return errNametoolong
 	}
-	copy(m.bytes(uint32(p[1]), uint32(len(d.preName))), d.preName)
+	copy(m.bytes(uint32(p[1]), uint32(len(dir.preName))), dir.preName)
 	return errSuccess
 }
 
@@ -253,84 +212,15 @@ func fdRead(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64) 
 		return errno
 	}
 	iovs := m.iovecs(uint32(p[1]), uint32(p[2]))
-	n, errno := s.read(ctx, d, iovs, false)
+	if errno := d.need(rightFdRead); errno != errSuccess {
+		return errno
+	}
+	n, errno := d.f.read(ctx, iovs, d.nonblock())
 	if errno != errSuccess {
 		return errno
 	}
 	m.putU32(uint32(p[3]), uint32(n))
 	return errSuccess
-}
-
-// read fills iovs from d. peek leaves the data in place (sockets only).
-func (s *System) read(ctx context.Context, d *fdesc, iovs [][]byte, peek bool) (int, Errno) {
-	if d.base&rightFdRead == 0 {
-		return 0, errBadf
-	}
-	switch {
-	case d.file != nil:
-		total := 0
-		for _, b := range iovs {
-			n, err := d.file.Read(b)
-			total += n
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				if total > 0 {
-					break
-				}
-				return 0, errnoOf(err)
-			}
-			if n < len(b) {
-				break
-			}
-		}
-		return total, errSuccess
-	case d.dir != nil:
-		return 0, errIsdir
-	case d.mem != nil:
-		total := 0
-		for _, b := range iovs {
-			n, _ := d.mem.Read(b)
-			total += n
-			if n < len(b) {
-				break
-			}
-		}
-		return total, errSuccess
-	case d.null:
-		return 0, errSuccess
-	case d.stdin:
-		return s.readStdin(ctx, d, iovs)
-	case d.conn != nil:
-		return d.conn.read(ctx, iovs, d.nonblock(), peek)
-	case d.ln != nil:
-		return 0, errNotconn
-	}
-	return 0, errBadf
-}
-
-// readStdin reads through the stdin pump, even for blocking reads, so that
-// a run whose context ends is not stuck in the caller's reader (the pump
-// goroutine is, until the reader returns).
-func (s *System) readStdin(ctx context.Context, d *fdesc, iovs [][]byte) (int, Errno) {
-	if s.opts.Stdin == nil {
-		return 0, errSuccess
-	}
-	return s.stdinPump(d).read(ctx, iovs, d.nonblock(), false)
-}
-
-// stdinPump starts reading stdin in the background, so that it can be
-// polled. It is shared by every stdin descriptor of the system.
-func (s *System) stdinPump(d *fdesc) *pump {
-	if d.pumped == nil {
-		if s.stdin == nil {
-			s.stdin = newPump(s, s.opts.Stdin, nil)
-			s.stdin.start(false)
-		}
-		d.pumped = s.stdin
-	}
-	return d.pumped
 }
 
 func fdWrite(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64) Errno {
@@ -339,61 +229,18 @@ func fdWrite(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64)
 		return errno
 	}
 	iovs := m.iovecs(uint32(p[1]), uint32(p[2]))
-	n, errno := s.write(ctx, d, iovs)
+	if errno := d.need(rightFdWrite); errno != errSuccess {
+		return errno
+	}
+	n, errno := d.f.write(ctx, iovs, d.nonblock(), d.flags&fdflagAppend != 0)
+	if errno == errSuccess && n > 0 && d.flags&(fdflagSync|fdflagDsync) != 0 {
+		d.f.sync() // what was written stays written: n is the answer
+	}
 	if errno != errSuccess && n == 0 {
 		return errno
 	}
 	m.putU32(uint32(p[3]), uint32(n))
 	return errSuccess
-}
-
-func (s *System) write(ctx context.Context, d *fdesc, iovs [][]byte) (int, Errno) {
-	if d.base&rightFdWrite == 0 {
-		return 0, errBadf
-	}
-	switch {
-	case d.file != nil:
-		if d.flags&fdflagAppend != 0 {
-			if _, err := d.file.Seek(0, io.SeekEnd); err != nil {
-				return 0, errnoOf(err)
-			}
-		}
-		total := 0
-		for _, b := range iovs {
-			n, err := d.file.Write(b)
-			total += n
-			if err != nil {
-				return total, errnoOf(err)
-			}
-		}
-		if d.flags&(fdflagSync|fdflagDsync) != 0 {
-			if err := d.file.Sync(); err != nil {
-				return total, errnoOf(err)
-			}
-		}
-		return total, errSuccess
-	case d.null:
-		total := 0
-		for _, b := range iovs {
-			total += len(b)
-		}
-		return total, errSuccess
-	case d.w != nil:
-		total := 0
-		for _, b := range iovs {
-			n, err := d.w.Write(b)
-			total += n
-			if err != nil {
-				return total, errnoOf(err)
-			}
-		}
-		return total, errSuccess
-	case d.conn != nil:
-		return d.conn.write(ctx, concat(iovs), d.nonblock())
-	case d.dir != nil:
-		return 0, errIsdir
-	}
-	return 0, errBadf
 }
 
 // concat joins buffers, without copying when there is only one.
@@ -420,67 +267,34 @@ func concat(iovs [][]byte) []byte {
 }
 
 func fdPread(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	return positionedIO(s, m, p, rightFdRead, func(f *os.File, b []byte, off int64) (int, error) {
-		n, err := f.ReadAt(b, off)
-		if err == io.EOF {
-			return n, errStop
-		}
-		return n, err
-	})
+	return positionedIO(s, m, p, rightFdRead, kind.pread)
 }
 
 func fdPwrite(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	return positionedIO(s, m, p, rightFdWrite, (*os.File).WriteAt)
+	return positionedIO(s, m, p, rightFdWrite, kind.pwrite)
 }
 
-// errStop ends positionedIO's loop without an error (end of file).
-var errStop = errors.New("stop")
-
 // positionedIO does fd_pread and fd_pwrite: params (fd, iovs, iovs_len,
-// offset, result pointer); it needs right on the descriptor, moves through
-// the iovecs from offset with op, and stores the byte count.
-func positionedIO(s *System, m mem, p []uint64, right uint64, op func(f *os.File, b []byte, off int64) (int, error)) Errno {
+// offset, result pointer); it needs right on the descriptor, has the kind
+// move through the iovecs from offset, and stores the byte count.
+func positionedIO(s *System, m mem, p []uint64, right uint64, op func(k kind, iovs [][]byte, off int64) (int, Errno)) Errno {
 	d, errno := s.get(uint32(p[0]))
 	if errno != errSuccess {
 		return errno
 	}
-	if d.file == nil && d.mem == nil {
-		return errSpipe
-	}
-	if d.base&right == 0 {
-		return errBadf
-	}
 	iovs := m.iovecs(uint32(p[1]), uint32(p[2]))
 	off := int64(p[3])
+	if errno := d.need(right); errno != errSuccess {
+		return errno
+	}
 	if off < 0 {
 		return errInval
 	}
-	if d.mem != nil {
-		total := 0
-		for _, b := range iovs {
-			n, _ := d.mem.ReadAt(b, off)
-			total += n
-			off += int64(n)
-			if n < len(b) {
-				break
-			}
-		}
-		m.putU32(uint32(p[4]), uint32(total))
-		return errSuccess
+	n, errno := op(d.f, iovs, off)
+	if errno != errSuccess && n == 0 {
+		return errno
 	}
-	total := 0
-	for _, b := range iovs {
-		n, err := op(d.file, b, off)
-		total += n
-		off += int64(n)
-		if err == errStop {
-			break
-		}
-		if err != nil {
-			return errnoOf(err)
-		}
-	}
-	m.putU32(uint32(p[4]), uint32(total))
+	m.putU32(uint32(p[4]), uint32(n))
 	return errSuccess
 }
 
@@ -490,7 +304,11 @@ func fdSeek(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Er
 		return errno
 	}
 	off, whence := int64(p[1]), uint32(p[2])
-	pos, errno := d.seek(off, whence)
+	right := rightFdSeek
+	if off == 0 && whence == whenceCur {
+		right = rightFdTell // lseek(fd, 0, SEEK_CUR) is how C tells
+	}
+	pos, errno := d.seek(off, whence, right)
 	if errno != errSuccess {
 		return errno
 	}
@@ -498,32 +316,14 @@ func fdSeek(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Er
 	return errSuccess
 }
 
-func (d *fdesc) seek(off int64, whence uint32) (int64, Errno) {
+func (d *fdesc) seek(off int64, whence uint32, right uint64) (int64, Errno) {
+	if errno := d.need(right); errno != errSuccess {
+		return 0, errno
+	}
 	if whence > whenceEnd {
 		return 0, errInval
 	}
-	if d.dir != nil {
-		// Directories are read by cookie; only a rewind means anything.
-		if off == 0 && whence != whenceEnd {
-			return 0, errSuccess
-		}
-		return 0, errInval
-	}
-	if d.mem != nil {
-		pos, err := d.mem.Seek(off, int(whence))
-		if err != nil {
-			return 0, errInval
-		}
-		return pos, errSuccess
-	}
-	if d.file == nil {
-		return 0, errSpipe
-	}
-	pos, err := d.file.Seek(off, int(whence))
-	if err != nil {
-		return 0, errnoOf(err)
-	}
-	return pos, errSuccess
+	return d.f.seek(off, int(whence))
 }
 
 func fdTell(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
@@ -531,7 +331,7 @@ func fdTell(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Er
 	if errno != errSuccess {
 		return errno
 	}
-	pos, errno := d.seek(0, whenceCur)
+	pos, errno := d.seek(0, whenceCur, rightFdTell)
 	if errno != errSuccess {
 		return errno
 	}
@@ -540,21 +340,22 @@ func fdTell(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Er
 }
 
 func fdSync(s *System, _ context.Context, _ engine.Caller, _ mem, p []uint64) Errno {
+	return syncWith(s, p, rightFdSync)
+}
+
+func fdDatasync(s *System, _ context.Context, _ engine.Caller, _ mem, p []uint64) Errno {
+	return syncWith(s, p, rightFdDatasync)
+}
+
+func syncWith(s *System, p []uint64, right uint64) Errno {
 	d, errno := s.get(uint32(p[0]))
 	if errno != errSuccess {
 		return errno
 	}
-	switch {
-	case d.file != nil:
-		return errnoOf(d.file.Sync())
-	case d.dir != nil:
-		return errSuccess
+	if errno := d.need(right); errno != errSuccess {
+		return errno
 	}
-	return errInval
-}
-
-func fdDatasync(s *System, ctx context.Context, c engine.Caller, m mem, p []uint64) Errno {
-	return fdSync(s, ctx, c, m, p)
+	return d.f.sync()
 }
 
 func fdAdvise(s *System, _ context.Context, _ engine.Caller, _ mem, p []uint64) Errno {
@@ -565,14 +366,10 @@ func fdAdvise(s *System, _ context.Context, _ engine.Caller, _ mem, p []uint64) 
 	if uint32(p[3]) > 5 {
 		return errInval
 	}
-	if d.file == nil && d.mem == nil {
-		if d.dir != nil {
-			return errBadf
-		}
-		return errSpipe
+	if errno := d.need(rightFdAdvise); errno != errSuccess {
+		return errno
 	}
-	// Advice is only a hint; Go has no portable posix_fadvise.
-	return errSuccess
+	return d.f.advise()
 }
 
 func fdAllocate(s *System, _ context.Context, _ engine.Caller, _ mem, p []uint64) Errno {
@@ -580,24 +377,17 @@ func fdAllocate(s *System, _ context.Context, _ engine.Caller, _ mem, p []uint64
 	if errno != errSuccess {
 		return errno
 	}
-	if d.file == nil {
-		return errBadf
+	if errno := d.need(rightFdAllocate); errno != errSuccess {
+		return errno
 	}
-	if d.base&rightFdWrite == 0 {
-		return errBadf
+	if errno := d.need(rightFdWrite); errno != errSuccess {
+		return errno
 	}
 	off, n := int64(p[1]), int64(p[2])
 	if off < 0 || n <= 0 || off+n < off {
 		return errInval
 	}
-	fi, err := d.file.Stat()
-	if err != nil {
-		return errnoOf(err)
-	}
-	if end := off + n; end > fi.Size() {
-		return errnoOf(d.file.Truncate(end))
-	}
-	return errSuccess
+	return d.f.allocate(off, n)
 }
 
 func fdFilestatGet(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
@@ -606,29 +396,10 @@ func fdFilestatGet(s *System, _ context.Context, _ engine.Caller, m mem, p []uin
 		return errno
 	}
 	b := m.bytes(uint32(p[1]), 64)
-	var fi fs.FileInfo
-	var err error
-	switch {
-	case d.file != nil:
-		fi, err = d.file.Stat()
-	case d.dir != nil:
-		fi, err = d.dir.f.Stat()
-	case d.mem != nil:
-		clear(b)
-		b[16] = d.filetype
-		le.PutUint64(b[24:], 1)                    // nlink
-		le.PutUint64(b[32:], uint64(d.mem.Size())) // size
-		return errSuccess
-	default:
-		clear(b)
-		b[16] = d.filetype
-		return errSuccess
+	if errno := d.need(rightFdFilestatGet); errno != errSuccess {
+		return errno
 	}
-	if err != nil {
-		return errnoOf(err)
-	}
-	putFilestat(b, fi)
-	return errSuccess
+	return d.f.filestat(b)
 }
 
 func fdFilestatSetSize(s *System, _ context.Context, _ engine.Caller, _ mem, p []uint64) Errno {
@@ -636,19 +407,16 @@ func fdFilestatSetSize(s *System, _ context.Context, _ engine.Caller, _ mem, p [
 	if errno != errSuccess {
 		return errno
 	}
-	if d.dir != nil {
-		return errIsdir
+	if errno := d.need(rightFdFilestatSetSize); errno != errSuccess {
+		return errno
 	}
-	if d.file == nil {
-		return errInval
-	}
-	if d.base&rightFdFilestatSetSize == 0 || d.base&rightFdWrite == 0 {
-		return errBadf
+	if errno := d.need(rightFdWrite); errno != errSuccess {
+		return errno
 	}
 	if int64(p[1]) < 0 {
 		return errInval
 	}
-	return errnoOf(d.file.Truncate(int64(p[1])))
+	return d.f.truncate(int64(p[1]))
 }
 
 func fdFilestatSetTimes(s *System, _ context.Context, _ engine.Caller, _ mem, p []uint64) Errno {
@@ -656,17 +424,14 @@ func fdFilestatSetTimes(s *System, _ context.Context, _ engine.Caller, _ mem, p 
 	if errno != errSuccess {
 		return errno
 	}
-	if d.pre == nil {
-		return errBadf
-	}
-	if d.pre.readOnly {
-		return errRofs
+	if errno := d.need(rightFdFilestatSetTimes); errno != errSuccess {
+		return errno
 	}
 	atim, mtim, errno := times(p[1], p[2], uint16(p[3]))
 	if errno != errSuccess {
 		return errno
 	}
-	return errnoOf(d.pre.root.Chtimes(d.rel, atim, mtim))
+	return d.f.setTimes(atim, mtim)
 }
 
 // times decodes set-times arguments; a zero time leaves that time as is.

@@ -2,6 +2,7 @@ package wasi
 
 import (
 	"context"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -13,42 +14,25 @@ import (
 	"github.com/castellan-dev/castellan/internal/engine"
 )
 
-// dirState is an open directory: its handle (for stat) and the listing
-// fd_readdir serves by cookie, read again whenever the cookie is 0.
-type dirState struct {
-	f       *os.File
-	entries []dirent
-}
-
 type dirent struct {
 	name     string
 	ino      uint64
 	filetype uint8
 }
 
-// resolveWrite is resolve for calls that change the file system: a path
-// below a read-only preopen is refused with EROFS.
-func (s *System) resolveWrite(m mem, fd, ptr, n uint32) (*fdesc, string, Errno) {
-	d, rel, errno := s.resolve(m, fd, ptr, n)
-	if errno != errSuccess {
-		return nil, "", errno
-	}
-	if d.pre.readOnly {
-		return nil, "", errRofs
-	}
-	return d, rel, errSuccess
-}
-
 // resolve turns a guest path relative to directory descriptor fd into a
-// path below the preopen's root. The path must stay below fd's directory
-// lexically (no absolute paths, no leading ".."); symlinks are resolved by
-// os.Root, which refuses anything that leaves the preopen.
-func (s *System) resolve(m mem, fd, ptr, n uint32) (*fdesc, string, Errno) {
+// path below the preopen's root, for a call that needs right on fd (and
+// that changes the file system when write is set: EROFS below a read-only
+// preopen). The path must stay below fd's directory lexically (no absolute
+// paths, no leading ".."); symlinks are resolved by os.Root, which refuses
+// anything that leaves the preopen.
+func (s *System) resolve(m mem, fd, ptr, n uint32, right uint64, write bool) (*dirKind, string, Errno) {
 	d, errno := s.get(fd)
 	if errno != errSuccess {
 		return nil, "", errno
 	}
-	if d.dir == nil || d.pre == nil {
+	dir := dirOf(d)
+	if dir == nil {
 		return nil, "", errNotdir
 	}
 	p := string(m.bytes(ptr, n))
@@ -66,21 +50,27 @@ func (s *System) resolve(m mem, fd, ptr, n uint32) (*fdesc, string, Errno) {
 	if clean == ".." || strings.HasPrefix(clean, "../") {
 		return nil, "", errPerm
 	}
-	full := path.Join(d.rel, clean)
+	if write && dir.pre.readOnly {
+		return nil, "", errRofs
+	}
+	if errno := d.need(right); errno != errSuccess {
+		return nil, "", errno
+	}
+	full := path.Join(dir.rel, clean)
 	if strings.HasSuffix(p, "/") && full != "." {
 		full += "/"
 	}
-	return d, filepath.FromSlash(full), errSuccess
+	return dir, filepath.FromSlash(full), errSuccess
 }
 
-// rel2 is resolve for a second path of the same call; both must be in the
-// same preopen.
-func (s *System) resolve2(m mem, fd1, p1, n1, fd2, p2, n2 uint32) (*preopen, string, string, Errno) {
-	d1, a, errno := s.resolve(m, fd1, p1, n1)
+// resolve2 is resolve for the two paths of path_link and path_rename;
+// both must be in the same preopen, and it must be writable.
+func (s *System) resolve2(m mem, p [6]uint64, right1, right2 uint64) (*preopen, string, string, Errno) {
+	d1, a, errno := s.resolve(m, uint32(p[0]), uint32(p[1]), uint32(p[2]), right1, true)
 	if errno != errSuccess {
 		return nil, "", "", errno
 	}
-	d2, b, errno := s.resolve(m, fd2, p2, n2)
+	d2, b, errno := s.resolve(m, uint32(p[3]), uint32(p[4]), uint32(p[5]), right2, true)
 	if errno != errSuccess {
 		return nil, "", "", errno
 	}
@@ -92,14 +82,18 @@ func (s *System) resolve2(m mem, fd1, p1, n1, fd2, p2, n2 uint32) (*preopen, str
 
 func pathOpen(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
 	dirflags, oflags, base, inh, fdflags := uint32(p[1]), uint16(p[4]), p[5], p[6], uint16(p[7])
-	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[2]), uint32(p[3]))
-	if errno != errSuccess {
-		return errno
-	}
 	write := base&rightFdWrite != 0 ||
 		oflags&(oflagCreat|oflagTrunc) != 0 || fdflags&fdflagAppend != 0
-	if write && d.pre.readOnly {
-		return errRofs
+	right := rightPathOpen
+	if oflags&oflagCreat != 0 {
+		right |= rightPathCreateFile
+	}
+	if oflags&oflagTrunc != 0 {
+		right |= rightPathFilestatSetSize
+	}
+	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[2]), uint32(p[3]), right, write)
+	if errno != errSuccess {
+		return errno
 	}
 	read := base&(rightFdRead|rightFdReaddir) != 0
 	flag := os.O_RDONLY
@@ -132,9 +126,8 @@ func pathOpen(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) 
 	if oflags&oflagTrunc != 0 {
 		flag |= os.O_TRUNC
 	}
-	if fdflags&fdflagAppend != 0 {
-		flag |= os.O_APPEND
-	}
+	// No O_APPEND on the host file: append is the descriptor's flag (see
+	// fileKind).
 	if fdflags&(fdflagSync|fdflagDsync|fdflagRsync) != 0 {
 		flag |= os.O_SYNC
 	}
@@ -162,28 +155,28 @@ func pathOpen(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) 
 		f.Close()
 		return errnoOf(err)
 	}
-	nd := &fdesc{pre: d.pre, rel: filepath.ToSlash(strings.TrimSuffix(rel, string(filepath.Separator))), flags: fdflags & (fdflagAppend | fdflagNonblock | fdflagSync | fdflagDsync | fdflagRsync)}
-	if nd.rel == "" {
-		nd.rel = "."
+	nrel := filepath.ToSlash(strings.TrimSuffix(rel, string(filepath.Separator)))
+	if nrel == "" {
+		nrel = "."
 	}
+	nd := &fdesc{flags: fdflags & (fdflagAppend | fdflagNonblock | fdflagSync | fdflagDsync | fdflagRsync)}
+	dd, _ := s.get(uint32(p[0])) // the directory's descriptor: what nd inherits
 	switch {
 	case fi.IsDir():
 		if write {
 			f.Close()
 			return errIsdir
 		}
-		nd.filetype = filetypeDirectory
-		nd.dir = &dirState{f: f}
-		nd.base = base & d.inh & rightsDir
-		nd.inh = inh & d.inh
+		nd.f = &dirKind{hostNode: hostNode{noKind{filetypeDirectory}, f, d.pre, nrel}}
+		nd.base = base & dd.inh & rightsDir
+		nd.inh = inh & dd.inh
 	default:
 		if oflags&oflagDirectory != 0 {
 			f.Close()
 			return errNotdir
 		}
-		nd.filetype = filetypeOf(fi.Mode())
-		nd.file = f
-		nd.base = base & d.inh & rightsFile
+		nd.f = &fileKind{hostNode{noKind{filetypeOf(fi.Mode())}, f, d.pre, nrel}}
+		nd.base = base & dd.inh & rightsFile
 		nd.inh = 0
 	}
 	fd, errno := s.alloc(nd)
@@ -196,7 +189,7 @@ func pathOpen(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) 
 }
 
 func pathCreateDirectory(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, rel, errno := s.resolveWrite(m, uint32(p[0]), uint32(p[1]), uint32(p[2]))
+	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[1]), uint32(p[2]), rightPathCreateDirectory, true)
 	if errno != errSuccess {
 		return errno
 	}
@@ -204,7 +197,7 @@ func pathCreateDirectory(s *System, _ context.Context, _ engine.Caller, m mem, p
 }
 
 func pathFilestatGet(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[2]), uint32(p[3]))
+	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[2]), uint32(p[3]), rightPathFilestatGet, false)
 	if errno != errSuccess {
 		return errno
 	}
@@ -223,7 +216,7 @@ func pathFilestatGet(s *System, _ context.Context, _ engine.Caller, m mem, p []u
 }
 
 func pathFilestatSetTimes(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, rel, errno := s.resolveWrite(m, uint32(p[0]), uint32(p[2]), uint32(p[3]))
+	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[2]), uint32(p[3]), rightPathFilestatSetTimes, true)
 	if errno != errSuccess {
 		return errno
 	}
@@ -237,8 +230,8 @@ func pathFilestatSetTimes(s *System, _ context.Context, _ engine.Caller, m mem, 
 			return errnoOf(err)
 		}
 		if fi.Mode()&fs.ModeSymlink != 0 {
-			// os.Root cannot set the times of a link itself.
-			return errNotsup
+			// The link itself: os.Root has no Lchtimes.
+			return errnoOf(lchtimes(d.pre.root, rel, atim, mtim))
 		}
 	}
 	return errnoOf(d.pre.root.Chtimes(rel, atim, mtim))
@@ -246,29 +239,106 @@ func pathFilestatSetTimes(s *System, _ context.Context, _ engine.Caller, m mem, 
 
 func pathLink(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
 	// (old_fd, old_flags, old_path, old_len, new_fd, new_path, new_len)
-	return twoPaths(s, m, [6]uint64{p[0], p[2], p[3], p[4], p[5], p[6]}, (*os.Root).Link)
-}
-
-func pathRename(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	// (fd, old_path, old_len, new_fd, new_path, new_len)
-	return twoPaths(s, m, [6]uint64{p[0], p[1], p[2], p[3], p[4], p[5]}, (*os.Root).Rename)
-}
-
-// twoPaths resolves (fd, path, len) twice, both within one writable
-// preopen, and applies op to the two paths.
-func twoPaths(s *System, m mem, p [6]uint64, op func(r *os.Root, oldname, newname string) error) Errno {
-	pre, old, nw, errno := s.resolve2(m, uint32(p[0]), uint32(p[1]), uint32(p[2]), uint32(p[3]), uint32(p[4]), uint32(p[5]))
+	pre, old, nw, errno := s.resolve2(m, [6]uint64{p[0], p[2], p[3], p[4], p[5], p[6]}, rightPathLinkSource, rightPathLinkTarget)
 	if errno != errSuccess {
 		return errno
 	}
-	if pre.readOnly {
-		return errRofs
+	if uint32(p[1])&lookupSymlinkFollow != 0 {
+		// linkat(AT_SYMLINK_FOLLOW): link what old names, following
+		// symlinks inside the preopen; a dangling one is ENOENT.
+		old, errno = followLinks(pre.root, old)
+		if errno != errSuccess {
+			return errno
+		}
 	}
-	return errnoOf(op(pre.root, old, nw))
+	return errnoOf(pre.root.Link(old, nw))
+}
+
+// maxSymlinks bounds followLinks, as Linux's MAXSYMLINKS.
+const maxSymlinks = 40
+
+// followLinks resolves the symlinks of rel's last component inside root:
+// each target must stay lexically inside the root (EPERM otherwise, as
+// for guest paths), and must exist (ENOENT).
+func followLinks(root *os.Root, rel string) (string, Errno) {
+	cur := filepath.ToSlash(filepath.Clean(rel))
+	for range maxSymlinks {
+		fi, err := root.Lstat(filepath.FromSlash(cur))
+		if err != nil {
+			return "", errnoOf(err)
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			return filepath.FromSlash(cur), errSuccess
+		}
+		target, err := root.Readlink(filepath.FromSlash(cur))
+		if err != nil {
+			return "", errnoOf(err)
+		}
+		target = filepath.ToSlash(target)
+		if path.IsAbs(target) {
+			return "", errPerm
+		}
+		cur = path.Join(path.Dir(cur), target)
+		if cur == ".." || strings.HasPrefix(cur, "../") {
+			return "", errPerm
+		}
+	}
+	return "", errLoop
+}
+
+// pathRename is rename(2) inside one preopen. Go's os.Root.Rename refuses
+// to replace a directory (EEXIST); POSIX replaces an empty one and refuses
+// a non-empty one with ENOTEMPTY, which pathRename does by removing the
+// empty target first (not atomic, unlike renameat).
+func pathRename(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
+	// (fd, old_path, old_len, new_fd, new_path, new_len)
+	pre, old, nw, errno := s.resolve2(m, [6]uint64{p[0], p[1], p[2], p[3], p[4], p[5]}, rightPathRenameSource, rightPathRenameTarget)
+	if errno != errSuccess {
+		return errno
+	}
+	if tfi, err := pre.root.Lstat(nw); err == nil && tfi.IsDir() {
+		sfi, err := pre.root.Lstat(old)
+		if err != nil {
+			return errnoOf(err)
+		}
+		co, cn := filepath.Clean(old), filepath.Clean(nw)
+		switch {
+		case !sfi.IsDir():
+			return errIsdir
+		case co == cn || os.SameFile(sfi, tfi):
+			return errSuccess
+		case strings.HasPrefix(cn, co+string(filepath.Separator)):
+			return errInval // into itself
+		}
+		if errno := emptyDir(pre.root, nw); errno != errSuccess {
+			return errno
+		}
+		if err := pre.root.Remove(nw); err != nil {
+			return errnoOf(err)
+		}
+	}
+	return errnoOf(pre.root.Rename(old, nw))
+}
+
+// emptyDir is ENOTEMPTY unless the directory rel has no entries.
+func emptyDir(root *os.Root, rel string) Errno {
+	f, err := root.Open(rel)
+	if err != nil {
+		return errnoOf(err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if len(names) > 0 {
+		return errNotempty
+	}
+	if err != nil && err != io.EOF {
+		return errnoOf(err)
+	}
+	return errSuccess
 }
 
 func pathReadlink(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[1]), uint32(p[2]))
+	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[1]), uint32(p[2]), rightPathReadlink, false)
 	if errno != errSuccess {
 		return errno
 	}
@@ -284,9 +354,14 @@ func pathReadlink(s *System, _ context.Context, _ engine.Caller, m mem, p []uint
 }
 
 func pathRemoveDirectory(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, rel, errno := s.resolveWrite(m, uint32(p[0]), uint32(p[1]), uint32(p[2]))
+	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[1]), uint32(p[2]), rightPathRemoveDirectory, true)
 	if errno != errSuccess {
 		return errno
+	}
+	// rmdir(2): a last component "." is EINVAL, whatever directory it
+	// names (the guest's own, not only the preopen).
+	if guest := strings.TrimRight(string(m.bytes(uint32(p[1]), uint32(p[2]))), "/"); guest == "." || strings.HasSuffix(guest, "/.") {
+		return errInval
 	}
 	if filepath.Clean(rel) == "." {
 		return errBusy
@@ -302,7 +377,7 @@ func pathRemoveDirectory(s *System, _ context.Context, _ engine.Caller, m mem, p
 }
 
 func pathUnlinkFile(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, rel, errno := s.resolveWrite(m, uint32(p[0]), uint32(p[1]), uint32(p[2]))
+	d, rel, errno := s.resolve(m, uint32(p[0]), uint32(p[1]), uint32(p[2]), rightPathUnlinkFile, true)
 	if errno != errSuccess {
 		return errno
 	}
@@ -319,17 +394,25 @@ func pathUnlinkFile(s *System, _ context.Context, _ engine.Caller, m mem, p []ui
 	return errnoOf(d.pre.root.Remove(rel))
 }
 
+// pathSymlink refuses absolute targets (EPERM), as wasmtime and wazero
+// do: the runtime would never follow them, and a link to a host path
+// should not be left in the host folder.
 func pathSymlink(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
 	target := string(m.bytes(uint32(p[0]), uint32(p[1])))
-	d, rel, errno := s.resolveWrite(m, uint32(p[2]), uint32(p[3]), uint32(p[4]))
+	d, rel, errno := s.resolve(m, uint32(p[2]), uint32(p[3]), uint32(p[4]), rightPathSymlink, true)
 	if errno != errSuccess {
 		return errno
 	}
-	if target == "" || strings.IndexByte(target, 0) >= 0 {
+	switch {
+	case target == "" || strings.IndexByte(target, 0) >= 0:
 		return errInval
+	case strings.HasPrefix(target, "/"):
+		return errPerm
+	case runtime.GOOS == "windows" && strings.ContainsAny(target, `\:`):
+		return errPerm
 	}
-	// The target is stored as given; os.Root refuses to follow it out of
-	// the preopen when it is used.
+	// A relative target is stored as given; os.Root refuses to follow it
+	// out of the preopen when it is used.
 	return errnoOf(d.pre.root.Symlink(filepath.FromSlash(target), rel))
 }
 
@@ -338,7 +421,8 @@ func fdReaddir(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64)
 	if errno != errSuccess {
 		return errno
 	}
-	if d.dir == nil {
+	dir := dirOf(d)
+	if dir == nil {
 		return errNotdir
 	}
 	if d.base&rightFdReaddir == 0 {
@@ -346,20 +430,20 @@ func fdReaddir(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64)
 	}
 	buf := m.bytes(uint32(p[1]), uint32(p[2]))
 	cookie := p[3]
-	if cookie == 0 || d.dir.entries == nil {
-		entries, err := d.readdir()
+	if cookie == 0 || dir.entries == nil {
+		entries, err := dir.readdir()
 		if err != nil {
 			return errnoOf(err)
 		}
-		d.dir.entries = entries
+		dir.entries = entries
 	}
-	if cookie > uint64(len(d.dir.entries)) {
+	if cookie > uint64(len(dir.entries)) {
 		return errInval
 	}
 	used := 0
 	var hdr [24]byte
-	for i := int(cookie); i < len(d.dir.entries) && used < len(buf); i++ {
-		e := d.dir.entries[i]
+	for i := int(cookie); i < len(dir.entries) && used < len(buf); i++ {
+		e := dir.entries[i]
 		le.PutUint64(hdr[0:], uint64(i+1))
 		le.PutUint64(hdr[8:], e.ino)
 		le.PutUint32(hdr[16:], uint32(len(e.name)))
@@ -372,7 +456,7 @@ func fdReaddir(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64)
 }
 
 // readdir lists the directory: ".", "..", then the entries sorted by name.
-func (d *fdesc) readdir() ([]dirent, error) {
+func (d *dirKind) readdir() ([]dirent, error) {
 	f, err := d.pre.root.Open(filepath.FromSlash(d.rel))
 	if err != nil {
 		return nil, err

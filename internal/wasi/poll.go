@@ -70,8 +70,8 @@ func pollOneoff(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint
 			d, errno := s.get(sub.fd)
 			if errno != errSuccess {
 				sub.errno = errno
-			} else if sub.typ == eventtypeFdRead && d.stdin && s.opts.Stdin != nil {
-				s.stdinPump(d)
+			} else if in, ok := d.f.(*stdinKind); ok && sub.typ == eventtypeFdRead && s.opts.Stdin != nil {
+				in.pump()
 			}
 		default:
 			sub.errno = errInval
@@ -119,35 +119,12 @@ func (s *System) ready(sub *subscription, now time.Time) (ev [eventSize]byte, ok
 	}
 	var nbytes int
 	var hangup bool
-	switch {
-	case sub.typ == eventtypeFdWrite:
-		ok = true
-		if d.conn != nil {
-			ok, errno = d.conn.writable()
-			hangup = errno != errSuccess
-		}
-	case d.conn != nil:
-		ok, nbytes, hangup, errno = d.conn.readiness()
-	case d.stdin && d.pumped != nil:
-		ok, nbytes, hangup, errno = d.pumped.readiness()
-	case d.ln != nil:
-		ok, errno = d.ln.readiness()
-		if ok && errno == errSuccess {
-			nbytes = 1
-		}
-	case d.mem != nil:
-		ok = true
-		nbytes = d.mem.Len()
-	case d.file != nil:
-		ok = true
-		if fi, err := d.file.Stat(); err == nil {
-			if pos, err := d.file.Seek(0, 1); err == nil && fi.Size() > pos {
-				nbytes = int(fi.Size() - pos)
-			}
-		}
-	default:
+	if sub.typ == eventtypeFdWrite {
+		ok, errno = d.f.writable()
+		hangup = errno != errSuccess
+	} else {
 		// stdin without a reader, null, directories, stdout: never block.
-		ok = true
+		ok, nbytes, hangup, errno = d.f.readable()
 	}
 	if !ok {
 		return ev, false

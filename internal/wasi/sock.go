@@ -549,20 +549,20 @@ func (s *System) connect(ctx context.Context, f config.File) (*conn, error) {
 	return s.newConn(c, nil), nil
 }
 
-// getConn returns descriptor fd if it is a connected socket: ENOTCONN for
-// a listener, ENOTSOCK for anything else.
-func (s *System) getConn(fd uint32) (*fdesc, Errno) {
+// getConn returns descriptor fd and its connection if it is a connected
+// socket: ENOTCONN for a listener, ENOTSOCK for anything else.
+func (s *System) getConn(fd uint32) (*fdesc, *conn, Errno) {
 	d, errno := s.get(fd)
 	if errno != errSuccess {
-		return nil, errno
+		return nil, nil, errno
 	}
-	if d.conn == nil {
-		if d.ln != nil {
-			return nil, errNotconn
-		}
-		return nil, errNotsock
+	switch k := d.f.(type) {
+	case *connKind:
+		return d, k.c, errSuccess
+	case *listenerKind:
+		return nil, nil, errNotconn
 	}
-	return d, errSuccess
+	return nil, nil, errNotsock
 }
 
 func sockAccept(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64) Errno {
@@ -570,11 +570,17 @@ func sockAccept(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint
 	if errno != errSuccess {
 		return errno
 	}
-	if d.ln == nil {
-		if d.conn != nil {
-			return errInval
-		}
+	var ln *listener
+	switch k := d.f.(type) {
+	case *listenerKind:
+		ln = k.ln
+	case *connKind:
+		return errInval
+	default:
 		return errNotsock
+	}
+	if errno := d.need(rightSockAccept); errno != errSuccess {
+		return errno
 	}
 	flags := uint16(p[1])
 	if flags&^fdflagNonblock != 0 {
@@ -585,22 +591,22 @@ func sockAccept(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint
 			return errMfile
 		}
 		ch := s.waiter()
-		raw, err := d.ln.take()
+		raw, err := ln.take()
 		if raw != nil {
-			nd := &fdesc{filetype: filetypeSocketStream, base: rightsSock, flags: flags}
 			var handshake func() error
 			c := raw
-			if d.ln.tlsCfg != nil {
-				tc := tls.Server(raw, d.ln.tlsCfg)
+			if ln.tlsCfg != nil {
+				tc := tls.Server(raw, ln.tlsCfg)
 				// Closing the connection (fd_close, System.Close or
 				// Interrupt) ends a handshake in progress.
 				handshake = tc.Handshake
 				c = tc
 			}
-			nd.conn = s.newConn(c, handshake)
+			cn := s.newConn(c, handshake)
+			nd := &fdesc{f: &connKind{noKind: noKind{filetypeSocketStream}, c: cn}, base: rightsSock, flags: flags}
 			fd, errno := s.alloc(nd)
 			if errno != errSuccess {
-				nd.conn.close()
+				cn.close()
 				return errno
 			}
 			m.putU32(uint32(p[2]), fd)
@@ -617,8 +623,11 @@ func sockAccept(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint
 }
 
 func sockRecv(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, errno := s.getConn(uint32(p[0]))
+	d, c, errno := s.getConn(uint32(p[0]))
 	if errno != errSuccess {
+		return errno
+	}
+	if errno := d.need(rightFdRead); errno != errSuccess {
 		return errno
 	}
 	iovs := m.iovecs(uint32(p[1]), uint32(p[2]))
@@ -627,7 +636,7 @@ func sockRecv(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64
 		return errInval
 	}
 	peek := riflags&riflagRecvPeek != 0
-	n, errno := d.conn.read(ctx, iovs, d.nonblock(), peek)
+	n, errno := c.read(ctx, iovs, d.nonblock(), peek)
 	if errno != errSuccess {
 		return errno
 	}
@@ -637,7 +646,7 @@ func sockRecv(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64
 			want += len(b)
 		}
 		for n < want {
-			k, errno := d.conn.read(ctx, skip(iovs, n), false, false)
+			k, errno := c.read(ctx, skip(iovs, n), false, false)
 			if errno != errSuccess || k == 0 {
 				break
 			}
@@ -662,15 +671,18 @@ func skip(iovs [][]byte, n int) [][]byte {
 }
 
 func sockSend(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64) Errno {
-	d, errno := s.getConn(uint32(p[0]))
+	d, c, errno := s.getConn(uint32(p[0]))
 	if errno != errSuccess {
+		return errno
+	}
+	if errno := d.need(rightFdWrite); errno != errSuccess {
 		return errno
 	}
 	if uint16(p[3]) != 0 {
 		return errInval
 	}
 	iovs := m.iovecs(uint32(p[1]), uint32(p[2]))
-	n, errno := d.conn.write(ctx, concat(iovs), d.nonblock())
+	n, errno := c.write(ctx, concat(iovs), d.nonblock())
 	if errno != errSuccess {
 		return errno
 	}
@@ -687,11 +699,14 @@ func sockShutdown(s *System, _ context.Context, _ engine.Caller, _ mem, p []uint
 	if how == 0 || how&^(sdflagRd|sdflagWr) != 0 {
 		return errInval
 	}
-	if d.conn == nil {
-		if d.ln != nil {
-			return errNotconn
+	switch k := d.f.(type) {
+	case *connKind:
+		if errno := d.need(rightSockShutdown); errno != errSuccess {
+			return errno
 		}
-		return errNotsock
+		return k.c.shutdown(how)
+	case *listenerKind:
+		return errNotconn
 	}
-	return d.conn.shutdown(how)
+	return errNotsock
 }

@@ -9,6 +9,9 @@
 // waits on all of them without busy looping: every pollable descriptor has
 // a pump goroutine (an accept loop for listeners, a reader for connections
 // and, once polled, for stdin) that fills a buffer and wakes the waiter.
+// Each kind of descriptor is a type of its own behind one interface
+// (kinds.go), which holds that kind's rules; host functions check rights
+// and call it.
 package wasi
 
 import (

@@ -19,7 +19,7 @@ import (
 // guest is a fake engine.Caller: a 1 MiB linear memory and a bump
 // allocator, to call the host functions directly.
 type guest struct {
-	t    *testing.T
+	t    testing.TB
 	s    *System
 	mem  []byte
 	next uint32
@@ -32,7 +32,7 @@ type exited uint32
 func (g *guest) Memory() []byte   { return g.mem }
 func (g *guest) Exit(code uint32) { panic(exited(code)) }
 
-func newGuest(t *testing.T, o Options) *guest {
+func newGuest(t testing.TB, o Options) *guest {
 	t.Helper()
 	s, err := New(context.Background(), o)
 	if err != nil {

@@ -94,7 +94,7 @@ func Open(ctx context.Context, spec string) (*DB, error) {
 		db.SetMaxOpenConns(8)
 		d = &DB{db: db, dialect: postgresDialect}
 	default:
-		return nil, fmt.Errorf("database %q: want sqlite:PATH or postgres://...", spec)
+		return nil, fmt.Errorf("database %q: want sqlite:PATH or a postgres:// URL", spec)
 	}
 	if err := d.db.PingContext(ctx); err != nil {
 		d.db.Close()

@@ -6,8 +6,8 @@
 // the network (HTTP: timeouts, backoff, Retry-After), a disk cache in
 // front of another source (Cache), and the same folder read without any
 // network (Cache with no upstream: the offline mode), and a budget of
-// fetches (Limit). The SEV-SNP verifier fetches through it directly; the
-// TDX verifier (and an SGX one later) through TDXGetter, go-tdx-guest's
+// fetches (Limit). The SEV-SNP and SGX verifiers fetch through it directly;
+// the TDX verifier through TDXGetter, go-tdx-guest's
 // getter interface, so the library's own collateral code runs unchanged on
 // top of this.
 //

@@ -148,7 +148,11 @@ func TestPCCS(t *testing.T) {
 	if got := rw("https://api.trustedservices.intel.com/tdx/certification/v4/qe/identity"); got != "https://pccs.example:8081/tdx/certification/v4/qe/identity" {
 		t.Errorf("rewrote to %s", got)
 	}
-	if got := rw("https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"); got != "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der" {
+	// SGX's documents go to the PCCS the same way.
+	if got := rw(SGXTCBInfoURL("00a067110000")); got != "https://pccs.example:8081/sgx/certification/v4/tcb?fmspc=00a067110000" {
+		t.Errorf("rewrote %s", got)
+	}
+	if got := rw(IntelRootCRLURL); got != IntelRootCRLURL {
 		t.Errorf("rewrote a non-PCS URL to %s", got)
 	}
 }

@@ -7,6 +7,20 @@ import (
 	tdxtrust "github.com/google/go-tdx-guest/verify/trust"
 )
 
+// Intel's PCS v4 URLs of an SGX platform's TCB info and of the SGX QE
+// identity (go-tdx-guest's pcs.TcbInfoURL and pcs.QeIdentityURL are
+// TDX's; the PCK CRL, pcs.PckCrlURL, is shared), and of the root CA's CRL.
+const (
+	intelSGXBase    = "https://api.trustedservices.intel.com/sgx/certification/v4"
+	IntelRootCRLURL = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
+)
+
+// SGXTCBInfoURL is where Intel serves the SGX TCB info of an FMSPC.
+func SGXTCBInfoURL(fmspc string) string { return intelSGXBase + "/tcb?fmspc=" + fmspc }
+
+// SGXQEIdentityURL is where Intel serves the SGX QE identity.
+func SGXQEIdentityURL() string { return intelSGXBase + "/qe/identity" }
+
 // TDXGetter adapts a source to go-tdx-guest's getter interface, which
 // also wants the headers (Intel's issuer chains travel in them).
 func TDXGetter(s Source) tdxtrust.HTTPSGetter { return tdxGetter{s} }

@@ -121,9 +121,11 @@ func Vector(in Input, tv *ear.TrustVector) {
 		switch in.VerifyCheck {
 		case "report_data":
 			tv.InstanceIdentity = ear.UntrustworthyInstanceClaim
-		case "chain", "signature", "format":
+		case "chain", "signature", "format", "collateral":
+			// collateral: the vendor's CRLs, TCB info or QE identity
+			// did not vouch for the chain (revoked, stale, forged).
 			tv.Hardware = ear.CryptoValidationFailedClaim
-		case "tcb":
+		case "tcb", "tcb_status":
 			tv.Hardware = ear.UnsafeHardwareClaim
 		case "measurement":
 			tv.Executables = ear.UnrecognizedRuntimeClaim
@@ -154,7 +156,7 @@ func Vector(in Input, tv *ear.TrustVector) {
 	switch {
 	case f.PlatformRevoked || f.TCBRevoked:
 		tv.Hardware = ear.ContraindicatedHardwareClaim
-	case c.Simulated || f.TCBBelowMinimum:
+	case c.Simulated || f.TCBBelowMinimum || outOfDate(c):
 		tv.Hardware = ear.UnsafeHardwareClaim
 	default:
 		tv.Hardware = ear.GenuineHardwareClaim
@@ -179,6 +181,18 @@ func Vector(in Input, tv *ear.TrustVector) {
 	default:
 		tv.Executables = workload
 	}
+}
+
+// outOfDate reports whether Intel's collateral (TDX or SGX) gave the
+// platform or its quoting enclave a TCB status other than UpToDate that the
+// policy accepted (tcb_statuses): known vulnerabilities, not yet mended.
+func outOfDate(c *evidence.Claims) bool {
+	for _, k := range []string{"tcb_status", "qe_tcb_status"} {
+		if st, ok := c.Details[k]; ok && st != "UpToDate" {
+			return true
+		}
+	}
+	return false
 }
 
 // Sign signs ar with key (the CA key) as a JWT that expires at exp.

@@ -157,6 +157,22 @@ func TestVector(t *testing.T) {
 		{"none", func(in *Input) { in.Claims = none }, ear.TrustVector{InstanceIdentity: 2, Hardware: 97, RuntimeOpaque: 96}, ear.TrustTierContraindicated},
 		{"chain", func(in *Input) { in.Claims, in.VerifyCheck, in.Refused, in.Check = nil, "chain", true, "chain" }, ear.TrustVector{Hardware: 99}, ear.TrustTierContraindicated},
 		{"verifier: tcb", func(in *Input) { in.Claims, in.VerifyCheck, in.Refused, in.Check = nil, "tcb", true, "tcb" }, ear.TrustVector{Hardware: 32}, ear.TrustTierContraindicated},
+		{"verifier: tcb_status", func(in *Input) {
+			in.Claims, in.VerifyCheck, in.Refused, in.Check = nil, "tcb_status", true, "tcb_status"
+		}, ear.TrustVector{Hardware: 32}, ear.TrustTierContraindicated},
+		{"verifier: collateral", func(in *Input) {
+			in.Claims, in.VerifyCheck, in.Refused, in.Check = nil, "collateral", true, "collateral"
+		}, ear.TrustVector{Hardware: 99}, ear.TrustTierContraindicated},
+		{"accepted TCB status not UpToDate", func(in *Input) {
+			c := claims()
+			c.Details = map[string]string{"tcb_status": "SWHardeningNeeded", "qe_tcb_status": "UpToDate", "collateral": "verified"}
+			in.Claims = c
+		}, ear.TrustVector{InstanceIdentity: 2, Configuration: 3, Executables: 2, Hardware: 32, RuntimeOpaque: 2}, ear.TrustTierWarning},
+		{"TCB status UpToDate", func(in *Input) {
+			c := claims()
+			c.Details = map[string]string{"tcb_status": "UpToDate", "qe_tcb_status": "UpToDate", "collateral": "verified"}
+			in.Claims = c
+		}, ear.TrustVector{InstanceIdentity: 2, Configuration: 3, Executables: 2, Hardware: 2, RuntimeOpaque: 2}, ear.TrustTierAffirming},
 		{"verifier: a guest setting", func(in *Input) { in.Claims, in.VerifyCheck, in.Refused, in.Check = nil, "debug", true, "debug" }, ear.TrustVector{Configuration: 96}, ear.TrustTierContraindicated},
 		{"report data", func(in *Input) {
 			in.Claims, in.VerifyCheck, in.Refused, in.Check = nil, "report_data", true, "report_data"

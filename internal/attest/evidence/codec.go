@@ -20,6 +20,8 @@ const (
 	MaxNonceSize       = 256
 	snpReportSize      = 0x4A0 // an SEV-SNP ATTESTATION_REPORT
 	tdxQuoteMinSize    = 0x3FC // the smallest TDX v4 quote
+	sgxQuoteMinSize    = 0x3FC // the smallest SGX v3 quote: header, body, signature data with empty certification data
+	ccaTokenMinSize    = 64    // far below a CCA token with two COSE_Sign1 messages
 )
 
 var (
@@ -106,10 +108,18 @@ func (e *Envelope) check() error {
 		if len(e.Evidence) < tdxQuoteMinSize || len(e.Evidence) > MaxEvidenceSize {
 			return fmt.Errorf("evidence envelope: TDX quote is %d bytes, want %d to %d", len(e.Evidence), tdxQuoteMinSize, MaxEvidenceSize)
 		}
+	case PlatformSGX:
+		if len(e.Evidence) < sgxQuoteMinSize || len(e.Evidence) > MaxEvidenceSize {
+			return fmt.Errorf("evidence envelope: SGX quote is %d bytes, want %d to %d", len(e.Evidence), sgxQuoteMinSize, MaxEvidenceSize)
+		}
+	case PlatformCCA:
+		if len(e.Evidence) < ccaTokenMinSize || len(e.Evidence) > MaxEvidenceSize {
+			return fmt.Errorf("evidence envelope: CCA token is %d bytes, want %d to %d", len(e.Evidence), ccaTokenMinSize, MaxEvidenceSize)
+		}
 	case "":
 		return errors.New("evidence envelope: no platform")
 	default:
-		return fmt.Errorf("evidence envelope: unknown platform %q (want %s, %s or %s)", truncate(e.Platform), PlatformNone, PlatformSNP, PlatformTDX)
+		return fmt.Errorf("evidence envelope: unknown platform %q (want %s, %s, %s, %s or %s)", truncate(e.Platform), PlatformNone, PlatformSNP, PlatformTDX, PlatformSGX, PlatformCCA)
 	}
 	if len(e.Endorsements) > MaxEndorsements {
 		return fmt.Errorf("evidence envelope: %d endorsements, more than the limit of %d", len(e.Endorsements), MaxEndorsements)

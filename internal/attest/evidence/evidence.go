@@ -21,6 +21,8 @@ const (
 	PlatformNone = "none" // the nil backend: no TEE, never trusted unless the policy allows insecure keeps
 	PlatformSNP  = "snp"  // an AMD SEV-SNP attestation report (real or simulated)
 	PlatformTDX  = "tdx"  // an Intel TDX quote (real or simulated)
+	PlatformSGX  = "sgx"  // an Intel SGX DCAP ECDSA quote (real or simulated)
+	PlatformCCA  = "cca"  // an Arm CCA attestation token (real or simulated)
 )
 
 // Domain separates Castellan's report data from any other use of the same key.
@@ -30,7 +32,7 @@ const Domain = "castellan keep v1"
 // integers, fixed forever.
 type Envelope struct {
 	Platform       string   `cbor:"1,keyasint"`
-	Evidence       []byte   `cbor:"2,keyasint"`           // raw SNP report or TDX quote; empty for none
+	Evidence       []byte   `cbor:"2,keyasint"`           // raw SNP report, TDX or SGX quote, CCA token; empty for none
 	Endorsements   [][]byte `cbor:"3,keyasint,omitempty"` // DER certificates (VCEK, ASK, ARK; PCK chain), leaf first
 	Key            []byte   `cbor:"4,keyasint"`           // the keep's public key, SPKI DER
 	Nonce          []byte   `cbor:"5,keyasint"`
@@ -56,15 +58,26 @@ func ReportData(spki, nonce []byte, workloadDigest string) [64]byte {
 // checked out. Policy decisions (TCB minimums, measurement database,
 // nonce freshness) are made on Claims, not on raw evidence.
 type Claims struct {
-	Platform string // PlatformNone, PlatformSNP or PlatformTDX
+	Platform string // PlatformNone, PlatformSNP, PlatformTDX, PlatformSGX or PlatformCCA
 	// Simulated is true when the chain ends at a Castellan simulation root
 	// rather than a vendor root. Simulated and none evidence is insecure.
 	Simulated bool
-	// Measurement is the launch measurement: SNP MEASUREMENT or TDX MRTD (48 bytes).
+	// Measurement is the launch measurement: SNP MEASUREMENT or TDX MRTD
+	// (48 bytes), SGX MRENCLAVE (32 bytes), CCA Realm Initial Measurement
+	// (32, 48 or 64 bytes).
 	Measurement []byte
+	// Identity holds the platform's further identity values, by name:
+	// SGX "mrsigner" (and "config_id", "isv_ext_prod_id", "isv_family_id"
+	// when not zero); CCA "rem.0" .. "rem.3", "personalization",
+	// "platform_impl_id", "platform_config" and "platform_sw.N" (the
+	// measurement of each platform software component). Nil for SNP, TDX.
+	Identity map[string][]byte
 	// TCB holds the platform's security version numbers by component name:
 	// SNP "bootloader", "tee", "snp", "microcode"; TDX "tee_tcb_svn.0" ..
-	// "tee_tcb_svn.15" and "qe_svn", "pce_svn". A policy minimum names some
+	// "tee_tcb_svn.15" and "qe_svn", "pce_svn"; SGX "cpu_svn.0" ..
+	// "cpu_svn.15" (the PCK certificate's TCB components), "pce_svn",
+	// "qe_svn", "isv_svn", "isv_prod_id" (and "config_svn" when not zero);
+	// CCA none (its platform is judged by its software components' measurements). A policy minimum names some
 	// components; each named one must be at or above it.
 	TCB map[string]uint64
 	// Debug is true when the guest policy allows debugging (the host could read the keep).
@@ -72,7 +85,9 @@ type Claims struct {
 	// Details are the other hardware fields the verifier decided on, by
 	// name, so that a relying party sees what was checked: for SEV-SNP
 	// "vmpl", "guest_policy", "platform_info", "host_data", "firmware"...;
-	// for TDX "tcb_status", "rtmr0", "td_attributes", "xfam"...; and where
+	// for TDX "tcb_status", "rtmr0", "td_attributes", "xfam"...; for SGX
+	// "tcb_status", "attributes", "misc_select" and the Identity values in
+	// hex; for CCA "lifecycle" and the Identity values in hex; and where
 	// collateral was used, "collateral" and its next update. The values
 	// are short text (decimal, hex or a status name).
 	Details map[string]string

@@ -12,9 +12,9 @@ import (
 // than only the first refusal, which Check returns.
 type Facets struct {
 	PlatformRevoked    bool // the platform is not enabled, or revoked
-	TCBBelowMinimum    bool // a component below min_tcb, or not reported
+	TCBBelowMinimum    bool // a component below min_tcb, or not reported; CCA firmware not listed
 	TCBRevoked         bool // the TCB matches a revoked_tcb entry
-	MeasurementListed  bool // in the measurement database
+	MeasurementListed  bool // in the measurement database (SGX also by signer; CCA with its REMs)
 	MeasurementRevoked bool
 	WorkloadListed     bool // named in workloads
 	AnyWorkload        bool // workloads = ["any"]
@@ -41,7 +41,27 @@ func (s *Snapshot) Facets(c *evidence.Claims) Facets {
 			f.TCBRevoked = true
 		}
 	}
-	m, ok := s.Measurements[c.Platform][hex.EncodeToString(c.Measurement)]
+	v := hex.EncodeToString(c.Measurement)
+	m, ok := s.Measurements[c.Platform][v]
 	f.MeasurementListed, f.MeasurementRevoked = ok, ok && m.Revoked
+	switch c.Platform {
+	case evidence.PlatformSGX:
+		// An enclave not listed by MRENCLAVE may be by signer.
+		if !ok {
+			r := s.checkSGXSigner(c, v)
+			f.MeasurementListed = r == nil || r.Check == CheckRevoked
+			f.MeasurementRevoked = r != nil && r.Check == CheckRevoked
+		}
+	case evidence.PlatformCCA:
+		// A realm whose extensible measurements are not the entry's is
+		// not the listed one; platform firmware the policy does not list
+		// is a TCB below its minimum.
+		if ok && checkREMs(c, &m) != nil {
+			f.MeasurementListed = false
+		}
+		if s.checkPlatformClaims(pl, c) != nil {
+			f.TCBBelowMinimum = true
+		}
+	}
 	return f
 }

@@ -39,18 +39,20 @@ type HardwareChecks struct {
 	IDKeyDigests             []string `toml:"id_key_digests" platform:"snp"`
 	AuthorKeyDigests         []string `toml:"author_key_digests" platform:"snp"`
 
+	// Intel's TCB statuses accepted, TDX and SGX alike.
+	TCBStatuses []string `toml:"tcb_statuses" platform:"tdx sgx"`
+
 	// TDX (docs/attest.md, "TDX quote fields").
-	TCBStatuses     []string `toml:"tcb_statuses" platform:"tdx"`
-	AllowSEPTVE     bool     `toml:"allow_sept_ve" platform:"tdx"`
-	AllowMigratable bool     `toml:"allow_migratable" platform:"tdx"`
-	RTMR0           string   `toml:"rtmr0" platform:"tdx"` // 96 hex digits each
-	RTMR1           string   `toml:"rtmr1" platform:"tdx"`
-	RTMR2           string   `toml:"rtmr2" platform:"tdx"`
-	RTMR3           string   `toml:"rtmr3" platform:"tdx"`
-	MRConfigID      string   `toml:"mr_config_id" platform:"tdx"`
-	MROwner         string   `toml:"mr_owner" platform:"tdx"`
-	MROwnerConfig   string   `toml:"mr_owner_config" platform:"tdx"`
-	XFAM            string   `toml:"xfam" platform:"tdx"` // 16 hex digits, little-endian bytes as in the quote
+	AllowSEPTVE     bool   `toml:"allow_sept_ve" platform:"tdx"`
+	AllowMigratable bool   `toml:"allow_migratable" platform:"tdx"`
+	RTMR0           string `toml:"rtmr0" platform:"tdx"` // 96 hex digits each
+	RTMR1           string `toml:"rtmr1" platform:"tdx"`
+	RTMR2           string `toml:"rtmr2" platform:"tdx"`
+	RTMR3           string `toml:"rtmr3" platform:"tdx"`
+	MRConfigID      string `toml:"mr_config_id" platform:"tdx"`
+	MROwner         string `toml:"mr_owner" platform:"tdx"`
+	MROwnerConfig   string `toml:"mr_owner_config" platform:"tdx"`
+	XFAM            string `toml:"xfam" platform:"tdx"` // 16 hex digits, little-endian bytes as in the quote
 
 	// RequireCollateral refuses real evidence verified without vendor
 	// collateral (AMD's CRL; Intel's TCB info, QE identity and CRLs).
@@ -59,21 +61,31 @@ type HardwareChecks struct {
 
 	snp verify.SNPPolicy
 	tdx verify.TDXPolicy
+	sgx verify.SGXPolicy
 }
 
 // tcbStatuses are the TCB statuses a policy may accept (Intel PCS API v4);
 // Revoked is never accepted.
 var tcbStatuses = []string{"UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded"}
 
-func (h *HardwareChecks) checkTDX() error {
-	p := verify.TDXPolicy{AllowSEPTVE: h.AllowSEPTVE, AllowMigratable: h.AllowMigratable}
+// checkTCBStatuses checks tcb_statuses (TDX and SGX).
+func (h *HardwareChecks) checkTCBStatuses() ([]string, error) {
+	var out []string
 	for _, st := range h.TCBStatuses {
 		if !slices.Contains(tcbStatuses, st) {
-			return fmt.Errorf("tcb_statuses: %q is not a TCB status a policy can accept (%s)", st, strings.Join(tcbStatuses, ", "))
+			return nil, fmt.Errorf("tcb_statuses: %q is not a TCB status a policy can accept (%s)", st, strings.Join(tcbStatuses, ", "))
 		}
-		p.TCBStatuses = append(p.TCBStatuses, st)
+		out = append(out, st)
 	}
+	return out, nil
+}
+
+func (h *HardwareChecks) checkTDX() error {
+	p := verify.TDXPolicy{AllowSEPTVE: h.AllowSEPTVE, AllowMigratable: h.AllowMigratable}
 	var err error
+	if p.TCBStatuses, err = h.checkTCBStatuses(); err != nil {
+		return err
+	}
 	for _, b := range []struct {
 		key, val string
 		size     int
@@ -101,12 +113,17 @@ func (h *HardwareChecks) check(platform string) error {
 	for i := 0; i < v.NumField(); i++ {
 		f := v.Type().Field(i)
 		want := f.Tag.Get("platform")
-		if want != "" && want != platform && !v.Field(i).IsZero() {
-			return fmt.Errorf("%s: a setting for platform %s, not %s", strings.Split(f.Tag.Get("toml"), ",")[0], want, platform)
+		if want != "" && !slices.Contains(strings.Fields(want), platform) && !v.Field(i).IsZero() {
+			return fmt.Errorf("%s: a setting for platform %s, not %s", strings.Split(f.Tag.Get("toml"), ",")[0], strings.Join(strings.Fields(want), " or "), platform)
 		}
 	}
-	if platform == evidence.PlatformTDX {
+	switch platform {
+	case evidence.PlatformTDX:
 		return h.checkTDX()
+	case evidence.PlatformSGX:
+		st, err := h.checkTCBStatuses()
+		h.sgx = verify.SGXPolicy{TCBStatuses: st}
+		return err
 	}
 	if platform != evidence.PlatformSNP {
 		return nil
@@ -194,8 +211,11 @@ const CheckCollateral = "collateral"
 // evidence went without collateral. Simulated evidence is insecure by
 // definition; it is checked against its CA's collateral when the CA
 // publishes some (a stored CA does, beside its roots file).
+//
+// Arm CCA has no vendor collateral: the CPAKs the policy lists are its
+// trust anchors, so CCA evidence is not asked for any.
 func (h *HardwareChecks) checkClaims(c *evidence.Claims) *Refusal {
-	if c.Simulated || (h.RequireCollateral != nil && !*h.RequireCollateral) {
+	if c.Simulated || c.Platform == evidence.PlatformCCA || (h.RequireCollateral != nil && !*h.RequireCollateral) {
 		return nil
 	}
 	if c.Details["collateral"] != "verified" {
@@ -221,9 +241,9 @@ func (s *Snapshot) addSimCollateral(platform, rootsFile string) {
 // the report's fields. The caller adds the time and where collateral
 // comes from.
 func (s *Snapshot) VerifyOptions(platform string) verify.Options {
-	o := verify.Options{SimRoots: s.SimRoots[platform]}
+	o := verify.Options{SimRoots: s.SimRoots[platform], CCAPlatformKeys: s.CCAPlatformKeys}
 	if pl := s.Policy.Platforms[platform]; pl != nil {
-		o.SNP, o.TDX = pl.snp, pl.tdx
+		o.SNP, o.TDX, o.SGX = pl.snp, pl.tdx, pl.sgx
 	}
 	if dirs := s.SimCollateral[platform]; len(dirs) > 0 {
 		var src collateral.Sources

@@ -10,6 +10,7 @@ package policy
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -64,6 +65,9 @@ type Policy struct {
 	// Identity sections (identity.go).
 	SPIFFE   SPIFFE     `toml:"spiffe"`
 	Identity []Identity `toml:"identity"`
+
+	// Secrets released to attested keeps (secrets.go).
+	Secrets []Secret `toml:"secret"`
 }
 
 // Platform is a [platforms.snp] or [platforms.tdx] table.
@@ -78,6 +82,10 @@ type Platform struct {
 	// RevokedTCB lists TCBs refused: an entry matches when every component
 	// it names has exactly that value.
 	RevokedTCB []map[string]uint64 `toml:"revoked_tcb"`
+
+	// CCA only; see platforms.go.
+	CPAKs            []string `toml:"cpaks"`             // cca: PEM files of trusted CPAKs
+	PlatformSoftware []string `toml:"platform_software"` // cca: accepted platform firmware measurements (hex)
 
 	// Checks on the hardware report's own fields (platform.go).
 	HardwareChecks
@@ -94,6 +102,28 @@ type Measurement struct {
 	Value    string `toml:"value"` // hex, 48 bytes
 	Name     string `toml:"name"`
 	Revoked  bool   `toml:"revoked"`
+
+	// SGX enclaves may be listed by signer instead of MRENCLAVE: MRSIGNER,
+	// ISVPRODID and the lowest ISVSVN accepted (value left out).
+	MRSigner  string  `toml:"mrsigner"`
+	ISVProdID *uint16 `toml:"isv_prod_id"`
+	MinISVSVN uint16  `toml:"min_isv_svn"`
+	// CCA: the four Realm Extensible Measurements expected with the Realm
+	// Initial Measurement (hex); left out, all four must be zero.
+	REMs []string `toml:"rems"`
+	// TDX: runtime measurement registers the entry's image leaves at
+	// launch ('castellan keep-image measure --platform tdx' prints rtmr1
+	// and rtmr2 of a VM keep's direct boot). Those given must match the
+	// quote's; those left out are not checked by the entry.
+	RTMR0 string `toml:"rtmr0"`
+	RTMR1 string `toml:"rtmr1"`
+	RTMR2 string `toml:"rtmr2"`
+	RTMR3 string `toml:"rtmr3"`
+}
+
+// rtmrs lists the entry's expected RTMRs by index ("" = not checked).
+func (m *Measurement) rtmrs() [4]*string {
+	return [4]*string{&m.RTMR0, &m.RTMR1, &m.RTMR2, &m.RTMR3}
 }
 
 // Snapshot is one consistent version of the policy and measurement database,
@@ -107,7 +137,13 @@ type Snapshot struct {
 	SimCollateral map[string][]string
 	AnyWorkload   bool
 
-	identities map[string]*Identity // workload digest → its [[identity]] (identity.go)
+	identities map[string]*Identity    // workload digest → its [[identity]] (identity.go)
+	secrets    map[string]*secretEntry // resource path → its [[secret]] and value (secrets.go)
+
+	// SGXSigners are the SGX measurement entries by signer.
+	SGXSigners []Measurement
+	// CCAPlatformKeys are the CPAKs platforms.cca.cpaks lists.
+	CCAPlatformKeys []crypto.PublicKey
 }
 
 // Refusal is a decision against a request, naming the check that failed.
@@ -137,6 +173,8 @@ func refuse(check, format string, a ...any) *Refusal {
 var tcbComponents = map[string]*regexp.Regexp{
 	evidence.PlatformSNP: regexp.MustCompile(`^(bootloader|tee|snp|microcode)$`),
 	evidence.PlatformTDX: regexp.MustCompile(`^(tee_tcb_svn\.([0-9]|1[0-5])|qe_svn|pce_svn)$`),
+	evidence.PlatformSGX: regexp.MustCompile(`^(cpu_svn\.([0-9]|1[0-5])|qe_svn|pce_svn|isv_svn|config_svn)$`),
+	evidence.PlatformCCA: regexp.MustCompile(`^$`), // none: platform_software judges the firmware
 }
 
 var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
@@ -169,24 +207,22 @@ func parse(policyFile string, pb []byte, measurementsFile string, mb []byte) (*S
 	}
 	for i, e := range m.Measurement {
 		where := fmt.Sprintf("%s: measurement %d", measurementsFile, i+1)
-		if e.Platform != evidence.PlatformSNP && e.Platform != evidence.PlatformTDX {
-			return nil, fmt.Errorf("%s: platform %q is not snp or tdx", where, e.Platform)
+		if err := checkMeasurement(&e); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
 		}
-		v := strings.ToLower(e.Value)
-		raw, err := hex.DecodeString(v)
-		if err != nil || len(raw) != 48 {
-			return nil, fmt.Errorf("%s: value must be 96 hex digits (48 bytes)", where)
+		if e.Value == "" { // an SGX entry by signer
+			s.SGXSigners = append(s.SGXSigners, e)
+			continue
 		}
 		byVal := s.Measurements[e.Platform]
 		if byVal == nil {
 			byVal = map[string]Measurement{}
 			s.Measurements[e.Platform] = byVal
 		}
-		if _, dup := byVal[v]; dup {
+		if _, dup := byVal[e.Value]; dup {
 			return nil, fmt.Errorf("%s: value listed twice for platform %s", where, e.Platform)
 		}
-		e.Value = v
-		byVal[v] = e
+		byVal[e.Value] = e
 	}
 	return s, nil
 }
@@ -228,7 +264,7 @@ func (s *Snapshot) checkPolicy(file string) error {
 		pl := p.Platforms[name]
 		re, ok := tcbComponents[name]
 		if !ok {
-			return fmt.Errorf("%s: platforms.%s: unknown platform (want snp or tdx; platform none is allowed by allow_insecure)", file, name)
+			return fmt.Errorf("%s: platforms.%s: unknown platform (want snp, tdx, sgx or cca; platform none is allowed by allow_insecure)", file, name)
 		}
 		if pl == nil {
 			pl = &Platform{}
@@ -263,6 +299,12 @@ func (s *Snapshot) checkPolicy(file string) error {
 			s.SimRoots[name] = append(s.SimRoots[name], certs...)
 			s.addSimCollateral(name, rf)
 		}
+		if err := s.checkPlatformExtras(file, name, pl); err != nil {
+			return err
+		}
+	}
+	if err := s.checkSecrets(file); err != nil {
+		return err
 	}
 	return s.checkIdentity(file)
 }
@@ -348,13 +390,28 @@ func (s *Snapshot) Check(c *evidence.Claims) *Refusal {
 				return refuse(CheckRevoked, "tcb %s matches revoked_tcb entry %d", formatTCB(r), i+1)
 			}
 		}
+		if r := s.checkPlatformClaims(pl, c); r != nil {
+			return r
+		}
 		v := hex.EncodeToString(c.Measurement)
 		m, ok := s.Measurements[c.Platform][v]
-		if !ok {
-			return refuse(CheckMeasurement, "%s measurement %s is not in the measurement database", c.Platform, v)
-		}
-		if m.Revoked {
-			return refuse(CheckRevoked, "%s measurement %s (%s) is revoked", c.Platform, v, m.Name)
+		if !ok && c.Platform == evidence.PlatformSGX {
+			if r := s.checkSGXSigner(c, v); r != nil {
+				return r
+			}
+		} else {
+			if !ok {
+				return refuse(CheckMeasurement, "%s measurement %s is not in the measurement database", c.Platform, v)
+			}
+			if m.Revoked {
+				return refuse(CheckRevoked, "%s measurement %s (%s) is revoked", c.Platform, v, m.Name)
+			}
+			if r := checkREMs(c, &m); r != nil {
+				return r
+			}
+			if r := checkRTMRs(c, &m); r != nil {
+				return r
+			}
 		}
 	}
 	if !s.AnyWorkload && !slices.Contains(p.Workloads, c.WorkloadDigest) {

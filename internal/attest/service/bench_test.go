@@ -2,21 +2,14 @@ package service
 
 import (
 	"encoding/json"
+	"github.com/castellan-dev/castellan/internal/cputime"
 	"net/http"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 )
-
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 func BenchmarkIssueSNP(b *testing.B) { benchIssue(b, evidence.PlatformSNP) }
 func BenchmarkIssueTDX(b *testing.B) { benchIssue(b, evidence.PlatformTDX) }
@@ -37,7 +30,7 @@ func benchIssue(b *testing.B, platform string) {
 	}
 	close(bodies)
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := cputime.Self()
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -48,7 +41,7 @@ func benchIssue(b *testing.B, platform string) {
 		}
 	})
 	elapsed := time.Since(start)
-	cpu := cpuTime() - cpu0
+	cpu := cputime.Self() - cpu0
 	b.StopTimer()
 	// On a shared machine certs/s depends on the other load; CPU time per
 	// certificate does not: cores / cpu-µs/op bounds the throughput.
@@ -63,7 +56,7 @@ func benchIssue(b *testing.B, platform string) {
 func BenchmarkChallenge(b *testing.B) {
 	h := newHarness(b)
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := cputime.Self()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if w := h.do("POST", "/v1/challenge", nil); w.Code != http.StatusOK {
@@ -72,7 +65,7 @@ func BenchmarkChallenge(b *testing.B) {
 			}
 		}
 	})
-	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/op")
+	b.ReportMetric(float64((cputime.Self()-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/op")
 }
 
 // BenchmarkJunkRedeem measures the cheapest request that uses up a ledger
@@ -94,7 +87,7 @@ func BenchmarkJunkRedeem(b *testing.B) {
 	}
 	close(bodies)
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := cputime.Self()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if w := h.do("POST", "/v1/certificate", <-bodies); w.Code != http.StatusBadRequest {
@@ -103,5 +96,5 @@ func BenchmarkJunkRedeem(b *testing.B) {
 			}
 		}
 	})
-	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/op")
+	b.ReportMetric(float64((cputime.Self()-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/op")
 }

@@ -50,6 +50,8 @@ func FuzzRequestJSON(f *testing.F) {
 	f.Add(h.body(keepReq{}))
 	f.Add(h.body(keepReq{ear: true, digest: otherDigest}))
 	f.Add(h.body(keepReq{platform: evidence.PlatformTDX}))
+	f.Add(h.body(keepReq{platform: evidence.PlatformSGX}))
+	f.Add(h.body(keepReq{platform: evidence.PlatformCCA}))
 	f.Add(h.body(keepReq{platform: evidence.PlatformNone}))
 	f.Add([]byte(`{"csr":"","evidence":""}`))
 	f.Add([]byte(`{"csr":"MAA=","evidence":"oA==","package":"x"}`))

@@ -190,6 +190,8 @@ type keepReq struct {
 	platform string
 	snp      sim.SNPOptions
 	tdx      sim.TDXOptions
+	sgx      sim.SGXOptions
+	cca      sim.CCAOptions
 	signer   *sim.CA           // default: the trusted simulation CA
 	key      *ecdsa.PrivateKey // the keep's key: in the envelope and the CSR
 	csrKey   *ecdsa.PrivateKey // CSR for another key
@@ -259,6 +261,10 @@ func (h *harness) body(r keepReq) []byte {
 		env.Evidence, env.Endorsements, err = r.signer.SignSNP(rd, r.snp)
 	case evidence.PlatformTDX:
 		env.Evidence, err = r.signer.SignTDX(rd, r.tdx)
+	case evidence.PlatformSGX:
+		env.Evidence, err = r.signer.SignSGX(rd, r.sgx)
+	case evidence.PlatformCCA:
+		env.Evidence, err = r.signer.SignCCA(rd, r.cca)
 	}
 	if err != nil {
 		t.Fatal(err)

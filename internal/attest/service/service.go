@@ -12,6 +12,8 @@
 //	                      or 4xx {"error": "...", "check": "...", "ear": JWT}
 //	GET  /v1/ca           → the CA certificate, PEM
 //	GET  /v1/jwks         → the CA key as a JSON Web Key Set (verifies EARs)
+//	/kbs/v0/...           Trustee's KBS protocol: secrets the policy binds to
+//	                      workloads, released to keeps that attested (kbs.go)
 //
 // Challenges store nothing (nonce.go: nonces are sealed by a key replicas
 // share); redeemed nonces go to a bounded ledger (audit.NonceLedger) in the
@@ -51,6 +53,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/castellan-dev/castellan/internal/attest/verify"
+	"github.com/castellan-dev/castellan/internal/kbs"
 	"github.com/castellan-dev/castellan/keepcert"
 )
 
@@ -112,6 +115,9 @@ type Config struct {
 	// Verify checks evidence and returns its claims; nil means
 	// verify.Envelope. Tests substitute it.
 	Verify func(env *evidence.Envelope, opts verify.Options) (*evidence.Claims, error)
+	// Report checks a raw report for the KBS endpoints (kbs.go), which
+	// bind their own report data; nil means verify.Report.
+	Report func(platform string, raw []byte, endorsements [][]byte, opts verify.Options) (*evidence.Claims, error)
 	// Collateral is where vendor collateral for real evidence comes from
 	// (verify.Options.Collateral): VCEKs, AMD's CRLs, Intel's TCB info,
 	// QE identity and CRLs; nil fetches none (then the policy refuses
@@ -172,6 +178,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Verify == nil {
 		cfg.Verify = verify.Envelope
 	}
+	if cfg.Report == nil {
+		cfg.Report = verify.Report
+	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
@@ -196,6 +205,9 @@ func New(cfg Config) (*Service, error) {
 	s.mux.HandleFunc("POST /v1/certificate", s.certificate)
 	s.mux.HandleFunc("GET /v1/ca", s.caCert)
 	s.mux.HandleFunc("GET /v1/jwks", s.caJWKS)
+	s.mux.HandleFunc("POST "+kbs.PathAuth, s.kbsAuth)
+	s.mux.HandleFunc("POST "+kbs.PathAttest, s.kbsAttest)
+	s.mux.HandleFunc("GET "+kbs.PathResource+"{repo}/{type}/{tag}", s.kbsResource)
 	return s, nil
 }
 

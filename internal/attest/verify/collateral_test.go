@@ -1,9 +1,11 @@
 package verify
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
@@ -49,19 +51,31 @@ func TestSimSNPCollateral(t *testing.T) {
 		t.Fatal(err)
 	}
 	crlURL := kds.CrlLinkByKey("Milan", abi.VcekReportSigner)
-	for name, src := range map[string]collateral.Source{
-		"CRL missing":              collateral.Map{},
-		"ASK revoked":              revoking,
-		"CRL signed by another CA": collateral.Map{crlURL: otherColl[crlURL]},
-		"CRL not a CRL":            collateral.Map{crlURL: {Body: []byte("<html>rate limited</html>")}},
+	tampered := bytes.Clone(coll[crlURL].Body)
+	tampered[len(tampered)-5] ^= 1 // in the signature
+	// The simulated CRL is valid for a year, the VCEK for seven.
+	afterNextUpdate := time.Now().AddDate(1, 1, 0)
+	for _, c2 := range []struct {
+		name string
+		src  collateral.Source
+		now  time.Time
+		want string
+	}{
+		{"CRL missing", collateral.Map{}, time.Time{}, "Milan/crl"},
+		{"ASK revoked", revoking, time.Time{}, "is revoked by the AMD CRL"},
+		{"CRL stale", coll, afterNextUpdate, "stale"},
+		{"CRL tampered", collateral.Map{crlURL: {Body: tampered}}, time.Time{}, "verification"},
+		{"CRL signed by another CA", collateral.Map{crlURL: otherColl[crlURL]}, time.Time{}, "verification"},
+		{"CRL not a CRL", collateral.Map{crlURL: {Body: []byte("<html>rate limited</html>")}}, time.Time{}, "CRL"},
 	} {
-		t.Run(name, func(t *testing.T) {
+		t.Run(c2.name, func(t *testing.T) {
 			opts := trusting(c)
-			opts.SimCollateral = src
+			opts.SimCollateral = c2.src
+			opts.Now = c2.now
 			_, err := Envelope(env, opts)
 			var ve *Error
-			if !errors.As(err, &ve) || ve.Check != CheckCollateral || !strings.Contains(err.Error(), "CRL") {
-				t.Errorf("got %v, want a collateral refusal", err)
+			if !errors.As(err, &ve) || ve.Check != CheckCollateral || !strings.Contains(err.Error(), c2.want) {
+				t.Errorf("got %v, want a collateral refusal containing %q", err, c2.want)
 			}
 		})
 	}

@@ -36,22 +36,33 @@ func checkSNPRevocation(c *snpChain, opts *Options, now time.Time, details map[s
 	if err != nil {
 		return fail(CheckCollateral, "AMD CRL for %s: %v", c.productLine, err)
 	}
-	crl, err := verifiedCRL(r.Body, c.ark)
+	crl, err := checkCRL("AMD CRL "+url, r.Body, c.ark, c.ica, now)
 	if err != nil {
-		return fail(CheckCollateral, "AMD CRL %s: %v", url, err)
-	}
-	if now.After(crl.NextUpdate) {
-		return fail(CheckCollateral, "AMD CRL %s: stale: its next update was %s", url, crl.NextUpdate.UTC().Format(time.RFC3339))
-	}
-	for _, e := range crl.RevokedCertificateEntries {
-		if e.SerialNumber.Cmp(c.ica.SerialNumber) == 0 {
-			return fail(CheckCollateral, "the %s certificate (serial %x) is revoked by AMD's CRL since %s", c.ica.Subject.CommonName, c.ica.SerialNumber, e.RevocationTime.UTC().Format(time.RFC3339))
-		}
+		return err
 	}
 	details["collateral"] = "verified"
 	details["crl_this_update"] = crl.ThisUpdate.UTC().Format(time.RFC3339)
 	details["crl_next_update"] = crl.NextUpdate.UTC().Format(time.RFC3339)
 	return nil
+}
+
+// checkCRL checks a CRL (what names it in refusals) shared by the SEV-SNP
+// and SGX collateral checks: signed by issuer, not past its next update,
+// and not revoking subject. Each failure is a CheckCollateral refusal.
+func checkCRL(what string, der []byte, issuer, subject *x509.Certificate, now time.Time) (*x509.RevocationList, error) {
+	crl, err := verifiedCRL(der, issuer)
+	if err != nil {
+		return nil, fail(CheckCollateral, "%s: %v", what, err)
+	}
+	if now.After(crl.NextUpdate) {
+		return nil, fail(CheckCollateral, "%s: stale: its next update was %s", what, crl.NextUpdate.UTC().Format(time.RFC3339))
+	}
+	for _, e := range crl.RevokedCertificateEntries {
+		if e.SerialNumber.Cmp(subject.SerialNumber) == 0 {
+			return nil, fail(CheckCollateral, "the %s certificate (serial %x) is revoked by the %s since %s", subject.Subject.CommonName, subject.SerialNumber, what, e.RevocationTime.UTC().Format(time.RFC3339))
+		}
+	}
+	return crl, nil
 }
 
 // verifiedCRLs remembers CRLs whose signature checked out, by their bytes

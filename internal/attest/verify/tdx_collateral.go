@@ -88,27 +88,37 @@ func checkTDXCollateral(q any, roots *x509.CertPool, now time.Time, src collater
 	if err := p.acceptStatus("QE identity", string(qe.TcbStatus)); err != nil {
 		return err
 	}
-	details["collateral"] = "verified"
-	details["tcb_status"] = string(td.TcbStatus)
-	details["qe_tcb_status"] = string(qe.TcbStatus)
-	if td.TcbDate != "" {
-		details["tcb_date"] = td.TcbDate
-	}
-	if len(td.AdvisoryIDs) > 0 {
-		details["advisories"] = strings.Join(td.AdvisoryIDs, ",")
-	}
+	var tcbNext time.Time
 	for url, r := range rec.got {
 		if strings.Contains(url, "/tcb?") {
 			var ti pcs.TdxTcbInfo
 			if json.Unmarshal(r.Body, &ti) == nil {
-				details["tcb_info_next_update"] = ti.TcbInfo.NextUpdate.UTC().Format(time.RFC3339)
+				tcbNext = ti.TcbInfo.NextUpdate
 			}
 		}
 	}
-	if !qeID.EnclaveIdentity.NextUpdate.IsZero() {
-		details["qe_identity_next_update"] = qeID.EnclaveIdentity.NextUpdate.UTC().Format(time.RFC3339)
-	}
+	intelCollateralDetails(details, string(td.TcbStatus), string(qe.TcbStatus), td.TcbDate, td.AdvisoryIDs, tcbNext, qeID.EnclaveIdentity.NextUpdate)
 	return nil
+}
+
+// intelCollateralDetails records what Intel's collateral said of a TDX or
+// SGX platform, under the same names for both.
+func intelCollateralDetails(details map[string]string, status, qeStatus, tcbDate string, advisories []string, tcbNext, qeNext time.Time) {
+	details["collateral"] = "verified"
+	details["tcb_status"] = status
+	details["qe_tcb_status"] = qeStatus
+	if tcbDate != "" {
+		details["tcb_date"] = tcbDate
+	}
+	if len(advisories) > 0 {
+		details["advisories"] = strings.Join(advisories, ",")
+	}
+	if !tcbNext.IsZero() {
+		details["tcb_info_next_update"] = tcbNext.UTC().Format(time.RFC3339)
+	}
+	if !qeNext.IsZero() {
+		details["qe_identity_next_update"] = qeNext.UTC().Format(time.RFC3339)
+	}
 }
 
 func qeReport(q any) *pb.EnclaveReport {

@@ -55,17 +55,29 @@ type TDXPolicy struct {
 	XFAM []byte
 }
 
-func (p *TDXPolicy) statuses() []string {
-	if len(p.TCBStatuses) == 0 {
-		return []string{"UpToDate"}
-	}
-	return p.TCBStatuses
-}
-
 // acceptStatus decides on a TCB status from Intel's collateral.
 func (p *TDXPolicy) acceptStatus(what, status string) error {
-	if status == "Revoked" || !slices.Contains(p.statuses(), status) {
-		return fail(CheckTCBStatus, "Intel's %s gives TCB status %s; the policy accepts %s", what, status, strings.Join(p.statuses(), ", "))
+	return acceptTCBStatus(p.TCBStatuses, what, status)
+}
+
+// SGXPolicy is what the caller's policy decides on Intel's verdict about an
+// SGX platform and its quoting enclave; the zero value accepts UpToDate
+// only. The enclave's own fields are claims (MRENCLAVE, MRSIGNER, ISVSVN,
+// debug) the measurement database and Snapshot.Check decide on.
+type SGXPolicy struct {
+	// TCBStatuses are the TCB statuses accepted, as TDXPolicy.TCBStatuses.
+	TCBStatuses []string
+}
+
+// acceptTCBStatus decides on a TCB status from Intel's collateral (TDX or
+// SGX) against the accepted statuses (empty: UpToDate only). Revoked is
+// never accepted.
+func acceptTCBStatus(accepted []string, what, status string) error {
+	if len(accepted) == 0 {
+		accepted = []string{"UpToDate"}
+	}
+	if status == "Revoked" || !slices.Contains(accepted, status) {
+		return fail(CheckTCBStatus, "Intel's %s gives TCB status %s; the policy accepts %s", what, status, strings.Join(accepted, ", "))
 	}
 	return nil
 }

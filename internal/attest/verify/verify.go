@@ -1,17 +1,21 @@
 // Package verify turns an evidence envelope into claims: it checks the
 // hardware report's signature chain up to a trusted root (AMD's ARKs for
-// SEV-SNP, Intel's SGX root for TDX, or a Castellan simulation root that the
-// caller's policy names), the report's signature, and that the report data
-// binds the keep's key, the verifier's nonce and the workload digest.
+// SEV-SNP, Intel's SGX root for TDX and SGX, a CPAK the policy lists for
+// Arm CCA, or a Castellan simulation root that the caller's policy names),
+// the report's signature, and that the report data binds the keep's key,
+// the verifier's nonce and the workload digest.
 //
 // Real and simulated evidence go through the same code, built on
-// go-sev-guest's verify.SnpAttestation and go-tdx-guest's verify.TdxQuote;
-// only the trusted roots differ. Policy (TCB minimums, debug, measurements,
+// go-sev-guest's verify.SnpAttestation, go-tdx-guest's verify.TdxQuote, an
+// SGX DCAP quote parser and checks of our own on go-tdx-guest's pcs helpers
+// (with Intel's collateral when given), and veraison/ccatoken for CCA
+// tokens; only the trusted roots differ. Policy (TCB minimums, debug, measurements,
 // nonce freshness) is not decided here: it is decided on the Claims.
 package verify
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/subtle"
 	"crypto/x509"
 	_ "embed"
@@ -76,6 +80,9 @@ type Options struct {
 	// used for simulated evidence through the same code as Collateral for
 	// real evidence. Nil: simulated evidence is checked without it.
 	SimCollateral collateral.Source
+	// CCAPlatformKeys are the CPAKs (CCA platform attestation keys) whose
+	// platform tokens are trusted; simulated CPAKs come from SimRoots.
+	CCAPlatformKeys []crypto.PublicKey
 	// ChainCache keeps SEV-SNP endorsement chains that verified, so that
 	// the next report from the same chip and TCB skips the chain's RSA
 	// checks (never the report's signature or its binding). Nil = a
@@ -88,6 +95,9 @@ type Options struct {
 	// TDX decides on a TDX quote's fields and Intel's TCB status; the zero
 	// value is the safe default.
 	TDX TDXPolicy
+	// SGX decides on Intel's TCB status of an SGX platform; the zero value
+	// is the safe default.
+	SGX SGXPolicy
 }
 
 func (o *Options) now() time.Time {
@@ -154,6 +164,14 @@ func Report(platform string, raw []byte, endorsements [][]byte, opts Options) (*
 			return nil, fail(CheckFormat, "a TDX quote carries its certificates inside; the envelope has %d endorsements", len(endorsements))
 		}
 		return verifyTDX(raw, &opts)
+	case evidence.PlatformSGX, evidence.PlatformCCA:
+		if len(endorsements) != 0 {
+			return nil, fail(CheckFormat, "%s evidence carries its certificates or keys inside; the envelope has %d endorsements", platform, len(endorsements))
+		}
+		if platform == evidence.PlatformSGX {
+			return verifySGX(raw, &opts)
+		}
+		return verifyCCA(raw, &opts)
 	case evidence.PlatformNone:
 		return nil, fail(CheckPlatform, "platform none has no report to verify")
 	default:

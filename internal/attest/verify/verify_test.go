@@ -9,16 +9,17 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/cputime"
 	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
+	"github.com/castellan-dev/castellan/internal/testvectors"
 	"github.com/google/go-sev-guest/verify/trust"
 )
 
@@ -488,28 +489,37 @@ func readTestdata(t testing.TB, name string) []byte {
 // The VCEK URL of the Milan sample: its chip ID and reported TCB.
 const milanVCEKURL = "https://kdsintf.amd.com/vcek/v1/Milan/3ac3fe21e13fb0990eb28a802e3fb6a29483a6b0753590c951bdd3b8e53786184ca39e359669a2b76a1936776b564ea464cdce40c05f63c9b610c5068b006b5d?blSPL=2&teeSPL=0&snpSPL=5&ucodeSPL=68"
 
-func TestRealSNPSample(t *testing.T) {
-	raw := readTestdata(t, "snp_milan_attestation.bin")
-	vcek := readTestdata(t, "snp_milan_vcek.der")
-	crl := readTestdata(t, "amd_milan_crl.der")
-	// AMD's KDS as a fake: the VCEK and the CRL, nothing else.
-	kds := collateral.Map{milanVCEKURL: {Body: vcek}, "https://kdsintf.amd.com/vcek/v1/Milan/crl": {Body: crl}}
-	withinCRL := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
-	check := func(t *testing.T, cl *evidence.Claims, err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if cl.Simulated || cl.Platform != evidence.PlatformSNP || len(cl.Measurement) != 48 {
-			t.Errorf("claims %+v", cl)
-		}
-		want := map[string]uint64{"bootloader": 2, "tee": 0, "snp": 5, "microcode": 68}
-		for k, v := range want {
-			if cl.TCB[k] != v {
-				t.Errorf("TCB %v, want %v", cl.TCB, want)
-			}
+// checkMilanClaims checks the claims of the Milan sample.
+func checkMilanClaims(t *testing.T, cl *evidence.Claims, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cl.Simulated || cl.Platform != evidence.PlatformSNP || len(cl.Measurement) != 48 {
+		t.Errorf("claims %+v", cl)
+	}
+	want := map[string]uint64{"bootloader": 2, "tee": 0, "snp": 5, "microcode": 68}
+	for k, v := range want {
+		if cl.TCB[k] != v {
+			t.Errorf("TCB %v, want %v", cl.TCB, want)
 		}
 	}
+}
+
+// withinCRL is a time within the validity of AMD's Milan CRL number 6.
+var withinCRL = time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
+
+// TestRealSNPSampleAMDCRL checks the Milan sample with AMD's real Milan
+// CRL (an outside vector, internal/testvectors) against the real ARK:
+// accepted within its validity, refused when stale or tampered.
+// TestSimSNPCollateral covers the same refusals with simulated CRLs.
+func TestRealSNPSampleAMDCRL(t *testing.T) {
+	crl := testvectors.Read(t, "amd_milan_crl.der")
+	raw := readTestdata(t, "snp_milan_attestation.bin")
+	vcek := readTestdata(t, "snp_milan_vcek.der")
+	// AMD's KDS as a fake: the VCEK and the CRL, nothing else.
+	kds := collateral.Map{milanVCEKURL: {Body: vcek}, "https://kdsintf.amd.com/vcek/v1/Milan/crl": {Body: crl}}
+	check := checkMilanClaims
 	t.Run("VCEK fetched, CRL checked", func(t *testing.T) {
 		cl, err := Report(evidence.PlatformSNP, raw, nil, Options{Collateral: kds, Now: withinCRL})
 		check(t, cl, err)
@@ -524,13 +534,6 @@ func TestRealSNPSample(t *testing.T) {
 			t.Errorf("got %v, want a stale CRL refusal", err)
 		}
 	})
-	t.Run("CRL missing refused", func(t *testing.T) {
-		_, err := Report(evidence.PlatformSNP, raw, [][]byte{vcek}, Options{Collateral: collateral.Map{}, Now: withinCRL})
-		var ve *Error
-		if !errors.As(err, &ve) || ve.Check != CheckCollateral || !strings.Contains(err.Error(), "Milan/crl") {
-			t.Errorf("got %v, want a collateral refusal naming the CRL", err)
-		}
-	})
 	t.Run("CRL not signed by the ARK refused", func(t *testing.T) {
 		bad := bytes.Clone(crl)
 		bad[len(bad)-5] ^= 1
@@ -538,6 +541,26 @@ func TestRealSNPSample(t *testing.T) {
 		var ve *Error
 		if !errors.As(err, &ve) || ve.Check != CheckCollateral || !strings.Contains(err.Error(), "verification") {
 			t.Errorf("got %v, want a collateral refusal", err)
+		}
+	})
+}
+
+func TestRealSNPSample(t *testing.T) {
+	raw := readTestdata(t, "snp_milan_attestation.bin")
+	vcek := readTestdata(t, "snp_milan_vcek.der")
+	check := checkMilanClaims
+	t.Run("CRL missing refused", func(t *testing.T) {
+		_, err := Report(evidence.PlatformSNP, raw, [][]byte{vcek}, Options{Collateral: collateral.Map{}, Now: withinCRL})
+		var ve *Error
+		if !errors.As(err, &ve) || ve.Check != CheckCollateral || !strings.Contains(err.Error(), "Milan/crl") {
+			t.Errorf("got %v, want a collateral refusal naming the CRL", err)
+		}
+	})
+	t.Run("VCEK fetched, CRL missing refused", func(t *testing.T) {
+		_, err := Report(evidence.PlatformSNP, raw, nil, Options{Collateral: collateral.Map{milanVCEKURL: {Body: vcek}}, Now: withinCRL})
+		var ve *Error
+		if !errors.As(err, &ve) || ve.Check != CheckCollateral || !strings.Contains(err.Error(), "Milan/crl") {
+			t.Errorf("got %v, want a collateral refusal naming the CRL", err)
 		}
 	})
 	t.Run("VCEK in the envelope", func(t *testing.T) {
@@ -695,11 +718,7 @@ func benchmarkVerify(b *testing.B, p string) {
 // benchmark's results: on a shared machine wall time per operation says
 // more about the neighbours than about the code.
 func reportCPU(b *testing.B) func() {
-	cpu := func() time.Duration {
-		var ru syscall.Rusage
-		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	cpu := cputime.Self
 	start := cpu()
 	return func() { b.ReportMetric(float64(cpu()-start)/float64(b.N), "cpu-ns/op") }
 }

@@ -285,6 +285,9 @@
       p.measurement ? el("span", { class: "desc", text: " (hash of the code the TEE launched, fixed when the keep started)" }) : "");
     fact(dl, "TCB versions", p.tcb && p.tcb.length ? p.tcb.map((t) => t.component + " " + t.svn).join(", ") : "None reported.",
       p.tcb && p.tcb.length ? el("span", { class: "desc", text: " (security patch levels of the platform's firmware and microcode)" }) : "");
+    if (p.tcb_status) fact(dl, "Intel's TCB verdict", p.tcb_status,
+      el("span", { class: "desc", text: " (from Intel's TCB info for this platform: UpToDate means no known unpatched vulnerability)" }));
+    for (const id of p.identity || []) fact(dl, id.name, el("code", { text: id.value }), el("span", { class: "desc", text: " (" + id.meaning + ")" }));
     if (p.platform === "none") fact(dl, "Debugging", "Not applicable: without a TEE this machine can read the keep anyway.");
     else fact(dl, "Debugging", p.debug ? mark(false, "Allowed: the host could read the keep.") : mark(true, "Not allowed by the hardware report."));
     fact(dl, "Checked by", el("span", { id: "proof-verified-by", text: p.verified_by }));

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/keep"
@@ -243,7 +242,7 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 	cmd.Dir = s.Dir
 	cmd.Stdout = console
 	cmd.Stderr = &lineWriter{w: vi.logLine, prefix: "qemu: "}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = keep.ProcAttr()
 	if err := cmd.Start(); err != nil {
 		out.Close()
 		return nil, fmt.Errorf("starting QEMU: %w", err)

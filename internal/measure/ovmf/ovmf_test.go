@@ -3,9 +3,11 @@ package ovmf
 import (
 	"encoding/binary"
 	"errors"
-	"os"
 	"strings"
 	"testing"
+
+	"github.com/castellan-dev/castellan/internal/measure/measuretest"
+	"github.com/castellan-dev/castellan/internal/testvectors"
 )
 
 // image builds a firmware tail holding the given entries in a footer table.
@@ -60,13 +62,18 @@ func TestParseTable(t *testing.T) {
 	}
 }
 
-// TestRealFirmwareTail reads the table of edk2's AmdSev build (the
-// snp package's test vector).
+// TestRealFirmwareTail reads the table of edk2's AmdSev build (an outside
+// vector, internal/testvectors) and of Debian's OVMF.fd.
 func TestRealFirmwareTail(t *testing.T) {
-	b, err := os.ReadFile("../snp/testdata/ovmf_AmdSev_suffix.bin")
-	if err != nil {
-		t.Fatal(err)
+	for name, read := range map[string]func(testing.TB) []byte{
+		"AmdSev":      func(t testing.TB) []byte { return testvectors.Read(t, "ovmf_AmdSev_suffix.bin") },
+		"Debian OVMF": measuretest.DebianOVMF,
+	} {
+		t.Run(name, func(t *testing.T) { realTail(t, read(t)) })
 	}
+}
+
+func realTail(t *testing.T, b []byte) {
 	tbl, err := ParseTable(b)
 	if err != nil {
 		t.Fatal(err)
@@ -110,9 +117,7 @@ func TestParseTableBad(t *testing.T) {
 func FuzzParseTable(f *testing.F) {
 	a := MustGUID("00f771de-1a7e-4fcb-890e-68c77e2fb44e")
 	f.Add(image(map[GUID][]byte{a: {1, 2, 3, 4}}, []GUID{a}))
-	if b, err := os.ReadFile("../snp/testdata/ovmf_OvmfX64_suffix.bin"); err == nil {
-		f.Add(b)
-	}
+	f.Add(measuretest.SEVFirmware(true))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		tbl, err := ParseTable(b)
 		if err != nil {

@@ -9,7 +9,7 @@
 // has kernel-hashes=on); then one VMSA page per vCPU. Each page extends the
 // launch digest with the PAGE_INFO structure of SNP firmware ABI
 // specification 8.17.2 (SNP_LAUNCH_UPDATE). This follows
-// virtee/sev-snp-measure, whose test vectors testdata/ holds.
+// virtee/sev-snp-measure; testdata/ holds that tool's values for the same inputs.
 //
 // Only QEMU as the VMM is modelled (its initial register state and VMSA
 // contents); the measurement does not depend on guest memory size or on the

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/castellan-dev/castellan/internal/measure/measuretest"
+	"github.com/castellan-dev/castellan/internal/testvectors"
 )
 
 type vector struct {
@@ -35,19 +37,32 @@ func loadVectors(t *testing.T) (snp, seves []vector) {
 	if err := json.Unmarshal(b, &v); err != nil {
 		t.Fatal(err)
 	}
-	if len(v.SNP) < 10 || len(v.SEVES) < 3 {
+	if len(v.SNP) < 15 || len(v.SEVES) < 4 {
 		t.Fatalf("vectors.json has %d SNP and %d SEV-ES vectors", len(v.SNP), len(v.SEVES))
 	}
 	return v.SNP, v.SEVES
 }
 
+// firmwareBytes returns a vector's firmware: "synthetic" and
+// "synthetic-nohashes" are measuretest.SEVFirmware's images, "debian-ovmf"
+// is Debian's installed OVMF.fd, any other name an outside vector
+// (internal/testvectors); the last two skip when absent.
+func firmwareBytes(t testing.TB, name string) []byte {
+	t.Helper()
+	switch name {
+	case "synthetic":
+		return measuretest.SEVFirmware(true)
+	case "synthetic-nohashes":
+		return measuretest.SEVFirmware(false)
+	case "debian-ovmf":
+		return measuretest.DebianOVMF(t)
+	}
+	return testvectors.Read(t, name)
+}
+
 func firmware(t testing.TB, name string) *Firmware {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fw, err := ParseFirmware(b)
+	fw, err := ParseFirmware(firmwareBytes(t, name))
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
@@ -87,8 +102,10 @@ func runVectors(t *testing.T, vs []vector, measure func(fw *Firmware, h *Hashes,
 	}
 }
 
-// TestReferenceVectors checks every SEV-SNP launch measurement of
-// virtee/sev-snp-measure's tests (and its outputs for other vCPU types).
+// TestReferenceVectors checks SEV-SNP launch measurements against the
+// values virtee/sev-snp-measure computes for the same inputs (a synthetic
+// AmdSev-style image, Debian's OVMF.fd, and edk2's AmdSev build when the
+// outside vector is there; testdata/README.md).
 func TestReferenceVectors(t *testing.T) {
 	vs, _ := loadVectors(t)
 	runVectors(t, vs, func(fw *Firmware, h *Hashes, v vector, sig uint32) ([]byte, error) {
@@ -108,7 +125,7 @@ func TestReferenceVectorsSEVES(t *testing.T) {
 // TestInputsChangeMeasurement: each input the measurement claims to cover
 // changes it.
 func TestInputsChangeMeasurement(t *testing.T) {
-	fw := firmware(t, "ovmf_AmdSev_suffix.bin")
+	fw := firmware(t, "synthetic")
 	base := NewHashes([]byte("kernel"), []byte("initrd"), "console=ttyS0")
 	sig, _ := VCPUSignature(DefaultVCPUType)
 	p := Params{VCPUs: 2, VCPUSig: sig, GuestFeatures: DefaultGuestFeatures}
@@ -177,7 +194,7 @@ func TestSignature(t *testing.T) {
 }
 
 func TestParams(t *testing.T) {
-	fw := firmware(t, "ovmf_AmdSev_suffix.bin")
+	fw := firmware(t, "synthetic")
 	for _, n := range []int{0, -1, MaxVCPUs + 1} {
 		if _, err := Measure(fw, nil, Params{VCPUs: n}); err == nil {
 			t.Errorf("%d vCPUs accepted", n)
@@ -187,11 +204,31 @@ func TestParams(t *testing.T) {
 
 // TestBadFirmware: truncated, foreign and tampered images are refused with
 // a message that says what is wrong.
-func TestBadFirmware(t *testing.T) {
-	good, err := os.ReadFile("testdata/ovmf_AmdSev_suffix.bin")
-	if err != nil {
-		t.Fatal(err)
+func TestBadFirmware(t *testing.T) { badFirmware(t, measuretest.SEVFirmware(true)) }
+
+// TestBadFirmwareFixture is TestBadFirmware on edk2's AmdSev build.
+func TestBadFirmwareFixture(t *testing.T) {
+	badFirmware(t, testvectors.Read(t, "ovmf_AmdSev_suffix.bin"))
+}
+
+// TestFixtureWithoutKernelHashes: edk2's OvmfPkgX64 build parses, measures
+// without a kernel and refuses one (as sev-snp-measure's
+// test_snp_with_ovmfx64_and_kernel_should_fail).
+func TestFixtureWithoutKernelHashes(t *testing.T) {
+	fw := firmware(t, "ovmf_OvmfX64_suffix.bin")
+	if fw.HasKernelHashes() {
+		t.Fatal("OvmfPkgX64 build has an SNP_KERNEL_HASHES section")
 	}
+	h := NewHashes(nil, nil, "")
+	if _, err := Measure(fw, &h, Params{VCPUs: 1, VCPUSig: 0x800f12, GuestFeatures: 1}); !errors.Is(err, ErrNoKernelHashes) {
+		t.Fatalf("with a kernel: %v", err)
+	}
+	if _, err := Measure(fw, nil, Params{VCPUs: 1, VCPUSig: 0x800f12, GuestFeatures: 1}); err != nil {
+		t.Fatalf("without a kernel: %v", err)
+	}
+}
+
+func badFirmware(t *testing.T, good []byte) {
 	mut := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), good...)) }
 	metaOff := func(b []byte) int {
 		for i := len(b) - 4; i >= 0; i-- {
@@ -199,7 +236,7 @@ func TestBadFirmware(t *testing.T) {
 				return i
 			}
 		}
-		t.Fatal("no ASEV in fixture")
+		t.Fatal("no ASEV in the image")
 		return 0
 	}
 	cases := []struct {
@@ -231,13 +268,8 @@ func TestBadFirmware(t *testing.T) {
 }
 
 func FuzzParseFirmware(f *testing.F) {
-	for _, n := range []string{"ovmf_AmdSev_suffix.bin", "ovmf_OvmfX64_suffix.bin"} {
-		b, err := os.ReadFile(filepath.Join("testdata", n))
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	f.Add(measuretest.SEVFirmware(true))
+	f.Add(measuretest.SEVFirmware(false))
 	f.Add(make([]byte, 4096))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fw, err := ParseFirmware(b)

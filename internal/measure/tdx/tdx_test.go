@@ -1,14 +1,11 @@
 package tdx
 
 import (
-	"bytes"
-	"compress/gzip"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
-	"io"
 	"os"
 	"strings"
 	"testing"
@@ -21,15 +18,6 @@ func readFile(t testing.TB, name string) []byte {
 	b, err := os.ReadFile("testdata/" + name)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if strings.HasSuffix(name, ".gz") {
-		r, err := gzip.NewReader(bytes.NewReader(b))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if b, err = io.ReadAll(r); err != nil {
-			t.Fatal(err)
-		}
 	}
 	return b
 }
@@ -50,14 +38,7 @@ func TestMRTDSynthetic(t *testing.T) {
 // TestMRTDDebianOVMF checks MRTD of Debian 12's OVMF.fd against
 // google/gce-tcb-verifier's value. scripts/test installs the package.
 func TestMRTDDebianOVMF(t *testing.T) {
-	const path = "/usr/share/ovmf/OVMF.fd"
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Skipf("%v (install Debian 12's ovmf package)", err)
-	}
-	if s := sha256.Sum256(b); hex.EncodeToString(s[:]) != "7b456907dd0786d415999e801a1ac4637b8ed4d7cf5378cfc6edbe5e574dd773" {
-		t.Skipf("%s is not the ovmf 2022.11-6+deb12u2 build of the vector (sha256 %x)", path, s)
-	}
+	b := measuretest.DebianOVMF(t)
 	fw, err := ParseFirmware(b)
 	if err != nil {
 		t.Fatal(err)
@@ -135,24 +116,6 @@ func TestParseFirmwareBad(t *testing.T) {
 	}
 	if _, err := ParseFirmware(make([]byte, 8192)); !errors.Is(err, ErrNoTDXMetadata) {
 		t.Fatal(err)
-	}
-}
-
-// TestAuthenticode checks the PE image hash against pesign's for a real
-// EFI binary, unsigned and signed (with a certificate table).
-func TestAuthenticode(t *testing.T) {
-	const want = "1b15a9a6c72b7aaaebbb32be5834d197e4c2cda2bb8a58f95b1bab8e9466474d"
-	for _, n := range []string{"td-payload.efi.gz", "td-payload.signed.efi.gz"} {
-		got, err := authenticode(readFile(t, n), sha256.New())
-		if err != nil {
-			t.Fatalf("%s: %v", n, err)
-		}
-		if hex.EncodeToString(got) != want {
-			t.Errorf("%s: %x, want %s", n, got, want)
-		}
-	}
-	if _, err := authenticode([]byte("not a PE file, just text that is long enough to have a DOS header...."), sha256.New()); !errors.Is(err, ErrNotPE) {
-		t.Fatalf("text: %v", err)
 	}
 }
 
@@ -279,7 +242,7 @@ func FuzzParseFirmware(f *testing.F) {
 
 func FuzzKernel(f *testing.F) {
 	f.Add(bzImage(), uint32(100), uint64(1<<30))
-	f.Add(readFile(f, "td-payload.efi.gz")[:8192], uint32(0), uint64(1<<31))
+	f.Add(measuretest.BzImage(2)[:8192], uint32(0), uint64(1<<31))
 	f.Fuzz(func(t *testing.T, k []byte, initrdSize uint32, mem uint64) {
 		p, err := patchKernel(k, uint64(initrdSize), mem)
 		if err != nil {

@@ -1,16 +1,19 @@
 // Package sim is Castellan's simulated TEE: a local certificate authority
-// that signs SEV-SNP attestation reports and TDX v4 quotes in the exact
+// that signs SEV-SNP attestation reports, TDX v4 quotes, SGX DCAP quotes
+// (and their Intel collateral) and Arm CCA attestation tokens in the exact
 // vendor binary formats, so that every verification path (the vendor
 // libraries' chain and signature checks, claim extraction, policy) runs on a
 // machine without the hardware. Only the trust root differs from real
 // evidence: an SNP report chains VCEK → ASK → ARK to a local ARK, a TDX
-// quote chains PCK → PCK platform CA → root to a local root, and a verifier
-// trusts them only when its policy names those roots.
+// or SGX quote chains PCK → PCK platform CA → root to a local root, a CCA
+// platform token is signed by a local CPAK whose self-signed certificate
+// sits with the roots, and a verifier trusts them only when its policy
+// names those roots.
 //
 // The CA is generated once per user and stored in the config directory
 // ($CASTELLAN_CONFIG_DIR, else os.UserConfigDir()/castellan) under sim/:
-// ca.pem holds the keys and certificates (0600), roots.pem the two root
-// certificates a policy can name.
+// ca.pem holds the keys and certificates (0600), roots.pem the root
+// certificates (and the CPAK's) a policy can name.
 package sim
 
 import (
@@ -53,6 +56,9 @@ const (
 	roleTDXRK   = "tdx-root-key"
 	roleTDXPCAK = "tdx-pck-ca-key"
 	roleTDXAK   = "tdx-attestation-key"
+	roleCCACPAK = "cca-cpak" // self-signed certificate of the simulated CPAK
+	roleCCACPK  = "cca-cpak-key"
+	roleCCARAK  = "cca-rak-key"
 	roleHeader  = "Castellan-Role"
 )
 
@@ -92,6 +98,13 @@ type CA struct {
 	pckKey             *ecdsa.PrivateKey
 	akKey              *ecdsa.PrivateKey
 	pckPEM             []byte // PCK leaf || platform CA || root, as a quote carries it
+
+	// The Arm CCA platform attestation key (CPAK, with a self-signed
+	// certificate that the roots carry) and realm attestation key (RAK).
+	// Absent in CAs stored before they existed.
+	ccaCPAK    *x509.Certificate
+	ccaCPAKKey *ecdsa.PrivateKey
+	ccaRAKKey  *ecdsa.PrivateKey
 
 	mu         sync.Mutex
 	collateral collateral.Map               // made on first use (collateral.go)
@@ -179,6 +192,11 @@ func loadOrCreate(dir string) (*CA, error) {
 		return nil, fmt.Errorf("simulation CA %s: %w", path, err)
 	}
 	ca.Dir = dir
+	if ca.ccaCPAK == nil { // a CA made before CCA simulation
+		if err := ca.loadOrCreateCCA(dir); err != nil {
+			return nil, fmt.Errorf("simulation CA %s: %w", dir, err)
+		}
+	}
 	roots := ca.RootsPEM()
 	if old, err := os.ReadFile(filepath.Join(dir, rootsFile)); err != nil || !bytes.Equal(old, roots) {
 		if err := replaceFile(filepath.Join(dir, rootsFile), roots, 0o644); err != nil {
@@ -262,6 +280,9 @@ func New() (*CA, error) {
 	if err := ca.generateTDX(rand.Reader); err != nil {
 		return nil, fmt.Errorf("simulation CA: TDX chain: %w", err)
 	}
+	if err := ca.generateCCA(rand.Reader); err != nil {
+		return nil, fmt.Errorf("simulation CA: CCA keys: %w", err)
+	}
 	ca.init()
 	return ca, nil
 }
@@ -279,9 +300,14 @@ func (ca *CA) init() {
 	ca.pckPEM = buf.Bytes()
 }
 
-// Roots returns the CA's trust anchors: the SEV-SNP ARK and the TDX root.
+// Roots returns the CA's trust anchors: the SEV-SNP ARK, the TDX and SGX
+// root and, when the CA has one, the simulated CCA CPAK's certificate.
 func (ca *CA) Roots() []*x509.Certificate {
-	return []*x509.Certificate{ca.snpARK, ca.tdxRoot}
+	roots := []*x509.Certificate{ca.snpARK, ca.tdxRoot}
+	if ca.ccaCPAK != nil {
+		roots = append(roots, ca.ccaCPAK)
+	}
+	return roots
 }
 
 // RootsPEM returns Roots as PEM, the form a policy names.
@@ -371,6 +397,7 @@ func (ca *CA) encode() []byte {
 		put(roleTDXPCAK, "PRIVATE KEY", key(ca.pcaKey))
 	}
 	put(roleTDXAK, "PRIVATE KEY", key(ca.akKey))
+	buf.Write(ca.encodeCCA())
 	return buf.Bytes()
 }
 
@@ -473,6 +500,9 @@ func decode(b []byte) (*CA, error) {
 		if ca.arkKey, ok1 = k.(*rsa.PrivateKey); !ok1 || !ca.snpARK.PublicKey.(*rsa.PublicKey).Equal(ca.arkKey.Public()) {
 			return nil, errors.New("the ARK key has the wrong type or does not match the ARK")
 		}
+	}
+	if err := ca.decodeCCA(blocks); err != nil {
+		return nil, err
 	}
 	ca.init()
 	return ca, nil

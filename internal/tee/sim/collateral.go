@@ -36,8 +36,8 @@ var errNoCollateralKeys = errors.New("this simulation CA was made before simulat
 // verifier asks for it, as the vendors' servers would serve it: AMD's CRLs
 // for the simulated product line (VCEK and VLEK chains), signed by the
 // simulated ARK; and Intel's TCB info for the simulated FMSPC, TD QE
-// identity, PCK CRL and root CA CRL, signed under the simulated TDX root
-// (tdx_collateral.go). It is made once per CA and process.
+// identity, SGX TCB info and QE identity, PCK CRL and root CA CRL, signed
+// under the simulated TDX (and SGX) root (tdx_collateral.go, sgx.go). It is made once per CA and process.
 func (ca *CA) Collateral() (collateral.Map, error) {
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
@@ -83,11 +83,28 @@ func (ca *CA) makeCollateral(revoke bool) (collateral.Map, error) {
 		m[kds.CrlLinkByKey(SNPProductLine, signer)] = &collateral.Response{Body: der, Fetched: now}
 	}
 	if ca.tdxRootKey != nil {
-		if err := ca.tdxCollateral(m, now, revoke); err != nil {
+		if err := ca.intelCollateral(m, now, revoke); err != nil {
 			return nil, fmt.Errorf("simulated Intel collateral: %w", err)
 		}
 	}
 	return m, nil
+}
+
+// intelCollateral adds Intel's collateral for simulated TDX and SGX quotes
+// (one TCB signing certificate, the CRLs their shared PCK chain needs);
+// with revoke, the CRLs revoke the PCK certificate and the platform CA.
+func (ca *CA) intelCollateral(m collateral.Map, now time.Time, revoke bool) error {
+	s, err := ca.newIntelSigner(now)
+	if err != nil {
+		return err
+	}
+	if err := ca.intelCRLs(m, now, now.Add(-time.Hour), now.Add(collateralValidity), revoke, revoke); err != nil {
+		return err
+	}
+	if err := ca.tdxCollateral(m, s, now); err != nil {
+		return err
+	}
+	return ca.sgxCollateral(m, s, now, SGXCollateralOptions{})
 }
 
 // refreshCollateral writes the collateral of a stored CA into its folder
@@ -98,7 +115,10 @@ func (ca *CA) refreshCollateral() error {
 	crlURL := kds.CrlLinkByKey(SNPProductLine, abi.VcekReportSigner)
 	if r, err := collateral.Offline(dir).Get(context.Background(), crlURL); err == nil {
 		if crl, err := x509.ParseRevocationList(r.Body); err == nil && time.Until(crl.NextUpdate) > collateralValidity/2 && crl.CheckSignatureFrom(ca.snpARK) == nil {
-			return nil
+			// A folder written before SGX collateral existed lacks its TCB info.
+			if _, err := collateral.Offline(dir).Get(context.Background(), collateral.SGXTCBInfoURL(simFMSPC)); err == nil || ca.tdxRootKey == nil {
+				return nil
+			}
 		}
 	}
 	m, err := ca.Collateral()

@@ -50,7 +50,7 @@ func TestLoadStoresOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(roots) != 2 || !roots[0].Equal(a.Roots()[0]) || !roots[1].Equal(a.Roots()[1]) {
+	if len(roots) != 3 || !roots[0].Equal(a.Roots()[0]) || !roots[1].Equal(a.Roots()[1]) || !roots[2].Equal(a.CCAPlatformKey()) {
 		t.Error("roots.pem does not hold the CA's roots")
 	}
 	// Signing keys survive the round trip: a reloaded CA signs for the same VCEK.

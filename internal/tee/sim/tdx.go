@@ -4,7 +4,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -82,13 +81,7 @@ func (ca *CA) SignTDX(reportData [64]byte, o TDXOptions) ([]byte, error) {
 	if o.TeeTCBSVN != nil {
 		svn = *o.TeeTCBSVN
 	}
-	qesvn, pcesvn := DefaultQESVN, DefaultPCESVN
-	if o.QESVN != nil {
-		qesvn = *o.QESVN
-	}
-	if o.PCESVN != nil {
-		pcesvn = *o.PCESVN
-	}
+	qesvn, pcesvn := quotingSVNs(o.QESVN, o.PCESVN)
 	le := binary.LittleEndian
 
 	header := make([]byte, tdxHeaderSize)
@@ -120,56 +113,29 @@ func (ca *CA) SignTDX(reportData [64]byte, o TDXOptions) ([]byte, error) {
 		copy(header, hb[:tdxHeaderSize])
 		copy(body, hb[tdxHeaderSize:])
 	}
-	// The attestation key signs header || body.
-	hq := sha256.Sum256(append(append([]byte{}, header...), body...))
-	qsig, err := rawSig(ca.akKey, hq[:])
-	if err != nil {
-		return nil, fmt.Errorf("simulated TDX quote: %w", err)
-	}
-	ak := make([]byte, 64)
-	ca.akKey.X.FillBytes(ak[:32])
-	ca.akKey.Y.FillBytes(ak[32:])
-
-	// The QE report binds the attestation key: its report data is
-	// SHA-256(attestation key || QE authentication data), zero padded.
-	authData := make([]byte, 32)
-	for i := range authData {
-		authData[i] = byte(i)
-	}
+	// The QE report of the TD quoting enclave; dcapQuote binds the
+	// attestation key into its report data.
 	qe := make([]byte, tdxQEReportSize)
 	le.PutUint16(qe[0x102:], qesvn) // ISVSVN
 	le.PutUint16(qe[0x100:], 1)     // ISVPRODID of the TD QE
-	hk := sha256.Sum256(append(append([]byte{}, ak...), authData...))
-	copy(qe[0x140:], hk[:])
-	hqe := sha256.Sum256(qe)
-	qeSig, err := rawSig(ca.pckKey, hqe[:])
+	q, err := ca.dcapQuote(header, body, qe, true)
 	if err != nil {
 		return nil, fmt.Errorf("simulated TDX quote: %w", err)
 	}
-
-	// Certification data type 6 (QE report) nests type 5 (PCK chain).
-	var qeCert []byte
-	qeCert = append(qeCert, qe...)
-	qeCert = append(qeCert, qeSig...)
-	qeCert = le.AppendUint16(qeCert, uint16(len(authData)))
-	qeCert = append(qeCert, authData...)
-	qeCert = le.AppendUint16(qeCert, certTypePCKChain)
-	qeCert = le.AppendUint32(qeCert, uint32(len(ca.pckPEM)))
-	qeCert = append(qeCert, ca.pckPEM...)
-
-	var signed []byte
-	signed = append(signed, qsig...)
-	signed = append(signed, ak...)
-	signed = le.AppendUint16(signed, certTypeQEReport)
-	signed = le.AppendUint32(signed, uint32(len(qeCert)))
-	signed = append(signed, qeCert...)
-
-	var q []byte
-	q = append(q, header...)
-	q = append(q, body...)
-	q = le.AppendUint32(q, uint32(len(signed)))
-	q = append(q, signed...)
 	return q, nil
+}
+
+// quotingSVNs are the QE and PCE SVNs of a simulated DCAP quote (TDX or
+// SGX): the defaults unless the options set them.
+func quotingSVNs(qe, pce *uint16) (qesvn, pcesvn uint16) {
+	qesvn, pcesvn = DefaultQESVN, DefaultPCESVN
+	if qe != nil {
+		qesvn = *qe
+	}
+	if pce != nil {
+		pcesvn = *pce
+	}
+	return qesvn, pcesvn
 }
 
 // rawSig signs a digest and returns r || s, 32 bytes each, big-endian: the

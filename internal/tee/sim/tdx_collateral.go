@@ -74,8 +74,8 @@ type (
 		PceID                   string         `json:"pceId"`
 		TcbType                 int            `json:"tcbType"`
 		TcbEvaluationDataNumber int            `json:"tcbEvaluationDataNumber"`
-		TdxModule               jsonModule     `json:"tdxModule"`
-		TdxModuleIdentities     []jsonModule   `json:"tdxModuleIdentities"`
+		TdxModule               *jsonModule    `json:"tdxModule,omitempty"`
+		TdxModuleIdentities     []jsonModule   `json:"tdxModuleIdentities,omitempty"`
 		TcbLevels               []jsonTcbLevel `json:"tcbLevels"`
 	}
 	jsonEnclaveIdentity struct {
@@ -104,24 +104,23 @@ func svns(v []byte) []jsonTcbComponent {
 	return out
 }
 
-// tdxCollateral adds the simulated Intel collateral to m: the documents a
-// verifier fetches for a simulated quote, at the URLs it fetches them
-// from, signed like Intel's (TCB info and QE identity by a "TCB Signing"
-// certificate under the root, the PCK CRL by the platform CA, the root CRL
-// by the root). With revoke, the CRLs revoke the PCK certificate and the
-// platform CA.
-func (ca *CA) tdxCollateral(m collateral.Map, now time.Time, revoke bool) error {
-	issue, next := now.Add(-time.Hour).Format(time.RFC3339), now.Add(collateralValidity).Format(time.RFC3339)
-	date := now.Add(-24 * time.Hour).Format(time.RFC3339)
+// intelSigner is a simulated "Intel SGX TCB Signing" certificate under the
+// TDX (and SGX) root, made with the collateral it signs: sign returns
+// {"<name>": body, "signature": hex(r||s)} over body's exact bytes, and
+// chain is the issuer chain as Intel's headers carry it (URL-encoded PEM).
+type intelSigner struct {
+	key   *ecdsa.PrivateKey
+	chain string
+}
 
-	// The TCB signing certificate, made with the collateral.
+func (ca *CA) newIntelSigner(now time.Time) (*intelSigner, error) {
 	signKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sn, err := serial(rand.Reader)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	signer, err := create(rand.Reader, &x509.Certificate{
 		SerialNumber:          sn,
@@ -134,39 +133,84 @@ func (ca *CA) tdxCollateral(m collateral.Map, now time.Time, revoke bool) error 
 		SubjectKeyId:          skid(signKey.Public()),
 	}, ca.tdxRoot, signKey.Public(), ca.tdxRootKey)
 	if err != nil {
+		return nil, err
+	}
+	return &intelSigner{key: signKey, chain: issuerChain(signer, ca.tdxRoot)}, nil
+}
+
+func issuerChain(certs ...*x509.Certificate) string {
+	var b bytes.Buffer
+	for _, c := range certs {
+		pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	return url.QueryEscape(b.String())
+}
+
+func (s *intelSigner) sign(name string, v any) ([]byte, error) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.Sum256(body)
+	sig, err := rawSig(s.key, h[:])
+	if err != nil {
+		return nil, err
+	}
+	return []byte(`{"` + name + `":` + string(body) + `,"signature":"` + hex.EncodeToString(sig) + `"}`), nil
+}
+
+// put signs v and stores it at url with the issuer chain in header.
+func (s *intelSigner) put(m collateral.Map, url, name, header string, v any, now time.Time) error {
+	b, err := s.sign(name, v)
+	if err != nil {
 		return err
 	}
-	issuerChain := func(certs ...*x509.Certificate) string {
-		var b bytes.Buffer
-		for _, c := range certs {
-			pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-		}
-		return url.QueryEscape(b.String())
-	}
-	// sign returns {"<name>": body, "signature": hex(r||s)} over body's exact bytes.
-	sign := func(name string, v any) ([]byte, error) {
-		body, err := json.Marshal(v)
-		if err != nil {
-			return nil, err
-		}
-		h := sha256.Sum256(body)
-		sig, err := rawSig(signKey, h[:])
-		if err != nil {
-			return nil, err
-		}
-		return []byte(`{"` + name + `":` + string(body) + `,"signature":"` + hex.EncodeToString(sig) + `"}`), nil
-	}
+	m[url] = &collateral.Response{Body: b, Fetched: now, Header: http.Header{header: {s.chain}}}
+	return nil
+}
 
+// intelCRLs adds the PCK CRL (signed by the platform CA) and the root CA
+// CRL (signed by the root) that TDX and SGX quotes share, valid from
+// thisUpdate to nextUpdate; revokePCK lists the PCK certificate,
+// revokePCA the platform CA.
+func (ca *CA) intelCRLs(m collateral.Map, now, thisUpdate, nextUpdate time.Time, revokePCK, revokePCA bool) error {
+	crl := func(issuer *x509.Certificate, key *ecdsa.PrivateKey, revoked *x509.Certificate, revoke bool, n int64) ([]byte, error) {
+		t := &x509.RevocationList{Number: big.NewInt(now.Unix()*4 + n), ThisUpdate: thisUpdate, NextUpdate: nextUpdate}
+		if revoke {
+			t.RevokedCertificateEntries = []x509.RevocationListEntry{{SerialNumber: revoked.SerialNumber, RevocationTime: now.Add(-time.Minute)}}
+		}
+		return x509.CreateRevocationList(rand.Reader, t, issuer, key)
+	}
+	pckCRL, err := crl(ca.tdxPCA, ca.pcaKey, ca.tdxPCK, revokePCK, 2)
+	if err != nil {
+		return err
+	}
+	rootCRL, err := crl(ca.tdxRoot, ca.tdxRootKey, ca.tdxPCA, revokePCA, 3)
+	if err != nil {
+		return err
+	}
+	m[pcs.PckCrlURL("platform")] = &collateral.Response{Body: pckCRL, Fetched: now, Header: http.Header{"Sgx-Pck-Crl-Issuer-Chain": {issuerChain(ca.tdxPCA, ca.tdxRoot)}}}
+	m[tdxRootCRLURL] = &collateral.Response{Body: rootCRL, Fetched: now}
+	return nil
+}
+
+// tdxCollateral adds the simulated Intel collateral for TDX to m: the
+// documents a verifier fetches for a simulated quote, at the URLs it
+// fetches them from, signed like Intel's (TCB info and QE identity by s, a
+// "TCB Signing" certificate under the root).
+func (ca *CA) tdxCollateral(m collateral.Map, s *intelSigner, now time.Time) error {
+	issue, next := now.Add(-time.Hour).Format(time.RFC3339), now.Add(collateralValidity).Format(time.RFC3339)
+	date := now.Add(-24 * time.Hour).Format(time.RFC3339)
 	zeros := func(n int) string { return strings.Repeat("00", n) }
 	var moduleLevels []jsonTcbLevel
 	for _, l := range simModuleLevels {
 		moduleLevels = append(moduleLevels, jsonTcbLevel{Tcb: jsonTcb{Isvsvn: l.isvsvn}, TcbDate: date, TcbStatus: string(l.status)})
 	}
-	tcbInfo, err := sign("tcbInfo", jsonTcbInfo{
+	err := s.put(m, pcs.TcbInfoURL(simFMSPC), "tcbInfo", "Tcb-Info-Issuer-Chain", jsonTcbInfo{
 		ID: "TDX", Version: 3, IssueDate: issue, NextUpdate: next,
 		Fmspc: simFMSPC, PceID: "0000", TcbType: 0, TcbEvaluationDataNumber: 1,
 		// MRSIGNERSEAM and SEAMATTRIBUTES of the simulated module are zero.
-		TdxModule: jsonModule{Mrsigner: zeros(48), Attributes: zeros(8), AttributesMask: strings.Repeat("ff", 8)},
+		TdxModule: &jsonModule{Mrsigner: zeros(48), Attributes: zeros(8), AttributesMask: strings.Repeat("ff", 8)},
 		TdxModuleIdentities: []jsonModule{{
 			ID: "TDX_" + hex.EncodeToString(DefaultTeeTCBSVN[1:2]), Mrsigner: zeros(48), Attributes: zeros(8), AttributesMask: strings.Repeat("ff", 8),
 			TcbLevels: moduleLevels,
@@ -175,11 +219,11 @@ func (ca *CA) tdxCollateral(m collateral.Map, now time.Time, revoke bool) error 
 			{Tcb: jsonTcb{SgxTcbcomponents: svns(DefaultTeeTCBSVN[:]), Pcesvn: DefaultPCESVN, TdxTcbcomponents: svns(DefaultTeeTCBSVN[:])}, TcbDate: date, TcbStatus: string(pcs.TcbComponentStatusUpToDate)},
 			{Tcb: jsonTcb{SgxTcbcomponents: svns(nil), TdxTcbcomponents: svns(nil)}, TcbDate: date, TcbStatus: string(pcs.TcbComponentStatusOutOfDate)},
 		},
-	})
+	}, now)
 	if err != nil {
 		return err
 	}
-	qeIdentity, err := sign("enclaveIdentity", jsonEnclaveIdentity{
+	return s.put(m, pcs.QeIdentityURL(), "enclaveIdentity", "Sgx-Enclave-Identity-Issuer-Chain", jsonEnclaveIdentity{
 		ID: "TD_QE", Version: 2, IssueDate: issue, NextUpdate: next, TcbEvaluationDataNumber: 1,
 		// The simulated QE report: MISCSELECT, ATTRIBUTES and MRSIGNER zero, ISVPRODID 1.
 		Miscselect: zeros(4), MiscselectMask: strings.Repeat("ff", 4),
@@ -189,29 +233,5 @@ func (ca *CA) tdxCollateral(m collateral.Map, now time.Time, revoke bool) error 
 			{Tcb: jsonTcb{Isvsvn: uint32(DefaultQESVN)}, TcbDate: date, TcbStatus: string(pcs.TcbComponentStatusUpToDate)},
 			{Tcb: jsonTcb{Isvsvn: 0}, TcbDate: date, TcbStatus: string(pcs.TcbComponentStatusOutOfDate)},
 		},
-	})
-	if err != nil {
-		return err
-	}
-	crl := func(issuer *x509.Certificate, key *ecdsa.PrivateKey, revoked *x509.Certificate, n int64) ([]byte, error) {
-		t := &x509.RevocationList{Number: big.NewInt(now.Unix()*4 + n), ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(collateralValidity)}
-		if revoke {
-			t.RevokedCertificateEntries = []x509.RevocationListEntry{{SerialNumber: revoked.SerialNumber, RevocationTime: now.Add(-time.Minute)}}
-		}
-		return x509.CreateRevocationList(rand.Reader, t, issuer, key)
-	}
-	pckCRL, err := crl(ca.tdxPCA, ca.pcaKey, ca.tdxPCK, 2)
-	if err != nil {
-		return err
-	}
-	rootCRL, err := crl(ca.tdxRoot, ca.tdxRootKey, ca.tdxPCA, 3)
-	if err != nil {
-		return err
-	}
-	signingChain := issuerChain(signer, ca.tdxRoot)
-	m[pcs.TcbInfoURL(simFMSPC)] = &collateral.Response{Body: tcbInfo, Fetched: now, Header: http.Header{"Tcb-Info-Issuer-Chain": {signingChain}}}
-	m[pcs.QeIdentityURL()] = &collateral.Response{Body: qeIdentity, Fetched: now, Header: http.Header{"Sgx-Enclave-Identity-Issuer-Chain": {signingChain}}}
-	m[pcs.PckCrlURL("platform")] = &collateral.Response{Body: pckCRL, Fetched: now, Header: http.Header{"Sgx-Pck-Crl-Issuer-Chain": {issuerChain(ca.tdxPCA, ca.tdxRoot)}}}
-	m[tdxRootCRLURL] = &collateral.Response{Body: rootCRL, Fetched: now}
-	return nil
+	}, now)
 }

@@ -1,0 +1,178 @@
+package kbs
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// Evidence is what tee-evidence carries, decoded: a raw hardware report
+// or quote in the vendor's binary format, with its endorsements.
+type Evidence struct {
+	Platform     string   // evidence.Platform* ("snp", "tdx", "sgx", "cca")
+	Report       []byte   // raw SEV-SNP report, TDX or SGX quote, CCA token
+	Endorsements [][]byte // DER certificates, leaf first (SEV-SNP's VCEK chain)
+	// Additional is the composite form's additional_evidence string, nil
+	// in the plain form: the runtime data a guest-components attester
+	// binds then includes it as "additional-evidence".
+	Additional *string
+}
+
+// castellanEvidence is Castellan's form of tee-evidence (and of
+// primary_evidence): byte fields in standard base64.
+type castellanEvidence struct {
+	Platform     string   `json:"platform"`
+	Report       []byte   `json:"report"`
+	Endorsements [][]byte `json:"endorsements,omitempty"`
+}
+
+// trusteeTDX is the form guest-components' TDX attester sends.
+type trusteeTDX struct {
+	Quote      string  `json:"quote"`
+	CCEventlog *string `json:"cc_eventlog,omitempty"`
+	AAEventlog *string `json:"aa_eventlog,omitempty"`
+}
+
+type composite struct {
+	Primary    json.RawMessage `json:"primary_evidence"`
+	Additional *string         `json:"additional_evidence"`
+}
+
+// Platform maps a Request's tee onto a Castellan platform: Trustee's
+// names ("snp", "tdx", "sgx", "cca") and the older "amd-sev-snp",
+// "intel-tdx", "intel-sgx".
+func Platform(tee string) (string, error) {
+	switch tee {
+	case "snp", "amd-sev-snp":
+		return "snp", nil
+	case "tdx", "intel-tdx":
+		return "tdx", nil
+	case "sgx", "intel-sgx":
+		return "sgx", nil
+	case "cca":
+		return "cca", nil
+	}
+	return "", fmt.Errorf("tee %q is not accepted (snp, tdx, sgx or cca)", tee)
+}
+
+// MarshalEvidence writes Castellan's form of tee-evidence.
+func MarshalEvidence(platform string, report []byte, endorsements [][]byte) (json.RawMessage, error) {
+	return json.Marshal(castellanEvidence{Platform: platform, Report: report, Endorsements: endorsements})
+}
+
+// ParseEvidence decodes tee-evidence for a session whose Request named
+// platform: Castellan's form {"platform", "report", "endorsements"} for
+// every platform, or the form guest-components' TDX attester sends
+// ({"quote": base64, "cc_eventlog"}), each either alone or as the
+// primary_evidence of the composite form. Unknown fields are refused.
+func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
+	raw, err := unquote(raw)
+	if err != nil {
+		return nil, fmt.Errorf("tee-evidence: %w", err)
+	}
+	var probe map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &probe); err != nil {
+		return nil, fmt.Errorf("tee-evidence: %w", err)
+	}
+	var additional *string
+	if _, ok := probe["primary_evidence"]; ok {
+		var c composite
+		if err := DecodeStrict(raw, &c); err != nil {
+			return nil, fmt.Errorf("tee-evidence: %w", err)
+		}
+		if c.Additional == nil {
+			return nil, errors.New("tee-evidence: composite evidence without additional_evidence")
+		}
+		additional = c.Additional
+		if raw, err = unquote(c.Primary); err != nil {
+			return nil, fmt.Errorf("tee-evidence: primary_evidence: %w", err)
+		}
+		probe = nil
+		if err := json.Unmarshal(raw, &probe); err != nil {
+			return nil, fmt.Errorf("tee-evidence: primary_evidence: %w", err)
+		}
+	}
+	ev := &Evidence{Platform: platform, Additional: additional}
+	switch {
+	case probe["platform"] != nil:
+		var c castellanEvidence
+		if err := DecodeStrict(raw, &c); err != nil {
+			return nil, fmt.Errorf("tee-evidence: %w", err)
+		}
+		if c.Platform != platform {
+			return nil, fmt.Errorf("tee-evidence: %s evidence in a %s session", c.Platform, platform)
+		}
+		if len(c.Report) == 0 {
+			return nil, errors.New("tee-evidence: no report")
+		}
+		ev.Report, ev.Endorsements = c.Report, c.Endorsements
+	case probe["quote"] != nil && platform == "tdx":
+		var t trusteeTDX
+		if err := DecodeStrict(raw, &t); err != nil {
+			return nil, fmt.Errorf("tee-evidence: %w", err)
+		}
+		q, err := base64.StdEncoding.DecodeString(t.Quote)
+		if err != nil {
+			return nil, fmt.Errorf("tee-evidence: quote: %w", err)
+		}
+		if len(q) == 0 {
+			return nil, errors.New("tee-evidence: empty quote")
+		}
+		ev.Report = q
+	default:
+		return nil, fmt.Errorf("tee-evidence: not a form accepted for %s (Castellan's {\"platform\", \"report\"}, or for tdx {\"quote\"})", platform)
+	}
+	return ev, nil
+}
+
+// unquote returns the JSON text inside a JSON string, as older guest
+// components send evidence (a string holding the attester's JSON), and
+// anything else as it is.
+func unquote(raw []byte) ([]byte, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] != '"' {
+		return raw, nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, err
+	}
+	return []byte(s), nil
+}
+
+// DecodeStrict decodes one JSON object into v, refusing unknown fields and
+// trailing data.
+func DecodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("data after the JSON object")
+	}
+	return nil
+}
+
+// BoundRuntimeData returns the JSON objects whose hash the report data may
+// bind: the runtime data as sent and, for composite evidence, the runtime
+// data with "additional-evidence" added, as guest-components binds it.
+func BoundRuntimeData(runtimeData []byte, ev *Evidence) ([][]byte, error) {
+	out := [][]byte{runtimeData}
+	if ev.Additional == nil {
+		return out, nil
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(runtimeData, &m); err != nil {
+		return nil, fmt.Errorf("runtime-data: %w", err)
+	}
+	a, _ := json.Marshal(*ev.Additional)
+	m["additional-evidence"] = a
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, b), nil
+}
