@@ -126,6 +126,8 @@ func TestAgentKilledOutputSurvives(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(state) })
+	// The agent makes its state on its first start; the token is made for it.
+	startAgent(t, state, "").kill()
 	out, err := exec.Command("castellan", "host", "token", "create", "--state-dir", state).Output()
 	if err != nil {
 		t.Fatal(err)
