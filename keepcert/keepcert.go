@@ -85,10 +85,16 @@ const ClaimsVersion = 1
 //	  tcb             SEQUENCE OF SEQUENCE { component UTF8String, svn INTEGER },
 //	  measurement     OCTET STRING,   -- SNP MEASUREMENT or TDX MRTD, empty for none
 //	  workloadDigest  UTF8String,     -- "sha256:..." package digest
-//	  package         UTF8String      -- package reference, empty if unknown
+//	  package         UTF8String,     -- package reference, empty if unknown
+//	  details     [0] EXPLICIT SEQUENCE OF SEQUENCE { name UTF8String, value UTF8String } OPTIONAL
 //	}
 //
-// with tcb sorted by component name.
+// with tcb and details sorted by name. Details are the other hardware
+// fields and collateral the attestation service checked (SEV-SNP "vmpl",
+// "guest_policy", "host_data"...; TDX "tcb_status", "rtmr0"...; both
+// "collateral" and its dates; docs/attest.md lists them). They were added
+// after version 1 without changing it: parsers of version 1 that predate
+// them ignore trailing fields, as Go's encoding/asn1 does.
 type Claims struct {
 	Attested       bool              `json:"attested"`
 	Platform       string            `json:"platform"`
@@ -99,11 +105,17 @@ type Claims struct {
 	Measurement    []byte            `json:"measurement,omitempty"`
 	WorkloadDigest string            `json:"workload_digest"`
 	Package        string            `json:"package,omitempty"`
+	Details        map[string]string `json:"details,omitempty"`
 }
 
 type tcbComponent struct {
 	Component string `asn1:"utf8"`
 	SVN       int64
+}
+
+type detail struct {
+	Name  string `asn1:"utf8"`
+	Value string `asn1:"utf8"`
 }
 
 type wireClaims struct {
@@ -115,14 +127,16 @@ type wireClaims struct {
 	Debug          bool
 	TCB            []tcbComponent
 	Measurement    []byte
-	WorkloadDigest string `asn1:"utf8"`
-	Package        string `asn1:"utf8"`
+	WorkloadDigest string   `asn1:"utf8"`
+	Package        string   `asn1:"utf8"`
+	Details        []detail `asn1:"optional,explicit,tag:0"`
 }
 
 // Limits on what ParseClaims accepts, so that a hostile certificate cannot
 // make a relying party allocate much.
 const (
 	maxTCBComponents = 64
+	maxDetails       = 64
 	maxString        = 1024
 )
 
@@ -158,6 +172,14 @@ func (c *Claims) Marshal() ([]byte, error) {
 		}
 		w.TCB = append(w.TCB, tcbComponent{Component: k, SVN: int64(c.TCB[k])})
 	}
+	names = names[:0]
+	for k := range c.Details {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		w.Details = append(w.Details, detail{Name: k, Value: c.Details[k]})
+	}
 	return asn1.Marshal(w)
 }
 
@@ -177,6 +199,14 @@ func (c *Claims) check() error {
 	for k := range c.TCB {
 		if k == "" || len(k) > maxString {
 			return fmt.Errorf("claims: tcb component name of %d bytes", len(k))
+		}
+	}
+	if len(c.Details) > maxDetails {
+		return fmt.Errorf("claims: %d details, at most %d", len(c.Details), maxDetails)
+	}
+	for k, v := range c.Details {
+		if k == "" || len(k) > maxString || len(v) > maxString {
+			return fmt.Errorf("claims: detail %.40q: name empty or a field longer than 1024 bytes", k)
 		}
 	}
 	if len(c.Measurement) > maxString || len(c.WorkloadDigest) > maxString || len(c.Package) > maxString {
@@ -206,6 +236,9 @@ func ParseClaims(der []byte) (*Claims, error) {
 	if len(w.TCB) > maxTCBComponents {
 		return nil, fmt.Errorf("claims: %d tcb components, at most %d", len(w.TCB), maxTCBComponents)
 	}
+	if len(w.Details) > maxDetails {
+		return nil, fmt.Errorf("claims: %d details, at most %d", len(w.Details), maxDetails)
+	}
 	c := &Claims{
 		Attested:       w.Attested,
 		Platform:       w.Platform,
@@ -227,6 +260,15 @@ func ParseClaims(der []byte) (*Claims, error) {
 			return nil, fmt.Errorf("claims: tcb component %q repeated", t.Component)
 		}
 		c.TCB[t.Component] = uint64(t.SVN)
+	}
+	if len(w.Details) > 0 {
+		c.Details = make(map[string]string, len(w.Details))
+	}
+	for _, d := range w.Details {
+		if _, dup := c.Details[d.Name]; dup {
+			return nil, fmt.Errorf("claims: detail %.40q repeated", d.Name)
+		}
+		c.Details[d.Name] = d.Value
 	}
 	if err := c.check(); err != nil {
 		return nil, err

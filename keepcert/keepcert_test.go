@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"fmt"
 	"math/big"
 	"reflect"
 	"strings"
@@ -38,6 +39,8 @@ func TestClaimsRoundTrip(t *testing.T) {
 			Measurement: []byte{1, 2, 3}, WorkloadDigest: digest},
 		{Attested: false, Platform: PlatformNone, Insecure: true, Measurement: []byte{}, WorkloadDigest: digest},
 		{Attested: true, Platform: PlatformSNP, Debug: true, Measurement: []byte{}, WorkloadDigest: digest},
+		{Attested: true, Platform: PlatformTDX, Measurement: []byte{}, WorkloadDigest: digest,
+			Details: map[string]string{"tcb_status": "UpToDate", "rtmr0": "00ff", "collateral": "verified"}},
 	}
 	for _, c := range tests {
 		der, err := c.Marshal()
@@ -51,6 +54,31 @@ func TestClaimsRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(*got, c) {
 			t.Errorf("round trip:\n got %+v\nwant %+v", *got, c)
 		}
+	}
+}
+
+// TestDetailsCompatible: claims with details parse under the version 1
+// structure that predates them (the details are a trailing optional field).
+func TestDetailsCompatible(t *testing.T) {
+	c := Claims{Attested: true, Platform: PlatformSNP, Measurement: []byte{}, WorkloadDigest: digest, Details: map[string]string{"vmpl": "0"}}
+	der, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old struct {
+		Version        int
+		Attested       bool
+		Platform       string `asn1:"utf8"`
+		Simulated      bool
+		Insecure       bool
+		Debug          bool
+		TCB            []tcbComponent
+		Measurement    []byte
+		WorkloadDigest string `asn1:"utf8"`
+		Package        string `asn1:"utf8"`
+	}
+	if rest, err := asn1.Unmarshal(der, &old); err != nil || len(rest) != 0 || old.Version != 1 || old.WorkloadDigest != digest {
+		t.Errorf("version 1 parser: %+v, %v", old, err)
 	}
 }
 
@@ -95,6 +123,19 @@ func TestParseClaimsRejects(t *testing.T) {
 		"negative svn":  mk(func() wireClaims { w := good; w.TCB = []tcbComponent{{"snp", -1}}; return w }()),
 		"repeated tcb":  mk(func() wireClaims { w := good; w.TCB = []tcbComponent{{"snp", 1}, {"snp", 2}}; return w }()),
 		"bad digest":    mk(func() wireClaims { w := good; w.WorkloadDigest = "md5:00"; return w }()),
+		"repeated detail": mk(func() wireClaims {
+			w := good
+			w.Details = []detail{{"vmpl", "0"}, {"vmpl", "3"}}
+			return w
+		}()),
+		"empty detail name": mk(func() wireClaims { w := good; w.Details = []detail{{"", "x"}}; return w }()),
+		"too many details": mk(func() wireClaims {
+			w := good
+			for i := 0; i <= maxDetails; i++ {
+				w.Details = append(w.Details, detail{fmt.Sprint(i), "x"})
+			}
+			return w
+		}()),
 	}
 	for name, der := range tests {
 		if c, err := ParseClaims(der); err == nil {
@@ -107,6 +148,9 @@ func FuzzParseClaims(f *testing.F) {
 	c := Claims{Attested: true, Platform: PlatformTDX, Simulated: true, Insecure: true, TCB: map[string]uint64{"qe_svn": 8, "pce_svn": 13},
 		Measurement: make([]byte, 48), WorkloadDigest: digest, Package: "p"}
 	der, _ := c.Marshal()
+	f.Add(der)
+	c.Details = map[string]string{"vmpl": "0", "collateral": "verified"}
+	der, _ = c.Marshal()
 	f.Add(der)
 	f.Add([]byte{0x30, 0x00})
 	f.Fuzz(func(t *testing.T, b []byte) {

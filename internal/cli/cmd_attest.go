@@ -17,10 +17,9 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/ca"
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/castellan-dev/castellan/internal/attest/service"
-	"github.com/castellan-dev/castellan/internal/attest/verify"
-	"github.com/google/go-sev-guest/verify/trust"
 )
 
 var attestServeCmd = &Command{
@@ -38,27 +37,36 @@ service's own TLS certificate is issued by the same CA at each start.
 
 The policy and the measurement database are reloaded on SIGHUP and when
 either file changes; a bad edit is reported and the old version stays in
-force. Every decision goes to the audit log (--database).`,
+force. Every decision goes to the audit log (--database).
+
+Challenge nonces are sealed with the key in --nonce-key (made if absent), so
+issuing one stores nothing; used nonces are kept in the audit database until
+they expire. Replicas that share the CA, the nonce key, one PostgreSQL
+--database and the policy files act as one service.`,
 }
 
 type attestServeFlags struct {
-	listen, policy, measurements, database, caCert, caKey, stateDir, hostnames *string
-	reload                                                                     *time.Duration
-	fetchVCEK                                                                  *bool
+	listen, policy, measurements, database, caCert, caKey, stateDir, hostnames, nonceKey *string
+	reload                                                                               *time.Duration
+	collateralDir, pccs                                                                  *string
+	offline                                                                              *bool
 }
 
 func addAttestServeFlags(fs *flag.FlagSet) *attestServeFlags {
 	return &attestServeFlags{
-		listen:       fs.String("listen", "127.0.0.1:8443", "address to serve HTTPS on"),
-		policy:       fs.String("policy", "", "policy file (TOML, required)"),
-		measurements: fs.String("measurements", "", "measurement database (TOML, required)"),
-		database:     fs.String("database", "", "audit log: sqlite:PATH or postgres://... (default sqlite:STATE-DIR/audit.db)"),
-		caCert:       fs.String("ca-cert", "", "CA certificate (PEM), with --ca-key, instead of the state directory's"),
-		caKey:        fs.String("ca-key", "", "CA private key (PEM, mode 0600)"),
-		stateDir:     fs.String("state-dir", "", "where the CA and the default audit log live (default CONFIG-DIR/castellan/attest)"),
-		hostnames:    fs.String("hostnames", "", "extra comma-separated names for the service's TLS certificate"),
-		reload:       fs.Duration("reload-interval", 2*time.Second, "how often to check the policy files for changes"),
-		fetchVCEK:    fs.Bool("fetch-vcek", false, "fetch VCEK certificates from AMD's key server for SEV-SNP evidence without them (cached)"),
+		listen:        fs.String("listen", "127.0.0.1:8443", "address to serve HTTPS on"),
+		policy:        fs.String("policy", "", "policy file (TOML, required)"),
+		measurements:  fs.String("measurements", "", "measurement database (TOML, required)"),
+		database:      fs.String("database", "", "audit log: sqlite:PATH or postgres://... (default sqlite:STATE-DIR/audit.db)"),
+		caCert:        fs.String("ca-cert", "", "CA certificate (PEM), with --ca-key, instead of the state directory's"),
+		caKey:         fs.String("ca-key", "", "CA private key (PEM, mode 0600)"),
+		stateDir:      fs.String("state-dir", "", "where the CA and the default audit log live (default CONFIG-DIR/castellan/attest)"),
+		hostnames:     fs.String("hostnames", "", "extra comma-separated names for the service's TLS certificate"),
+		nonceKey:      fs.String("nonce-key", "", "file of the key that seals challenge nonces, created (0600) if absent; replicas share it (default STATE-DIR/nonce-key)"),
+		reload:        fs.Duration("reload-interval", 2*time.Second, "how often to check the policy files for changes"),
+		collateralDir: fs.String("collateral-dir", "", "cache of vendor collateral (AMD VCEKs and CRLs, Intel TCB info, QE identity, CRLs), and the folder --offline reads (default STATE-DIR/collateral)"),
+		offline:       fs.Bool("offline", false, "read vendor collateral only from --collateral-dir, never from AMD's or Intel's servers"),
+		pccs:          fs.String("pccs", "", "fetch Intel collateral from this PCCS (https://host:port) instead of Intel's PCS"),
 	}
 }
 
@@ -131,13 +139,29 @@ func serveAttest(ctx context.Context, e *Env, f *attestServeFlags) int {
 		return e.Errorf("%v", err)
 	}
 	defer log.Close()
+	nonceKeyFile := *f.nonceKey
+	if nonceKeyFile == "" {
+		nonceKeyFile = filepath.Join(stateDir, "nonce-key")
+	}
+	nonceKey, err := service.LoadOrCreateNonceKey(nonceKeyFile)
+	if err != nil {
+		return e.Errorf("--nonce-key: %v", err)
+	}
 
-	var vcek trust.HTTPSGetter
-	if *f.fetchVCEK {
-		vcek = verify.NewCachingGetter(&trust.RetryHTTPSGetter{Timeout: 20 * time.Second, MaxRetryDelay: 5 * time.Second, Getter: &trust.SimpleHTTPSGetter{}})
+	src, err := collateralSource(stateDir, f)
+	if err != nil {
+		return e.Errorf("%v", err)
+	}
+	if c, ok := src.(*collateral.Cache); ok && c.Upstream == nil {
+		e.Infof("vendor collateral: offline, from %s", c.Dir)
+	} else if ok {
+		e.Infof("vendor collateral: fetched from AMD and Intel as needed, cached in %s", c.Dir)
 	}
 	svc, err := service.New(service.Config{
-		VCEKGetter: vcek,
+		Collateral: src,
+		NonceKey:   nonceKey,
+		Build:      "castellan " + Version,
+		UsedNonces: log,
 		Policy:     store,
 		CA:         authority,
 		Audit:      log,
@@ -250,4 +274,50 @@ func redactDSN(dsn string) string {
 		}
 	}
 	return dsn
+}
+
+// collateralSource is where the service gets vendor collateral: the
+// folder alone with --offline, else the network (Intel's PCS or a PCCS,
+// AMD's KDS) behind the folder as a cache and a budget of fetches (a VCEK
+// is fetched before it can check the report). A request waits at most
+// about a minute for a rate-limited server.
+func collateralSource(stateDir string, f *attestServeFlags) (collateral.Source, error) {
+	dir := *f.collateralDir
+	if dir == "" {
+		dir = filepath.Join(stateDir, "collateral")
+	}
+	if *f.offline {
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("--offline: collateral folder %s: not a folder (fill it on a machine with network, or copy a cache)", dir)
+		}
+		if *f.pccs != "" {
+			return nil, fmt.Errorf("--offline and --pccs: give one")
+		}
+		return collateral.Offline(dir), nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("collateral folder: %w", err)
+	}
+	h := &collateral.HTTP{Attempts: 3, MaxDelay: 20 * time.Second}
+	if *f.pccs != "" {
+		if !strings.HasPrefix(*f.pccs, "https://") {
+			return nil, fmt.Errorf("--pccs %q: want an https:// URL", *f.pccs)
+		}
+		h.Rewrite = collateral.PCCS(*f.pccs)
+	}
+	return &collateral.Cache{Dir: dir, Upstream: &collateral.Limit{Source: h}}, nil
+}
+
+// clientCollateral is where a client verifying evidence with the owner's
+// policy (deploy --policy) gets vendor collateral: the network behind a
+// cache in os.UserCacheDir()/castellan/collateral, or the network alone if
+// there is no cache folder. Simulated evidence never reaches it: its
+// collateral comes from the folder beside the simulation roots.
+func clientCollateral() collateral.Source {
+	up := &collateral.Limit{Source: &collateral.HTTP{Attempts: 3, MaxDelay: 20 * time.Second}}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		return up
+	}
+	return &collateral.Cache{Dir: filepath.Join(base, "castellan", "collateral"), Upstream: up}
 }

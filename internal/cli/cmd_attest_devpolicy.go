@@ -59,13 +59,26 @@ func writeDevPolicy(e *Env, dir string) int {
 
 nonce_lifetime = "60s"
 certificate_lifetime = "1h"
-allow_sans = false
 
 # Keeps without any TEE (--backend nil) are refused; set true to allow them.
 allow_insecure = false
 
 # Any workload digest; list "sha256:..." digests to allow only those.
 workloads = ["any"]
+
+# Every certificate carries the SPIFFE ID spiffe://TRUST-DOMAIN/PATH;
+# {digest} is the workload digest's hex, {name} an [[identity]]'s name.
+[spiffe]
+trust_domain = "castellan.invalid"
+path = "/workload/{digest}"
+
+# DNS names and IP addresses a workload's keeps may ask for ("*.domain"
+# also allows one label under it); names not listed are refused.
+# [[identity]]
+# workload = "sha256:..."
+# name = "web"
+# dns = ["web.example", "*.web.example"]
+# ips = ["10.0.0.5"]
 
 [platforms.snp]
 sim_roots = [%q]

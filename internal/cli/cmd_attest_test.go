@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -12,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,8 +23,11 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/audit"
+	"github.com/castellan-dev/castellan/internal/attest/audit/audittest"
 	"github.com/castellan-dev/castellan/internal/attest/client"
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/attest/service"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
 )
@@ -29,6 +36,7 @@ import (
 type attestServer struct {
 	url    string
 	caPEM  string
+	seen   []string // lines waitFor read
 	lines  chan string
 	cancel context.CancelFunc
 	done   chan int
@@ -75,6 +83,7 @@ func (s *attestServer) waitFor(t *testing.T, substr string) string {
 			if !ok {
 				t.Fatalf("attest serve ended before printing %q", substr)
 			}
+			s.seen = append(s.seen, l)
 			if strings.Contains(l, substr) {
 				return l
 			}
@@ -112,6 +121,29 @@ name = "this test binary"
 	} {
 		writeAtomic(t, filepath.Join(dir, name), s)
 	}
+	// The simulation CA's collateral beside its roots, where a stored CA
+	// keeps it: the service checks simulated evidence against it.
+	coll, err := simCA.Collateral()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for url, r := range coll {
+		if err := collateral.Put(filepath.Join(dir, sim.CollateralDir), url, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// attestFiles writes a policy and measurements trusting a new simulation
+// root into a new folder.
+func attestFiles(t *testing.T) (string, *sim.CA) {
+	dir := t.TempDir()
+	simCA, err := sim.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAttestFiles(t, dir, simCA, false)
+	return dir, simCA
 }
 
 // writeAtomic replaces a file as a deploy tool would, so that the service's
@@ -153,13 +185,11 @@ func runCLI(args ...string) (int, string, string) {
 }
 
 func TestAttestServeAndVerify(t *testing.T) {
-	dir := t.TempDir()
-	simCA, err := sim.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeAttestFiles(t, dir, simCA, false)
+	dir, simCA := attestFiles(t)
 	srv := startAttestServe(t, dir)
+	if want := "vendor collateral: fetched from AMD and Intel as needed, cached in " + filepath.Join(dir, "state", "collateral"); !strings.Contains(strings.Join(srv.seen, "\n"), want) {
+		t.Errorf("attest serve did not say %q before it served: %q", want, srv.seen)
+	}
 	caPEM, err := os.ReadFile(srv.caPEM)
 	if err != nil {
 		t.Fatal(err)
@@ -181,13 +211,19 @@ func TestAttestServeAndVerify(t *testing.T) {
 	}
 
 	code, out, errs := runCLI("verify", keeps["snp"], "--ca", srv.caPEM, "--digest", attestDigest, "--platform", "snp,tdx", "--allow-insecure")
-	if code != 0 || !strings.Contains(out, "platform:    snp (simulated)") || !strings.Contains(out, "workload:    "+attestDigest) {
+	if code != 0 || !strings.Contains(out, "platform:    snp (simulated)") || !strings.Contains(out, "workload:    "+attestDigest) ||
+		!strings.Contains(out, "checked:     vmpl=0\n") || !strings.Contains(out, "checked:     collateral=verified\n") {
 		t.Errorf("verify snp: %d\n%s%s", code, out, errs)
 	}
 	code, out, errs = runCLI("verify", keeps["tdx"], "--ca", srv.caPEM, "--json", "--allow-insecure")
 	var v verifyOutput
-	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || v.Platform != "tdx" || !v.Verified || v.WorkloadDigest != attestDigest {
+	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || v.Platform != "tdx" || !v.Verified || v.WorkloadDigest != attestDigest ||
+		v.Status != "warning" || !strings.HasPrefix(v.SPIFFEID, "spiffe://castellan.invalid/workload/") {
 		t.Errorf("verify tdx --json: %d\n%s%s", code, out, errs)
+	}
+	// What the service checked on the hardware is in the certificate.
+	if d := v.Details; d["tcb_status"] != "UpToDate" || d["qe_tcb_status"] != "UpToDate" || d["collateral"] != "verified" || d["td_attributes"] != "0x10000000" || d["rtmr0"] == "" {
+		t.Errorf("verify tdx --json details: %v", d)
 	}
 	for _, tt := range []struct {
 		args []string
@@ -244,16 +280,8 @@ func TestAttestServeUsage(t *testing.T) {
 // TestAttestServePostgres records decisions in PostgreSQL when
 // CASTELLAN_TEST_POSTGRES names one (see notes/attest.md).
 func TestAttestServePostgres(t *testing.T) {
-	dsn := os.Getenv("CASTELLAN_TEST_POSTGRES")
-	if dsn == "" {
-		t.Skip("CASTELLAN_TEST_POSTGRES is not set: no PostgreSQL to test against (see notes/attest.md)")
-	}
-	dir := t.TempDir()
-	simCA, err := sim.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeAttestFiles(t, dir, simCA, false)
+	dsn := audittest.PostgresDSN(t)
+	dir, simCA := attestFiles(t)
 	srv := startAttestServe(t, dir, "--database", dsn)
 	roots := x509.NewCertPool()
 	b, _ := os.ReadFile(srv.caPEM)
@@ -274,16 +302,140 @@ func TestAttestServePostgres(t *testing.T) {
 	}
 }
 
+// Two `attest serve` replicas on one PostgreSQL database and one state
+// folder (so one CA and one nonce key): a nonce from one is redeemed at the
+// other once; a replay at either is refused.
+func TestAttestServeReplicas(t *testing.T) {
+	dsn := audittest.PostgresDSN(t)
+	dir, simCA := attestFiles(t)
+	a := startAttestServe(t, dir, "--database", dsn)
+	b := startAttestServe(t, dir, "--database", dsn)
+	kc := newKeepClient(t, a.caPEM, simCA)
+	body := kc.request(a.url, false)
+	if code := kc.post(b.url+"/v1/certificate", body, nil); code != http.StatusOK {
+		t.Fatalf("nonce from a redeemed at b: %d", code)
+	}
+	b.waitFor(t, "issued ")
+	for _, s := range []*attestServer{a, b} {
+		var e service.ErrorResponse
+		if code := kc.post(s.url+"/v1/certificate", body, &e); code != http.StatusForbidden || e.Check != "nonce" || !strings.Contains(e.Error, "already used") {
+			t.Errorf("replay at %s: %d %+v", s.url, code, e)
+		}
+	}
+}
+
+// keepClient plays a sim-snp keep against attest serve, step by step.
+type keepClient struct {
+	t     *testing.T
+	hc    *http.Client
+	simCA *sim.CA
+}
+
+func newKeepClient(t *testing.T, caFile string, simCA *sim.CA) *keepClient {
+	roots := x509.NewCertPool()
+	caPEM, _ := os.ReadFile(caFile)
+	roots.AppendCertsFromPEM(caPEM)
+	return &keepClient{t: t, simCA: simCA,
+		hc: &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}}
+}
+
+func (k *keepClient) post(url string, body []byte, out any) int {
+	k.t.Helper()
+	resp, err := k.hc.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		json.NewDecoder(resp.Body).Decode(out)
+	}
+	return resp.StatusCode
+}
+
+// request gets a challenge at serviceURL and returns a certificate request
+// body for attestDigest.
+func (k *keepClient) request(serviceURL string, ear bool) []byte {
+	t := k.t
+	t.Helper()
+	var ch service.ChallengeResponse
+	if code := k.post(serviceURL+"/v1/challenge", nil, &ch); code != http.StatusOK {
+		t.Fatalf("challenge: %d", code)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	spki, _ := x509.MarshalPKIXPublicKey(key.Public())
+	env, err := tee.Attest(context.Background(), tee.NewSim(evidence.PlatformSNP, k.simCA), spki, ch.Nonce, attestDigest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evb, _ := env.Marshal()
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	body, _ := json.Marshal(service.CertificateRequest{CSR: csr, Evidence: evb, EAR: ear})
+	return body
+}
+
+// castellan verify --ear checks the EAR attest serve returns on request.
+func TestVerifyEAR(t *testing.T) {
+	dir, simCA := attestFiles(t)
+	srv := startAttestServe(t, dir)
+	kc := newKeepClient(t, srv.caPEM, simCA)
+	var cr service.CertificateResponse
+	if code := kc.post(srv.url+"/v1/certificate", kc.request(srv.url, true), &cr); code != http.StatusOK || cr.EAR == "" {
+		t.Fatalf("certificate with an EAR: %d, EAR %q", code, cr.EAR)
+	}
+	earFile := filepath.Join(dir, "result.jwt")
+	os.WriteFile(earFile, []byte(cr.EAR+"\n"), 0o644)
+
+	code, out, errs := runCLI("verify", "--ear", earFile, "--ca", srv.caPEM, "--allow-insecure", "--digest", attestDigest, "--platform", "snp")
+	for _, want := range []string{"status:      warning", "workload:    " + attestDigest, "platform:    snp (simulated)",
+		"spiffe id:   spiffe://castellan.invalid/workload/", "vector:      ", "hardware=32", "verified:    yes"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("verify --ear: %d, want %q in\n%s%s", code, want, out, errs)
+		}
+	}
+	code, out, _ = runCLI("verify", "--ear", earFile, "--ca", srv.caPEM, "--allow-insecure", "--json")
+	var v earOutput
+	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || !v.Verified || v.Status != "warning" || v.WorkloadDigest != attestDigest || v.TrustVector["executables"] != 2 {
+		t.Errorf("verify --ear --json: %d %s", code, out)
+	}
+
+	// Refusals, each one line naming the file.
+	tampered := filepath.Join(dir, "tampered.jwt")
+	parts := strings.Split(cr.EAR, ".")
+	parts[1] = parts[1][:len(parts[1])-2] + "AA"
+	os.WriteFile(tampered, []byte(strings.Join(parts, ".")), 0o644)
+	otherCA := filepath.Join(dir, "other-ca.pem")
+	os.WriteFile(otherCA, simCA.RootsPEM(), 0o644)
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--ear", earFile, "--ca", srv.caPEM}, "status is warning (simulated snp) and insecure keeps are not allowed"},
+		{[]string{"--ear", tampered, "--ca", srv.caPEM, "--allow-insecure"}, "failed verifying"},
+		{[]string{"--ear", earFile, "--ca", otherCA, "--allow-insecure"}, "ear: "},
+		{[]string{"--ear", earFile, "--ca", srv.caPEM, "--allow-insecure", "--digest", strings.Replace(attestDigest, "1", "2", 1)}, "expected sha256:"},
+		{[]string{"--ear", earFile, "--ca", srv.caPEM, "--allow-insecure", "--platform", "tdx"}, "platform snp"},
+		{[]string{"--ear", filepath.Join(dir, "missing"), "--ca", srv.caPEM}, "no such file"},
+	} {
+		code, _, errs := runCLI(append([]string{"verify"}, tt.args...)...)
+		if code != ExitError || !strings.Contains(errs, tt.want) || strings.Count(errs, "\n") != 1 || !strings.HasPrefix(errs, "castellan: error: ") {
+			t.Errorf("%v: %d %q, want a one-line error with %q", tt.args, code, errs, tt.want)
+		}
+	}
+	for _, args := range [][]string{
+		{"verify", "--ear", earFile},
+		{"verify", "--ear", earFile, "--ca", srv.caPEM, "https://127.0.0.1:1"},
+	} {
+		if code, _, errs := runCLI(args...); code != ExitUsage {
+			t.Errorf("%v: %d %q, want a usage error", args, code, errs)
+		}
+	}
+}
+
 // TestAttestServePortProbe: a connection closed before the TLS handshake
 // (a port probe) is one short line through the command's output, not Go's
 // "http: TLS handshake error ... EOF" on the process's stderr.
 func TestAttestServePortProbe(t *testing.T) {
-	dir := t.TempDir()
-	simCA, err := sim.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeAttestFiles(t, dir, simCA, false)
+	dir, _ := attestFiles(t)
 	srv := startAttestServe(t, dir)
 	c, err := net.Dial("tcp", strings.TrimPrefix(srv.url, "https://"))
 	if err != nil {
@@ -293,5 +445,31 @@ func TestAttestServePortProbe(t *testing.T) {
 	l := srv.waitFor(t, "closed before the TLS handshake")
 	if strings.Contains(l, "http:") || strings.Contains(l, "warning") {
 		t.Errorf("port probe logged as %q", l)
+	}
+}
+
+// TestAttestServeCollateralFlags: --offline needs its folder, and takes no
+// PCCS; a PCCS must be https.
+func TestAttestServeCollateralFlags(t *testing.T) {
+	dir := t.TempDir()
+	simCA, err := sim.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAttestFiles(t, dir, simCA, false)
+	base := []string{"attest", "serve", "--listen", "127.0.0.1:0", "--policy", filepath.Join(dir, "policy.toml"),
+		"--measurements", filepath.Join(dir, "measurements.toml"), "--state-dir", filepath.Join(dir, "state")}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--offline", "--collateral-dir", filepath.Join(dir, "none")}, "--offline: collateral folder " + filepath.Join(dir, "none") + ": not a folder"},
+		{[]string{"--offline", "--collateral-dir", dir, "--pccs", "https://pccs.example"}, "--offline and --pccs: give one"},
+		{[]string{"--pccs", "http://pccs.example"}, `--pccs "http://pccs.example": want an https:// URL`},
+	} {
+		code, _, errs := runCLI(append(append([]string{}, base...), tt.args...)...)
+		if code != ExitError || !strings.Contains(errs, tt.want) || strings.Count(errs, "\n") != 1 {
+			t.Errorf("%v: %d %q, want a one-line error with %q", tt.args, code, errs, tt.want)
+		}
 	}
 }

@@ -29,11 +29,13 @@ type consoleOptions struct {
 	maxOutput string
 	maxUpload string
 	maxMemory string
+	allowed   multiFlag
 }
 
 func addConsoleFlags(fs *flag.FlagSet) *consoleOptions {
 	o := &consoleOptions{}
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to serve the page on")
+	fs.Var(&o.allowed, "allowed-host", "a name (NAME or NAME:PORT) visitors reach the console by, besides its listen address; repeatable")
 	fs.IntVar(&o.maxKeeps, "max-keeps", console.DefaultMaxKeeps, "keeps running at once, all visitors together")
 	fs.DurationVar(&o.timeLimit, "time-limit", console.DefaultTimeLimit, "wall time of each keep")
 	fs.StringVar(&o.maxOutput, "max-output", "1MiB", "stdout and stderr of each keep together")
@@ -71,7 +73,11 @@ and cached in the user's cache folder.
 
 The console is a local demo: it checks simulated evidence against this
 machine's simulation root. Serve it on loopback unless you mean visitors to
-run code on this machine.`,
+run code on this machine. Requests whose Host header is not the listen
+address (or, on loopback, localhost) nor an --allowed-host name are refused
+(misdirected request), so a page on another site cannot reach the console
+by DNS rebinding; behind a proxy or under a DNS name, name it with
+--allowed-host.`,
 }
 
 func init() {
@@ -103,6 +109,11 @@ func consoleMain(e *Env, args []string) int {
 		}
 		*sizes[name] = int64(n)
 	}
+	for _, h := range o.allowed {
+		if err := console.CheckAllowedHost(h); err != nil {
+			return e.Usagef("--allowed-host: %v", err)
+		}
+	}
 	if o.maxKeeps < 1 {
 		return e.Usagef("--max-keeps: %d is less than 1", o.maxKeeps)
 	}
@@ -117,6 +128,7 @@ func consoleMain(e *Env, args []string) int {
 		MaxMemory:     maxMemory,
 		CacheDir:      defaultCacheDir(),
 		AgentStateDir: o.stateDir,
+		AllowedHosts:  o.allowed,
 		Log:           func(f string, a ...any) { e.Infof(f, a...) },
 	}
 	if o.simRoots != "" {

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -52,6 +53,9 @@ its keeps running.`,
 
 type hostServeFlags struct {
 	listen, stateDir, maxMemory, keepCache string
+	maxOutput                              string
+	retainKeeps                            int
+	retainFor                              time.Duration
 	maxKeeps, maxOpenFiles                 int
 	maxCPU, maxWall, attachTimeout         time.Duration
 }
@@ -66,6 +70,9 @@ func addHostServeFlags(fs *flag.FlagSet) *hostServeFlags {
 	fs.DurationVar(&f.maxWall, "max-wall-time", time.Duration(host.DefaultWallSeconds)*time.Second, "longest wall time a keep may ask for")
 	fs.IntVar(&f.maxOpenFiles, "max-open-files", host.DefaultOpenFiles, "most open descriptors a keep may ask for")
 	fs.DurationVar(&f.attachTimeout, "attach-timeout", host.DefaultAttachTimeout, "how long a ready keep waits for its client")
+	fs.StringVar(&f.maxOutput, "max-keep-output", "64MiB", "most bytes of log and host output each keep may write (keeps/ID/keep.log); the keep ends when it passes it")
+	fs.IntVar(&f.retainKeeps, "retain-keeps", host.DefaultRetainKeeps, "finished keeps to keep (folder, record, events), newest first; older ones are removed")
+	fs.DurationVar(&f.retainFor, "retain-for", host.DefaultRetainFor, "how long after its end a finished keep is kept")
 	fs.StringVar(&f.keepCache, "keep-cache-dir", "", "compilation cache for nil-backend keeps only (a cache on the host's disk is open to the host; TEE keeps never use one)")
 	return f
 }
@@ -80,8 +87,13 @@ agent runs (the state database is shared).`,
 
 var hostKeepsCmd = &Command{
 	Name:    "host keeps",
-	Usage:   "host keeps [--host URL] [--host-ca FILE] [--token-file FILE] [--stop ID] [--events ID]",
-	Summary: "list a host agent's keeps, stop one, or follow one's events",
+	Usage:   "host keeps [--host URL] [--host-ca FILE] [--token-file FILE] [--stop ID] [--events ID] | rm [--force] ID...",
+	Summary: "list a host agent's keeps, stop one, follow one's events, or remove finished ones",
+	Help: `Lists the agent's keeps; --stop ID stops one ("all": every live keep),
+--events ID follows one's events until it ends. 'host keeps rm ID...'
+removes finished keeps (folder, record and events); a keep that still runs
+is refused unless --force, which stops it first. The agent also removes
+finished keeps by itself (host serve --retain-keeps, --retain-for).`,
 }
 
 type hostClientFlags struct {
@@ -166,20 +178,28 @@ func init() {
 	}
 	Register(hostTokenCmd)
 
-	keepsFlags := func(fs *flag.FlagSet) (*hostClientFlags, *string, *string, *bool) {
+	keepsFlags := func(fs *flag.FlagSet) (*hostClientFlags, *string, *string, *bool, *bool) {
 		return addHostClientFlags(fs, true), fs.String("stop", "", "stop this keep (\"all\": every live keep)"), fs.String("events", "", "follow this keep's events until it ends"),
-			fs.Bool("json", false, "print JSON")
+			fs.Bool("json", false, "print JSON"), fs.Bool("force", false, "rm: stop a keep that still runs, then remove it")
 	}
 	DefineFlags(hostKeepsCmd.Name, func(fs *flag.FlagSet) { keepsFlags(fs) })
 	hostKeepsCmd.Run = func(e *Env, args []string) int {
 		fs := e.FlagSet(hostKeepsCmd)
-		hf, stop, events, asJSON := keepsFlags(fs)
+		hf, stop, events, asJSON, force := keepsFlags(fs)
 		pos, status, ok := e.Parse(hostKeepsCmd, fs, args)
 		if !ok {
 			return status
 		}
-		if len(pos) != 0 {
-			return e.Usagef("host keeps: no arguments expected")
+		rm := len(pos) > 0 && pos[0] == "rm"
+		switch {
+		case rm && len(pos) == 1:
+			return e.Usagef("host keeps rm: want one or more keep ids")
+		case rm && (*stop != "" || *events != ""):
+			return e.Usagef("host keeps rm: --stop and --events do not apply")
+		case !rm && len(pos) != 0:
+			return e.Usagef("host keeps: unexpected argument %q (want rm ID... or no argument)", pos[0])
+		case !rm && *force:
+			return e.Usagef("host keeps: --force applies to rm only")
 		}
 		c, code := hf.client(e)
 		if c == nil {
@@ -187,6 +207,18 @@ func init() {
 		}
 		ctx := context.Background()
 		switch {
+		case rm:
+			for _, id := range pos[1:] {
+				err := c.Remove(ctx, id, *force)
+				var ae *host.APIError
+				if errors.As(err, &ae) && ae.Status == http.StatusConflict {
+					return e.ErrorWithHint(err, "stop it first ('castellan host keeps --stop "+id+"') or pass --force")
+				}
+				if err != nil {
+					return hostError(e, err) // the agent's answer names the keep
+				}
+				fmt.Fprintf(e.Stdout, "%s removed\n", id)
+			}
 		case *stop != "":
 			ids := []string{*stop}
 			if *stop == "all" {
@@ -256,10 +288,17 @@ func hostServe(e *Env, args []string) int {
 	if err != nil || mem == 0 {
 		return e.Usagef("--max-memory: %q is not a size such as 4GiB", f.maxMemory)
 	}
+	maxOut, err := config.ParseSize(f.maxOutput)
+	if err != nil || maxOut < 1024 {
+		return e.Usagef("--max-keep-output: %q is not a size of at least 1KiB such as 64MiB", f.maxOutput)
+	}
+	if f.retainKeeps < 1 {
+		return e.Usagef("--retain-keeps: %d is less than 1", f.retainKeeps)
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"--max-cpu-time", f.maxCPU}, {"--max-wall-time", f.maxWall}, {"--attach-timeout", f.attachTimeout}} {
+	}{{"--retain-for", f.retainFor}, {"--max-cpu-time", f.maxCPU}, {"--max-wall-time", f.maxWall}, {"--attach-timeout", f.attachTimeout}} {
 		if d.v < time.Second {
 			return e.Usagef("%s: %v is less than a second", d.name, d.v)
 		}
@@ -272,6 +311,9 @@ func hostServe(e *Env, args []string) int {
 		MaxKeeps:      f.maxKeeps,
 		Max:           host.Limits{MemoryBytes: int64(mem), CPUSeconds: int64(f.maxCPU / time.Second), WallSeconds: int64(f.maxWall / time.Second), OpenFiles: int64(f.maxOpenFiles)},
 		AttachTimeout: f.attachTimeout,
+		MaxOutput:     int64(maxOut),
+		RetainKeeps:   f.retainKeeps,
+		RetainFor:     f.retainFor,
 		KeepCacheDir:  f.keepCache,
 		Logf:          func(format string, a ...any) { e.Infof(format, a...) },
 	})
@@ -325,11 +367,47 @@ func addRemoteFlags(fs *flag.FlagSet) *remoteOptions {
 	return r
 }
 
+// timedVerifier bounds each exchange with the attestation service by
+// --attest-timeout, and says so when it runs out.
+type timedVerifier struct {
+	delivery.Verifier
+	limit time.Duration
+}
+
+var _ delivery.Verifier = timedVerifier{}
+
+func (t timedVerifier) Nonce(ctx context.Context) ([]byte, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, t.limit, errAttestTimeout(t.limit))
+	defer cancel()
+	n, err := t.Verifier.Nonce(ctx)
+	return n, namedTimeout(ctx, err)
+}
+
+func (t timedVerifier) Verify(ctx context.Context, hello *delivery.Hello, nonce []byte, digest string) (*delivery.Verified, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, t.limit, errAttestTimeout(t.limit))
+	defer cancel()
+	v, err := t.Verifier.Verify(ctx, hello, nonce, digest)
+	return v, namedTimeout(ctx, err)
+}
+
+// namedTimeout replaces an error caused by the attestation time limit with
+// the limit's own words.
+func namedTimeout(ctx context.Context, err error) error {
+	var lim errAttestTimeout
+	if err != nil && ctx.Err() != nil && errors.As(context.Cause(ctx), &lim) {
+		return lim
+	}
+	return err
+}
+
 // deployRemote runs the confidential delivery protocol through the agent.
 func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string, args []string) int {
 	r := do.remote
 	if do.memory != "" || do.maxOutput != "" || do.noCache || do.report != "" || len(do.allowDirs) > 0 {
 		return e.Usagef("deploy --host: --memory, --max-output, --no-cache, --report and --allow-dir apply to local runs (the keep's memory limit is --keep-memory)")
+	}
+	if do.attestTime <= 0 {
+		return e.Usagef("--attest-timeout: %v is not positive", do.attestTime)
 	}
 	c, code := r.client(e)
 	if c == nil {
@@ -360,7 +438,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 				return e.Errorf("--attest-ca: %s: no PEM certificate in it", do.attestCA)
 			}
 		}
-		v = sv
+		v = timedVerifier{Verifier: sv, limit: do.attestTime}
 	case r.policyFile != "":
 		if r.measurements == "" {
 			return e.Usagef("--policy needs --measurements")
@@ -369,7 +447,7 @@ func deployRemote(e *Env, do *deployOptions, art *workload.Artifact, name string
 		if err != nil {
 			return hostError(e, err)
 		}
-		v = &delivery.PolicyVerifier{Policy: snap, Name: r.policyFile}
+		v = &delivery.PolicyVerifier{Policy: snap, Name: r.policyFile, Collateral: clientCollateral()}
 	case r.insecure:
 		iv := &delivery.InsecureVerifier{}
 		if roots, _, err := tee.SimRoots(); err == nil {

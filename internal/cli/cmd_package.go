@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/packages"
@@ -17,16 +18,18 @@ type storeOptions struct {
 	store     string
 	plainHTTP bool
 	maxLayer  string
+	stall     time.Duration
 }
 
 // addStoreFlags declares --store and --max-layer-size, and --plain-http for
 // commands that talk to registries.
 func addStoreFlags(fs *flag.FlagSet, registries bool) *storeOptions {
-	so := &storeOptions{}
+	so := &storeOptions{stall: packages.DefaultStallTimeout}
 	def, _ := packages.DefaultDir()
 	fs.StringVar(&so.store, "store", def, "local package store (an OCI image-layout folder; $CASTELLAN_STORE)")
 	if registries {
 		fs.BoolVar(&so.plainHTTP, "plain-http", false, "talk to the registry over http, not https (for a local registry)")
+		fs.DurationVar(&so.stall, "stall-timeout", packages.DefaultStallTimeout, "abandon a registry connection that makes no progress (no headers, no byte) for this long")
 	}
 	fs.StringVar(&so.maxLayer, "max-layer-size", "256MiB", "refuse a Wasm layer larger than this")
 	return so
@@ -39,7 +42,10 @@ func (so *storeOptions) options(e *Env) (packages.Options, int) {
 	if err != nil || n == 0 {
 		return packages.Options{}, e.Usagef("--max-layer-size: %s is not a size such as 256MiB", so.maxLayer)
 	}
-	opts := packages.Options{MaxLayerSize: int64(n), PlainHTTP: so.plainHTTP, Warnf: e.Warningf}
+	if so.stall <= 0 {
+		return packages.Options{}, e.Usagef("--stall-timeout: %v is not positive", so.stall)
+	}
+	opts := packages.Options{MaxLayerSize: int64(n), PlainHTTP: so.plainHTTP, StallTimeout: so.stall, Warnf: e.Warningf}
 	if IsTerminal(e.Stderr) {
 		opts.Progress = e.Stderr
 	}
@@ -70,10 +76,25 @@ func packageError(e *Env, err error) int {
 		return e.ErrorWithHint(err, "'castellan package ls' lists the local store; 'castellan package pull REGISTRY/REPO:TAG' fetches from a registry")
 	case strings.Contains(msg, "server gave HTTP response to HTTPS client"):
 		return e.ErrorWithHint(err, "the registry speaks plain http: add --plain-http")
-	case errors.Is(err, packages.ErrTooLarge):
-		return e.ErrorWithHint(err, "raise the limit with --max-layer-size if you trust this package")
+	case errors.Is(err, packages.ErrStalled):
+		return e.ErrorWithHint(err, "a slow registry may need a longer --stall-timeout")
+	}
+	var se *packages.SizeError
+	if errors.As(err, &se) {
+		return e.ErrorWithHint(err, sizeHint(se.Limit))
 	}
 	return e.Errorf("%v", err)
+}
+
+// sizeHint says how the named limit can be changed, if it can.
+func sizeHint(l packages.Limit) string {
+	switch l {
+	case packages.LimitLayer:
+		return "raise the Wasm layer limit with --max-layer-size if you trust this package"
+	case packages.LimitManifest:
+		return fmt.Sprintf("the manifest limit (%d bytes, the OCI distribution spec's) is fixed: no flag raises it, and a Castellan package's manifest is under 1 KiB", packages.MaxManifestSize)
+	}
+	return fmt.Sprintf("the %s limit (%d bytes, for the config JSON and the TOML layer) is fixed: no flag raises it", l, packages.MaxConfigBlobSize)
 }
 
 var packageBuildCmd = &Command{
@@ -124,6 +145,9 @@ func init() {
 		limit, err := config.ParseSize(bo.maxLayer)
 		if err != nil || limit == 0 {
 			return e.Usagef("--max-layer-size: %s is not a size such as 256MiB", bo.maxLayer)
+		}
+		if st, err := os.Stat(pos[0]); err == nil && st.Mode().IsRegular() && st.Size() > int64(limit) {
+			return e.ErrorWithHint(fmt.Errorf("%s: %d bytes is over the Wasm layer limit of %d bytes", pos[0], st.Size(), limit), sizeHint(packages.LimitLayer))
 		}
 		wasm, err := readFileLimited(pos[0], int64(limit))
 		if err != nil {

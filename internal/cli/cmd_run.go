@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -39,6 +38,7 @@ type runOptions struct {
 	maxOutput  string
 	digestOnly bool
 	report     string
+	attestTime time.Duration
 	secrets    *secretFlags // --secret, --secret-file (cmd_deploy.go)
 	world      *worldFlags  // --dir, --dir-ro, --env: run only (run_world.go)
 }
@@ -50,6 +50,7 @@ func addRunFlags(fs *flag.FlagSet) *runOptions {
 	fs.StringVar(&ro.backend, "backend", "auto", "keep backend: auto, nil, sim-snp, sim-tdx, snp, tdx (see 'castellan platform info')")
 	fs.StringVar(&ro.attest, "attest", "", "attestation service URL to get the keep certificate from (default: the config's steward)")
 	fs.StringVar(&ro.attestCA, "attest-ca", "", "PEM file of the CA that the attestation service's TLS certificate chains to")
+	fs.DurationVar(&ro.attestTime, "attest-timeout", defaultAttestTimeout, "time limit for getting the keep's certificate from the attestation service")
 	fs.StringVar(&ro.cacheDir, "cache-dir", defaultCacheDir(), "compilation cache folder")
 	fs.BoolVar(&ro.noCache, "no-cache", false, "do not use the compilation cache")
 	fs.StringVar(&ro.memory, "memory", "", "linear memory limit, e.g. 256MiB (overrides the config's [limits] memory)")
@@ -83,7 +84,9 @@ a config (a folder or variable that the config also names is an error).
 Without a config the workload gets stdin, stdout, stderr, the --dir folders
 and exactly the --env variables; with one it also gets FD_COUNT and
 FD_NAMES, as under Enarx. The exit status is the workload's; a keep stopped
-by its wall-time limit exits with 124, by its output limit with 125.`,
+by its wall-time limit exits with 124, by its output limit with 125, by
+SIGINT with 130 and by SIGTERM with 143 (after one line saying what was
+stopped; its listeners and connections are closed first).`,
 }
 
 func init() {
@@ -177,7 +180,7 @@ func readFileLimited(path string, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	if st.IsDir() {
-		return nil, fmt.Errorf("%s: is a directory, not a module file", path)
+		return nil, fmt.Errorf("%s: is a directory, not a file", path)
 	}
 	if st.Size() > limit {
 		return nil, fmt.Errorf("%s: %d bytes is over the %d byte limit", path, st.Size(), limit)
@@ -253,6 +256,9 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		}
 		limits.MaxOutput = int64(n)
 	}
+	if ro.attestTime <= 0 {
+		return e.Usagef("--attest-timeout: %v is not positive", ro.attestTime)
+	}
 	if cfg != nil {
 		cfg.Limits = limits
 	}
@@ -276,6 +282,13 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		defer t.Stop()
 	}
 
+	// SIGINT and SIGTERM end the run: its blocking calls return and its
+	// listeners and connections close; a workload that does not return
+	// (a loop) is ended with the process after stopGrace.
+	ctx, release := stopOnSignal(context.Background(), func(s signalStop) {
+		k.stop(s.status(), "%s (workload %s) %s; it did not end within %v, its listeners and connections are closed", name, art.Digest, s, stopGrace)
+	})
+	defer release()
 	secretEnv, code := ro.secrets.bindLocal(e, cfg)
 	if code != ExitOK {
 		return code
@@ -295,11 +308,14 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 			secretEnv[k] = v
 		}
 	}
-	cert, code := keepCertificate(e, ro, cfg, art)
+	cert, code := keepCertificate(ctx, e, ro, cfg, art)
+	if s, ok := stoppedBy(ctx); ok {
+		return reportStop(e, s, name, art.Digest.String())
+	}
 	if code != ExitOK {
 		return code
 	}
-	exit, err := runtime.Run(context.Background(), runtime.Options{
+	exit, err := runtime.Run(ctx, runtime.Options{
 		Name:        name,
 		Wasm:        art.Wasm,
 		Config:      cfg,
@@ -315,11 +331,10 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		Certificate: cert,
 		Log:         func(f string, a ...any) { e.Infof(f, a...) },
 	})
+	if s, ok := stoppedBy(ctx); ok {
+		return reportStop(e, s, name, art.Digest.String())
+	}
 	if err != nil {
-		var trap *runtime.TrapError
-		if errors.As(err, &trap) {
-			return e.Errorf("%v", err)
-		}
 		return e.Errorf("%v", err)
 	}
 	return exit
@@ -339,7 +354,11 @@ type keepProcess struct {
 
 func (k *keepProcess) stop(code int, format string, a ...any) {
 	k.once.Do(func() {
-		k.e.Errorf("%s: stopped: %s", k.name, fmt.Sprintf(format, a...))
+		if code > 128 { // a signal: said as a notice, as reportStop does
+			k.e.Infof(format, a...)
+		} else {
+			k.e.Errorf("%s: stopped: %s", k.name, fmt.Sprintf(format, a...))
+		}
 		exitProcess(code)
 	})
 }

@@ -21,8 +21,9 @@ import (
 	"github.com/castellan-dev/castellan/keepcert"
 )
 
-// attestTimeout bounds the whole exchange with the attestation service.
-const attestTimeout = 30 * time.Second
+// defaultAttestTimeout bounds the whole exchange with the attestation
+// service (--attest-timeout).
+const defaultAttestTimeout = 30 * time.Second
 
 // keepCertificate gives the keep its certificate before the workload
 // starts. With an attestation service (--attest or the config's steward)
@@ -31,7 +32,7 @@ const attestTimeout = 30 * time.Second
 // that says it is not attested, made only when a TLS descriptor or
 // --report needs it. With --report, the keep then writes what it is and
 // what proves it (keepreport.Report) before the workload starts.
-func keepCertificate(e *Env, ro *runOptions, cfg *config.Config, art *workload.Artifact) (*tls.Certificate, int) {
+func keepCertificate(ctx context.Context, e *Env, ro *runOptions, cfg *config.Config, art *workload.Artifact) (*tls.Certificate, int) {
 	backend, err := tee.Open(ro.backend)
 	if err != nil {
 		return nil, e.Usagef("--backend: %v", err)
@@ -49,7 +50,10 @@ func keepCertificate(e *Env, ro *runOptions, cfg *config.Config, art *workload.A
 	var cert *tls.Certificate
 	switch {
 	case url != "":
-		if cert, err = attestedCertificate(e, ro, url, backend, digest); err != nil {
+		if cert, err = attestedCertificate(ctx, e, ro, url, backend, digest); err != nil {
+			if _, ok := stoppedBy(ctx); ok {
+				return nil, ExitError // the caller says what was stopped
+			}
 			return nil, e.Errorf("attestation with %s: %v", url, err)
 		}
 	case usesTLS(cfg) || ro.report != "":
@@ -61,14 +65,14 @@ func keepCertificate(e *Env, ro *runOptions, cfg *config.Config, art *workload.A
 		}
 	}
 	if ro.report != "" {
-		if err := writeKeepReport(ro.report, cert, backend, url, digest); err != nil {
+		if err := writeKeepReport(ctx, ro, cert, backend, url, digest); err != nil {
 			return nil, e.Errorf("--report %s: %v", ro.report, err)
 		}
 	}
 	return cert, ExitOK
 }
 
-func attestedCertificate(e *Env, ro *runOptions, url string, backend tee.Backend, digest string) (*tls.Certificate, error) {
+func attestedCertificate(ctx context.Context, e *Env, ro *runOptions, url string, backend tee.Backend, digest string) (*tls.Certificate, error) {
 	if !strings.HasPrefix(url, "https://") {
 		return nil, fmt.Errorf("must be an https:// URL")
 	}
@@ -83,11 +87,11 @@ func attestedCertificate(e *Env, ro *runOptions, url string, backend tee.Backend
 			return nil, fmt.Errorf("--attest-ca: %s: no PEM certificate in it", ro.attestCA)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), attestTimeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, ro.attestTime, errAttestTimeout(ro.attestTime))
 	defer cancel()
 	cert, claims, err := client.Obtain(ctx, url, roots, backend, digest, "")
 	if err != nil {
-		return nil, err
+		return nil, namedTimeout(ctx, err)
 	}
 	what := claims.Platform
 	if claims.Insecure {
@@ -110,7 +114,8 @@ func usesTLS(cfg *config.Config) bool {
 	return false
 }
 
-func writeKeepReport(path string, cert *tls.Certificate, backend tee.Backend, url, digest string) error {
+func writeKeepReport(ctx context.Context, ro *runOptions, cert *tls.Certificate, backend tee.Backend, url, digest string) error {
+	path := ro.report
 	r := keepreport.Report{WorkloadDigest: digest, Backend: backend.Name(), Platform: backend.Platform(), Attested: url != "", AttestationService: url}
 	for _, der := range cert.Certificate {
 		r.CertificateChain = append(r.CertificateChain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
@@ -127,11 +132,11 @@ func writeKeepReport(path string, cert *tls.Certificate, backend tee.Backend, ur
 		}
 		nonce := make([]byte, 32)
 		rand.Read(nonce)
-		ctx, cancel := context.WithTimeout(context.Background(), attestTimeout)
+		ctx, cancel := context.WithTimeoutCause(ctx, ro.attestTime, errAttestTimeout(ro.attestTime))
 		defer cancel()
 		env, err := tee.Attest(ctx, backend, spki, nonce, digest)
 		if err != nil {
-			return fmt.Errorf("evidence: %w", err)
+			return fmt.Errorf("evidence: %w", namedTimeout(ctx, err))
 		}
 		if r.Evidence, err = env.Marshal(); err != nil {
 			return err

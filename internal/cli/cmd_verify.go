@@ -15,13 +15,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/attest/eartoken"
 	"github.com/castellan-dev/castellan/keepcert"
 )
 
 var verifyCmd = &Command{
 	Name:    "verify",
-	Usage:   "verify https://host:port --ca ca.pem [--digest sha256:...] [--platform snp,tdx] [--allow-insecure] [--json]",
-	Summary: "check a keep's certificate and print what it proves",
+	Usage:   "verify (https://host:port | --ear FILE) --ca ca.pem [--digest sha256:...] [--platform snp,tdx] [--allow-insecure] [--json]",
+	Summary: "check a keep's certificate, or an EAR, and print what it proves",
 	Help: `Connects to a keep's TLS listener, checks that its certificate chains to the
 attestation service's CA (--ca), and that its claims match what is expected:
 the workload digest (--digest), the platform (--platform), and that it is not
@@ -29,13 +30,19 @@ insecure (no TEE, simulated hardware, or self-signed) unless --allow-insecure.
 Prints the claims; exits non-zero with the reason on any mismatch.
 
 Keeps are identified by their claims, not by host names: the host name in
-the URL is not checked against the certificate.`,
+the URL is not checked against the certificate.
+
+With --ear FILE ("-" for stdin) it checks an EAR (IETF RATS attestation
+result) the attestation service returned instead: its signature with the
+key of --ca, its expiry, its status (affirming; warning, for simulated or
+insecure keeps, only with --allow-insecure; never contraindicated), and the
+workload and platform asked for, and prints its claims.`,
 }
 
 type verifyFlags struct {
-	ca, digest, platform *string
-	allowInsecure, json  *bool
-	timeout              *time.Duration
+	ca, digest, platform, ear *string
+	allowInsecure, json       *bool
+	timeout                   *time.Duration
 }
 
 func addVerifyFlags(fs *flag.FlagSet) *verifyFlags {
@@ -46,6 +53,7 @@ func addVerifyFlags(fs *flag.FlagSet) *verifyFlags {
 		allowInsecure: fs.Bool("allow-insecure", false, "accept keeps without a TEE, on simulated hardware, or self-signed"),
 		json:          fs.Bool("json", false, "print JSON"),
 		timeout:       fs.Duration("timeout", 10*time.Second, "connection timeout"),
+		ear:           fs.String("ear", "", "check this EAR file (- for stdin) from the attestation service instead of a keep"),
 	}
 }
 
@@ -64,9 +72,16 @@ type verifyOutput struct {
 	Measurement    string            `json:"measurement,omitempty"`
 	WorkloadDigest string            `json:"workload_digest"`
 	Package        string            `json:"package,omitempty"`
-	Issuer         string            `json:"issuer"`
-	Serial         string            `json:"serial"`
-	NotAfter       time.Time         `json:"not_after"`
+	SPIFFEID       string            `json:"spiffe_id,omitempty"`
+	Status         string            `json:"ear_status,omitempty"` // what an EAR would say of these claims
+	DNSNames       []string          `json:"dns_names,omitempty"`
+	IPAddresses    []string          `json:"ip_addresses,omitempty"`
+	// Details are the hardware fields and collateral the attestation
+	// service checked (keepcert.Claims.Details).
+	Details  map[string]string `json:"details,omitempty"`
+	Issuer   string            `json:"issuer"`
+	Serial   string            `json:"serial"`
+	NotAfter time.Time         `json:"not_after"`
 }
 
 func init() {
@@ -79,12 +94,11 @@ func init() {
 		if !ok {
 			return status
 		}
-		if len(pos) != 1 {
-			return e.Usagef("verify: want one https://host:port argument")
+		if *f.ear != "" && len(pos) != 0 {
+			return e.Usagef("verify: give an https://host:port argument or --ear, not both")
 		}
-		addr, err := keepAddress(pos[0])
-		if err != nil {
-			return e.Usagef("verify: %v", err)
+		if *f.ear == "" && len(pos) != 1 {
+			return e.Usagef("verify: want one https://host:port argument")
 		}
 		exp := keepcert.Expect{Digest: *f.digest, AllowInsecure: *f.allowInsecure}
 		if *f.platform != "" {
@@ -100,6 +114,13 @@ func init() {
 		}
 		if *f.digest != "" && evidence.CheckDigest(*f.digest) != nil {
 			return e.Usagef("--digest: %v", evidence.CheckDigest(*f.digest))
+		}
+		if *f.ear != "" {
+			return verifyEAR(e, f, expectFlags{digest: exp.Digest, platforms: exp.Platforms, allowInsecure: exp.AllowInsecure})
+		}
+		addr, err := keepAddress(pos[0])
+		if err != nil {
+			return e.Usagef("verify: %v", err)
 		}
 		if *f.ca != "" {
 			b, err := os.ReadFile(*f.ca)
@@ -137,11 +158,16 @@ func init() {
 			out.Issuer = leaf.Issuer.String()
 			out.Serial = hex.EncodeToString(leaf.SerialNumber.Bytes())
 			out.NotAfter = leaf.NotAfter.UTC()
+			certificateNames(&out, leaf)
 		}
 		if claims != nil {
 			out.Attested, out.Platform, out.Simulated, out.Insecure, out.Debug = claims.Attested, claims.Platform, claims.Simulated, claims.Insecure, claims.Debug
 			out.TCB, out.WorkloadDigest, out.Package = claims.TCB, claims.WorkloadDigest, claims.Package
+			out.Details = claims.Details
 			out.Measurement = hex.EncodeToString(claims.Measurement)
+			if claims.Attested {
+				out.Status = eartoken.CertificateStatus(claims.Platform, claims.Simulated, claims.Debug).String()
+			}
 		}
 		if verr != nil {
 			out.Error = verr.Error()
@@ -159,6 +185,18 @@ func init() {
 			return e.Errorf("keep at %s: %v", pos[0], verr)
 		}
 		return ExitOK
+	}
+}
+
+// certificateNames copies the names the service put in the leaf: its
+// SPIFFE ID and the DNS names and IP addresses the policy allowed.
+func certificateNames(o *verifyOutput, leaf *x509.Certificate) {
+	if id, err := keepcert.SPIFFEID(leaf); err == nil {
+		o.SPIFFEID = id.String()
+	}
+	o.DNSNames = leaf.DNSNames
+	for _, ip := range leaf.IPAddresses {
+		o.IPAddresses = append(o.IPAddresses, ip.String())
 	}
 }
 
@@ -200,24 +238,34 @@ func printClaims(e *Env, o *verifyOutput) {
 	if o.Package != "" {
 		fmt.Fprintf(w, "package:     %s\n", o.Package)
 	}
+	if o.SPIFFEID != "" {
+		fmt.Fprintf(w, "spiffe id:   %s\n", o.SPIFFEID)
+	}
+	if len(o.DNSNames)+len(o.IPAddresses) > 0 {
+		fmt.Fprintf(w, "names:       %s\n", strings.Join(append(append([]string(nil), o.DNSNames...), o.IPAddresses...), " "))
+	}
 	fmt.Fprintf(w, "platform:    %s\n", platform)
 	fmt.Fprintf(w, "attested:    %s\n", yes(o.Attested))
 	fmt.Fprintf(w, "insecure:    %s\n", yes(o.Insecure))
+	if o.Status != "" {
+		fmt.Fprintf(w, "ear status:  %s\n", o.Status)
+	}
 	fmt.Fprintf(w, "debug:       %s\n", yes(o.Debug))
 	if o.Measurement != "" {
 		fmt.Fprintf(w, "measurement: %s\n", o.Measurement)
 	}
 	if len(o.TCB) > 0 {
-		keys := make([]string, 0, len(o.TCB))
-		for k := range o.TCB {
+		fmt.Fprintf(w, "tcb:         %s\n", sortedPairs(o.TCB))
+	}
+	if len(o.Details) > 0 {
+		keys := make([]string, 0, len(o.Details))
+		for k := range o.Details {
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
-		var parts []string
 		for _, k := range keys {
-			parts = append(parts, fmt.Sprintf("%s=%d", k, o.TCB[k]))
+			fmt.Fprintf(w, "checked:     %s=%s\n", k, o.Details[k])
 		}
-		fmt.Fprintf(w, "tcb:         %s\n", strings.Join(parts, " "))
 	}
 	fmt.Fprintf(w, "issuer:      %s\n", o.Issuer)
 	fmt.Fprintf(w, "serial:      %s\n", o.Serial)
@@ -227,4 +275,18 @@ func printClaims(e *Env, o *verifyOutput) {
 	} else {
 		fmt.Fprintf(w, "verified:    no\n")
 	}
+}
+
+// sortedPairs prints a map as "k=v k=v", sorted by key.
+func sortedPairs[V uint64 | int](m map[string]V) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	return strings.Join(parts, " ")
 }

@@ -27,7 +27,7 @@ import (
 const keepEnv = "CASTELLAN_CONSOLE_TEST_KEEP"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(keepEnv) == "1" {
+	if os.Getenv(keepEnv) == "1" && !fuzzWorker() {
 		os.Exit(cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
 	// Every process this test binary starts acts as castellan: the keeps
@@ -44,6 +44,17 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// fuzzWorker reports whether this process is a worker of `go test -fuzz`
+// (which inherits the environment, keepEnv included).
+func fuzzWorker() bool {
+	for _, a := range os.Args[1:] {
+		if strings.HasPrefix(a, "-test.fuzzworker") {
+			return true
+		}
+	}
+	return false
 }
 
 // directRunner starts keeps as child `castellan run` processes (this test
@@ -737,5 +748,74 @@ func TestExampleWithoutToolchain(t *testing.T) {
 	st := v.mustStart(field("backend", "nil"), file("wasm", "hello.wasm", hello))
 	if o := v.follow(st.ID, nil); o.exit.Code != 0 {
 		t.Errorf("upload without compilers: %+v", o.exit)
+	}
+}
+
+// TestDNSRebinding: a page on evil.example whose name resolves to the
+// console's address sends requests that are same-origin for the browser
+// (matching Origin, Sec-Fetch-Site same-origin) but carry its own name in
+// Host. Every route refuses them before anything runs: nothing starts, no
+// run is seen, stopped or streamed, not even the page is served; the
+// console's own address, localhost and --allowed-host names still work.
+func TestDNSRebinding(t *testing.T) {
+	hello, err := os.ReadFile(fixtures.Go(t, "hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := newConsole(t, console.Options{Runner: directRunner(t), AllowedHosts: []string{"try.example"}})
+	v := newVisitor(t, tc)
+	st := v.mustStart(field("backend", "nil"), file("wasm", "hello.wasm", hello))
+	_, port, _ := strings.Cut(strings.TrimPrefix(tc.URL, "http://"), ":")
+	evil := "evil.example:" + port
+	for _, c := range []struct{ method, path string }{
+		{"GET", "/"},
+		{"GET", "/static/app.js"},
+		{"GET", "/api/info"},
+		{"POST", "/api/runs"},
+		{"GET", "/api/runs/" + st.ID},
+		{"GET", "/api/runs/" + st.ID + "/events"},
+		{"POST", "/api/runs/" + st.ID + "/stop"},
+	} {
+		var body io.Reader
+		ct := ""
+		if c.path == "/api/runs" {
+			body, ct = multipartBody(t, field("backend", "nil"), file("wasm", "hello.wasm", hello))
+		}
+		req, _ := http.NewRequest(c.method, tc.URL+c.path, body)
+		req.Host = evil
+		req.Header.Set("Origin", "http://"+evil)
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		resp, err := v.c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMisdirectedRequest || !strings.Contains(string(b), `host \"evil.example:`+port+`\" is not a name of this console`) {
+			t.Errorf("%s %s with Host %s: %d %s", c.method, c.path, evil, resp.StatusCode, b)
+		}
+	}
+	var info console.Info
+	v.getJSON("/api/info", &info)
+	if info.Limits.Running > 1 {
+		t.Errorf("%d keeps running after the refused start", info.Limits.Running)
+	}
+	if o := v.follow(st.ID, nil); o.exit.Reason == "stopped" {
+		t.Errorf("the refused stop stopped the run: %+v", o.exit)
+	}
+	for _, host := range []string{"localhost:" + port, "127.0.0.1:" + port, "try.example", "try.example:" + port} {
+		req, _ := http.NewRequest("GET", tc.URL+"/api/info", nil)
+		req.Host = host
+		resp, err := v.c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("Host %s: %d", host, resp.StatusCode)
+		}
 	}
 }

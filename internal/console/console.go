@@ -98,6 +98,11 @@ type Options struct {
 	SimRoots func() ([]*x509.Certificate, error)
 	// Log receives one line per notable event (may be nil).
 	Log func(format string, a ...any)
+	// AllowedHosts are the names, besides the address a request arrived
+	// on, that a request's Host header may carry: "NAME" with any port,
+	// "NAME:PORT" with that port only. Any other Host is refused before
+	// anything else runs (DNS rebinding); see allowedHost.
+	AllowedHosts []string
 }
 
 // Server is the console: an http.Handler plus the keeps it runs.
@@ -182,6 +187,11 @@ func New(o Options) (*Server, error) {
 
 // ServeHTTP serves the page and the API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !allowedHost(r, s.o.AllowedHosts) {
+		s.o.Log("refused a request for host %q from %s", r.Host, r.RemoteAddr)
+		writeError(w, http.StatusMisdirectedRequest, "", "host %q is not a name of this console (castellan console --allowed-host NAME adds one)", r.Host)
+		return
+	}
 	h := w.Header()
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")

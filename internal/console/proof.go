@@ -31,6 +31,10 @@ type Proof struct {
 	Debug              bool   `json:"debug"`
 	Measurement        string `json:"measurement,omitempty"` // hex
 	TCB                []TCB  `json:"tcb,omitempty"`
+	// Checked are the other hardware fields the verifier decided on
+	// (evidence.Claims.Details: VMPL, guest policy, TD attributes, RTMRs,
+	// whether collateral was used...).
+	Checked map[string]string `json:"checked,omitempty"`
 
 	// KeyFingerprint is the SHA-256 of the keep's attested key; Nonce the
 	// challenge its evidence answers (hex).
@@ -149,6 +153,7 @@ func decodeReport(b []byte, check Verifier, now time.Time) (*Proof, error) {
 				p.Debug = ec.Debug
 				p.Measurement = hex.EncodeToString(ec.Measurement)
 				p.TCB = tcbList(ec.TCB)
+				p.Checked = ec.Details
 				p.Insecure = p.Insecure || ec.Insecure()
 			}
 		}

@@ -125,6 +125,10 @@ func TestDecodeReport(t *testing.T) {
 		if p.Platform != want || !p.Simulated || !p.Insecure || !p.Evidence.Verified || p.Measurement == "" || len(p.TCB) == 0 {
 			t.Errorf("%s: %+v", backend, p)
 		}
+		// What the verifier decided on is shown, collateral included.
+		if p.Checked["collateral"] != "none" || (want == "snp" && p.Checked["vmpl"] != "0") || (want == "tdx" && p.Checked["td_attributes"] == "") {
+			t.Errorf("%s: checked %v", backend, p.Checked)
+		}
 		if !strings.Contains(p.Verdict, "simulated") || !strings.Contains(p.PlatformName, "simulated on this machine") {
 			t.Errorf("%s: verdict %q, platform %q", backend, p.Verdict, p.PlatformName)
 		}

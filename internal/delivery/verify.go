@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/castellan-dev/castellan/internal/attest/service"
@@ -74,6 +75,10 @@ type PolicyVerifier struct {
 	Policy *policy.Snapshot
 	Name   string // for messages, e.g. the policy file
 	Now    func() time.Time
+	// Collateral is where vendor collateral for real evidence comes from
+	// (verify.Options.Collateral); nil: none, which the policy refuses for
+	// real evidence unless it sets require_collateral = false.
+	Collateral collateral.Source
 }
 
 // Nonce returns 32 fresh random bytes.
@@ -85,11 +90,12 @@ func (p *PolicyVerifier) Verify(_ context.Context, hello *Hello, nonce []byte, d
 	if err != nil {
 		return nil, refusedf(verify.CheckFormat, "%v", err)
 	}
-	var now time.Time
+	opts := p.Policy.VerifyOptions(env.Platform)
+	opts.Collateral = p.Collateral
 	if p.Now != nil {
-		now = p.Now()
+		opts.Now = p.Now()
 	}
-	claims, err := verify.Envelope(env, verify.Options{SimRoots: p.Policy.SimRoots[env.Platform], Now: now})
+	claims, err := verify.Envelope(env, opts)
 	if err != nil {
 		var ve *verify.Error
 		if errors.As(err, &ve) {
@@ -234,7 +240,7 @@ func (s *ServiceVerifier) Verify(ctx context.Context, hello *Hello, nonce []byte
 		return nil, refusedf("key", "the service's certificate is for another key than the evidence's")
 	}
 	claims := &evidence.Claims{
-		Platform: cc.Platform, Simulated: cc.Simulated, Measurement: cc.Measurement, TCB: cc.TCB, Debug: cc.Debug,
+		Platform: cc.Platform, Simulated: cc.Simulated, Measurement: cc.Measurement, TCB: cc.TCB, Debug: cc.Debug, Details: cc.Details,
 		Key: bytes.Clone(env.Key), Nonce: bytes.Clone(env.Nonce), WorkloadDigest: env.WorkloadDigest,
 	}
 	return &Verified{Claims: claims, SPKI: claims.Key, CertChain: ders, CertClaims: cc, By: "attestation service " + s.URL}, nil

@@ -1,7 +1,6 @@
 package host
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/keeplog"
 )
 
 // Default host maxima.
@@ -50,6 +50,15 @@ type Config struct {
 	AttachTimeout time.Duration
 	// ReadyTimeout bounds the keep's start (evidence included).
 	ReadyTimeout time.Duration
+	// RetainKeeps is how many finished keeps (folder, record, events) are
+	// kept, newest first; RetainFor how long after its end one is kept.
+	// 0 = DefaultRetainKeeps, DefaultRetainFor.
+	RetainKeeps int
+	RetainFor   time.Duration
+	// MaxOutput bounds each keep's output file (its log and a detached
+	// workload's host output); the keep ends when it passes it. 0 =
+	// DefaultMaxOutput.
+	MaxOutput int64
 	// KeepCacheDir is a compilation cache for keeps of the nil backend
 	// only: a cache on the host's disk is readable and writable by the
 	// host, so TEE keeps never get one.
@@ -75,6 +84,8 @@ type Agent struct {
 	cert     *tls.Certificate
 	certErr  error
 
+	pruneMu sync.Mutex // one removal of finished keeps at a time
+
 	mu      sync.Mutex
 	live    map[string]*liveKeep
 	subs    map[string]map[chan Event]struct{}
@@ -95,6 +106,13 @@ type liveKeep struct {
 	stopState  string // set before the agent kills the keep
 	stopReason string
 	fatal      string // the first "fatal error:" line of the keep's log
+
+	exited     chan struct{} // closed when the keep's process is gone
+	outputRead chan struct{} // closed when its output file is read to the end
+}
+
+func newLiveKeep(id, dir string, lim Limits) *liveKeep {
+	return &liveKeep{id: id, dir: dir, limits: lim, done: make(chan struct{}), exited: make(chan struct{}), outputRead: make(chan struct{})}
 }
 
 func (l *liveKeep) setStop(state, reason string) bool {
@@ -141,6 +159,15 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.ReadyTimeout <= 0 {
 		cfg.ReadyTimeout = DefaultReadyTimeout
 	}
+	if cfg.MaxOutput <= 0 {
+		cfg.MaxOutput = DefaultMaxOutput
+	}
+	if cfg.RetainKeeps <= 0 {
+		cfg.RetainKeeps = DefaultRetainKeeps
+	}
+	if cfg.RetainFor <= 0 {
+		cfg.RetainFor = DefaultRetainFor
+	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
@@ -170,6 +197,7 @@ func New(cfg Config) (*Agent, error) {
 	a.enforcement = []string{
 		"rlimits: RLIMIT_DATA (memory_bytes), RLIMIT_CPU (cpu_seconds), RLIMIT_NOFILE (open_files), set by the keep process on itself before it reads any input",
 		"wall time: the agent kills the keep's process group at created + wall_seconds",
+		fmt.Sprintf("output: each keep's log and host output (keeps/ID/keep.log, read by the agent into log events) is capped at %d bytes; the keep ends when it passes the cap", cfg.MaxOutput),
 		why,
 	}
 	if err := a.reconcile(); err != nil {
@@ -177,6 +205,9 @@ func New(cfg Config) (*Agent, error) {
 		lock.Close()
 		return nil, err
 	}
+	a.sweepOrphans()
+	a.prune()
+	go a.pruneLoop()
 	return a, nil
 }
 
@@ -209,11 +240,21 @@ func (a *Agent) StopKeeps() {
 }
 
 func (a *Agent) stop(l *liveKeep, state, reason string) {
+	if l.pid != 0 && !alive(l.pid, l.ticks) {
+		// It ended on its own (a limit, a crash, its exit) and is being
+		// recorded: that end stands, a late stop does not rename it.
+		a.waitDone(l)
+		return
+	}
 	l.setStop(state, reason)
 	if l.pid == 0 {
 		return // not started yet; start sees nothing to wait for
 	}
 	killGroup(l.pid, l.ticks)
+	a.waitDone(l)
+}
+
+func (a *Agent) waitDone(l *liveKeep) {
 	select {
 	case <-l.done:
 	case <-time.After(10 * time.Second):
@@ -229,25 +270,35 @@ func newID() string {
 
 // event records and publishes an event; after Close it does nothing.
 func (a *Agent) event(keep, typ, format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
+	a.recordEvent(keep, typ, -1, fmt.Sprintf(format, args...))
+}
+
+// recordEvent is event with, for a line of the keep's output file, the
+// file offset after it (else -1).
+func (a *Agent) recordEvent(keep, typ string, offset int64, msg string) {
 	a.mu.Lock()
 	if a.crashed {
 		a.mu.Unlock()
 		return
 	}
-	ev, err := a.st.addEvent(keep, typ, msg)
+	ev, err := a.st.addEvent(keep, typ, msg, offset)
 	if err != nil {
 		a.mu.Unlock()
 		a.cfg.Logf("keep %s: recording event %s: %v", keep, typ, err)
 		return
 	}
-	for ch := range a.subs[keep] {
+	a.publishLocked(ev)
+	a.mu.Unlock()
+}
+
+// publishLocked sends ev to the keep's followers; a.mu is held.
+func (a *Agent) publishLocked(ev Event) {
+	for ch := range a.subs[ev.Keep] {
 		select {
 		case ch <- ev:
 		default: // a slow follower misses live events; the log has them
 		}
 	}
-	a.mu.Unlock()
 }
 
 func (a *Agent) subscribe(keep string) (chan Event, func()) {
@@ -372,6 +423,7 @@ func (a *Agent) finish(l *liveKeep, o outcome) {
 	}
 	a.event(l.id, "ended", "%s", msg)
 	a.cfg.Logf("keep %s %s", l.id, msg)
+	go a.prune()
 }
 
 // reconcile adopts keeps that outlived a previous agent and records the
@@ -382,9 +434,13 @@ func (a *Agent) reconcile() error {
 		return fmt.Errorf("state database: %w", err)
 	}
 	for _, r := range rows {
-		l := &liveKeep{id: r.ID, dir: filepath.Join(a.cfg.StateDir, "keeps", r.ID), pid: r.PID, ticks: r.startTicks,
-			limits: r.Limits, done: make(chan struct{})}
+		l := newLiveKeep(r.ID, filepath.Join(a.cfg.StateDir, "keeps", r.ID), r.Limits)
+		l.pid, l.ticks = r.PID, r.startTicks
 		if !alive(r.PID, r.startTicks) {
+			// What it wrote after the previous agent stopped reading is
+			// recorded before its end.
+			close(l.exited)
+			a.followOutput(l, r.logOffset)
 			o := outcome{state: StateFailed, reason: "the keep process ended while the agent was down, without an exit record (killed by a signal or crashed)"}
 			if rec := readExitRecord(l.dir); rec != nil {
 				o = rec.outcome()
@@ -404,6 +460,7 @@ func (a *Agent) reconcile() error {
 			a.cfg.Logf("keep %s: adopted (pid %d, %s)", r.ID, r.PID, r.State)
 			a.armWall(l, r.Created)
 		}
+		go a.followOutput(l, r.logOffset)
 		go a.watchAdopted(l)
 	}
 	return nil
@@ -414,6 +471,8 @@ func (a *Agent) watchAdopted(l *liveKeep) {
 	if err != nil && errors.Is(err, errAgentClosing) {
 		return
 	}
+	close(l.exited)
+	<-l.outputRead // its last lines come before its end
 	select {
 	case <-a.closing:
 		return
@@ -453,7 +512,7 @@ func (a *Agent) start(ctx context.Context, req *CreateRequest, platform string, 
 		return nil, errCapacity
 	}
 	id := newID()
-	l := &liveKeep{id: id, dir: filepath.Join(a.cfg.StateDir, "keeps", id), limits: lim, done: make(chan struct{})}
+	l := newLiveKeep(id, filepath.Join(a.cfg.StateDir, "keeps", id), lim)
 	a.live[id] = l // reserve the slot
 	a.mu.Unlock()
 	fail := func(err error) (*Keep, error) {
@@ -476,7 +535,7 @@ func (a *Agent) start(ctx context.Context, req *CreateRequest, platform string, 
 	args := append(append([]string(nil), a.cfg.KeepCommand[1:]...),
 		"--dir", l.dir, "--backend", req.Backend, "--nonce", hex.EncodeToString(req.Nonce),
 		"--digest", req.Digest, "--client-key", hex.EncodeToString(req.ClientKey), "--limits", string(limJSON),
-		"--attach-timeout", a.cfg.AttachTimeout.String())
+		"--attach-timeout", a.cfg.AttachTimeout.String(), "--max-output", fmt.Sprint(a.cfg.MaxOutput))
 	if req.Backend == "nil" && a.cfg.KeepCacheDir != "" {
 		args = append(args, "--cache-dir", a.cfg.KeepCacheDir)
 	}
@@ -497,37 +556,32 @@ func (a *Agent) start(ctx context.Context, req *CreateRequest, platform string, 
 		return a.startFailed(l, fmt.Errorf("pipe: %w", err))
 	}
 	defer helloR.Close()
-	logR, logW, err := os.Pipe()
+	// The keep's stdout and stderr append to its output file, which
+	// outlives this agent (see followOutput).
+	out, err := keeplog.Create(l.dir)
 	if err != nil {
 		helloW.Close()
-		return a.startFailed(l, fmt.Errorf("pipe: %w", err))
+		return a.startFailed(l, fmt.Errorf("keep output file: %w", err))
 	}
 	cmd.ExtraFiles = []*os.File{helloW}
-	cmd.Stdout = logW
-	cmd.Stderr = logW
+	cmd.Stdout = out
+	cmd.Stderr = out
 	err = cmd.Start()
 	helloW.Close()
-	logW.Close()
+	out.Close()
 	if err != nil {
-		logR.Close()
 		return a.startFailed(l, fmt.Errorf("starting the keep process: %w", err))
 	}
 	l.pid = cmd.Process.Pid
 	l.ticks, _ = startTicks(l.pid)
 	a.write(func() error { return a.st.setProcess(id, l.pid, l.ticks) })
 	a.armWall(l, k.Created)
-	logDone := make(chan struct{})
-	go func() {
-		a.readLog(l, logR)
-		close(logDone)
-	}()
+	go a.followOutput(l, 0)
 	go func() {
 		cmd.Wait()
+		close(l.exited)
 		// The log's last lines (a crash message) come before the end.
-		select {
-		case <-logDone:
-		case <-time.After(5 * time.Second):
-		}
+		<-l.outputRead
 		a.finish(l, a.childOutcome(l, cmd.ProcessState))
 	}()
 
@@ -578,41 +632,3 @@ func (a *Agent) startFailed(l *liveKeep, err error) (*Keep, error) {
 }
 
 var errCapacity = errors.New("capacity")
-
-// readLog turns the keep's stderr into events.
-func (a *Agent) readLog(l *liveKeep, r io.ReadCloser) {
-	defer r.Close()
-	id := l.id
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	crashed, skipped := false, 0
-	for sc.Scan() {
-		line := sc.Text()
-		if len(line) > maxLogLine {
-			line = line[:maxLogLine]
-		}
-		if s, ok := strings.CutPrefix(line, stateLine); ok {
-			if s == StateRunning {
-				a.write(func() error { return a.st.setState(id, StateRunning) })
-				a.event(id, "running", "the keep checked the package and started the workload")
-			}
-			continue
-		}
-		if crashed {
-			// A crash trace holds stacks with argument values: memory of
-			// the keep. Only its first line is recorded.
-			skipped++
-			continue
-		}
-		if strings.HasPrefix(line, "fatal error: ") || strings.HasPrefix(line, "panic: ") {
-			crashed = true
-			l.mu.Lock()
-			l.fatal = line
-			l.mu.Unlock()
-		}
-		a.event(id, "log", "%s", line)
-	}
-	if skipped > 0 {
-		a.event(id, "log", "(%d lines of crash trace not recorded)", skipped)
-	}
-}

@@ -43,6 +43,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/keeps", a.list)
 	mux.HandleFunc("GET /v1/keeps/{id}", a.inspect)
 	mux.HandleFunc("POST /v1/keeps/{id}/stop", a.stopKeep)
+	mux.HandleFunc("DELETE /v1/keeps/{id}", a.removeKeepAPI)
 	mux.HandleFunc("GET /v1/keeps/{id}/events", a.events)
 	mux.HandleFunc("POST /v1/keeps/{id}/attach", a.attach)
 	return a.auth(mux)

@@ -201,3 +201,13 @@ type bufConn struct {
 }
 
 func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// Remove deletes a finished keep (its folder, record and events); with
+// stop, a keep that still runs is stopped first, else it is refused (409).
+func (c *Client) Remove(ctx context.Context, id string, stop bool) error {
+	path := "/v1/keeps/" + url.PathEscape(id)
+	if stop {
+		path += "?stop=1"
+	}
+	return c.do(ctx, http.MethodDelete, path, nil, nil)
+}

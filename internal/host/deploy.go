@@ -24,8 +24,9 @@ type DeployOptions struct {
 // Deploy runs the confidential delivery protocol against the agent: nonce,
 // a check of the secrets against those the package's config declares,
 // create, verify the keep's evidence (nothing is sent to a keep that fails
-// verification; the keep is stopped), attach, TLS to the keep with its key
-// pinned, package and secrets, output. It returns the keep as created and
+// verification), attach, TLS to the keep with its key pinned, package and
+// secrets, output. When any step after the keep was created fails, the
+// keep is stopped before Deploy returns. It returns the keep as created and
 // the workload's result.
 func (c *Client) Deploy(ctx context.Context, o DeployOptions) (*Keep, *delivery.Result, error) {
 	art := o.Delivery.Artifact
@@ -50,22 +51,26 @@ func (c *Client) Deploy(ctx context.Context, o DeployOptions) (*Keep, *delivery.
 	if err != nil {
 		return nil, nil, err
 	}
+	// From here every failure stops the keep: a keep whose deployer gave
+	// up (refused evidence, a relay in the middle, a broken channel, a
+	// cancelled context) must not sit ready until the attach timeout.
+	delivered := false
+	defer func() {
+		if !delivered {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+			defer cancel()
+			c.Stop(sctx, k.ID)
+		}
+	}()
 	if o.OnKeep != nil {
 		o.OnKeep(k)
 	}
-	cleanup := func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-		defer cancel()
-		c.Stop(sctx, k.ID)
-	}
 	hello, _, err := delivery.ParseHello(k.Hello)
 	if err != nil {
-		cleanup()
 		return k, nil, fmt.Errorf("keep %s: %w", k.ID, err)
 	}
 	v, err := o.Verifier.Verify(ctx, hello, nonce, art.Digest.String())
 	if err != nil {
-		cleanup()
 		return k, nil, fmt.Errorf("keep %s: %w", k.ID, err)
 	}
 	if o.OnVerified != nil {
@@ -73,12 +78,12 @@ func (c *Client) Deploy(ctx context.Context, o DeployOptions) (*Keep, *delivery.
 	}
 	conn, err := c.Attach(ctx, k.ID)
 	if err != nil {
-		cleanup()
 		return k, nil, err
 	}
 	res, err := sess.Deliver(ctx, conn, v, o.Delivery)
 	if err != nil {
 		return k, nil, fmt.Errorf("keep %s: %w", k.ID, err)
 	}
+	delivered = true
 	return k, res, nil
 }

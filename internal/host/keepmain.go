@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/keeplog"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
@@ -42,8 +43,9 @@ type exitRecord struct {
 // re-executing its own binary). It applies its limits to itself, makes
 // its key and evidence, writes its hello to descriptor 3, waits on its
 // socket for one relayed connection and serves one delivery. Its stderr is
-// the agent's log of the keep: it never carries workload data (unless a
-// detached workload asked for host output).
+// the agent's log of the keep (its output file, keeplog): it never carries
+// workload data (unless a detached workload asked for host output), and
+// the keep ends when it passes --max-output bytes.
 func KeepMain(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("castellan keep", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -55,9 +57,19 @@ func KeepMain(args []string, stderr io.Writer) int {
 	limits := fs.String("limits", "{}", "limits, JSON")
 	attachTimeout := fs.Duration("attach-timeout", 2*time.Minute, "how long to wait for the client")
 	cacheDir := fs.String("cache-dir", "", "compilation cache (insecure keeps only)")
+	maxOutput := fs.Int64("max-output", DefaultMaxOutput, "bytes of log and host output after which the keep ends")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	k := &keepProc{dir: *dir}
+	raw := stderr
+	stderr = &keeplog.Limited{W: raw, Max: *maxOutput, OnLimit: func() {
+		// Said past the limit (one line): the agent allows for it.
+		msg := fmt.Sprintf("output limit of %d bytes reached", *maxOutput)
+		fmt.Fprintf(raw, "keep failed: %s\n", msg)
+		k.record(exitRecord{State: StateFailed, Reason: msg})
+		os.Exit(1)
+	}}
 	logf := func(format string, a ...any) {
 		msg := fmt.Sprintf(format, a...)
 		if len(msg) > maxLogLine {
@@ -65,13 +77,13 @@ func KeepMain(args []string, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stderr, msg)
 	}
-	// The agent may die and leave the pipe without a reader; the keep
-	// must go on.
+	k.logf = logf
+	// Its output is a file (keeplog) nowadays; should it be a pipe whose
+	// reader died, the keep must go on.
 	signal.Ignore(syscall.SIGPIPE)
 	// A crash (out of memory under the keep's limit) prints its message
 	// to the agent's log, without goroutine stacks and their values.
 	debug.SetTraceback("none")
-	k := &keepProc{dir: *dir, logf: logf}
 	var lim Limits
 	if err := json.Unmarshal([]byte(*limits), &lim); err != nil {
 		return k.fail("limits: %v", err)

@@ -78,6 +78,10 @@ func openStore(dir string) (*store, error) {
 		db.Close()
 		return nil, fmt.Errorf("state database %s: %w", path, err)
 	}
+	if err := migrate(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("state database %s: %w", path, err)
+	}
 	os.Chmod(path, 0o600)
 	return &store{db: db}, nil
 }
@@ -181,11 +185,12 @@ func (s *store) setEnded(id string, o outcome) error {
 	return err
 }
 
-const keepColumns = `id, name, backend, platform, digest, limits, state, pid, start_ticks, created, ended, exit_code, signal, reason, hello, attached, enforcement`
+const keepColumns = `id, name, backend, platform, digest, limits, state, pid, start_ticks, created, ended, exit_code, signal, reason, hello, attached, enforcement, log_offset`
 
 type keepRow struct {
 	Keep
 	startTicks uint64
+	logOffset  int64 // how far the keep's output file has been recorded as events
 }
 
 func scanKeep(sc interface{ Scan(...any) error }) (*keepRow, error) {
@@ -196,7 +201,7 @@ func scanKeep(sc interface{ Scan(...any) error }) (*keepRow, error) {
 	var hello []byte
 	var attached int
 	if err := sc.Scan(&r.ID, &r.Name, &r.Backend, &r.Platform, &r.Digest, &lim, &r.State, &r.PID, &ticks, &created,
-		&ended, &code, &r.Signal, &r.Reason, &hello, &attached, &enf); err != nil {
+		&ended, &code, &r.Signal, &r.Reason, &hello, &attached, &enf, &r.logOffset); err != nil {
 		return nil, err
 	}
 	json.Unmarshal([]byte(lim), &r.Limits)
@@ -242,14 +247,54 @@ func (s *store) keeps(ctx context.Context, where string, args ...any) ([]*keepRo
 	return out, rows.Err()
 }
 
-func (s *store) addEvent(keep, typ, msg string) (Event, error) {
-	t := time.Now().UTC()
-	r, err := s.db.Exec(`INSERT INTO events (keep, time, type, message) VALUES (?, ?, ?, ?)`, keep, t.Format(time.RFC3339Nano), typ, msg)
+// addEvent records an event. An event read from a keep's output file
+// (offset >= 0) is recorded together with the offset after its line, in one
+// transaction: a restarted agent resumes after the last line recorded,
+// neither losing nor repeating one.
+func (s *store) addEvent(keep, typ, msg string, offset int64) (Event, error) {
+	tx, err := s.db.Begin()
 	if err != nil {
+		return Event{}, err
+	}
+	defer tx.Rollback()
+	t := time.Now().UTC()
+	r, err := tx.Exec(`INSERT INTO events (keep, time, type, message) VALUES (?, ?, ?, ?)`, keep, t.Format(time.RFC3339Nano), typ, msg)
+	if err != nil {
+		return Event{}, err
+	}
+	if offset >= 0 {
+		if _, err := tx.Exec(`UPDATE keeps SET log_offset = ? WHERE id = ?`, offset, keep); err != nil {
+			return Event{}, err
+		}
+	}
+	if err := tx.Commit(); err != nil {
 		return Event{}, err
 	}
 	seq, _ := r.LastInsertId()
 	return Event{Seq: seq, Keep: keep, Time: t, Type: typ, Message: msg}, nil
+}
+
+// deleteKeep removes a finished keep's record and events.
+func (s *store) deleteKeep(id string) error {
+	tx, err := s.db.Begin()
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec(`DELETE FROM events WHERE keep = ?`, id); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(`DELETE FROM keeps WHERE id = ? AND state IN (?, ?, ?)`, id, StateExited, StateFailed, StateStopped); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// setLogOffset records how far a keep's output file was read when the
+// lines read were not recorded as events.
+func (s *store) setLogOffset(keep string, offset int64) error {
+	_, err := s.db.Exec(`UPDATE keeps SET log_offset = ? WHERE id = ?`, offset, keep)
+	return err
 }
 
 func (s *store) events(ctx context.Context, keep string, after int64) ([]Event, error) {

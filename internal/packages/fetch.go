@@ -29,6 +29,42 @@ var (
 	ErrNotFound = errdef.ErrNotFound
 )
 
+// Limit names a size limit of a package's parts.
+type Limit string
+
+// The size limits; only LimitLayer can be changed (Options.MaxLayerSize,
+// `--max-layer-size`).
+const (
+	LimitManifest Limit = "manifest"   // MaxManifestSize
+	LimitConfig   Limit = "config"     // MaxConfigBlobSize: the config JSON and the TOML layer
+	LimitLayer    Limit = "Wasm layer" // Options.MaxLayerSize
+)
+
+// SizeError is a blob over the limit that applies to it; it wraps
+// ErrTooLarge.
+type SizeError struct {
+	What   string // "manifest", "config", "wasm", or a media type
+	Digest digest.Digest
+	Size   int64
+	Limit  Limit
+	Max    int64 // the limit's value
+}
+
+func (e *SizeError) Error() string {
+	return fmt.Sprintf("%s %s is %d bytes, over the %s limit of %d bytes", e.What, e.Digest, e.Size, e.Limit, e.Max)
+}
+
+func (e *SizeError) Unwrap() error { return ErrTooLarge }
+
+// limitFor returns the limit that applies to a blob of the given media
+// type in a workload manifest.
+func (s *Store) limitFor(mediaType string) (Limit, int64) {
+	if mediaType == workload.MediaTypeWasm {
+		return LimitLayer, s.maxLayer()
+	}
+	return LimitConfig, MaxConfigBlobSize
+}
+
 // fetchArtifact reads the package whose manifest is desc from src (a
 // store's blobs, a registry, an image layout), verifying every blob, and
 // requires the manifest to be exactly the one workload.New builds from the
@@ -43,7 +79,7 @@ func (s *Store) fetchArtifact(ctx context.Context, src content.Fetcher, from str
 	if desc.MediaType != workload.MediaTypeManifest {
 		return nil, fmt.Errorf("%s: manifest has media type %q, want %q: %w", ref, desc.MediaType, workload.MediaTypeManifest, ErrNotWorkload)
 	}
-	raw, err := s.readBlob(ctx, src, from, "manifest", desc, MaxManifestSize)
+	raw, err := s.readBlob(ctx, src, from, "manifest", desc, LimitManifest, MaxManifestSize)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", ref, err)
 	}
@@ -54,17 +90,17 @@ func (s *Store) fetchArtifact(ctx context.Context, src content.Fetcher, from str
 	if err := s.checkShape(&m); err != nil {
 		return nil, fmt.Errorf("%s: manifest %s: %w", ref, desc.Digest, err)
 	}
-	if _, err := s.readBlob(ctx, src, from, "config", m.Config, MaxConfigBlobSize); err != nil {
+	if _, err := s.readBlob(ctx, src, from, "config", m.Config, LimitConfig, MaxConfigBlobSize); err != nil {
 		return nil, fmt.Errorf("%s: %w", ref, err)
 	}
 	var wasm, toml []byte
 	for _, l := range m.Layers {
 		if l.MediaType == workload.MediaTypeWasm {
-			if wasm, err = s.readBlob(ctx, src, from, "wasm", l, s.maxLayer()); err != nil {
+			if wasm, err = s.readBlob(ctx, src, from, "wasm", l, LimitLayer, s.maxLayer()); err != nil {
 				return nil, fmt.Errorf("%s: %w", ref, err)
 			}
 		} else {
-			if toml, err = s.readBlob(ctx, src, from, "config", l, MaxConfigBlobSize); err != nil {
+			if toml, err = s.readBlob(ctx, src, from, "config", l, LimitConfig, MaxConfigBlobSize); err != nil {
 				return nil, fmt.Errorf("%s: %w", ref, err)
 			}
 		}
@@ -112,12 +148,8 @@ func (s *Store) checkShape(m *ocispec.Manifest) error {
 		if d.Size < 0 {
 			return fmt.Errorf("blob %s has negative size %d: %w", d.Digest, d.Size, ErrNotWorkload)
 		}
-		limit := int64(MaxConfigBlobSize)
-		if d.MediaType == workload.MediaTypeWasm {
-			limit = s.maxLayer()
-		}
-		if d.Size > limit {
-			return fmt.Errorf("%s blob %s is %d bytes, over the %d byte limit: %w", d.MediaType, d.Digest, d.Size, limit, ErrTooLarge)
+		if name, limit := s.limitFor(d.MediaType); d.Size > limit {
+			return &SizeError{What: d.MediaType + " blob", Digest: d.Digest, Size: d.Size, Limit: name, Max: limit}
 		}
 	}
 	return nil
@@ -125,12 +157,12 @@ func (s *Store) checkShape(m *ocispec.Manifest) error {
 
 // readBlob reads one blob, refusing it from its descriptor if it is over
 // limit, and verifies its size and digest while reading.
-func (s *Store) readBlob(ctx context.Context, src content.Fetcher, from, what string, desc ocispec.Descriptor, limit int64) ([]byte, error) {
+func (s *Store) readBlob(ctx context.Context, src content.Fetcher, from, what string, desc ocispec.Descriptor, name Limit, limit int64) ([]byte, error) {
 	if desc.Size < 0 {
 		return nil, fmt.Errorf("%s %s has negative size: %w", what, desc.Digest, ErrMismatch)
 	}
 	if desc.Size > limit {
-		return nil, fmt.Errorf("%s %s is %d bytes, over the %d byte limit: %w", what, desc.Digest, desc.Size, limit, ErrTooLarge)
+		return nil, &SizeError{What: what, Digest: desc.Digest, Size: desc.Size, Limit: name, Max: limit}
 	}
 	if err := desc.Digest.Validate(); err != nil {
 		return nil, fmt.Errorf("%s digest %q: %v: %w", what, desc.Digest, err, ErrMismatch)

@@ -153,8 +153,8 @@ func WriteLayout(dir string, wasm, cfg []byte, tag string) (*workload.Artifact, 
 	if err != nil {
 		return nil, err
 	}
-	// oras's blob writer leaves its empty temporary folder behind; an
-	// image layout for others to read is tidier without it.
+	// The blob writer's temporary folder is empty now; an image layout
+	// for others to read is tidier without it.
 	os.Remove(filepath.Join(dir, "ingest"))
 	if tag != "" {
 		if _, err := st.Tag(art.Digest, tag); err != nil {

@@ -138,6 +138,9 @@ type testRegistry struct {
 	// swapManifest, when set, replaces manifest bodies served by GET.
 	mu           sync.Mutex
 	swapManifest func([]byte) []byte
+	// intercept, when set, sees each request first and may answer it
+	// (returning true).
+	intercept func(w http.ResponseWriter, r *http.Request) bool
 }
 
 // newRegistry starts go-containerregistry's registry on 127.0.0.1.
@@ -147,8 +150,11 @@ func newRegistry(t testing.TB) *testRegistry {
 	h := registry.New(registry.WithBlobHandler(tr.blobs), registry.Logger(log.New(io.Discard, "", 0)))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tr.mu.Lock()
-		swap := tr.swapManifest
+		swap, intercept := tr.swapManifest, tr.intercept
 		tr.mu.Unlock()
+		if intercept != nil && intercept(w, r) {
+			return
+		}
 		if swap == nil || r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/manifests/") {
 			h.ServeHTTP(w, r)
 			return
@@ -356,7 +362,8 @@ func TestFetchCatchesBadRegistries(t *testing.T) {
 		art := publish(t, reg.host+"/t/big:v1", big, nil)
 		s := newStore(t, Options{MaxLayerSize: 1024})
 		_, err := s.Fetch(ctx, reg.host+"/t/big:v1")
-		if !errors.Is(err, ErrTooLarge) {
+		var se *SizeError
+		if !errors.Is(err, ErrTooLarge) || !errors.As(err, &se) || se.Limit != LimitLayer || se.Max != 1024 {
 			t.Fatalf("oversized layer: %v", err)
 		}
 		if n := reg.blobs.reads(art.WasmDesc.Digest); n != 0 {

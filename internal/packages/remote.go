@@ -29,8 +29,11 @@ func (s *Store) repository(ref Ref) (*remote.Repository, error) {
 		if err != nil {
 			return nil, fmt.Errorf("registry credentials: %w", err)
 		}
+		// Retries above the stall watchdog: each attempt has its own, and
+		// a stalled attempt is not retried (see stallTransport).
+		base := http.DefaultTransport.(*http.Transport).Clone()
 		client = &auth.Client{
-			Client:     retry.DefaultClient,
+			Client:     &http.Client{Transport: retry.NewTransport(&stallTransport{base: base, limit: s.stallLimit()})},
 			Cache:      auth.NewCache(),
 			Credential: credentials.Credential(cs),
 			Header:     http.Header{"User-Agent": {"castellan"}},

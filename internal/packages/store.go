@@ -13,9 +13,10 @@
 // byte is read.
 //
 // The local store writes blobs to a temporary file and renames them into
-// place once verified (oras-go's oci.Storage), writes the manifest after
-// its blobs, and rewrites index.json with write-then-rename under a file
-// lock, so an interrupted build or pull leaves nothing half-written.
+// place once verified, writes the manifest after its blobs, and rewrites
+// index.json with write-then-rename, all under a file lock; a write that
+// fails (a full disk) removes what it created, so a failed or interrupted
+// build or pull leaves nothing half-written.
 package packages
 
 import (
@@ -29,6 +30,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -60,8 +62,19 @@ type Options struct {
 	// Warnf receives warnings such as a tag that moved; nil drops them.
 	Warnf func(format string, a ...any)
 	// Client talks to registries; nil means an oras auth client with the
-	// credentials of the Docker config file and its helpers.
+	// credentials of the Docker config file and its helpers, whose
+	// connections are abandoned after StallTimeout without progress.
 	Client remote.Client
+	// StallTimeout is how long a registry connection may make no progress
+	// (0: DefaultStallTimeout).
+	StallTimeout time.Duration
+}
+
+func (o *Options) stallLimit() time.Duration {
+	if o.StallTimeout > 0 {
+		return o.StallTimeout
+	}
+	return DefaultStallTimeout
 }
 
 // Store is an OCI image-layout folder holding packages.
@@ -119,6 +132,7 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("package store %s: %s is not an OCI image layout version %s", dir, layoutPath, ocispec.ImageLayoutVersion)
 		}
 	}
+	removeStaleIngest(dir)
 	return openExisting(dir, opts)
 }
 
@@ -181,15 +195,39 @@ func (s *Store) Build(wasm, config []byte) (*workload.Artifact, error) {
 }
 
 // put writes an artifact's blobs, then its manifest, then records the
-// manifest in index.json. Blobs are verified and renamed into place.
-func (s *Store) put(ctx context.Context, art *workload.Artifact) error {
+// manifest in index.json, all under the store's lock. Blobs are verified,
+// written to a temporary file in ingest/ and renamed into place (writeBlob).
+// When any step fails, the blobs this put created are removed again: a
+// failed write leaves the store as it was (a full disk included).
+func (s *Store) put(ctx context.Context, art *workload.Artifact) (err error) {
+	unlock, err := lockDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("package store %s: lock: %w", s.dir, err)
+	}
+	defer unlock()
+	var created []string
+	defer func() {
+		if err != nil {
+			// Under the lock no other writer can have referenced them.
+			for _, p := range created {
+				os.Remove(p)
+			}
+		}
+	}()
 	blobs := append(artifactBlobs(art), blob{"manifest", art.ManifestDesc, art.Manifest})
 	for _, b := range blobs {
-		if err := s.blobs.Push(ctx, b.desc, bytes.NewReader(b.data)); err != nil && !errors.Is(err, errdef.ErrAlreadyExists) {
-			return fmt.Errorf("package store %s: write %s: %w", s.dir, b.desc.Digest, err)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		p, made, err := s.writeBlob(b.desc, b.data)
+		if made {
+			created = append(created, p)
+		}
+		if err != nil {
+			return fmt.Errorf("package store %s: write %s %s: %w", s.dir, b.what, b.desc.Digest, err)
 		}
 	}
-	return s.updateIndex(func(idx *ocispec.Index) error {
+	return s.updateIndexLocked(func(idx *ocispec.Index) error {
 		for _, m := range idx.Manifests {
 			if m.Digest == art.Digest {
 				return nil
@@ -361,6 +399,11 @@ func (s *Store) updateIndex(fn func(*ocispec.Index) error) error {
 		return fmt.Errorf("package store %s: lock: %w", s.dir, err)
 	}
 	defer unlock()
+	return s.updateIndexLocked(fn)
+}
+
+// updateIndexLocked is updateIndex for a caller that holds the lock.
+func (s *Store) updateIndexLocked(fn func(*ocispec.Index) error) error {
 	idx, err := s.readIndex()
 	if err != nil {
 		return err
@@ -388,7 +431,14 @@ func (s *Store) updateIndex(fn func(*ocispec.Index) error) error {
 // writeFileAtomic writes b to a temporary file beside path, syncs it and
 // renames it over path.
 func writeFileAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	return writeVia(filepath.Dir(path), "."+filepath.Base(path)+".*", path, b, 0o644)
+}
+
+// writeVia writes b to a new temporary file in tmpDir (named after
+// pattern, as os.CreateTemp does), syncs it, gives it mode and renames it
+// to path; on any error the temporary file is removed.
+func writeVia(tmpDir, pattern, path string, b []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(tmpDir, pattern)
 	if err != nil {
 		return err
 	}
@@ -401,7 +451,7 @@ func writeFileAtomic(path string, b []byte) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Chmod(tmp, 0o644)
+		err = os.Chmod(tmp, mode)
 	}
 	if err == nil {
 		err = os.Rename(tmp, path)

@@ -1,6 +1,7 @@
 // Package audit keeps the attestation service's record of decisions: every
 // request accepted or refused, with the failed check and reason, a summary
-// of the claims and the serial of the certificate issued. One schema serves
+// of the claims and the serial of the certificate issued; and its ledger of
+// used challenge nonces (nonces.go), shared by replicas. One schema serves
 // SQLite (the default, through the pure Go modernc.org/sqlite driver, in WAL
 // mode) and PostgreSQL (for a replicated service, through pgx's database/sql
 // driver); migrations are applied when the log is opened.
@@ -59,6 +60,7 @@ type DB struct {
 	db      *sql.DB
 	dialect dialect
 	insert  *sql.Stmt
+	nonces  nonceState
 }
 
 var _ Log = (*DB)(nil)
@@ -158,6 +160,12 @@ var migrations = []migration{
 		);
 		CREATE INDEX decisions_at ON decisions (at);
 		CREATE INDEX decisions_serial ON decisions (serial)`,
+	},
+	{ // the used-nonce ledger; expires is Unix nanoseconds
+		sqlite: `CREATE TABLE used_nonces (id BLOB PRIMARY KEY, expires BIGINT NOT NULL);
+		CREATE INDEX used_nonces_expires ON used_nonces (expires)`,
+		postgres: `CREATE TABLE used_nonces (id BYTEA PRIMARY KEY, expires BIGINT NOT NULL);
+		CREATE INDEX used_nonces_expires ON used_nonces (expires)`,
 	},
 }
 

@@ -2,10 +2,11 @@ package audit
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/attest/audit/audittest"
 )
 
 func testLog(t *testing.T, spec string) {
@@ -70,25 +71,9 @@ func TestSQLite(t *testing.T) {
 
 // TestPostgres runs against the server named by CASTELLAN_TEST_POSTGRES, a
 // DSN such as postgres://castellan@127.0.0.1:5433/castellan_test?sslmode=disable
-// (.ci/run starts one; notes/attest.md has the steps).
+// (scripts/test starts one), in a schema of its own.
 func TestPostgres(t *testing.T) {
-	dsn := os.Getenv("CASTELLAN_TEST_POSTGRES")
-	if dsn == "" {
-		t.Skip("CASTELLAN_TEST_POSTGRES is not set: no PostgreSQL to test against (see notes/attest.md)")
-	}
-	ctx := context.Background()
-	l, err := Open(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Start from an empty schema so that the migration runs.
-	for _, q := range []string{`DROP TABLE IF EXISTS decisions`, `DROP TABLE IF EXISTS castellan_schema`} {
-		if _, err := l.db.Exec(q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	l.Close()
-	testLog(t, dsn)
+	testLog(t, audittest.PostgresDSN(t))
 }
 
 func TestOpenBadSpec(t *testing.T) {

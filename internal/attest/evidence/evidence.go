@@ -69,6 +69,13 @@ type Claims struct {
 	TCB map[string]uint64
 	// Debug is true when the guest policy allows debugging (the host could read the keep).
 	Debug bool
+	// Details are the other hardware fields the verifier decided on, by
+	// name, so that a relying party sees what was checked: for SEV-SNP
+	// "vmpl", "guest_policy", "platform_info", "host_data", "firmware"...;
+	// for TDX "tcb_status", "rtmr0", "td_attributes", "xfam"...; and where
+	// collateral was used, "collateral" and its next update. The values
+	// are short text (decimal, hex or a status name).
+	Details map[string]string
 	// ReportData is the 64 bytes the hardware signed.
 	ReportData [64]byte
 	// Key, Nonce and WorkloadDigest are copied from the envelope once the

@@ -31,7 +31,7 @@ import (
 // Defaults for fields a policy leaves out.
 const (
 	DefaultNonceLifetime       = 60 * time.Second
-	DefaultMaxNonces           = 10000
+	DefaultMaxNonces           = 1000000
 	DefaultCertificateLifetime = time.Hour
 )
 
@@ -60,6 +60,10 @@ type Policy struct {
 	AllowInsecure       bool                 `toml:"allow_insecure"`
 	Workloads           []string             `toml:"workloads"`
 	Platforms           map[string]*Platform `toml:"platforms"`
+
+	// Identity sections (identity.go).
+	SPIFFE   SPIFFE     `toml:"spiffe"`
+	Identity []Identity `toml:"identity"`
 }
 
 // Platform is a [platforms.snp] or [platforms.tdx] table.
@@ -74,6 +78,9 @@ type Platform struct {
 	// RevokedTCB lists TCBs refused: an entry matches when every component
 	// it names has exactly that value.
 	RevokedTCB []map[string]uint64 `toml:"revoked_tcb"`
+
+	// Checks on the hardware report's own fields (platform.go).
+	HardwareChecks
 }
 
 // Measurements is the parsed measurement database.
@@ -95,7 +102,12 @@ type Snapshot struct {
 	Policy       Policy
 	Measurements map[string]map[string]Measurement // platform → hex value → entry
 	SimRoots     map[string][]*x509.Certificate    // platform → trusted simulation roots
-	AnyWorkload  bool
+	// SimCollateral are the collateral folders beside the simulation
+	// roots files (platform.go), by platform.
+	SimCollateral map[string][]string
+	AnyWorkload   bool
+
+	identities map[string]*Identity // workload digest → its [[identity]] (identity.go)
 }
 
 // Refusal is a decision against a request, naming the check that failed.
@@ -237,6 +249,9 @@ func (s *Snapshot) checkPolicy(file string) error {
 				}
 			}
 		}
+		if err := pl.HardwareChecks.check(name); err != nil {
+			return fmt.Errorf("%s: platforms.%s.%w", file, name, err)
+		}
 		for _, rf := range pl.SimRoots {
 			if !filepath.IsAbs(rf) {
 				rf = filepath.Join(filepath.Dir(file), rf)
@@ -246,9 +261,10 @@ func (s *Snapshot) checkPolicy(file string) error {
 				return fmt.Errorf("%s: platforms.%s.sim_roots: %w", file, name, err)
 			}
 			s.SimRoots[name] = append(s.SimRoots[name], certs...)
+			s.addSimCollateral(name, rf)
 		}
 	}
-	return nil
+	return s.checkIdentity(file)
 }
 
 func readCerts(path string) ([]*x509.Certificate, error) {
@@ -306,6 +322,9 @@ func (s *Snapshot) Check(c *evidence.Claims) *Refusal {
 			// The verifier only accepts simulation roots the policy lists;
 			// this guards against a verifier that did otherwise.
 			return refuse(CheckInsecure, "simulated %s evidence without a simulation root in the policy", c.Platform)
+		}
+		if r := pl.HardwareChecks.checkClaims(c); r != nil {
+			return r
 		}
 		if c.Debug {
 			return refuse(CheckDebug, "the %s guest allows debugging: the host could read the keep", c.Platform)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,6 +61,16 @@ func TestLoadErrors(t *testing.T) {
 		{"tdx svn out of range", okPolicy + "[platforms.tdx.min_tcb]\n\"tee_tcb_svn.16\" = 1\n", "", "unknown component"},
 		{"empty revoked tcb", okPolicy + "[[platforms.snp.revoked_tcb]]\n", "", "names no component"},
 		{"missing sim root", okPolicy + "[platforms.snp]\nsim_roots = [\"nope.pem\"]\n", "", "nope.pem"},
+		{"vmpl out of range", okPolicy + "[platforms.snp]\nvmpl = [0, 4]\n", "", "platforms.snp.vmpl: 4 is not a VM privilege level"},
+		{"vmpl for tdx", okPolicy + "[platforms.tdx]\nvmpl = [0]\n", "", "platforms.tdx.vmpl: a setting for platform snp, not tdx"},
+		{"bad host data", okPolicy + "[platforms.snp]\nhost_data = \"00\"\n", "", "platforms.snp.host_data: \"00\" is not 64 hex digits"},
+		{"bad id key digest", okPolicy + "[platforms.snp]\nid_key_digests = [\"zz\"]\n", "", "platforms.snp.id_key_digests: \"zz\" is not 96 hex digits"},
+		{"bad firmware version", okPolicy + "[platforms.snp]\nmin_firmware = \"1\"\n", "", "platforms.snp.min_firmware: \"1\" is not a version"},
+		{"bad policy abi", okPolicy + "[platforms.snp]\nmin_policy_abi = \"1.300\"\n", "", "platforms.snp.min_policy_abi"},
+		{"snp setting for tdx", okPolicy + "[platforms.tdx]\nforbid_smt = true\n", "", "platforms.tdx.forbid_smt: a setting for platform snp"},
+		{"revoked tcb status", okPolicy + "[platforms.tdx]\ntcb_statuses = [\"UpToDate\", \"Revoked\"]\n", "", "platforms.tdx.tcb_statuses: \"Revoked\" is not a TCB status a policy can accept"},
+		{"bad rtmr", okPolicy + "[platforms.tdx]\nrtmr1 = \"abc\"\n", "", "platforms.tdx.rtmr1: \"abc\" is not 96 hex digits"},
+		{"tdx setting for snp", okPolicy + "[platforms.snp]\nmr_owner = \"00\"\n", "", "platforms.snp.mr_owner: a setting for platform tdx"},
 		{"negative max nonces", okPolicy + "max_nonces = -1\n", "", "max_nonces"},
 		{"short measurement", okPolicy, "[[measurement]]\nplatform = \"snp\"\nvalue = \"0011\"\n", "m.toml: measurement 1: value must be 96 hex digits"},
 		{"measurement platform", okPolicy, "[[measurement]]\nplatform = \"none\"\nvalue = \"" + strings.Repeat("00", 48) + "\"\n", "measurement 1: platform \"none\""},
@@ -108,6 +119,11 @@ func TestCheck(t *testing.T) {
 		}, CheckMeasurement},
 		{"measurement revoked", func(c *evidence.Claims) { c.Measurement = revokedM }, CheckRevoked},
 		{"workload", func(c *evidence.Claims) { c.WorkloadDigest = "sha256:" + strings.Repeat("1", 64) }, CheckWorkload},
+		{"real evidence without collateral", func(c *evidence.Claims) { c.Simulated = false }, CheckCollateral},
+		{"real evidence with collateral", func(c *evidence.Claims) {
+			c.Simulated = false
+			c.Details = map[string]string{"collateral": "verified"}
+		}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,6 +137,17 @@ func TestCheck(t *testing.T) {
 				t.Fatalf("refusal %+v, want %s", r, tt.check)
 			}
 		})
+	}
+	// require_collateral = false accepts real evidence without collateral.
+	lax, err := parse("p.toml", []byte("workloads = [\"any\"]\n[platforms.snp]\nrequire_collateral = false\n"), "m.toml",
+		[]byte(fmt.Sprintf("[[measurement]]\nplatform = \"snp\"\nvalue = \"%x\"\n", m)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	realClaims := good()
+	realClaims.Simulated = false
+	if r := lax.Check(realClaims); r != nil {
+		t.Errorf("require_collateral = false: %v", r)
 	}
 	// A platform the policy does not name is refused.
 	s2, _ := parse("p.toml", []byte(`workloads = ["any"]`), "m.toml", nil)
@@ -172,5 +199,49 @@ func TestWatch(t *testing.T) {
 	}
 	if !st.Current().Policy.AllowInsecure {
 		t.Error("a bad edit replaced the policy")
+	}
+}
+
+func TestHardwareChecks(t *testing.T) {
+	p := `workloads = ["any"]
+[platforms.snp]
+vmpl = [0, 2]
+allow_migrate_ma = true
+forbid_smt = true
+require_single_socket = true
+allow_provisional_firmware = true
+min_firmware = "1.55"
+min_build = 21
+min_policy_abi = "1.51"
+min_guest_svn = 3
+host_data = "` + strings.Repeat("ab", 32) + `"
+id_key_digests = ["` + strings.Repeat("01", 48) + `"]
+`
+	s, err := parse("p.toml", []byte(p), "m.toml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := s.VerifyOptions("snp").SNP
+	if len(o.VMPLs) != 2 || o.VMPLs[1] != 2 || !o.AllowMigrateMA || !o.ForbidSMT || !o.RequireSingleSocket || !o.AllowProvisionalFirmware ||
+		o.MinFirmware != 1<<8|55 || o.MinBuild != 21 || o.MinPolicyABI != 1<<8|51 || o.MinGuestSVN != 3 ||
+		len(o.HostData) != 32 || o.HostData[0] != 0xab || len(o.IDKeyDigests) != 1 || len(o.IDKeyDigests[0]) != 48 {
+		t.Errorf("SNP options %+v", o)
+	}
+	if d := s.VerifyOptions("tdx").SNP; d.ForbidSMT || d.VMPLs != nil {
+		t.Errorf("tdx options carry SNP settings: %+v", d)
+	}
+	s, err = parse("p.toml", []byte(`workloads = ["any"]
+[platforms.tdx]
+tcb_statuses = ["UpToDate", "SWHardeningNeeded"]
+allow_sept_ve = true
+rtmr2 = "`+strings.Repeat("ab", 48)+`"
+xfam = "e71a060000000000"
+`), "m.toml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := s.VerifyOptions("tdx").TDX
+	if len(td.TCBStatuses) != 2 || !td.AllowSEPTVE || td.AllowMigratable || len(td.RTMRs[2]) != 48 || td.RTMRs[0] != nil || len(td.XFAM) != 8 || td.XFAM[0] != 0xe7 {
+		t.Errorf("TDX options %+v", td)
 	}
 }

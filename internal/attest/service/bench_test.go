@@ -1,6 +1,7 @@
 package service
 
 import (
+	"encoding/json"
 	"net/http"
 	"strings"
 	"syscall"
@@ -55,4 +56,52 @@ func benchIssue(b *testing.B, platform string) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "certs/s")
 	b.ReportMetric(float64(h.svc.timing.verify.Load())/float64(b.N)/1e3, "verify-µs/op")
 	b.ReportMetric(float64(h.svc.timing.issue.Load())/float64(b.N)/1e3, "issue-µs/op")
+}
+
+// BenchmarkChallenge measures POST /v1/challenge: a sealed nonce, nothing
+// stored; cpu-µs/op is what an anonymous flood costs per request.
+func BenchmarkChallenge(b *testing.B) {
+	h := newHarness(b)
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if w := h.do("POST", "/v1/challenge", nil); w.Code != http.StatusOK {
+				b.Errorf("challenge: %d", w.Code)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/op")
+}
+
+// BenchmarkJunkRedeem measures the cheapest request that uses up a ledger
+// entry: a genuine nonce in a minimal envelope, with a CSR that does not
+// parse. Its cpu-µs/op bounds how fast anyone can fill the used-nonce
+// ledger (docs/attest.md: sizing max_nonces).
+func BenchmarkJunkRedeem(b *testing.B) {
+	h := newHarness(b)
+	h.setPolicy(func(s string) string { return strings.Replace(s, "max_nonces = 50", "max_nonces = 100000000", 1) })
+	bodies := make(chan []byte, b.N)
+	for i := 0; i < b.N; i++ {
+		env := &evidence.Envelope{Platform: evidence.PlatformNone, Key: []byte{1}, Nonce: h.challenge(), WorkloadDigest: goodDigest}
+		evb, err := env.Marshal()
+		if err != nil {
+			b.Fatal(err)
+		}
+		body, _ := json.Marshal(CertificateRequest{CSR: []byte{0x30, 0}, Evidence: evb})
+		bodies <- body
+	}
+	close(bodies)
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if w := h.do("POST", "/v1/certificate", <-bodies); w.Code != http.StatusBadRequest {
+				b.Errorf("junk redeem: %d %s", w.Code, w.Body)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/op")
 }

@@ -6,7 +6,9 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
@@ -18,12 +20,35 @@ var knownChecks = map[string]bool{
 	"tcb": true, "measurement": true, "workload": true,
 }
 
+// FuzzNonce feeds arbitrary nonces to the redeem check: it must not panic,
+// and only nonces this key sealed, within their lifetime, open.
+func FuzzNonce(f *testing.F) {
+	k := NewNonceKey()
+	now := time.Unix(1_900_000_000, 0)
+	good := k.seal(now)
+	f.Add(good)
+	f.Add(NewNonceKey().seal(now))
+	f.Add(good[:NonceSize-1])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, n []byte) {
+		id, exp, err := k.open(n, now, time.Minute)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(n[nonceBodySize:], k.mac(n[:nonceBodySize])) || len(id) != nonceBodySize || !exp.After(now) {
+			t.Fatalf("nonce %x opened: id %x, expires %v", n, id, exp)
+		}
+	})
+}
+
 // FuzzRequestJSON feeds arbitrary bodies to the certificate endpoint's
 // decision: it must never panic, and must answer with a certificate or a
 // refusal naming a known check.
 func FuzzRequestJSON(f *testing.F) {
 	h := newHarness(f)
+	h.setPolicy(func(s string) string { return strings.Replace(s, "max_nonces = 50", "max_nonces = 10000000", 1) })
 	f.Add(h.body(keepReq{}))
+	f.Add(h.body(keepReq{ear: true, digest: otherDigest}))
 	f.Add(h.body(keepReq{platform: evidence.PlatformTDX}))
 	f.Add(h.body(keepReq{platform: evidence.PlatformNone}))
 	f.Add([]byte(`{"csr":"","evidence":""}`))

@@ -108,6 +108,7 @@ type harness struct {
 	policyFile string
 	measFile   string
 	rootsFile  string
+	nonceKey   *NonceKey
 }
 
 func newHarness(t testing.TB) *harness {
@@ -131,7 +132,9 @@ func newHarness(t testing.TB) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.log.Close() })
-	h.svc, err = New(Config{Policy: h.store, CA: h.ca, Audit: h.log, Now: func() time.Time { return h.now }})
+	h.nonceKey = NewNonceKey()
+	h.svc, err = New(Config{Policy: h.store, CA: h.ca, Audit: h.log, Now: func() time.Time { return h.now },
+		NonceKey: h.nonceKey, UsedNonces: h.log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,6 +201,7 @@ type keepReq struct {
 	evidence []byte // replaces the envelope CBOR
 	csrTpl   *x509.CertificateRequest
 	pkg      string
+	ear      bool
 }
 
 func newKey(t testing.TB) *ecdsa.PrivateKey {
@@ -278,7 +282,7 @@ func (h *harness) body(r keepReq) []byte {
 			t.Fatal(err)
 		}
 	}
-	b, err := json.Marshal(CertificateRequest{CSR: csr, Evidence: evb, Package: r.pkg})
+	b, err := json.Marshal(CertificateRequest{CSR: csr, Evidence: evb, Package: r.pkg, EAR: r.ear})
 	if err != nil {
 		t.Fatal(err)
 	}

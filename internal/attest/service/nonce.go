@@ -1,76 +1,153 @@
 package service
 
 import (
+	"bytes"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
-	"sync"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
-// NonceSize is the length of a challenge nonce.
-const NonceSize = 32
+// Challenge nonces are stateless to issue: a nonce is sealed by the
+// service's nonce key and carries its issue time, so issuing one stores
+// nothing and no number of anonymous challenges can exhaust anything. On
+// redeem the seal and the lifetime are checked, and the nonce's identity is
+// recorded in the used-nonce ledger (audit.NonceLedger) until it expires, so
+// it serves once. Replicas that share the key and the ledger's database act
+// as one service.
+//
+//	nonce = version (1) || issued, Unix ns, big-endian (8) || random (15) || seal (24)
+//	seal  = HMAC-SHA-256(key, "castellan nonce v1" || the first 24 bytes)[:24]
 
-var (
-	errNonceFull    = errors.New("too many outstanding challenges")
-	errNonceUnknown = errors.New("nonce is unknown or already used")
-	errNonceExpired = errors.New("nonce has expired")
+// NonceSize is the length of a challenge nonce.
+const NonceSize = 48
+
+const (
+	nonceVersion   = 1
+	nonceBodySize  = 24 // version, issue time, random: the nonce's identity in the ledger
+	nonceSealSize  = NonceSize - nonceBodySize
+	nonceKeySize   = 32
+	nonceDomain    = "castellan nonce v1"
+	nonceClockSkew = 30 * time.Second // how far in the future a replica's issue time may be
 )
 
-// nonces is the bounded store of outstanding challenges. A nonce is removed
-// when a request presents it, whatever the outcome, so it serves once.
-// Expired nonces stay until the store needs room, so that a late request is
-// told "expired" rather than "unknown".
-type nonces struct {
-	mu sync.Mutex
-	m  map[[NonceSize]byte]time.Time // nonce → expiry
+var (
+	errNonceForged  = errors.New("nonce was not issued by this service (bad length, version or seal)")
+	errNonceExpired = errors.New("nonce has expired")
+	errNonceFuture  = errors.New("nonce was issued in the future (clocks of the service's replicas differ?)")
+)
+
+// NonceKey seals challenge nonces. Replicas of one service share it.
+type NonceKey struct{ k [nonceKeySize]byte }
+
+// NewNonceKey returns a random key.
+func NewNonceKey() *NonceKey {
+	var k NonceKey
+	rand.Read(k.k[:])
+	return &k
 }
 
-func newNonces() *nonces { return &nonces{m: map[[NonceSize]byte]time.Time{}} }
-
-// issue returns a fresh nonce valid until now+life, or errNonceFull when
-// max unexpired nonces are outstanding.
-func (n *nonces) issue(now time.Time, life time.Duration, max int) ([NonceSize]byte, time.Time, error) {
-	var v [NonceSize]byte
-	rand.Read(v[:])
-	exp := now.Add(life)
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if len(n.m) >= max {
-		for k, e := range n.m {
-			if !now.Before(e) {
-				delete(n.m, k)
-			}
-		}
-		if len(n.m) >= max {
-			return v, time.Time{}, errNonceFull
-		}
+// LoadOrCreateNonceKey reads the key in path (64 hex digits), or creates the
+// file with a random key, mode 0600, if it does not exist. A key file
+// readable by group or others is refused. Replicas starting at once create
+// it only once (the file appears whole, by a hard link).
+func LoadOrCreateNonceKey(path string) (*NonceKey, error) {
+	k, err := readNonceKey(path)
+	if !errors.Is(err, os.ErrNotExist) {
+		return k, err
 	}
-	n.m[v] = exp
-	return v, exp, nil
+	k = NewNonceKey()
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("nonce key %s: %w", path, err)
+	}
+	tmp, err := os.CreateTemp(dir, ".nonce-key-*")
+	if err != nil {
+		return nil, fmt.Errorf("nonce key %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.WriteString(hex.EncodeToString(k.k[:]) + "\n")
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nonce key %s: %w", path, err)
+	}
+	if err := os.Link(tmp.Name(), path); err != nil {
+		if errors.Is(err, os.ErrExist) { // another replica was first
+			return readNonceKey(path)
+		}
+		return nil, fmt.Errorf("nonce key %s: %w", path, err)
+	}
+	return k, nil
 }
 
-// consume removes b from the store and reports whether it was outstanding
-// and unexpired at now.
-func (n *nonces) consume(b []byte, now time.Time) error {
-	if len(b) != NonceSize {
-		return errNonceUnknown
+func readNonceKey(path string) (*NonceKey, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("nonce key %s: %w", path, err)
 	}
-	k := [NonceSize]byte(b)
-	n.mu.Lock()
-	exp, ok := n.m[k]
-	delete(n.m, k)
-	n.mu.Unlock()
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("nonce key %s: %w", path, err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("nonce key %s: mode %v lets group or others read it (want 0600)", path, st.Mode().Perm())
+	}
+	b := make([]byte, 4*nonceKeySize)
+	n, _ := f.Read(b)
+	raw, err := hex.DecodeString(strings.TrimSpace(string(b[:n])))
+	if err != nil || len(raw) != nonceKeySize {
+		return nil, fmt.Errorf("nonce key %s: want %d hex digits", path, 2*nonceKeySize)
+	}
+	var k NonceKey
+	copy(k.k[:], raw)
+	return &k, nil
+}
+
+// seal returns a fresh nonce issued at now.
+func (k *NonceKey) seal(now time.Time) []byte {
+	n := make([]byte, nonceBodySize, NonceSize)
+	n[0] = nonceVersion
+	binary.BigEndian.PutUint64(n[1:9], uint64(now.UnixNano()))
+	rand.Read(n[9:nonceBodySize])
+	return append(n, k.mac(n)...)
+}
+
+func (k *NonceKey) mac(body []byte) []byte {
+	m := hmac.New(sha256.New, k.k[:])
+	m.Write([]byte(nonceDomain))
+	m.Write(body)
+	return m.Sum(nil)[:nonceSealSize]
+}
+
+// open checks the nonce's seal and lifetime at now and returns its identity
+// (for the used-nonce ledger) and when it expires.
+func (k *NonceKey) open(n []byte, now time.Time, life time.Duration) (id []byte, expires time.Time, err error) {
+	if len(n) != NonceSize || n[0] != nonceVersion || !hmac.Equal(k.mac(n[:nonceBodySize]), n[nonceBodySize:]) {
+		return nil, time.Time{}, errNonceForged
+	}
+	issued := time.Unix(0, int64(binary.BigEndian.Uint64(n[1:9])))
+	expires = issued.Add(life)
 	switch {
-	case !ok:
-		return errNonceUnknown
-	case !now.Before(exp):
-		return errNonceExpired
+	case issued.After(now.Add(nonceClockSkew)):
+		return nil, time.Time{}, errNonceFuture
+	case !now.Before(expires):
+		return nil, time.Time{}, errNonceExpired
 	}
-	return nil
-}
-
-func (n *nonces) len() int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return len(n.m)
+	return bytes.Clone(n[:nonceBodySize]), expires, nil
 }

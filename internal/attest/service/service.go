@@ -7,10 +7,17 @@
 // and records the decision (internal/attest/audit).
 //
 //	POST /v1/challenge    → {"nonce": b64, "expires": RFC 3339}
-//	POST /v1/certificate  {"csr": b64 DER, "evidence": b64 CBOR, "package": ref}
-//	                      → {"chain": [leaf PEM, CA PEM]}
-//	                      or 4xx {"error": "...", "check": "..."}
+//	POST /v1/certificate  {"csr": b64 DER, "evidence": b64 CBOR, "package": ref, "ear": bool}
+//	                      → {"chain": [leaf PEM, CA PEM], "ear": JWT}
+//	                      or 4xx {"error": "...", "check": "...", "ear": JWT}
 //	GET  /v1/ca           → the CA certificate, PEM
+//	GET  /v1/jwks         → the CA key as a JSON Web Key Set (verifies EARs)
+//
+// Challenges store nothing (nonce.go: nonces are sealed by a key replicas
+// share); redeemed nonces go to a bounded ledger (audit.NonceLedger) in the
+// audit database, which replicas share through PostgreSQL. Certificates
+// carry the SPIFFE ID and names the policy gives the workload; on request
+// the result is also an EAR (internal/attest/eartoken).
 package service
 
 import (
@@ -29,6 +36,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -38,11 +46,12 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/ca"
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
+	"github.com/castellan-dev/castellan/internal/attest/eartoken"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/castellan-dev/castellan/internal/attest/verify"
 	"github.com/castellan-dev/castellan/keepcert"
-	"github.com/google/go-sev-guest/verify/trust"
 )
 
 // MaxBodyBytes bounds a certificate request; evidence with its
@@ -55,12 +64,13 @@ const maxPackageRef = 512
 // Checks named in refusals, besides those of package policy.
 const (
 	CheckFormat     = "format"      // the request is not well formed
-	CheckCSR        = "csr"         // the CSR is malformed, badly signed, or asks for names the policy does not allow
+	CheckCSR        = "csr"         // the CSR is malformed, badly signed, or asks for names the policy does not list
 	CheckKey        = "key"         // the CSR's key is not the key in the evidence, or not an accepted kind
 	CheckNonce      = "nonce"       // unknown, used or expired nonce
 	CheckChain      = "chain"       // the vendor certificate chain does not verify to a trusted root
 	CheckSignature  = "signature"   // the report or quote signature does not verify
 	CheckReportData = "report_data" // the report data does not bind key, nonce and workload digest
+	CheckEAR        = "ear"         // the EAR asked for could not be signed (500)
 )
 
 // ChallengeResponse is the answer to POST /v1/challenge.
@@ -74,17 +84,22 @@ type CertificateRequest struct {
 	CSR      []byte `json:"csr"`               // DER
 	Evidence []byte `json:"evidence"`          // CBOR envelope
 	Package  string `json:"package,omitempty"` // package reference, informative
+	// EAR asks for the result as an EAR too (also on a refusal, once the
+	// evidence went through verification).
+	EAR bool `json:"ear,omitempty"`
 }
 
 // CertificateResponse is the answer to an accepted certificate request.
 type CertificateResponse struct {
-	Chain []string `json:"chain"` // PEM: leaf, CA
+	Chain []string `json:"chain"`         // PEM: leaf, CA
+	EAR   string   `json:"ear,omitempty"` // a signed EAR (JWT), when asked for
 }
 
 // ErrorResponse is the answer to a refused or failed request.
 type ErrorResponse struct {
 	Error string `json:"error"`
 	Check string `json:"check,omitempty"`
+	EAR   string `json:"ear,omitempty"` // a signed EAR (JWT) saying contraindicated, when asked for
 }
 
 // Config is what a Service is built from.
@@ -97,24 +112,47 @@ type Config struct {
 	// Verify checks evidence and returns its claims; nil means
 	// verify.Envelope. Tests substitute it.
 	Verify func(env *evidence.Envelope, opts verify.Options) (*evidence.Claims, error)
-	// VCEKGetter fetches VCEK certificates from AMD's key distribution
-	// service for SEV-SNP evidence that does not carry them; nil refuses
-	// such evidence. Wrap it in verify.NewCachingGetter.
-	VCEKGetter trust.HTTPSGetter
+	// Collateral is where vendor collateral for real evidence comes from
+	// (verify.Options.Collateral): VCEKs, AMD's CRLs, Intel's TCB info,
+	// QE identity and CRLs; nil fetches none (then the policy refuses
+	// real evidence unless it sets require_collateral = false).
+	Collateral collateral.Source
 	// Logf reports what the service cannot answer with (audit failures);
 	// nil discards.
 	Logf func(format string, a ...any)
 	// Decided, if set, is called with each decision after it is recorded
 	// (for an operator's log).
 	Decided func(d audit.Decision)
+	// NonceKey seals challenge nonces; replicas share it. nil makes a
+	// random key, good for one process's life.
+	NonceKey *NonceKey
+	// UsedNonces is the ledger of redeemed nonces; replicas share it (the
+	// audit log's database). nil keeps it in memory.
+	UsedNonces audit.NonceLedger
+	// MaxInFlight bounds the certificate requests handled at once (body
+	// read, parsing, verification); others wait up to InFlightWait, then
+	// get 503. Zero means DefaultMaxInFlight.
+	MaxInFlight int
+	// InFlightWait is how long a request waits for a slot; zero means
+	// DefaultInFlightWait.
+	InFlightWait time.Duration
+	// Build names the service's build in EARs (ear.verifier-id).
+	Build string
 }
+
+// Defaults for Config.
+const (
+	DefaultMaxInFlight  = 64
+	DefaultInFlightWait = 5 * time.Second
+)
 
 // Service answers the attestation API.
 type Service struct {
-	cfg    Config
-	nonces *nonces
-	mux    *http.ServeMux
-	timing *stageTiming // set by benchmarks only
+	cfg      Config
+	inFlight chan struct{} // a semaphore of MaxInFlight slots
+	jwks     []byte        // the CA key as a JWK set
+	mux      *http.ServeMux
+	timing   *stageTiming // set by benchmarks only
 }
 
 // stageTiming accumulates the time spent verifying evidence and issuing
@@ -137,18 +175,32 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	s := &Service{cfg: cfg, nonces: newNonces(), mux: http.NewServeMux()}
+	if cfg.NonceKey == nil {
+		cfg.NonceKey = NewNonceKey()
+	}
+	if cfg.UsedNonces == nil {
+		cfg.UsedNonces = &audit.MemoryNonces{}
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.InFlightWait <= 0 {
+		cfg.InFlightWait = DefaultInFlightWait
+	}
+	jwks, err := eartoken.JWKS(cfg.CA.Key.Public())
+	if err != nil {
+		return nil, fmt.Errorf("attestation service: CA key: %w", err)
+	}
+	s := &Service{cfg: cfg, inFlight: make(chan struct{}, cfg.MaxInFlight), jwks: jwks, mux: http.NewServeMux()}
 	s.mux.HandleFunc("POST /v1/challenge", s.challenge)
 	s.mux.HandleFunc("POST /v1/certificate", s.certificate)
 	s.mux.HandleFunc("GET /v1/ca", s.caCert)
+	s.mux.HandleFunc("GET /v1/jwks", s.caJWKS)
 	return s, nil
 }
 
 // ServeHTTP implements http.Handler.
 func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
-
-// OutstandingNonces is the number of challenges not yet used or swept.
-func (s *Service) OutstandingNonces() int { return s.nonces.len() }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -157,15 +209,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// challenge issues a sealed nonce: it stores nothing, so it always answers.
 func (s *Service) challenge(w http.ResponseWriter, r *http.Request) {
-	p := s.cfg.Policy.Current().Policy
-	n, exp, err := s.nonces.issue(s.cfg.Now(), time.Duration(p.NonceLifetime), p.MaxNonces)
-	if err != nil {
-		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusServiceUnavailable, ErrorResponse{Error: err.Error()})
-		return
-	}
-	writeJSON(w, http.StatusOK, ChallengeResponse{Nonce: n[:], Expires: exp.UTC()})
+	life := time.Duration(s.cfg.Policy.Current().Policy.NonceLifetime)
+	now := s.cfg.Now()
+	writeJSON(w, http.StatusOK, ChallengeResponse{Nonce: s.cfg.NonceKey.seal(now), Expires: now.Add(life).UTC()})
+}
+
+func (s *Service) caJWKS(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/jwk-set+json")
+	w.Write(s.jwks)
 }
 
 func (s *Service) caCert(w http.ResponseWriter, r *http.Request) {
@@ -179,6 +232,7 @@ type Refusal struct {
 	Status int
 	Check  string
 	Reason string
+	EAR    string // the signed EAR, when the request asked for one
 }
 
 func (r *Refusal) Error() string { return r.Check + ": " + r.Reason }
@@ -199,6 +253,12 @@ func clip(s string) string {
 }
 
 func (s *Service) certificate(w http.ResponseWriter, r *http.Request) {
+	if !s.acquire(r.Context()) {
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, ErrorResponse{Error: "the service is busy; try again shortly"})
+		return
+	}
+	defer func() { <-s.inFlight }()
 	now := s.cfg.Now()
 	d := audit.Decision{Time: now, Remote: r.RemoteAddr}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
@@ -215,6 +275,9 @@ func (s *Service) certificate(w http.ResponseWriter, r *http.Request) {
 		resp, ref = s.Issue(r.Context(), body, now, &d)
 	}
 	if ref != nil {
+		if ref.Status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
+		}
 		d.Accepted, d.Check, d.Reason = false, ref.Check, ref.Reason
 		if err := s.cfg.Audit.Record(r.Context(), d); err != nil {
 			s.cfg.Logf("audit log: recording a refusal (%s: %s): %v", ref.Check, ref.Reason, err)
@@ -222,7 +285,7 @@ func (s *Service) certificate(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.Decided != nil {
 			s.cfg.Decided(d)
 		}
-		writeJSON(w, ref.Status, ErrorResponse{Error: ref.Reason, Check: ref.Check})
+		writeJSON(w, ref.Status, ErrorResponse{Error: ref.Reason, Check: ref.Check, EAR: ref.EAR})
 		return
 	}
 	d.Accepted = true
@@ -241,10 +304,62 @@ func (s *Service) certificate(w http.ResponseWriter, r *http.Request) {
 // does, filling d with what the audit log records; it neither records nor
 // writes a response: it is the endpoint without HTTP.
 func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audit.Decision) (*CertificateResponse, *Refusal) {
+	var o outcome
+	resp, ref := s.issue(ctx, body, now, d, &o)
+	if !o.wantEAR || !o.verified {
+		return resp, ref
+	}
+	tok, err := s.result(now, &o, ref)
+	switch {
+	case err != nil && ref == nil:
+		s.cfg.Logf("%v", err)
+		return nil, refuse(http.StatusInternalServerError, CheckEAR, "signing the EAR failed; no certificate issued")
+	case err != nil:
+		s.cfg.Logf("%v", err)
+	case ref != nil:
+		ref.EAR = tok
+	default:
+		resp.EAR = tok
+	}
+	return resp, ref
+}
+
+// outcome is what issue learnt that an EAR reports.
+type outcome struct {
+	wantEAR     bool
+	nonce       []byte
+	key         crypto.PublicKey
+	verified    bool             // the evidence went through the verifier
+	claims      *evidence.Claims // nil if the verifier refused it
+	verifyCheck string
+	snap        *policy.Snapshot
+	spiffeID    string
+}
+
+// result signs the EAR of a request whose evidence was verified.
+func (s *Service) result(now time.Time, o *outcome, ref *Refusal) (string, error) {
+	in := eartoken.Input{Now: now, Build: s.cfg.Build, Nonce: o.nonce, Key: o.key, Claims: o.claims,
+		VerifyCheck: o.verifyCheck, SPIFFEID: o.spiffeID, Refused: ref != nil}
+	if ref != nil {
+		in.Check = ref.Check
+	}
+	if o.claims != nil {
+		in.Facets = o.snap.Facets(o.claims)
+	}
+	ar, err := eartoken.Appraise(in)
+	if err != nil {
+		return "", err
+	}
+	tok, err := eartoken.Sign(ar, s.cfg.CA.Key, now.Add(time.Duration(o.snap.Policy.CertificateLifetime)))
+	return string(tok), err
+}
+
+func (s *Service) issue(ctx context.Context, body []byte, now time.Time, d *audit.Decision, o *outcome) (*CertificateResponse, *Refusal) {
 	req, ref := parseRequest(body)
 	if ref != nil {
 		return nil, ref
 	}
+	o.wantEAR = req.EAR
 	d.Package = clip(req.Package)
 	env, err := evidence.Parse(req.Evidence)
 	if err != nil {
@@ -253,6 +368,12 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 	// What the envelope claims, recorded even if it is refused; clipped,
 	// since nothing vouches for it yet.
 	d.Platform, d.WorkloadDigest = clip(env.Platform), clip(env.WorkloadDigest)
+	snap := s.cfg.Policy.Current()
+	// The nonce is redeemed first: from here on every refusal has used it,
+	// so a request cannot be retried to probe the checks that follow.
+	if ref := s.redeem(ctx, env.Nonce, now, &snap.Policy); ref != nil {
+		return nil, ref
+	}
 	csr, ref := parseCSR(req.CSR)
 	if ref != nil {
 		return nil, ref
@@ -260,28 +381,42 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 	if ref := checkKey(csr, env.Key); ref != nil {
 		return nil, ref
 	}
-	if err := s.nonces.consume(env.Nonce, now); err != nil {
-		return nil, refuse(http.StatusForbidden, CheckNonce, "%v", err)
-	}
-	snap := s.cfg.Policy.Current()
+	o.nonce, o.key, o.snap = env.Nonce, csr.PublicKey, snap
 	t0 := time.Now()
-	claims, err := s.cfg.Verify(env, verify.Options{SimRoots: snap.SimRoots[env.Platform], Now: now, VCEKGetter: s.cfg.VCEKGetter})
+	opts := snap.VerifyOptions(env.Platform)
+	opts.Now, opts.Collateral = now, s.cfg.Collateral
+	claims, err := s.cfg.Verify(env, opts)
 	if s.timing != nil {
 		s.timing.verify.Add(int64(time.Since(t0)))
 	}
+	o.verified = true
 	if err != nil {
-		return nil, refuse(http.StatusForbidden, verifyCheck(err), "%v", err)
+		o.verifyCheck = verifyCheck(err)
+		return nil, refuse(http.StatusForbidden, o.verifyCheck, "%v", err)
 	}
+	o.claims = claims
 	summarise(d, claims)
 	if pr := snap.Check(claims); pr != nil {
 		return nil, refuse(http.StatusForbidden, pr.Check, "%s", pr.Reason)
 	}
 	p := &snap.Policy
-	if !p.AllowSANs && (len(csr.DNSNames) > 0 || len(csr.IPAddresses) > 0 || len(csr.URIs) > 0 || len(csr.EmailAddresses) > 0) {
-		return nil, refuse(http.StatusForbidden, CheckCSR, "the CSR asks for subject alternative names and the policy does not allow them (allow_sans)")
-	}
 	if len(csr.EmailAddresses) > 0 {
-		return nil, refuse(http.StatusForbidden, CheckCSR, "the CSR asks for e-mail addresses, which keep certificates do not carry")
+		return nil, refuse(http.StatusForbidden, CheckCSR, "the CSR asks for e-mail address %q, which keep certificates do not carry", csr.EmailAddresses[0])
+	}
+	if len(csr.URIs) > 0 {
+		return nil, refuse(http.StatusForbidden, CheckCSR, "the CSR asks for URI %q: the only URI of a keep certificate is its SPIFFE ID, which the policy sets", csr.URIs[0].String())
+	}
+	if err := snap.CheckNames(claims.WorkloadDigest, csr.DNSNames, csr.IPAddresses); err != nil {
+		return nil, refuse(http.StatusForbidden, CheckCSR, "%v", err)
+	}
+	spiffeID, err := snap.SPIFFEID(claims.WorkloadDigest)
+	if err != nil {
+		return nil, refuse(http.StatusForbidden, policy.CheckWorkload, "%v", err)
+	}
+	o.spiffeID = spiffeID.String()
+	dnsNames := make([]string, len(csr.DNSNames))
+	for i, n := range csr.DNSNames {
+		dnsNames[i] = strings.ToLower(n)
 	}
 	kc := &keepcert.Claims{
 		Attested:       true,
@@ -293,13 +428,14 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 		Measurement:    claims.Measurement,
 		WorkloadDigest: claims.WorkloadDigest,
 		Package:        req.Package,
+		Details:        claims.Details,
 	}
 	leaf := ca.Leaf{
 		PublicKey:   csr.PublicKey,
 		Claims:      kc,
-		DNSNames:    csr.DNSNames,
+		DNSNames:    dnsNames,
 		IPAddresses: csr.IPAddresses,
-		URIs:        csr.URIs,
+		URIs:        []*url.URL{spiffeID},
 		NotBefore:   now.Add(-time.Minute), // tolerate relying parties' clock skew
 		NotAfter:    now.Add(time.Duration(p.CertificateLifetime)),
 	}
@@ -317,6 +453,44 @@ func (s *Service) Issue(ctx context.Context, body []byte, now time.Time, d *audi
 		string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
 		string(s.cfg.CA.PEM),
 	}}, nil
+}
+
+// acquire takes an in-flight slot, waiting up to InFlightWait.
+func (s *Service) acquire(ctx context.Context) bool {
+	select {
+	case s.inFlight <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(s.cfg.InFlightWait)
+	defer t.Stop()
+	select {
+	case s.inFlight <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
+}
+
+// redeem checks a nonce's seal and lifetime and records it in the used-nonce
+// ledger. A full ledger refuses with 503: the redeem, never the challenge.
+func (s *Service) redeem(ctx context.Context, nonce []byte, now time.Time, p *policy.Policy) *Refusal {
+	id, exp, err := s.cfg.NonceKey.open(nonce, now, time.Duration(p.NonceLifetime))
+	if err != nil {
+		return refuse(http.StatusForbidden, CheckNonce, "%v", err)
+	}
+	switch err := s.cfg.UsedNonces.UseNonce(ctx, id, exp, now, p.MaxNonces); {
+	case err == nil:
+		return nil
+	case errors.Is(err, audit.ErrNonceUsed):
+		return refuse(http.StatusForbidden, CheckNonce, "%v", err)
+	case errors.Is(err, audit.ErrNoncesFull):
+		return refuse(http.StatusServiceUnavailable, CheckNonce, "%v", err)
+	default:
+		s.cfg.Logf("%v", err)
+		return refuse(http.StatusServiceUnavailable, CheckNonce, "the used-nonce ledger is unavailable; try again shortly")
+	}
 }
 
 // parseRequest decodes a certificate request body strictly.
@@ -347,12 +521,20 @@ func parseRequest(body []byte) (*CertificateRequest, *Refusal) {
 	return &req, nil
 }
 
-// parseCSR parses a DER CSR and checks its self-signature (proof that the
-// requester holds the key).
+// maxRSABits bounds the RSA keys accepted, so that checking a CSR's
+// signature costs little whatever an anonymous caller sends.
+const maxRSABits = 8192
+
+// parseCSR parses a DER CSR, checks that its key is of an accepted kind and
+// size (before any signature work), and checks its self-signature (proof
+// that the requester holds the key).
 func parseCSR(der []byte) (*x509.CertificateRequest, *Refusal) {
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
 		return nil, refuse(http.StatusBadRequest, CheckCSR, "csr: %v", err)
+	}
+	if ref := acceptKey(csr.PublicKey); ref != nil {
+		return nil, ref
 	}
 	if err := csr.CheckSignature(); err != nil {
 		return nil, refuse(http.StatusBadRequest, CheckCSR, "csr: signature: %v", err)
@@ -360,22 +542,26 @@ func parseCSR(der []byte) (*x509.CertificateRequest, *Refusal) {
 	return csr, nil
 }
 
-// checkKey accepts ECDSA P-256/P-384, Ed25519 and RSA of 2048 bits or more,
-// and requires the CSR's key to be the key the evidence binds.
-func checkKey(csr *x509.CertificateRequest, spki []byte) *Refusal {
-	switch k := csr.PublicKey.(type) {
+// acceptKey accepts ECDSA P-256/P-384, Ed25519 and RSA of 2048 to 8192 bits.
+func acceptKey(pub crypto.PublicKey) *Refusal {
+	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
 			return refuse(http.StatusBadRequest, CheckKey, "csr: ECDSA curve %s is not accepted (P-256 or P-384)", k.Curve.Params().Name)
 		}
 	case ed25519.PublicKey:
 	case *rsa.PublicKey:
-		if k.N.BitLen() < 2048 {
-			return refuse(http.StatusBadRequest, CheckKey, "csr: RSA key of %d bits is too short", k.N.BitLen())
+		if n := k.N.BitLen(); n < 2048 || n > maxRSABits {
+			return refuse(http.StatusBadRequest, CheckKey, "csr: RSA key of %d bits is not accepted (2048 to %d)", n, maxRSABits)
 		}
 	default:
-		return refuse(http.StatusBadRequest, CheckKey, "csr: key type %T is not accepted", csr.PublicKey)
+		return refuse(http.StatusBadRequest, CheckKey, "csr: key type %T is not accepted", pub)
 	}
+	return nil
+}
+
+// checkKey requires the CSR's key to be the key the evidence binds.
+func checkKey(csr *x509.CertificateRequest, spki []byte) *Refusal {
 	envKey, err := x509.ParsePKIXPublicKey(spki)
 	if err != nil {
 		return refuse(http.StatusBadRequest, CheckKey, "evidence key: %v", err)
@@ -393,7 +579,8 @@ func verifyCheck(err error) string {
 	if errors.As(err, &ve) {
 		switch ve.Check {
 		case CheckChain, CheckSignature, CheckReportData, CheckFormat,
-			policy.CheckTCB, policy.CheckDebug, policy.CheckMeasurement:
+			policy.CheckTCB, policy.CheckDebug, policy.CheckMeasurement,
+			verify.CheckVMPL, verify.CheckReportFields, verify.CheckTDFields, verify.CheckTCBStatus, verify.CheckCollateral:
 			return ve.Check
 		}
 		if ve.Check == verify.CheckPlatform {

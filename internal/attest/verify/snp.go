@@ -2,9 +2,9 @@ package verify
 
 import (
 	"bytes"
+	"context"
 	"crypto/rsa"
 	"crypto/x509"
-	"fmt"
 	"sync"
 	"time"
 
@@ -52,7 +52,7 @@ func verifySNP(raw []byte, endorsements [][]byte, opts *Options) (*evidence.Clai
 		if key == abi.VlekReportSigner {
 			return nil, fail(CheckChain, "the envelope carries no VLEK certificate (the host provisions it; AMD does not serve it)")
 		}
-		if opts.VCEKGetter == nil {
+		if opts.Collateral == nil {
 			return nil, fail(CheckChain, "the envelope carries no VCEK certificate and fetching from AMD is off")
 		}
 		line := productLine
@@ -60,11 +60,11 @@ func verifySNP(raw []byte, endorsements [][]byte, opts *Options) (*evidence.Clai
 			line = defaultProductLine
 		}
 		url := kds.VCEKCertURL(line, report.GetChipId(), kds.TCBVersion(report.GetReportedTcb()))
-		der, err := opts.VCEKGetter.Get(url)
+		r, err := opts.Collateral.Get(context.Background(), url)
 		if err != nil {
 			return nil, fail(CheckChain, "fetching the VCEK certificate: %v", err)
 		}
-		ders, fetched = [][]byte{der}, true
+		ders, fetched = [][]byte{r.Body}, true
 	}
 
 	// A chain verified before, under the same trusted roots and still
@@ -89,6 +89,13 @@ func verifySNP(raw []byte, endorsements [][]byte, opts *Options) (*evidence.Clai
 		}
 	}
 
+	details, err := checkSNPFields(report, chain, &opts.SNP)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSNPRevocation(chain, opts, now, details); err != nil {
+		return nil, err
+	}
 	policy, err := abi.ParseSnpPolicy(report.GetPolicy())
 	if err != nil {
 		return nil, fail(CheckFormat, "SEV-SNP guest policy: %v", err)
@@ -99,6 +106,7 @@ func verifySNP(raw []byte, endorsements [][]byte, opts *Options) (*evidence.Clai
 		Measurement: bytes.Clone(report.GetMeasurement()),
 		TCB:         snpTCB(chain.productLine, report.GetReportedTcb()),
 		Debug:       policy.Debug,
+		Details:     details,
 	}
 	copy(c.ReportData[:], report.GetReportData())
 	return c, nil
@@ -112,6 +120,7 @@ type snpChain struct {
 	exts        *kds.Extensions   // its KDS extensions (TCB, HWID)
 	productLine string
 	simulated   bool
+	ark, ica    *x509.Certificate // the trusted root pair it chains to
 	// The chain verifies only between these times: the latest NotBefore
 	// and the earliest NotAfter of the VCEK and the root pair it chains to.
 	notBefore, notAfter time.Time
@@ -209,6 +218,7 @@ func verifySNPChain(raw []byte, report *spb.Report, info abi.SignerInfo, ders []
 	if key == abi.VlekReportSigner {
 		ica = used.ProductCerts.Asvk
 	}
+	c.ark, c.ica = used.ProductCerts.Ark, ica
 	for _, r := range []*x509.Certificate{used.ProductCerts.Ark, ica} {
 		if r.NotBefore.After(c.notBefore) {
 			c.notBefore = r.NotBefore
@@ -302,33 +312,3 @@ var vlekRoots = sync.OnceValue(func() map[string]*trust.AMDRootCerts {
 	}
 	return out
 })
-
-// NewCachingGetter wraps g so that each URL is fetched once per process:
-// a VCEK certificate for a (chip, TCB) never changes, and AMD's key
-// distribution service rate-limits.
-func NewCachingGetter(g trust.HTTPSGetter) trust.HTTPSGetter {
-	return &cachingGetter{g: g, cache: map[string][]byte{}}
-}
-
-type cachingGetter struct {
-	g     trust.HTTPSGetter
-	mu    sync.Mutex
-	cache map[string][]byte
-}
-
-func (c *cachingGetter) Get(url string) ([]byte, error) {
-	c.mu.Lock()
-	b, ok := c.cache[url]
-	c.mu.Unlock()
-	if ok {
-		return b, nil
-	}
-	b, err := c.g.Get(url)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", url, err)
-	}
-	c.mu.Lock()
-	c.cache[url] = b
-	c.mu.Unlock()
-	return b, nil
-}

@@ -33,7 +33,7 @@ func verifyTDX(raw []byte, opts *Options) (*evidence.Claims, error) {
 	}
 	var (
 		header *pb.Header
-		body   tdQuoteBody
+		body   tdBody
 		extra  []byte
 	)
 	switch q := q.(type) {
@@ -85,15 +85,35 @@ func verifyTDX(raw []byte, opts *Options) (*evidence.Claims, error) {
 		}
 	}
 
-	err = tdxverify.TdxQuote(q, &tdxverify.Options{
-		TrustedRoots: roots,
-		Now:          &tdxverify.TimeSet{PckCertChain: now, TcbInfo: now, QeIdentity: now, PckCrl: now, RootCaCrl: now},
-	})
-	if err != nil {
-		if isTDXSignatureError(err) {
-			return nil, fail(CheckSignature, "TDX quote: %v", err)
+	// With collateral, one go-tdx-guest pass checks chain, signatures and
+	// collateral; only a failure is checked again without collateral, to
+	// tell a bad chain or signature from bad collateral.
+	src := opts.Collateral
+	if simulated {
+		src = opts.SimCollateral
+	}
+	details := map[string]string{}
+	if src != nil {
+		err = checkTDXCollateral(q, roots, now, src, &opts.TDX, details)
+	}
+	if src == nil || err != nil {
+		if berr := tdxverify.TdxQuote(q, &tdxverify.Options{TrustedRoots: roots, Now: tdxTimes(now)}); berr != nil {
+			if isTDXSignatureError(berr) {
+				return nil, fail(CheckSignature, "TDX quote: %v", berr)
+			}
+			return nil, fail(CheckChain, "TDX quote: %v", berr)
 		}
-		return nil, fail(CheckChain, "TDX quote: %v", err)
+		if err != nil {
+			return nil, err
+		}
+		details["collateral"] = "none"
+	}
+	fields, err := checkTDFields(body, &opts.TDX)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range fields {
+		details[k] = v
 	}
 
 	svn := body.GetTeeTcbSvn()
@@ -114,6 +134,7 @@ func verifyTDX(raw []byte, opts *Options) (*evidence.Claims, error) {
 		Measurement: bytes.Clone(body.GetMrTd()),
 		TCB:         tcb,
 		Debug:       len(attrs) > 0 && attrs[0]&0x01 != 0, // TDATTRIBUTES.DEBUG
+		Details:     details,
 	}
 	copy(c.ReportData[:], body.GetReportData())
 	return c, nil

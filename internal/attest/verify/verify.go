@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/google/go-sev-guest/verify/trust"
 )
@@ -32,6 +33,7 @@ const (
 	CheckChain      = "chain"       // the certificate chain does not end at a trusted root
 	CheckSignature  = "signature"   // the report's signature does not verify
 	CheckReportData = "report_data" // the report data does not bind key, nonce and digest
+	CheckCollateral = "collateral"  // vendor collateral is missing, stale, or revokes the chain
 )
 
 // Error is a failed verification: Check names the step, Err says why.
@@ -62,17 +64,30 @@ type Options struct {
 	AMDRoots map[string][]*trust.AMDRootCerts
 	// IntelRoots replaces the Intel SGX Root CA. Nil = Intel's root.
 	IntelRoots []*x509.Certificate
-	// VCEKGetter fetches a VCEK certificate from AMD's key distribution
-	// service when the envelope carries none. Nil: no fetching, and an SNP
-	// envelope without its VCEK is refused. Wrap a network getter in
-	// NewCachingGetter: AMD rate-limits the service.
-	VCEKGetter trust.HTTPSGetter
+	// Collateral is where vendor collateral for real evidence comes from:
+	// VCEK certificates an envelope lacks, AMD's CRLs, Intel's TCB info,
+	// QE identity and CRLs (package collateral: the network behind a disk
+	// cache, or an offline folder). Nil: nothing is fetched; an SEV-SNP
+	// envelope without its VCEK is refused, and the claims say
+	// "collateral": "none", which a policy refuses by default.
+	Collateral collateral.Source
+	// SimCollateral is the collateral the trusted simulation CAs publish
+	// (CRLs, TCB info, QE identity, signed under the simulation roots),
+	// used for simulated evidence through the same code as Collateral for
+	// real evidence. Nil: simulated evidence is checked without it.
+	SimCollateral collateral.Source
 	// ChainCache keeps SEV-SNP endorsement chains that verified, so that
 	// the next report from the same chip and TCB skips the chain's RSA
 	// checks (never the report's signature or its binding). Nil = a
 	// process-wide cache of DefaultChainCacheSize chains;
 	// NewChainCache(0) turns caching off.
 	ChainCache *ChainCache
+	// SNP decides on an SEV-SNP report's fields (VMPL, ...); the zero
+	// value is the safe default.
+	SNP SNPPolicy
+	// TDX decides on a TDX quote's fields and Intel's TCB status; the zero
+	// value is the safe default.
+	TDX TDXPolicy
 }
 
 func (o *Options) now() time.Time {

@@ -26,6 +26,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/attest/collateral"
 	"github.com/castellan-dev/castellan/internal/pemcerts"
 	"io"
 	"math/big"
@@ -38,6 +39,7 @@ import (
 // Role names written as the "Castellan-Role" PEM header in ca.pem.
 const (
 	roleSNPARK  = "snp-ark"
+	roleSNPARKK = "snp-ark-key"
 	roleSNPASK  = "snp-ask"
 	roleSNPASKK = "snp-ask-key"
 	roleSNPVCEK = "snp-vcek-key"
@@ -48,6 +50,8 @@ const (
 	roleTDXPCA  = "tdx-pck-ca"
 	roleTDXPCK  = "tdx-pck"
 	roleTDXPCKK = "tdx-pck-key"
+	roleTDXRK   = "tdx-root-key"
+	roleTDXPCAK = "tdx-pck-ca-key"
 	roleTDXAK   = "tdx-attestation-key"
 	roleHeader  = "Castellan-Role"
 )
@@ -68,6 +72,7 @@ type CA struct {
 	Dir string
 
 	snpARK  *x509.Certificate
+	arkKey  *rsa.PrivateKey // signs the simulated CRLs; nil in CAs stored before collateral
 	snpASK  *x509.Certificate
 	askKey  *rsa.PrivateKey
 	vcekKey *ecdsa.PrivateKey
@@ -80,14 +85,18 @@ type CA struct {
 
 	tdxRoot *x509.Certificate
 	tdxPCA  *x509.Certificate
-	tdxPCK  *x509.Certificate
-	pckKey  *ecdsa.PrivateKey
-	akKey   *ecdsa.PrivateKey
-	pckPEM  []byte // PCK leaf || platform CA || root, as a quote carries it
+	// The root's and the platform CA's keys sign the simulated TCB info,
+	// QE identity and CRLs; nil in CAs stored before collateral.
+	tdxRootKey, pcaKey *ecdsa.PrivateKey
+	tdxPCK             *x509.Certificate
+	pckKey             *ecdsa.PrivateKey
+	akKey              *ecdsa.PrivateKey
+	pckPEM             []byte // PCK leaf || platform CA || root, as a quote carries it
 
-	mu    sync.Mutex
-	vceks map[uint64]*x509.Certificate // VCEK certificates by TCB version
-	vleks map[uint64]*x509.Certificate // VLEK certificates by TCB version
+	mu         sync.Mutex
+	collateral collateral.Map               // made on first use (collateral.go)
+	vceks      map[uint64]*x509.Certificate // VCEK certificates by TCB version
+	vleks      map[uint64]*x509.Certificate // VLEK certificates by TCB version
 }
 
 // DefaultDir returns the directory where the user's simulation CA lives:
@@ -175,6 +184,9 @@ func loadOrCreate(dir string) (*CA, error) {
 		if err := replaceFile(filepath.Join(dir, rootsFile), roots, 0o644); err != nil {
 			return nil, fmt.Errorf("simulation CA: %w", err)
 		}
+	}
+	if err := ca.refreshCollateral(); err != nil {
+		return nil, fmt.Errorf("simulation CA: %w", err)
 	}
 	return ca, nil
 }
@@ -324,6 +336,9 @@ func (ca *CA) encode() []byte {
 		return der
 	}
 	put(roleSNPARK, "CERTIFICATE", ca.snpARK.Raw)
+	if ca.arkKey != nil {
+		put(roleSNPARKK, "PRIVATE KEY", key(ca.arkKey))
+	}
 	put(roleSNPASK, "CERTIFICATE", ca.snpASK.Raw)
 	put(roleSNPASKK, "PRIVATE KEY", key(ca.askKey))
 	put(roleSNPVCEK, "PRIVATE KEY", key(ca.vcekKey))
@@ -336,6 +351,10 @@ func (ca *CA) encode() []byte {
 	put(roleTDXPCA, "CERTIFICATE", ca.tdxPCA.Raw)
 	put(roleTDXPCK, "CERTIFICATE", ca.tdxPCK.Raw)
 	put(roleTDXPCKK, "PRIVATE KEY", key(ca.pckKey))
+	if ca.tdxRootKey != nil {
+		put(roleTDXRK, "PRIVATE KEY", key(ca.tdxRootKey))
+		put(roleTDXPCAK, "PRIVATE KEY", key(ca.pcaKey))
+	}
 	put(roleTDXAK, "PRIVATE KEY", key(ca.akKey))
 	return buf.Bytes()
 }
@@ -418,6 +437,26 @@ func decode(b []byte) (*CA, error) {
 		ca.vlekKey, ok2 = vlekKey.(*ecdsa.PrivateKey)
 		if !ok1 || !ok2 || ca.vlekKey.Curve != elliptic.P384() {
 			return nil, errors.New("a VLEK chain key has the wrong type")
+		}
+	}
+	if _, ok := blocks[roleTDXRK]; ok {
+		rk, pk := key(roleTDXRK), key(roleTDXPCAK)
+		if err != nil {
+			return nil, err
+		}
+		ca.tdxRootKey, ok1 = rk.(*ecdsa.PrivateKey)
+		ca.pcaKey, ok2 = pk.(*ecdsa.PrivateKey)
+		if !ok1 || !ok2 || !ca.tdxRoot.PublicKey.(*ecdsa.PublicKey).Equal(ca.tdxRootKey.Public()) || !ca.tdxPCA.PublicKey.(*ecdsa.PublicKey).Equal(ca.pcaKey.Public()) {
+			return nil, errors.New("the TDX root or platform CA key has the wrong type or does not match its certificate")
+		}
+	}
+	if _, ok := blocks[roleSNPARKK]; ok {
+		k := key(roleSNPARKK)
+		if err != nil {
+			return nil, err
+		}
+		if ca.arkKey, ok1 = k.(*rsa.PrivateKey); !ok1 || !ca.snpARK.PublicKey.(*rsa.PublicKey).Equal(ca.arkKey.Public()) {
+			return nil, errors.New("the ARK key has the wrong type or does not match the ARK")
 		}
 	}
 	ca.init()

@@ -59,6 +59,13 @@ type SNPOptions struct {
 	// VLEK signs with the simulated cloud provider's VLEK (chain ARK →
 	// ASVK → VLEK, endorsements VLEK, ASVK, ARK) instead of the VCEK.
 	VLEK bool
+	// VMPL is the privilege level of the guest code that asked for the
+	// report (0, the most privileged, unless a test says otherwise).
+	VMPL uint32
+	// Edit, if set, changes the report's bytes before they are signed:
+	// tests use it to craft fields (guest policy, platform info, firmware
+	// versions, ID block digests) that a verifier's policy must refuse.
+	Edit func(report []byte)
 }
 
 // SNP report layout offsets (SEV-SNP ABI specification, table "ATTESTATION_REPORT").
@@ -127,7 +134,10 @@ func (ca *CA) SignSNP(reportData [64]byte, o SNPOptions) (report []byte, endorse
 	le.PutUint32(r[offGuestSVN:], o.GuestSVN)
 	// ABI 1.55, SMT allowed; the reserved bit 17 is set by SnpPolicyToBytes.
 	le.PutUint64(r[offPolicy:], abi.SnpPolicyToBytes(abi.SnpPolicy{ABIMajor: 1, ABIMinor: 55, SMT: true, Debug: o.Debug}))
-	le.PutUint32(r[offVMPL:], 0)
+	if o.VMPL > 3 {
+		return nil, nil, fmt.Errorf("simulated SEV-SNP report: VMPL %d, want 0 to 3", o.VMPL)
+	}
+	le.PutUint32(r[offVMPL:], o.VMPL)
 	le.PutUint32(r[offSigAlgo:], abi.SignEcdsaP384Sha384)
 	le.PutUint64(r[offCurrentTCB:], tcbVersion)
 	le.PutUint64(r[offPlatformInfo:], 1) // SMT enabled
@@ -146,6 +156,9 @@ func (ca *CA) SignSNP(reportData [64]byte, o SNPOptions) (report []byte, endorse
 	r[offCommittedBld], r[offCommittedBld+1], r[offCommittedBld+2] = 21, 55, 1
 	le.PutUint64(r[offLaunchTCB:], tcbVersion)
 
+	if o.Edit != nil {
+		o.Edit(r)
+	}
 	h := sha512.Sum384(abi.SignedComponent(r))
 	rr, ss, err := ecdsa.Sign(rand.Reader, key, h[:])
 	if err != nil {
@@ -350,7 +363,7 @@ func (ca *CA) generateSNP(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	ca.snpARK, ca.snpASK, ca.askKey, ca.vcekKey = ark, ask, askKey, vcekKey
+	ca.snpARK, ca.arkKey, ca.snpASK, ca.askKey, ca.vcekKey = ark, arkKey, ask, askKey, vcekKey
 	ca.snpASVK, ca.asvkKey, ca.vlekKey = asvk, asvkKey, vlekKey
 	return nil
 }

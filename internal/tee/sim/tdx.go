@@ -24,6 +24,12 @@ type TDXOptions struct {
 	QESVN       *uint16   // nil = DefaultQESVN
 	PCESVN      *uint16   // nil = DefaultPCESVN
 	Debug       bool      // set TDATTRIBUTES.DEBUG
+	// Attributes, if set, replaces TDATTRIBUTES whole (default
+	// SEPT_VE_DISABLE, plus DEBUG if Debug).
+	Attributes *uint64
+	// Edit, if set, changes the header and body (the signed part of the
+	// quote) before they are signed: tests craft RTMRs, MRCONFIGID, XFAM...
+	Edit func(headerAndBody []byte)
 }
 
 // Defaults for a simulated TDX quote.
@@ -53,6 +59,9 @@ const (
 	bodyMRTD          = 0x88
 	bodyReportData    = 0x208
 	tdAttributesDebug = 0x01 // bit 0 of TDATTRIBUTES: TUD.DEBUG
+	// bit 28: SEPT_VE_DISABLE, which Linux guests require and verifiers
+	// expect by default.
+	tdAttributesSEPTVEDisable = 1 << 28
 )
 
 // SignTDX returns a signed TDX v4 quote over reportData. The quote carries
@@ -93,13 +102,24 @@ func (ca *CA) SignTDX(reportData [64]byte, o TDXOptions) ([]byte, error) {
 
 	body := make([]byte, tdxBodySize)
 	copy(body[bodyTeeTCBSVN:], svn[:])
+	attrs := uint64(tdAttributesSEPTVEDisable)
 	if o.Debug {
-		body[bodyTDAttributes] |= tdAttributesDebug
+		attrs |= tdAttributesDebug
 	}
+	if o.Attributes != nil {
+		attrs = *o.Attributes
+	}
+	le.PutUint64(body[bodyTDAttributes:], attrs)
 	le.PutUint64(body[bodyXFAM:], 0x61ae7) // x87, SSE, AVX, AVX-512, PKRU, AMX: a typical TD
 	copy(body[bodyMRTD:], m)
 	copy(body[bodyReportData:], reportData[:])
 
+	if o.Edit != nil {
+		hb := append(append([]byte{}, header...), body...)
+		o.Edit(hb)
+		copy(header, hb[:tdxHeaderSize])
+		copy(body, hb[tdxHeaderSize:])
+	}
 	// The attestation key signs header || body.
 	hq := sha256.Sum256(append(append([]byte{}, header...), body...))
 	qsig, err := rawSig(ca.akKey, hq[:])
@@ -212,6 +232,9 @@ func (ca *CA) generateTDX(r io.Reader) error {
 		IsCA:                  true,
 		MaxPathLen:            1,
 		SubjectKeyId:          skid(rootKey.Public()),
+		// Where verifiers fetch the root CA CRL (from the simulation's
+		// collateral folder: the host does not resolve).
+		CRLDistributionPoints: []string{tdxRootCRLURL},
 	}
 	root, err := create(r, rootT, rootT, rootKey.Public(), rootKey)
 	if err != nil {
@@ -254,6 +277,7 @@ func (ca *CA) generateTDX(r io.Reader) error {
 		return err
 	}
 	ca.tdxRoot, ca.tdxPCA, ca.tdxPCK, ca.pckKey, ca.akKey = root, pca, pck, pckKey, akKey
+	ca.tdxRootKey, ca.pcaKey = rootKey, pcaKey
 	return nil
 }
 
