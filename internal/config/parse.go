@@ -296,6 +296,21 @@ func (p *parser) top(root map[string]any) error {
 			if err := p.secrets(m); err != nil {
 				return err
 			}
+		case "replicas":
+			switch v := v.(type) {
+			case string:
+				if v != "auto" {
+					return p.at(key, "replicas must be a number of instances or \"auto\", not %q", v)
+				}
+				p.cfg.Replicas = ReplicasAuto
+			case int64:
+				if v < 1 || v > MaxReplicas {
+					return p.at(key, "replicas %d is out of range 1-%d", v, MaxReplicas)
+				}
+				p.cfg.Replicas = int(v)
+			default:
+				return p.at(key, "replicas must be a number of instances or \"auto\", not %s", typeName(v))
+			}
 		case "detached_output":
 			s, ok := v.(string)
 			if !ok || (s != DetachedDiscard && s != DetachedHost) {

@@ -36,8 +36,9 @@ func render(cfg *Config, err error) string {
 		SecretEnv      []string `json:",omitempty"`
 		Secrets        []string `json:",omitempty"`
 		DetachedOutput string   `json:",omitempty"`
+		Replicas       int      `json:",omitempty"`
 	}{cfg.Steward, cfg.Args, cfg.Env, cfg.Files, limits{cfg.Limits.MemoryPages, cfg.Limits.WallTime.String(), cfg.Limits.MaxOutput, cfg.Limits.MaxOpenFiles}, cfg.Environ(), cfg.Warnings,
-		cfg.SecretEnv, cfg.SecretNames(), ""}
+		cfg.SecretEnv, cfg.SecretNames(), "", cfg.Replicas}
 	if cfg.DetachedOutput != DetachedDiscard {
 		out.DetachedOutput = cfg.DetachedOutput
 	}
