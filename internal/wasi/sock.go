@@ -391,7 +391,13 @@ func (s *System) listen(f config.File) (*listener, error) {
 	default:
 		return nil, errorf("unknown protocol %q", f.Prot)
 	}
-	ln, err := net.Listen("tcp", addr)
+	var ln net.Listener
+	var err error
+	if s.opts.Listen != nil {
+		ln, err = s.opts.Listen(f)
+	} else {
+		ln, err = net.Listen("tcp", addr)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -58,6 +58,10 @@ type Options struct {
 	// OnListen, if set, is told the address of each listener once it is
 	// bound (useful with port 0).
 	OnListen func(name string, addr net.Addr)
+	// Listen, if set, gives the socket of a listen entry instead of
+	// binding one (the runtime shares one socket between the instances of
+	// a keep). Closing the returned listener must end its Accept calls.
+	Listen func(f config.File) (net.Listener, error)
 	// Log receives notices for the user (may be nil).
 	Log func(format string, args ...any)
 }
