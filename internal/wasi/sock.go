@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
@@ -187,6 +188,7 @@ type conn struct {
 	*pump
 	s    *System
 	c    net.Conn
+	raw  syscall.RawConn // plain TCP: direct writes (nil for TLS)
 	once sync.Once
 
 	wmu      sync.Mutex
@@ -202,6 +204,9 @@ type conn struct {
 
 func (s *System) newConn(c net.Conn, handshake func() error) *conn {
 	cn := &conn{s: s, c: c, pump: newPump(s, c, handshake)}
+	if tc, ok := c.(*net.TCPConn); ok {
+		cn.raw, _ = tc.SyscallConn()
+	}
 	cn.wcond = sync.NewCond(&cn.wmu)
 	s.track(cn)
 	cn.start(true)
@@ -276,6 +281,18 @@ func (c *conn) write(ctx context.Context, b []byte, nonblock bool) (int, Errno) 
 		case c.shutWr || c.closing || c.aborted:
 			c.wmu.Unlock()
 			return 0, errPipe
+		}
+		if total == 0 && len(c.wbuf) == 0 && c.inflight == 0 && c.raw != nil && len(b) > 0 {
+			// Nothing queued: write from the guest's thread, without waking
+			// the writer goroutine; what the socket does not take now is
+			// queued below.
+			n, err := c.writeNow(b)
+			if err != nil {
+				c.werr = err
+				c.wmu.Unlock()
+				continue
+			}
+			total = n
 		}
 		if space := writeMax - len(c.wbuf) - c.inflight; space > 0 && total < len(b) {
 			n := min(space, len(b)-total)
