@@ -186,10 +186,12 @@ const lingerTime = 10 * time.Second
 // full, and FD_WRITE is ready again when it drains).
 type conn struct {
 	*pump
-	s    *System
-	c    net.Conn
-	raw  syscall.RawConn // plain TCP: direct writes (nil for TLS)
-	once sync.Once
+	s   *System
+	c   net.Conn
+	raw syscall.RawConn // plain TCP: direct writes (nil for TLS)
+	// direct: no pump; the guest's thread reads the socket (direct_linux.go).
+	direct bool
+	once   sync.Once
 
 	wmu      sync.Mutex
 	wcond    *sync.Cond
@@ -207,15 +209,34 @@ func (s *System) newConn(c net.Conn, handshake func() error) *conn {
 	if tc, ok := c.(*net.TCPConn); ok {
 		cn.raw, _ = tc.SyscallConn()
 	}
+	cn.direct = directReads && cn.raw != nil && handshake == nil
 	cn.wcond = sync.NewCond(&cn.wmu)
 	s.track(cn)
-	cn.start(true)
+	if !cn.direct {
+		cn.start(true)
+	}
 	s.pumps.Add(1)
 	go func() {
 		defer s.pumps.Done()
 		cn.writer()
 	}()
 	return cn
+}
+
+// read reads what the peer sent, from the socket or the pump.
+func (c *conn) read(ctx context.Context, iovs [][]byte, nonblock, peek bool) (int, Errno) {
+	if c.direct {
+		return c.readDirect(ctx, iovs, nonblock, peek)
+	}
+	return c.pump.read(ctx, iovs, nonblock, peek)
+}
+
+// readiness reports whether a read would not block (see pump.readiness).
+func (c *conn) readiness() (bool, int, bool, Errno) {
+	if c.direct {
+		return c.directReadiness()
+	}
+	return c.pump.readiness()
 }
 
 func (c *conn) writer() {

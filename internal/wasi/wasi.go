@@ -23,6 +23,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
@@ -84,6 +85,14 @@ type System struct {
 
 	roots []*os.Root // preopened directories, closed with the system
 	stdin *pump      // started when stdin is first polled
+
+	// Direct sockets (direct_linux.go): the eventfd that ends a ppoll,
+	// how many waits are in one, and the ppoll set's storage.
+	kmu      sync.Mutex
+	kick     atomic.Pointer[kicker]
+	kickErr  error
+	sleepers atomic.Int32
+	pfds     []pollFd
 
 	// pumps tracks the goroutines the system started, for Close.
 	pumps  sync.WaitGroup
@@ -156,6 +165,7 @@ func (s *System) Close() error {
 		s.wake()
 	})
 	s.pumps.Wait()
+	s.closeKicker()
 	return nil
 }
 
@@ -195,6 +205,7 @@ func (s *System) wake() {
 	close(s.notify)
 	s.notify = make(chan struct{})
 	s.nmu.Unlock()
+	s.kickSleepers()
 }
 
 // waiter returns the channel the next wake closes. Take it before looking
