@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
@@ -139,7 +140,7 @@ var tcbComponents = map[string]*regexp.Regexp{
 	evidence.PlatformTDX: regexp.MustCompile(`^(tee_tcb_svn\.([0-9]|1[0-5])|qe_svn|pce_svn)$`),
 }
 
-var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+var digestRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^sha256:[0-9a-f]{64}$`) })
 
 // Load reads and checks both files.
 func Load(policyFile, measurementsFile string) (*Snapshot, error) {
@@ -215,7 +216,7 @@ func (s *Snapshot) checkPolicy(file string) error {
 				return fmt.Errorf(`%s: workloads: "any" must be alone`, file)
 			}
 			s.AnyWorkload = true
-		case !digestRE.MatchString(w):
+		case !digestRE().MatchString(w):
 			return fmt.Errorf("%s: workloads: %q is not a sha256:<64 hex> digest", file, w)
 		}
 	}
