@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -196,7 +197,13 @@ type conn struct {
 	wmu      sync.Mutex
 	wcond    *sync.Cond
 	wbuf     []byte
-	inflight int   // bytes the writer is sending now
+	inflight int   // bytes the writer (or a direct TLS write) is sending now
+	// TLS: the ciphertext the socket did not take at once (see nbConn),
+	// and how much of it the writer is sending now.
+	spill         []byte
+	spillInflight int
+	tlsDirect     *nbConn     // the socket under a TLS connection
+	hsDone        atomic.Bool // the TLS handshake succeeded
 	werr     error // why writing stopped
 	shutWr   bool  // the guest shut down writing
 	shutDone bool  // the writer has sent the FIN
@@ -210,6 +217,22 @@ func (s *System) newConn(c net.Conn, handshake func() error) *conn {
 		cn.raw, _ = tc.SyscallConn()
 	}
 	cn.direct = directReads && cn.raw != nil && handshake == nil
+	if tc, ok := c.(*tls.Conn); ok {
+		if nb, ok := tc.NetConn().(*nbConn); ok {
+			nb.c, cn.tlsDirect = cn, nb
+			if handshake == nil {
+				cn.hsDone.Store(true)
+			} else {
+				hs := handshake
+				handshake = func() error {
+					err := hs()
+					cn.hsDone.Store(err == nil)
+					return err
+				}
+				cn.pump.handshake = handshake
+			}
+		}
+	}
 	cn.wcond = sync.NewCond(&cn.wmu)
 	s.track(cn)
 	if !cn.direct {
@@ -243,13 +266,19 @@ func (c *conn) writer() {
 	type closeWriter interface{ CloseWrite() error }
 	for {
 		c.wmu.Lock()
-		for len(c.wbuf) == 0 && !c.closing && !c.aborted && (!c.shutWr || c.shutDone) {
+		for len(c.wbuf) == 0 && len(c.spill) == 0 && !c.closing && !c.aborted && (!c.shutWr || c.shutDone) {
 			c.wcond.Wait()
 		}
 		switch {
 		case c.aborted:
 			c.wmu.Unlock()
 			return
+		case len(c.spill) > 0:
+			// Ciphertext first: it was written before anything queued.
+			c.flushSpill()
+			c.wmu.Unlock()
+			c.s.wake()
+			continue
 		case len(c.wbuf) == 0 && c.shutWr && !c.shutDone:
 			c.shutDone = true
 			c.wmu.Unlock()
@@ -303,19 +332,36 @@ func (c *conn) write(ctx context.Context, b []byte, nonblock bool) (int, Errno) 
 			c.wmu.Unlock()
 			return 0, errPipe
 		}
-		if total == 0 && len(c.wbuf) == 0 && c.inflight == 0 && c.raw != nil && len(b) > 0 {
+		if total == 0 && len(c.wbuf) == 0 && c.inflight == 0 && len(b) > 0 {
 			// Nothing queued: write from the guest's thread, without waking
-			// the writer goroutine; what the socket does not take now is
-			// queued below.
-			n, err := c.writeNow(b)
-			if err != nil {
-				c.werr = err
+			// the writer goroutine.
+			switch {
+			case c.raw != nil:
+				// What the socket does not take now is queued below.
+				n, err := writeNow(c.raw, b)
+				if err != nil {
+					c.werr = err
+					c.wmu.Unlock()
+					continue
+				}
+				total = n
+			case c.tlsDirect != nil && c.hsDone.Load() && len(b) <= writeMax-len(c.spill)-c.spillInflight:
+				// Encrypt here; the socket under TLS never blocks (what it
+				// does not take is spilled to the writer).
+				c.inflight = len(b)
 				c.wmu.Unlock()
-				continue
+				n, err := c.c.Write(b)
+				c.wmu.Lock()
+				c.inflight = 0
+				if err != nil {
+					c.werr = err
+					c.wmu.Unlock()
+					continue
+				}
+				total = n
 			}
-			total = n
 		}
-		if space := writeMax - len(c.wbuf) - c.inflight; space > 0 && total < len(b) {
+		if space := writeMax - len(c.wbuf) - c.inflight - len(c.spill) - c.spillInflight; space > 0 && total < len(b) {
 			n := min(space, len(b)-total)
 			c.wbuf = append(c.wbuf, b[total:total+n]...)
 			total += n
@@ -334,6 +380,59 @@ func (c *conn) write(ctx context.Context, b []byte, nonblock bool) (int, Errno) 
 	}
 }
 
+// flushSpill sends the spilled ciphertext, blocking; c.wmu is held and
+// released meanwhile.
+func (c *conn) flushSpill() {
+	chunk := c.spill
+	c.spill = nil
+	c.spillInflight = len(chunk)
+	c.wmu.Unlock()
+	_, err := c.tlsDirect.TCPConn.Write(chunk)
+	c.wmu.Lock()
+	c.spillInflight = 0
+	if err != nil && c.werr == nil {
+		c.werr = err
+	}
+	c.wcond.Broadcast()
+}
+
+// nbConn is the socket under a TLS connection, so that the guest's thread
+// can encrypt and send without blocking: Write sends what the socket takes
+// at once and spills the rest to the connection's writer goroutine, which
+// sends it before anything else (c.wmu orders the two).
+type nbConn struct {
+	*net.TCPConn
+	raw syscall.RawConn
+	c   *conn
+}
+
+func newNBConn(tc *net.TCPConn) (*nbConn, error) {
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &nbConn{TCPConn: tc, raw: raw}, nil
+}
+
+func (nb *nbConn) Write(p []byte) (int, error) {
+	c := nb.c
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	rest := p
+	if len(c.spill) == 0 && c.spillInflight == 0 {
+		n, err := writeNow(nb.raw, rest)
+		if err != nil {
+			return n, err
+		}
+		rest = rest[n:]
+	}
+	if len(rest) > 0 {
+		c.spill = append(c.spill, rest...)
+		c.wcond.Broadcast()
+	}
+	return len(p), nil
+}
+
 // writable reports whether a write would not block, and the error that
 // stopped writing, if any.
 func (c *conn) writable() (bool, Errno) {
@@ -345,7 +444,7 @@ func (c *conn) writable() (bool, Errno) {
 	case c.shutWr || c.closing || c.aborted:
 		return true, errPipe
 	}
-	return writeMax-len(c.wbuf)-c.inflight > 0, errSuccess
+	return writeMax-len(c.wbuf)-c.inflight-len(c.spill)-c.spillInflight > 0, errSuccess
 }
 
 // Close implements io.Closer for System.Interrupt: it drops what is
@@ -640,7 +739,13 @@ func sockAccept(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint
 			var handshake func() error
 			c := raw
 			if ln.tlsCfg != nil {
-				tc := tls.Server(raw, ln.tlsCfg)
+				under := raw
+				if tcp, ok := raw.(*net.TCPConn); ok {
+					if nb, err := newNBConn(tcp); err == nil {
+						under = nb
+					}
+				}
+				tc := tls.Server(under, ln.tlsCfg)
 				// Closing the connection (fd_close, System.Close or
 				// Interrupt) ends a handshake in progress.
 				handshake = tc.Handshake

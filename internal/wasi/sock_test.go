@@ -25,6 +25,11 @@ func sockGuest(t *testing.T) (*guest, net.Conn, uint64) {
 	}
 	t.Cleanup(func() { client.Close() })
 	client.SetDeadline(time.Now().Add(2 * time.Minute))
+	// The listener is non-blocking (as preopened sockets start): wait
+	// for the connection, then take it.
+	if u, _, _, _ := g.pollRead(0, time.Hour); u != 1 {
+		t.Fatalf("poll on the listener: userdata %d", u)
+	}
 	fdp := g.alloc(4)
 	if e := g.call("sock_accept", 0, 0, uint64(fdp)); e != errSuccess {
 		t.Fatalf("sock_accept: errno %d", e)

@@ -10,10 +10,10 @@ import (
 
 // writeNow makes one non-blocking write of b to the socket and returns
 // what it took; a full socket takes 0 bytes and is no error.
-func (c *conn) writeNow(b []byte) (int, error) {
+func writeNow(raw syscall.RawConn, b []byte) (int, error) {
 	var n int
 	var werr error
-	err := c.raw.Write(func(fd uintptr) bool {
+	err := raw.Write(func(fd uintptr) bool {
 		for {
 			n, werr = syscall.Write(int(fd), b)
 			if werr != syscall.EINTR {
