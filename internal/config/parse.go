@@ -486,7 +486,7 @@ func (p *parser) file1(i int, m map[string]any) (File, error) {
 		if !hasName {
 			return f, p.at(base, "files[%d]: a secret entry needs a name (the name of the secret the deployer supplies)", i)
 		}
-		if !secretName.MatchString(name) {
+		if !secretName().MatchString(name) {
 			return f, p.at(key("name"), "files[%d].name %q is not a secret name (letters, digits, '_', '.', '-', at most 128, not starting with '.' or '-')", i, name)
 		}
 	case KindDir:

@@ -197,18 +197,18 @@ type conn struct {
 	wmu      sync.Mutex
 	wcond    *sync.Cond
 	wbuf     []byte
-	inflight int   // bytes the writer (or a direct TLS write) is sending now
+	inflight int // bytes the writer (or a direct TLS write) is sending now
 	// TLS: the ciphertext the socket did not take at once (see nbConn),
 	// and how much of it the writer is sending now.
 	spill         []byte
 	spillInflight int
 	tlsDirect     *nbConn     // the socket under a TLS connection
 	hsDone        atomic.Bool // the TLS handshake succeeded
-	werr     error // why writing stopped
-	shutWr   bool  // the guest shut down writing
-	shutDone bool  // the writer has sent the FIN
-	closing  bool  // the guest closed: flush, then close
-	aborted  bool  // close at once, dropping what is buffered
+	werr          error       // why writing stopped
+	shutWr        bool        // the guest shut down writing
+	shutDone      bool        // the writer has sent the FIN
+	closing       bool        // the guest closed: flush, then close
+	aborted       bool        // close at once, dropping what is buffered
 }
 
 func (s *System) newConn(c net.Conn, handshake func() error) *conn {
