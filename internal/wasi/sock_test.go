@@ -124,11 +124,18 @@ func TestSocketReadPaths(t *testing.T) {
 	}
 	// The peer closes: poll says hangup, the read returns 0.
 	client.Close()
+	g.expectEOF(fd, "after the peer closed")
+}
+
+// expectEOF checks that polling fd reports a hangup and reading it
+// returns 0 bytes.
+func (g *guest) expectEOF(fd uint64, when string) {
+	g.t.Helper()
 	if u, _, _, flags := g.pollRead(fd, time.Hour); u != 1 || flags&eventFdReadwriteHangup == 0 {
-		t.Fatalf("poll after the peer closed: userdata %d, flags %d", u, flags)
+		g.t.Fatalf("poll %s: userdata %d, flags %d; want a hangup", when, u, flags)
 	}
 	if s, e := g.recv(fd, 64, 0); e != errSuccess || s != "" {
-		t.Fatalf("read at EOF: %q, errno %d", s, e)
+		g.t.Fatalf("read %s: %q, errno %d; want EOF", when, s, e)
 	}
 }
 
@@ -138,12 +145,7 @@ func TestSocketShutdownRead(t *testing.T) {
 	if e := g.call("sock_shutdown", fd, sdflagRd); e != errSuccess {
 		t.Fatal(e)
 	}
-	if u, _, _, flags := g.pollRead(fd, time.Hour); u != 1 || flags&eventFdReadwriteHangup == 0 {
-		t.Fatalf("poll after shutdown: userdata %d, flags %d", u, flags)
-	}
-	if s, e := g.recv(fd, 64, 0); e != errSuccess || s != "" {
-		t.Fatalf("read after shutdown: %q, errno %d; want EOF", s, e)
-	}
+	g.expectEOF(fd, "after shutdown")
 }
 
 // TestSocketInterruptBlockedRead checks that Interrupt ends a read that
