@@ -156,6 +156,7 @@ func (c *conn) recvNow(iovs [][]byte, peek bool) (n int, errno Errno, again bool
 	if peek {
 		flags = unix.MSG_PEEK
 	}
+
 	var rerr error
 	err := c.raw.Read(func(fd uintptr) bool {
 		for {

@@ -40,6 +40,8 @@ func (s *System) pollWait(ctx context.Context, ch <-chan struct{}, _ []pollFd, d
 
 func (c *conn) fd() int32 { return -1 }
 
+func (c *conn) readShut() (bool, Errno) { return false, errSuccess }
+
 func (c *conn) readDirect(ctx context.Context, iovs [][]byte, nonblock, peek bool) (int, Errno) {
 	return c.pump.read(ctx, iovs, nonblock, peek)
 }

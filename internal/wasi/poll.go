@@ -145,6 +145,9 @@ func (s *System) directRead(sub *subscription) *conn {
 		return nil
 	}
 	if k, ok := d.f.(*connKind); ok && k.c.direct {
+		if done, _ := k.c.readShut(); done {
+			return nil // ready now, whatever the socket says
+		}
 		return k.c
 	}
 	return nil

@@ -2,6 +2,7 @@ package wasi
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -140,12 +141,14 @@ func (g *guest) expectEOF(fd uint64, when string) {
 }
 
 func TestSocketShutdownRead(t *testing.T) {
-	g, client, fd := sockGuest(t)
-	io.WriteString(client, "unread")
-	if e := g.call("sock_shutdown", fd, sdflagRd); e != errSuccess {
-		t.Fatal(e)
+	for _, pending := range []string{"unread", ""} {
+		g, client, fd := sockGuest(t)
+		io.WriteString(client, pending)
+		if e := g.call("sock_shutdown", fd, sdflagRd); e != errSuccess {
+			t.Fatal(e)
+		}
+		g.expectEOF(fd, fmt.Sprintf("after shutdown with %q unread", pending))
 	}
-	g.expectEOF(fd, "after shutdown")
 }
 
 // TestSocketInterruptBlockedRead checks that Interrupt ends a read that
