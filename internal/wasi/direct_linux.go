@@ -2,9 +2,12 @@ package wasi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -144,9 +147,115 @@ func (s *System) closeKicker() {
 
 // fd returns the socket's descriptor for ppoll; -1 once it is closed.
 func (c *conn) fd() int32 {
+	raw := c.raw
+	if raw == nil && c.tlsDirect != nil {
+		raw = c.tlsDirect.raw
+	}
 	fd := int32(-1)
-	c.raw.Control(func(f uintptr) { fd = int32(f) })
+	if raw != nil {
+		raw.Control(func(f uintptr) { fd = int32(f) })
+	}
 	return fd
+}
+
+// pollable reports whether poll_oneoff must look at the socket to know
+// whether a read would block: a direct socket not shut down for reading,
+// or a TLS connection read by the guest's thread with nothing decrypted
+// (it decrypts what has arrived first).
+func (c *conn) pollable() bool {
+	switch {
+	case c.direct:
+		done, _ := c.readShut()
+		return !done
+	case c.tlsReading():
+		c.fillTLS()
+		ok, _, _, _ := c.pump.readiness()
+		return !ok
+	}
+	return false
+}
+
+// wouldBlock is nbConn.Read's error when nothing has arrived: temporary,
+// so crypto/tls keeps what it has of a record and the connection usable.
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "read would block" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+
+// Read reads the socket under a TLS connection: blocking during the
+// handshake (in the pump goroutine), never after it.
+func (nb *nbConn) Read(p []byte) (int, error) {
+	if !nb.nonblockRead.Load() {
+		return nb.TCPConn.Read(p)
+	}
+	n, err := recvRaw(nb.raw, [][]byte{p}, 0)
+	switch {
+	case err == unix.EAGAIN:
+		return 0, wouldBlock{}
+	case err != nil:
+		return 0, err
+	case n == 0 && len(p) > 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// fillTLS decrypts what has arrived into the connection's buffer, until
+// the socket has nothing more (so that a record crypto/tls holds is never
+// hidden from poll_oneoff), the buffer is full, or the stream ends.
+func (c *conn) fillTLS() {
+	for {
+		c.mu.Lock()
+		stop := c.err != nil || c.closed || len(c.buf) >= pumpMax
+		c.mu.Unlock()
+		if stop {
+			return
+		}
+		if c.tlsBuf == nil {
+			c.tlsBuf = make([]byte, 16<<10)
+		}
+		n, err := c.c.Read(c.tlsBuf)
+		_, temporary := err.(wouldBlock)
+		if !temporary {
+			var ne interface{ Temporary() bool }
+			temporary = errors.As(err, &ne) && ne.Temporary() && !errors.Is(err, net.ErrClosed)
+		}
+		c.mu.Lock()
+		c.buf = append(c.buf, c.tlsBuf[:n]...)
+		if err != nil && !temporary && c.err == nil {
+			c.err = err
+		}
+		c.mu.Unlock()
+		if err != nil {
+			return
+		}
+	}
+}
+
+// readTLS reads a TLS connection: through the pump until the handshake
+// is done, then by decrypting on the guest's thread.
+func (c *conn) readTLS(ctx context.Context, iovs [][]byte, nonblock, peek bool) (int, Errno) {
+	for {
+		ch := c.s.waiter()
+		reading := c.tlsReading()
+		if reading {
+			c.fillTLS()
+		}
+		n, errno := c.pump.read(ctx, iovs, true, peek)
+		if errno != errAgain || nonblock {
+			return n, errno
+		}
+		if !reading {
+			c.s.wait(ctx, ch, nil) // the handshake wakes it
+			continue
+		}
+		fd := c.fd()
+		if fd < 0 {
+			return 0, errBadf
+		}
+		c.s.pollWait(ctx, ch, []pollFd{{Fd: fd, Events: pollIn}}, time.Time{})
+	}
 }
 
 // recvNow makes one non-blocking recvmsg into iovs. again is true when
@@ -157,8 +266,22 @@ func (c *conn) recvNow(iovs [][]byte, peek bool) (n int, errno Errno, again bool
 		flags = unix.MSG_PEEK
 	}
 
+	n, err := recvRaw(c.raw, iovs, flags)
+	switch {
+	case err == unix.EAGAIN:
+		return 0, errSuccess, true
+	case err != nil:
+		return 0, sockErrno(err), false
+	}
+	return n, errSuccess, false
+}
+
+// recvRaw makes one non-blocking recvmsg; a socket with nothing to read
+// gives unix.EAGAIN itself.
+func recvRaw(raw syscall.RawConn, iovs [][]byte, flags int) (int, error) {
+	var n int
 	var rerr error
-	err := c.raw.Read(func(fd uintptr) bool {
+	err := raw.Read(func(fd uintptr) bool {
 		for {
 			n, _, _, _, rerr = unix.RecvmsgBuffers(int(fd), iovs, nil, flags)
 			if rerr != unix.EINTR {
@@ -168,13 +291,13 @@ func (c *conn) recvNow(iovs [][]byte, peek bool) (n int, errno Errno, again bool
 	})
 	switch {
 	case err != nil:
-		return 0, errnoOf(err), false
+		return 0, err
 	case rerr == unix.EAGAIN:
-		return 0, errSuccess, true
+		return 0, unix.EAGAIN
 	case rerr != nil:
-		return 0, sockErrno(os.NewSyscallError("recvmsg", rerr)), false
+		return 0, os.NewSyscallError("recvmsg", rerr)
 	}
-	return n, errSuccess, false
+	return n, nil
 }
 
 // readDirect reads the socket from the guest's thread.
@@ -223,6 +346,12 @@ func (c *conn) readShut() (bool, Errno) {
 // readEvent turns ppoll's revents for a direct socket into poll_oneoff's
 // readiness: the bytes waiting, and hangup at the end of the stream.
 func (c *conn) readEvent(fd int32, revents int16) (ok bool, nbytes int, hangup bool, errno Errno) {
+	if c.tlsDirect != nil {
+		if revents != 0 {
+			c.fillTLS()
+		}
+		return c.pump.readiness()
+	}
 	if done, errno := c.readShut(); done {
 		return true, 0, true, errno
 	}

@@ -40,7 +40,13 @@ func (s *System) pollWait(ctx context.Context, ch <-chan struct{}, _ []pollFd, d
 
 func (c *conn) fd() int32 { return -1 }
 
-func (c *conn) readShut() (bool, Errno) { return false, errSuccess }
+func (c *conn) pollable() bool { return false }
+
+func (c *conn) fillTLS() {}
+
+func (c *conn) readTLS(ctx context.Context, iovs [][]byte, nonblock, peek bool) (int, Errno) {
+	return c.pump.read(ctx, iovs, nonblock, peek)
+}
 
 func (c *conn) readDirect(ctx context.Context, iovs [][]byte, nonblock, peek bool) (int, Errno) {
 	return c.pump.read(ctx, iovs, nonblock, peek)

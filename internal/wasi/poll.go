@@ -135,7 +135,7 @@ func pollOneoff(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint
 }
 
 // directRead returns the direct socket a read subscription watches, if
-// it is one.
+// it is one that is not ready without a look at the socket.
 func (s *System) directRead(sub *subscription) *conn {
 	if sub.typ != eventtypeFdRead || sub.errno != errSuccess {
 		return nil
@@ -144,10 +144,7 @@ func (s *System) directRead(sub *subscription) *conn {
 	if errno != errSuccess {
 		return nil
 	}
-	if k, ok := d.f.(*connKind); ok && k.c.direct {
-		if done, _ := k.c.readShut(); done {
-			return nil // ready now, whatever the socket says
-		}
+	if k, ok := d.f.(*connKind); ok && k.c.pollable() {
 		return k.c
 	}
 	return nil

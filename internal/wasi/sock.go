@@ -31,6 +31,9 @@ type pump struct {
 	s         *System
 	r         io.Reader
 	handshake func() error // run first, in the goroutine
+	// stopAfterHandshake: the guest's thread reads once the handshake is
+	// done (TLS on a direct socket); the goroutine only shakes hands.
+	stopAfterHandshake bool
 
 	mu     sync.Mutex
 	cond   *sync.Cond // wakes the reader when the buffer drains or on close
@@ -62,6 +65,10 @@ func (p *pump) run() {
 	if p.handshake != nil {
 		if err := p.handshake(); err != nil {
 			p.fail(err)
+			return
+		}
+		if p.stopAfterHandshake {
+			p.s.wake()
 			return
 		}
 	}
@@ -204,6 +211,7 @@ type conn struct {
 	spillInflight int
 	tlsDirect     *nbConn     // the socket under a TLS connection
 	hsDone        atomic.Bool // the TLS handshake succeeded
+	tlsBuf        []byte      // fillTLS's decryption buffer
 	werr          error       // why writing stopped
 	shutWr        bool        // the guest shut down writing
 	shutDone      bool        // the writer has sent the FIN
@@ -226,10 +234,14 @@ func (s *System) newConn(c net.Conn, handshake func() error) *conn {
 				hs := handshake
 				handshake = func() error {
 					err := hs()
+					if err == nil {
+						nb.nonblockRead.Store(directReads)
+					}
 					cn.hsDone.Store(err == nil)
 					return err
 				}
 				cn.pump.handshake = handshake
+				cn.pump.stopAfterHandshake = directReads
 			}
 		}
 	}
@@ -248,18 +260,30 @@ func (s *System) newConn(c net.Conn, handshake func() error) *conn {
 
 // read reads what the peer sent, from the socket or the pump.
 func (c *conn) read(ctx context.Context, iovs [][]byte, nonblock, peek bool) (int, Errno) {
-	if c.direct {
+	switch {
+	case c.direct:
 		return c.readDirect(ctx, iovs, nonblock, peek)
+	case c.tlsDirect != nil && directReads:
+		return c.readTLS(ctx, iovs, nonblock, peek)
 	}
 	return c.pump.read(ctx, iovs, nonblock, peek)
 }
 
 // readiness reports whether a read would not block (see pump.readiness).
 func (c *conn) readiness() (bool, int, bool, Errno) {
-	if c.direct {
+	switch {
+	case c.direct:
 		return c.directReadiness()
+	case c.tlsReading():
+		c.fillTLS()
 	}
 	return c.pump.readiness()
+}
+
+// tlsReading reports whether the guest's thread reads this TLS
+// connection (its handshake is done; direct_linux.go).
+func (c *conn) tlsReading() bool {
+	return directReads && c.tlsDirect != nil && c.hsDone.Load()
 }
 
 func (c *conn) writer() {
@@ -404,6 +428,10 @@ type nbConn struct {
 	*net.TCPConn
 	raw syscall.RawConn
 	c   *conn
+	// nonblockRead: Read does not wait (after the handshake, on Linux;
+	// crypto/tls keeps a partial record and resumes after a temporary
+	// error).
+	nonblockRead atomic.Bool
 }
 
 func newNBConn(tc *net.TCPConn) (*nbConn, error) {
