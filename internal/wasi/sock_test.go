@@ -26,16 +26,37 @@ func sockGuest(t *testing.T) (*guest, net.Conn, uint64) {
 	}
 	t.Cleanup(func() { client.Close() })
 	client.SetDeadline(time.Now().Add(2 * time.Minute))
-	// The listener is non-blocking (as preopened sockets start): wait
-	// for the connection, then take it.
-	if u, _, _, _ := g.pollRead(0, time.Hour); u != 1 {
-		t.Fatalf("poll on the listener: userdata %d", u)
+	return g, client, g.accept(0)
+}
+
+// accept waits for a connection on listener fd (non-blocking, as
+// preopened sockets start) and takes it.
+func (g *guest) accept(fd uint64) uint64 {
+	g.t.Helper()
+	if u, _, _, _ := g.pollRead(fd, time.Hour); u != 1 {
+		g.t.Fatalf("poll on the listener: userdata %d", u)
 	}
 	fdp := g.alloc(4)
-	if e := g.call("sock_accept", 0, 0, uint64(fdp)); e != errSuccess {
-		t.Fatalf("sock_accept: errno %d", e)
+	if e := g.call("sock_accept", fd, 0, uint64(fdp)); e != errSuccess {
+		g.t.Fatalf("sock_accept: errno %d", e)
 	}
-	return g, client, uint64(g.u32(fdp))
+	return uint64(g.u32(fdp))
+}
+
+// send writes s on fd with fd_write and checks that peer receives it.
+func (g *guest) send(fd uint64, s string, peer io.Reader) {
+	g.t.Helper()
+	iov, buf, n := g.alloc(8), g.alloc(len(s)), g.alloc(4)
+	copy(g.mem[buf:], s)
+	le.PutUint32(g.mem[iov:], buf)
+	le.PutUint32(g.mem[iov+4:], uint32(len(s)))
+	if e := g.call("fd_write", fd, uint64(iov), 1, uint64(n)); e != errSuccess || g.u32(n) != uint32(len(s)) {
+		g.t.Fatalf("fd_write: errno %d, n %d", e, g.u32(n))
+	}
+	got := make([]byte, len(s))
+	if _, err := io.ReadFull(peer, got); err != nil || string(got) != s {
+		g.t.Fatalf("peer read %q, %v; want %q", got, err, s)
+	}
 }
 
 // recv calls sock_recv with one buffer of size bytes.
@@ -112,17 +133,7 @@ func TestSocketReadPaths(t *testing.T) {
 		t.Fatalf("read after peek: %q, errno %d", s, e)
 	}
 	// What the guest writes reaches the peer.
-	iov, buf, n := g.alloc(8), g.alloc(4), g.alloc(4)
-	copy(g.mem[buf:], "pong")
-	le.PutUint32(g.mem[iov:], buf)
-	le.PutUint32(g.mem[iov+4:], 4)
-	if e := g.call("fd_write", fd, uint64(iov), 1, uint64(n)); e != errSuccess || g.u32(n) != 4 {
-		t.Fatalf("fd_write: errno %d, n %d", e, g.u32(n))
-	}
-	got := make([]byte, 4)
-	if _, err := io.ReadFull(client, got); err != nil || string(got) != "pong" {
-		t.Fatalf("peer read %q, %v", got, err)
-	}
+	g.send(fd, "pong", client)
 	// The peer closes: poll says hangup, the read returns 0.
 	client.Close()
 	g.expectEOF(fd, "after the peer closed")
