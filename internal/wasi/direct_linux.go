@@ -279,25 +279,14 @@ func (c *conn) recvNow(iovs [][]byte, peek bool) (n int, errno Errno, again bool
 // recvRaw makes one non-blocking recvmsg; a socket with nothing to read
 // gives unix.EAGAIN itself.
 func recvRaw(raw syscall.RawConn, iovs [][]byte, flags int) (int, error) {
-	var n int
-	var rerr error
-	err := raw.Read(func(fd uintptr) bool {
-		for {
-			n, _, _, _, rerr = unix.RecvmsgBuffers(int(fd), iovs, nil, flags)
-			if rerr != unix.EINTR {
-				return true // never wait in the runtime's poller
-			}
-		}
+	n, err := rawOnce(raw.Read, func(fd int) (int, error) {
+		n, _, _, _, err := unix.RecvmsgBuffers(fd, iovs, nil, flags)
+		return n, err
 	})
-	switch {
-	case err != nil:
-		return 0, err
-	case rerr == unix.EAGAIN:
-		return 0, unix.EAGAIN
-	case rerr != nil:
-		return 0, os.NewSyscallError("recvmsg", rerr)
+	if errno, ok := err.(syscall.Errno); ok && errno != unix.EAGAIN {
+		return 0, os.NewSyscallError("recvmsg", err)
 	}
-	return n, nil
+	return n, err
 }
 
 // readDirect reads the socket from the guest's thread.
