@@ -4,27 +4,31 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/cputime"
 	"io"
 	"math/big"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
+	"strconv"
+	"strings"
 	"time"
+
+	"github.com/castellan-dev/castellan/bench/loadgen"
 
 	"github.com/castellan-dev/castellan/internal/fixtures"
 )
 
 // httpBench serves the same Go program (testdata/fixtures/go/httpbench)
-// in a keep and natively, and loads both from this process.
+// natively with GOMAXPROCS=1, natively on every core, in a keep, and in a
+// keep with replicas = "auto", and
+// loads each with bench/loadgen from this process. It reports requests per
+// second, latency, and the CPU the load generator used beside the server's.
 func httpBench(t *tools) error {
 	step("http: building")
 	wasm, err := fixtures.BuildGo("httpbench")
@@ -47,143 +51,166 @@ func httpBench(t *tools) error {
 	if *quick {
 		dur = time.Second
 	}
-	fmt.Printf("\n## HTTP: requests/s, %d keep-alive connections for %v, load generator in the same machine\n\n", *conns, dur)
-	if t.castellanWT == "" {
-		fmt.Printf("| listener | native | castellan | ratio |\n|---|---|---|---|\n")
-	} else {
-		fmt.Printf("| listener | native | castellan | ratio | castellan wasmtime | ratio |\n|---|---|---|---|---|---|\n")
+	fmt.Printf("\n## HTTP: requests/s on keep-alive connections for %v, bench/loadgen in the same machine\n\n", dur)
+	fmt.Printf("Each cell: requests/s, p50 / p99 latency, load generator CPU / server CPU.\n\n")
+	type runner struct {
+		name  string
+		serve func() (*exec.Cmd, string, error)
 	}
+	header := "| listener | conns | native GOMAXPROCS=1 | native | castellan | castellan replicas=auto |"
+	if t.castellanWT != "" {
+		header += " castellan wasmtime |"
+	}
+	header += " castellan / native GOMAXPROCS=1 | auto / native |"
+	if t.castellanWT != "" {
+		header += " wasmtime / native GOMAXPROCS=1 |"
+	}
+	fmt.Printf("%s\n|%s\n", header, strings.Repeat("---|", strings.Count(header, "|")-1))
 	for _, prot := range []string{"tcp", "tls"} {
-		step("http %s: native", prot)
-		nat, err := serveNative(native, prot == "tls", certFile, keyFile, dur)
-		if err != nil {
-			return err
+		for _, n := range []int{1, *conns} {
+			var cells []string
+			var rates []float64
+			runners := []runner{
+				{"native GOMAXPROCS=1", func() (*exec.Cmd, string, error) {
+					return startNative(native, prot == "tls", certFile, keyFile, "GOMAXPROCS=1")
+				}},
+				{"native", func() (*exec.Cmd, string, error) {
+					return startNative(native, prot == "tls", certFile, keyFile)
+				}},
+				{"castellan wazero", func() (*exec.Cmd, string, error) { return startKeep(t, wasm, prot, "") }},
+				{"castellan wazero replicas=auto", func() (*exec.Cmd, string, error) {
+					return startKeep(t, wasm, prot, "replicas = \"auto\"\n")
+				}},
+			}
+			if t.castellanWT != "" {
+				wt := &tools{dir: t.dir, cache: t.cache, castellan: t.castellanWT}
+				runners = append(runners, runner{"castellan wasmtime", func() (*exec.Cmd, string, error) {
+					return startKeep(wt, wasm, prot, "", "--engine", "wasmtime")
+				}})
+			}
+			for _, r := range runners {
+				step("http %s, %d connections: %s", prot, n, r.name)
+				m, err := measure(r.serve, prot == "tls", n, dur)
+				if err != nil {
+					return fmt.Errorf("%s: %w", r.name, err)
+				}
+				workload := fmt.Sprintf("%s, %d connections", prot, n)
+				record("http", workload, r.name, "requests/s", m.rate, "1/s")
+				record("http", workload, r.name, "p50", float64(m.p50.Microseconds()), "µs")
+				record("http", workload, r.name, "p99", float64(m.p99.Microseconds()), "µs")
+				rates = append(rates, m.rate)
+				cells = append(cells, m.String())
+			}
+			line := fmt.Sprintf("| %s | %d | %s | %.3f | %.3f |", prot, n, strings.Join(cells, " | "), rates[2]/rates[0], rates[3]/rates[1])
+			if len(rates) > 4 {
+				line += fmt.Sprintf(" %.3f |", rates[4]/rates[0])
+			}
+			fmt.Println(line)
 		}
-		step("http %s: castellan", prot)
-		cas, err := serveKeep(t, wasm, prot, dur)
-		if err != nil {
-			return err
-		}
-		record("http", prot, "native", "requests/s", nat, "1/s")
-		record("http", prot, "castellan wazero", "requests/s", cas, "1/s")
-		if t.castellanWT == "" {
-			fmt.Printf("| %s | %.0f | %.0f | %.3f |\n", prot, nat, cas, cas/nat)
-			continue
-		}
-		step("http %s: castellan on wasmtime", prot)
-		wt, err := serveKeep(&tools{dir: t.dir, cache: t.cache, castellan: t.castellanWT}, wasm, prot, dur, "--engine", "wasmtime")
-		if err != nil {
-			return err
-		}
-		record("http", prot, "castellan wasmtime", "requests/s", wt, "1/s")
-		fmt.Printf("| %s | %.0f | %.0f | %.3f | %.0f | %.3f |\n", prot, nat, cas, cas/nat, wt, wt/nat)
 	}
 	return nil
 }
 
-func serveNative(bin string, useTLS bool, certFile, keyFile string, dur time.Duration) (float64, error) {
+// measured is one server under load.
+type measured struct {
+	rate            float64
+	p50, p99        time.Duration
+	loadCPU, srvCPU time.Duration
+}
+
+func (m measured) String() string {
+	return fmt.Sprintf("%.0f, %s / %s, %.2f / %.2f s", m.rate, us(m.p50), us(m.p99), m.loadCPU.Seconds(), m.srvCPU.Seconds())
+}
+
+func us(d time.Duration) string { return fmt.Sprintf("%d µs", d.Microseconds()) }
+
+// measure starts a server, waits for it, loads it and stops it.
+func measure(serve func() (*exec.Cmd, string, error), useTLS bool, conns int, dur time.Duration) (measured, error) {
+	cmd, addr, err := serve()
+	if err != nil {
+		return measured{}, err
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	if err := loadgen.Wait(addr, 30*time.Second); err != nil {
+		return measured{}, err
+	}
+	// Warm up (TLS session caches, the guest's heap), then measure.
+	if _, err := loadgen.Run(loadgen.Options{Addr: addr, TLS: useTLS, Conns: conns, Duration: dur / 10}); err != nil {
+		return measured{}, err
+	}
+	self0, srv0 := cputime.Self(), procCPU(cmd.Process.Pid)
+	res, err := loadgen.Run(loadgen.Options{Addr: addr, TLS: useTLS, Conns: conns, Duration: dur})
+	if err != nil {
+		return measured{}, err
+	}
+	self1, srv1 := cputime.Self(), procCPU(cmd.Process.Pid)
+	if res.Errors > res.Requests/100 {
+		return measured{}, fmt.Errorf("%d of %d requests to %s failed", res.Errors, res.Errors+res.Requests, addr)
+	}
+	return measured{rate: res.Rate(), p50: res.P50, p99: res.P99, loadCPU: self1 - self0, srvCPU: srv1 - srv0}, nil
+}
+
+// procCPU is the user and system time of a running process, from
+// /proc/PID/stat (zero where there is no /proc).
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	const clkTck = 100 // USER_HZ on Linux
+	return time.Duration(ut+st) * time.Second / clkTck
+}
+
+func startNative(bin string, useTLS bool, certFile, keyFile string, env ...string) (*exec.Cmd, string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, err
+		return nil, "", err
 	}
 	f, err := l.(*net.TCPListener).File()
 	if err != nil {
-		return 0, err
+		return nil, "", err
 	}
 	addr := l.Addr().String()
 	l.Close()
+	defer f.Close()
 	cmd := exec.Command(bin)
 	cmd.ExtraFiles = []*os.File{f}
-	cmd.Stderr = os.Stderr
+	// The readiness probe's plain connections make a TLS server log
+	// handshake errors: not worth showing.
+	cmd.Stderr = io.Discard
+	cmd.Env = append(os.Environ(), env...)
 	if useTLS {
-		cmd.Env = append(os.Environ(), "BENCH_TLS_CERT="+certFile, "BENCH_TLS_KEY="+keyFile)
+		cmd.Env = append(cmd.Env, "BENCH_TLS_CERT="+certFile, "BENCH_TLS_KEY="+keyFile)
 	}
-	if err := cmd.Start(); err != nil {
-		return 0, err
-	}
-	f.Close()
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	return load(addr, useTLS, dur)
+	return cmd, addr, cmd.Start()
 }
 
-func serveKeep(t *tools, wasm, prot string, dur time.Duration, flags ...string) (float64, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// startKeep runs the program in a keep; extra is appended to its config,
+// flags to castellan run's.
+func startKeep(t *tools, wasm, prot, extra string, flags ...string) (*exec.Cmd, string, error) {
+	port, err := freePort()
 	if err != nil {
-		return 0, err
+		return nil, "", err
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	cfg := filepath.Join(t.dir, "http-"+prot+".toml")
-	toml := fmt.Sprintf("[[files]]\nkind = \"stdin\"\n[[files]]\nkind = \"stdout\"\n[[files]]\nkind = \"stderr\"\n[[files]]\nkind = \"listen\"\nname = \"web\"\nprot = %q\naddr = \"127.0.0.1\"\nport = %d\n", prot, port)
+	toml := fmt.Sprintf("%s[[files]]\nkind = \"stdin\"\n[[files]]\nkind = \"stdout\"\n[[files]]\nkind = \"stderr\"\n[[files]]\nkind = \"listen\"\nname = \"web\"\nprot = %q\naddr = \"127.0.0.1\"\nport = %d\n", extra, prot, port)
 	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
-		return 0, err
+		return nil, "", err
 	}
 	cmd := exec.Command(t.castellan, append(append([]string{"run", "--cache-dir", t.cache}, flags...), "-c", cfg, wasm)...)
 	cmd.Stderr = io.Discard
-	if err := cmd.Start(); err != nil {
-		return 0, err
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	return load(fmt.Sprintf("127.0.0.1:%d", port), prot == "tls", dur)
-}
-
-// load waits for addr to answer, then sends GETs on *conns keep-alive
-// connections for dur and returns requests per second.
-func load(addr string, useTLS bool, dur time.Duration) (float64, error) {
-	scheme := "http"
-	if useTLS {
-		scheme = "https"
-	}
-	tr := &http.Transport{
-		MaxIdleConnsPerHost: *conns,
-		MaxConnsPerHost:     *conns,
-		// The keep's certificate is a fresh self-signed one: this measures
-		// throughput, not trust (the attestation tests check trust).
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
-	}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	url := scheme + "://" + addr + "/"
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := client.Get(url)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("%s never answered: %v", url, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	var n, fails atomic.Int64
-	stop := time.Now().Add(dur)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for i := 0; i < *conns; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for time.Now().Before(stop) {
-				resp, err := client.Get(url)
-				if err != nil {
-					fails.Add(1)
-					continue
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					n.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if f := fails.Load(); f > n.Load()/100 {
-		return 0, fmt.Errorf("%d of %d requests to %s failed", f, f+n.Load(), url)
-	}
-	return float64(n.Load()) / time.Since(start).Seconds(), nil
+	return cmd, fmt.Sprintf("127.0.0.1:%d", port), cmd.Start()
 }
 
 func writeSelfSigned(dir string) (certFile, keyFile string, err error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/castellan-dev/castellan/internal/config"
@@ -30,6 +31,8 @@ type inspectOutput struct {
 	Secrets     []string          `json:"secrets,omitempty"`
 	Descriptors []inspectFD       `json:"descriptors"`
 	Limits      config.Limits     `json:"limits"`
+	// Replicas is the config's replicas: a number, or "auto".
+	Replicas string `json:"replicas,omitempty"`
 }
 
 type inspectFD struct {
@@ -79,6 +82,12 @@ func init() {
 			out.Steward = cfg.Steward
 			out.Limits = cfg.Limits
 			out.Secrets = cfg.SecretNames()
+			switch {
+			case cfg.Replicas == config.ReplicasAuto:
+				out.Replicas = "auto"
+			case cfg.Replicas > 0:
+				out.Replicas = strconv.Itoa(cfg.Replicas)
+			}
 		}
 		for i, f := range cfg.Files {
 			out.Descriptors = append(out.Descriptors, inspectFD{FD: i, Kind: string(f.Kind), Name: f.Name, What: describeFile(f)})
@@ -96,6 +105,9 @@ func init() {
 		}
 		if len(out.Secrets) > 0 {
 			fmt.Fprintf(e.Stdout, "secrets: %s (values supplied with --secret or --secret-file)\n", strings.Join(out.Secrets, ", "))
+		}
+		if out.Replicas != "" {
+			fmt.Fprintf(e.Stdout, "replicas: %s (%d instances here)\n", out.Replicas, cfg.Instances())
 		}
 		fmt.Fprintf(e.Stdout, "descriptors:\n")
 		for _, d := range out.Descriptors {

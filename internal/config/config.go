@@ -3,14 +3,18 @@
 // directories (kind = "dir"), a [limits] table, secrets (a [secrets]
 // table of environment names and kind = "secret" descriptors, whose
 // values the deployer supplies and the config never holds) and what a
-// detached keep does with its output (detached_output).
+// detached keep does with its output (detached_output), and how many
+// instances of the workload the keep runs (replicas).
 //
 // The config decides the workload's WASI descriptor table: the i-th
 // [[files]] entry is descriptor i. It is untrusted input when it comes from
 // a package, so every parse error names the line and the key.
 package config
 
-import "time"
+import (
+	goruntime "runtime"
+	"time"
+)
 
 // Kind is the kind of a [[files]] entry.
 type Kind string
@@ -54,6 +58,9 @@ type Config struct {
 	Files []File
 	// Limits bounds the keep; zero fields mean "no limit given".
 	Limits Limits
+	// Replicas is how many instances of the workload the keep runs at once
+	// (0: one; ReplicasAuto: one per core). See Instances.
+	Replicas int
 	// SecretEnv names the environment variables whose values are secrets
 	// the deployer supplies ([secrets] env), in the file's order.
 	SecretEnv []string
@@ -124,6 +131,24 @@ const (
 	MaxVMMemory     = 1 << 40
 	MaxVCPUs        = 255
 )
+
+// ReplicasAuto is the Replicas value of `replicas = "auto"`.
+const ReplicasAuto = -1
+
+// MaxReplicas bounds `replicas`.
+const MaxReplicas = 256
+
+// Instances is the number of instances to run: Replicas, or the number of
+// CPUs the process may use for ReplicasAuto, at least 1.
+func (c *Config) Instances() int {
+	switch {
+	case c.Replicas == ReplicasAuto:
+		return min(goruntime.GOMAXPROCS(0), MaxReplicas)
+	case c.Replicas > 0:
+		return c.Replicas
+	}
+	return 1
+}
 
 // Default is the config of a workload run without one: stdin, stdout and
 // stderr, no limits.

@@ -296,6 +296,21 @@ func (p *parser) top(root map[string]any) error {
 			if err := p.secrets(m); err != nil {
 				return err
 			}
+		case "replicas":
+			switch v := v.(type) {
+			case string:
+				if v != "auto" {
+					return p.at(key, "replicas must be a number of instances or \"auto\", not %q", v)
+				}
+				p.cfg.Replicas = ReplicasAuto
+			case int64:
+				if v < 1 || v > MaxReplicas {
+					return p.at(key, "replicas %d is out of range 1-%d", v, MaxReplicas)
+				}
+				p.cfg.Replicas = int(v)
+			default:
+				return p.at(key, "replicas must be a number of instances or \"auto\", not %s", typeName(v))
+			}
 		case "detached_output":
 			s, ok := v.(string)
 			if !ok || (s != DetachedDiscard && s != DetachedHost) {
@@ -471,7 +486,7 @@ func (p *parser) file1(i int, m map[string]any) (File, error) {
 		if !hasName {
 			return f, p.at(base, "files[%d]: a secret entry needs a name (the name of the secret the deployer supplies)", i)
 		}
-		if !secretName.MatchString(name) {
+		if !secretName().MatchString(name) {
 			return f, p.at(key("name"), "files[%d].name %q is not a secret name (letters, digits, '_', '.', '-', at most 128, not starting with '.' or '-')", i, name)
 		}
 	case KindDir:

@@ -39,8 +39,9 @@ func render(cfg *Config, err error) string {
 		VMMemory       int64             `json:",omitempty"`
 		VCPUs          int               `json:",omitempty"`
 		SecretRefs     map[string]string `json:",omitempty"`
+		Replicas       int               `json:",omitempty"`
 	}{cfg.Steward, cfg.Args, cfg.Env, cfg.Files, limits{cfg.Limits.MemoryPages, cfg.Limits.WallTime.String(), cfg.Limits.MaxOutput, cfg.Limits.MaxOpenFiles}, cfg.Environ(), cfg.Warnings,
-		cfg.SecretEnv, cfg.SecretNames(), "", cfg.Limits.VMMemory, cfg.Limits.VCPUs, cfg.SecretRefs}
+		cfg.SecretEnv, cfg.SecretNames(), "", cfg.Limits.VMMemory, cfg.Limits.VCPUs, cfg.SecretRefs, cfg.Replicas}
 	if cfg.DetachedOutput != DetachedDiscard {
 		out.DetachedOutput = cfg.DetachedOutput
 	}

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Secrets are values a workload needs that its config must not hold: the
@@ -26,13 +27,13 @@ import (
 // without its secret, nor hand it one it did not ask for.
 
 var (
-	envName    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	secretName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	envName    = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`) })
+	secretName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`) })
 )
 
 // ValidSecretName reports whether s may name a secret (an environment
 // variable name or a secret file entry's name).
-func ValidSecretName(s string) bool { return secretName.MatchString(s) }
+func ValidSecretName(s string) bool { return secretName().MatchString(s) }
 
 func (p *parser) secrets(m map[string]any) error {
 	for _, k := range p.sortedKeys([]string{"secrets"}, m) {
@@ -58,7 +59,7 @@ func (p *parser) secrets(m map[string]any) error {
 			if !ok {
 				return p.at(ek, "secrets.env[%d] must be a string, not %s", i, typeName(e))
 			}
-			if !envName.MatchString(s) || len(s) > 128 {
+			if !envName().MatchString(s) || len(s) > 128 {
 				return p.at(ek, "secrets.env[%d] %q is not an environment variable name", i, s)
 			}
 			if s == "FD_COUNT" || s == "FD_NAMES" {

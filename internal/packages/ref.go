@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
 	"oras.land/oras-go/v2/registry"
@@ -29,7 +30,7 @@ type Ref struct {
 	Digest     digest.Digest // the pinned digest, "" when none
 }
 
-var tagRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+var tagRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`) })
 
 // ParseRef parses a package reference. A reference with neither tag nor
 // digest gets DefaultTag.
@@ -101,7 +102,7 @@ func parseLayoutRef(s, rest string) (Ref, error) {
 		ref.Layout, ref.Digest = rest[:i], d
 	} else if i := strings.LastIndex(rest, ":"); i >= 0 && !strings.Contains(rest[i+1:], "/") {
 		ref.Layout, ref.Tag = rest[:i], rest[i+1:]
-		if !tagRE.MatchString(ref.Tag) {
+		if !tagRE().MatchString(ref.Tag) {
 			return Ref{}, fmt.Errorf("package reference %q: %q is not a valid tag", s, ref.Tag)
 		}
 	} else {

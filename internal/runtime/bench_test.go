@@ -1,39 +1,48 @@
 package runtime
 
 import (
-	"io"
+	"crypto/tls"
+	"fmt"
 	"net/http"
 	"testing"
 
+	"github.com/castellan-dev/castellan/bench/loadgen"
 	"github.com/castellan-dev/castellan/internal/fixtures"
 )
 
 // BenchmarkHTTPServe measures requests served by the httpserver fixture
-// through Castellan's WASI sockets, with parallel keep-alive clients.
+// through Castellan's WASI sockets, from 1 and 32 keep-alive connections of the
+// lean load generator (plain and TLS). Profile it with -cpuprofile.
 func BenchmarkHTTPServe(b *testing.B) {
 	path, err := fixtures.BuildGo("httpserver")
 	if err != nil {
 		b.Fatal(err)
 	}
-	addr, wait := server(b, path, "tcp", nil)
-	tr := &http.Transport{MaxIdleConnsPerHost: 64}
-	client := &http.Client{Transport: tr}
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			resp, err := client.Get("http://" + addr + "/bench")
-			if err != nil {
-				b.Error(err)
-				return
+	cert, pool := testCert(b)
+	for _, bc := range []struct {
+		prot  string
+		conns int
+	}{{"tcp", 1}, {"tcp", 32}, {"tls", 1}, {"tls", 32}} {
+		prot := bc.prot
+		b.Run(fmt.Sprintf("%s-%d", prot, bc.conns), func(b *testing.B) {
+			addr, wait := server(b, path, prot, cert)
+			b.ResetTimer()
+			res, err := loadgen.Run(loadgen.Options{Addr: addr, TLS: prot == "tls", Path: "/bench", Conns: bc.conns, Requests: b.N})
+			b.StopTimer()
+			if err != nil || res.Errors > 0 {
+				b.Fatalf("load: %v, %d errors", err, res.Errors)
 			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-	})
-	b.StopTimer()
-	if resp, err := client.Get("http://" + addr + "/exit?code=0"); err == nil {
-		resp.Body.Close()
+			b.ReportMetric(float64(res.P50.Microseconds()), "p50-µs")
+			b.ReportMetric(float64(res.P99.Microseconds()), "p99-µs")
+			scheme, client := "http://", http.DefaultClient
+			if prot == "tls" {
+				scheme = "https://"
+				client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+			}
+			if resp, err := client.Get(scheme + addr + "/exit?code=0"); err == nil {
+				resp.Body.Close()
+			}
+			wait()
+		})
 	}
-	tr.CloseIdleConnections()
-	wait()
 }

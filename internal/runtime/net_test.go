@@ -406,36 +406,62 @@ func TestCancelBlockedServer(t *testing.T) {
 }
 
 func TestSlowClientDoesNotStallServer(t *testing.T) {
-	addr, wait := server(t, fixtures.Go(t, "httpserver"), "tcp", nil)
-	// This client asks for 16 MiB and reads none of it.
-	slow, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slow.Close()
-	io.WriteString(slow, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-	// Make sure the server is writing the big answer: the first bytes
-	// arrive.
-	if _, err := io.ReadFull(slow, make([]byte, 1024)); err != nil {
-		t.Fatal(err)
-	}
-	client := &http.Client{Timeout: time.Minute}
-	for i := 0; i < 3; i++ {
-		resp, err := client.Get("http://" + addr + "/fast")
-		if err != nil {
-			t.Fatalf("request %d while a client stalls: %v", i, err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(body) != "hello from a keep: /fast\n" {
-			t.Fatalf("body %q", body)
-		}
-	}
-	if resp, err := client.Get("http://" + addr + "/exit?code=0"); err == nil {
-		resp.Body.Close()
-	}
-	client.CloseIdleConnections()
-	if r := wait(); r.err != nil || r.code != 0 {
-		t.Fatalf("server: %d %v %q", r.code, r.err, r.stderr)
+	cert, pool := testCert(t)
+	for _, prot := range []string{"tcp", "tls"} {
+		t.Run(prot, func(t *testing.T) {
+			addr, wait := server(t, fixtures.Go(t, "httpserver"), prot, cert)
+			// This client asks for 16 MiB and reads none of it.
+			var slow net.Conn
+			slow, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer slow.Close()
+			if prot == "tls" {
+				slow = tls.Client(slow, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+			}
+			slow.SetDeadline(time.Now().Add(2 * time.Minute))
+			io.WriteString(slow, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+			// Make sure the server is writing the big answer: the first bytes
+			// arrive.
+			if _, err := io.ReadFull(slow, make([]byte, 1024)); err != nil {
+				t.Fatal(err)
+			}
+			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Transport: tr, Timeout: time.Minute}
+			scheme := "http://"
+			if prot == "tls" {
+				scheme = "https://"
+			}
+			for i := 0; i < 3; i++ {
+				resp, err := client.Get(scheme + addr + "/fast")
+				if err != nil {
+					t.Fatalf("request %d while a client stalls: %v", i, err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(body) != "hello from a keep: /fast\n" {
+					t.Fatalf("body %q", body)
+				}
+			}
+			// A client that reads gets all 16 MiB, in order.
+			resp, err := client.Get(scheme + addr + "/big")
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err != nil || n != 16<<20 {
+				t.Fatalf("/big: %d bytes, %v; want 16 MiB", n, err)
+			}
+			if resp, err := client.Get(scheme + addr + "/exit?code=0"); err == nil {
+				resp.Body.Close()
+			}
+			tr.CloseIdleConnections()
+			if r := wait(); r.err != nil || r.code != 0 {
+				t.Fatalf("server: %d %v %q", r.code, r.err, r.stderr)
+			}
+		})
 	}
 }

@@ -21,11 +21,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -256,26 +258,37 @@ func Run(ctx context.Context, o Options) (exitCode int, err error) {
 
 // Run runs the program's _start with o (o.Name, o.Wasm, o.CacheDir,
 // o.Engine and o.Interruptible are not used: they were given to Compile).
+// With `replicas` in the config it runs that many instances at once (see
+// runReplicas).
 func (p *Program) Run(ctx context.Context, o Options) (exitCode int, err error) {
 	cfg := o.Config
 	if cfg == nil {
 		cfg = config.Default()
 	}
-	name := p.name
-	pages := o.MemoryPages
-	if pages == 0 {
-		pages = cfg.Limits.MemoryPages
-	}
 	cert := o.Certificate
 	if cert == nil && needsTLS(cfg) {
 		cert, err = SelfSigned()
 		if err != nil {
-			return 0, fmt.Errorf("%s: %w", name, err)
+			return 0, fmt.Errorf("%s: %w", p.name, err)
 		}
 		if o.Log != nil {
 			o.Log("using a fresh self-signed certificate for TLS: the keep is not attested")
 		}
 	}
+	o.Certificate = cert
+	if n := cfg.Instances(); n > 1 {
+		return p.runReplicas(ctx, o, cfg, n)
+	}
+	sys, err := p.system(ctx, o, cfg, -1, nil)
+	if err != nil {
+		return 0, err
+	}
+	return p.runSystem(ctx, sys, o, cfg)
+}
+
+// system builds the WASI world of one instance (inst is -1 for a keep of
+// one instance); listen, if set, gives the listening sockets.
+func (p *Program) system(ctx context.Context, o Options, cfg *config.Config, inst int, listen func(config.File) (net.Listener, error)) (*wasi.System, error) {
 	files := append(cfg.Files[:len(cfg.Files):len(cfg.Files)], o.Preopens...)
 	var envCfg *config.Config // FD_COUNT and FD_NAMES only with a config
 	if o.Config != nil {
@@ -283,21 +296,39 @@ func (p *Program) Run(ctx context.Context, o Options) (exitCode int, err error) 
 		c.Files = files
 		envCfg = &c
 	}
+	env := o.Env
+	if inst >= 0 {
+		env = map[string]string{}
+		maps.Copy(env, o.Env)
+		env[EnvInstance] = strconv.Itoa(inst)
+		env[EnvReplicas] = strconv.Itoa(cfg.Instances())
+	}
 	sys, err := wasi.New(ctx, wasi.Options{
 		Args:         Argv(cfg, o.Args),
-		Env:          Environ(envCfg, o.Env),
+		Env:          Environ(envCfg, env),
 		Files:        files,
 		ConfigDir:    o.ConfigDir,
 		Stdin:        o.Stdin,
 		Stdout:       o.Stdout,
 		Stderr:       o.Stderr,
-		Certificate:  cert,
+		Certificate:  o.Certificate,
 		MaxOpenFiles: cfg.Limits.MaxOpenFiles,
 		OnListen:     o.OnListen,
+		Listen:       listen,
 		Log:          o.Log,
 	})
 	if err != nil {
-		return 0, fmt.Errorf("%s: %w", name, err)
+		return nil, fmt.Errorf("%s: %w", p.name, err)
+	}
+	return sys, nil
+}
+
+// runSystem runs _start in sys and closes sys.
+func (p *Program) runSystem(ctx context.Context, sys *wasi.System, o Options, cfg *config.Config) (int, error) {
+	name := p.name
+	pages := o.MemoryPages
+	if pages == 0 {
+		pages = cfg.Limits.MemoryPages
 	}
 	defer sys.Close()
 	stop := context.AfterFunc(ctx, sys.Interrupt)

@@ -1,3 +1,5 @@
+//go:build linux
+
 package shim
 
 import (
@@ -140,4 +142,15 @@ func (p *publisher) close() {
 	if p.client != nil {
 		p.client.Close()
 	}
+}
+
+func (o *Options) launcher() (keep.Launcher, error) {
+	l, err := newLauncher(o)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.Provision(); err != nil {
+		return nil, err
+	}
+	return l, nil
 }

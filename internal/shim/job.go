@@ -303,17 +303,6 @@ func ParseOptions(b []byte) (*Options, error) {
 	return &o, nil
 }
 
-func (o *Options) launcher() (keep.Launcher, error) {
-	l, err := newLauncher(o)
-	if err != nil {
-		return nil, err
-	}
-	if err := l.Provision(); err != nil {
-		return nil, err
-	}
-	return l, nil
-}
-
 // verifier checks a keep's evidence: through the attestation service
 // when one is named, else signatures and bindings only (this node's
 // simulation roots included).

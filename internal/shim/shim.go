@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package shim is containerd's runtime shim for Castellan,
 // containerd-shim-castellan-v1 (runtime type io.containerd.castellan.v1):
 // it serves containerd's task API (shim v2, over ttrpc) and runs each
@@ -27,7 +29,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -37,13 +38,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
-
-// BinaryName is the shim's name: containerd maps the runtime type
-// io.containerd.castellan.v1 to this binary on its PATH.
-const BinaryName = "containerd-shim-castellan-v1"
-
-// RuntimeType is the runtime name containerd and ctr use for this shim.
-const RuntimeType = "io.containerd.castellan.v1"
 
 // socketDir holds the shims' ttrpc sockets, as runc's shim keeps them.
 var socketDir = "/run/containerd/s"
@@ -258,9 +252,4 @@ func deleteAction(f *flags, stdout io.Writer) error {
 	}
 	_, err = stdout.Write(b)
 	return err
-}
-
-// IsShim says whether this process was started under the shim's name.
-func IsShim(argv0 string) bool {
-	return strings.TrimSuffix(filepath.Base(argv0), ".exe") == BinaryName
 }

@@ -78,27 +78,88 @@ func pollOneoff(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint
 		}
 	}
 	var timer <-chan time.Time
-	if !earliest.IsZero() {
-		t := time.NewTimer(time.Until(earliest))
-		defer t.Stop()
-		timer = t.C
-	}
 	for {
 		ch := s.waiter()
 		now := time.Now()
 		nev := uint32(0)
+		// Reads of direct sockets are looked at together, in one ppoll.
+		var fds []pollFd
+		var fdSubs []*subscription
 		for i := range subs {
-			if ev, ok := s.ready(&subs[i], now); ok {
+			sub := &subs[i]
+			if c := s.directRead(sub); c != nil {
+				if fd := c.fd(); fd >= 0 {
+					fds = append(fds, pollFd{Fd: fd, Events: pollIn})
+					fdSubs = append(fdSubs, sub)
+					continue
+				}
+			}
+			if ev, ok := s.ready(sub, now); ok {
 				copy(evs[nev*eventSize:], ev[:])
 				nev++
+			}
+		}
+		if len(fds) > 0 {
+			if nev > 0 {
+				pollNow(fds)
+			} else {
+				s.pollWait(ctx, ch, fds, earliest)
+			}
+			for i, sub := range fdSubs {
+				c := s.directRead(sub)
+				if c == nil {
+					continue
+				}
+				ok, nbytes, hangup, errno := c.readEvent(fds[i].Fd, fds[i].Revents)
+				if ok {
+					ev := event(sub, nbytes, hangup, errno)
+					copy(evs[nev*eventSize:], ev[:])
+					nev++
+				}
 			}
 		}
 		if nev > 0 {
 			m.putU32(neventsPtr, nev)
 			return errSuccess
 		}
+		if len(fds) > 0 {
+			continue // pollWait returned: look again
+		}
+		if timer == nil && !earliest.IsZero() {
+			t := time.NewTimer(time.Until(earliest))
+			defer t.Stop()
+			timer = t.C
+		}
 		s.wait(ctx, ch, timer)
 	}
+}
+
+// directRead returns the direct socket a read subscription watches, if
+// it is one that is not ready without a look at the socket.
+func (s *System) directRead(sub *subscription) *conn {
+	if sub.typ != eventtypeFdRead || sub.errno != errSuccess {
+		return nil
+	}
+	d, errno := s.get(sub.fd)
+	if errno != errSuccess {
+		return nil
+	}
+	if k, ok := d.f.(*connKind); ok && k.c.pollable() {
+		return k.c
+	}
+	return nil
+}
+
+// event encodes a ready fd_read or fd_write subscription.
+func event(sub *subscription, nbytes int, hangup bool, errno Errno) (ev [eventSize]byte) {
+	le.PutUint64(ev[0:], sub.userdata)
+	ev[10] = sub.typ
+	le.PutUint16(ev[8:], uint16(errno))
+	le.PutUint64(ev[16:], uint64(nbytes))
+	if hangup {
+		le.PutUint16(ev[24:], eventFdReadwriteHangup)
+	}
+	return ev
 }
 
 // ready reports whether sub is ready and, if so, its event.
@@ -129,10 +190,5 @@ func (s *System) ready(sub *subscription, now time.Time) (ev [eventSize]byte, ok
 	if !ok {
 		return ev, false
 	}
-	le.PutUint16(ev[8:], uint16(errno))
-	le.PutUint64(ev[16:], uint64(nbytes))
-	if hangup {
-		le.PutUint16(ev[24:], eventFdReadwriteHangup)
-	}
-	return ev, true
+	return event(sub, nbytes, hangup, errno), true
 }

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
@@ -29,6 +31,9 @@ type pump struct {
 	s         *System
 	r         io.Reader
 	handshake func() error // run first, in the goroutine
+	// stopAfterHandshake: the guest's thread reads once the handshake is
+	// done (TLS on a direct socket); the goroutine only shakes hands.
+	stopAfterHandshake bool
 
 	mu     sync.Mutex
 	cond   *sync.Cond // wakes the reader when the buffer drains or on close
@@ -60,6 +65,10 @@ func (p *pump) run() {
 	if p.handshake != nil {
 		if err := p.handshake(); err != nil {
 			p.fail(err)
+			return
+		}
+		if p.stopAfterHandshake {
+			p.s.wake()
 			return
 		}
 	}
@@ -185,26 +194,62 @@ const lingerTime = 10 * time.Second
 // full, and FD_WRITE is ready again when it drains).
 type conn struct {
 	*pump
-	s    *System
-	c    net.Conn
-	once sync.Once
+	s   *System
+	c   net.Conn
+	raw syscall.RawConn // plain TCP: direct writes (nil for TLS)
+	// direct: no pump; the guest's thread reads the socket (direct_linux.go).
+	direct bool
+	once   sync.Once
 
 	wmu      sync.Mutex
 	wcond    *sync.Cond
 	wbuf     []byte
-	inflight int   // bytes the writer is sending now
-	werr     error // why writing stopped
-	shutWr   bool  // the guest shut down writing
-	shutDone bool  // the writer has sent the FIN
-	closing  bool  // the guest closed: flush, then close
-	aborted  bool  // close at once, dropping what is buffered
+	inflight int // bytes the writer (or a direct TLS write) is sending now
+	// TLS: the ciphertext the socket did not take at once (see nbConn),
+	// and how much of it the writer is sending now.
+	spill         []byte
+	spillInflight int
+	tlsDirect     *nbConn     // the socket under a TLS connection
+	hsDone        atomic.Bool // the TLS handshake succeeded
+	tlsBuf        []byte      // fillTLS's decryption buffer
+	werr          error       // why writing stopped
+	shutWr        bool        // the guest shut down writing
+	shutDone      bool        // the writer has sent the FIN
+	closing       bool        // the guest closed: flush, then close
+	aborted       bool        // close at once, dropping what is buffered
 }
 
 func (s *System) newConn(c net.Conn, handshake func() error) *conn {
 	cn := &conn{s: s, c: c, pump: newPump(s, c, handshake)}
+	if tc, ok := c.(*net.TCPConn); ok {
+		cn.raw, _ = tc.SyscallConn()
+	}
+	cn.direct = directReads && cn.raw != nil && handshake == nil
+	if tc, ok := c.(*tls.Conn); ok {
+		if nb, ok := tc.NetConn().(*nbConn); ok {
+			nb.c, cn.tlsDirect = cn, nb
+			if handshake == nil {
+				cn.hsDone.Store(true)
+			} else {
+				hs := handshake
+				handshake = func() error {
+					err := hs()
+					if err == nil {
+						nb.nonblockRead.Store(directReads)
+					}
+					cn.hsDone.Store(err == nil)
+					return err
+				}
+				cn.pump.handshake = handshake
+				cn.pump.stopAfterHandshake = directReads
+			}
+		}
+	}
 	cn.wcond = sync.NewCond(&cn.wmu)
 	s.track(cn)
-	cn.start(true)
+	if !cn.direct {
+		cn.start(true)
+	}
 	s.pumps.Add(1)
 	go func() {
 		defer s.pumps.Done()
@@ -213,17 +258,51 @@ func (s *System) newConn(c net.Conn, handshake func() error) *conn {
 	return cn
 }
 
+// read reads what the peer sent, from the socket or the pump.
+func (c *conn) read(ctx context.Context, iovs [][]byte, nonblock, peek bool) (int, Errno) {
+	switch {
+	case c.direct:
+		return c.readDirect(ctx, iovs, nonblock, peek)
+	case c.tlsDirect != nil && directReads:
+		return c.readTLS(ctx, iovs, nonblock, peek)
+	}
+	return c.pump.read(ctx, iovs, nonblock, peek)
+}
+
+// readiness reports whether a read would not block (see pump.readiness).
+func (c *conn) readiness() (bool, int, bool, Errno) {
+	switch {
+	case c.direct:
+		return c.directReadiness()
+	case c.tlsReading():
+		c.fillTLS()
+	}
+	return c.pump.readiness()
+}
+
+// tlsReading reports whether the guest's thread reads this TLS
+// connection (its handshake is done; direct_linux.go).
+func (c *conn) tlsReading() bool {
+	return directReads && c.tlsDirect != nil && c.hsDone.Load()
+}
+
 func (c *conn) writer() {
 	type closeWriter interface{ CloseWrite() error }
 	for {
 		c.wmu.Lock()
-		for len(c.wbuf) == 0 && !c.closing && !c.aborted && (!c.shutWr || c.shutDone) {
+		for len(c.wbuf) == 0 && len(c.spill) == 0 && !c.closing && !c.aborted && (!c.shutWr || c.shutDone) {
 			c.wcond.Wait()
 		}
 		switch {
 		case c.aborted:
 			c.wmu.Unlock()
 			return
+		case len(c.spill) > 0:
+			// Ciphertext first: it was written before anything queued.
+			c.flushSpill()
+			c.wmu.Unlock()
+			c.s.wake()
+			continue
 		case len(c.wbuf) == 0 && c.shutWr && !c.shutDone:
 			c.shutDone = true
 			c.wmu.Unlock()
@@ -277,7 +356,36 @@ func (c *conn) write(ctx context.Context, b []byte, nonblock bool) (int, Errno) 
 			c.wmu.Unlock()
 			return 0, errPipe
 		}
-		if space := writeMax - len(c.wbuf) - c.inflight; space > 0 && total < len(b) {
+		if total == 0 && len(c.wbuf) == 0 && c.inflight == 0 && len(b) > 0 {
+			// Nothing queued: write from the guest's thread, without waking
+			// the writer goroutine.
+			switch {
+			case c.raw != nil:
+				// What the socket does not take now is queued below.
+				n, err := writeNow(c.raw, b)
+				if err != nil {
+					c.werr = err
+					c.wmu.Unlock()
+					continue
+				}
+				total = n
+			case c.tlsDirect != nil && c.hsDone.Load() && len(b) <= writeMax-len(c.spill)-c.spillInflight:
+				// Encrypt here; the socket under TLS never blocks (what it
+				// does not take is spilled to the writer).
+				c.inflight = len(b)
+				c.wmu.Unlock()
+				n, err := c.c.Write(b)
+				c.wmu.Lock()
+				c.inflight = 0
+				if err != nil {
+					c.werr = err
+					c.wmu.Unlock()
+					continue
+				}
+				total = n
+			}
+		}
+		if space := writeMax - len(c.wbuf) - c.inflight - len(c.spill) - c.spillInflight; space > 0 && total < len(b) {
 			n := min(space, len(b)-total)
 			c.wbuf = append(c.wbuf, b[total:total+n]...)
 			total += n
@@ -296,6 +404,63 @@ func (c *conn) write(ctx context.Context, b []byte, nonblock bool) (int, Errno) 
 	}
 }
 
+// flushSpill sends the spilled ciphertext, blocking; c.wmu is held and
+// released meanwhile.
+func (c *conn) flushSpill() {
+	chunk := c.spill
+	c.spill = nil
+	c.spillInflight = len(chunk)
+	c.wmu.Unlock()
+	_, err := c.tlsDirect.TCPConn.Write(chunk)
+	c.wmu.Lock()
+	c.spillInflight = 0
+	if err != nil && c.werr == nil {
+		c.werr = err
+	}
+	c.wcond.Broadcast()
+}
+
+// nbConn is the socket under a TLS connection, so that the guest's thread
+// can encrypt and send without blocking: Write sends what the socket takes
+// at once and spills the rest to the connection's writer goroutine, which
+// sends it before anything else (c.wmu orders the two).
+type nbConn struct {
+	*net.TCPConn
+	raw syscall.RawConn
+	c   *conn
+	// nonblockRead: Read does not wait (after the handshake, on Linux;
+	// crypto/tls keeps a partial record and resumes after a temporary
+	// error).
+	nonblockRead atomic.Bool
+}
+
+func newNBConn(tc *net.TCPConn) (*nbConn, error) {
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &nbConn{TCPConn: tc, raw: raw}, nil
+}
+
+func (nb *nbConn) Write(p []byte) (int, error) {
+	c := nb.c
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	rest := p
+	if len(c.spill) == 0 && c.spillInflight == 0 {
+		n, err := writeNow(nb.raw, rest)
+		if err != nil {
+			return n, err
+		}
+		rest = rest[n:]
+	}
+	if len(rest) > 0 {
+		c.spill = append(c.spill, rest...)
+		c.wcond.Broadcast()
+	}
+	return len(p), nil
+}
+
 // writable reports whether a write would not block, and the error that
 // stopped writing, if any.
 func (c *conn) writable() (bool, Errno) {
@@ -307,7 +472,7 @@ func (c *conn) writable() (bool, Errno) {
 	case c.shutWr || c.closing || c.aborted:
 		return true, errPipe
 	}
-	return writeMax-len(c.wbuf)-c.inflight > 0, errSuccess
+	return writeMax-len(c.wbuf)-c.inflight-len(c.spill)-c.spillInflight > 0, errSuccess
 }
 
 // Close implements io.Closer for System.Interrupt: it drops what is
@@ -391,7 +556,13 @@ func (s *System) listen(f config.File) (*listener, error) {
 	default:
 		return nil, errorf("unknown protocol %q", f.Prot)
 	}
-	ln, err := net.Listen("tcp", addr)
+	var ln net.Listener
+	var err error
+	if s.opts.Listen != nil {
+		ln, err = s.opts.Listen(f)
+	} else {
+		ln, err = net.Listen("tcp", addr)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -596,7 +767,13 @@ func sockAccept(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint
 			var handshake func() error
 			c := raw
 			if ln.tlsCfg != nil {
-				tc := tls.Server(raw, ln.tlsCfg)
+				under := raw
+				if tcp, ok := raw.(*net.TCPConn); ok {
+					if nb, err := newNBConn(tcp); err == nil {
+						under = nb
+					}
+				}
+				tc := tls.Server(under, ln.tlsCfg)
 				// Closing the connection (fd_close, System.Close or
 				// Interrupt) ends a handshake in progress.
 				handshake = tc.Handshake

@@ -23,6 +23,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
@@ -58,6 +59,10 @@ type Options struct {
 	// OnListen, if set, is told the address of each listener once it is
 	// bound (useful with port 0).
 	OnListen func(name string, addr net.Addr)
+	// Listen, if set, gives the socket of a listen entry instead of
+	// binding one (the runtime shares one socket between the instances of
+	// a keep). Closing the returned listener must end its Accept calls.
+	Listen func(f config.File) (net.Listener, error)
 	// Log receives notices for the user (may be nil).
 	Log func(format string, args ...any)
 }
@@ -80,6 +85,14 @@ type System struct {
 
 	roots []*os.Root // preopened directories, closed with the system
 	stdin *pump      // started when stdin is first polled
+
+	// Direct sockets (direct_linux.go): the eventfd that ends a ppoll,
+	// how many waits are in one, and the ppoll set's storage.
+	kmu      sync.Mutex
+	kick     atomic.Pointer[kicker]
+	kickErr  error
+	sleepers atomic.Int32
+	pfds     []pollFd
 
 	// pumps tracks the goroutines the system started, for Close.
 	pumps  sync.WaitGroup
@@ -152,6 +165,7 @@ func (s *System) Close() error {
 		s.wake()
 	})
 	s.pumps.Wait()
+	s.closeKicker()
 	return nil
 }
 
@@ -191,6 +205,7 @@ func (s *System) wake() {
 	close(s.notify)
 	s.notify = make(chan struct{})
 	s.nmu.Unlock()
+	s.kickSleepers()
 }
 
 // waiter returns the channel the next wake closes. Take it before looking

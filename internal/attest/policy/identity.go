@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // The identity sections of the policy: the SPIFFE ID every certificate
@@ -50,10 +51,10 @@ type Identity struct {
 }
 
 var (
-	trustDomainRE = regexp.MustCompile(`^[a-z0-9._-]{1,255}$`)
-	pathSegmentRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
-	nameRE        = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
-	dnsLabelRE    = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	trustDomainRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9._-]{1,255}$`) })
+	pathSegmentRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9._-]+$`) })
+	nameRE        = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`) })
+	dnsLabelRE    = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`) })
 )
 
 // checkIdentity checks and completes the identity sections.
@@ -69,7 +70,7 @@ func (s *Snapshot) checkIdentity(file string) error {
 	if sp.Path == "" {
 		sp.Path = DefaultSPIFFEPath
 	}
-	if !trustDomainRE.MatchString(sp.TrustDomain) || strings.Trim(sp.TrustDomain, ".") != sp.TrustDomain {
+	if !trustDomainRE().MatchString(sp.TrustDomain) || strings.Trim(sp.TrustDomain, ".") != sp.TrustDomain {
 		return fmt.Errorf("%s: spiffe.trust_domain %q: want lowercase letters, digits, '.', '-' and '_'", file, sp.TrustDomain)
 	}
 	if err := checkPathTemplate(sp.Path); err != nil {
@@ -80,7 +81,7 @@ func (s *Snapshot) checkIdentity(file string) error {
 	for i := range p.Identity {
 		id := &p.Identity[i]
 		where := fmt.Sprintf("%s: identity %d", file, i+1)
-		if !digestRE.MatchString(id.Workload) {
+		if !digestRE().MatchString(id.Workload) {
 			return fmt.Errorf("%s: workload %q is not a sha256:<64 hex> digest", where, id.Workload)
 		}
 		if !s.AnyWorkload && !slices.Contains(p.Workloads, id.Workload) {
@@ -89,7 +90,7 @@ func (s *Snapshot) checkIdentity(file string) error {
 		if s.identities[id.Workload] != nil {
 			return fmt.Errorf("%s: workload %s has an identity already", where, id.Workload)
 		}
-		if id.Name != "" && !nameRE.MatchString(id.Name) {
+		if id.Name != "" && !nameRE().MatchString(id.Name) {
 			return fmt.Errorf("%s: name %q: want up to 128 letters, digits, '.', '-' and '_'", where, id.Name)
 		}
 		if usesName && id.Name == "" {
@@ -125,7 +126,7 @@ func checkPathTemplate(t string) error {
 	}
 	for _, seg := range strings.Split(t[1:], "/") {
 		rest := strings.NewReplacer("{digest}", "x", "{name}", "x").Replace(seg)
-		if !pathSegmentRE.MatchString(rest) {
+		if !pathSegmentRE().MatchString(rest) {
 			return fmt.Errorf("segment %q: want letters, digits, '.', '-', '_', {digest} or {name}, and no empty segment", seg)
 		}
 	}
@@ -143,7 +144,7 @@ func checkDNSPattern(d string) error {
 		return fmt.Errorf("a wildcard needs at least two labels after it")
 	}
 	for _, l := range labels {
-		if !dnsLabelRE.MatchString(l) {
+		if !dnsLabelRE().MatchString(l) {
 			return fmt.Errorf("label %q: want lowercase letters, digits and '-' (a wildcard only as the whole first label)", l)
 		}
 	}
@@ -176,7 +177,7 @@ func dnsAllowed(name string, allowed []string) bool {
 			return true
 		}
 		if base, ok := strings.CutPrefix(a, "*."); ok && !strings.HasPrefix(name, "*.") {
-			if label, rest, ok := strings.Cut(name, "."); ok && rest == base && dnsLabelRE.MatchString(label) {
+			if label, rest, ok := strings.Cut(name, "."); ok && rest == base && dnsLabelRE().MatchString(label) {
 				return true
 			}
 		}
@@ -191,7 +192,7 @@ func dnsAllowed(name string, allowed []string) bool {
 func (s *Snapshot) SPIFFEID(workload string) (*url.URL, error) {
 	sp := &s.Policy.SPIFFE
 	hexDigest, ok := strings.CutPrefix(workload, "sha256:")
-	if !ok || !digestRE.MatchString(workload) {
+	if !ok || !digestRE().MatchString(workload) {
 		return nil, fmt.Errorf("workload digest %q is not sha256:<64 hex>", workload)
 	}
 	path := strings.ReplaceAll(sp.Path, "{digest}", hexDigest)

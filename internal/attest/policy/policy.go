@@ -23,6 +23,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
@@ -177,7 +178,7 @@ var tcbComponents = map[string]*regexp.Regexp{
 	evidence.PlatformCCA: regexp.MustCompile(`^$`), // none: platform_software judges the firmware
 }
 
-var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+var digestRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^sha256:[0-9a-f]{64}$`) })
 
 // Load reads and checks both files.
 func Load(policyFile, measurementsFile string) (*Snapshot, error) {
@@ -251,7 +252,7 @@ func (s *Snapshot) checkPolicy(file string) error {
 				return fmt.Errorf(`%s: workloads: "any" must be alone`, file)
 			}
 			s.AnyWorkload = true
-		case !digestRE.MatchString(w):
+		case !digestRE().MatchString(w):
 			return fmt.Errorf("%s: workloads: %q is not a sha256:<64 hex> digest", file, w)
 		}
 	}

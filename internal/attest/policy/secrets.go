@@ -60,7 +60,7 @@ func (s *Snapshot) checkSecrets(file string) error {
 			return fmt.Errorf("%s: %s names no workloads and no measurements; a secret is released only to keeps the entry names", where, ref.Path())
 		}
 		for _, w := range e.Workloads {
-			if !digestRE.MatchString(w) {
+			if !digestRE().MatchString(w) {
 				return fmt.Errorf("%s: workloads: %q is not a sha256:<64 hex> digest", where, w)
 			}
 		}

@@ -1,0 +1,388 @@
+package wasi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// On Linux a plain TCP connection has no pump goroutine: the guest's
+// thread reads the socket itself with non-blocking recvmsg, and
+// poll_oneoff and blocking reads wait in one ppoll(2) on the sockets and
+// an eventfd that wake kicks (pumps of TLS connections and stdin, the
+// listeners, Interrupt). A socket becoming readable wakes the guest's
+// thread directly, with no goroutine or channel between them.
+const directReads = true
+
+// kicker is the eventfd that ends a ppoll in progress.
+type kicker struct{ fd int }
+
+func newKicker() (*kicker, error) {
+	fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	return &kicker{fd: fd}, nil
+}
+
+func (k *kicker) kick() {
+	var one = [8]byte{1}
+	unix.Write(k.fd, one[:])
+}
+
+func (k *kicker) drain() {
+	var b [8]byte
+	unix.Read(k.fd, b[:])
+}
+
+func (k *kicker) close() { unix.Close(k.fd) }
+
+// pollFd is one socket a wait watches; revents is set by pollWait.
+type pollFd = unix.PollFd
+
+const (
+	pollIn = unix.POLLIN | unix.POLLRDHUP
+)
+
+// pollWait sleeps until one of fds has an event, the wake channel ch is
+// closed, the deadline (if not zero) passes, or the run is interrupted (it
+// panics then, as wait does). fds[i].Revents tell which sockets are ready.
+func (s *System) pollWait(ctx context.Context, ch <-chan struct{}, fds []pollFd, deadline time.Time) {
+	k, err := s.kicker()
+	if k == nil || err != nil {
+		// No eventfd (out of descriptors): poll the sockets briefly
+		// between looks at the other sources.
+		if deadline.IsZero() || time.Until(deadline) > time.Millisecond {
+			deadline = time.Now().Add(time.Millisecond)
+		}
+	}
+	all := append(s.pfds[:0], fds...)
+	if k != nil {
+		all = append(all, pollFd{Fd: int32(k.fd), Events: unix.POLLIN})
+	}
+	s.pfds = all
+	var ts *unix.Timespec
+	if !deadline.IsZero() {
+		t := unix.NsecToTimespec(max(int64(time.Until(deadline)), 0))
+		ts = &t
+	}
+	s.sleepers.Add(1)
+	select {
+	case <-ch: // woken between the caller's look and now
+	default:
+		var stop func() bool
+		if ctx.Done() != nil && k != nil {
+			stop = context.AfterFunc(ctx, k.kick)
+		}
+		for {
+			_, err := unix.Ppoll(all, ts, nil)
+			if err != unix.EINTR {
+				break
+			}
+			if ts != nil {
+				t := unix.NsecToTimespec(max(int64(time.Until(deadline)), 0))
+				ts = &t
+			}
+		}
+		if stop != nil {
+			stop()
+		}
+	}
+	s.sleepers.Add(-1)
+	if k != nil && all[len(all)-1].Revents != 0 {
+		k.drain()
+	}
+	copy(fds, all)
+	if ctx.Err() != nil {
+		panic(fmt.Errorf("%w: %w", ErrInterrupted, context.Cause(ctx)))
+	}
+	select {
+	case <-s.closed:
+		panic(fmt.Errorf("%w: the keep is shutting down", ErrInterrupted))
+	default:
+	}
+}
+
+// kicker returns the system's eventfd, made on first use.
+func (s *System) kicker() (*kicker, error) {
+	if k := s.kick.Load(); k != nil {
+		return k, nil
+	}
+	s.kmu.Lock()
+	defer s.kmu.Unlock()
+	if k := s.kick.Load(); k != nil || s.kickErr != nil {
+		return k, s.kickErr
+	}
+	k, err := newKicker()
+	if err != nil {
+		s.kickErr = err
+		return nil, err
+	}
+	s.kick.Store(k)
+	return k, nil
+}
+
+// kickSleepers ends a ppoll in progress; wake calls it.
+func (s *System) kickSleepers() {
+	if s.sleepers.Load() > 0 {
+		if k := s.kick.Load(); k != nil {
+			k.kick()
+		}
+	}
+}
+
+// closeKicker closes the eventfd once nothing can wait on it.
+func (s *System) closeKicker() {
+	if k := s.kick.Load(); k != nil {
+		k.close()
+	}
+}
+
+// fd returns the socket's descriptor for ppoll; -1 once it is closed.
+func (c *conn) fd() int32 {
+	raw := c.raw
+	if raw == nil && c.tlsDirect != nil {
+		raw = c.tlsDirect.raw
+	}
+	fd := int32(-1)
+	if raw != nil {
+		raw.Control(func(f uintptr) { fd = int32(f) })
+	}
+	return fd
+}
+
+// pollable reports whether poll_oneoff must look at the socket to know
+// whether a read would block: a direct socket not shut down for reading,
+// or a TLS connection read by the guest's thread with nothing decrypted
+// (it decrypts what has arrived first).
+func (c *conn) pollable() bool {
+	switch {
+	case c.direct:
+		done, _ := c.readShut()
+		return !done
+	case c.tlsReading():
+		c.fillTLS()
+		ok, _, _, _ := c.pump.readiness()
+		return !ok
+	}
+	return false
+}
+
+// wouldBlock is nbConn.Read's error when nothing has arrived: temporary,
+// so crypto/tls keeps what it has of a record and the connection usable.
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "read would block" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+
+// Read reads the socket under a TLS connection: blocking during the
+// handshake (in the pump goroutine), never after it.
+func (nb *nbConn) Read(p []byte) (int, error) {
+	if !nb.nonblockRead.Load() {
+		return nb.TCPConn.Read(p)
+	}
+	n, err := recvRaw(nb.raw, [][]byte{p}, 0)
+	switch {
+	case err == unix.EAGAIN:
+		return 0, wouldBlock{}
+	case err != nil:
+		return 0, err
+	case n == 0 && len(p) > 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// fillTLS decrypts what has arrived into the connection's buffer, until
+// the socket has nothing more (so that a record crypto/tls holds is never
+// hidden from poll_oneoff), the buffer is full, or the stream ends.
+func (c *conn) fillTLS() {
+	for {
+		c.mu.Lock()
+		stop := c.err != nil || c.closed || len(c.buf) >= pumpMax
+		c.mu.Unlock()
+		if stop {
+			return
+		}
+		if c.tlsBuf == nil {
+			c.tlsBuf = make([]byte, 16<<10)
+		}
+		n, err := c.c.Read(c.tlsBuf)
+		_, temporary := err.(wouldBlock)
+		if !temporary {
+			var ne interface{ Temporary() bool }
+			temporary = errors.As(err, &ne) && ne.Temporary() && !errors.Is(err, net.ErrClosed)
+		}
+		c.mu.Lock()
+		c.buf = append(c.buf, c.tlsBuf[:n]...)
+		if err != nil && !temporary && c.err == nil {
+			c.err = err
+		}
+		c.mu.Unlock()
+		if err != nil {
+			return
+		}
+	}
+}
+
+// readTLS reads a TLS connection: through the pump until the handshake
+// is done, then by decrypting on the guest's thread.
+func (c *conn) readTLS(ctx context.Context, iovs [][]byte, nonblock, peek bool) (int, Errno) {
+	for {
+		ch := c.s.waiter()
+		reading := c.tlsReading()
+		if reading {
+			c.fillTLS()
+		}
+		n, errno := c.pump.read(ctx, iovs, true, peek)
+		if errno != errAgain || nonblock {
+			return n, errno
+		}
+		if !reading {
+			c.s.wait(ctx, ch, nil) // the handshake wakes it
+			continue
+		}
+		fd := c.fd()
+		if fd < 0 {
+			return 0, errBadf
+		}
+		c.s.pollWait(ctx, ch, []pollFd{{Fd: fd, Events: pollIn}}, time.Time{})
+	}
+}
+
+// recvNow makes one non-blocking recvmsg into iovs. again is true when
+// there is nothing to read yet.
+func (c *conn) recvNow(iovs [][]byte, peek bool) (n int, errno Errno, again bool) {
+	flags := 0
+	if peek {
+		flags = unix.MSG_PEEK
+	}
+
+	n, err := recvRaw(c.raw, iovs, flags)
+	switch {
+	case err == unix.EAGAIN:
+		return 0, errSuccess, true
+	case err != nil:
+		return 0, sockErrno(err), false
+	}
+	return n, errSuccess, false
+}
+
+// recvRaw makes one non-blocking recvmsg; a socket with nothing to read
+// gives unix.EAGAIN itself.
+func recvRaw(raw syscall.RawConn, iovs [][]byte, flags int) (int, error) {
+	n, err := rawOnce(raw.Read, func(fd int) (int, error) {
+		n, _, _, _, err := unix.RecvmsgBuffers(fd, iovs, nil, flags)
+		return n, err
+	})
+	if errno, ok := err.(syscall.Errno); ok && errno != unix.EAGAIN {
+		return 0, os.NewSyscallError("recvmsg", err)
+	}
+	return n, err
+}
+
+// readDirect reads the socket from the guest's thread.
+func (c *conn) readDirect(ctx context.Context, iovs [][]byte, nonblock, peek bool) (int, Errno) {
+	size := 0
+	for _, b := range iovs {
+		size += len(b)
+	}
+	for {
+		ch := c.s.waiter()
+		if done, errno := c.readShut(); done {
+			return 0, errno
+		}
+		if size == 0 {
+			return 0, errSuccess
+		}
+		n, errno, again := c.recvNow(iovs, peek)
+		if !again {
+			return n, errno
+		}
+		if nonblock {
+			return 0, errAgain
+		}
+		fd := c.fd()
+		if fd < 0 {
+			return 0, errBadf
+		}
+		c.s.pollWait(ctx, ch, []pollFd{{Fd: fd, Events: pollIn}}, time.Time{})
+	}
+}
+
+// readShut reports whether reading ended before the socket: the guest
+// shut reading down (EOF) or closed the descriptor (EBADF).
+func (c *conn) readShut() (bool, Errno) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.closed:
+		return true, errBadf
+	case c.err == io.EOF:
+		return true, errSuccess
+	}
+	return false, errSuccess
+}
+
+// readEvent turns ppoll's revents for a direct socket into poll_oneoff's
+// readiness: the bytes waiting, and hangup at the end of the stream.
+func (c *conn) readEvent(fd int32, revents int16) (ok bool, nbytes int, hangup bool, errno Errno) {
+	if c.tlsDirect != nil {
+		if revents != 0 {
+			c.fillTLS()
+		}
+		return c.pump.readiness()
+	}
+	if done, errno := c.readShut(); done {
+		return true, 0, true, errno
+	}
+	switch {
+	case revents&unix.POLLNVAL != 0:
+		return true, 0, true, errBadf
+	case revents&unix.POLLERR != 0:
+		soErr, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		if err == nil && soErr != 0 {
+			return true, 0, true, sockErrno(unix.Errno(soErr))
+		}
+		return true, 0, true, errConnreset
+	case revents&(unix.POLLIN|unix.POLLRDHUP|unix.POLLHUP) == 0:
+		return false, 0, false, errSuccess
+	}
+	n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	if err != nil || n == 0 {
+		// Readable with nothing queued: the peer closed (recv returns 0).
+		return true, 0, err == nil, errSuccess
+	}
+	return true, n, false, errSuccess
+}
+
+// pollNow fills fds' revents without waiting.
+func pollNow(fds []pollFd) {
+	for {
+		if _, err := unix.Poll(fds, 0); err != unix.EINTR {
+			return
+		}
+	}
+}
+
+// directReadiness is readiness for a direct socket, looked at alone.
+func (c *conn) directReadiness() (bool, int, bool, Errno) {
+	if done, errno := c.readShut(); done {
+		return true, 0, true, errno
+	}
+	fd := c.fd()
+	if fd < 0 {
+		return true, 0, true, errBadf
+	}
+	fds := []pollFd{{Fd: fd, Events: pollIn}}
+	pollNow(fds)
+	return c.readEvent(fd, fds[0].Revents)
+}
