@@ -353,6 +353,19 @@ func (a *Agent) childOutcome(l *liveKeep, ps *os.ProcessState) outcome {
 	if ws.Signaled() {
 		sig = keep.SignalName(ws.Signal())
 	}
+	cpuLimit := false
+	if ws.Signaled() && l.limits.CPUSeconds > 0 {
+		cpu := ps.UserTime() + ps.SystemTime()
+		cpuLimit = keep.IsCPULimitSignal(ws.Signal()) ||
+			(ws.Signal() == syscall.SIGKILL && cpu >= time.Duration(l.limits.CPUSeconds)*time.Second-100*time.Millisecond)
+	}
+	cpuOutcome := outcome{state: StateFailed, signal: sig,
+		reason: fmt.Sprintf("cpu time limit of %ds reached (killed by signal %s)", l.limits.CPUSeconds, sig)}
+	// The kernel's CPU limit wins over a stop that raced it (a client
+	// whose delivery broke because the keep died stops it at once).
+	if cpuLimit && stopState != StateFailed {
+		return cpuOutcome
+	}
 	if stopState != "" {
 		return outcome{state: stopState, reason: stopReason, signal: sig}
 	}
@@ -361,14 +374,11 @@ func (a *Agent) childOutcome(l *liveKeep, ps *os.ProcessState) outcome {
 		o.signal = sig
 		return o
 	}
+	if cpuLimit {
+		return cpuOutcome
+	}
 	if ws.Signaled() {
-		reason := "killed by signal " + sig
-		cpu := ps.UserTime() + ps.SystemTime()
-		if l.limits.CPUSeconds > 0 && (keep.IsCPULimitSignal(ws.Signal()) ||
-			(ws.Signal() == syscall.SIGKILL && cpu >= time.Duration(l.limits.CPUSeconds)*time.Second-100*time.Millisecond)) {
-			reason = fmt.Sprintf("cpu time limit of %ds reached (killed by signal %s)", l.limits.CPUSeconds, sig)
-		}
-		return outcome{state: StateFailed, signal: sig, reason: reason}
+		return outcome{state: StateFailed, signal: sig, reason: "killed by signal " + sig}
 	}
 	code := ws.ExitStatus()
 	l.mu.Lock()
