@@ -374,14 +374,6 @@ func compute(t *tools) error {
 	return nil
 }
 
-func minOf(ds []time.Duration) time.Duration {
-	m := ds[0]
-	for _, d := range ds[1:] {
-		m = min(m, d)
-	}
-	return m
-}
-
 func coldStart(t *tools) error {
 	runs := 30
 	if *quick {

@@ -315,7 +315,6 @@ func (p *Program) system(ctx context.Context, o Options, cfg *config.Config, ins
 		MaxOpenFiles: cfg.Limits.MaxOpenFiles,
 		OnListen:     o.OnListen,
 		Listen:       listen,
-		Log:          o.Log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", p.name, err)

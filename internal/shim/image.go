@@ -123,7 +123,7 @@ func imageLayers(target string, read func(dgst string, max int64) ([]byte, error
 		return nil, nil, nil
 	}
 	if wasm, err = read(wasmDesc.Digest.String(), maxWasm); err != nil {
-		return nil, nil, fmt.Errorf("Wasm layer %s (containerd before 1.6.25 and 1.7.7 does not keep such layers): %w", wasmDesc.Digest, err)
+		return nil, nil, fmt.Errorf("wasm layer %s (containerd before 1.6.25 and 1.7.7 does not keep such layers): %w", wasmDesc.Digest, err)
 	}
 	if cfgDesc != nil {
 		if cfg, err = read(cfgDesc.Digest.String(), maxConfig); err != nil {

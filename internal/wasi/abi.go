@@ -225,12 +225,9 @@ func (m mem) bytes(ptr, n uint32) []byte {
 	return m[ptr:end:end]
 }
 
-func (m mem) u32(ptr uint32) uint32       { return le.Uint32(m.bytes(ptr, 4)) }
-func (m mem) u64(ptr uint32) uint64       { return le.Uint64(m.bytes(ptr, 8)) }
 func (m mem) putU32(ptr uint32, v uint32) { le.PutUint32(m.bytes(ptr, 4), v) }
 func (m mem) putU64(ptr uint32, v uint64) { le.PutUint64(m.bytes(ptr, 8), v) }
 func (m mem) putU16(ptr uint32, v uint16) { le.PutUint16(m.bytes(ptr, 2), v) }
-func (m mem) putU8(ptr uint32, v uint8)   { m.bytes(ptr, 1)[0] = v }
 
 // iovecs reads an array of n (buf, len) pairs and returns the buffers,
 // each checked against memory.

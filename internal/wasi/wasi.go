@@ -63,8 +63,6 @@ type Options struct {
 	// binding one (the runtime shares one socket between the instances of
 	// a keep). Closing the returned listener must end its Accept calls.
 	Listen func(f config.File) (net.Listener, error)
-	// Log receives notices for the user (may be nil).
-	Log func(format string, args ...any)
 }
 
 // System is one instance of WASI for one run of one module. It is not
@@ -254,12 +252,6 @@ func (s *System) get(fd uint32) (*fdesc, Errno) {
 		return nil, errBadf
 	}
 	return s.fds[fd], errSuccess
-}
-
-func (s *System) logf(format string, args ...any) {
-	if s.opts.Log != nil {
-		s.opts.Log(format, args...)
-	}
 }
 
 // HostModule returns the wasi_snapshot_preview1 host module bound to s.

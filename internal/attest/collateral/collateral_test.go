@@ -297,8 +297,10 @@ func TestLimit(t *testing.T) {
 		_, err := l.Get(context.Background(), "https://kdsintf.amd.com/vcek/v1/Milan/00")
 		return err
 	}
-	if get() != nil || get() != nil {
-		t.Fatal("the first two fetches were refused")
+	for range 2 {
+		if get() != nil {
+			t.Fatal("one of the first two fetches was refused")
+		}
 	}
 	if err := get(); err == nil || !strings.Contains(err.Error(), "more than 2 collateral fetches a minute") {
 		t.Errorf("third fetch in the same minute: %v", err)

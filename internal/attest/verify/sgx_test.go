@@ -9,7 +9,6 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -567,13 +566,6 @@ func FuzzParseSGXQuote(f *testing.F) {
 			t.Fatalf("error %v is not a *verify.Error", err)
 		}
 	})
-}
-
-func writeFile(t *testing.T, path string, b []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // mustRefuse asserts that Envelope refuses env under opts by check, with a
