@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"github.com/castellan-dev/castellan/internal/strictjson"
 
 	"encoding/json"
 	"errors"
@@ -160,7 +161,7 @@ func (s *Session) Deliver(ctx context.Context, conn net.Conn, v *Verified, d Del
 		switch typ {
 		case FrameStarted:
 			var st Started
-			if err := decodeStrict(p, &st); err != nil || st.Digest != m.Digest {
+			if err := strictjson.Decode(p, &st); err != nil || st.Digest != m.Digest {
 				return nil, fmt.Errorf("keep started %q, want %s", st.Digest, m.Digest)
 			}
 			started = true
@@ -180,7 +181,7 @@ func (s *Session) Deliver(ctx context.Context, conn net.Conn, v *Verified, d Del
 			}
 		case FrameExit:
 			var r Result
-			if err := decodeStrict(p, &r); err != nil {
+			if err := strictjson.Decode(p, &r); err != nil {
 				return nil, fmt.Errorf("exit frame: %w", err)
 			}
 			return &r, nil

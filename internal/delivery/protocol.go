@@ -35,9 +35,8 @@ package delivery
 
 import (
 	"encoding/binary"
-	"encoding/json"
-	"errors"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/strictjson"
 	"io"
 	"strings"
 
@@ -159,7 +158,7 @@ func ParseManifest(b []byte) (*Manifest, error) {
 		return nil, fmt.Errorf("manifest: %d bytes, more than %d", len(b), MaxManifest)
 	}
 	var m Manifest
-	if err := decodeStrict(b, &m); err != nil {
+	if err := strictjson.Decode(b, &m); err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
 	if err := m.check(); err != nil {
@@ -175,7 +174,7 @@ func ParseHello(b []byte) (*Hello, *evidence.Envelope, error) {
 		return nil, nil, fmt.Errorf("keep hello: %d bytes, more than %d", len(b), MaxHelloSize)
 	}
 	var h Hello
-	if err := decodeStrict(b, &h); err != nil {
+	if err := strictjson.Decode(b, &h); err != nil {
 		return nil, nil, fmt.Errorf("keep hello: %w", err)
 	}
 	env, err := evidence.Parse(h.Evidence)
@@ -186,18 +185,6 @@ func ParseHello(b []byte) (*Hello, *evidence.Envelope, error) {
 		return nil, nil, fmt.Errorf("keep hello: csr is %d bytes, want 1 to %d", len(h.CSR), 8<<10)
 	}
 	return &h, env, nil
-}
-
-func decodeStrict(b []byte, v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("data after the JSON object")
-	}
-	return nil
 }
 
 // WriteFrame writes one frame.

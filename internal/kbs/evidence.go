@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/strictjson"
 )
 
 // Evidence is what tee-evidence carries, decoded: a raw hardware report
@@ -79,7 +80,7 @@ func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 	var additional *string
 	if _, ok := probe["primary_evidence"]; ok {
 		var c composite
-		if err := DecodeStrict(raw, &c); err != nil {
+		if err := strictjson.Decode(raw, &c); err != nil {
 			return nil, fmt.Errorf("tee-evidence: %w", err)
 		}
 		if c.Additional == nil {
@@ -98,7 +99,7 @@ func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 	switch {
 	case probe["platform"] != nil:
 		var c castellanEvidence
-		if err := DecodeStrict(raw, &c); err != nil {
+		if err := strictjson.Decode(raw, &c); err != nil {
 			return nil, fmt.Errorf("tee-evidence: %w", err)
 		}
 		if c.Platform != platform {
@@ -110,7 +111,7 @@ func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 		ev.Report, ev.Endorsements = c.Report, c.Endorsements
 	case probe["quote"] != nil && platform == "tdx":
 		var t trusteeTDX
-		if err := DecodeStrict(raw, &t); err != nil {
+		if err := strictjson.Decode(raw, &t); err != nil {
 			return nil, fmt.Errorf("tee-evidence: %w", err)
 		}
 		q, err := base64.StdEncoding.DecodeString(t.Quote)
@@ -140,20 +141,6 @@ func unquote(raw []byte) ([]byte, error) {
 		return nil, err
 	}
 	return []byte(s), nil
-}
-
-// DecodeStrict decodes one JSON object into v, refusing unknown fields and
-// trailing data.
-func DecodeStrict(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("data after the JSON object")
-	}
-	return nil
 }
 
 // BoundRuntimeData returns the JSON objects whose hash the report data may

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/strictjson"
 	"io"
 	"net/http"
 	"strings"
@@ -201,7 +202,7 @@ func (s *Service) kbsVerify(ctx context.Context, sess *kbsSession, body []byte, 
 		return nil, refuse(http.StatusBadRequest, CheckFormat, "attestation: %v", err)
 	}
 	var rt kbs.RuntimeData
-	if err := kbs.DecodeStrict(att.RuntimeData, &rt); err != nil {
+	if err := strictjson.Decode(att.RuntimeData, &rt); err != nil {
 		return nil, refuse(http.StatusBadRequest, CheckFormat, "runtime-data: %v", err)
 	}
 	d.Platform, d.WorkloadDigest = sess.Platform, clip(rt.WorkloadDigest)

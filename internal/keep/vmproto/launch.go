@@ -1,12 +1,10 @@
 package vmproto
 
 import (
-	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/castellan-dev/castellan/internal/strictjson"
 	"slices"
 	"time"
 
@@ -93,7 +91,7 @@ func (r *LaunchRequest) Check() error {
 // no unknown fields, every field valid.
 func ParseLaunchRequest(b []byte) (*LaunchRequest, error) {
 	var r LaunchRequest
-	if err := decodeStrict(b, &r); err != nil {
+	if err := strictjson.Decode(b, &r); err != nil {
 		return nil, fmt.Errorf("launch request: %w", err)
 	}
 	if err := r.Check(); err != nil {
@@ -118,7 +116,7 @@ const (
 // ParseExit decodes and checks an exit frame.
 func ParseExit(b []byte) (*Exit, error) {
 	var x Exit
-	if err := decodeStrict(b, &x); err != nil {
+	if err := strictjson.Decode(b, &x); err != nil {
 		return nil, fmt.Errorf("exit status: %w", err)
 	}
 	switch {
@@ -130,16 +128,4 @@ func ParseExit(b []byte) (*Exit, error) {
 		return nil, fmt.Errorf("exit status: state %q, want exited or failed", x.State)
 	}
 	return &x, nil
-}
-
-func decodeStrict(b []byte, v any) error {
-	d := json.NewDecoder(bytes.NewReader(b))
-	d.DisallowUnknownFields()
-	if err := d.Decode(v); err != nil {
-		return err
-	}
-	if _, err := d.Token(); err != io.EOF {
-		return errors.New("data after the JSON value")
-	}
-	return nil
 }
