@@ -85,6 +85,9 @@ func fetchSecrets(e *Env, ro *runOptions, cfg *config.Config, art *workload.Arti
 			if err != nil {
 				return nil, err
 			}
+			if trustee { // Trustee's verifier reads only guest-components' forms
+				return kbs.MarshalTrusteeEvidence(platform, raw, end)
+			}
 			return kbs.MarshalEvidence(platform, raw, end)
 		}}
 	if !trustee {

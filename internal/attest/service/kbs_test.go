@@ -146,7 +146,7 @@ func TestKBSRefusesOtherWorkload(t *testing.T) {
 // flow runs auth by hand and returns the session cookie and the nonce.
 func (k *kbsHarness) auth(t *testing.T, tee string) (*http.Cookie, string) {
 	t.Helper()
-	resp, err := k.srv.Client().Post(k.srv.URL+kbs.PathAuth, "application/json", strings.NewReader(`{"version":"0.1.1","tee":"`+tee+`","extra-params":""}`))
+	resp, err := k.srv.Client().Post(k.srv.URL+kbs.PathAuth, "application/json", strings.NewReader(`{"version":"0.4.0","tee":"`+tee+`","extra-params":""}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,6 +346,127 @@ func TestKBSTrusteeForms(t *testing.T) {
 	code, body, _ = k.send(t, "GET", kbs.PathResource+"default/db/password", ok, nil)
 	if v, err := kbs.Open(key, body); code != http.StatusOK || err != nil || string(v) != kbsMarker {
 		t.Fatalf("resource: %d %v", code, err)
+	}
+}
+
+// TestKBSSNPAttesterForm sends SEV-SNP evidence as guest-components'
+// snp attester does (the sev crate's JSON of the report and its
+// cert_chain, inside the composite form): it goes through the same
+// verification as a binary report, so a field edited in the JSON breaks
+// the signature, and a chain the policy's roots do not sign is refused.
+func TestKBSSNPAttesterForm(t *testing.T) {
+	k := newKBSHarness(t)
+	key := newKey(t)
+	withAdditional := func(rt []byte) []byte {
+		var m map[string]any
+		json.Unmarshal(rt, &m)
+		m["additional-evidence"] = ""
+		b, _ := json.Marshal(m)
+		return b
+	}
+	// sevForm signs rd, lets edit change the attester's JSON, and wraps it.
+	sevForm := func(ca *sim.CA, edit func(m map[string]any)) func(rd [64]byte) json.RawMessage {
+		return func(rd [64]byte) json.RawMessage {
+			raw, end, err := ca.SignSNP(rd, sim.SNPOptions{Measurement: goodMeasurement})
+			if err != nil {
+				t.Fatal(err)
+			}
+			js, err := kbs.MarshalTrusteeEvidence(evidence.PlatformSNP, raw, end)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m map[string]any
+			d := json.NewDecoder(bytes.NewReader(js))
+			d.UseNumber()
+			if err := d.Decode(&m); err != nil {
+				t.Fatal(err)
+			}
+			if edit != nil {
+				edit(m)
+			}
+			b, _ := json.Marshal(map[string]any{"primary_evidence": m, "additional_evidence": ""})
+			return b
+		}
+	}
+	ck, nonce := k.auth(t, "snp")
+	code, body, ok := k.send(t, "POST", kbs.PathAttest, ck, k.attestation(t, nonce, key, goodDigest, withAdditional, sevForm(k.sim, nil)))
+	if code != http.StatusOK {
+		t.Fatalf("attest: %d %s", code, body)
+	}
+	code, body, _ = k.send(t, "GET", kbs.PathResource+"default/db/password", ok, nil)
+	if v, err := kbs.Open(key, body); code != http.StatusOK || err != nil || string(v) != kbsMarker {
+		t.Fatalf("resource: %d %v", code, err)
+	}
+
+	stranger, err := sim.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		ca    *sim.CA
+		edit  func(m map[string]any)
+		check string
+	}{
+		{"guest_svn edited", k.sim, func(m map[string]any) {
+			m["attestation_report"].(map[string]any)["guest_svn"] = 9
+		}, CheckSignature},
+		{"measurement edited", k.sim, func(m map[string]any) {
+			r := m["attestation_report"].(map[string]any)
+			r["measurement"].([]any)[0] = 0x12
+		}, CheckSignature},
+		{"no chain, fetching off", k.sim, func(m map[string]any) { m["cert_chain"] = nil }, CheckChain},
+		{"a stranger's chain", stranger, nil, CheckChain},
+		{"malformed", k.sim, func(m map[string]any) { m["attestation_report"].(map[string]any)["vmpl"] = -1 }, CheckFormat},
+	} {
+		ck, nonce := k.auth(t, "snp")
+		code, body, _ := k.send(t, "POST", kbs.PathAttest, ck, k.attestation(t, nonce, key, goodDigest, withAdditional, sevForm(c.ca, c.edit)))
+		if code != http.StatusUnauthorized {
+			t.Errorf("%s: %d %s", c.name, code, body)
+			continue
+		}
+		if _, check, reason, _ := k.lastDecision(t); check != c.check {
+			t.Errorf("%s: refused by %s (%s), want %s", c.name, check, reason, c.check)
+		}
+	}
+	k.noPlaintext(t)
+}
+
+// TestKBSClientTrusteeForms: a keep's client sending what Trustee's
+// verifier reads (guest-components' forms, composite, protocol 0.4.0)
+// is served by the Castellan service too, for SEV-SNP and TDX.
+func TestKBSClientTrusteeForms(t *testing.T) {
+	k := newKBSHarness(t)
+	for _, platform := range []string{evidence.PlatformSNP, evidence.PlatformTDX} {
+		var sent json.RawMessage
+		c := &kbs.Client{URL: k.srv.URL, HTTP: k.srv.Client(), TEE: platform, WorkloadDigest: goodDigest,
+			Evidence: func(ctx context.Context, rd [64]byte) (json.RawMessage, error) {
+				var raw []byte
+				var end [][]byte
+				var err error
+				if platform == evidence.PlatformSNP {
+					raw, end, err = k.sim.SignSNP(rd, sim.SNPOptions{Measurement: goodMeasurement})
+				} else {
+					raw, err = k.sim.SignTDX(rd, sim.TDXOptions{Measurement: goodMeasurement})
+				}
+				if err != nil {
+					return nil, err
+				}
+				sent, err = kbs.MarshalTrusteeEvidence(platform, raw, end)
+				return sent, err
+			}}
+		v, err := c.Resource(context.Background(), dbPassword)
+		if err != nil || string(v) != kbsMarker {
+			t.Fatalf("%s: %q %v", platform, v, err)
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(sent, &m); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string][]string{evidence.PlatformSNP: {"attestation_report", "cert_chain"}, evidence.PlatformTDX: {"quote", "cc_eventlog"}}[platform]
+		if len(m) != len(want) || m[want[0]] == nil || m[want[1]] == nil {
+			t.Errorf("%s: sent %s", platform, sent[:min(len(sent), 120)])
+		}
 	}
 }
 
