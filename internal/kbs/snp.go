@@ -135,8 +135,10 @@ func (v *sevCertEntry) UnmarshalJSON(b []byte) error {
 }
 
 // decodeAll decodes a JSON object into the struct v points to, strictly:
-// every field present (serde writes them all, None as null), null only
-// for pointer (Option) fields, no unknown fields. Errors name the field.
+// every field present but the pointer (Option) ones, which serde reads as
+// None when missing (sev crates before 6.x's version 5 support lack the
+// mitigation vectors), null only for those, no unknown fields. Errors name
+// the field.
 func decodeAll(b []byte, v any) error {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(b, &m); err != nil {
@@ -151,6 +153,9 @@ func decodeAll(b []byte, v any) error {
 		f := t.Field(i)
 		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
 		raw, ok := m[name]
+		if !ok && f.Type.Kind() == reflect.Pointer {
+			continue // serde reads a missing Option as None: older crates lack later fields
+		}
 		if !ok {
 			return fmt.Errorf("field %q is missing", name)
 		}

@@ -2,6 +2,7 @@ package kbs
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -10,8 +11,10 @@ import (
 	"testing"
 
 	"github.com/castellan-dev/castellan/internal/tee/sim"
+	"github.com/castellan-dev/castellan/internal/testvectors"
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
+	sevverify "github.com/google/go-sev-guest/verify"
 )
 
 var (
@@ -239,6 +242,41 @@ func TestSEVLayouts(t *testing.T) {
 	}
 }
 
+// TestRealSEVEvidence reads evidence a real guest-components sent from a
+// Genoa machine: the report rebuilt from the JSON carries AMD's signature
+// (its VCEK from cert_chain verifies it, and not once a byte changed), and
+// writing it back gives the crate's JSON byte for byte (the older crate
+// that made it wrote no mitigation vectors).
+func TestRealSEVEvidence(t *testing.T) {
+	js := testvectors.Read(t, "snp_evidence_guest_components_genoa.json")
+	ev, err := ParseEvidence("snp", js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ev.Endorsements) != 1 {
+		t.Fatalf("%d endorsements, want the VCEK", len(ev.Endorsements))
+	}
+	vcek, err := x509.ParseCertificate(ev.Endorsements[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sevverify.SnpReportSignature(ev.Report, vcek); err != nil {
+		t.Fatalf("AMD's signature over the rebuilt report: %v", err)
+	}
+	again, err := MarshalTrusteeEvidence("snp", ev.Report, ev.Endorsements)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again = bytes.Replace(again, []byte(`"launch_mit_vector":null,"current_mit_vector":null,`), nil, 1)
+	if !bytes.Equal(again, bytes.TrimSpace(js)) {
+		t.Error("written back, the JSON differs from the crate's")
+	}
+	ev.Report[snpOffMeasurement] ^= 1
+	if err := sevverify.SnpReportSignature(ev.Report, vcek); err == nil {
+		t.Error("a changed report verified")
+	}
+}
+
 // editSEV returns the JSON of good with edit applied to its generic form.
 func editSEV(t *testing.T, good []byte, edit func(m map[string]any)) string {
 	t.Helper()
@@ -289,9 +327,10 @@ func TestSEVEvidenceRefusals(t *testing.T) {
 		{"unknown report field", set(rep, "vcek", 1), "unknown field"},
 		{"unknown tcb field", set(tcb, "spl4", 0), "unknown field"},
 		{"unknown signature field", set(sig, "t", bytesOf(72)), "unknown field"},
-		{"no cert_chain key", del(func(m map[string]any) map[string]any { return m }, "cert_chain"), `"cert_chain" is missing`},
+		{"no attestation_report", del(func(m map[string]any) map[string]any { return m }, "attestation_report"), "not a form accepted for snp"},
 		{"missing report field", del(rep, "host_data"), `"host_data" is missing`},
-		{"missing tcb field", del(tcb, "fmc"), `"fmc" is missing`},
+		{"missing tcb field", del(tcb, "bootloader"), `"bootloader" is missing`},
+		{"missing option where needed", del(rep, "cpuid_step"), "cpuid_step is null in a version 3 report"},
 		{"null report", set(func(m map[string]any) map[string]any { return m }, "attestation_report", nil), "null"},
 		{"null measurement", set(rep, "measurement", nil), `"measurement" is null`},
 		{"null policy", set(rep, "policy", nil), `"policy" is null`},
@@ -347,6 +386,19 @@ func TestSEVEvidenceRefusals(t *testing.T) {
 	noChain := editSEV(t, good, func(m map[string]any) { m["cert_chain"] = nil })
 	if ev, err := ParseEvidence("snp", []byte(noChain)); err != nil || ev.Endorsements != nil || !bytes.Equal(ev.Report, raw) {
 		t.Errorf("null cert_chain: %v", err)
+	}
+	// serde reads a missing Option as None: sev crates before version 5
+	// reports wrote no mitigation vectors, and a chain may be left out.
+	older := editSEV(t, good, func(m map[string]any) {
+		delete(m, "cert_chain")
+		delete(rep(m), "launch_mit_vector")
+		delete(rep(m), "current_mit_vector")
+		for _, k := range []string{"current_tcb", "reported_tcb", "committed_tcb", "launch_tcb"} {
+			delete(rep(m)[k].(map[string]any), "fmc")
+		}
+	})
+	if ev, err := ParseEvidence("snp", []byte(older)); err != nil || ev.Endorsements != nil || !bytes.Equal(ev.Report, raw) {
+		t.Errorf("an older crate's JSON: %v", err)
 	}
 	// Without an ASK the ARK has no place among positional endorsements.
 	noASK := editSEV(t, good, func(m map[string]any) { c := chain(m); m["cert_chain"] = []any{c[0], c[2]} })
@@ -433,7 +485,11 @@ func TestTrusteeForms(t *testing.T) {
 // FuzzParseSEVEvidence's seed corpus (testdata/fuzz) holds simulated
 // reports in the snp attester's form: VCEK and VLEK chains, no chain, and
 // a Turin version 5 report; they were written by MarshalTrusteeEvidence.
+// The real guest-components evidence is a seed too when it is at hand.
 func FuzzParseSEVEvidence(f *testing.F) {
+	if b := testvectors.Optional(f, "snp_evidence_guest_components_genoa.json"); b != nil {
+		f.Add(b)
+	}
 	f.Add([]byte(`{"attestation_report":{},"cert_chain":[{"cert_type":{"OTHER":"x"},"data":[1]}]}`))
 	// What parses maps back to the same JSON's report: a report written
 	// again reads back to identical bytes and endorsements.

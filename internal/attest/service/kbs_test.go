@@ -470,6 +470,66 @@ func TestKBSClientTrusteeForms(t *testing.T) {
 	}
 }
 
+// TestKBSClientTrusteeFormsSGXCCA: guest-components' SGX ({"quote"}) and
+// CCA ({"token": bytes}) forms, sent by a client that binds no workload
+// digest (as toward Trustee), get a secret bound to the launch
+// measurement; a tampered token is refused.
+func TestKBSClientTrusteeFormsSGXCCA(t *testing.T) {
+	h := sgxCCAHarness(t)
+	pol, err := os.ReadFile(h.policyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(h.dir, "enclave-key"), []byte(kbsMarker), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.write(h.policyFile, string(pol)+fmt.Sprintf(`
+[[secret]]
+resource = "default/enclave/key"
+file = "enclave-key"
+measurements = ["%s", "%s"]
+`, hex.EncodeToString(sgxMeasurement), hex.EncodeToString(ccaMeasurement)))
+	if _, err := h.store.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(h.svc)
+	defer srv.Close()
+	ref := kbs.Ref{Repo: "default", Type: "enclave", Tag: "key"}
+	for _, c := range []struct {
+		platform string
+		tamper   bool
+	}{{evidence.PlatformSGX, false}, {evidence.PlatformCCA, false}, {evidence.PlatformCCA, true}} {
+		cl := &kbs.Client{URL: srv.URL, HTTP: srv.Client(), TEE: c.platform,
+			Evidence: func(ctx context.Context, rd [64]byte) (json.RawMessage, error) {
+				var raw []byte
+				var err error
+				if c.platform == evidence.PlatformSGX {
+					raw, err = h.sim.SignSGX(rd, goodSGX(nil))
+				} else {
+					raw, err = h.sim.SignCCA(rd, sim.CCAOptions{RIM: ccaMeasurement})
+				}
+				if err != nil {
+					return nil, err
+				}
+				if c.tamper {
+					raw[bytes.Index(raw, ccaMeasurement)] ^= 1
+				}
+				return kbs.MarshalTrusteeEvidence(c.platform, raw, nil)
+			}}
+		v, err := cl.Resource(context.Background(), ref)
+		if c.tamper {
+			var re *kbs.RefusedError
+			if !errors.As(err, &re) || re.Status != http.StatusUnauthorized {
+				t.Errorf("%s tampered: %v", c.platform, err)
+			}
+			continue
+		}
+		if err != nil || string(v) != kbsMarker {
+			t.Errorf("%s: %q %v", c.platform, v, err)
+		}
+	}
+}
+
 // noPlaintext searches every file the service wrote (the audit database
 // and its WAL), its log and the audit records for the secret values.
 func (k *kbsHarness) noPlaintext(t *testing.T) {
