@@ -104,57 +104,65 @@ type sevCertEntry struct {
 	Data     byteArray `json:"data"`
 }
 
-func (v *sevEvidence) UnmarshalJSON(b []byte) error {
-	type plain sevEvidence
-	return decodeAll(b, (*plain)(v))
+// decodeAll decodes the JSON value raw into the struct v points to,
+// strictly and through the whole tree: in every object each field present
+// but the pointer (Option) ones, which serde reads as None when missing
+// (sev crates before version 5 support lack the mitigation vectors), null
+// only for those, no unknown members, nothing after the value. Errors name
+// the path to the field.
+func decodeAll(raw []byte, v any) error {
+	return decodeValue(raw, reflect.ValueOf(v).Elem())
 }
 
-func (v *sevReport) UnmarshalJSON(b []byte) error {
-	type plain sevReport
-	return decodeAll(b, (*plain)(v))
-}
+var unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
 
-func (v *sevTCB) UnmarshalJSON(b []byte) error {
-	type plain sevTCB
-	return decodeAll(b, (*plain)(v))
-}
-
-func (v *sevVersion) UnmarshalJSON(b []byte) error {
-	type plain sevVersion
-	return decodeAll(b, (*plain)(v))
-}
-
-func (v *sevSignature) UnmarshalJSON(b []byte) error {
-	type plain sevSignature
-	return decodeAll(b, (*plain)(v))
-}
-
-func (v *sevCertEntry) UnmarshalJSON(b []byte) error {
-	type plain sevCertEntry
-	return decodeAll(b, (*plain)(v))
-}
-
-// decodeAll decodes a JSON object into the struct v points to, strictly:
-// every field present but the pointer (Option) ones, which serde reads as
-// None when missing (sev crates before 6.x's version 5 support lack the
-// mitigation vectors), null only for those, no unknown fields. Errors name
-// the field.
-func decodeAll(b []byte, v any) error {
+func decodeValue(raw []byte, v reflect.Value) error {
+	if v.Addr().Type().Implements(unmarshalerType) {
+		// raw is valid JSON (its parent was decoded from it): the
+		// Unmarshaler reads it without encoding/json checking it again.
+		return v.Addr().Interface().(json.Unmarshaler).UnmarshalJSON(raw)
+	}
+	switch v.Kind() {
+	case reflect.Pointer:
+		if string(bytes.TrimSpace(raw)) == "null" {
+			v.SetZero()
+			return nil
+		}
+		v.Set(reflect.New(v.Type().Elem()))
+		return decodeValue(raw, v.Elem())
+	case reflect.Slice:
+		var elems []json.RawMessage
+		if err := json.Unmarshal(raw, &elems); err != nil {
+			return err
+		}
+		if elems == nil {
+			return errors.New("null where an array is expected")
+		}
+		v.Set(reflect.MakeSlice(v.Type(), len(elems), len(elems)))
+		for i, e := range elems {
+			if err := decodeValue(e, v.Index(i)); err != nil {
+				return fmt.Errorf("[%d]: %w", i, err)
+			}
+		}
+		return nil
+	case reflect.Struct:
+	default:
+		return json.Unmarshal(raw, v.Addr().Interface())
+	}
 	var m map[string]json.RawMessage
-	if err := json.Unmarshal(b, &m); err != nil {
+	if err := json.Unmarshal(raw, &m); err != nil {
 		return err
 	}
 	if m == nil {
 		return errors.New("null where an object is expected")
 	}
-	rv := reflect.ValueOf(v).Elem()
-	t := rv.Type()
+	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
 		raw, ok := m[name]
 		if !ok && f.Type.Kind() == reflect.Pointer {
-			continue // serde reads a missing Option as None: older crates lack later fields
+			continue // serde reads a missing Option as None
 		}
 		if !ok {
 			return fmt.Errorf("field %q is missing", name)
@@ -163,7 +171,10 @@ func decodeAll(b []byte, v any) error {
 		if f.Type.Kind() != reflect.Pointer && string(bytes.TrimSpace(raw)) == "null" {
 			return fmt.Errorf("field %q is null", name)
 		}
-		if err := json.Unmarshal(raw, rv.Field(i).Addr().Interface()); err != nil {
+		if err := decodeValue(raw, v.Field(i)); err != nil {
+			if strings.HasPrefix(err.Error(), "[") {
+				return fmt.Errorf("%s%w", name, err)
+			}
 			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
@@ -549,7 +560,7 @@ const (
 // VCEK from AMD if it may).
 func parseSEVEvidence(raw []byte) ([]byte, [][]byte, error) {
 	var ev sevEvidence
-	if err := strictjson.Decode(raw, &ev); err != nil {
+	if err := decodeAll(raw, &ev); err != nil {
 		return nil, nil, err
 	}
 	report, err := sevToReport(&ev.Report)

@@ -313,6 +313,16 @@ func TestKBSRefusals(t *testing.T) {
 	k.noPlaintext(t)
 }
 
+// withAdditional is the runtime data with "additional-evidence": "" added:
+// what guest-components binds when it sends composite evidence.
+func withAdditional(rt []byte) []byte {
+	var m map[string]any
+	json.Unmarshal(rt, &m)
+	m["additional-evidence"] = ""
+	b, _ := json.Marshal(m)
+	return b
+}
+
 // TestKBSTrusteeForms sends evidence in the forms guest-components sends:
 // the TDX attester's {"quote": base64} inside the composite form, whose
 // report data binds the runtime data with "additional-evidence" added.
@@ -324,13 +334,6 @@ func TestKBSTrusteeForms(t *testing.T) {
 		t.Fatal(err)
 	}
 	ck, nonce := k.auth(t, "tdx")
-	withAdditional := func(rt []byte) []byte {
-		var m map[string]any
-		json.Unmarshal(rt, &m)
-		m["additional-evidence"] = ""
-		b, _ := json.Marshal(m)
-		return b
-	}
 	att := k.attestation(t, nonce, key, goodDigest, withAdditional, func(rd [64]byte) json.RawMessage {
 		q, err := k.sim.SignTDX(rd, sim.TDXOptions{Measurement: goodMeasurement})
 		if err != nil {
@@ -357,13 +360,6 @@ func TestKBSTrusteeForms(t *testing.T) {
 func TestKBSSNPAttesterForm(t *testing.T) {
 	k := newKBSHarness(t)
 	key := newKey(t)
-	withAdditional := func(rt []byte) []byte {
-		var m map[string]any
-		json.Unmarshal(rt, &m)
-		m["additional-evidence"] = ""
-		b, _ := json.Marshal(m)
-		return b
-	}
 	// sevForm signs rd, lets edit change the attester's JSON, and wraps it.
 	sevForm := func(ca *sim.CA, edit func(m map[string]any)) func(rd [64]byte) json.RawMessage {
 		return func(rd [64]byte) json.RawMessage {
@@ -613,7 +609,16 @@ func FuzzKBSSession(f *testing.F) {
 // nonce redeem, sim-snp verification, policy, EAR, audit insert) and one
 // resource (session, policy binding, JWE to the keep's P-256 key, audit
 // insert). The challenges and the keeps' evidence are made beforehand.
+// BenchmarkKBSRelease: one keep's attest and resource, with the evidence
+// in Castellan's form and in guest-components' snp attester form (the sev
+// crate's JSON inside the composite form), interleaved in one run.
 func BenchmarkKBSRelease(b *testing.B) {
+	for _, form := range []string{"castellan", "snp-attester"} {
+		b.Run(form, func(b *testing.B) { benchKBSRelease(b, form == "snp-attester") })
+	}
+}
+
+func benchKBSRelease(b *testing.B, sevForm bool) {
 	h := newHarness(b)
 	k := &kbsHarness{harness: h}
 	if err := os.WriteFile(filepath.Join(h.dir, "db-password"), []byte(kbsMarker), 0o600); err != nil {
@@ -634,7 +639,24 @@ func BenchmarkKBSRelease(b *testing.B) {
 		w := h.do("POST", kbs.PathAuth, []byte(`{"version":"0.1.1","tee":"snp","extra-params":""}`))
 		var ch kbs.Challenge
 		json.Unmarshal(w.Body.Bytes(), &ch)
-		jobs[i] = job{w.Result().Cookies()[0], k.attestation(b, ch.Nonce, key, goodDigest, nil, nil)}
+		var bind func([]byte) []byte
+		var form func([64]byte) json.RawMessage
+		if sevForm {
+			bind = withAdditional
+			form = func(rd [64]byte) json.RawMessage {
+				raw, end, err := h.sim.SignSNP(rd, sim.SNPOptions{Measurement: goodMeasurement})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ev, err := kbs.MarshalTrusteeEvidence(evidence.PlatformSNP, raw, end)
+				if err != nil {
+					b.Fatal(err)
+				}
+				out, _ := json.Marshal(map[string]any{"primary_evidence": ev, "additional_evidence": ""})
+				return out
+			}
+		}
+		jobs[i] = job{w.Result().Cookies()[0], k.attestation(b, ch.Nonce, key, goodDigest, bind, form)}
 	}
 	send := func(method, path string, c *http.Cookie, body []byte) *httptest.ResponseRecorder {
 		r := httptest.NewRequest(method, path, bytes.NewReader(body))
