@@ -135,6 +135,12 @@ func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 		if err != nil {
 			return nil, fmt.Errorf("tee-evidence: %w", err)
 		}
+		// The event log is not evaluated, but it must be what it says.
+		if tdx.CCEventlog != nil {
+			if _, err := base64.StdEncoding.DecodeString(*tdx.CCEventlog); err != nil {
+				return nil, fmt.Errorf("tee-evidence: cc_eventlog: %w", err)
+			}
+		}
 		q, err := base64.StdEncoding.DecodeString(tdx.Quote + sgx.Quote)
 		if err != nil {
 			return nil, fmt.Errorf("tee-evidence: quote: %w", err)

@@ -16,8 +16,9 @@
 // (SHA-384 unless the challenge selects another) of its canonical JSON
 // (RFC 8785), zero-padded to 64 bytes. This package holds the payloads,
 // the canonical form and that hash, the evidence forms carried in
-// tee-evidence (evidence.go), the JWE of responses (jwe.go) and the client
-// (client.go); it decides nothing about trust.
+// tee-evidence (evidence.go; snp.go maps guest-components' SEV-SNP JSON to
+// and from the binary report), the JWE of responses (jwe.go) and the
+// client (client.go); it decides nothing about trust.
 package kbs
 
 import (

@@ -473,6 +473,7 @@ func TestTrusteeForms(t *testing.T) {
 		"cca empty":         {"cca", `{"token":[]}`},
 		"cca extra":         {"cca", `{"token":[1],"x":1}`},
 		"token for sgx":     {"sgx", `{"token":[1]}`},
+		"tdx eventlog":      {"tdx", `{"quote":"UVVPVEU=","cc_eventlog":"!!"}`},
 	} {
 		if _, err := ParseEvidence(c.platform, []byte(c.in)); err == nil {
 			t.Errorf("%s: accepted", name)

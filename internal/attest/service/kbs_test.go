@@ -313,6 +313,32 @@ func TestKBSRefusals(t *testing.T) {
 	k.noPlaintext(t)
 }
 
+// sevComposite has ca sign rd in a sim-snp report and returns it in
+// guest-components' snp attester form inside the composite form, with
+// edit (if set) applied to the attester's JSON first.
+func sevComposite(t testing.TB, ca *sim.CA, rd [64]byte, edit func(m map[string]any)) json.RawMessage {
+	t.Helper()
+	raw, end, err := ca.SignSNP(rd, sim.SNPOptions{Measurement: goodMeasurement})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := kbs.MarshalTrusteeEvidence(evidence.PlatformSNP, raw, end)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	d := json.NewDecoder(bytes.NewReader(js))
+	d.UseNumber()
+	if err := d.Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	if edit != nil {
+		edit(m)
+	}
+	b, _ := json.Marshal(map[string]any{"primary_evidence": m, "additional_evidence": ""})
+	return b
+}
+
 // withAdditional is the runtime data with "additional-evidence": "" added:
 // what guest-components binds when it sends composite evidence.
 func withAdditional(rt []byte) []byte {
@@ -360,29 +386,8 @@ func TestKBSTrusteeForms(t *testing.T) {
 func TestKBSSNPAttesterForm(t *testing.T) {
 	k := newKBSHarness(t)
 	key := newKey(t)
-	// sevForm signs rd, lets edit change the attester's JSON, and wraps it.
 	sevForm := func(ca *sim.CA, edit func(m map[string]any)) func(rd [64]byte) json.RawMessage {
-		return func(rd [64]byte) json.RawMessage {
-			raw, end, err := ca.SignSNP(rd, sim.SNPOptions{Measurement: goodMeasurement})
-			if err != nil {
-				t.Fatal(err)
-			}
-			js, err := kbs.MarshalTrusteeEvidence(evidence.PlatformSNP, raw, end)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var m map[string]any
-			d := json.NewDecoder(bytes.NewReader(js))
-			d.UseNumber()
-			if err := d.Decode(&m); err != nil {
-				t.Fatal(err)
-			}
-			if edit != nil {
-				edit(m)
-			}
-			b, _ := json.Marshal(map[string]any{"primary_evidence": m, "additional_evidence": ""})
-			return b
-		}
+		return func(rd [64]byte) json.RawMessage { return sevComposite(t, ca, rd, edit) }
 	}
 	ck, nonce := k.auth(t, "snp")
 	code, body, ok := k.send(t, "POST", kbs.PathAttest, ck, k.attestation(t, nonce, key, goodDigest, withAdditional, sevForm(k.sim, nil)))
@@ -560,6 +565,7 @@ func FuzzKBSAttest(f *testing.F) {
 	n64 := base64.StdEncoding.EncodeToString(nonce)
 	f.Add(k.attestation(f, n64, key, goodDigest, nil, nil))
 	f.Add(k.attestation(f, n64, key, "", nil, nil))
+	f.Add(k.attestation(f, n64, key, "", withAdditional, func(rd [64]byte) json.RawMessage { return sevComposite(f, h.sim, rd, nil) }))
 	f.Add([]byte(`{"runtime-data":{"nonce":"` + n64 + `","tee-pubkey":{}},"tee-evidence":{}}`))
 	f.Add([]byte(`{"runtime-data":{"nonce":"` + n64 + `","tee-pubkey":{"kty":"EC"}},"tee-evidence":{"quote":""}}`))
 	f.Add([]byte(`{}`))
@@ -643,18 +649,7 @@ func benchKBSRelease(b *testing.B, sevForm bool) {
 		var form func([64]byte) json.RawMessage
 		if sevForm {
 			bind = withAdditional
-			form = func(rd [64]byte) json.RawMessage {
-				raw, end, err := h.sim.SignSNP(rd, sim.SNPOptions{Measurement: goodMeasurement})
-				if err != nil {
-					b.Fatal(err)
-				}
-				ev, err := kbs.MarshalTrusteeEvidence(evidence.PlatformSNP, raw, end)
-				if err != nil {
-					b.Fatal(err)
-				}
-				out, _ := json.Marshal(map[string]any{"primary_evidence": ev, "additional_evidence": ""})
-				return out
-			}
+			form = func(rd [64]byte) json.RawMessage { return sevComposite(b, h.sim, rd, nil) }
 		}
 		jobs[i] = job{w.Result().Cookies()[0], k.attestation(b, ch.Nonce, key, goodDigest, bind, form)}
 	}
