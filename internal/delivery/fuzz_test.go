@@ -3,6 +3,7 @@ package delivery
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -37,6 +38,7 @@ func FuzzParseManifest(f *testing.F) {
 	f.Add([]byte(`{"digest":"sha256:00","wasm_size":1,"config_size":-1}`))
 	f.Add([]byte(`{"digest":1}`))
 	f.Add([]byte(`{} {}`))
+	f.Add([]byte(`{"digest":"sha256:` + strings.Repeat("a", 64) + `","wasm_size":1,"config_size":-1,"secret_service":{"url":"https://a:1","roots_pem":"QQ=="}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := ParseManifest(b)
 		if err != nil {
@@ -44,6 +46,9 @@ func FuzzParseManifest(f *testing.F) {
 		}
 		if m.WasmSize <= 0 || m.WasmSize > MaxWasmSize || len(m.Secrets) > MaxSecrets {
 			t.Fatalf("accepted manifest out of bounds: %+v", m)
+		}
+		if s := m.SecretService; s != nil && (!strings.HasPrefix(s.URL, "https://") || len(s.URL) > maxServiceURL || len(s.RootsPEM) > maxServiceRoots) {
+			t.Fatalf("accepted secret service out of bounds: %+v", s)
 		}
 	})
 }

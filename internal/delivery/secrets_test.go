@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/workload"
 )
 
 // TestSecretFile delivers a secret declared as a file: the workload (the
@@ -98,5 +100,65 @@ func TestDetachedOutput(t *testing.T) {
 		if got != c.toHost || (!c.toHost && host.String() != "") {
 			t.Errorf("%q: host output %q, want to host: %v", c.setting, host.String(), c.toHost)
 		}
+	}
+}
+
+// TestKeepFetchRefused: a config that fetches secrets by kbs:///
+// reference runs only when the keep fetched them itself from the secret
+// service the client named (the steward, when the config names one),
+// with evidence; a client cannot supply them.
+func TestKeepFetchRefused(t *testing.T) {
+	refs := "[secrets]\nenv = [\"DB_PASSWORD\"]\n[secrets.kbs]\nDB_PASSWORD = \"kbs:///default/db/password\"\n" + stdio
+	fetching := load(t, "c", "hello", []byte(refs))
+	stewarded := load(t, "c", "hello", []byte("steward = \"https://attest.example:8443\"\n"+refs))
+	svc := &SecretService{URL: "https://other.example:8443"}
+	for _, c := range []struct {
+		name    string
+		art     *workload.Artifact
+		svc     *SecretService
+		secrets map[string]string
+		want    string
+	}{
+		{"no service", fetching, nil, nil, "the client named no attestation service to fetch them from"},
+		{"supplied", fetching, svc, map[string]string{"DB_PASSWORD": "x"}, "secrets were supplied that the keep fetches by kbs:/// reference ([secrets.kbs]): DB_PASSWORD"},
+		{"not the steward", stewarded, svc, nil, "the client names secret service https://other.example:8443, the config's steward is https://attest.example:8443"},
+		{"no evidence", fetching, svc, nil, "backend nil has no evidence"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			k, sess, v := pair(t, c.art.Digest.String())
+			var out syncBuf
+			_, err, _, kerr := run(t, k, sess, v, Delivery{Artifact: c.art, Secrets: c.secrets, SecretService: c.svc, Stdout: &out})
+			var re *RefusedError
+			if !errors.As(err, &re) || !strings.Contains(re.Reason, c.want) || !errors.Is(kerr, ErrRefused) {
+				t.Errorf("client: %v; keep: %v; want %q", err, kerr, c.want)
+			}
+			if out.String() != "" {
+				t.Errorf("a refused workload ran: %q", out.String())
+			}
+		})
+	}
+}
+
+// TestManifestSecretServiceRefused: the secret service a client names is
+// an https URL of bounded size with bounded roots.
+func TestManifestSecretServiceRefused(t *testing.T) {
+	base := `{"digest":"sha256:` + strings.Repeat("a", 64) + `","wasm_size":1,"config_size":-1,"secret_service":`
+	for _, c := range []struct{ svc, want string }{
+		{`{"url":"http://attest.example"}`, `secret_service url "http://attest.example" is not an https://host[:port] URL`},
+		{`{"url":"https://"}`, "is not an https://host[:port] URL"},
+		{`{"url":"https://user:pw@attest.example"}`, "is not an https://host[:port] URL"},
+		{`{"url":"https://attest.example/?x=1"}`, "is not an https://host[:port] URL"},
+		{`{"url":"https://attest.example/#f"}`, "is not an https://host[:port] URL"},
+		{`{"url":"https://a` + strings.Repeat("b", 2048) + `"}`, "secret_service url of 2057 bytes, more than 2048"},
+		{`{"url":"https://attest.example","roots_pem":"` + strings.Repeat("A", 88000) + `"}`, "secret_service roots of 66000 bytes, more than 65536"},
+		{`{"url":"https://attest.example","extra":1}`, "unknown field"},
+	} {
+		_, err := ParseManifest([]byte(base + c.svc + "}"))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%.60s: got %v, want %q", c.svc, err, c.want)
+		}
+	}
+	if _, err := ParseManifest([]byte(base + `{"url":"https://attest.example:8443"}}`)); err != nil {
+		t.Errorf("a good secret service refused: %v", err)
 	}
 }

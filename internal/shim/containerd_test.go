@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -403,6 +404,12 @@ func vmKeepImage(t *testing.T) string {
 // dir (its state in dir/state) and returns its URL; it is stopped when the
 // test ends.
 func startAttest(t *testing.T, exe, dir string) string {
+	u, _ := startAttestLog(t, exe, dir)
+	return u
+}
+
+// startAttestLog is startAttest that also returns the service's log so far.
+func startAttestLog(t *testing.T, exe, dir string) (string, func() string) {
 	t.Helper()
 	cmd := exec.Command(exe, "attest", "serve", "--listen", "127.0.0.1:0", "--policy", filepath.Join(dir, "policy.toml"),
 		"--measurements", filepath.Join(dir, "measurements.toml"), "--state-dir", filepath.Join(dir, "state"), "--reload-interval", "200ms")
@@ -414,22 +421,32 @@ func startAttest(t *testing.T, exe, dir string) string {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
+	var mu sync.Mutex
+	var logb strings.Builder
 	urls := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			mu.Lock()
+			logb.WriteString(sc.Text() + "\n")
+			mu.Unlock()
 			if _, rest, ok := strings.Cut(sc.Text(), "attestation service on "); ok {
 				urls <- strings.Fields(rest)[0]
 			}
 		}
 	}()
+	logOf := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return logb.String()
+	}
 	select {
 	case u := <-urls:
-		return u
+		return u, logOf
 	case <-time.After(2 * time.Minute):
 		t.Fatal("attest serve did not start within 2 minutes")
 	}
-	return ""
+	return "", nil
 }
 
 // loopbackRegistry is go-containerregistry's registry on loopback, as the
@@ -604,6 +621,80 @@ func TestContainerd(t *testing.T) {
 			t.Fatalf("exit status %d, want a refusal naming the workload:\n%s", code, out)
 		}
 		t.Logf("refused: %s", strings.TrimSpace(out))
+	})
+
+	t.Run("secrets released to an attested keep", func(t *testing.T) {
+		// The owner's policy binds a secret to workload A's digest; A's
+		// config names it by kbs:/// reference. The keep attests to the
+		// service itself and gets the value encrypted to its key; B
+		// (another config, so another digest) is refused it.
+		dir := t.TempDir()
+		if out, err := exec.Command(c.exe, "attest", "dev-policy", "-o", dir).CombinedOutput(); err != nil {
+			t.Fatalf("attest dev-policy: %v\n%s", err, out)
+		}
+		const marker = "kbs-marker-5e1d"
+		os.WriteFile(filepath.Join(dir, "db-password"), []byte(marker), 0o600)
+		secCfg := stdio + "[secrets]\nenv = [\"DB_PASSWORD\"]\n[secrets.kbs]\nDB_PASSWORD = \"kbs:///default/db/password\"\n"
+		otherCfg := stdio + "[env]\nOTHER = \"1\"\n" + secCfg[len(stdio):]
+		wasm, _ := os.ReadFile(helloGo)
+		artA, err := workload.New(wasm, []byte(secCfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		artB, _ := workload.New(wasm, []byte(otherCfg))
+		pol, _ := os.ReadFile(filepath.Join(dir, "policy.toml"))
+		pol = append(pol, fmt.Sprintf("\n[[secret]]\nresource = \"default/db/password\"\nfile = \"db-password\"\nworkloads = [%q]\n", artA.Digest)...)
+		os.WriteFile(filepath.Join(dir, "policy.toml"), pol, 0o644)
+		url, attestLog := startAttestLog(t, c.exe, dir)
+		c.importLayout(t, rootfsImage(t, helloGo, []byte(secCfg)), "example.com/kbs-a:v1")
+		c.importLayout(t, rootfsImage(t, helloGo, []byte(otherCfg)), "example.com/kbs-b:v1")
+		opts := filepath.Join(t.TempDir(), "shim.toml")
+		os.WriteFile(opts, []byte(fmt.Sprintf("backend = \"sim-snp\"\nattest = %q\nattest_ca = %q\nallow_insecure = true\n",
+			url, filepath.Join(dir, "state", "ca.pem"))), 0o644)
+
+		out, code := c.run(t, "--runtime-config-path", opts, "example.com/kbs-a:v1", "kbs-a")
+		if code != 0 || !strings.Contains(out, "env DB_PASSWORD="+marker+"\n") {
+			t.Fatalf("workload A: exit status %d, want 0 and the released secret in its environment:\n%s", code, out)
+		}
+		out, code = c.run(t, "--runtime-config-path", opts, "example.com/kbs-b:v1", "kbs-b")
+		want := fmt.Sprintf("castellan: error: the keep refused the delivery: secret DB_PASSWORD from %s: kbs:///default/db/password: kbs refused (PolicyDeny): secret kbs:///default/db/password is not released to workload %s", url, artB.Digest)
+		if code != 1 || !strings.Contains(out, want) || strings.Contains(out, marker) || strings.Contains(out, "hello from a keep") {
+			t.Fatalf("workload B: exit status %d, want 1 and %q, without the secret or the workload's output:\n%s", code, want, out)
+		}
+		t.Logf("workload B refused: %s", strings.TrimSpace(out))
+		// The service audited both; the value is in no log and no file
+		// of the service or of containerd (the shim's log goes there).
+		for _, want := range []string{
+			"released kbs:///default/db/password to 127.0.0.1:",
+			"refused 127.0.0.1:",
+			"(secret): secret kbs:///default/db/password is not released to workload " + artB.Digest.String(),
+		} {
+			if !strings.Contains(attestLog(), want) {
+				t.Errorf("the service's log lacks %q:\n%s", want, attestLog())
+			}
+		}
+		for _, where := range []string{filepath.Join(dir, "state"), c.dir} {
+			filepath.WalkDir(where, func(p string, d fs.DirEntry, err error) error {
+				if err != nil || !d.Type().IsRegular() {
+					return nil
+				}
+				if b, _ := os.ReadFile(p); bytes.Contains(b, []byte(marker)) {
+					t.Errorf("the secret's value is in %s", p)
+				}
+				return nil
+			})
+		}
+		if strings.Contains(attestLog(), marker) {
+			t.Error("the secret's value is in the service's log")
+		}
+		// A config naming kbs:/// secrets needs an attestation service
+		// and a keep with evidence: refused at create.
+		os.WriteFile(opts, []byte("backend = \"sim-snp\"\n"), 0o644)
+		out, code = c.run(t, "--runtime-config-path", opts, "example.com/kbs-a:v1", "kbs-c")
+		if code == 0 || !strings.Contains(out, "the runtime options name no attestation service (attest)") {
+			t.Fatalf("exit status %d, want a refusal naming the missing attest option:\n%s", code, out)
+		}
+		c.ctr("containers", "delete", "kbs-c")
 	})
 
 	t.Run("not a Wasm module", func(t *testing.T) {

@@ -51,6 +51,9 @@ type job struct {
 	limits   keep.Limits
 	opts     *Options
 	verifier delivery.Verifier
+	// secrets is where the keep fetches its config's [secrets.kbs] (the
+	// attestation service of the runtime options); nil when it names none.
+	secrets *delivery.SecretService
 }
 
 // readSpec reads the bundle's OCI runtime spec.
@@ -93,8 +96,14 @@ func newJob(ctx context.Context, spec *specs.Spec, rootfs string, src *imageSour
 			return nil, err
 		}
 	}
-	if _, err := config.Parse("workload config", cfg); err != nil {
+	parsed, err := config.Parse("workload config", cfg)
+	if err != nil {
 		return nil, err
+	}
+	if parsed != nil && len(parsed.SecretRefs) > 0 {
+		if j.secrets, err = opts.secretService(); err != nil {
+			return nil, err
+		}
 	}
 	if j.art, err = workload.New(wasm, cfg); err != nil {
 		return nil, err
@@ -315,15 +324,50 @@ func (o *Options) verifier(name string) (delivery.Verifier, error) {
 		return iv, nil
 	}
 	sv := &delivery.ServiceVerifier{URL: o.Attest, Package: name, AllowInsecure: o.AllowInsecure}
-	if o.AttestCA != "" {
-		pem, err := os.ReadFile(o.AttestCA)
-		if err != nil {
-			return nil, fmt.Errorf("attest_ca: %w", err)
-		}
+	pem, err := o.attestCA()
+	if err != nil {
+		return nil, err
+	}
+	if pem != nil {
 		sv.Roots = x509.NewCertPool()
-		if !sv.Roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("attest_ca: %s: no PEM certificate in it", o.AttestCA)
-		}
+		sv.Roots.AppendCertsFromPEM(pem)
 	}
 	return sv, nil
+}
+
+// attestCA reads attest_ca (nil: none named, the system's roots).
+func (o *Options) attestCA() ([]byte, error) {
+	if o.AttestCA == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(o.AttestCA)
+	if err != nil {
+		return nil, fmt.Errorf("attest_ca: %w", err)
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("attest_ca: %s: no PEM certificate in it", o.AttestCA)
+	}
+	return pem, nil
+}
+
+// secretService is where a keep whose config names secrets by kbs:///
+// reference fetches them: the attestation service, which binds them to
+// workload digests. The keep attests to it itself, so it needs evidence
+// (not the nil backend) and a network (a process keep: a VM keep has no
+// network interface).
+func (o *Options) secretService() (*delivery.SecretService, error) {
+	const what = "the config fetches secrets by kbs:/// reference ([secrets.kbs])"
+	switch {
+	case o.Attest == "":
+		return nil, fmt.Errorf("%s: the runtime options name no attestation service (attest) to fetch them from", what)
+	case o.Backend == tee.NameNil:
+		return nil, fmt.Errorf("%s: backend nil has no evidence, and the service releases secrets only to keeps in a TEE (runtime option backend)", what)
+	case o.Keep == keep.KindVM:
+		return nil, fmt.Errorf("%s: a VM keep has no network to reach the attestation service; use keep = \"process\"", what)
+	}
+	pem, err := o.attestCA()
+	if err != nil {
+		return nil, err
+	}
+	return &delivery.SecretService{URL: o.Attest, RootsPEM: pem}, nil
 }

@@ -342,7 +342,7 @@ func (t *task) deliver(ctx context.Context, sess *delivery.Session, nonce []byte
 		return 1, fmt.Sprintf("the keep's endpoint: %v", err), false
 	}
 	res, err := sess.Deliver(ctx, conn, verified, delivery.Delivery{Artifact: t.w.art, Name: t.w.name, Args: t.w.args,
-		Stdout: t.stdoutFile, Stderr: t.stderrFile, OnStarted: once})
+		Stdout: t.stdoutFile, Stderr: t.stderrFile, OnStarted: once, SecretService: t.w.secrets})
 	if err != nil {
 		return 1, err.Error(), true
 	}
