@@ -19,6 +19,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -229,6 +230,10 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 	if err != nil {
 		return refuse(err)
 	}
+	preopens, err := volumePreopens(m.Volumes, cfg)
+	if err != nil {
+		return refuse(err)
+	}
 	hostOutput := m.Detach && cfg != nil && cfg.DetachedOutput == config.DetachedHost
 	var cert *tls.Certificate
 	if len(m.CertChain) > 0 {
@@ -312,6 +317,7 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 		ConfigDir:   "/nonexistent",
 		Args:        m.Args,
 		Env:         env,
+		Preopens:    preopens,
 		Stdin:       bytes.NewReader(nil),
 		Stdout:      stdout,
 		Stderr:      stderr,
@@ -339,6 +345,34 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 		tc.CloseWrite()
 	}
 	return res, nil
+}
+
+// volumePreopens makes the manifest's volumes dir descriptors, after
+// checking that each host path is a folder (the workload's paths are
+// then confined to it by the runtime's os.Root) and that no guest path is
+// also a descriptor name of the config.
+func volumePreopens(vs []Volume, cfg *config.Config) ([]config.File, error) {
+	names := map[string]bool{}
+	if cfg != nil {
+		for _, f := range cfg.Files {
+			names[f.Name] = true
+		}
+	}
+	var files []config.File
+	for _, v := range vs {
+		if names[v.Guest] {
+			return nil, fmt.Errorf("volume %s: the config already names a descriptor %s", v.Guest, v.Guest)
+		}
+		st, err := os.Stat(v.Host)
+		if err != nil {
+			return nil, fmt.Errorf("volume %s: %w", v.Guest, err)
+		}
+		if !st.IsDir() {
+			return nil, fmt.Errorf("volume %s: host path %s is not a folder", v.Guest, v.Host)
+		}
+		files = append(files, config.File{Kind: config.KindDir, Name: v.Guest, Path: v.Host, ReadOnly: v.ReadOnly})
+	}
+	return files, nil
 }
 
 // secretFetchTimeout bounds the keep's attestation to the secret service

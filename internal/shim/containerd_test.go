@@ -697,6 +697,34 @@ func TestContainerd(t *testing.T) {
 		c.ctr("containers", "delete", "kbs-c")
 	})
 
+	t.Run("volumes as preopened folders", func(t *testing.T) {
+		// ctr's bind mounts, as Kubernetes' volumes reach the shim: the
+		// workload writes in a read-write one (its escapes refused) and
+		// reads a read-only one. TestServiceVolumes checks the details.
+		c.importLayout(t, rootfsImage(t, fixtures.Go(t, "fileio"), nil), "example.com/fileio:v1")
+		base := t.TempDir()
+		rw, ro := filepath.Join(base, "rw"), filepath.Join(base, "ro")
+		os.Mkdir(rw, 0o755)
+		os.Mkdir(ro, 0o755)
+		os.WriteFile(filepath.Join(base, "outside.txt"), []byte("outside\n"), 0o644)
+		os.Symlink(filepath.Join(base, "outside.txt"), filepath.Join(rw, "hostabs"))
+		os.WriteFile(filepath.Join(ro, "ro.txt"), []byte("read only\n"), 0o644)
+		out, code := c.run(t, "--mount", "type=bind,src="+rw+",dst=/data,options=rbind:rw", "--env", "DIR=/data", "example.com/fileio:v1", "vol1")
+		if code != 0 || !strings.Contains(out, "ok read via symlink out refused") || !strings.Contains(out, "ok read via absolute symlink refused") || !strings.Contains(out, "done\n") {
+			t.Fatalf("read-write volume: exit status %d:\n%s", code, out)
+		}
+		if target, err := os.Readlink(filepath.Join(rw, "link")); err != nil || target != "sub/b.txt" {
+			t.Errorf("the workload's link in the host folder: %q %v", target, err)
+		}
+		out, code = c.run(t, "--mount", "type=bind,src="+ro+",dst=/config,options=rbind:ro", "--env", "DIR=/config", "--env", "RO=1", "example.com/fileio:v1", "vol2")
+		if code != 0 || !strings.Contains(out, "ok read\n") || !strings.Contains(out, "ok create refused") || !strings.Contains(out, "done\n") {
+			t.Fatalf("read-only volume: exit status %d:\n%s", code, out)
+		}
+		if ents, _ := os.ReadDir(ro); len(ents) != 1 {
+			t.Errorf("the read-only volume changed: %v", ents)
+		}
+	})
+
 	t.Run("not a Wasm module", func(t *testing.T) {
 		notWasm := filepath.Join(t.TempDir(), "x.wasm")
 		os.WriteFile(notWasm, []byte("#!/bin/sh\necho hi\n"), 0o755)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -54,6 +55,10 @@ type job struct {
 	// secrets is where the keep fetches its config's [secrets.kbs] (the
 	// attestation service of the runtime options); nil when it names none.
 	secrets *delivery.SecretService
+	// volumes are the container's bind mounts of folders, preopened at
+	// the same guest paths; skipped says which mounts were not given.
+	volumes []delivery.Volume
+	skipped []string
 }
 
 // readSpec reads the bundle's OCI runtime spec.
@@ -113,6 +118,7 @@ func newJob(ctx context.Context, spec *specs.Spec, rootfs string, src *imageSour
 		j.args = append([]string(nil), spec.Process.Args[1:]...)
 	}
 	j.limits = limitsOf(spec, opts.Keep)
+	j.volumes, j.skipped = volumesOf(spec.Mounts, opts.Keep)
 	if j.verifier, err = opts.verifier(j.name); err != nil {
 		return nil, err
 	}
@@ -254,6 +260,66 @@ func limitsOf(spec *specs.Spec, kind string) keep.Limits {
 		}
 	}
 	return l
+}
+
+// systemMounts are the container's kernel and device folders: a runtime's
+// mounts, not the pod's volumes.
+var systemMounts = []string{"/dev", "/proc", "/sys"}
+
+// volumesOf maps the container's volumes (bind mounts of host folders:
+// Kubernetes' emptyDir, hostPath, configMap, secret and projected
+// volumes) onto the keep's preopens at the same guest paths, read-only
+// when the mount is. Mounts of single files (/etc/hosts, resolv.conf,
+// termination logs) and of the kernel's folders are not given; neither is
+// anything to a VM keep, which has no way to the host's folders.
+func volumesOf(mounts []specs.Mount, kind string) (vols []delivery.Volume, skipped []string) {
+	for _, m := range mounts {
+		bind, ro := m.Type == "bind", false
+		for _, o := range m.Options {
+			switch o {
+			case "bind", "rbind":
+				bind = true
+			case "ro":
+				ro = true
+			case "rw":
+				ro = false
+			}
+		}
+		dst := m.Destination
+		if !bind || slices.ContainsFunc(systemMounts, func(s string) bool { return dst == s || strings.HasPrefix(dst, s+"/") }) {
+			continue
+		}
+		if !path.IsAbs(dst) || path.Clean(dst) != dst || dst == "/" {
+			skipped = append(skipped, fmt.Sprintf("mount %q: the destination is not an absolute, clean path below /", dst))
+			continue
+		}
+		if !filepath.IsAbs(m.Source) {
+			skipped = append(skipped, fmt.Sprintf("mount %s: source %q is not an absolute path", dst, m.Source))
+			continue
+		}
+		src := filepath.Clean(m.Source)
+		if st, err := os.Stat(src); err != nil || !st.IsDir() {
+			if err == nil {
+				err = errors.New("a file, not a folder")
+			}
+			skipped = append(skipped, fmt.Sprintf("mount %s: %v: not given to the workload", dst, err))
+			continue
+		}
+		if kind == keep.KindVM {
+			skipped = append(skipped, fmt.Sprintf("mount %s: a VM keep has no way to the host's folders: not given to the workload", dst))
+			continue
+		}
+		if slices.ContainsFunc(vols, func(v delivery.Volume) bool { return v.Guest == dst }) {
+			skipped = append(skipped, fmt.Sprintf("mount %s: mounted twice: the first one is given", dst))
+			continue
+		}
+		vols = append(vols, delivery.Volume{Guest: dst, Host: src, ReadOnly: ro})
+	}
+	if len(vols) > delivery.MaxVolumes {
+		skipped = append(skipped, fmt.Sprintf("%d volumes, more than %d: the last %d are not given", len(vols), delivery.MaxVolumes, len(vols)-delivery.MaxVolumes))
+		vols = vols[:delivery.MaxVolumes]
+	}
+	return vols, skipped
 }
 
 // Options are the shim's settings for a runtime handler: the keep kind,

@@ -153,6 +153,12 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 		}
 		t.w = w
 		s.logf("container %s: package %s (%s), %s keep, backend %s", r.ID, w.art.Digest, w.source, opts.Keep, opts.Backend)
+		for _, v := range w.volumes {
+			s.logf("container %s: volume %s (%s, read-only %v)", r.ID, v.Guest, v.Host, v.ReadOnly)
+		}
+		for _, m := range w.skipped {
+			s.logf("container %s: %s", r.ID, m)
+		}
 	}
 	s.mu.Lock()
 	s.tasks[r.ID] = t
@@ -342,7 +348,8 @@ func (t *task) deliver(ctx context.Context, sess *delivery.Session, nonce []byte
 		return 1, fmt.Sprintf("the keep's endpoint: %v", err), false
 	}
 	res, err := sess.Deliver(ctx, conn, verified, delivery.Delivery{Artifact: t.w.art, Name: t.w.name, Args: t.w.args,
-		Stdout: t.stdoutFile, Stderr: t.stderrFile, OnStarted: once, SecretService: t.w.secrets})
+		Stdout: t.stdoutFile, Stderr: t.stderrFile, OnStarted: once, SecretService: t.w.secrets,
+		Volumes: t.w.volumes})
 	if err != nil {
 		return 1, err.Error(), true
 	}
