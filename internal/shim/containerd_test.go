@@ -449,6 +449,79 @@ func startAttestLog(t *testing.T, exe, dir string) (string, func() string) {
 	return "", nil
 }
 
+// kbsMarker is the value of the secret the kbs fixture's policy binds.
+const kbsMarker = "kbs-marker-5e1d"
+
+// kbsFixture is a real `castellan attest serve` whose policy trusts the
+// local simulation root and binds a secret (kbs:///default/db/password)
+// to workload A's digest, with images of A and B (hello, whose configs
+// name the secret; B's differs, so its digest does) imported into c.
+type kbsFixture struct {
+	c        *containerd
+	dir, url string
+	digestB  string
+	options  string // the shim's runtime options for the service
+	refusal  string // what B's stderr says
+	log      func() string
+}
+
+func newKBSFixture(t *testing.T, c *containerd, helloGo string) *kbsFixture {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command(c.exe, "attest", "dev-policy", "-o", dir).CombinedOutput(); err != nil {
+		t.Fatalf("attest dev-policy: %v\n%s", err, out)
+	}
+	os.WriteFile(filepath.Join(dir, "db-password"), []byte(kbsMarker), 0o600)
+	secCfg := stdio + "[secrets]\nenv = [\"DB_PASSWORD\"]\n[secrets.kbs]\nDB_PASSWORD = \"kbs:///default/db/password\"\n"
+	otherCfg := stdio + "[env]\nOTHER = \"1\"\n" + secCfg[len(stdio):]
+	wasm, _ := os.ReadFile(helloGo)
+	artA, err := workload.New(wasm, []byte(secCfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	artB, _ := workload.New(wasm, []byte(otherCfg))
+	pol, _ := os.ReadFile(filepath.Join(dir, "policy.toml"))
+	pol = append(pol, fmt.Sprintf("\n[[secret]]\nresource = \"default/db/password\"\nfile = \"db-password\"\nworkloads = [%q]\n", artA.Digest)...)
+	os.WriteFile(filepath.Join(dir, "policy.toml"), pol, 0o644)
+	k := &kbsFixture{c: c, dir: dir, digestB: artB.Digest.String()}
+	k.url, k.log = startAttestLog(t, c.exe, dir)
+	c.importLayout(t, rootfsImage(t, helloGo, []byte(secCfg)), "example.com/kbs-a:v1")
+	c.importLayout(t, rootfsImage(t, helloGo, []byte(otherCfg)), "example.com/kbs-b:v1")
+	k.options = fmt.Sprintf("backend = \"sim-snp\"\nattest = %q\nattest_ca = %q\nallow_insecure = true\n", k.url, filepath.Join(dir, "state", "ca.pem"))
+	k.refusal = fmt.Sprintf("castellan: error: the keep refused the delivery: secret DB_PASSWORD from %s: kbs:///default/db/password: kbs refused (PolicyDeny): secret kbs:///default/db/password is not released to workload %s", k.url, artB.Digest)
+	return k
+}
+
+// check checks that the service audited the release to A and the refusal
+// of B, and that the value is in no log and no file of the service or of
+// containerd (the shim's log goes to containerd's).
+func (k *kbsFixture) check(t *testing.T) {
+	t.Helper()
+	for _, want := range []string{
+		"released kbs:///default/db/password to 127.0.0.1:",
+		"refused 127.0.0.1:",
+		"(secret): secret kbs:///default/db/password is not released to workload " + k.digestB,
+	} {
+		if !strings.Contains(k.log(), want) {
+			t.Errorf("the service's log lacks %q:\n%s", want, k.log())
+		}
+	}
+	for _, where := range []string{filepath.Join(k.dir, "state"), k.c.dir} {
+		filepath.WalkDir(where, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() {
+				return nil
+			}
+			if b, _ := os.ReadFile(p); bytes.Contains(b, []byte(kbsMarker)) {
+				t.Errorf("the secret's value is in %s", p)
+			}
+			return nil
+		})
+	}
+	if strings.Contains(k.log(), kbsMarker) {
+		t.Error("the secret's value is in the service's log")
+	}
+}
+
 // loopbackRegistry is go-containerregistry's registry on loopback, as the
 // package tests use.
 func loopbackRegistry(t *testing.T) string {
@@ -628,65 +701,19 @@ func TestContainerd(t *testing.T) {
 		// config names it by kbs:/// reference. The keep attests to the
 		// service itself and gets the value encrypted to its key; B
 		// (another config, so another digest) is refused it.
-		dir := t.TempDir()
-		if out, err := exec.Command(c.exe, "attest", "dev-policy", "-o", dir).CombinedOutput(); err != nil {
-			t.Fatalf("attest dev-policy: %v\n%s", err, out)
-		}
-		const marker = "kbs-marker-5e1d"
-		os.WriteFile(filepath.Join(dir, "db-password"), []byte(marker), 0o600)
-		secCfg := stdio + "[secrets]\nenv = [\"DB_PASSWORD\"]\n[secrets.kbs]\nDB_PASSWORD = \"kbs:///default/db/password\"\n"
-		otherCfg := stdio + "[env]\nOTHER = \"1\"\n" + secCfg[len(stdio):]
-		wasm, _ := os.ReadFile(helloGo)
-		artA, err := workload.New(wasm, []byte(secCfg))
-		if err != nil {
-			t.Fatal(err)
-		}
-		artB, _ := workload.New(wasm, []byte(otherCfg))
-		pol, _ := os.ReadFile(filepath.Join(dir, "policy.toml"))
-		pol = append(pol, fmt.Sprintf("\n[[secret]]\nresource = \"default/db/password\"\nfile = \"db-password\"\nworkloads = [%q]\n", artA.Digest)...)
-		os.WriteFile(filepath.Join(dir, "policy.toml"), pol, 0o644)
-		url, attestLog := startAttestLog(t, c.exe, dir)
-		c.importLayout(t, rootfsImage(t, helloGo, []byte(secCfg)), "example.com/kbs-a:v1")
-		c.importLayout(t, rootfsImage(t, helloGo, []byte(otherCfg)), "example.com/kbs-b:v1")
+		k := newKBSFixture(t, c, helloGo)
 		opts := filepath.Join(t.TempDir(), "shim.toml")
-		os.WriteFile(opts, []byte(fmt.Sprintf("backend = \"sim-snp\"\nattest = %q\nattest_ca = %q\nallow_insecure = true\n",
-			url, filepath.Join(dir, "state", "ca.pem"))), 0o644)
-
+		os.WriteFile(opts, []byte(k.options), 0o644)
 		out, code := c.run(t, "--runtime-config-path", opts, "example.com/kbs-a:v1", "kbs-a")
-		if code != 0 || !strings.Contains(out, "env DB_PASSWORD="+marker+"\n") {
+		if code != 0 || !strings.Contains(out, "env DB_PASSWORD="+kbsMarker+"\n") {
 			t.Fatalf("workload A: exit status %d, want 0 and the released secret in its environment:\n%s", code, out)
 		}
 		out, code = c.run(t, "--runtime-config-path", opts, "example.com/kbs-b:v1", "kbs-b")
-		want := fmt.Sprintf("castellan: error: the keep refused the delivery: secret DB_PASSWORD from %s: kbs:///default/db/password: kbs refused (PolicyDeny): secret kbs:///default/db/password is not released to workload %s", url, artB.Digest)
-		if code != 1 || !strings.Contains(out, want) || strings.Contains(out, marker) || strings.Contains(out, "hello from a keep") {
-			t.Fatalf("workload B: exit status %d, want 1 and %q, without the secret or the workload's output:\n%s", code, want, out)
+		if code != 1 || !strings.Contains(out, k.refusal) || strings.Contains(out, kbsMarker) || strings.Contains(out, "hello from a keep") {
+			t.Fatalf("workload B: exit status %d, want 1 and %q, without the secret or the workload's output:\n%s", code, k.refusal, out)
 		}
 		t.Logf("workload B refused: %s", strings.TrimSpace(out))
-		// The service audited both; the value is in no log and no file
-		// of the service or of containerd (the shim's log goes there).
-		for _, want := range []string{
-			"released kbs:///default/db/password to 127.0.0.1:",
-			"refused 127.0.0.1:",
-			"(secret): secret kbs:///default/db/password is not released to workload " + artB.Digest.String(),
-		} {
-			if !strings.Contains(attestLog(), want) {
-				t.Errorf("the service's log lacks %q:\n%s", want, attestLog())
-			}
-		}
-		for _, where := range []string{filepath.Join(dir, "state"), c.dir} {
-			filepath.WalkDir(where, func(p string, d fs.DirEntry, err error) error {
-				if err != nil || !d.Type().IsRegular() {
-					return nil
-				}
-				if b, _ := os.ReadFile(p); bytes.Contains(b, []byte(marker)) {
-					t.Errorf("the secret's value is in %s", p)
-				}
-				return nil
-			})
-		}
-		if strings.Contains(attestLog(), marker) {
-			t.Error("the secret's value is in the service's log")
-		}
+		k.check(t)
 		// A config naming kbs:/// secrets needs an attestation service
 		// and a keep with evidence: refused at create.
 		os.WriteFile(opts, []byte("backend = \"sim-snp\"\n"), 0o644)
