@@ -34,6 +34,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	ggcrtypes "github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/fixtures"
 	"github.com/castellan-dev/castellan/internal/keepimage"
 	"github.com/castellan-dev/castellan/internal/shim"
@@ -505,6 +506,26 @@ func (k *kbsFixture) check(t *testing.T) {
 		if !strings.Contains(k.log(), want) {
 			t.Errorf("the service's log lacks %q:\n%s", want, k.log())
 		}
+	}
+	// The audit log (the service's SQLite database) records the release
+	// to A and the refusal of B.
+	db, err := audit.Open(context.Background(), "sqlite:"+filepath.Join(k.dir, "state", "audit.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := db.Recent(context.Background(), 100)
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var released, refused bool
+	for _, r := range recs {
+		released = released || r.Accepted && r.Package == "kbs:///default/db/password"
+		refused = refused || !r.Accepted && r.Check == "secret" && r.Package == "kbs:///default/db/password" &&
+			strings.Contains(r.Reason, "is not released to workload "+k.digestB)
+	}
+	if !released || !refused {
+		t.Errorf("the audit log lacks the release (%v) or the refusal (%v): %+v", released, refused, recs)
 	}
 	for _, where := range []string{filepath.Join(k.dir, "state"), k.c.dir} {
 		filepath.WalkDir(where, func(p string, d fs.DirEntry, err error) error {
