@@ -66,8 +66,6 @@ type Delivery struct {
 	// SecretService is where the keep fetches the secrets the config
 	// names by kbs:/// reference, after it attested (nil: it fetches none).
 	SecretService *SecretService
-	// Volumes are host folders the keep preopens for the workload.
-	Volumes []Volume
 }
 
 // RefusedError is the keep's refusal of what the client sent.
@@ -134,7 +132,6 @@ func (s *Session) Deliver(ctx context.Context, conn net.Conn, v *Verified, d Del
 	m := Manifest{
 		Digest: art.Digest.String(), Name: d.Name, WasmSize: int64(len(art.Wasm)), ConfigSize: -1,
 		Args: d.Args, Secrets: d.Secrets, CertChain: v.CertChain, Detach: d.Detach, SecretService: d.SecretService,
-		Volumes: d.Volumes,
 	}
 	if art.Config != nil {
 		m.ConfigSize = int64(len(art.Config))

@@ -134,6 +134,11 @@ type ServeOptions struct {
 	// Started, if set, is called once the package checked out, before the
 	// workload starts.
 	Started func()
+	// Volumes are dir entries of host folders the host gives the workload
+	// (keep.Volume, checked by keep.CheckVolumes), preopened after the
+	// config's descriptors. They come from whoever started the keep,
+	// never from the client.
+	Volumes []config.File
 }
 
 func (o *ServeOptions) logf(format string, a ...any) {
@@ -230,7 +235,7 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 	if err != nil {
 		return refuse(err)
 	}
-	preopens, err := volumePreopens(m.Volumes, cfg)
+	preopens, err := volumePreopens(o.Volumes, cfg)
 	if err != nil {
 		return refuse(err)
 	}
@@ -347,32 +352,29 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 	return res, nil
 }
 
-// volumePreopens makes the manifest's volumes dir descriptors, after
-// checking that each host path is a folder (the workload's paths are
-// then confined to it by the runtime's os.Root) and that no guest path is
-// also a descriptor name of the config.
-func volumePreopens(vs []Volume, cfg *config.Config) ([]config.File, error) {
+// volumePreopens checks the host's volumes against the config: each
+// host path a folder (the runtime then confines the workload's paths to it
+// with os.Root), no guest path also a descriptor name of the config.
+func volumePreopens(vs []config.File, cfg *config.Config) ([]config.File, error) {
 	names := map[string]bool{}
 	if cfg != nil {
 		for _, f := range cfg.Files {
 			names[f.Name] = true
 		}
 	}
-	var files []config.File
 	for _, v := range vs {
-		if names[v.Guest] {
-			return nil, fmt.Errorf("volume %s: the config already names a descriptor %s", v.Guest, v.Guest)
+		if names[v.Name] {
+			return nil, fmt.Errorf("volume %s: the config already names a descriptor %s", v.Name, v.Name)
 		}
-		st, err := os.Stat(v.Host)
+		st, err := os.Stat(v.Path)
 		if err != nil {
-			return nil, fmt.Errorf("volume %s: %w", v.Guest, err)
+			return nil, fmt.Errorf("volume %s: %w", v.Name, err)
 		}
 		if !st.IsDir() {
-			return nil, fmt.Errorf("volume %s: host path %s is not a folder", v.Guest, v.Host)
+			return nil, fmt.Errorf("volume %s: host path %s is not a folder", v.Name, v.Path)
 		}
-		files = append(files, config.File{Kind: config.KindDir, Name: v.Guest, Path: v.Host, ReadOnly: v.ReadOnly})
 	}
-	return files, nil
+	return vs, nil
 }
 
 // secretFetchTimeout bounds the keep's attestation to the secret service

@@ -35,12 +35,10 @@ package delivery
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"github.com/castellan-dev/castellan/internal/strictjson"
 	"io"
 	"net/url"
-	"path"
 	"strings"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
@@ -110,50 +108,6 @@ type Manifest struct {
 	// names by kbs:/// reference ([secrets.kbs]), after it attested to it
 	// with a fresh key (internal/kbs); nil when the config fetches none.
 	SecretService *SecretService `json:"secret_service,omitempty"`
-	// Volumes are host folders the keep preopens for the workload (a
-	// pod's volumes, from the containerd shim), after the config's
-	// descriptors. They are host storage: the host reads and changes
-	// them, so a workload treats them as it treats any host input.
-	Volumes []Volume `json:"volumes,omitempty"`
-}
-
-// Volume is a host folder preopened at a guest path. The workload's paths
-// are resolved inside it (os.Root): no "..", symlink or absolute link
-// leads out of it.
-type Volume struct {
-	Guest    string `json:"guest"` // the path the workload sees, absolute
-	Host     string `json:"host"`  // the folder on the keep's host, absolute
-	ReadOnly bool   `json:"readonly,omitempty"`
-}
-
-// Bounds on a manifest's volumes.
-const (
-	MaxVolumes    = 64
-	maxVolumePath = 4096
-)
-
-// checkVolumes checks volume paths: absolute, clean, no NUL, each guest
-// path once, and never the guest's root.
-func checkVolumes(vs []Volume) error {
-	if len(vs) > MaxVolumes {
-		return fmt.Errorf("%d volumes, more than %d", len(vs), MaxVolumes)
-	}
-	seen := map[string]bool{}
-	for _, v := range vs {
-		for _, p := range []struct{ what, path string }{{"guest", v.Guest}, {"host", v.Host}} {
-			if len(p.path) > maxVolumePath || strings.ContainsRune(p.path, 0) || !path.IsAbs(p.path) || path.Clean(p.path) != p.path {
-				return fmt.Errorf("volume %s path %q is not an absolute, clean path", p.what, truncate(p.path))
-			}
-		}
-		if v.Guest == "/" {
-			return errors.New("volume guest path / is the workload's root, not a folder in it")
-		}
-		if seen[v.Guest] {
-			return fmt.Errorf("volume guest path %s is given twice", v.Guest)
-		}
-		seen[v.Guest] = true
-	}
-	return nil
 }
 
 // SecretService names the attestation service a keep fetches secrets
@@ -216,9 +170,6 @@ func (m *Manifest) check() error {
 	}
 	if len(m.CertChain) > maxCertChainLen {
 		return fmt.Errorf("manifest: certificate chain of %d, more than %d", len(m.CertChain), maxCertChainLen)
-	}
-	if err := checkVolumes(m.Volumes); err != nil {
-		return fmt.Errorf("manifest: %w", err)
 	}
 	if s := m.SecretService; s != nil {
 		if len(s.URL) > maxServiceURL {

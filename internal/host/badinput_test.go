@@ -318,3 +318,32 @@ func TestCPURateAccepted(t *testing.T) {
 		}
 	}
 }
+
+// TestNoVolumesFromClients: only the host's own launcher (the containerd
+// shim) gives a keep host folders; the agent's create request has no such
+// field, so a client cannot make a keep open the host's files.
+func TestNoVolumesFromClients(t *testing.T) {
+	body := `{"backend":"nil","nonce":"bm9uY2U=","digest":"sha256:` + strings.Repeat("0", 64) + `","client_key":"` + strings.Repeat("A", 43) + `=","volumes":[{"guest":"/x","host":"/"}]}`
+	if _, err := ParseCreateRequest([]byte(body)); err == nil || !strings.Contains(err.Error(), "volumes") {
+		t.Errorf("a create request with volumes: %v, want refused", err)
+	}
+}
+
+// TestKeepVolumesRefused: a keep refuses volumes that are not absolute,
+// clean paths, before it makes any evidence.
+func TestKeepVolumesRefused(t *testing.T) {
+	for _, tc := range []struct{ volumes, want string }{
+		{`[{"guest":"/data","host":"/tmp/../etc"}]`, `arguments: volume host path "/tmp/../etc" is not an absolute, clean path`},
+		{`[{"guest":"data","host":"/tmp"}]`, `arguments: volume guest path "data" is not an absolute, clean path`},
+		{`[{"guest":"/","host":"/tmp"}]`, "arguments: volume guest path / is the workload's root"},
+		{`[{"guest":"/data","host":"/tmp","extra":1}]`, "arguments: "},
+		{`{"guest":"/data"}`, "arguments: "},
+	} {
+		var stderr bytes.Buffer
+		code := KeepMain([]string{"--dir", t.TempDir(), "--backend", "nil", "--nonce", "00", "--digest", "sha256:" + strings.Repeat("0", 64),
+			"--client-key", strings.Repeat("00", 32), "--volumes", tc.volumes}, &stderr)
+		if code != 1 || !strings.Contains(stderr.String(), "keep failed: "+tc.want) || strings.Contains(stderr.String(), "evidence made") {
+			t.Errorf("%s: exit %d, stderr %q, want %q", tc.volumes, code, stderr.String(), tc.want)
+		}
+	}
+}

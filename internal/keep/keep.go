@@ -97,6 +97,9 @@ type Spec struct {
 	Digest    string
 	ClientKey []byte
 	Limits    Limits
+	// Volumes are host folders a process keep preopens for its workload
+	// (the containerd shim's pod volumes; VM keeps have none).
+	Volumes []Volume
 	// AttachTimeout is how long the ready keep waits for its client.
 	AttachTimeout time.Duration
 	// MaxOutput bounds the keep's output file (0: the keep's default).

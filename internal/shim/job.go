@@ -57,7 +57,7 @@ type job struct {
 	secrets *delivery.SecretService
 	// volumes are the container's bind mounts of folders, preopened at
 	// the same guest paths; skipped says which mounts were not given.
-	volumes []delivery.Volume
+	volumes []keep.Volume
 	skipped []string
 }
 
@@ -119,6 +119,9 @@ func newJob(ctx context.Context, spec *specs.Spec, rootfs string, src *imageSour
 	}
 	j.limits = limitsOf(spec, opts.Keep)
 	j.volumes, j.skipped = volumesOf(spec.Mounts, opts.Keep)
+	if err := keep.CheckVolumes(j.volumes); err != nil {
+		return nil, err
+	}
 	if j.verifier, err = opts.verifier(j.name); err != nil {
 		return nil, err
 	}
@@ -272,7 +275,7 @@ var systemMounts = []string{"/dev", "/proc", "/sys"}
 // when the mount is. Mounts of single files (/etc/hosts, resolv.conf,
 // termination logs) and of the kernel's folders are not given; neither is
 // anything to a VM keep, which has no way to the host's folders.
-func volumesOf(mounts []specs.Mount, kind string) (vols []delivery.Volume, skipped []string) {
+func volumesOf(mounts []specs.Mount, kind string) (vols []keep.Volume, skipped []string) {
 	for _, m := range mounts {
 		bind, ro := m.Type == "bind", false
 		for _, o := range m.Options {
@@ -309,15 +312,15 @@ func volumesOf(mounts []specs.Mount, kind string) (vols []delivery.Volume, skipp
 			skipped = append(skipped, fmt.Sprintf("mount %s: a VM keep has no way to the host's folders: not given to the workload", dst))
 			continue
 		}
-		if slices.ContainsFunc(vols, func(v delivery.Volume) bool { return v.Guest == dst }) {
+		if slices.ContainsFunc(vols, func(v keep.Volume) bool { return v.Guest == dst }) {
 			skipped = append(skipped, fmt.Sprintf("mount %s: mounted twice: the first one is given", dst))
 			continue
 		}
-		vols = append(vols, delivery.Volume{Guest: dst, Host: src, ReadOnly: ro})
+		vols = append(vols, keep.Volume{Guest: dst, Host: src, ReadOnly: ro})
 	}
-	if len(vols) > delivery.MaxVolumes {
-		skipped = append(skipped, fmt.Sprintf("%d volumes, more than %d: the last %d are not given", len(vols), delivery.MaxVolumes, len(vols)-delivery.MaxVolumes))
-		vols = vols[:delivery.MaxVolumes]
+	if len(vols) > keep.MaxVolumes {
+		skipped = append(skipped, fmt.Sprintf("%d volumes, more than %d: the last %d are not given", len(vols), keep.MaxVolumes, len(vols)-keep.MaxVolumes))
+		vols = vols[:keep.MaxVolumes]
 	}
 	return vols, skipped
 }

@@ -16,7 +16,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/castellan-dev/castellan/internal/config"
-	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/workload"
 )
@@ -318,7 +317,7 @@ func TestVolumesOf(t *testing.T) {
 		{Destination: "/data", Type: "bind", Source: cfgDir, Options: []string{"rbind"}},
 	}
 	vols, skipped := volumesOf(mounts, keep.KindProcess)
-	want := []delivery.Volume{{Guest: "/data", Host: data}, {Guest: "/etc/config", Host: cfgDir, ReadOnly: true}}
+	want := []keep.Volume{{Guest: "/data", Host: data}, {Guest: "/etc/config", Host: cfgDir, ReadOnly: true}}
 	if !reflect.DeepEqual(vols, want) {
 		t.Errorf("volumes %+v, want %+v", vols, want)
 	}
