@@ -63,9 +63,6 @@ type Delivery struct {
 	Stdout, Stderr io.Writer
 	// OnStarted, if set, is called when the keep accepted the package.
 	OnStarted func()
-	// SecretService is where the keep fetches the secrets the config
-	// names by kbs:/// reference, after it attested (nil: it fetches none).
-	SecretService *SecretService
 }
 
 // RefusedError is the keep's refusal of what the client sent.
@@ -131,7 +128,7 @@ func (s *Session) Deliver(ctx context.Context, conn net.Conn, v *Verified, d Del
 	art := d.Artifact
 	m := Manifest{
 		Digest: art.Digest.String(), Name: d.Name, WasmSize: int64(len(art.Wasm)), ConfigSize: -1,
-		Args: d.Args, Secrets: d.Secrets, CertChain: v.CertChain, Detach: d.Detach, SecretService: d.SecretService,
+		Args: d.Args, Secrets: d.Secrets, CertChain: v.CertChain, Detach: d.Detach,
 	}
 	if art.Config != nil {
 		m.ConfigSize = int64(len(art.Config))

@@ -47,9 +47,6 @@ func FuzzParseManifest(f *testing.F) {
 		if m.WasmSize <= 0 || m.WasmSize > MaxWasmSize || len(m.Secrets) > MaxSecrets {
 			t.Fatalf("accepted manifest out of bounds: %+v", m)
 		}
-		if s := m.SecretService; s != nil && (!strings.HasPrefix(s.URL, "https://") || len(s.URL) > maxServiceURL || len(s.RootsPEM) > maxServiceRoots) {
-			t.Fatalf("accepted secret service out of bounds: %+v", s)
-		}
 	})
 }
 

@@ -139,6 +139,9 @@ type ServeOptions struct {
 	// config's descriptors. They come from whoever started the keep,
 	// never from the client.
 	Volumes []config.File
+	// SecretService is where the keep fetches its config's [secrets.kbs]
+	// (checked by its Check); nil: nowhere, and such a config is refused.
+	SecretService *SecretService
 }
 
 func (o *ServeOptions) logf(format string, a ...any) {
@@ -219,7 +222,7 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 			return refuse(err)
 		}
 		tc.SetDeadline(time.Now().Add(timeout + secretFetchTimeout))
-		fetched, err := k.fetchSecrets(ctx, m.SecretService, cfg, art.Digest.String(), o)
+		fetched, err := k.fetchSecrets(ctx, o.SecretService, cfg, art.Digest.String(), o)
 		if err != nil {
 			return refuse(err)
 		}
@@ -387,10 +390,10 @@ const secretFetchTimeout = time.Minute
 // values cfg's [secrets.kbs] names, each encrypted to that key.
 func (k *Keep) fetchSecrets(ctx context.Context, svc *SecretService, cfg *config.Config, digest string, o ServeOptions) (map[string]string, error) {
 	if svc == nil {
-		return nil, errors.New("the config fetches secrets by kbs:/// reference ([secrets.kbs]) and the client named no attestation service to fetch them from")
+		return nil, errors.New("the config fetches secrets by kbs:/// reference ([secrets.kbs]) and this keep was started with no attestation service to fetch them from (a delivered keep does not fetch them: run it through the containerd shim, or castellan run --attest)")
 	}
 	if cfg.Steward != "" && strings.TrimSuffix(svc.URL, "/") != strings.TrimSuffix(cfg.Steward, "/") {
-		return nil, fmt.Errorf("the client names secret service %s, the config's steward is %s: the keep fetches its secrets from the steward only", svc.URL, cfg.Steward)
+		return nil, fmt.Errorf("the keep's secret service is %s, the config's steward is %s: the keep fetches its secrets from the steward only", svc.URL, cfg.Steward)
 	}
 	if k.tee == nil || k.tee.Name() == tee.NameNil {
 		return nil, errors.New("[secrets.kbs]: backend nil has no evidence: a service releases secrets only to keeps in a TEE (sim-* for development)")

@@ -105,8 +105,8 @@ func TestDetachedOutput(t *testing.T) {
 
 // TestKeepFetchRefused: a config that fetches secrets by kbs:///
 // reference runs only when the keep fetched them itself from the secret
-// service the client named (the steward, when the config names one),
-// with evidence; a client cannot supply them.
+// service its host named (the steward, when the config names one), with
+// evidence; a client cannot supply them.
 func TestKeepFetchRefused(t *testing.T) {
 	refs := "[secrets]\nenv = [\"DB_PASSWORD\"]\n[secrets.kbs]\nDB_PASSWORD = \"kbs:///default/db/password\"\n" + stdio
 	fetching := load(t, "c", "hello", []byte(refs))
@@ -119,15 +119,15 @@ func TestKeepFetchRefused(t *testing.T) {
 		secrets map[string]string
 		want    string
 	}{
-		{"no service", fetching, nil, nil, "the client named no attestation service to fetch them from"},
+		{"no service", fetching, nil, nil, "this keep was started with no attestation service to fetch them from"},
 		{"supplied", fetching, svc, map[string]string{"DB_PASSWORD": "x"}, "secrets were supplied that the keep fetches by kbs:/// reference ([secrets.kbs]): DB_PASSWORD"},
-		{"not the steward", stewarded, svc, nil, "the client names secret service https://other.example:8443, the config's steward is https://attest.example:8443"},
+		{"not the steward", stewarded, svc, nil, "the keep's secret service is https://other.example:8443, the config's steward is https://attest.example:8443"},
 		{"no evidence", fetching, svc, nil, "backend nil has no evidence"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k, sess, v := pair(t, c.art.Digest.String())
 			var out syncBuf
-			_, err, _, kerr := run(t, k, sess, v, Delivery{Artifact: c.art, Secrets: c.secrets, SecretService: c.svc, Stdout: &out})
+			_, err, _, kerr := runWith(t, k, sess, v, Delivery{Artifact: c.art, Secrets: c.secrets, Stdout: &out}, ServeOptions{SecretService: c.svc})
 			var re *RefusedError
 			if !errors.As(err, &re) || !strings.Contains(re.Reason, c.want) || !errors.Is(kerr, ErrRefused) {
 				t.Errorf("client: %v; keep: %v; want %q", err, kerr, c.want)
@@ -139,26 +139,32 @@ func TestKeepFetchRefused(t *testing.T) {
 	}
 }
 
-// TestManifestSecretServiceRefused: the secret service a client names is
-// an https URL of bounded size with bounded roots.
-func TestManifestSecretServiceRefused(t *testing.T) {
-	base := `{"digest":"sha256:` + strings.Repeat("a", 64) + `","wasm_size":1,"config_size":-1,"secret_service":`
-	for _, c := range []struct{ svc, want string }{
-		{`{"url":"http://attest.example"}`, `secret_service url "http://attest.example" is not an https://host[:port] URL`},
-		{`{"url":"https://"}`, "is not an https://host[:port] URL"},
-		{`{"url":"https://user:pw@attest.example"}`, "is not an https://host[:port] URL"},
-		{`{"url":"https://attest.example/?x=1"}`, "is not an https://host[:port] URL"},
-		{`{"url":"https://attest.example/#f"}`, "is not an https://host[:port] URL"},
-		{`{"url":"https://a` + strings.Repeat("b", 2048) + `"}`, "secret_service url of 2057 bytes, more than 2048"},
-		{`{"url":"https://attest.example","roots_pem":"` + strings.Repeat("A", 88000) + `"}`, "secret_service roots of 66000 bytes, more than 65536"},
-		{`{"url":"https://attest.example","extra":1}`, "unknown field"},
+// TestSecretServiceCheck: the secret service is an https URL of bounded
+// size with bounded PEM roots, and only the keep's host names it: a
+// client's manifest cannot.
+func TestSecretServiceCheck(t *testing.T) {
+	for _, c := range []struct {
+		svc  SecretService
+		want string
+	}{
+		{SecretService{URL: "http://attest.example"}, `secret service url "http://attest.example" is not an https://host[:port] URL`},
+		{SecretService{URL: "https://"}, "is not an https://host[:port] URL"},
+		{SecretService{URL: "https://user:pw@attest.example"}, "is not an https://host[:port] URL"},
+		{SecretService{URL: "https://attest.example/?x=1"}, "is not an https://host[:port] URL"},
+		{SecretService{URL: "https://attest.example/#f"}, "is not an https://host[:port] URL"},
+		{SecretService{URL: "https://a" + strings.Repeat("b", 2048)}, "secret service url of 2057 bytes, more than 2048"},
+		{SecretService{URL: "https://attest.example", RootsPEM: make([]byte, 66000)}, "secret service roots of 66000 bytes, more than 65536"},
+		{SecretService{URL: "https://attest.example", RootsPEM: []byte("not pem")}, "secret service roots: no PEM certificate in them"},
 	} {
-		_, err := ParseManifest([]byte(base + c.svc + "}"))
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%.60s: got %v, want %q", c.svc, err, c.want)
+		if err := c.svc.Check(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%.60s: got %v, want %q", c.svc.URL, err, c.want)
 		}
 	}
-	if _, err := ParseManifest([]byte(base + `{"url":"https://attest.example:8443"}}`)); err != nil {
+	if err := (&SecretService{URL: "https://attest.example:8443"}).Check(); err != nil {
 		t.Errorf("a good secret service refused: %v", err)
+	}
+	m := `{"digest":"sha256:` + strings.Repeat("a", 64) + `","wasm_size":1,"config_size":-1,"secret_service":{"url":"https://evil.example"}}`
+	if _, err := ParseManifest([]byte(m)); err == nil || !strings.Contains(err.Error(), "secret_service") {
+		t.Errorf("a manifest naming a secret service: %v, want refused", err)
 	}
 }

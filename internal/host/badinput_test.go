@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -329,9 +331,27 @@ func TestNoVolumesFromClients(t *testing.T) {
 	}
 }
 
-// TestKeepVolumesRefused: a keep refuses volumes that are not absolute,
-// clean paths, before it makes any evidence.
-func TestKeepVolumesRefused(t *testing.T) {
+// TestKeepArgumentsRefused: a keep refuses volumes that are not
+// absolute, clean paths and a secret service that is not an https URL with
+// PEM roots, before it makes any evidence.
+func TestKeepArgumentsRefused(t *testing.T) {
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(ca, []byte("not pem"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--secret-service", "http://attest.example"}, `arguments: secret service url "http://attest.example" is not an https://host[:port] URL`},
+		{[]string{"--secret-service", "https://attest.example", "--secret-service-ca", ca}, "arguments: secret service roots: no PEM certificate in them"},
+		{[]string{"--secret-service", "https://attest.example", "--secret-service-ca", ca + ".missing"}, "arguments: open " + ca + ".missing"},
+	} {
+		var stderr bytes.Buffer
+		code := KeepMain(append([]string{"--dir", t.TempDir(), "--backend", "nil", "--nonce", "00", "--digest", "sha256:" + strings.Repeat("0", 64),
+			"--client-key", strings.Repeat("00", 32)}, tc.args...), &stderr)
+		if code != 1 || !strings.Contains(stderr.String(), "keep failed: "+tc.want) || strings.Contains(stderr.String(), "evidence made") {
+			t.Errorf("%q: exit %d, stderr %q, want %q", tc.args, code, stderr.String(), tc.want)
+		}
+	}
 	for _, tc := range []struct{ volumes, want string }{
 		{`[{"guest":"/data","host":"/tmp/../etc"}]`, `arguments: volume host path "/tmp/../etc" is not an absolute, clean path`},
 		{`[{"guest":"data","host":"/tmp"}]`, `arguments: volume guest path "data" is not an absolute, clean path`},

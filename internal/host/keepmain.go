@@ -52,6 +52,9 @@ type KeepParams struct {
 	// Volumes are host folders preopened for the workload (the host's
 	// launcher gives them; a client cannot).
 	Volumes []keep.Volume
+	// SecretService is where the keep fetches its config's [secrets.kbs]
+	// (the host's launcher names it; a client cannot).
+	SecretService *delivery.SecretService
 	// Evidence, if set, is the backend to use instead of tee.Open(Backend)
 	// (a VM keep of a simulated backend, with the CA from its channel).
 	Evidence tee.Backend
@@ -103,6 +106,8 @@ func KeepMain(args []string, stderr io.Writer) int {
 	cacheDir := fs.String("cache-dir", "", "compilation cache (insecure keeps only)")
 	maxOutput := fs.Int64("max-output", DefaultMaxOutput, "bytes of log and host output after which the keep ends")
 	volumes := fs.String("volumes", "", "host folders to preopen for the workload, JSON (the containerd shim's)")
+	secretService := fs.String("secret-service", "", "attestation service URL to fetch the config's [secrets.kbs] from (the containerd shim's)")
+	secretServiceCA := fs.String("secret-service-ca", "", "PEM roots of --secret-service's TLS certificate")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -146,7 +151,17 @@ func KeepMain(args []string, stderr io.Writer) int {
 			err4 = keep.CheckVolumes(p.Volumes)
 		}
 	}
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
+	var err5 error
+	if *secretService != "" {
+		p.SecretService = &delivery.SecretService{URL: *secretService}
+		if *secretServiceCA != "" {
+			p.SecretService.RootsPEM, err5 = os.ReadFile(*secretServiceCA)
+		}
+		if err5 == nil {
+			err5 = p.SecretService.Check()
+		}
+	}
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 		return keepFailed(kio, "arguments: %v", err)
 	}
 	var ln *net.UnixListener
@@ -226,6 +241,7 @@ func RunKeep(ctx context.Context, p KeepParams, kio KeepIO) int {
 		Started:    func() { kio.State(StateRunning) },
 		HostOutput: kio.HostOutput,
 	}
+	opts.SecretService = p.SecretService
 	for _, v := range p.Volumes {
 		opts.Volumes = append(opts.Volumes, config.File{Kind: config.KindDir, Name: v.Guest, Path: v.Host, ReadOnly: v.ReadOnly})
 	}

@@ -52,9 +52,9 @@ type job struct {
 	limits   keep.Limits
 	opts     *Options
 	verifier delivery.Verifier
-	// secrets is where the keep fetches its config's [secrets.kbs] (the
-	// attestation service of the runtime options); nil when it names none.
-	secrets *delivery.SecretService
+	// secrets is whether the keep fetches its config's [secrets.kbs] from
+	// the attestation service of the runtime options.
+	secrets bool
 	// volumes are the container's bind mounts of folders, preopened at
 	// the same guest paths; skipped says which mounts were not given.
 	volumes []keep.Volume
@@ -106,9 +106,10 @@ func newJob(ctx context.Context, spec *specs.Spec, rootfs string, src *imageSour
 		return nil, err
 	}
 	if parsed != nil && len(parsed.SecretRefs) > 0 {
-		if j.secrets, err = opts.secretService(); err != nil {
+		if err := opts.canFetchSecrets(); err != nil {
 			return nil, err
 		}
+		j.secrets = true
 	}
 	if j.art, err = workload.New(wasm, cfg); err != nil {
 		return nil, err
@@ -360,6 +361,11 @@ func (o *Options) check() error {
 	if o.Keep == keep.KindProcess && (o.KeepImage != "" || o.Firmware != "") {
 		return errors.New("keep_image and firmware apply to keep = \"vm\"")
 	}
+	// A keep opens attest_ca itself (from its own folder), as the shim
+	// does (from the bundle): only an absolute path means one file.
+	if o.AttestCA != "" && !filepath.IsAbs(o.AttestCA) {
+		return fmt.Errorf("attest_ca %q: not an absolute path", o.AttestCA)
+	}
 	return nil
 }
 
@@ -419,24 +425,21 @@ func (o *Options) attestCA() ([]byte, error) {
 	return pem, nil
 }
 
-// secretService is where a keep whose config names secrets by kbs:///
-// reference fetches them: the attestation service, which binds them to
-// workload digests. The keep attests to it itself, so it needs evidence
-// (not the nil backend) and a network (a process keep: a VM keep has no
-// network interface).
-func (o *Options) secretService() (*delivery.SecretService, error) {
+// canFetchSecrets says whether a keep whose config names secrets by
+// kbs:/// reference can fetch them: from the attestation service, which
+// binds them to workload digests. The keep attests to it itself, so it
+// needs evidence (not the nil backend) and a network (a process keep: a VM
+// keep has no network interface).
+func (o *Options) canFetchSecrets() error {
 	const what = "the config fetches secrets by kbs:/// reference ([secrets.kbs])"
 	switch {
 	case o.Attest == "":
-		return nil, fmt.Errorf("%s: the runtime options name no attestation service (attest) to fetch them from", what)
+		return fmt.Errorf("%s: the runtime options name no attestation service (attest) to fetch them from", what)
 	case o.Backend == tee.NameNil:
-		return nil, fmt.Errorf("%s: backend nil has no evidence, and the service releases secrets only to keeps in a TEE (runtime option backend)", what)
+		return fmt.Errorf("%s: backend nil has no evidence, and the service releases secrets only to keeps in a TEE (runtime option backend)", what)
 	case o.Keep == keep.KindVM:
-		return nil, fmt.Errorf("%s: a VM keep has no network to reach the attestation service; use keep = \"process\"", what)
+		return fmt.Errorf("%s: a VM keep has no network to reach the attestation service; use keep = \"process\"", what)
 	}
-	pem, err := o.attestCA()
-	if err != nil {
-		return nil, err
-	}
-	return &delivery.SecretService{URL: o.Attest, RootsPEM: pem}, nil
+	_, err := o.attestCA()
+	return err
 }

@@ -231,6 +231,9 @@ func (t *task) start(ctx context.Context) error {
 	t.kspec = keep.Spec{ID: fmt.Sprintf("shim-%x", kid), Dir: t.keepDir, Backend: t.w.opts.Backend, Nonce: nonce,
 		Digest: t.w.art.Digest.String(), ClientKey: sess.KeyHash, AttachTimeout: time.Minute, Limits: t.w.limits,
 		Volumes: t.w.volumes}
+	if t.w.secrets {
+		t.kspec.SecretServiceURL, t.kspec.SecretServiceCA = t.w.opts.Attest, t.w.opts.AttestCA
+	}
 	inst, err := t.launcher.Start(ctx, t.kspec)
 	if err != nil {
 		return fail(err)
@@ -349,7 +352,7 @@ func (t *task) deliver(ctx context.Context, sess *delivery.Session, nonce []byte
 		return 1, fmt.Sprintf("the keep's endpoint: %v", err), false
 	}
 	res, err := sess.Deliver(ctx, conn, verified, delivery.Delivery{Artifact: t.w.art, Name: t.w.name, Args: t.w.args,
-		Stdout: t.stdoutFile, Stderr: t.stderrFile, OnStarted: once, SecretService: t.w.secrets})
+		Stdout: t.stdoutFile, Stderr: t.stderrFile, OnStarted: once})
 	if err != nil {
 		return 1, err.Error(), true
 	}

@@ -35,6 +35,7 @@ func TestParseOptions(t *testing.T) {
 		{in: `backend = "sgx2"`, err: `backend "sgx2": want nil`},
 		{in: `keep_image = "/x"`, err: "keep_image and firmware apply to keep = \"vm\""},
 		{in: `bakend = "nil"`, err: "unknown option bakend"},
+		{in: `attest_ca = "ca.pem"`, err: `attest_ca "ca.pem": not an absolute path`},
 		{in: `keep = 3`, err: "toml"},
 		{in: `[[`, err: "toml"},
 	} {
