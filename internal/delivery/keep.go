@@ -213,6 +213,11 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 			}
 		}
 	}
+	// The host's volumes are checked before anything is fetched.
+	preopens, err := volumePreopens(o.Volumes, cfg)
+	if err != nil {
+		return refuse(err)
+	}
 	// Secrets the config fetches by kbs:/// reference come from the
 	// secret service, after the keep attested to it; the client supplies
 	// the others.
@@ -235,10 +240,6 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 	// Secret files go into cfg's entries (memory only); secret
 	// environment values into env.
 	env, err := cfg.BindSecrets(secrets)
-	if err != nil {
-		return refuse(err)
-	}
-	preopens, err := volumePreopens(o.Volumes, cfg)
 	if err != nil {
 		return refuse(err)
 	}
