@@ -52,13 +52,7 @@ func TestKeepRefusesSecrets(t *testing.T) {
 			k, sess, v := pair(t, art.Digest.String())
 			var out syncBuf
 			_, err, _, kerr := run(t, k, sess, v, Delivery{Artifact: art, Secrets: c.secrets, Stdout: &out})
-			var re *RefusedError
-			if !errors.As(err, &re) || !strings.Contains(re.Reason, c.want) || !errors.Is(kerr, ErrRefused) {
-				t.Errorf("client: %v; keep: %v", err, kerr)
-			}
-			if out.String() != "" {
-				t.Errorf("a refused workload ran: %q", out.String())
-			}
+			checkRefused(t, err, kerr, c.want, out.String())
 		})
 		// The client refuses the same before it asks for a keep.
 		art := none
@@ -128,13 +122,7 @@ func TestKeepFetchRefused(t *testing.T) {
 			k, sess, v := pair(t, c.art.Digest.String())
 			var out syncBuf
 			_, err, _, kerr := runWith(t, k, sess, v, Delivery{Artifact: c.art, Secrets: c.secrets, Stdout: &out}, ServeOptions{SecretService: c.svc})
-			var re *RefusedError
-			if !errors.As(err, &re) || !strings.Contains(re.Reason, c.want) || !errors.Is(kerr, ErrRefused) {
-				t.Errorf("client: %v; keep: %v; want %q", err, kerr, c.want)
-			}
-			if out.String() != "" {
-				t.Errorf("a refused workload ran: %q", out.String())
-			}
+			checkRefused(t, err, kerr, c.want, out.String())
 		})
 	}
 }
@@ -166,5 +154,18 @@ func TestSecretServiceCheck(t *testing.T) {
 	m := `{"digest":"sha256:` + strings.Repeat("a", 64) + `","wasm_size":1,"config_size":-1,"secret_service":{"url":"https://evil.example"}}`
 	if _, err := ParseManifest([]byte(m)); err == nil || !strings.Contains(err.Error(), "secret_service") {
 		t.Errorf("a manifest naming a secret service: %v, want refused", err)
+	}
+}
+
+// checkRefused checks that the keep refused a delivery, saying want to
+// the client, and that nothing ran.
+func checkRefused(t *testing.T, err, kerr error, want, out string) {
+	t.Helper()
+	var re *RefusedError
+	if !errors.As(err, &re) || !strings.Contains(re.Reason, want) || !errors.Is(kerr, ErrRefused) {
+		t.Errorf("client: %v; keep: %v; want %q", err, kerr, want)
+	}
+	if out != "" {
+		t.Errorf("a refused workload ran: %q", out)
 	}
 }

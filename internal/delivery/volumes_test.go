@@ -1,7 +1,6 @@
 package delivery
 
 import (
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,13 +55,7 @@ func TestVolumes(t *testing.T) {
 			k, sess, v := pair(t, a.Digest.String())
 			var out syncBuf
 			_, err, _, kerr := runWith(t, k, sess, v, Delivery{Artifact: a, Stdout: &out}, ServeOptions{Volumes: c.vols})
-			var re *RefusedError
-			if !errors.As(err, &re) || !strings.Contains(re.Reason, c.want) || !errors.Is(kerr, ErrRefused) {
-				t.Errorf("client: %v; keep: %v; want %q", err, kerr, c.want)
-			}
-			if out.String() != "" {
-				t.Errorf("a refused workload ran: %q", out.String())
-			}
+			checkRefused(t, err, kerr, c.want, out.String())
 		})
 	}
 }
