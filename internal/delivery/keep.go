@@ -110,6 +110,8 @@ type ServeOptions struct {
 	// only. A cache on the host's disk lets the host read and change
 	// compiled code, so only insecure (nil backend) keeps should use one.
 	CacheDir string
+	// Engine runs the workload ("" = the default; see runtime.Options).
+	Engine string
 	// HandshakeTimeout bounds the TLS handshake and the reading of the
 	// package; 0 means one minute.
 	HandshakeTimeout time.Duration
@@ -291,6 +293,7 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 		Stdout:      stdout,
 		Stderr:      stderr,
 		CacheDir:    o.CacheDir,
+		Engine:      o.Engine,
 		Certificate: cert,
 		Log: func(f string, a ...any) {
 			// Runtime notices may name workload data (a listen address);

@@ -65,6 +65,9 @@ type Config struct {
 	// only: a cache on the host's disk is readable and writable by the
 	// host, so TEE keeps never get one.
 	KeepCacheDir string
+	// KeepEngine is the engine of process keeps ("" = wazero); see
+	// keep.Process.Engine.
+	KeepEngine string
 	// Logf receives the agent's log (never workload data); nil discards.
 	Logf func(format string, a ...any)
 	// RelayTap, if set, sees every buffer the relay moves (tests use it to
@@ -177,7 +180,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Logf = func(string, ...any) {}
 	}
 	if cfg.Launcher == nil {
-		cfg.Launcher = &keep.Process{Command: cfg.KeepCommand, CacheDir: cfg.KeepCacheDir}
+		cfg.Launcher = &keep.Process{Command: cfg.KeepCommand, CacheDir: cfg.KeepCacheDir, Engine: cfg.KeepEngine}
 	}
 	if err := cfg.Launcher.Provision(); err != nil {
 		return nil, fmt.Errorf("host agent: %w", err)

@@ -38,15 +38,16 @@ const (
 type ExitRecord = keep.ExitRecord
 
 // KeepParams are the parameters of one keep, as the agent gives them (to
-// a process keep as flags, to a VM keep over its channel).
+// a process keep as flags, to a VM keep over its channel): the launcher's
+// keep.Spec (of which a keep uses Backend, Nonce, Digest, ClientKey,
+// Limits and AttachTimeout) and how this keep runs its workload.
 type KeepParams struct {
-	Backend       string
-	Nonce         []byte
-	Digest        string
-	ClientKey     []byte
-	Limits        Limits
-	AttachTimeout time.Duration
-	CacheDir      string // compilation cache (insecure keeps only)
+	keep.Spec
+	// CacheDir is the compilation cache (insecure keeps only).
+	CacheDir string
+	// Engine runs the workload ("" = the default engine, see
+	// runtime.Options.Engine).
+	Engine string
 	// Evidence, if set, is the backend to use instead of tee.Open(Backend)
 	// (a VM keep of a simulated backend, with the CA from its channel).
 	Evidence tee.Backend
@@ -96,6 +97,7 @@ func KeepMain(args []string, stderr io.Writer) int {
 	limits := fs.String("limits", "{}", "limits, JSON")
 	attachTimeout := fs.Duration("attach-timeout", 2*time.Minute, "how long to wait for the client")
 	cacheDir := fs.String("cache-dir", "", "compilation cache (insecure keeps only)")
+	engineName := fs.String("engine", "", "engine that runs the workload (wazero or wasmtime)")
 	maxOutput := fs.Int64("max-output", DefaultMaxOutput, "bytes of log and host output after which the keep ends")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -129,7 +131,8 @@ func KeepMain(args []string, stderr io.Writer) int {
 		Ended:      rec.record,
 		Terminate:  os.Exit,
 	}
-	p := KeepParams{Backend: *backend, Digest: *digest, AttachTimeout: *attachTimeout, CacheDir: *cacheDir}
+	p := KeepParams{Spec: keep.Spec{Dir: *dir, Backend: *backend, Digest: *digest, AttachTimeout: *attachTimeout, MaxOutput: *maxOutput},
+		CacheDir: *cacheDir, Engine: *engineName}
 	var err1, err2 error
 	p.Nonce, err1 = hex.DecodeString(*nonce)
 	p.ClientKey, err2 = hex.DecodeString(*clientKey)
@@ -206,6 +209,7 @@ func RunKeep(ctx context.Context, p KeepParams, kio KeepIO) int {
 	}
 	opts := delivery.ServeOptions{
 		CacheDir: p.CacheDir,
+		Engine:   p.Engine,
 		Log:      kio.Logf,
 		Abort: func(reason string) {
 			kio.Terminate(fail("workload stopped: %s", reason))

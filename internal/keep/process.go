@@ -39,6 +39,10 @@ type Process struct {
 	// a cache on the host's disk is readable and writable by the host, so
 	// TEE keeps never get one.
 	CacheDir string
+	// Engine is the engine keeps run their workload with ("" = the
+	// keep's default, wazero); wasmtime needs a keep command built with
+	// it (-tags wasmtime).
+	Engine string
 
 	cgroupDir   string
 	enforcement []string
@@ -90,6 +94,9 @@ func (p *Process) Args(s Spec) []string {
 		"--attach-timeout", s.AttachTimeout.String()}
 	if s.MaxOutput > 0 {
 		args = append(args, "--max-output", strconv.FormatInt(s.MaxOutput, 10))
+	}
+	if p.Engine != "" {
+		args = append(args, "--engine", p.Engine)
 	}
 	if s.Backend == "nil" && p.CacheDir != "" {
 		args = append(args, "--cache-dir", p.CacheDir)
