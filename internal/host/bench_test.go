@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/engine"
 	"github.com/castellan-dev/castellan/internal/fixtures"
 )
 
@@ -128,3 +129,80 @@ func BenchmarkDeployFirstOutput(b *testing.B) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// BenchmarkStartCached measures how fast a keep of the agent starts a
+// module it has compiled before (issue 11: "start to the workload's first
+// instruction for a cached module inside the agent"), on each engine built
+// into the test binary (wasmtime with -tags wasmtime). The keeps are
+// nil-backend process keeps with the agent's compilation cache, filled by a
+// first deployment; the modules' first instruction of their own writes to
+// stdout (the C hello; the Go hello after its runtime's start), so the
+// first byte of output at the client marks the guest's start. Metrics:
+//
+//   - ms/delivery-to-output: from the first byte of the delivery the agent
+//     relays to the keep (the client's TLS hello) to that first output byte:
+//     the TLS handshake, the package, its digest, loading the compiled
+//     module, instantiation, _start;
+//   - ms/deploy-to-output: the whole deployment, from the client's first
+//     request (nonce, create, keep process start, evidence, verification,
+//     attach, then the above).
+func BenchmarkStartCached(b *testing.B) {
+	engines := []string{engine.NameWazero}
+	if engine.Available(engine.NameWasmtime) == nil {
+		engines = append(engines, engine.NameWasmtime)
+	}
+	for _, eng := range engines {
+		for _, fixture := range []string{"c-hello", "go-hello"} {
+			b.Run(eng+"/"+fixture, func(b *testing.B) {
+				var wasm string
+				if fixture == "c-hello" {
+					wasm = fixtures.C(b, "hello")
+				} else {
+					wasm = fixtures.Go(b, "hello")
+				}
+				var delivered atomic.Int64 // unix ns of the first relayed byte to the keep
+				cacheDir := b.TempDir()
+				h := benchHarness(b, func(c *Config) {
+					c.KeepCacheDir = cacheDir
+					c.KeepEngine = eng
+					c.RelayTap = func(_ string, toKeep bool, _ []byte) {
+						if toKeep {
+							delivered.CompareAndSwap(0, time.Now().UnixNano())
+						}
+					}
+				})
+				art := artifact(b, wasm, []byte(stdio))
+				v := &delivery.InsecureVerifier{}
+				ctx := context.Background()
+				deploy := func() (whole, fromDelivery time.Duration) {
+					first := make(chan time.Time, 1)
+					out := writerFunc(func(p []byte) (int, error) {
+						select {
+						case first <- time.Now():
+						default:
+						}
+						return len(p), nil
+					})
+					delivered.Store(0)
+					t0 := time.Now()
+					_, res, err := h.client.Deploy(ctx, DeployOptions{Backend: "nil", Verifier: v,
+						Delivery: delivery.Delivery{Artifact: art, Stdout: out}})
+					if err != nil || res.ExitCode != 0 {
+						b.Fatalf("deploy: %v %+v", err, res)
+					}
+					t1 := <-first
+					return t1.Sub(t0), t1.Sub(time.Unix(0, delivered.Load()))
+				}
+				deploy() // fills the compilation cache and the page cache
+				var whole, fromDelivery time.Duration
+				for b.Loop() {
+					w, d := deploy()
+					whole += w
+					fromDelivery += d
+				}
+				b.ReportMetric(float64(fromDelivery.Microseconds())/1000/float64(b.N), "ms/delivery-to-output")
+				b.ReportMetric(float64(whole.Microseconds())/1000/float64(b.N), "ms/deploy-to-output")
+			})
+		}
+	}
+}

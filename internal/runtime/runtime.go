@@ -142,6 +142,17 @@ func CompileEngine(ctx context.Context, engineName, name string, wasm []byte, ca
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	mod, err := compile(ctx, eng, name, wasm)
+	if err != nil && cacheDir != "" && strings.Contains(err.Error(), "compilationcache") {
+		// wazero fails on a cache entry that does not match its checksum
+		// rather than compiling again: compile without the disk cache,
+		// never running the changed code.
+		eng.Close(ctx)
+		if eng, err = engine.New(engineName, engine.Config{Interruptible: interruptible}); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		cacheDir = ""
+		mod, err = compile(ctx, eng, name, wasm)
+	}
 	if err != nil {
 		eng.Close(ctx)
 		return nil, err

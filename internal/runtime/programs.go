@@ -1,0 +1,227 @@
+package runtime
+
+import (
+	"container/list"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"sync"
+)
+
+// Programs keeps compiled programs in memory for a long-running process
+// (the console), keyed by the module's SHA-256 digest with the engine and
+// the interruptible setting, so that a module run or checked again is not
+// compiled or loaded from the disk cache again. It is bounded by a number
+// of programs and by the sum of their modules' sizes (compiled code is a
+// few times the module); the least recently used program is evicted
+// first, and closed once the last run holding it ends.
+//
+// A Programs is safe for concurrent use; two callers asking for the same
+// module at once compile it once.
+type Programs struct {
+	// MaxPrograms bounds the number of programs kept; 0 = 16.
+	MaxPrograms int
+	// MaxBytes bounds the sum of the kept modules' sizes; 0 = 256 MiB. A
+	// module larger than MaxBytes is compiled for its caller and not kept.
+	MaxBytes int64
+	// CacheDir is the disk compilation cache under the memory one ("" =
+	// none): only for code the host may change (see docs/host.md).
+	CacheDir string
+
+	mu      sync.Mutex
+	entries map[programKey]*programEntry
+	lru     list.List // of *programEntry, most recently used first
+	bytes   int64
+}
+
+type programKey struct {
+	sum           [sha256.Size]byte
+	engine        string
+	interruptible bool
+}
+
+type programEntry struct {
+	key   programKey
+	size  int64
+	elem  *list.Element // nil once evicted (or never kept)
+	ready chan struct{} // closed when p or err is set
+	p     *Program
+	err   error
+	refs  int // leases not yet released
+}
+
+// Lease is a program lent by Programs; Release gives it back.
+type Lease struct {
+	*Program
+	c    *Programs
+	e    *programEntry
+	once sync.Once
+}
+
+// Release gives the program back: an evicted program is closed when its
+// last lease is released. Releasing twice is harmless.
+func (l *Lease) Release() {
+	l.once.Do(func() { l.c.release(l.e) })
+}
+
+const (
+	defaultMaxPrograms = 16
+	defaultMaxBytes    = 256 << 20
+)
+
+// ParseDigest reads an OCI digest of a module ("sha256:" and 64 hex
+// digits).
+func ParseDigest(digest string) ([sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	h, ok := strings.CutPrefix(digest, "sha256:")
+	if !ok || len(h) != 2*sha256.Size {
+		return sum, fmt.Errorf("module digest %q: not sha256: and 64 hex digits", digest)
+	}
+	if _, err := hex.Decode(sum[:], []byte(h)); err != nil || strings.ToLower(h) != h {
+		return sum, fmt.Errorf("module digest %q: not sha256: and 64 lowercase hex digits", digest)
+	}
+	return sum, nil
+}
+
+// Get returns the compiled program of wasm, compiling it (or loading it
+// from CacheDir) on a miss. digest is the module's digest as the caller
+// knows it (the package's module layer, "sha256:..."); bytes whose SHA-256
+// is another are refused, so that no program is ever filed under a digest
+// it was not compiled from. engineName and interruptible are as in
+// CompileEngine; name is the module's name in messages of this
+// compilation. The caller runs the program and releases the lease.
+func (c *Programs) Get(ctx context.Context, engineName, name, digest string, wasm []byte, interruptible bool) (*Lease, error) {
+	want, err := ParseDigest(digest)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", nameOr(name), err)
+	}
+	if got := sha256.Sum256(wasm); got != want {
+		return nil, fmt.Errorf("%s: module digest mismatch: the bytes have sha256:%x, not %s", nameOr(name), got, digest)
+	}
+	if engineName == "" {
+		engineName = defaultEngine
+	}
+	key := programKey{sum: want, engine: engineName, interruptible: interruptible}
+	c.mu.Lock()
+	if c.entries == nil {
+		c.entries = map[programKey]*programEntry{}
+	}
+	e, hit := c.entries[key]
+	if hit {
+		e.refs++
+		c.lru.MoveToFront(e.elem)
+	} else {
+		e = &programEntry{key: key, size: int64(len(wasm)), ready: make(chan struct{}), refs: 1}
+		if e.size <= c.maxBytes() {
+			e.elem = c.lru.PushFront(e)
+			c.entries[key] = e
+			c.bytes += e.size
+			c.evict()
+		}
+	}
+	c.mu.Unlock()
+	if !hit {
+		e.p, e.err = CompileEngine(ctx, engineName, name, wasm, c.CacheDir, interruptible)
+		close(e.ready)
+		if e.err != nil {
+			c.mu.Lock()
+			c.remove(e) // a failure is not kept: the next caller tries again
+			c.mu.Unlock()
+		}
+	}
+	select {
+	case <-e.ready:
+	case <-ctx.Done():
+		c.release(e)
+		return nil, ctx.Err()
+	}
+	if e.err != nil {
+		c.release(e)
+		return nil, e.err
+	}
+	return &Lease{Program: e.p, c: c, e: e}, nil
+}
+
+// Len returns how many programs are kept and the sum of their modules'
+// sizes.
+func (c *Programs) Len() (programs int, bytes int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lru.Len(), c.bytes
+}
+
+// Close closes every kept program that no lease holds and forgets the
+// others (closed when released).
+func (c *Programs) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.lru.Len() > 0 {
+		c.remove(c.lru.Back().Value.(*programEntry))
+	}
+}
+
+func nameOr(name string) string {
+	if name == "" {
+		return "module"
+	}
+	return name
+}
+
+func (c *Programs) maxBytes() int64 {
+	if c.MaxBytes > 0 {
+		return c.MaxBytes
+	}
+	return defaultMaxBytes
+}
+
+func (c *Programs) maxPrograms() int {
+	if c.MaxPrograms > 0 {
+		return c.MaxPrograms
+	}
+	return defaultMaxPrograms
+}
+
+// evict removes least recently used programs past the bounds (c.mu held).
+func (c *Programs) evict() {
+	for c.lru.Len() > c.maxPrograms() || c.bytes > c.maxBytes() {
+		c.remove(c.lru.Back().Value.(*programEntry))
+	}
+}
+
+// remove takes e out of the cache and closes its program if no lease holds
+// it (c.mu held).
+func (c *Programs) remove(e *programEntry) {
+	if e.elem == nil {
+		return
+	}
+	c.lru.Remove(e.elem)
+	e.elem = nil
+	delete(c.entries, e.key)
+	c.bytes -= e.size
+	c.closeIfIdle(e)
+}
+
+func (c *Programs) release(e *programEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.refs--
+	c.closeIfIdle(e)
+}
+
+// closeIfIdle closes the program of an entry no longer kept once no lease
+// holds it and its compilation ended (c.mu held).
+func (c *Programs) closeIfIdle(e *programEntry) {
+	if e.elem != nil || e.refs > 0 {
+		return
+	}
+	select {
+	case <-e.ready:
+		if e.p != nil {
+			e.p.Close(context.Background())
+			e.p = nil
+		}
+	default: // still compiling: its compiler holds a reference
+	}
+}
