@@ -47,6 +47,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/runtime"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
@@ -111,6 +112,9 @@ type Server struct {
 	builder *builder
 	mux     *http.ServeMux
 	agent   *LocalAgent // the agent New started, if any
+	// checked holds the compiled programs of checked uploads, so that
+	// the same module uploaded again is not compiled again to be checked.
+	checked *runtime.Programs
 
 	mu        sync.Mutex
 	runs      map[string]*run
@@ -118,6 +122,13 @@ type Server struct {
 	running   int
 	closed    bool
 }
+
+// The bounds of the checked programs kept in memory: compiled code is a
+// few times its module's size.
+const (
+	checkedPrograms = 8
+	checkedBytes    = 32 << 20
+)
 
 // New returns a console with the given options.
 func New(o Options) (*Server, error) {
@@ -178,6 +189,7 @@ func New(o Options) (*Server, error) {
 		o:         o,
 		builder:   newBuilder(o.ExamplesDir),
 		agent:     la,
+		checked:   &runtime.Programs{MaxPrograms: checkedPrograms, MaxBytes: checkedBytes, CacheDir: o.CacheDir},
 		runs:      map[string]*run{},
 		bySession: map[string]*run{},
 	}
@@ -238,6 +250,7 @@ func (s *Server) Close() {
 	for _, r := range rs {
 		<-r.ended
 	}
+	s.checked.Close()
 	if s.agent != nil {
 		s.agent.Close()
 	}
