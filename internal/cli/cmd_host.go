@@ -20,6 +20,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/engine"
 	"github.com/castellan-dev/castellan/internal/host"
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keep/qemu"
@@ -60,6 +61,7 @@ its keeps running.`,
 
 type hostServeFlags struct {
 	listen, stateDir, maxMemory, keepCache string
+	keepEngine                             string
 	maxOutput                              string
 	retainKeeps                            int
 	retainFor                              time.Duration
@@ -83,6 +85,7 @@ func addHostServeFlags(fs *flag.FlagSet) *hostServeFlags {
 	fs.StringVar(&f.maxOutput, "max-keep-output", "64MiB", "most bytes of log and host output each keep may write (keeps/ID/keep.log); the keep ends when it passes it")
 	fs.IntVar(&f.retainKeeps, "retain-keeps", host.DefaultRetainKeeps, "finished keeps to keep (folder, record, events), newest first; older ones are removed")
 	fs.DurationVar(&f.retainFor, "retain-for", host.DefaultRetainFor, "how long after its end a finished keep is kept")
+	fs.StringVar(&f.keepEngine, "keep-engine", engine.NameWazero, "WebAssembly engine of process keeps: wazero (pure Go) or wasmtime (builds with -tags wasmtime)")
 	fs.StringVar(&f.keepCache, "keep-cache-dir", "", "compilation cache for nil-backend keeps only (a cache on the host's disk is open to the host; TEE keeps never use one)")
 	fs.StringVar(&f.keepKind, "keep-kind", keep.KindProcess, "what each keep is: process (a child process) or vm (a QEMU micro-VM booted from --keep-image)")
 	fs.StringVar(&f.keepImage, "keep-image", os.Getenv("CASTELLAN_KEEP_IMAGE"), "with --keep-kind vm: the keep image folder ('castellan keep-image build'; $CASTELLAN_KEEP_IMAGE)")
@@ -335,6 +338,16 @@ func hostServe(e *Env, args []string) int {
 	launcher, code := keepLauncher(e, f.keepKind, f.keepImage, f.firmware, f.keepCache)
 	if launcher == nil {
 		return code
+	}
+	p, process := launcher.(*keep.Process)
+	if !process && f.keepEngine != engine.NameWazero {
+		return e.Usagef("--keep-engine %s applies to process keeps: a VM keep's image holds its engine", f.keepEngine)
+	}
+	if err := engine.Available(f.keepEngine); err != nil {
+		return e.Errorf("--keep-engine %s: %v", f.keepEngine, err)
+	}
+	if process && f.keepEngine != engine.NameWazero {
+		p.Engine = f.keepEngine
 	}
 	a, err := host.New(host.Config{
 		StateDir: f.stateDir,
