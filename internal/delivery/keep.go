@@ -112,6 +112,10 @@ type ServeOptions struct {
 	CacheDir string
 	// Engine runs the workload ("" = the default; see runtime.Options).
 	Engine string
+	// Programs, if set, supplies the compiled program (see
+	// runtime.Options.Programs): a keep that compiled its package's module
+	// ahead (runtime.Programs.Preload) does not compile it again.
+	Programs *runtime.Programs
 	// HandshakeTimeout bounds the TLS handshake and the reading of the
 	// package; 0 means one minute.
 	HandshakeTimeout time.Duration
@@ -294,6 +298,8 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 		Stderr:      stderr,
 		CacheDir:    o.CacheDir,
 		Engine:      o.Engine,
+		Programs:    o.Programs,
+		Package:     art.Digest.String(),
 		Certificate: cert,
 		Log: func(f string, a ...any) {
 			// Runtime notices may name workload data (a listen address);

@@ -20,6 +20,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keeplog"
+	"github.com/castellan-dev/castellan/internal/runtime"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
@@ -187,6 +188,23 @@ func RunKeep(ctx context.Context, p KeepParams, kio KeepIO) int {
 			kio.Terminate(fail("wall time limit of %ds reached", p.Limits.WallSeconds))
 		})
 	}
+	var programs *runtime.Programs
+	if p.CacheDir != "" && p.Backend == tee.NameNil {
+		// An insecure keep trusts the host's cache (docs/host.md): it
+		// loads the module of the package it will run, if an earlier keep
+		// ran it, while it makes its evidence and waits for its client.
+		programs = &runtime.Programs{MaxPrograms: 1, CacheDir: p.CacheDir}
+		go func() {
+			t0 := time.Now()
+			err := programs.Preload(ctx, p.Engine, p.Digest, false)
+			switch {
+			case err == nil:
+				kio.Logf("compiled the package's module ahead from the cache in %v", time.Since(t0).Round(time.Millisecond))
+			case !errors.Is(err, runtime.ErrNotRemembered):
+				kio.Logf("could not compile the package's module ahead: %v", err)
+			}
+		}()
+	}
 	b := p.Evidence
 	if b == nil {
 		var err error
@@ -210,6 +228,7 @@ func RunKeep(ctx context.Context, p KeepParams, kio KeepIO) int {
 	opts := delivery.ServeOptions{
 		CacheDir: p.CacheDir,
 		Engine:   p.Engine,
+		Programs: programs,
 		Log:      kio.Logf,
 		Abort: func(reason string) {
 			kio.Terminate(fail("workload stopped: %s", reason))

@@ -1,11 +1,16 @@
 package runtime
 
 import (
+	"bytes"
 	"container/list"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 )
@@ -224,4 +229,144 @@ func (c *Programs) closeIfIdle(e *programEntry) {
 		}
 	default: // still compiling: its compiler holds a reference
 	}
+}
+
+// run is Run with the program from c: o.Wasm's program is taken from
+// memory (compiled on a miss) and, with o.Package, remembered as that
+// package's module for Preload.
+func (c *Programs) run(ctx context.Context, o Options) (int, error) {
+	digest := fmt.Sprintf("sha256:%x", sha256.Sum256(o.Wasm))
+	if c.CacheDir != "" && o.Log != nil && !c.holds(digest, o.Engine, o.Interruptible) && !Compiled(c.CacheDir, o.Wasm, o.Interruptible) {
+		o.Log("compiling %s (first run; cached for next time)", o.Name)
+	}
+	l, err := c.Get(ctx, o.Engine, o.Name, digest, o.Wasm, o.Interruptible)
+	if err != nil {
+		return 0, err
+	}
+	defer l.Release()
+	if o.Package != "" {
+		// A failure only costs the next keep of this package its head start.
+		_ = c.remember(o.Package, o.Wasm)
+	}
+	return l.Run(ctx, o)
+}
+
+// holds says whether the program of a module is in memory (or being
+// compiled).
+func (c *Programs) holds(digest, engineName string, interruptible bool) bool {
+	sum, err := ParseDigest(digest)
+	if err != nil {
+		return false
+	}
+	if engineName == "" {
+		engineName = defaultEngine
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.entries[programKey{sum: sum, engine: engineName, interruptible: interruptible}]
+	return ok
+}
+
+// Folders of the package index inside CacheDir: which module a package
+// holds (a file named by the package digest's hex, holding the module's
+// digest), and the modules' bytes (named by their SHA-256), which wazero
+// needs beside its compiled code.
+const (
+	packageIndex = "castellan-packages"
+	moduleStore  = "castellan-modules"
+)
+
+// maxStoredModule bounds a module Preload reads back.
+const maxStoredModule = 1 << 30
+
+// remember notes in CacheDir that the package pkg holds wasm, and keeps
+// wasm's bytes there, for Preload.
+func (c *Programs) remember(pkg string, wasm []byte) error {
+	if c.CacheDir == "" {
+		return nil
+	}
+	pkgSum, err := ParseDigest(pkg)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(wasm)
+	mod := filepath.Join(c.CacheDir, moduleStore, hex.EncodeToString(sum[:])+".wasm")
+	if _, err := os.Stat(mod); err != nil {
+		if err := writeAtomic(mod, wasm); err != nil {
+			return err
+		}
+	}
+	return writeAtomic(filepath.Join(c.CacheDir, packageIndex, hex.EncodeToString(pkgSum[:])), fmt.Appendf(nil, "sha256:%x\n", sum))
+}
+
+// ErrNotRemembered is returned by Preload for a package whose module no
+// earlier run noted in the cache.
+var ErrNotRemembered = errors.New("no module noted for this package")
+
+// Preload compiles (from the disk cache, as a rule) the module of the
+// package pkg that an earlier run noted in CacheDir, and keeps it in
+// memory, so that the run of that package, when its bytes arrive, does
+// not wait for it: Run finds the program by the module's digest, which
+// the bytes it is given must match (Get). Only for a CacheDir that the
+// parties who may change it are trusted with (an insecure keep's; see
+// docs/host.md): the index and the stored module only save time, and a
+// stored module whose bytes do not match its name is refused.
+func (c *Programs) Preload(ctx context.Context, engineName, pkg string, interruptible bool) error {
+	if c.CacheDir == "" {
+		return ErrNotRemembered
+	}
+	pkgSum, err := ParseDigest(pkg)
+	if err != nil {
+		return err
+	}
+	idx, err := os.ReadFile(filepath.Join(c.CacheDir, packageIndex, hex.EncodeToString(pkgSum[:])))
+	if errors.Is(err, os.ErrNotExist) {
+		return ErrNotRemembered
+	}
+	if err != nil {
+		return err
+	}
+	digest := string(bytes.TrimSpace(idx))
+	sum, err := ParseDigest(digest)
+	if err != nil {
+		return fmt.Errorf("package index of %s: %w", pkg, err)
+	}
+	f, err := os.Open(filepath.Join(c.CacheDir, moduleStore, hex.EncodeToString(sum[:])+".wasm"))
+	if err != nil {
+		return err
+	}
+	wasm, err := io.ReadAll(io.LimitReader(f, maxStoredModule))
+	f.Close()
+	if err != nil {
+		return err
+	}
+	l, err := c.Get(ctx, engineName, "main.wasm", digest, wasm, interruptible)
+	if err != nil {
+		return err
+	}
+	l.Release()
+	return nil
+}
+
+// writeAtomic writes b to path through a temporary file renamed into
+// place, making path's folder (mode 0700) if needed.
+func writeAtomic(path string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
 }
