@@ -287,20 +287,21 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 		gone()
 	}()
 	code, err := runtime.Run(ctx, runtime.Options{
-		Name:        "main.wasm",
-		Wasm:        art.Wasm,
-		Config:      cfg,
-		ConfigDir:   "/nonexistent",
-		Args:        m.Args,
-		Env:         env,
-		Stdin:       bytes.NewReader(nil),
-		Stdout:      stdout,
-		Stderr:      stderr,
-		CacheDir:    o.CacheDir,
-		Engine:      o.Engine,
-		Programs:    o.Programs,
-		Package:     art.Digest.String(),
-		Certificate: cert,
+		Name:         "main.wasm",
+		Wasm:         art.Wasm,
+		Config:       cfg,
+		ConfigDir:    "/nonexistent",
+		Args:         m.Args,
+		Env:          env,
+		Stdin:        bytes.NewReader(nil),
+		Stdout:       stdout,
+		Stderr:       stderr,
+		CacheDir:     o.CacheDir,
+		Engine:       o.Engine,
+		Programs:     o.Programs,
+		Package:      art.Digest.String(),
+		ModuleDigest: art.WasmDesc.Digest.String(),
+		Certificate:  cert,
 		Log: func(f string, a ...any) {
 			// Runtime notices may name workload data (a listen address);
 			// they go to the client only, outside the output budget.

@@ -105,6 +105,11 @@ func (c *Programs) Get(ctx context.Context, engineName, name, digest string, was
 	if got := sha256.Sum256(wasm); got != want {
 		return nil, fmt.Errorf("%s: module digest mismatch: the bytes have sha256:%x, not %s", nameOr(name), got, digest)
 	}
+	return c.get(ctx, engineName, name, want, wasm, interruptible)
+}
+
+// get is Get for a digest computed from wasm.
+func (c *Programs) get(ctx context.Context, engineName, name string, want [sha256.Size]byte, wasm []byte, interruptible bool) (*Lease, error) {
 	if engineName == "" {
 		engineName = defaultEngine
 	}
@@ -235,29 +240,28 @@ func (c *Programs) closeIfIdle(e *programEntry) {
 // memory (compiled on a miss) and, with o.Package, remembered as that
 // package's module for Preload.
 func (c *Programs) run(ctx context.Context, o Options) (int, error) {
-	digest := fmt.Sprintf("sha256:%x", sha256.Sum256(o.Wasm))
-	if c.CacheDir != "" && o.Log != nil && !c.holds(digest, o.Engine, o.Interruptible) && !Compiled(c.CacheDir, o.Wasm, o.Interruptible) {
+	sum, err := ParseDigest(o.ModuleDigest)
+	if err != nil {
+		sum = sha256.Sum256(o.Wasm)
+	}
+	if c.CacheDir != "" && o.Log != nil && !c.holds(sum, o.Engine, o.Interruptible) && !Compiled(c.CacheDir, o.Wasm, o.Interruptible) {
 		o.Log("compiling %s (first run; cached for next time)", o.Name)
 	}
-	l, err := c.Get(ctx, o.Engine, o.Name, digest, o.Wasm, o.Interruptible)
+	l, err := c.get(ctx, o.Engine, o.Name, sum, o.Wasm, o.Interruptible)
 	if err != nil {
 		return 0, err
 	}
 	defer l.Release()
 	if o.Package != "" {
 		// A failure only costs the next keep of this package its head start.
-		_ = c.remember(o.Package, o.Wasm)
+		_ = c.remember(o.Package, sum, o.Wasm)
 	}
 	return l.Run(ctx, o)
 }
 
 // holds says whether the program of a module is in memory (or being
 // compiled).
-func (c *Programs) holds(digest, engineName string, interruptible bool) bool {
-	sum, err := ParseDigest(digest)
-	if err != nil {
-		return false
-	}
+func (c *Programs) holds(sum [sha256.Size]byte, engineName string, interruptible bool) bool {
 	if engineName == "" {
 		engineName = defaultEngine
 	}
@@ -279,9 +283,9 @@ const (
 // maxStoredModule bounds a module Preload reads back.
 const maxStoredModule = 1 << 30
 
-// remember notes in CacheDir that the package pkg holds wasm, and keeps
-// wasm's bytes there, for Preload.
-func (c *Programs) remember(pkg string, wasm []byte) error {
+// remember notes in CacheDir that the package pkg holds wasm (of digest
+// sum), and keeps wasm's bytes there, for Preload.
+func (c *Programs) remember(pkg string, sum [sha256.Size]byte, wasm []byte) error {
 	if c.CacheDir == "" {
 		return nil
 	}
@@ -289,7 +293,6 @@ func (c *Programs) remember(pkg string, wasm []byte) error {
 	if err != nil {
 		return err
 	}
-	sum := sha256.Sum256(wasm)
 	mod := filepath.Join(c.CacheDir, moduleStore, hex.EncodeToString(sum[:])+".wasm")
 	if _, err := os.Stat(mod); err != nil {
 		if err := writeAtomic(mod, wasm); err != nil {

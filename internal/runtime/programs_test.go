@@ -259,3 +259,41 @@ func TestProgramsTamperedDiskEntry(t *testing.T) {
 		t.Errorf("after tampering the cache the module printed %q, want %q", got, want)
 	}
 }
+
+func TestProgramsPreload(t *testing.T) {
+	hello := readWasm(t, fixtures.C(t, "hello"))
+	dir := t.TempDir()
+	ctx := context.Background()
+	const pkg = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+	c := &Programs{CacheDir: dir}
+	if err := c.Preload(ctx, "", pkg, false); err != ErrNotRemembered {
+		t.Fatalf("Preload of an unknown package: %v", err)
+	}
+	// A run of the package notes its module.
+	var out bytes.Buffer
+	if code, err := Run(ctx, Options{Name: "hello.wasm", Wasm: hello, Programs: c, Package: pkg, Stdout: &out}); err != nil || code != 0 {
+		t.Fatalf("run: %d %v", code, err)
+	}
+	c.Close()
+	c2 := &Programs{CacheDir: dir}
+	defer c2.Close()
+	if err := c2.Preload(ctx, "", pkg, false); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := c2.Len(); n != 1 || !c2.holds(sha256.Sum256(hello), "", false) {
+		t.Fatalf("Preload kept %d programs, not hello's", n)
+	}
+	// A stored module changed under its name is refused.
+	mod := filepath.Join(dir, moduleStore, fmt.Sprintf("%x.wasm", sha256.Sum256(hello)))
+	if err := os.WriteFile(mod, append(bytes.Clone(hello), 0), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c3 := &Programs{CacheDir: dir}
+	defer c3.Close()
+	if err := c3.Preload(ctx, "", pkg, false); err == nil || !strings.Contains(err.Error(), "module digest mismatch") {
+		t.Fatalf("Preload of a changed module: %v", err)
+	}
+	if n, _ := c3.Len(); n != 0 {
+		t.Errorf("a refused module was kept")
+	}
+}

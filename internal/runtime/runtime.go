@@ -88,6 +88,10 @@ type Options struct {
 	// Package is the digest of the package the module came from: with
 	// Programs, Run notes which module it holds (Programs.Preload).
 	Package string
+	// ModuleDigest is Wasm's digest ("sha256:..."), when the caller
+	// computed it from these bytes (a package's module layer): with
+	// Programs, Run does not hash the module again. It is not checked.
+	ModuleDigest string
 }
 
 // TrapError is a guest that trapped: unreachable, out-of-bounds access,
