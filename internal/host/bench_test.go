@@ -137,7 +137,9 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 // nil-backend process keeps with the agent's compilation cache, filled by a
 // first deployment; the modules' first instruction of their own writes to
 // stdout (the C hello; the Go hello after its runtime's start), so the
-// first byte of output at the client marks the guest's start. Metrics:
+// first byte of output at the client marks the guest's start. Each runs
+// with a keep process started per keep (cold-process) and with two
+// started ahead (warm-process, Config.WarmKeeps). Metrics:
 //
 //   - ms/delivery-to-output: from the first byte of the delivery the agent
 //     relays to the keep (the client's TLS hello) to that first output byte:
@@ -153,56 +155,63 @@ func BenchmarkStartCached(b *testing.B) {
 	}
 	for _, eng := range engines {
 		for _, fixture := range []string{"c-hello", "go-hello"} {
-			b.Run(eng+"/"+fixture, func(b *testing.B) {
-				var wasm string
-				if fixture == "c-hello" {
-					wasm = fixtures.C(b, "hello")
-				} else {
-					wasm = fixtures.Go(b, "hello")
+			for _, warm := range []int{0, 2} {
+				name := eng + "/" + fixture + "/cold-process"
+				if warm > 0 {
+					name = eng + "/" + fixture + "/warm-process"
 				}
-				var delivered atomic.Int64 // unix ns of the first relayed byte to the keep
-				cacheDir := b.TempDir()
-				h := benchHarness(b, func(c *Config) {
-					c.KeepCacheDir = cacheDir
-					c.KeepEngine = eng
-					c.RelayTap = func(_ string, toKeep bool, _ []byte) {
-						if toKeep {
-							delivered.CompareAndSwap(0, time.Now().UnixNano())
-						}
+				b.Run(name, func(b *testing.B) {
+					var wasm string
+					if fixture == "c-hello" {
+						wasm = fixtures.C(b, "hello")
+					} else {
+						wasm = fixtures.Go(b, "hello")
 					}
-				})
-				art := artifact(b, wasm, []byte(stdio))
-				v := &delivery.InsecureVerifier{}
-				ctx := context.Background()
-				deploy := func() (whole, fromDelivery time.Duration) {
-					first := make(chan time.Time, 1)
-					out := writerFunc(func(p []byte) (int, error) {
-						select {
-						case first <- time.Now():
-						default:
+					var delivered atomic.Int64 // unix ns of the first relayed byte to the keep
+					cacheDir := b.TempDir()
+					h := benchHarness(b, func(c *Config) {
+						c.KeepCacheDir = cacheDir
+						c.KeepEngine = eng
+						c.WarmKeeps = warm
+						c.RelayTap = func(_ string, toKeep bool, _ []byte) {
+							if toKeep {
+								delivered.CompareAndSwap(0, time.Now().UnixNano())
+							}
 						}
-						return len(p), nil
 					})
-					delivered.Store(0)
-					t0 := time.Now()
-					_, res, err := h.client.Deploy(ctx, DeployOptions{Backend: "nil", Verifier: v,
-						Delivery: delivery.Delivery{Artifact: art, Stdout: out}})
-					if err != nil || res.ExitCode != 0 {
-						b.Fatalf("deploy: %v %+v", err, res)
+					art := artifact(b, wasm, []byte(stdio))
+					v := &delivery.InsecureVerifier{}
+					ctx := context.Background()
+					deploy := func() (whole, fromDelivery time.Duration) {
+						first := make(chan time.Time, 1)
+						out := writerFunc(func(p []byte) (int, error) {
+							select {
+							case first <- time.Now():
+							default:
+							}
+							return len(p), nil
+						})
+						delivered.Store(0)
+						t0 := time.Now()
+						_, res, err := h.client.Deploy(ctx, DeployOptions{Backend: "nil", Verifier: v,
+							Delivery: delivery.Delivery{Artifact: art, Stdout: out}})
+						if err != nil || res.ExitCode != 0 {
+							b.Fatalf("deploy: %v %+v", err, res)
+						}
+						t1 := <-first
+						return t1.Sub(t0), t1.Sub(time.Unix(0, delivered.Load()))
 					}
-					t1 := <-first
-					return t1.Sub(t0), t1.Sub(time.Unix(0, delivered.Load()))
-				}
-				deploy() // fills the compilation cache and the page cache
-				var whole, fromDelivery time.Duration
-				for b.Loop() {
-					w, d := deploy()
-					whole += w
-					fromDelivery += d
-				}
-				b.ReportMetric(float64(fromDelivery.Microseconds())/1000/float64(b.N), "ms/delivery-to-output")
-				b.ReportMetric(float64(whole.Microseconds())/1000/float64(b.N), "ms/deploy-to-output")
-			})
+					deploy() // fills the compilation cache and the page cache
+					var whole, fromDelivery time.Duration
+					for b.Loop() {
+						w, d := deploy()
+						whole += w
+						fromDelivery += d
+					}
+					b.ReportMetric(float64(fromDelivery.Microseconds())/1000/float64(b.N), "ms/delivery-to-output")
+					b.ReportMetric(float64(whole.Microseconds())/1000/float64(b.N), "ms/deploy-to-output")
+				})
+			}
 		}
 	}
 }

@@ -87,7 +87,23 @@ type KeepIO struct {
 // the agent's log of the keep (its output file, keeplog): it never carries
 // workload data (unless a detached workload asked for host output), and
 // the keep ends when it passes --max-output bytes.
+//
+// Started ahead of its keep (keep.WarmFlag, keep.Process.Warm), it first
+// waits for its keep's flags, output file and hello pipe, and exits
+// quietly when the agent goes away without one.
 func KeepMain(args []string, stderr io.Writer) int {
+	ahead := len(args) == 1 && args[0] == keep.WarmFlag
+	if ahead {
+		var err error
+		if args, err = keep.AwaitKeep(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return 0
+			}
+			fmt.Fprintf(stderr, "keep failed: %v\n", err)
+			return 1
+		}
+		stderr = os.Stderr // now the keep's output file
+	}
 	fs := flag.NewFlagSet("castellan keep", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dir := fs.String("dir", "", "the keep's folder")
@@ -102,6 +118,14 @@ func KeepMain(args []string, stderr io.Writer) int {
 	maxOutput := fs.Int64("max-output", DefaultMaxOutput, "bytes of log and host output after which the keep ends")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if ahead {
+		// Where a keep process started for its keep is put by the launcher.
+		if err := os.Chdir(*dir); err != nil {
+			fmt.Fprintf(stderr, "keep failed: %v\n", err)
+			return 1
+		}
+		os.Setenv("TMPDIR", filepath.Join(*dir, "tmp"))
 	}
 	rec := &exitRecorder{dir: *dir}
 	raw := stderr
@@ -125,6 +149,9 @@ func KeepMain(args []string, stderr io.Writer) int {
 	// A crash (out of memory under the keep's limit) prints its message
 	// to the agent's log, without goroutine stacks and their values.
 	debug.SetTraceback("none")
+	if ahead {
+		logf("keep process started ahead of its keep")
+	}
 	kio := KeepIO{
 		Logf:       logf,
 		State:      func(s string) { logf("%s", stateLine+s) },
