@@ -130,6 +130,10 @@ const (
 	checkedBytes    = 32 << 20
 )
 
+// consoleWarmKeeps keep processes of the console's own agent wait started
+// ahead, so that a visitor's run does not wait for a process start.
+const consoleWarmKeeps = 1
+
 // New returns a console with the given options.
 func New(o Options) (*Server, error) {
 	if o.TimeLimit <= 0 {
@@ -178,7 +182,7 @@ func New(o Options) (*Server, error) {
 		// agent is still stopping when the console has freed their slots.
 		la, err = StartLocalAgent(LocalAgentOptions{StateDir: o.AgentStateDir, MaxKeeps: 2 * o.MaxKeeps,
 			Max: KeepLimits(o.TimeLimit, o.MaxMemory), KeepCommand: o.KeepCommand, KeepCacheDir: o.CacheDir,
-			Logf: func(f string, a ...any) { logf("host agent: "+f, a...) }})
+			WarmKeeps: consoleWarmKeeps, Logf: func(f string, a ...any) { logf("host agent: "+f, a...) }})
 		if err != nil {
 			return nil, fmt.Errorf("starting the host agent: %w", err)
 		}
