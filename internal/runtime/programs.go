@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/castellan-dev/castellan/internal/atomicfile"
 )
 
 // Programs keeps compiled programs in memory for a long-running process
@@ -295,11 +297,16 @@ func (c *Programs) remember(pkg string, sum [sha256.Size]byte, wasm []byte) erro
 	}
 	mod := filepath.Join(c.CacheDir, moduleStore, hex.EncodeToString(sum[:])+".wasm")
 	if _, err := os.Stat(mod); err != nil {
-		if err := writeAtomic(mod, wasm); err != nil {
+		if err := writeFile(mod, wasm); err != nil {
 			return err
 		}
 	}
-	return writeAtomic(filepath.Join(c.CacheDir, packageIndex, hex.EncodeToString(pkgSum[:])), fmt.Appendf(nil, "sha256:%x\n", sum))
+	idx := filepath.Join(c.CacheDir, packageIndex, hex.EncodeToString(pkgSum[:]))
+	line := fmt.Appendf(nil, "sha256:%x\n", sum)
+	if b, err := os.ReadFile(idx); err == nil && bytes.Equal(b, line) {
+		return nil // noted by an earlier run
+	}
+	return writeFile(idx, line)
 }
 
 // ErrNotRemembered is returned by Preload for a package whose module no
@@ -351,25 +358,11 @@ func (c *Programs) Preload(ctx context.Context, engineName, pkg string, interrup
 	return nil
 }
 
-// writeAtomic writes b to path through a temporary file renamed into
-// place, making path's folder (mode 0700) if needed.
-func writeAtomic(path string, b []byte) error {
+// writeFile writes b to path whole or not at all, making path's folder
+// (mode 0700) if needed.
+func writeFile(path string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
-	return err
+	return atomicfile.Write(path, b, 0o600)
 }
