@@ -2,6 +2,8 @@ package host
 
 import (
 	"context"
+	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -10,6 +12,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/engine"
 	"github.com/castellan-dev/castellan/internal/fixtures"
+	"github.com/castellan-dev/castellan/internal/keep"
 )
 
 func benchHarness(b *testing.B, mods ...func(*Config)) *harness {
@@ -137,81 +140,111 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 // nil-backend process keeps with the agent's compilation cache, filled by a
 // first deployment; the modules' first instruction of their own writes to
 // stdout (the C hello; the Go hello after its runtime's start), so the
-// first byte of output at the client marks the guest's start. Each runs
-// with a keep process started per keep (cold-process) and with two
-// started ahead (warm-process, Config.WarmKeeps). Metrics:
+// first byte of output at the client marks the guest's start. Two agents
+// run interleaved, deployment by deployment: one starts a keep process per
+// keep (cold), the other keeps two started ahead (warm, Config.WarmKeeps;
+// between deployments the benchmark waits until both pools are idle, as
+// between a host's requests). Metrics, medians:
 //
-//   - ms/delivery-to-output: from the first byte of the delivery the agent
-//     relays to the keep (the client's TLS hello) to that first output byte:
-//     the TLS handshake, the package, its digest, loading the compiled
-//     module, instantiation, _start;
-//   - ms/deploy-to-output: the whole deployment, from the client's first
-//     request (nonce, create, keep process start, evidence, verification,
-//     attach, then the above).
+//   - ms/cold-delivery, ms/warm-delivery: from the first byte of the
+//     delivery the agent relays to the keep (the client's TLS hello) to
+//     that first output byte: the TLS handshake, the package, its digest,
+//     the compiled module (in memory when the keep loaded it ahead),
+//     instantiation, _start;
+//   - ms/cold-deploy, ms/warm-deploy: the whole deployment, from the
+//     client's first request (nonce, create, keep process start, evidence,
+//     verification, attach, then the above).
 func BenchmarkStartCached(b *testing.B) {
 	engines := []string{engine.NameWazero}
 	if engine.Available(engine.NameWasmtime) == nil {
 		engines = append(engines, engine.NameWasmtime)
 	}
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
 	for _, eng := range engines {
 		for _, fixture := range []string{"c-hello", "go-hello"} {
-			for _, warm := range []int{0, 2} {
-				name := eng + "/" + fixture + "/cold-process"
-				if warm > 0 {
-					name = eng + "/" + fixture + "/warm-process"
+			b.Run(eng+"/"+fixture, func(b *testing.B) {
+				var wasm string
+				if fixture == "c-hello" {
+					wasm = fixtures.C(b, "hello")
+				} else {
+					wasm = fixtures.Go(b, "hello")
 				}
-				b.Run(name, func(b *testing.B) {
-					var wasm string
-					if fixture == "c-hello" {
-						wasm = fixtures.C(b, "hello")
-					} else {
-						wasm = fixtures.Go(b, "hello")
-					}
-					var delivered atomic.Int64 // unix ns of the first relayed byte to the keep
-					cacheDir := b.TempDir()
-					h := benchHarness(b, func(c *Config) {
-						c.KeepCacheDir = cacheDir
-						c.KeepEngine = eng
-						c.WarmKeeps = warm
+				art := artifact(b, wasm, []byte(stdio))
+				cacheDir := b.TempDir()
+				type agent struct {
+					h         *harness
+					pool      *keep.Process
+					delivered atomic.Int64 // unix ns of the first relayed byte to the keep
+					delivery  []time.Duration
+					deploy    []time.Duration
+				}
+				newAgent := func(warm int) *agent {
+					a := &agent{pool: &keep.Process{Command: []string{exe, keepArg}, CacheDir: cacheDir, Engine: eng, Warm: warm}}
+					a.h = benchHarness(b, func(c *Config) {
+						c.Launcher = a.pool
 						c.RelayTap = func(_ string, toKeep bool, _ []byte) {
 							if toKeep {
-								delivered.CompareAndSwap(0, time.Now().UnixNano())
+								a.delivered.CompareAndSwap(0, time.Now().UnixNano())
 							}
 						}
 					})
-					art := artifact(b, wasm, []byte(stdio))
-					v := &delivery.InsecureVerifier{}
-					ctx := context.Background()
-					deploy := func() (whole, fromDelivery time.Duration) {
-						first := make(chan time.Time, 1)
-						out := writerFunc(func(p []byte) (int, error) {
-							select {
-							case first <- time.Now():
-							default:
-							}
-							return len(p), nil
-						})
-						delivered.Store(0)
-						t0 := time.Now()
-						_, res, err := h.client.Deploy(ctx, DeployOptions{Backend: "nil", Verifier: v,
-							Delivery: delivery.Delivery{Artifact: art, Stdout: out}})
-						if err != nil || res.ExitCode != 0 {
-							b.Fatalf("deploy: %v %+v", err, res)
+					for deadline := time.Now().Add(2 * time.Minute); len(a.pool.Waiting()) < warm; time.Sleep(5 * time.Millisecond) {
+						if time.Now().After(deadline) {
+							b.Fatal("the pool did not fill")
 						}
-						t1 := <-first
-						return t1.Sub(t0), t1.Sub(time.Unix(0, delivered.Load()))
 					}
-					deploy() // fills the compilation cache and the page cache
-					var whole, fromDelivery time.Duration
-					for b.Loop() {
-						w, d := deploy()
-						whole += w
-						fromDelivery += d
+					return a
+				}
+				cold, warm := newAgent(0), newAgent(2)
+				ctx := context.Background()
+				v := &delivery.InsecureVerifier{}
+				run := func(a *agent, record bool) {
+					first := make(chan time.Time, 1)
+					out := writerFunc(func(p []byte) (int, error) {
+						select {
+						case first <- time.Now():
+						default:
+						}
+						return len(p), nil
+					})
+					a.delivered.Store(0)
+					t0 := time.Now()
+					k, res, err := a.h.client.Deploy(ctx, DeployOptions{Backend: "nil", Verifier: v,
+						Delivery: delivery.Delivery{Artifact: art, Stdout: out}})
+					if err != nil || res.ExitCode != 0 {
+						b.Fatalf("deploy: %v %+v", err, res)
 					}
-					b.ReportMetric(float64(fromDelivery.Microseconds())/1000/float64(b.N), "ms/delivery-to-output")
-					b.ReportMetric(float64(whole.Microseconds())/1000/float64(b.N), "ms/deploy-to-output")
-				})
-			}
+					t1 := <-first
+					if record {
+						a.deploy = append(a.deploy, t1.Sub(t0))
+						a.delivery = append(a.delivery, t1.Sub(time.Unix(0, a.delivered.Load())))
+					}
+					b.StopTimer()
+					a.h.waitEnded(k.ID)
+					for len(a.pool.Waiting()) < a.pool.Warm {
+						time.Sleep(time.Millisecond)
+					}
+					b.StartTimer()
+				}
+				run(cold, false) // fills the compilation cache and the page cache
+				run(warm, false)
+				for b.Loop() {
+					run(cold, true)
+					run(warm, true)
+				}
+				med := func(ds []time.Duration) float64 {
+					ds = slices.Clone(ds)
+					slices.Sort(ds)
+					return float64(ds[len(ds)/2].Microseconds()) / 1000
+				}
+				b.ReportMetric(med(cold.delivery), "ms/cold-delivery")
+				b.ReportMetric(med(warm.delivery), "ms/warm-delivery")
+				b.ReportMetric(med(cold.deploy), "ms/cold-deploy")
+				b.ReportMetric(med(warm.deploy), "ms/warm-deploy")
+			})
 		}
 	}
 }
