@@ -78,13 +78,17 @@ func (w *warmProc) discard() {
 // file on descriptors 1 and 2 and its hello pipe on HelloFD, as a keep
 // process started for its keep has them, and returns the keep's flags.
 // It returns io.EOF when the launcher went away without a keep for it.
-func AwaitKeep() ([]string, error) {
+func AwaitKeep() ([]string, error) { return awaitKeep(HelloFD, 1, 2, HelloFD) }
+
+// awaitKeep reads the keep from the control socket ctl and puts its
+// output file on out1 and out2 and its hello pipe on hello.
+func awaitKeep(ctl, out1, out2, hello int) ([]string, error) {
 	buf := make([]byte, maxWarmMessage+1)
 	oob := make([]byte, unix.CmsgSpace(2*4))
 	var n, oobn int
 	var err error
 	for {
-		n, oobn, _, _, err = unix.Recvmsg(HelloFD, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		n, oobn, _, _, err = unix.Recvmsg(ctl, buf, oob, unix.MSG_CMSG_CLOEXEC)
 		if err != unix.EINTR {
 			break
 		}
@@ -108,7 +112,7 @@ func AwaitKeep() ([]string, error) {
 	}
 	defer unix.Close(fds[0])
 	defer unix.Close(fds[1])
-	for _, d := range [][2]int{{fds[0], 1}, {fds[0], 2}, {fds[1], HelloFD}} {
+	for _, d := range [][2]int{{fds[0], out1}, {fds[0], out2}, {fds[1], hello}} {
 		if err := unix.Dup3(d[0], d[1], 0); err != nil {
 			return nil, fmt.Errorf("control socket: dup3: %w", err)
 		}
