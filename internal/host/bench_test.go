@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -144,13 +145,16 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 // run interleaved, deployment by deployment: one starts a keep process per
 // keep (cold), the other keeps two started ahead (warm, Config.WarmKeeps;
 // between deployments the benchmark waits until both pools are idle, as
-// between a host's requests). Metrics, medians:
+// between a host's requests); a third, like the cold one, gets the same
+// module in a new package each time, so that its keeps find the compiled
+// code in the cache but cannot load it ahead. Metrics, medians:
 //
 //   - ms/cold-delivery, ms/warm-delivery: from the first byte of the
 //     delivery the agent relays to the keep (the client's TLS hello) to
 //     that first output byte: the TLS handshake, the package, its digest,
 //     the compiled module (in memory when the keep loaded it ahead),
 //     instantiation, _start;
+//   - ms/unknown-pkg-delivery: the same for the third agent;
 //   - ms/cold-deploy, ms/warm-deploy: the whole deployment, from the
 //     client's first request (nonce, create, keep process start, evidence,
 //     verification, attach, then the above).
@@ -198,10 +202,19 @@ func BenchmarkStartCached(b *testing.B) {
 					}
 					return a
 				}
-				cold, warm := newAgent(0), newAgent(2)
+				cold, warm, fresh := newAgent(0), newAgent(2), newAgent(0)
 				ctx := context.Background()
 				v := &delivery.InsecureVerifier{}
+				n := 0
 				run := func(a *agent, record bool) {
+					art := art
+					if a == fresh {
+						// The same module in a package no keep ran before:
+						// its compiled code is in the cache, but the keep
+						// does not know it ahead.
+						n++
+						art = artifact(b, wasm, fmt.Appendf(nil, "env = { RUN = \"%d\" }\n%s", n, stdio))
+					}
 					first := make(chan time.Time, 1)
 					out := writerFunc(func(p []byte) (int, error) {
 						select {
@@ -231,9 +244,11 @@ func BenchmarkStartCached(b *testing.B) {
 				}
 				run(cold, false) // fills the compilation cache and the page cache
 				run(warm, false)
+				run(fresh, false)
 				for b.Loop() {
 					run(cold, true)
 					run(warm, true)
+					run(fresh, true)
 				}
 				med := func(ds []time.Duration) float64 {
 					ds = slices.Clone(ds)
@@ -244,6 +259,7 @@ func BenchmarkStartCached(b *testing.B) {
 				b.ReportMetric(med(warm.delivery), "ms/warm-delivery")
 				b.ReportMetric(med(cold.deploy), "ms/cold-deploy")
 				b.ReportMetric(med(warm.deploy), "ms/warm-deploy")
+				b.ReportMetric(med(fresh.delivery), "ms/unknown-pkg-delivery")
 			})
 		}
 	}
