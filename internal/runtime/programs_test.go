@@ -297,3 +297,23 @@ func TestProgramsPreload(t *testing.T) {
 		t.Errorf("a refused module was kept")
 	}
 }
+
+// FuzzParseDigest: any string either parses to the SHA-256 it spells, in
+// the one canonical form, or is refused naming the digest.
+func FuzzParseDigest(f *testing.F) {
+	for _, s := range []string{digestOf(nil), "sha256:", "sha512:" + strings.Repeat("ab", 64), strings.ToUpper(digestOf(nil)), "sha256:" + strings.Repeat("g", 64), ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		sum, err := ParseDigest(s)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "module digest ") {
+				t.Fatalf("error %q does not name the digest", err)
+			}
+			return
+		}
+		if got := fmt.Sprintf("sha256:%x", sum); got != s {
+			t.Fatalf("%q parsed to %s", s, got)
+		}
+	})
+}
