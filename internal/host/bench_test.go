@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -104,14 +105,7 @@ func BenchmarkDeployFirstOutput(b *testing.B) {
 			v := &delivery.InsecureVerifier{SimRoots: simRoots(b)}
 			ctx := context.Background()
 			deploy := func() time.Duration {
-				first := make(chan time.Time, 1)
-				out := writerFunc(func(p []byte) (int, error) {
-					select {
-					case first <- time.Now():
-					default:
-					}
-					return len(p), nil
-				})
+				out, first := firstOutput()
 				t0 := time.Now()
 				_, res, err := h.client.Deploy(ctx, DeployOptions{Backend: tc.backend, Verifier: v,
 					Delivery: delivery.Delivery{Artifact: art, Stdout: out}})
@@ -133,6 +127,19 @@ func BenchmarkDeployFirstOutput(b *testing.B) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// firstOutput returns a writer that discards what it gets and a channel
+// that receives the time of its first write.
+func firstOutput() (io.Writer, <-chan time.Time) {
+	first := make(chan time.Time, 1)
+	return writerFunc(func(p []byte) (int, error) {
+		select {
+		case first <- time.Now():
+		default:
+		}
+		return len(p), nil
+	}), first
+}
 
 // BenchmarkStartCached measures how fast a keep of the agent starts a
 // module it has compiled before (issue 11: "start to the workload's first
@@ -215,14 +222,7 @@ func BenchmarkStartCached(b *testing.B) {
 						n++
 						art = artifact(b, wasm, fmt.Appendf(nil, "env = { RUN = \"%d\" }\n%s", n, stdio))
 					}
-					first := make(chan time.Time, 1)
-					out := writerFunc(func(p []byte) (int, error) {
-						select {
-						case first <- time.Now():
-						default:
-						}
-						return len(p), nil
-					})
+					out, first := firstOutput()
 					a.delivered.Store(0)
 					t0 := time.Now()
 					k, res, err := a.h.client.Deploy(ctx, DeployOptions{Backend: "nil", Verifier: v,
