@@ -22,6 +22,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -423,5 +424,49 @@ func coldStart(t *tools) error {
 		fmt.Printf(", wasmtime %s (target 25 ms or less)", ms(median(ds["castellan wasmtime"])))
 	}
 	fmt.Println()
+	return fixedStart(t, runs)
+}
+
+// fixedStart compares the CLI's own start-up, with no workload:
+// `castellan version` against the bare wazero runner printing its usage
+// (exit status 2), interleaved, wall and CPU time (user+sys).
+func fixedStart(t *tools, runs int) error {
+	cmds := []struct {
+		name string
+		argv []string
+	}{
+		{"bare wazero (usage)", []string{t.bare}},
+		{"castellan version", []string{t.castellan, "version"}},
+	}
+	wall := map[string][]time.Duration{}
+	cpu := map[string][]time.Duration{}
+	for i := -1; i < runs; i++ {
+		for _, c := range cmds {
+			cmd := exec.Command(c.argv[0], c.argv[1:]...)
+			start := time.Now()
+			err := cmd.Run()
+			d := time.Since(start)
+			var exit *exec.ExitError
+			if err != nil && !errors.As(err, &exit) {
+				return fmt.Errorf("%s: %v", c.name, err)
+			}
+			if i >= 0 {
+				wall[c.name] = append(wall[c.name], d)
+				cpu[c.name] = append(cpu[c.name], cmd.ProcessState.UserTime()+cmd.ProcessState.SystemTime())
+			}
+		}
+	}
+	fmt.Printf("\n## fixed start-up: no workload, median of %d runs, interleaved\n\n", runs)
+	fmt.Printf("| command | wall median | wall min | CPU median |\n|---|---|---|---|\n")
+	for _, c := range cmds {
+		w, u := wall[c.name], cpu[c.name]
+		sort.Slice(w, func(i, j int) bool { return w[i] < w[j] })
+		sort.Slice(u, func(i, j int) bool { return u[i] < u[j] })
+		fmt.Printf("| %s | %s | %s | %s |\n", c.name, ms(median(w)), ms(w[0]), ms(median(u)))
+		recordMS("start", "none", c.name, "median", median(w))
+		recordMS("start", "none", c.name, "cpu median", median(u))
+	}
+	over := median(wall[cmds[1].name]) - median(wall[cmds[0].name])
+	fmt.Printf("\ncastellan's fixed start-up over bare wazero: %s (target 3 ms or less)\n", ms(over))
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/castellan-dev/castellan/internal/atomicfile"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
 )
@@ -142,7 +143,7 @@ name = "this castellan binary, simulated CCA realm (RIM)"
 	}
 	for _, f := range files {
 		p := filepath.Join(dir, f.name)
-		if err := writeFileAtomic(p, []byte(f.text), 0o644); err != nil {
+		if err := atomicfile.Write(p, []byte(f.text), 0o644); err != nil {
 			return e.Errorf("%v", err)
 		}
 		fmt.Fprintln(e.Stdout, p)

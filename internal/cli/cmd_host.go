@@ -20,6 +20,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/engine"
 	"github.com/castellan-dev/castellan/internal/host"
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keep/qemu"
@@ -60,8 +61,10 @@ its keeps running.`,
 
 type hostServeFlags struct {
 	listen, stateDir, maxMemory, keepCache string
+	keepEngine                             string
 	maxOutput                              string
 	retainKeeps                            int
+	warmKeeps                              int
 	retainFor                              time.Duration
 	maxKeeps, maxOpenFiles                 int
 	maxCPU, maxWall, attachTimeout         time.Duration
@@ -81,8 +84,10 @@ func addHostServeFlags(fs *flag.FlagSet) *hostServeFlags {
 	fs.IntVar(&f.maxOpenFiles, "max-open-files", host.DefaultOpenFiles, "most open descriptors a keep may ask for")
 	fs.DurationVar(&f.attachTimeout, "attach-timeout", host.DefaultAttachTimeout, "how long a ready keep waits for its client")
 	fs.StringVar(&f.maxOutput, "max-keep-output", "64MiB", "most bytes of log and host output each keep may write (keeps/ID/keep.log); the keep ends when it passes it")
+	fs.IntVar(&f.warmKeeps, "warm-keeps", 0, "process keeps to start ahead, waiting for the next keeps (a keep then skips its process start)")
 	fs.IntVar(&f.retainKeeps, "retain-keeps", host.DefaultRetainKeeps, "finished keeps to keep (folder, record, events), newest first; older ones are removed")
 	fs.DurationVar(&f.retainFor, "retain-for", host.DefaultRetainFor, "how long after its end a finished keep is kept")
+	fs.StringVar(&f.keepEngine, "keep-engine", engine.NameWazero, "WebAssembly engine of process keeps: wazero (pure Go) or wasmtime (builds with -tags wasmtime)")
 	fs.StringVar(&f.keepCache, "keep-cache-dir", "", "compilation cache for nil-backend keeps only (a cache on the host's disk is open to the host; TEE keeps never use one)")
 	fs.StringVar(&f.keepKind, "keep-kind", keep.KindProcess, "what each keep is: process (a child process) or vm (a QEMU micro-VM booted from --keep-image)")
 	fs.StringVar(&f.keepImage, "keep-image", os.Getenv("CASTELLAN_KEEP_IMAGE"), "with --keep-kind vm: the keep image folder ('castellan keep-image build'; $CASTELLAN_KEEP_IMAGE)")
@@ -311,6 +316,9 @@ func hostServe(e *Env, args []string) int {
 	if err != nil || maxOut < 1024 {
 		return e.Usagef("--max-keep-output: %q is not a size of at least 1KiB such as 64MiB", f.maxOutput)
 	}
+	if f.warmKeeps < 0 || f.warmKeeps > maxWarmKeeps {
+		return e.Usagef("--warm-keeps: %d is out of range 0-%d", f.warmKeeps, maxWarmKeeps)
+	}
 	if f.retainKeeps < 1 {
 		return e.Usagef("--retain-keeps: %d is less than 1", f.retainKeeps)
 	}
@@ -335,6 +343,22 @@ func hostServe(e *Env, args []string) int {
 	launcher, code := keepLauncher(e, f.keepKind, f.keepImage, f.firmware, f.keepCache)
 	if launcher == nil {
 		return code
+	}
+	p, process := launcher.(*keep.Process)
+	if !process && f.keepEngine != engine.NameWazero {
+		return e.Usagef("--keep-engine %s applies to process keeps: a VM keep's image holds its engine", f.keepEngine)
+	}
+	if err := engine.Available(f.keepEngine); err != nil {
+		return e.Errorf("--keep-engine %s: %v", f.keepEngine, err)
+	}
+	if process && f.keepEngine != engine.NameWazero {
+		p.Engine = f.keepEngine
+	}
+	if !process && f.warmKeeps > 0 {
+		return e.Usagef("--warm-keeps applies to process keeps")
+	}
+	if process {
+		p.Warm = f.warmKeeps
 	}
 	a, err := host.New(host.Config{
 		StateDir: f.stateDir,
@@ -629,6 +653,10 @@ func hostError(e *Env, err error) int {
 	}
 	return e.Errorf("%v", err)
 }
+
+// maxWarmKeeps bounds --warm-keeps: each waiting process holds a Go
+// runtime's memory.
+const maxWarmKeeps = 64
 
 // keepLauncher makes the launcher of a keep kind (--keep-kind, --keep):
 // process, or vm with its image and firmware. It reports a bad choice.

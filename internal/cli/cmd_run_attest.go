@@ -8,11 +8,10 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/atomicfile"
 	"github.com/castellan-dev/castellan/internal/attest/client"
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/keepreport"
@@ -146,27 +145,5 @@ func writeKeepReport(ctx context.Context, ro *runOptions, cert *tls.Certificate,
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, append(b, '\n'), 0o644)
-}
-
-// writeFileAtomic writes a temporary file beside path and renames it into
-// place, so that readers never see half a file.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return atomicfile.Write(path, append(b, '\n'), 0o644)
 }

@@ -322,7 +322,10 @@ type LocalAgentOptions struct {
 	KeepCommand []string
 	// KeepCacheDir is the compilation cache of nil-backend keeps.
 	KeepCacheDir string
-	Logf         func(format string, a ...any)
+	// WarmKeeps is how many keep processes wait started ahead
+	// (host.Config.WarmKeeps).
+	WarmKeeps int
+	Logf      func(format string, a ...any)
 }
 
 // LocalAgent is a host agent inside this process, for the console: its own
@@ -361,7 +364,7 @@ func StartLocalAgent(o LocalAgentOptions) (la *LocalAgent, err error) {
 		return fail(fmt.Errorf("host agent token: %w", err))
 	}
 	a, err := host.New(host.Config{StateDir: la.dir, MaxKeeps: o.MaxKeeps, Max: o.Max, KeepCommand: o.KeepCommand,
-		KeepCacheDir: o.KeepCacheDir, Logf: o.Logf})
+		KeepCacheDir: o.KeepCacheDir, WarmKeeps: o.WarmKeeps, Logf: o.Logf})
 	if err != nil {
 		return fail(err)
 	}

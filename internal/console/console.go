@@ -47,6 +47,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/runtime"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
@@ -111,6 +112,9 @@ type Server struct {
 	builder *builder
 	mux     *http.ServeMux
 	agent   *LocalAgent // the agent New started, if any
+	// checked holds the compiled programs of checked uploads, so that
+	// the same module uploaded again is not compiled again to be checked.
+	checked *runtime.Programs
 
 	mu        sync.Mutex
 	runs      map[string]*run
@@ -118,6 +122,17 @@ type Server struct {
 	running   int
 	closed    bool
 }
+
+// The bounds of the checked programs kept in memory: compiled code is a
+// few times its module's size.
+const (
+	checkedPrograms = 8
+	checkedBytes    = 32 << 20
+)
+
+// consoleWarmKeeps keep processes of the console's own agent wait started
+// ahead, so that a visitor's run does not wait for a process start.
+const consoleWarmKeeps = 1
 
 // New returns a console with the given options.
 func New(o Options) (*Server, error) {
@@ -167,7 +182,7 @@ func New(o Options) (*Server, error) {
 		// agent is still stopping when the console has freed their slots.
 		la, err = StartLocalAgent(LocalAgentOptions{StateDir: o.AgentStateDir, MaxKeeps: 2 * o.MaxKeeps,
 			Max: KeepLimits(o.TimeLimit, o.MaxMemory), KeepCommand: o.KeepCommand, KeepCacheDir: o.CacheDir,
-			Logf: func(f string, a ...any) { logf("host agent: "+f, a...) }})
+			WarmKeeps: consoleWarmKeeps, Logf: func(f string, a ...any) { logf("host agent: "+f, a...) }})
 		if err != nil {
 			return nil, fmt.Errorf("starting the host agent: %w", err)
 		}
@@ -178,6 +193,7 @@ func New(o Options) (*Server, error) {
 		o:         o,
 		builder:   newBuilder(o.ExamplesDir),
 		agent:     la,
+		checked:   &runtime.Programs{MaxPrograms: checkedPrograms, MaxBytes: checkedBytes, CacheDir: o.CacheDir},
 		runs:      map[string]*run{},
 		bySession: map[string]*run{},
 	}
@@ -238,6 +254,7 @@ func (s *Server) Close() {
 	for _, r := range rs {
 		<-r.ended
 	}
+	s.checked.Close()
 	if s.agent != nil {
 		s.agent.Close()
 	}

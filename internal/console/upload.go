@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -15,7 +16,6 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
-	"github.com/castellan-dev/castellan/internal/runtime"
 )
 
 // Limits on the small parts of a start request.
@@ -203,9 +203,11 @@ func (s *Server) prepareUpload(req *startRequest, dir string) (Job, int, error) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
 	defer cancel()
-	if err := runtime.Check(ctx, req.wasmName, req.wasm, s.o.CacheDir); err != nil {
+	prog, err := s.checked.Get(ctx, "", req.wasmName, fmt.Sprintf("sha256:%x", sha256.Sum256(req.wasm)), req.wasm, false)
+	if err != nil {
 		return job, 0, refuse(http.StatusBadRequest, "", "%s", oneLine(err.Error()))
 	}
+	prog.Release()
 	job.Wasm = filepath.Join(dir, "app.wasm")
 	if err := os.WriteFile(job.Wasm, req.wasm, 0o600); err != nil {
 		return job, 0, err

@@ -117,6 +117,12 @@ type ServeOptions struct {
 	// only. A cache on the host's disk lets the host read and change
 	// compiled code, so only insecure (nil backend) keeps should use one.
 	CacheDir string
+	// Engine runs the workload ("" = the default; see runtime.Options).
+	Engine string
+	// Programs, if set, supplies the compiled program (see
+	// runtime.Options.Programs): a keep that compiled its package's module
+	// ahead (runtime.Programs.Preload) does not compile it again.
+	Programs *runtime.Programs
 	// HandshakeTimeout bounds the TLS handshake and the reading of the
 	// package; 0 means one minute.
 	HandshakeTimeout time.Duration
@@ -320,18 +326,22 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 		gone()
 	}()
 	code, err := runtime.Run(ctx, runtime.Options{
-		Name:        "main.wasm",
-		Wasm:        art.Wasm,
-		Config:      cfg,
-		ConfigDir:   "/nonexistent",
-		Args:        m.Args,
-		Env:         env,
-		Preopens:    preopens,
-		Stdin:       bytes.NewReader(nil),
-		Stdout:      stdout,
-		Stderr:      stderr,
-		CacheDir:    o.CacheDir,
-		Certificate: cert,
+		Name:         "main.wasm",
+		Wasm:         art.Wasm,
+		Config:       cfg,
+		ConfigDir:    "/nonexistent",
+		Args:         m.Args,
+		Env:          env,
+		Preopens:     preopens,
+		Stdin:        bytes.NewReader(nil),
+		Stdout:       stdout,
+		Stderr:       stderr,
+		CacheDir:     o.CacheDir,
+		Engine:       o.Engine,
+		Programs:     o.Programs,
+		Package:      art.Digest.String(),
+		ModuleDigest: art.WasmDesc.Digest.String(),
+		Certificate:  cert,
 		Log: func(f string, a ...any) {
 			// Runtime notices may name workload data (a listen address);
 			// they go to the client only, outside the output budget.

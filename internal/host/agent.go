@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,6 +66,12 @@ type Config struct {
 	// only: a cache on the host's disk is readable and writable by the
 	// host, so TEE keeps never get one.
 	KeepCacheDir string
+	// KeepEngine is the engine of process keeps ("" = wazero); see
+	// keep.Process.Engine.
+	KeepEngine string
+	// WarmKeeps is how many process keeps wait started ahead
+	// (keep.Process.Warm).
+	WarmKeeps int
 	// Logf receives the agent's log (never workload data); nil discards.
 	Logf func(format string, a ...any)
 	// RelayTap, if set, sees every buffer the relay moves (tests use it to
@@ -177,7 +184,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Logf = func(string, ...any) {}
 	}
 	if cfg.Launcher == nil {
-		cfg.Launcher = &keep.Process{Command: cfg.KeepCommand, CacheDir: cfg.KeepCacheDir}
+		cfg.Launcher = &keep.Process{Command: cfg.KeepCommand, CacheDir: cfg.KeepCacheDir, Engine: cfg.KeepEngine, Warm: cfg.WarmKeeps}
 	}
 	if err := cfg.Launcher.Provision(); err != nil {
 		return nil, fmt.Errorf("host agent: %w", err)
@@ -219,6 +226,9 @@ func (a *Agent) Close() error {
 	a.mu.Lock()
 	a.crashed = true // goroutines still running must not write any more
 	a.mu.Unlock()
+	if c, ok := a.launcher.(io.Closer); ok {
+		c.Close() // keep processes started ahead that got no keep
+	}
 	err := a.st.close()
 	a.lock.Close()
 	return err

@@ -21,6 +21,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keeplog"
+	"github.com/castellan-dev/castellan/internal/runtime"
 	"github.com/castellan-dev/castellan/internal/strictjson"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
@@ -40,18 +41,16 @@ const (
 type ExitRecord = keep.ExitRecord
 
 // KeepParams are the parameters of one keep, as the agent gives them (to
-// a process keep as flags, to a VM keep over its channel).
+// a process keep as flags, to a VM keep over its channel): the launcher's
+// keep.Spec (of which a keep uses Backend, Nonce, Digest, ClientKey,
+// Limits and AttachTimeout) and how this keep runs its workload.
 type KeepParams struct {
-	Backend       string
-	Nonce         []byte
-	Digest        string
-	ClientKey     []byte
-	Limits        Limits
-	AttachTimeout time.Duration
-	CacheDir      string // compilation cache (insecure keeps only)
-	// Volumes are host folders preopened for the workload (the host's
-	// launcher gives them; a client cannot).
-	Volumes []keep.Volume
+	keep.Spec
+	// CacheDir is the compilation cache (insecure keeps only).
+	CacheDir string
+	// Engine runs the workload ("" = the default engine, see
+	// runtime.Options.Engine).
+	Engine string
 	// SecretService is where the keep fetches its config's [secrets.kbs]
 	// (the host's launcher names it; a client cannot).
 	SecretService *delivery.SecretService
@@ -93,7 +92,23 @@ type KeepIO struct {
 // the agent's log of the keep (its output file, keeplog): it never carries
 // workload data (unless a detached workload asked for host output), and
 // the keep ends when it passes --max-output bytes.
+//
+// Started ahead of its keep (keep.WarmFlag, keep.Process.Warm), it first
+// waits for its keep's flags, output file and hello pipe, and exits
+// quietly when the agent goes away without one.
 func KeepMain(args []string, stderr io.Writer) int {
+	ahead := len(args) == 1 && args[0] == keep.WarmFlag
+	if ahead {
+		var err error
+		if args, err = keep.AwaitKeep(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return 0
+			}
+			fmt.Fprintf(stderr, "keep failed: %v\n", err)
+			return 1
+		}
+		stderr = os.Stderr // now the keep's output file
+	}
 	fs := flag.NewFlagSet("castellan keep", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dir := fs.String("dir", "", "the keep's folder")
@@ -104,12 +119,21 @@ func KeepMain(args []string, stderr io.Writer) int {
 	limits := fs.String("limits", "{}", "limits, JSON")
 	attachTimeout := fs.Duration("attach-timeout", 2*time.Minute, "how long to wait for the client")
 	cacheDir := fs.String("cache-dir", "", "compilation cache (insecure keeps only)")
+	engineName := fs.String("engine", "", "engine that runs the workload (wazero or wasmtime)")
 	maxOutput := fs.Int64("max-output", DefaultMaxOutput, "bytes of log and host output after which the keep ends")
 	volumes := fs.String("volumes", "", "host folders to preopen for the workload, JSON (the containerd shim's)")
 	secretService := fs.String("secret-service", "", "attestation service URL to fetch the config's [secrets.kbs] from (the containerd shim's)")
 	secretServiceCA := fs.String("secret-service-ca", "", "PEM roots of --secret-service's TLS certificate")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if ahead {
+		// Where a keep process started for its keep is put by the launcher.
+		if err := os.Chdir(*dir); err != nil {
+			fmt.Fprintf(stderr, "keep failed: %v\n", err)
+			return 1
+		}
+		os.Setenv("TMPDIR", filepath.Join(*dir, "tmp"))
 	}
 	rec := &exitRecorder{dir: *dir}
 	raw := stderr
@@ -133,6 +157,9 @@ func KeepMain(args []string, stderr io.Writer) int {
 	// A crash (out of memory under the keep's limit) prints its message
 	// to the agent's log, without goroutine stacks and their values.
 	debug.SetTraceback("none")
+	if ahead {
+		logf("keep process started ahead of its keep")
+	}
 	kio := KeepIO{
 		Logf:       logf,
 		State:      func(s string) { logf("%s", stateLine+s) },
@@ -140,7 +167,8 @@ func KeepMain(args []string, stderr io.Writer) int {
 		Ended:      rec.record,
 		Terminate:  os.Exit,
 	}
-	p := KeepParams{Backend: *backend, Digest: *digest, AttachTimeout: *attachTimeout, CacheDir: *cacheDir}
+	p := KeepParams{Spec: keep.Spec{Dir: *dir, Backend: *backend, Digest: *digest, AttachTimeout: *attachTimeout, MaxOutput: *maxOutput},
+		CacheDir: *cacheDir, Engine: *engineName}
 	var err1, err2 error
 	p.Nonce, err1 = hex.DecodeString(*nonce)
 	p.ClientKey, err2 = hex.DecodeString(*clientKey)
@@ -211,6 +239,23 @@ func RunKeep(ctx context.Context, p KeepParams, kio KeepIO) int {
 			kio.Terminate(fail("wall time limit of %ds reached", p.Limits.WallSeconds))
 		})
 	}
+	var programs *runtime.Programs
+	if p.CacheDir != "" && p.Backend == tee.NameNil {
+		// An insecure keep trusts the host's cache (docs/host.md): it
+		// loads the module of the package it will run, if an earlier keep
+		// ran it, while it makes its evidence and waits for its client.
+		programs = &runtime.Programs{MaxPrograms: 1, CacheDir: p.CacheDir}
+		go func() {
+			t0 := time.Now()
+			err := programs.Preload(ctx, p.Engine, p.Digest, false)
+			switch {
+			case err == nil:
+				kio.Logf("compiled the package's module ahead from the cache in %v", time.Since(t0).Round(time.Millisecond))
+			case !errors.Is(err, runtime.ErrNotRemembered):
+				kio.Logf("could not compile the package's module ahead: %v", err)
+			}
+		}()
+	}
 	b := p.Evidence
 	if b == nil {
 		var err error
@@ -233,6 +278,8 @@ func RunKeep(ctx context.Context, p KeepParams, kio KeepIO) int {
 	}
 	opts := delivery.ServeOptions{
 		CacheDir: p.CacheDir,
+		Engine:   p.Engine,
+		Programs: programs,
 		Log:      kio.Logf,
 		Abort: func(reason string) {
 			kio.Terminate(fail("workload stopped: %s", reason))

@@ -33,6 +33,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf16"
 )
 
@@ -105,7 +106,9 @@ const ErrorType = "https://github.com/confidential-containers/kbs/errors/"
 // service it is configured with).
 type Ref struct{ Repo, Type, Tag string }
 
-var refPart = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
+// refPart is compiled on first use: a bounded repetition compiles to a
+// large program, which every castellan command would pay for at start.
+var refPart = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`) })
 
 // ParseRef parses "kbs:///repo/type/tag" or "kbs://host/repo/type/tag".
 func ParseRef(s string) (Ref, error) {
@@ -128,7 +131,7 @@ func ParsePath(p string) (Ref, error) {
 		return Ref{}, fmt.Errorf("resource path %q does not have three parts (repo/type/tag)", p)
 	}
 	for _, x := range parts {
-		if !refPart.MatchString(x) || x == "." || x == ".." {
+		if !refPart().MatchString(x) || x == "." || x == ".." {
 			return Ref{}, fmt.Errorf("resource path %q: part %q is not 1 to 128 letters, digits, '_', '.' or '-'", p, x)
 		}
 	}

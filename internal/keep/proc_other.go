@@ -5,6 +5,7 @@ package keep
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"runtime"
 	"syscall"
 )
@@ -27,3 +28,17 @@ func SignalName(s syscall.Signal) string        { return s.String() }
 func intoCgroup(*syscall.SysProcAttr, *os.File) {}
 
 func makeCgroup(string, string, Limits) (*os.File, error) { return nil, errUnsupported }
+
+type warmProc struct {
+	cmd   *exec.Cmd
+	ticks uint64
+}
+
+func (p *Process) startWarm() (*warmProc, error) { return nil, errUnsupported }
+func (w *warmProc) assign(string, []string, *os.File, *os.File) error {
+	return errUnsupported
+}
+func (w *warmProc) discard() {}
+
+// AwaitKeep is the keep side of a keep process started ahead (Linux only).
+func AwaitKeep() ([]string, error) { return nil, errUnsupported }

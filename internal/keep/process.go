@@ -39,10 +39,32 @@ type Process struct {
 	// a cache on the host's disk is readable and writable by the host, so
 	// TEE keeps never get one.
 	CacheDir string
+	// Engine is the engine keeps run their workload with ("" = the
+	// keep's default, wazero); wasmtime needs a keep command built with
+	// it (-tags wasmtime).
+	Engine string
+	// Warm is how many keep processes wait, started ahead with the Go
+	// runtime up, for the next keeps: a keep created then skips the
+	// process start (0: each keep's process starts when it is created).
+	// A process started ahead joins its keep's cgroup, gets its flags and
+	// sets its limits before it makes its key or reads any input, as a
+	// keep process started for its keep does; until then it holds nothing.
+	Warm int
 
 	cgroupDir   string
 	enforcement []string
+
+	mu     sync.Mutex
+	pool   []*warmProc
+	closed bool
 }
+
+// WarmFlag is the keep command's only flag for a process started ahead of
+// its keep (Process.Warm): it then waits for its keep (AwaitKeep).
+const WarmFlag = "--warm"
+
+// maxWarmMessage bounds the flags a process started ahead receives.
+const maxWarmMessage = 64 << 10
 
 var _ Launcher = (*Process)(nil)
 
@@ -65,6 +87,12 @@ func (p *Process) Provision() error {
 		"rlimits: RLIMIT_DATA (memory_bytes), RLIMIT_CPU (cpu_seconds), RLIMIT_NOFILE (open_files), set by the keep process on itself before it reads any input",
 		"wall time: the agent kills the keep's process group at created + wall_seconds",
 		why,
+	}
+	if p.Warm > 0 {
+		p.enforcement = append(p.enforcement, fmt.Sprintf("%d keep processes wait started ahead; each joins its keep's cgroup and sets its rlimits when it gets its keep", p.Warm))
+		for range p.Warm {
+			go p.refill()
+		}
 	}
 	return nil
 }
@@ -101,6 +129,9 @@ func (p *Process) Args(s Spec) []string {
 		vb, _ := json.Marshal(s.Volumes)
 		args = append(args, "--volumes", string(vb))
 	}
+	if p.Engine != "" {
+		args = append(args, "--engine", p.Engine)
+	}
 	if s.Backend == "nil" && p.CacheDir != "" {
 		args = append(args, "--cache-dir", p.CacheDir)
 	}
@@ -117,6 +148,15 @@ func (p *Process) Start(ctx context.Context, s Spec) (Instance, error) {
 	}
 	if err := os.MkdirAll(filepath.Join(s.Dir, "tmp"), 0o700); err != nil {
 		return nil, err
+	}
+	if w := p.take(); w != nil {
+		go p.refill()
+		if inst, err := p.startAhead(w, s); err == nil {
+			return inst, nil
+		}
+		// A process started ahead that cannot take its keep (it died):
+		// start one for it as if there had been none.
+		w.discard()
 	}
 	cmd := exec.Command(p.Command[0], append(append([]string(nil), p.Command[1:]...), p.Args(s)...)...)
 	cmd.Dir = s.Dir
@@ -155,6 +195,89 @@ func (p *Process) Start(ctx context.Context, s Spec) (Instance, error) {
 	pi.hello = helloR
 	pi.ticks, _ = StartTicks(cmd.Process.Pid)
 	return pi, nil
+}
+
+// startAhead gives the keep s to the process w started ahead.
+func (p *Process) startAhead(w *warmProc, s Spec) (Instance, error) {
+	out, err := keeplog.Create(s.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("keep output file: %w", err)
+	}
+	defer out.Close()
+	var cgroup string
+	if p.cgroupDir != "" {
+		if f, err := makeCgroup(p.cgroupDir, s.ID, s.Limits); err == nil {
+			f.Close()
+			cgroup = filepath.Join(p.cgroupDir, s.ID)
+		} else {
+			fmt.Fprintf(out, "no cgroup for this keep: %v\n", err)
+		}
+	}
+	helloR, helloW, err := os.Pipe()
+	if err != nil {
+		removeCgroup(p.cgroupDir, s.ID)
+		return nil, fmt.Errorf("pipe: %w", err)
+	}
+	err = w.assign(cgroup, p.Args(s), out, helloW)
+	helloW.Close()
+	if err != nil {
+		helloR.Close()
+		removeCgroup(p.cgroupDir, s.ID)
+		return nil, err
+	}
+	return &processInstance{cmd: w.cmd, ticks: w.ticks, hello: helloR}, nil
+}
+
+// Waiting returns the pids of the processes started ahead that wait for a
+// keep.
+func (p *Process) Waiting() []int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pids := make([]int, len(p.pool))
+	for i, w := range p.pool {
+		pids[i] = w.cmd.Process.Pid
+	}
+	return pids
+}
+
+// take returns a process started ahead, or nil.
+func (p *Process) take() *warmProc {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.pool) == 0 {
+		return nil
+	}
+	w := p.pool[0]
+	p.pool = p.pool[1:]
+	return w
+}
+
+// refill starts one process ahead for the pool.
+func (p *Process) refill() {
+	w, err := p.startWarm()
+	if err != nil {
+		return // the next keeps start their own process
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		go w.discard()
+		return
+	}
+	p.pool = append(p.pool, w)
+}
+
+// Close ends the processes started ahead that got no keep (keeps already
+// started are not touched). The launcher starts no more of them.
+func (p *Process) Close() error {
+	p.mu.Lock()
+	ws := p.pool
+	p.pool, p.closed = nil, true
+	p.mu.Unlock()
+	for _, w := range ws {
+		w.discard()
+	}
+	return nil
 }
 
 type processInstance struct {

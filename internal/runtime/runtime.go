@@ -81,6 +81,17 @@ type Options struct {
 	// some cost to speed. Without it a done ctx only ends blocking host
 	// calls (accept, read, poll); wall time is enforced at process level.
 	Interruptible bool
+	// Programs, if set, supplies the compiled program (kept in memory,
+	// perhaps compiled ahead by Programs.Preload) instead of a compilation
+	// of Run's own; its CacheDir replaces CacheDir.
+	Programs *Programs
+	// Package is the digest of the package the module came from: with
+	// Programs, Run notes which module it holds (Programs.Preload).
+	Package string
+	// ModuleDigest is Wasm's digest ("sha256:..."), when the caller
+	// computed it from these bytes (a package's module layer): with
+	// Programs, Run does not hash the module again. It is not checked.
+	ModuleDigest string
 }
 
 // TrapError is a guest that trapped: unreachable, out-of-bounds access,
@@ -142,6 +153,17 @@ func CompileEngine(ctx context.Context, engineName, name string, wasm []byte, ca
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	mod, err := compile(ctx, eng, name, wasm)
+	if err != nil && cacheDir != "" && strings.Contains(err.Error(), "compilationcache") {
+		// wazero fails on a cache entry that does not match its checksum
+		// rather than compiling again: compile without the disk cache,
+		// never running the changed code.
+		eng.Close(ctx)
+		if eng, err = engine.New(engineName, engine.Config{Interruptible: interruptible}); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		cacheDir = ""
+		mod, err = compile(ctx, eng, name, wasm)
+	}
 	if err != nil {
 		eng.Close(ctx)
 		return nil, err
@@ -244,6 +266,9 @@ func compile(ctx context.Context, eng engine.Engine, name string, wasm []byte) (
 // bad module, trap, missing import, bad config resource (a listen port in
 // use, a dir that does not exist), or ctx done.
 func Run(ctx context.Context, o Options) (exitCode int, err error) {
+	if o.Programs != nil {
+		return o.Programs.run(ctx, o)
+	}
 	if o.CacheDir != "" && o.Log != nil && !Compiled(o.CacheDir, o.Wasm, o.Interruptible) {
 		// Compiling a large module takes seconds to minutes, in silence.
 		o.Log("compiling %s (first run; cached for next time)", o.Name)

@@ -170,13 +170,16 @@ func refuse(check, format string, a ...any) *Refusal {
 	return &Refusal{Check: check, Reason: fmt.Sprintf(format, a...)}
 }
 
-// tcbComponent matches the component names that the verifier reports.
-var tcbComponents = map[string]*regexp.Regexp{
-	evidence.PlatformSNP: regexp.MustCompile(`^(bootloader|tee|snp|microcode)$`),
-	evidence.PlatformTDX: regexp.MustCompile(`^(tee_tcb_svn\.([0-9]|1[0-5])|qe_svn|pce_svn)$`),
-	evidence.PlatformSGX: regexp.MustCompile(`^(cpu_svn\.([0-9]|1[0-5])|qe_svn|pce_svn|isv_svn|config_svn)$`),
-	evidence.PlatformCCA: regexp.MustCompile(`^$`), // none: platform_software judges the firmware
-}
+// tcbComponents matches the component names that the verifier reports;
+// compiled on first use, not at every castellan start.
+var tcbComponents = sync.OnceValue(func() map[string]*regexp.Regexp {
+	return map[string]*regexp.Regexp{
+		evidence.PlatformSNP: regexp.MustCompile(`^(bootloader|tee|snp|microcode)$`),
+		evidence.PlatformTDX: regexp.MustCompile(`^(tee_tcb_svn\.([0-9]|1[0-5])|qe_svn|pce_svn)$`),
+		evidence.PlatformSGX: regexp.MustCompile(`^(cpu_svn\.([0-9]|1[0-5])|qe_svn|pce_svn|isv_svn|config_svn)$`),
+		evidence.PlatformCCA: regexp.MustCompile(`^$`), // none: platform_software judges the firmware
+	}
+})
 
 var digestRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^sha256:[0-9a-f]{64}$`) })
 
@@ -263,7 +266,7 @@ func (s *Snapshot) checkPolicy(file string) error {
 	sort.Strings(names)
 	for _, name := range names {
 		pl := p.Platforms[name]
-		re, ok := tcbComponents[name]
+		re, ok := tcbComponents()[name]
 		if !ok {
 			return fmt.Errorf("%s: platforms.%s: unknown platform (want snp, tdx, sgx or cca; platform none is allowed by allow_insecure)", file, name)
 		}

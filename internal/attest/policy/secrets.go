@@ -65,7 +65,7 @@ func (s *Snapshot) checkSecrets(file string) error {
 			}
 		}
 		for _, p := range e.Platforms {
-			if _, ok := tcbComponents[p]; !ok {
+			if _, ok := tcbComponents()[p]; !ok {
 				return fmt.Errorf("%s: platforms: unknown platform %q (snp, tdx, sgx or cca)", where, p)
 			}
 		}

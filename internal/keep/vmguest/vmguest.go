@@ -24,6 +24,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/host"
+	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keep/vmproto"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
@@ -155,12 +156,12 @@ func (g *guest) run() error {
 // params turns the launch request into the keep's parameters. A
 // simulated backend signs with the CA the host sent.
 func params(req *vmproto.LaunchRequest) (host.KeepParams, error) {
-	p := host.KeepParams{
+	p := host.KeepParams{Spec: keep.Spec{
 		Backend: req.Backend, Nonce: req.Nonce, Digest: req.Digest, ClientKey: req.ClientKey,
 		AttachTimeout: req.AttachTimeout(),
 		Limits: host.Limits{MemoryBytes: req.Limits.MemoryBytes, CPUSeconds: req.Limits.CPUSeconds,
 			WallSeconds: req.Limits.WallSeconds, OpenFiles: req.Limits.OpenFiles},
-	}
+	}}
 	if req.Backend == tee.NameSimSNP || req.Backend == tee.NameSimTDX {
 		ca, err := sim.ParsePEM(req.SimCA)
 		if err != nil {
