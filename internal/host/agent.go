@@ -376,7 +376,11 @@ func (a *Agent) childOutcome(l *liveKeep, ps *os.ProcessState) outcome {
 	if cpuLimit && stopState != StateFailed {
 		return cpuOutcome
 	}
-	if stopState != "" {
+	// A stop is the keep's end only if its SIGKILL ended it: a keep that
+	// exited or crashed on its own while the stop was on its way (a client
+	// stops a keep at once when its connection breaks, and a dying process
+	// closes its sockets before it is a zombie) keeps its own end.
+	if stopState != "" && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
 		return outcome{state: stopState, reason: stopReason, signal: sig}
 	}
 	if r := keep.ReadExitRecord(l.dir); r != nil {
