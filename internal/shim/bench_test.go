@@ -5,13 +5,29 @@ package shim_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	containersapi "github.com/containerd/containerd/api/services/containers/v1"
+	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	digest "github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/castellan-dev/castellan/internal/fixtures"
 	"github.com/castellan-dev/castellan/internal/shim"
@@ -20,17 +36,33 @@ import (
 // TestBenchShim measures, with the test's own containerd (so it runs only
 // where TestContainerd does, and only when asked: CASTELLAN_BENCH_SHIM=N):
 // `ctr run` through the shim to the first output line against `castellan
-// run` of the same workload in the same run, and tasks per second for N
-// short keeps started and awaited through the shim, 4 at a time. It reports
-// figures; it asserts only that the workloads ran (BENCHMARKS.md).
+// run` of the same workload in the same run; then tasks per second for N
+// short keeps created, started, awaited and deleted through containerd's
+// task API (gRPC, as containerd's own client and runwasi's stress test
+// drive it), CASTELLAN_BENCH_SHIM_CONCURRENCY at a time (16 unless set),
+// in two interleaved modes: one shim a task (what `ctr run` makes) and
+// one shim a pod (the tasks carry the CRI plugin's sandbox annotations,
+// as the containers of a Kubernetes pod do). It reports figures and the
+// median of each phase of a task as containerd's client sees it; it
+// asserts only that every workload ran and printed its line
+// (BENCHMARKS.md).
 func TestBenchShim(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("CASTELLAN_BENCH_SHIM"))
 	if n <= 0 {
 		t.Skip("set CASTELLAN_BENCH_SHIM=N (keeps for the tasks-per-second figure) to run the shim benchmark")
 	}
+	conc := 16
+	if v, err := strconv.Atoi(os.Getenv("CASTELLAN_BENCH_SHIM_CONCURRENCY")); err == nil && v > 0 {
+		conc = v
+	}
 	c := startContainerd(t)
 	wasm := fixtures.C(t, "hello")
-	c.importLayout(t, rootfsImage(t, wasm, nil), "example.com/bench:v1")
+	img := rootfsImage(t, wasm, nil)
+	c.importLayout(t, img, "example.com/bench:v1")
+	want, err := exec.Command(c.exe, "run", "--no-cache", wasm).Output()
+	if err != nil || len(want) == 0 {
+		t.Fatalf("castellan run %s: %v", wasm, err)
+	}
 
 	firstLine := func(name string, args ...string) time.Duration {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -60,40 +92,256 @@ func TestBenchShim(t *testing.T) {
 			"example.com/bench:v1", fmt.Sprintf("first%d", i)))
 		runD = append(runD, firstLine(c.exe, "run", "--no-cache", wasm))
 	}
-	t.Logf("first output, median of %d: ctr run through the shim %v, castellan run %v", rounds, median(ctrD), median(runD))
 
+	d := newTaskDriver(t, c, img, "example.com/bench:v1")
+	outDir := t.TempDir()
+	modes := []string{"task", "pod"}
+	stats := map[string]*modeStats{}
+	for _, m := range modes {
+		stats[m] = &modeStats{}
+	}
+	// The modes alternate in slices of the N keeps, so that the machine's
+	// load weighs on both alike.
+	const slices = 4
+	for s := 0; s < slices; s++ {
+		for _, m := range modes {
+			k := n / slices
+			if s == slices-1 {
+				k = n - k*(slices-1)
+			}
+			d.runMany(t, m, fmt.Sprintf("%s%d", m, s), k, conc, outDir, stats[m])
+		}
+	}
+	for _, m := range modes {
+		for _, f := range stats[m].outputs {
+			b, err := os.ReadFile(f)
+			if err != nil || string(b) != string(want) {
+				t.Fatalf("%s: output %q (%v), want %q", f, b, err, want)
+			}
+		}
+	}
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n| measure | figure |\n| --- | --- |\n")
+	fmt.Fprintf(&b, "| `ctr run` through the shim, start to first output (median of %d) | %v |\n", rounds, median(ctrD))
+	fmt.Fprintf(&b, "| `castellan run --no-cache`, start to first output (median of %d) | %v |\n", rounds, median(runD))
+	for _, m := range modes {
+		st := stats[m]
+		fmt.Fprintf(&b, "| %d keeps through containerd's task API, one shim a %s, %d at a time | %.1f tasks/s (%v) |\n",
+			len(st.outputs), m, conc, float64(len(st.outputs))/st.elapsed.Seconds(), st.elapsed.Round(time.Millisecond))
+	}
+	fmt.Fprintf(&b, "\n| phase (median, ms) | %s |\n| --- |%s\n", strings.Join(modes, " | "), strings.Repeat(" --- |", len(modes)))
+	for i, p := range phaseNames {
+		fmt.Fprintf(&b, "| %s |", p)
+		for _, m := range modes {
+			fmt.Fprintf(&b, " %.1f |", float64(median(stats[m].phases[i]).Microseconds())/1000)
+		}
+		b.WriteString("\n")
+	}
+	t.Log(b.String())
+}
+
+// phaseNames are the steps of one task as containerd's client makes them.
+var phaseNames = []string{
+	"snapshot + container",
+	"task create (shim start, rootfs, workload)",
+	"task start (keep, evidence, delivery)",
+	"wait (workload runs, keep ends)",
+	"task delete + container + snapshot",
+}
+
+type modeStats struct {
+	mu      sync.Mutex
+	elapsed time.Duration
+	phases  [5][]time.Duration
+	outputs []string
+}
+
+// taskDriver drives containerd's gRPC API the way its Go client does for
+// `ctr run`: a snapshot of the image, a container, its task.
+type taskDriver struct {
+	c          *containerd
+	ctx        context.Context
+	image      string
+	chainID    string
+	containers containersapi.ContainersClient
+	snapshots  snapshotsapi.SnapshotsClient
+	tasks      tasksapi.TasksClient
+}
+
+const benchSnapshotter = "overlayfs"
+
+func newTaskDriver(t *testing.T, c *containerd, img v1.Image, ref string) *taskDriver {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+c.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "containerd-namespace", c.ns)
+	// One lease keeps the benchmark's snapshots from containerd's garbage
+	// collector between their creation and their container's.
+	leases := leasesapi.NewLeasesClient(conn)
+	l, err := leases.Create(ctx, &leasesapi.CreateRequest{ID: "castellan-bench"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { leases.Delete(ctx, &leasesapi.DeleteRequest{ID: l.Lease.ID, Sync: true}) })
+	ctx = metadata.AppendToOutgoingContext(ctx, "containerd-lease", l.Lease.ID)
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The image's unpacked snapshot is named by its layers' chain ID.
+	var chain digest.Digest
+	for _, d := range cf.RootFS.DiffIDs {
+		if chain == "" {
+			chain = digest.Digest(d.String())
+		} else {
+			chain = digest.FromString(chain.String() + " " + d.String())
+		}
+	}
+	return &taskDriver{c: c, ctx: ctx, image: ref, chainID: chain.String(),
+		containers: containersapi.NewContainersClient(conn), snapshots: snapshotsapi.NewSnapshotsClient(conn),
+		tasks: tasksapi.NewTasksClient(conn)}
+}
+
+// spec is the OCI runtime spec of a container running the image's
+// entrypoint; annotations make it a pod's.
+func (d *taskDriver) spec(t *testing.T, annotations map[string]string) *anypb.Any {
+	s := specs.Spec{Version: specs.Version, Root: &specs.Root{Path: "rootfs"}, Annotations: annotations,
+		Process: &specs.Process{Args: []string{"/app/main.wasm"}, Cwd: "/", Env: []string{"PATH=/"}}}
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Spec", Value: b}
+}
+
+// runMany runs k tasks, conc at a time; mode "pod" puts them in one pod
+// (a sandbox task holds its shim for the pod's life, as the CRI plugin's
+// does).
+func (d *taskDriver) runMany(t *testing.T, mode, prefix string, k, conc int, outDir string, st *modeStats) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(d.ctx, 10*time.Minute)
+	defer cancel()
+	var sandbox string
+	if mode == "pod" {
+		sandbox = prefix + "-sandbox"
+		if _, err := d.containers.Create(ctx, &containersapi.CreateContainerRequest{Container: &containersapi.Container{
+			ID: sandbox, Runtime: &containersapi.Container_Runtime{Name: shim.RuntimeType},
+			Spec: d.spec(t, map[string]string{"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": sandbox}),
+		}}); err != nil {
+			t.Fatalf("sandbox container: %v", err)
+		}
+		if _, err := d.tasks.Create(ctx, &tasksapi.CreateTaskRequest{ContainerID: sandbox}); err != nil {
+			t.Fatalf("sandbox task: %v", err)
+		}
+		if _, err := d.tasks.Start(ctx, &tasksapi.StartRequest{ContainerID: sandbox}); err != nil {
+			t.Fatalf("sandbox start: %v", err)
+		}
+	}
 	start := time.Now()
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, 4)
-	errs := make(chan error, n)
-	for i := 0; i < n; i++ {
+	sem := make(chan struct{}, conc)
+	errs := make(chan error, k)
+	for i := 0; i < k; i++ {
 		wg.Add(1)
 		sem <- struct{}{}
-		go func(i int) {
+		go func(id string) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if out, err := c.ctr("run", "--rm", "--runtime", shim.RuntimeType, "example.com/bench:v1", fmt.Sprintf("task%d", i)); err != nil {
-				errs <- fmt.Errorf("task %d: %v: %s", i, err, out)
+			var ann map[string]string
+			if sandbox != "" {
+				ann = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": sandbox}
 			}
-		}(i)
+			out := filepath.Join(outDir, id+".out")
+			ph, err := d.runOne(ctx, t, id, ann, out)
+			if err != nil {
+				errs <- fmt.Errorf("task %s: %w", id, err)
+				return
+			}
+			st.mu.Lock()
+			for j, p := range ph {
+				st.phases[j] = append(st.phases[j], p)
+			}
+			st.outputs = append(st.outputs, out)
+			st.mu.Unlock()
+		}(fmt.Sprintf("%s-%d", prefix, i))
 	}
 	wg.Wait()
+	st.elapsed += time.Since(start)
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
 	}
-	el := time.Since(start)
-	t.Logf("%d keeps started and awaited through the shim (ctr run --rm, 4 at a time): %v, %.1f tasks/s", n, el.Round(time.Millisecond), float64(n)/el.Seconds())
+	if sandbox != "" {
+		d.tasks.Kill(ctx, &tasksapi.KillRequest{ContainerID: sandbox, Signal: 9})
+		if _, err := d.tasks.Wait(ctx, &tasksapi.WaitRequest{ContainerID: sandbox}); err != nil {
+			t.Fatalf("sandbox wait: %v", err)
+		}
+		if _, err := d.tasks.Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: sandbox}); err != nil {
+			t.Fatalf("sandbox delete: %v", err)
+		}
+		d.containers.Delete(ctx, &containersapi.DeleteContainerRequest{ID: sandbox})
+	}
+}
+
+// runOne creates, starts, awaits and deletes one task whose stdout goes
+// to out; it returns the time of each phase.
+func (d *taskDriver) runOne(ctx context.Context, t *testing.T, id string, ann map[string]string, out string) ([5]time.Duration, error) {
+	var ph [5]time.Duration
+	mark := time.Now()
+	lap := func(i int) {
+		now := time.Now()
+		ph[i] = now.Sub(mark)
+		mark = now
+	}
+	snap, err := d.snapshots.Prepare(ctx, &snapshotsapi.PrepareSnapshotRequest{Snapshotter: benchSnapshotter, Key: id, Parent: d.chainID})
+	if err != nil {
+		return ph, fmt.Errorf("snapshot: %w", err)
+	}
+	defer d.snapshots.Remove(ctx, &snapshotsapi.RemoveSnapshotRequest{Snapshotter: benchSnapshotter, Key: id})
+	if _, err := d.containers.Create(ctx, &containersapi.CreateContainerRequest{Container: &containersapi.Container{
+		ID: id, Image: d.image, Runtime: &containersapi.Container_Runtime{Name: shim.RuntimeType}, Spec: d.spec(t, ann),
+		Snapshotter: benchSnapshotter, SnapshotKey: id,
+	}}); err != nil {
+		return ph, fmt.Errorf("container: %w", err)
+	}
+	defer d.containers.Delete(ctx, &containersapi.DeleteContainerRequest{ID: id})
+	lap(0)
+	if _, err := d.tasks.Create(ctx, &tasksapi.CreateTaskRequest{ContainerID: id, Rootfs: snap.Mounts, Stdout: "file://" + out}); err != nil {
+		return ph, fmt.Errorf("create: %w", err)
+	}
+	lap(1)
+	if _, err := d.tasks.Start(ctx, &tasksapi.StartRequest{ContainerID: id}); err != nil {
+		d.tasks.Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: id})
+		return ph, fmt.Errorf("start: %w", err)
+	}
+	lap(2)
+	w, err := d.tasks.Wait(ctx, &tasksapi.WaitRequest{ContainerID: id})
+	if err != nil {
+		return ph, fmt.Errorf("wait: %w", err)
+	}
+	lap(3)
+	if _, err := d.tasks.Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: id}); err != nil {
+		return ph, fmt.Errorf("delete: %w", err)
+	}
+	if w.ExitStatus != 0 {
+		return ph, fmt.Errorf("exit status %d", w.ExitStatus)
+	}
+	// The deferred removals are the last phase: time them here.
+	d.containers.Delete(ctx, &containersapi.DeleteContainerRequest{ID: id})
+	d.snapshots.Remove(ctx, &snapshotsapi.RemoveSnapshotRequest{Snapshotter: benchSnapshotter, Key: id})
+	lap(4)
+	return ph, nil
 }
 
 func median(d []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), d...)
-	for i := range s {
-		for j := i + 1; j < len(s); j++ {
-			if s[j] < s[i] {
-				s[i], s[j] = s[j], s[i]
-			}
-		}
+	if len(d) == 0 {
+		return 0
 	}
-	return s[len(s)/2].Round(time.Millisecond)
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2].Round(10 * time.Microsecond)
 }
