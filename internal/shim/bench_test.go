@@ -27,7 +27,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 
 	"github.com/castellan-dev/castellan/internal/fixtures"
 	"github.com/castellan-dev/castellan/internal/shim"
@@ -93,27 +96,30 @@ func TestBenchShim(t *testing.T) {
 		runD = append(runD, firstLine(c.exe, "run", "--no-cache", wasm))
 	}
 
+	load0 := loadAvg()
 	d := newTaskDriver(t, c, img, "example.com/bench:v1")
 	outDir := t.TempDir()
-	modes := []string{"task", "pod"}
-	stats := map[string]*modeStats{}
-	for _, m := range modes {
-		stats[m] = &modeStats{}
+	cacheOpts := filepath.Join(t.TempDir(), "shim.toml")
+	os.WriteFile(cacheOpts, []byte(fmt.Sprintf("keep_cache_dir = %q\n", filepath.Join(t.TempDir(), "cache"))), 0o644)
+	modes := []*benchMode{
+		{name: "one shim a task"},
+		{name: "one shim a pod", pod: true},
+		{name: "one shim a pod, compilation cache", pod: true, opts: cacheOpts},
 	}
 	// The modes alternate in slices of the N keeps, so that the machine's
-	// load weighs on both alike.
+	// load weighs on all alike.
 	const slices = 4
 	for s := 0; s < slices; s++ {
-		for _, m := range modes {
+		for i, m := range modes {
 			k := n / slices
 			if s == slices-1 {
 				k = n - k*(slices-1)
 			}
-			d.runMany(t, m, fmt.Sprintf("%s%d", m, s), k, conc, outDir, stats[m])
+			d.runMany(t, m, fmt.Sprintf("m%d-%d", i, s), k, conc, outDir)
 		}
 	}
 	for _, m := range modes {
-		for _, f := range stats[m].outputs {
+		for _, f := range m.outputs {
 			b, err := os.ReadFile(f)
 			if err != nil || string(b) != string(want) {
 				t.Fatalf("%s: output %q (%v), want %q", f, b, err, want)
@@ -125,19 +131,24 @@ func TestBenchShim(t *testing.T) {
 	fmt.Fprintf(&b, "\n| measure | figure |\n| --- | --- |\n")
 	fmt.Fprintf(&b, "| `ctr run` through the shim, start to first output (median of %d) | %v |\n", rounds, median(ctrD))
 	fmt.Fprintf(&b, "| `castellan run --no-cache`, start to first output (median of %d) | %v |\n", rounds, median(runD))
+	fmt.Fprintf(&b, "\n| %d keeps through containerd's task API, %d at a time | tasks/s | time | machine CPU a task |\n| --- | --- | --- | --- |\n", n, conc)
 	for _, m := range modes {
-		st := stats[m]
-		fmt.Fprintf(&b, "| %d keeps through containerd's task API, one shim a %s, %d at a time | %.1f tasks/s (%v) |\n",
-			len(st.outputs), m, conc, float64(len(st.outputs))/st.elapsed.Seconds(), st.elapsed.Round(time.Millisecond))
+		k := float64(len(m.outputs))
+		fmt.Fprintf(&b, "| %s | %.1f | %v | %.0f ms |\n", m.name, k/m.elapsed.Seconds(), m.elapsed.Round(time.Millisecond), m.cpu.Seconds()*1000/k)
 	}
-	fmt.Fprintf(&b, "\n| phase (median, ms) | %s |\n| --- |%s\n", strings.Join(modes, " | "), strings.Repeat(" --- |", len(modes)))
+	fmt.Fprintf(&b, "\n| phase (median, ms) |")
+	for _, m := range modes {
+		fmt.Fprintf(&b, " %s |", m.name)
+	}
+	fmt.Fprintf(&b, "\n| --- |%s\n", strings.Repeat(" --- |", len(modes)))
 	for i, p := range phaseNames {
 		fmt.Fprintf(&b, "| %s |", p)
 		for _, m := range modes {
-			fmt.Fprintf(&b, " %.1f |", float64(median(stats[m].phases[i]).Microseconds())/1000)
+			fmt.Fprintf(&b, " %.1f |", float64(median(m.phases[i]).Microseconds())/1000)
 		}
 		b.WriteString("\n")
 	}
+	fmt.Fprintf(&b, "\n(load average before: %s, after: %s)\n", load0, loadAvg())
 	t.Log(b.String())
 }
 
@@ -150,11 +161,46 @@ var phaseNames = []string{
 	"task delete + container + snapshot",
 }
 
-type modeStats struct {
+// benchMode is one way of running the benchmark's tasks, and its figures.
+type benchMode struct {
+	name string
+	pod  bool   // the tasks are the containers of one pod (one shim)
+	opts string // the runtime options file, if any
+
 	mu      sync.Mutex
 	elapsed time.Duration
+	cpu     time.Duration // the whole machine's CPU time (all processes)
 	phases  [5][]time.Duration
 	outputs []string
+}
+
+// machineCPU is the CPU time all processes used so far (/proc/stat): the
+// shim's cost is spread over containerd, shim daemons, `start` commands
+// and keeps, so the benchmark counts the machine's.
+func machineCPU(t *testing.T) time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0])
+	var ticks int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // taskDriver drives containerd's gRPC API the way its Go client does for
@@ -209,6 +255,7 @@ func newTaskDriver(t *testing.T, c *containerd, img v1.Image, ref string) *taskD
 // spec is the OCI runtime spec of a container running the image's
 // entrypoint; annotations make it a pod's.
 func (d *taskDriver) spec(t *testing.T, annotations map[string]string) *anypb.Any {
+	t.Helper()
 	s := specs.Spec{Version: specs.Version, Root: &specs.Root{Path: "rootfs"}, Annotations: annotations,
 		Process: &specs.Process{Args: []string{"/app/main.wasm"}, Cwd: "/", Env: []string{"PATH=/"}}}
 	b, err := json.Marshal(s)
@@ -221,15 +268,24 @@ func (d *taskDriver) spec(t *testing.T, annotations map[string]string) *anypb.An
 // runMany runs k tasks, conc at a time; mode "pod" puts them in one pod
 // (a sandbox task holds its shim for the pod's life, as the CRI plugin's
 // does).
-func (d *taskDriver) runMany(t *testing.T, mode, prefix string, k, conc int, outDir string, st *modeStats) {
+func (d *taskDriver) runMany(t *testing.T, m *benchMode, prefix string, k, conc int, outDir string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(d.ctx, 10*time.Minute)
 	defer cancel()
+	rt := &containersapi.Container_Runtime{Name: shim.RuntimeType}
+	if m.opts != "" {
+		// As `ctr run --runtime-config-path`.
+		b, err := proto.Marshal(&runtimeoptions.Options{ConfigPath: m.opts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt.Options = &anypb.Any{TypeUrl: "runtimeoptions.v1.Options", Value: b}
+	}
 	var sandbox string
-	if mode == "pod" {
+	if m.pod {
 		sandbox = prefix + "-sandbox"
 		if _, err := d.containers.Create(ctx, &containersapi.CreateContainerRequest{Container: &containersapi.Container{
-			ID: sandbox, Runtime: &containersapi.Container_Runtime{Name: shim.RuntimeType},
+			ID: sandbox, Runtime: rt,
 			Spec: d.spec(t, map[string]string{"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": sandbox}),
 		}}); err != nil {
 			t.Fatalf("sandbox container: %v", err)
@@ -241,7 +297,7 @@ func (d *taskDriver) runMany(t *testing.T, mode, prefix string, k, conc int, out
 			t.Fatalf("sandbox start: %v", err)
 		}
 	}
-	start := time.Now()
+	start, cpu0 := time.Now(), machineCPU(t)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, conc)
 	errs := make(chan error, k)
@@ -256,21 +312,22 @@ func (d *taskDriver) runMany(t *testing.T, mode, prefix string, k, conc int, out
 				ann = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": sandbox}
 			}
 			out := filepath.Join(outDir, id+".out")
-			ph, err := d.runOne(ctx, t, id, ann, out)
+			ph, err := d.runOne(ctx, t, id, rt, ann, out)
 			if err != nil {
 				errs <- fmt.Errorf("task %s: %w", id, err)
 				return
 			}
-			st.mu.Lock()
+			m.mu.Lock()
 			for j, p := range ph {
-				st.phases[j] = append(st.phases[j], p)
+				m.phases[j] = append(m.phases[j], p)
 			}
-			st.outputs = append(st.outputs, out)
-			st.mu.Unlock()
+			m.outputs = append(m.outputs, out)
+			m.mu.Unlock()
 		}(fmt.Sprintf("%s-%d", prefix, i))
 	}
 	wg.Wait()
-	st.elapsed += time.Since(start)
+	m.elapsed += time.Since(start)
+	m.cpu += machineCPU(t) - cpu0
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
@@ -289,7 +346,7 @@ func (d *taskDriver) runMany(t *testing.T, mode, prefix string, k, conc int, out
 
 // runOne creates, starts, awaits and deletes one task whose stdout goes
 // to out; it returns the time of each phase.
-func (d *taskDriver) runOne(ctx context.Context, t *testing.T, id string, ann map[string]string, out string) ([5]time.Duration, error) {
+func (d *taskDriver) runOne(ctx context.Context, t *testing.T, id string, rt *containersapi.Container_Runtime, ann map[string]string, out string) ([5]time.Duration, error) {
 	var ph [5]time.Duration
 	mark := time.Now()
 	lap := func(i int) {
@@ -303,7 +360,7 @@ func (d *taskDriver) runOne(ctx context.Context, t *testing.T, id string, ann ma
 	}
 	defer d.snapshots.Remove(ctx, &snapshotsapi.RemoveSnapshotRequest{Snapshotter: benchSnapshotter, Key: id})
 	if _, err := d.containers.Create(ctx, &containersapi.CreateContainerRequest{Container: &containersapi.Container{
-		ID: id, Image: d.image, Runtime: &containersapi.Container_Runtime{Name: shim.RuntimeType}, Spec: d.spec(t, ann),
+		ID: id, Image: d.image, Runtime: rt, Spec: d.spec(t, ann),
 		Snapshotter: benchSnapshotter, SnapshotKey: id,
 	}}); err != nil {
 		return ph, fmt.Errorf("container: %w", err)

@@ -33,6 +33,8 @@ func TestParseOptions(t *testing.T) {
 		{in: `backend = "auto"`, err: `backend "auto": want nil`},
 		{in: `backend = "sgx2"`, err: `backend "sgx2": want nil`},
 		{in: `keep_image = "/x"`, err: "keep_image and firmware apply to keep = \"vm\""},
+		{in: `keep_cache_dir = "/var/cache/castellan"`, want: Options{Keep: "process", Backend: "nil", KeepCacheDir: "/var/cache/castellan"}},
+		{in: "keep = \"vm\"\nkeep_image = \"/i\"\nkeep_cache_dir = \"/c\"", err: "keep_cache_dir applies to process keeps"},
 		{in: `bakend = "nil"`, err: "unknown option bakend"},
 		{in: `keep = 3`, err: "toml"},
 		{in: `[[`, err: "toml"},
