@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,10 +18,12 @@ import (
 	"testing"
 	"time"
 
+	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/ttrpc"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	digest "github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -118,7 +121,8 @@ func TestBenchShim(t *testing.T) {
 			d.runMany(t, m, fmt.Sprintf("m%d-%d", i, s), k, conc, outDir)
 		}
 	}
-	for _, m := range modes {
+	direct := benchDirect(t, c.exe, wasm, n, conc)
+	for _, m := range append(modes, direct) {
 		for _, f := range m.outputs {
 			b, err := os.ReadFile(f)
 			if err != nil || string(b) != string(want) {
@@ -136,6 +140,8 @@ func TestBenchShim(t *testing.T) {
 		k := float64(len(m.outputs))
 		fmt.Fprintf(&b, "| %s | %.1f | %v | %.0f ms |\n", m.name, k/m.elapsed.Seconds(), m.elapsed.Round(time.Millisecond), m.cpu.Seconds()*1000/k)
 	}
+	fmt.Fprintf(&b, "| the shim's task API alone (no containerd), one shim, compilation cache | %.1f | %v | %.0f ms |\n",
+		float64(n)/direct.elapsed.Seconds(), direct.elapsed.Round(time.Millisecond), direct.cpu.Seconds()*1000/float64(n))
 	fmt.Fprintf(&b, "\n| phase (median, ms) |")
 	for _, m := range modes {
 		fmt.Fprintf(&b, " %s |", m.name)
@@ -401,4 +407,105 @@ func median(d []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), d...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2].Round(10 * time.Microsecond)
+}
+
+// benchDirect runs n keeps through one shim's own task API, conc at a
+// time, with no containerd: what runwasi's stress test measures of its
+// shims. The shim is started as containerd starts it (`start`, which
+// prints the daemon's address) and shut down at the end; each task's
+// bundle holds the spec and the rootfs with the module.
+func benchDirect(t *testing.T, exe, wasm string, n, conc int) *benchMode {
+	t.Helper()
+	dir := t.TempDir()
+	mod, err := os.ReadFile(wasm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := filepath.Join(dir, "shim.toml")
+	os.WriteFile(opts, []byte(fmt.Sprintf("keep_cache_dir = %q\n", filepath.Join(dir, "cache"))), 0o644)
+	ob, err := proto.Marshal(&runtimeoptions.Options{ConfigPath: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	optsAny := &anypb.Any{TypeUrl: "runtimeoptions.v1.Options", Value: ob}
+	mkBundle := func(id string) string {
+		b := filepath.Join(dir, id)
+		if err := os.MkdirAll(filepath.Join(b, "rootfs", "app"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(b, "rootfs", "app", "main.wasm"), mod, 0o644)
+		spec, _ := json.Marshal(specs.Spec{Version: specs.Version, Root: &specs.Root{Path: "rootfs"},
+			Process: &specs.Process{Args: []string{"/app/main.wasm"}, Cwd: "/"}})
+		os.WriteFile(filepath.Join(b, "config.json"), spec, 0o644)
+		return b
+	}
+	first := mkBundle("direct-shim")
+	start := exec.Command(filepath.Join(filepath.Dir(exe), shim.BinaryName), "-namespace", "castellan-bench", "-id", "direct-shim",
+		"-bundle", first, "start")
+	start.Dir = first
+	addr, err := start.Output()
+	if err != nil {
+		t.Fatalf("shim start: %v", err)
+	}
+	conn, err := net.Dial("unix", strings.TrimPrefix(string(addr), "unix://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn)
+	tasks := taskapi.NewTTRPCTaskClient(client)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cn, err := tasks.Connect(ctx, &taskapi.ConnectRequest{ID: "direct-shim"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		tasks.Shutdown(context.Background(), &taskapi.ShutdownRequest{Now: true})
+		client.Close()
+		// The daemon is no child of ours: wait until it is gone.
+		for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", cn.ShimPid)); err != nil {
+				return
+			}
+		}
+		t.Errorf("the shim daemon %d did not end", cn.ShimPid)
+	})
+	bundles := make([]string, n)
+	for i := range bundles {
+		bundles[i] = mkBundle(fmt.Sprintf("direct-%d", i))
+	}
+	m := &benchMode{}
+	t0, cpu0 := time.Now(), machineCPU(t)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, conc)
+	errs := make(chan error, n)
+	for i, b := range bundles {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(id, b string) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			out := filepath.Join(b, "out")
+			if _, err := tasks.Create(ctx, &taskapi.CreateTaskRequest{ID: id, Bundle: b, Stdout: "file://" + out, Options: optsAny}); err != nil {
+				errs <- fmt.Errorf("%s: create: %w", id, err)
+				return
+			}
+			if _, err := tasks.Start(ctx, &taskapi.StartRequest{ID: id}); err != nil {
+				errs <- fmt.Errorf("%s: start: %w", id, err)
+			} else if w, err := tasks.Wait(ctx, &taskapi.WaitRequest{ID: id}); err != nil || w.ExitStatus != 0 {
+				errs <- fmt.Errorf("%s: wait: %v, %v", id, w, err)
+			}
+			tasks.Delete(ctx, &taskapi.DeleteRequest{ID: id})
+			m.mu.Lock()
+			m.outputs = append(m.outputs, out)
+			m.mu.Unlock()
+		}(fmt.Sprintf("direct-%d", i), b)
+	}
+	wg.Wait()
+	m.elapsed, m.cpu = time.Since(t0), machineCPU(t)-cpu0
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	return m
 }
