@@ -122,7 +122,18 @@ func TestBenchShim(t *testing.T) {
 		}
 	}
 	direct := benchDirect(t, c.exe, wasm, n, conc)
-	for _, m := range append(modes, direct) {
+	all := append(append([]*benchMode(nil), modes...), direct)
+	// VM keeps, when asked (CASTELLAN_BENCH_SHIM_VM=N): a few, as each
+	// boots a VM (under TCG here, in seconds).
+	var vm *benchMode
+	if nvm, _ := strconv.Atoi(os.Getenv("CASTELLAN_BENCH_SHIM_VM")); nvm > 0 {
+		vmOpts := filepath.Join(t.TempDir(), "vm.toml")
+		os.WriteFile(vmOpts, []byte(fmt.Sprintf("keep = \"vm\"\nkeep_image = %q\n", vmKeepImage(t))), 0o644)
+		vm = &benchMode{name: "VM keeps, one shim a pod", pod: true, opts: vmOpts, mem: 300 << 20}
+		d.runMany(t, vm, "vm", nvm, vmConc, outDir)
+		all = append(all, vm)
+	}
+	for _, m := range all {
 		for _, f := range m.outputs {
 			b, err := os.ReadFile(f)
 			if err != nil || string(b) != string(want) {
@@ -142,14 +153,23 @@ func TestBenchShim(t *testing.T) {
 	}
 	fmt.Fprintf(&b, "| the shim's task API alone (no containerd), one shim, compilation cache | %.1f | %v | %.0f ms |\n",
 		float64(n)/direct.elapsed.Seconds(), direct.elapsed.Round(time.Millisecond), direct.cpu.Seconds()*1000/float64(n))
+	if vm != nil {
+		k := float64(len(vm.outputs))
+		fmt.Fprintf(&b, "| %d VM keeps (TCG), one shim a pod, %d at a time | %.2f | %v | %.0f ms |\n",
+			len(vm.outputs), vmConc, k/vm.elapsed.Seconds(), vm.elapsed.Round(time.Millisecond), vm.cpu.Seconds()*1000/k)
+	}
+	phased := append([]*benchMode(nil), modes...)
+	if vm != nil {
+		phased = append(phased, vm)
+	}
 	fmt.Fprintf(&b, "\n| phase (median, ms) |")
-	for _, m := range modes {
+	for _, m := range phased {
 		fmt.Fprintf(&b, " %s |", m.name)
 	}
-	fmt.Fprintf(&b, "\n| --- |%s\n", strings.Repeat(" --- |", len(modes)))
+	fmt.Fprintf(&b, "\n| --- |%s\n", strings.Repeat(" --- |", len(phased)))
 	for i, p := range phaseNames {
 		fmt.Fprintf(&b, "| %s |", p)
-		for _, m := range modes {
+		for _, m := range phased {
 			fmt.Fprintf(&b, " %.1f |", float64(median(m.phases[i]).Microseconds())/1000)
 		}
 		b.WriteString("\n")
@@ -157,6 +177,9 @@ func TestBenchShim(t *testing.T) {
 	fmt.Fprintf(&b, "\n(load average before: %s, after: %s)\n", load0, loadAvg())
 	t.Log(b.String())
 }
+
+// vmConc is how many VM keeps the benchmark runs at a time.
+const vmConc = 2
 
 // phaseNames are the steps of one task as containerd's client makes them.
 var phaseNames = []string{
@@ -172,6 +195,7 @@ type benchMode struct {
 	name string
 	pod  bool   // the tasks are the containers of one pod (one shim)
 	opts string // the runtime options file, if any
+	mem  int64  // the containers' memory limit, if any
 
 	mu      sync.Mutex
 	elapsed time.Duration
@@ -260,10 +284,13 @@ func newTaskDriver(t *testing.T, c *containerd, img v1.Image, ref string) *taskD
 
 // spec is the OCI runtime spec of a container running the image's
 // entrypoint; annotations make it a pod's.
-func (d *taskDriver) spec(t *testing.T, annotations map[string]string) *anypb.Any {
+func (d *taskDriver) spec(t *testing.T, annotations map[string]string, mem int64) *anypb.Any {
 	t.Helper()
 	s := specs.Spec{Version: specs.Version, Root: &specs.Root{Path: "rootfs"}, Annotations: annotations,
 		Process: &specs.Process{Args: []string{"/app/main.wasm"}, Cwd: "/", Env: []string{"PATH=/"}}}
+	if mem > 0 {
+		s.Linux = &specs.Linux{Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &mem}}}
+	}
 	b, err := json.Marshal(s)
 	if err != nil {
 		t.Fatal(err)
@@ -292,7 +319,7 @@ func (d *taskDriver) runMany(t *testing.T, m *benchMode, prefix string, k, conc 
 		sandbox = prefix + "-sandbox"
 		if _, err := d.containers.Create(ctx, &containersapi.CreateContainerRequest{Container: &containersapi.Container{
 			ID: sandbox, Runtime: rt,
-			Spec: d.spec(t, map[string]string{"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": sandbox}),
+			Spec: d.spec(t, map[string]string{"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": sandbox}, 0),
 		}}); err != nil {
 			t.Fatalf("sandbox container: %v", err)
 		}
@@ -318,7 +345,7 @@ func (d *taskDriver) runMany(t *testing.T, m *benchMode, prefix string, k, conc 
 				ann = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": sandbox}
 			}
 			out := filepath.Join(outDir, id+".out")
-			ph, err := d.runOne(ctx, t, id, rt, ann, out)
+			ph, err := d.runOne(ctx, t, id, rt, ann, m.mem, out)
 			if err != nil {
 				errs <- fmt.Errorf("task %s: %w", id, err)
 				return
@@ -352,7 +379,7 @@ func (d *taskDriver) runMany(t *testing.T, m *benchMode, prefix string, k, conc 
 
 // runOne creates, starts, awaits and deletes one task whose stdout goes
 // to out; it returns the time of each phase.
-func (d *taskDriver) runOne(ctx context.Context, t *testing.T, id string, rt *containersapi.Container_Runtime, ann map[string]string, out string) ([5]time.Duration, error) {
+func (d *taskDriver) runOne(ctx context.Context, t *testing.T, id string, rt *containersapi.Container_Runtime, ann map[string]string, mem int64, out string) ([5]time.Duration, error) {
 	var ph [5]time.Duration
 	mark := time.Now()
 	lap := func(i int) {
@@ -366,7 +393,7 @@ func (d *taskDriver) runOne(ctx context.Context, t *testing.T, id string, rt *co
 	}
 	defer d.snapshots.Remove(ctx, &snapshotsapi.RemoveSnapshotRequest{Snapshotter: benchSnapshotter, Key: id})
 	if _, err := d.containers.Create(ctx, &containersapi.CreateContainerRequest{Container: &containersapi.Container{
-		ID: id, Image: d.image, Runtime: rt, Spec: d.spec(t, ann),
+		ID: id, Image: d.image, Runtime: rt, Spec: d.spec(t, ann, mem),
 		Snapshotter: benchSnapshotter, SnapshotKey: id,
 	}}); err != nil {
 		return ph, fmt.Errorf("container: %w", err)
