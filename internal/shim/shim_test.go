@@ -5,10 +5,12 @@ package shim
 import (
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -294,4 +296,59 @@ func FuzzPickManifest(f *testing.F) {
 		read := func(string, int64) ([]byte, error) { return b, nil }
 		pickManifest(b, read)
 	})
+}
+
+// The daemon ends once its clients hung up, not before, and not after a
+// fixed pause.
+func TestTrackedListener(t *testing.T) {
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl := newTrackedListener(ln)
+	defer tl.Close()
+	// Nothing accepted: nothing to wait for.
+	start := time.Now()
+	tl.waitClosed(time.Minute)
+	if d := time.Since(start); d > 30*time.Second {
+		t.Fatalf("waitClosed with no connection took %v", d)
+	}
+	var clients, served []net.Conn
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("unix", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := tl.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients, served = append(clients, c), append(served, s)
+	}
+	// Open connections: waitClosed waits until its bound.
+	start = time.Now()
+	tl.waitClosed(50 * time.Millisecond)
+	if d := time.Since(start); d < 50*time.Millisecond {
+		t.Fatalf("waitClosed returned after %v with connections open", d)
+	}
+	// One closed twice counts once; the other closing ends the wait.
+	served[0].Close()
+	served[0].Close()
+	done := make(chan struct{})
+	go func() {
+		tl.waitClosed(2 * time.Minute)
+		close(done)
+	}()
+	select {
+	case <-done:
+		t.Fatal("waitClosed returned with a connection still open")
+	case <-time.After(20 * time.Millisecond):
+	}
+	clients[1].Close()
+	served[1].Close()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("waitClosed did not return once every connection closed")
+	}
 }
