@@ -62,6 +62,7 @@ func FuzzParseOptions(f *testing.F) {
 	f.Add([]byte(`backend = "sim-snp"`))
 	f.Add([]byte("keep = \"vm\"\nkeep_image = \"/i\""))
 	f.Add([]byte(`attest = "https://x"` + "\n" + `attest_ca = "/ca.pem"`))
+	f.Add([]byte("keep = \"vm\"\nkeep_image = \"/i\"\nkeep_cache_dir = \"/c\""))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		o, err := ParseOptions(b)
 		if err != nil {
@@ -72,6 +73,9 @@ func FuzzParseOptions(f *testing.F) {
 		}
 		if o.Keep == keep.KindVM && o.KeepImage == "" {
 			t.Fatal("accepted a vm keep without an image")
+		}
+		if o.Keep == keep.KindVM && o.KeepCacheDir != "" {
+			t.Fatal("accepted a compilation cache for a vm keep")
 		}
 	})
 }
