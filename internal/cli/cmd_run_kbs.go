@@ -4,13 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"net/http"
 	"os"
-	"sort"
 	"strings"
 
 	"github.com/castellan-dev/castellan/internal/config"
@@ -78,39 +76,19 @@ func fetchSecrets(e *Env, ro *runOptions, cfg *config.Config, art *workload.Arti
 	hc := &http.Client{Timeout: ro.attestTime, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true}}
 	defer hc.CloseIdleConnections()
-	platform := backend.Platform()
-	c := &kbs.Client{URL: url, HTTP: hc, TEE: platform,
-		Evidence: func(ctx context.Context, rd [64]byte) (json.RawMessage, error) {
-			raw, end, err := backend.Evidence(ctx, rd)
-			if err != nil {
-				return nil, err
-			}
-			return kbs.MarshalEvidence(platform, raw, end)
-		}}
-	if !trustee {
-		c.WorkloadDigest = art.Digest.String()
+	c := kbs.NewKeepClient(url, hc, backend, art.Digest.String())
+	if trustee { // Trustee's verifier reads only guest-components' forms
+		c = kbs.NewTrusteeClient(url, hc, backend)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), ro.attestTime)
 	defer cancel()
-	names := make([]string, 0, len(cfg.SecretRefs))
-	for n := range cfg.SecretRefs {
-		names = append(names, n)
+	got, err := c.FetchAll(ctx, cfg.SecretRefs, delivery.MaxSecretSize)
+	if err != nil {
+		return e.Errorf("%v", err)
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		ref, err := kbs.ParseRef(cfg.SecretRefs[n])
-		if err != nil {
-			return e.Errorf("secret %s: %v", n, err)
-		}
-		v, err := c.Resource(ctx, ref)
-		if err != nil {
-			return e.Errorf("secret %s from %s: %v", n, url, err)
-		}
-		if len(v) > delivery.MaxSecretSize {
-			return e.Errorf("secret %s from %s: %s is over %d bytes", n, url, ref, delivery.MaxSecretSize)
-		}
-		vals[n] = string(v)
+	for n, v := range got {
+		vals[n] = v
 	}
-	e.Infof("fetched %d secrets from %s after attestation (%s)", len(names), url, platform)
+	e.Infof("fetched %d secrets from %s after attestation (%s)", len(got), url, backend.Platform())
 	return ExitOK
 }

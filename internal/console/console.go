@@ -373,6 +373,28 @@ func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, info)
 }
 
+// backendWords are the page's label and description of each backend.
+var backendWords = map[string]struct{ label, description string }{
+	tee.NameNil: {"nil: no TEE (insecure)",
+		"An ordinary process. Nothing protects the keep from this machine; there is no hardware evidence."},
+	tee.NameSimSNP: {"sim-snp: simulated AMD SEV-SNP (insecure)",
+		"A real-format SEV-SNP report signed by a test key on this machine: every check runs, nothing is protected."},
+	tee.NameSimTDX: {"sim-tdx: simulated Intel TDX (insecure)",
+		"A real-format TDX quote signed by a test key on this machine: every check runs, nothing is protected."},
+	tee.NameSimSGX: {"sim-sgx: simulated Intel SGX enclave (insecure)",
+		"A real-format SGX DCAP quote signed by a test key on this machine: every check runs, nothing is protected."},
+	tee.NameSimCCA: {"sim-cca: simulated Arm CCA realm (insecure)",
+		"A real-format Arm CCA attestation token signed by test keys on this machine: every check runs, nothing is protected."},
+	tee.NameSGX: {"sgx: Intel SGX enclave (Gramine)",
+		"Castellan runs inside an SGX enclave; Intel's key signs the quote of its measurement."},
+	tee.NameCCA: {"cca: Arm CCA realm",
+		"The keep runs in a realm the hypervisor cannot read; the platform's attestation key signs the evidence."},
+	tee.NameSNP: {"snp: AMD SEV-SNP confidential VM",
+		"The keep's memory is encrypted by the CPU; AMD's key signs the evidence."},
+	tee.NameTDX: {"tdx: Intel TDX confidential VM",
+		"The keep's memory is encrypted by the CPU; Intel's key signs the evidence."},
+}
+
 // backends returns the backends with words for the page, and the one to
 // preselect: a real TEE when there is one, else the SNP simulation, whose
 // evidence shows every check.
@@ -380,37 +402,9 @@ func (s *Server) backends() ([]BackendInfo, string) {
 	var out []BackendInfo
 	def := ""
 	for _, st := range s.o.Backends() {
-		b := BackendInfo{Status: st}
-		switch st.Name {
-		case tee.NameNil:
-			b.Label = "nil: no TEE (insecure)"
-			b.Description = "An ordinary process. Nothing protects the keep from this machine; there is no hardware evidence."
-		case tee.NameSimSNP:
-			b.Label = "sim-snp: simulated AMD SEV-SNP (insecure)"
-			b.Description = "A real-format SEV-SNP report signed by a test key on this machine: every check runs, nothing is protected."
-		case tee.NameSimTDX:
-			b.Label = "sim-tdx: simulated Intel TDX (insecure)"
-			b.Description = "A real-format TDX quote signed by a test key on this machine: every check runs, nothing is protected."
-		case tee.NameSimSGX:
-			b.Label = "sim-sgx: simulated Intel SGX enclave (insecure)"
-			b.Description = "A real-format SGX DCAP quote signed by a test key on this machine: every check runs, nothing is protected."
-		case tee.NameSimCCA:
-			b.Label = "sim-cca: simulated Arm CCA realm (insecure)"
-			b.Description = "A real-format Arm CCA attestation token signed by test keys on this machine: every check runs, nothing is protected."
-		case tee.NameSGX:
-			b.Label = "sgx: Intel SGX enclave (Gramine)"
-			b.Description = "Castellan runs inside an SGX enclave; Intel's key signs the quote of its measurement."
-		case tee.NameCCA:
-			b.Label = "cca: Arm CCA realm"
-			b.Description = "The keep runs in a realm the hypervisor cannot read; the platform's attestation key signs the evidence."
-		case tee.NameSNP:
-			b.Label = "snp: AMD SEV-SNP confidential VM"
-			b.Description = "The keep's memory is encrypted by the CPU; AMD's key signs the evidence."
-		case tee.NameTDX:
-			b.Label = "tdx: Intel TDX confidential VM"
-			b.Description = "The keep's memory is encrypted by the CPU; Intel's key signs the evidence."
-		default:
-			b.Label = st.Name
+		b := BackendInfo{Status: st, Label: st.Name}
+		if w, ok := backendWords[st.Name]; ok {
+			b.Label, b.Description = w.label, w.description
 		}
 		if st.Usable && def == "" {
 			def = st.Name // Names order: real TEEs, then sim-snp, other simulations, nil

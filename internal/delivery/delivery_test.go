@@ -78,6 +78,12 @@ func pair(t *testing.T, digest string) (*Keep, *Session, *Verified) {
 
 func run(t *testing.T, k *Keep, sess *Session, v *Verified, d Delivery) (*Result, error, *Result, error) {
 	t.Helper()
+	return runWith(t, k, sess, v, d, ServeOptions{})
+}
+
+// runWith is run with the keep's options.
+func runWith(t *testing.T, k *Keep, sess *Session, v *Verified, d Delivery, o ServeOptions) (*Result, error, *Result, error) {
+	t.Helper()
 	c1, c2 := socketPair(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -86,7 +92,7 @@ func run(t *testing.T, k *Keep, sess *Session, v *Verified, d Delivery) (*Result
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		kres, kerr = k.Serve(ctx, c1, ServeOptions{})
+		kres, kerr = k.Serve(ctx, c1, o)
 		c1.Close()
 	}()
 	res, err := sess.Deliver(ctx, c2, v, d)

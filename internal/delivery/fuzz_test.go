@@ -3,6 +3,7 @@ package delivery
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -37,6 +38,7 @@ func FuzzParseManifest(f *testing.F) {
 	f.Add([]byte(`{"digest":"sha256:00","wasm_size":1,"config_size":-1}`))
 	f.Add([]byte(`{"digest":1}`))
 	f.Add([]byte(`{} {}`))
+	f.Add([]byte(`{"digest":"sha256:` + strings.Repeat("a", 64) + `","wasm_size":1,"config_size":-1,"secret_service":{"url":"https://a:1","roots_pem":"QQ=="}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := ParseManifest(b)
 		if err != nil {

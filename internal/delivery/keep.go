@@ -15,13 +15,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
+	"github.com/castellan-dev/castellan/internal/kbs"
 	"github.com/castellan-dev/castellan/internal/runtime"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/workload"
@@ -35,6 +41,7 @@ type Keep struct {
 	digest    string
 	clientKey []byte // SHA-256 of the client's SPKI, as the create request named it
 	cert      tls.Certificate
+	tee       tee.Backend // fetches [secrets.kbs] with fresh evidence
 	Hello     Hello
 }
 
@@ -70,7 +77,7 @@ func NewKeep(ctx context.Context, b tee.Backend, nonce []byte, digest string, cl
 	if err != nil {
 		return nil, err
 	}
-	return &Keep{key: key, spki: spki, digest: digest, clientKey: bytes.Clone(clientKey), cert: *cert,
+	return &Keep{key: key, spki: spki, digest: digest, clientKey: bytes.Clone(clientKey), cert: *cert, tee: b,
 		Hello: Hello{Evidence: evb, CSR: csr}}, nil
 }
 
@@ -127,6 +134,14 @@ type ServeOptions struct {
 	// Started, if set, is called once the package checked out, before the
 	// workload starts.
 	Started func()
+	// Volumes are dir entries of host folders the host gives the workload
+	// (keep.Volume, checked by keep.CheckVolumes), preopened after the
+	// config's descriptors. They come from whoever started the keep,
+	// never from the client.
+	Volumes []config.File
+	// SecretService is where the keep fetches its config's [secrets.kbs]
+	// (checked by its Check); nil: nowhere, and such a config is refused.
+	SecretService *SecretService
 }
 
 func (o *ServeOptions) logf(format string, a ...any) {
@@ -198,9 +213,33 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 			}
 		}
 	}
+	// The host's volumes are checked before anything is fetched.
+	preopens, err := volumePreopens(o.Volumes, cfg)
+	if err != nil {
+		return refuse(err)
+	}
+	// Secrets the config fetches by kbs:/// reference come from the
+	// secret service, after the keep attested to it; the client supplies
+	// the others.
+	secrets := m.Secrets
+	if cfg != nil && len(cfg.SecretRefs) > 0 {
+		if err := cfg.CheckSecrets(slices.Collect(maps.Keys(m.Secrets))); err != nil {
+			return refuse(err)
+		}
+		tc.SetDeadline(time.Now().Add(timeout + secretFetchTimeout))
+		fetched, err := k.fetchSecrets(ctx, o.SecretService, cfg, art.Digest.String(), o)
+		if err != nil {
+			return refuse(err)
+		}
+		secrets = maps.Clone(m.Secrets)
+		if secrets == nil {
+			secrets = map[string]string{}
+		}
+		maps.Copy(secrets, fetched)
+	}
 	// Secret files go into cfg's entries (memory only); secret
 	// environment values into env.
-	env, err := cfg.BindSecrets(m.Secrets)
+	env, err := cfg.BindSecrets(secrets)
 	if err != nil {
 		return refuse(err)
 	}
@@ -287,6 +326,7 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 		ConfigDir:   "/nonexistent",
 		Args:        m.Args,
 		Env:         env,
+		Preopens:    preopens,
 		Stdin:       bytes.NewReader(nil),
 		Stdout:      stdout,
 		Stderr:      stderr,
@@ -314,6 +354,69 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 		tc.CloseWrite()
 	}
 	return res, nil
+}
+
+// volumePreopens checks the host's volumes against the config: each
+// host path a folder (the runtime then confines the workload's paths to it
+// with os.Root), no guest path also a descriptor name of the config.
+func volumePreopens(vs []config.File, cfg *config.Config) ([]config.File, error) {
+	names := map[string]bool{}
+	if cfg != nil {
+		for _, f := range cfg.Files {
+			names[f.Name] = true
+		}
+	}
+	for _, v := range vs {
+		if names[v.Name] {
+			return nil, fmt.Errorf("volume %s: the config already names a descriptor %s", v.Name, v.Name)
+		}
+		st, err := os.Stat(v.Path)
+		if err != nil {
+			return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+		}
+		if !st.IsDir() {
+			return nil, fmt.Errorf("volume %s: host path %s is not a folder", v.Name, v.Path)
+		}
+	}
+	return vs, nil
+}
+
+// secretFetchTimeout bounds the keep's attestation to the secret service
+// and its fetches.
+const secretFetchTimeout = time.Minute
+
+// fetchSecrets attests to the secret service over the KBS protocol, with
+// a fresh key bound into new evidence with the service's challenge and the
+// digest of the package the keep received and checked, and fetches the
+// values cfg's [secrets.kbs] names, each encrypted to that key.
+func (k *Keep) fetchSecrets(ctx context.Context, svc *SecretService, cfg *config.Config, digest string, o ServeOptions) (map[string]string, error) {
+	if svc == nil {
+		return nil, errors.New("the config fetches secrets by kbs:/// reference ([secrets.kbs]) and this keep was started with no attestation service to fetch them from (a delivered keep does not fetch them: run it through the containerd shim, or castellan run --attest)")
+	}
+	if cfg.Steward != "" && strings.TrimSuffix(svc.URL, "/") != strings.TrimSuffix(cfg.Steward, "/") {
+		return nil, fmt.Errorf("the keep's secret service is %s, the config's steward is %s: the keep fetches its secrets from the steward only", svc.URL, cfg.Steward)
+	}
+	if k.tee == nil || k.tee.Name() == tee.NameNil {
+		return nil, errors.New("[secrets.kbs]: backend nil has no evidence: a service releases secrets only to keeps in a TEE (sim-* for development)")
+	}
+	var roots *x509.CertPool
+	if len(svc.RootsPEM) > 0 {
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(svc.RootsPEM) {
+			return nil, errors.New("secret service: no PEM certificate in its roots")
+		}
+	}
+	hc := &http.Client{Timeout: secretFetchTimeout, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true}}
+	defer hc.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, secretFetchTimeout)
+	defer cancel()
+	vals, err := kbs.NewKeepClient(svc.URL, hc, k.tee, digest).FetchAll(ctx, cfg.SecretRefs, MaxSecretSize)
+	if err != nil {
+		return nil, err
+	}
+	o.logf("fetched %d secrets from %s after attestation (%s)", len(vals), svc.URL, k.tee.Platform())
+	return vals, nil
 }
 
 // receive reads the manifest and package and checks the digest.

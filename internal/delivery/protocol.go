@@ -34,10 +34,13 @@
 package delivery
 
 import (
+	"crypto/x509"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"github.com/castellan-dev/castellan/internal/strictjson"
 	"io"
+	"net/url"
 	"strings"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
@@ -103,6 +106,45 @@ type Manifest struct {
 	// detached_output = "host" (the config is covered by the digest, so
 	// neither the host nor a client option can change it).
 	Detach bool `json:"detach,omitempty"`
+}
+
+// SecretService names the attestation service a keep fetches the
+// secrets its config names by kbs:/// reference ([secrets.kbs]) from. It
+// is part of how the host starts the keep (the containerd shim's runtime
+// options), never of what a client delivers: a client of the host agent
+// cannot make a keep call out to an address of its choice. The host may
+// name any service: a service of its own cannot learn the real values
+// (they come only from a service whose policy releases them to this
+// digest), and a config that must not accept values from another service
+// names it as steward, which the keep then requires.
+type SecretService struct {
+	URL string // https://host:port of a Castellan attestation service
+	// RootsPEM are the service's TLS roots (PEM); empty: the system's.
+	RootsPEM []byte
+}
+
+// Bounds on a secret service.
+const (
+	maxServiceURL   = 2048
+	maxServiceRoots = 64 << 10
+)
+
+// Check checks the service's URL (https://host[:port][/path]) and bounds.
+func (s *SecretService) Check() error {
+	if len(s.URL) > maxServiceURL {
+		return fmt.Errorf("secret service url of %d bytes, more than %d", len(s.URL), maxServiceURL)
+	}
+	u, err := url.Parse(s.URL)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("secret service url %q is not an https://host[:port] URL", truncate(s.URL))
+	}
+	if len(s.RootsPEM) > maxServiceRoots {
+		return fmt.Errorf("secret service roots of %d bytes, more than %d", len(s.RootsPEM), maxServiceRoots)
+	}
+	if len(s.RootsPEM) > 0 && !x509.NewCertPool().AppendCertsFromPEM(s.RootsPEM) {
+		return errors.New("secret service roots: no PEM certificate in them")
+	}
+	return nil
 }
 
 // Started is the keep's answer once the package checked out.

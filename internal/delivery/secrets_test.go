@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/workload"
 )
 
 // TestSecretFile delivers a secret declared as a file: the workload (the
@@ -50,13 +52,7 @@ func TestKeepRefusesSecrets(t *testing.T) {
 			k, sess, v := pair(t, art.Digest.String())
 			var out syncBuf
 			_, err, _, kerr := run(t, k, sess, v, Delivery{Artifact: art, Secrets: c.secrets, Stdout: &out})
-			var re *RefusedError
-			if !errors.As(err, &re) || !strings.Contains(re.Reason, c.want) || !errors.Is(kerr, ErrRefused) {
-				t.Errorf("client: %v; keep: %v", err, kerr)
-			}
-			if out.String() != "" {
-				t.Errorf("a refused workload ran: %q", out.String())
-			}
+			checkRefused(t, err, kerr, c.want, out.String())
 		})
 		// The client refuses the same before it asks for a keep.
 		art := none
@@ -98,5 +94,78 @@ func TestDetachedOutput(t *testing.T) {
 		if got != c.toHost || (!c.toHost && host.String() != "") {
 			t.Errorf("%q: host output %q, want to host: %v", c.setting, host.String(), c.toHost)
 		}
+	}
+}
+
+// TestKeepFetchRefused: a config that fetches secrets by kbs:///
+// reference runs only when the keep fetched them itself from the secret
+// service its host named (the steward, when the config names one), with
+// evidence; a client cannot supply them.
+func TestKeepFetchRefused(t *testing.T) {
+	refs := "[secrets]\nenv = [\"DB_PASSWORD\"]\n[secrets.kbs]\nDB_PASSWORD = \"kbs:///default/db/password\"\n" + stdio
+	fetching := load(t, "c", "hello", []byte(refs))
+	stewarded := load(t, "c", "hello", []byte("steward = \"https://attest.example:8443\"\n"+refs))
+	svc := &SecretService{URL: "https://other.example:8443"}
+	for _, c := range []struct {
+		name    string
+		art     *workload.Artifact
+		svc     *SecretService
+		secrets map[string]string
+		want    string
+	}{
+		{"no service", fetching, nil, nil, "this keep was started with no attestation service to fetch them from"},
+		{"supplied", fetching, svc, map[string]string{"DB_PASSWORD": "x"}, "secrets were supplied that the keep fetches by kbs:/// reference ([secrets.kbs]): DB_PASSWORD"},
+		{"not the steward", stewarded, svc, nil, "the keep's secret service is https://other.example:8443, the config's steward is https://attest.example:8443"},
+		{"no evidence", fetching, svc, nil, "backend nil has no evidence"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			k, sess, v := pair(t, c.art.Digest.String())
+			var out syncBuf
+			_, err, _, kerr := runWith(t, k, sess, v, Delivery{Artifact: c.art, Secrets: c.secrets, Stdout: &out}, ServeOptions{SecretService: c.svc})
+			checkRefused(t, err, kerr, c.want, out.String())
+		})
+	}
+}
+
+// TestSecretServiceCheck: the secret service is an https URL of bounded
+// size with bounded PEM roots, and only the keep's host names it: a
+// client's manifest cannot.
+func TestSecretServiceCheck(t *testing.T) {
+	for _, c := range []struct {
+		svc  SecretService
+		want string
+	}{
+		{SecretService{URL: "http://attest.example"}, `secret service url "http://attest.example" is not an https://host[:port] URL`},
+		{SecretService{URL: "https://"}, "is not an https://host[:port] URL"},
+		{SecretService{URL: "https://user:pw@attest.example"}, "is not an https://host[:port] URL"},
+		{SecretService{URL: "https://attest.example/?x=1"}, "is not an https://host[:port] URL"},
+		{SecretService{URL: "https://attest.example/#f"}, "is not an https://host[:port] URL"},
+		{SecretService{URL: "https://a" + strings.Repeat("b", 2048)}, "secret service url of 2057 bytes, more than 2048"},
+		{SecretService{URL: "https://attest.example", RootsPEM: make([]byte, 66000)}, "secret service roots of 66000 bytes, more than 65536"},
+		{SecretService{URL: "https://attest.example", RootsPEM: []byte("not pem")}, "secret service roots: no PEM certificate in them"},
+	} {
+		if err := c.svc.Check(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%.60s: got %v, want %q", c.svc.URL, err, c.want)
+		}
+	}
+	if err := (&SecretService{URL: "https://attest.example:8443"}).Check(); err != nil {
+		t.Errorf("a good secret service refused: %v", err)
+	}
+	m := `{"digest":"sha256:` + strings.Repeat("a", 64) + `","wasm_size":1,"config_size":-1,"secret_service":{"url":"https://evil.example"}}`
+	if _, err := ParseManifest([]byte(m)); err == nil || !strings.Contains(err.Error(), "secret_service") {
+		t.Errorf("a manifest naming a secret service: %v, want refused", err)
+	}
+}
+
+// checkRefused checks that the keep refused a delivery, saying want to
+// the client, and that nothing ran.
+func checkRefused(t *testing.T, err, kerr error, want, out string) {
+	t.Helper()
+	var re *RefusedError
+	if !errors.As(err, &re) || !strings.Contains(re.Reason, want) || !errors.Is(kerr, ErrRefused) {
+		t.Errorf("client: %v; keep: %v; want %q", err, kerr, want)
+	}
+	if out != "" {
+		t.Errorf("a refused workload ran: %q", out)
 	}
 }

@@ -176,7 +176,37 @@ func checkLimits(req, max Limits) (Limits, error) {
 	if out.MemoryBytes < 256<<20 {
 		return out, fmt.Errorf("limits: memory_bytes of %d is too little for a keep (at least 256MiB)", out.MemoryBytes)
 	}
+	if err := checkCPURate(out.CPUQuotaMicros, out.CPUPeriodMicros); err != nil {
+		return out, err
+	}
 	return out, nil
+}
+
+// Bounds of a process keep's CPU rate, as cgroup v2's cpu.max takes them
+// (the kernel's limits on cfs_period_us and its least quota).
+const (
+	minCPUPeriod = 1000
+	maxCPUPeriod = 1000000
+	minCPUQuota  = 1000
+)
+
+// checkCPURate checks cpu_quota_us and cpu_period_us: both or neither,
+// within what cpu.max accepts (the keep would otherwise run uncapped,
+// as the kernel refuses the value).
+func checkCPURate(quota, period int64) error {
+	switch {
+	case quota == 0 && period == 0:
+		return nil
+	case quota < 0 || period < 0:
+		return fmt.Errorf("limits: cpu_quota_us and cpu_period_us must not be negative (got %d and %d)", quota, period)
+	case quota == 0 || period == 0:
+		return fmt.Errorf("limits: cpu_quota_us and cpu_period_us go together (got %d and %d)", quota, period)
+	case period < minCPUPeriod || period > maxCPUPeriod:
+		return fmt.Errorf("limits: cpu_period_us of %d is not between %d and %d", period, minCPUPeriod, maxCPUPeriod)
+	case quota < minCPUQuota:
+		return fmt.Errorf("limits: cpu_quota_us of %d is less than %d", quota, minCPUQuota)
+	}
+	return nil
 }
 
 func (a *Agent) create(w http.ResponseWriter, r *http.Request) {

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +43,12 @@ func TestCreateRefused(t *testing.T) {
 		{"vm memory too little", func(r *CreateRequest) { r.Limits.VMMemoryBytes = 64 << 20 }, 400, "vm_memory_bytes of 67108864 bytes is too little for a VM keep (at least 134217728 bytes)"},
 		{"vm memory not MiB", func(r *CreateRequest) { r.Limits.VMMemoryBytes = 256<<20 + 1 }, 400, "not a whole number of MiB"},
 		{"vcpus over max", func(r *CreateRequest) { r.Limits.VCPUs = 9 }, 400, "vcpus of 9 is over the host's maximum of 8"},
+		{"cpu quota alone", func(r *CreateRequest) { r.Limits.CPUQuotaMicros = 50000 }, 400, "limits: cpu_quota_us and cpu_period_us go together (got 50000 and 0)"},
+		{"cpu period alone", func(r *CreateRequest) { r.Limits.CPUPeriodMicros = 100000 }, 400, "limits: cpu_quota_us and cpu_period_us go together (got 0 and 100000)"},
+		{"cpu quota negative", func(r *CreateRequest) { r.Limits.CPUQuotaMicros, r.Limits.CPUPeriodMicros = -1, 100000 }, 400, "limits: cpu_quota_us and cpu_period_us must not be negative (got -1 and 100000)"},
+		{"cpu period too short", func(r *CreateRequest) { r.Limits.CPUQuotaMicros, r.Limits.CPUPeriodMicros = 50000, 999 }, 400, "limits: cpu_period_us of 999 is not between 1000 and 1000000"},
+		{"cpu period too long", func(r *CreateRequest) { r.Limits.CPUQuotaMicros, r.Limits.CPUPeriodMicros = 50000, 1000001 }, 400, "limits: cpu_period_us of 1000001 is not between 1000 and 1000000"},
+		{"cpu quota too small", func(r *CreateRequest) { r.Limits.CPUQuotaMicros, r.Limits.CPUPeriodMicros = 999, 100000 }, 400, "limits: cpu_quota_us of 999 is less than 1000"},
 		{"vcpus negative", func(r *CreateRequest) { r.Limits.VCPUs = -1 }, 400, "vcpus is negative"},
 		{"bad digest", func(r *CreateRequest) { r.Digest = "sha256:xyz" }, 400, "workload digest"},
 		{"no nonce", func(r *CreateRequest) { r.Nonce = nil }, 400, "nonce of 0 bytes"},
@@ -292,4 +300,70 @@ func TestPolicyRefusesMeasurement(t *testing.T) {
 		t.Fatalf("nil backend: got %v, want a refusal at check insecure", err)
 	}
 	_ = bytes.Clone
+}
+
+func TestCPURateAccepted(t *testing.T) {
+	max := Limits{MemoryBytes: 1 << 30, CPUSeconds: 60, WallSeconds: 60, OpenFiles: 100, VMMemoryBytes: 1 << 30, VCPUs: 2}
+	for _, l := range []Limits{
+		{},
+		{CPUQuotaMicros: 50000, CPUPeriodMicros: 100000},
+		{CPUQuotaMicros: 1000, CPUPeriodMicros: 1000},
+		{CPUQuotaMicros: 4000000, CPUPeriodMicros: 1000000},
+	} {
+		got, err := checkLimits(l, max)
+		if err != nil {
+			t.Errorf("%+v: %v", l, err)
+			continue
+		}
+		if got.CPUQuotaMicros != l.CPUQuotaMicros || got.CPUPeriodMicros != l.CPUPeriodMicros {
+			t.Errorf("%+v became %+v", l, got)
+		}
+	}
+}
+
+// TestNoVolumesFromClients: only the host's own launcher (the containerd
+// shim) gives a keep host folders; the agent's create request has no such
+// field, so a client cannot make a keep open the host's files.
+func TestNoVolumesFromClients(t *testing.T) {
+	body := `{"backend":"nil","nonce":"bm9uY2U=","digest":"sha256:` + strings.Repeat("0", 64) + `","client_key":"` + strings.Repeat("A", 43) + `=","volumes":[{"guest":"/x","host":"/"}]}`
+	if _, err := ParseCreateRequest([]byte(body)); err == nil || !strings.Contains(err.Error(), "volumes") {
+		t.Errorf("a create request with volumes: %v, want refused", err)
+	}
+}
+
+// TestKeepArgumentsRefused: a keep refuses volumes that are not
+// absolute, clean paths and a secret service that is not an https URL with
+// PEM roots, before it makes any evidence.
+func TestKeepArgumentsRefused(t *testing.T) {
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(ca, []byte("not pem"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--secret-service", "http://attest.example"}, `arguments: secret service url "http://attest.example" is not an https://host[:port] URL`},
+		{[]string{"--secret-service", "https://attest.example", "--secret-service-ca", ca}, "arguments: secret service roots: no PEM certificate in them"},
+		{[]string{"--secret-service", "https://attest.example", "--secret-service-ca", ca + ".missing"}, "arguments: open " + ca + ".missing"},
+	} {
+		var stderr bytes.Buffer
+		code := KeepMain(append([]string{"--dir", t.TempDir(), "--backend", "nil", "--nonce", "00", "--digest", "sha256:" + strings.Repeat("0", 64),
+			"--client-key", strings.Repeat("00", 32)}, tc.args...), &stderr)
+		if code != 1 || !strings.Contains(stderr.String(), "keep failed: "+tc.want) || strings.Contains(stderr.String(), "evidence made") {
+			t.Errorf("%q: exit %d, stderr %q, want %q", tc.args, code, stderr.String(), tc.want)
+		}
+	}
+	for _, tc := range []struct{ volumes, want string }{
+		{`[{"guest":"/data","host":"/tmp/../etc"}]`, `arguments: volume host path "/tmp/../etc" is not an absolute, clean path`},
+		{`[{"guest":"data","host":"/tmp"}]`, `arguments: volume guest path "data" is not an absolute, clean path`},
+		{`[{"guest":"/","host":"/tmp"}]`, "arguments: volume guest path / is the workload's root"},
+		{`[{"guest":"/data","host":"/tmp","extra":1}]`, "arguments: "},
+		{`{"guest":"/data"}`, "arguments: "},
+	} {
+		var stderr bytes.Buffer
+		code := KeepMain([]string{"--dir", t.TempDir(), "--backend", "nil", "--nonce", "00", "--digest", "sha256:" + strings.Repeat("0", 64),
+			"--client-key", strings.Repeat("00", 32), "--volumes", tc.volumes}, &stderr)
+		if code != 1 || !strings.Contains(stderr.String(), "keep failed: "+tc.want) || strings.Contains(stderr.String(), "evidence made") {
+			t.Errorf("%s: exit %d, stderr %q, want %q", tc.volumes, code, stderr.String(), tc.want)
+		}
+	}
 }

@@ -12,6 +12,7 @@ func FuzzParseCreateRequest(f *testing.F) {
 	f.Add([]byte(`{"backend":"sim-snp","nonce":"","digest":"sha256:00","client_key":""}`))
 	f.Add([]byte(`{"backend":"nil","extra":1}`))
 	f.Add([]byte(`{"backend":"sim-snp","nonce":"bm9uY2U=","digest":"sha256:` + strings.Repeat("0", 64) + `","client_key":"` + strings.Repeat("A", 43) + `=","limits":{"vm_memory_bytes":1073741824,"vcpus":2}}`))
+	f.Add([]byte(`{"backend":"nil","nonce":"bm9uY2U=","digest":"sha256:` + strings.Repeat("0", 64) + `","client_key":"` + strings.Repeat("A", 43) + `=","limits":{"cpu_quota_us":50000,"cpu_period_us":100000}}`))
 	f.Add([]byte(`{} {}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		req, err := ParseCreateRequest(b)
@@ -29,6 +30,9 @@ func FuzzParseCreateRequest(f *testing.F) {
 			}
 			if lim.VMMemoryBytes < 128<<20 || lim.VMMemoryBytes%(1<<20) != 0 || lim.VCPUs < 1 {
 				t.Fatalf("a VM size QEMU cannot take accepted: %+v", lim)
+			}
+			if q, p := lim.CPUQuotaMicros, lim.CPUPeriodMicros; (q == 0) != (p == 0) || q != 0 && (q < 1000 || p < 1000 || p > 1000000) {
+				t.Fatalf("a CPU rate cpu.max refuses accepted: %+v", lim)
 			}
 		}
 	})

@@ -17,9 +17,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keeplog"
+	"github.com/castellan-dev/castellan/internal/strictjson"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
@@ -47,6 +49,12 @@ type KeepParams struct {
 	Limits        Limits
 	AttachTimeout time.Duration
 	CacheDir      string // compilation cache (insecure keeps only)
+	// Volumes are host folders preopened for the workload (the host's
+	// launcher gives them; a client cannot).
+	Volumes []keep.Volume
+	// SecretService is where the keep fetches its config's [secrets.kbs]
+	// (the host's launcher names it; a client cannot).
+	SecretService *delivery.SecretService
 	// Evidence, if set, is the backend to use instead of tee.Open(Backend)
 	// (a VM keep of a simulated backend, with the CA from its channel).
 	Evidence tee.Backend
@@ -97,6 +105,9 @@ func KeepMain(args []string, stderr io.Writer) int {
 	attachTimeout := fs.Duration("attach-timeout", 2*time.Minute, "how long to wait for the client")
 	cacheDir := fs.String("cache-dir", "", "compilation cache (insecure keeps only)")
 	maxOutput := fs.Int64("max-output", DefaultMaxOutput, "bytes of log and host output after which the keep ends")
+	volumes := fs.String("volumes", "", "host folders to preopen for the workload, JSON (the containerd shim's)")
+	secretService := fs.String("secret-service", "", "attestation service URL to fetch the config's [secrets.kbs] from (the containerd shim's)")
+	secretServiceCA := fs.String("secret-service-ca", "", "PEM roots of --secret-service's TLS certificate")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -134,7 +145,23 @@ func KeepMain(args []string, stderr io.Writer) int {
 	p.Nonce, err1 = hex.DecodeString(*nonce)
 	p.ClientKey, err2 = hex.DecodeString(*clientKey)
 	err3 := json.Unmarshal([]byte(*limits), &p.Limits)
-	if err := errors.Join(err1, err2, err3); err != nil {
+	var err4 error
+	if *volumes != "" {
+		if err4 = strictjson.Decode([]byte(*volumes), &p.Volumes); err4 == nil {
+			err4 = keep.CheckVolumes(p.Volumes)
+		}
+	}
+	var err5 error
+	if *secretService != "" {
+		p.SecretService = &delivery.SecretService{URL: *secretService}
+		if *secretServiceCA != "" {
+			p.SecretService.RootsPEM, err5 = os.ReadFile(*secretServiceCA)
+		}
+		if err5 == nil {
+			err5 = p.SecretService.Check()
+		}
+	}
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 		return keepFailed(kio, "arguments: %v", err)
 	}
 	var ln *net.UnixListener
@@ -213,6 +240,10 @@ func RunKeep(ctx context.Context, p KeepParams, kio KeepIO) int {
 		Detached:   func() { kio.Logf("the client detached; the workload runs on") },
 		Started:    func() { kio.State(StateRunning) },
 		HostOutput: kio.HostOutput,
+	}
+	opts.SecretService = p.SecretService
+	for _, v := range p.Volumes {
+		opts.Volumes = append(opts.Volumes, config.File{Kind: config.KindDir, Name: v.Guest, Path: v.Host, ReadOnly: v.ReadOnly})
 	}
 	res, err := keep.Serve(ctx, conn, opts)
 	if err != nil {

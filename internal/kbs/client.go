@@ -14,7 +14,9 @@ import (
 )
 
 // EvidenceFunc has the keep's TEE sign reportData and returns the
-// tee-evidence to send (MarshalEvidence makes Castellan's form).
+// primary evidence to send: MarshalEvidence makes Castellan's form (for a
+// Castellan service), MarshalTrusteeEvidence the form of guest-components'
+// attester (for a Trustee KBS, whose verifier reads no other).
 type EvidenceFunc func(ctx context.Context, reportData [64]byte) (json.RawMessage, error)
 
 // Client fetches resources from a KBS (a Castellan attestation service or
@@ -138,11 +140,24 @@ func (c *Client) Attest(ctx context.Context) error {
 	if rt, err = Canonical(rt); err != nil {
 		return err
 	}
-	rd, err := ReportData(hashName, rt)
+	// The evidence goes in the composite form with no additional
+	// evidence, as guest-components sends it: a Trustee KBS of protocol
+	// 0.4 takes no other, and binds the runtime data with
+	// "additional-evidence" added (a Castellan service accepts both).
+	noAdditional := ""
+	bound, err := BoundRuntimeData(rt, &Evidence{Additional: &noAdditional})
+	if err != nil {
+		return err
+	}
+	rd, err := ReportData(hashName, bound[len(bound)-1])
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}
 	ev, err := c.Evidence(ctx, rd)
+	if err != nil {
+		return fmt.Errorf("evidence: %w", err)
+	}
+	ev, err = json.Marshal(composite{Primary: ev, Additional: &noAdditional})
 	if err != nil {
 		return fmt.Errorf("evidence: %w", err)
 	}

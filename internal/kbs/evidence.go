@@ -32,8 +32,19 @@ type castellanEvidence struct {
 // trusteeTDX is the form guest-components' TDX attester sends.
 type trusteeTDX struct {
 	Quote      string  `json:"quote"`
-	CCEventlog *string `json:"cc_eventlog,omitempty"`
+	CCEventlog *string `json:"cc_eventlog"`
 	AAEventlog *string `json:"aa_eventlog,omitempty"`
+}
+
+// trusteeSGX is the form guest-components' SGX DCAP attester sends.
+type trusteeSGX struct {
+	Quote string `json:"quote"`
+}
+
+// trusteeCCA is the form guest-components' CCA attester sends: the token
+// as a Vec<u8>, which serde_json writes as an array of numbers.
+type trusteeCCA struct {
+	Token byteArray `json:"token"`
 }
 
 type composite struct {
@@ -65,9 +76,9 @@ func MarshalEvidence(platform string, report []byte, endorsements [][]byte) (jso
 
 // ParseEvidence decodes tee-evidence for a session whose Request named
 // platform: Castellan's form {"platform", "report", "endorsements"} for
-// every platform, or the form guest-components' TDX attester sends
-// ({"quote": base64, "cc_eventlog"}), each either alone or as the
-// primary_evidence of the composite form. Unknown fields are refused.
+// every platform, or the form guest-components' attester for the platform
+// sends (see TrusteeForms), each either alone or as the primary_evidence
+// of the composite form. Unknown fields are refused.
 func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 	raw, err := unquote(raw)
 	if err != nil {
@@ -109,12 +120,28 @@ func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 			return nil, errors.New("tee-evidence: no report")
 		}
 		ev.Report, ev.Endorsements = c.Report, c.Endorsements
-	case probe["quote"] != nil && platform == "tdx":
-		var t trusteeTDX
-		if err := strictjson.Decode(raw, &t); err != nil {
+	case probe["attestation_report"] != nil && platform == "snp":
+		if ev.Report, ev.Endorsements, err = parseSEVEvidence(raw); err != nil {
+			return nil, fmt.Errorf("tee-evidence: snp attester form: %w", err)
+		}
+	case probe["quote"] != nil && (platform == "tdx" || platform == "sgx"):
+		var tdx trusteeTDX
+		var sgx trusteeSGX
+		if platform == "tdx" {
+			err = strictjson.Decode(raw, &tdx)
+		} else {
+			err = strictjson.Decode(raw, &sgx)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("tee-evidence: %w", err)
 		}
-		q, err := base64.StdEncoding.DecodeString(t.Quote)
+		// The event log is not evaluated, but it must be what it says.
+		if tdx.CCEventlog != nil {
+			if _, err := base64.StdEncoding.DecodeString(*tdx.CCEventlog); err != nil {
+				return nil, fmt.Errorf("tee-evidence: cc_eventlog: %w", err)
+			}
+		}
+		q, err := base64.StdEncoding.DecodeString(tdx.Quote + sgx.Quote)
 		if err != nil {
 			return nil, fmt.Errorf("tee-evidence: quote: %w", err)
 		}
@@ -122,10 +149,52 @@ func ParseEvidence(platform string, raw []byte) (*Evidence, error) {
 			return nil, errors.New("tee-evidence: empty quote")
 		}
 		ev.Report = q
+	case probe["token"] != nil && platform == "cca":
+		var t trusteeCCA
+		if err := strictjson.Decode(raw, &t); err != nil {
+			return nil, fmt.Errorf("tee-evidence: cca attester form: %w", err)
+		}
+		if len(t.Token) == 0 {
+			return nil, errors.New("tee-evidence: empty token")
+		}
+		ev.Report = t.Token
 	default:
-		return nil, fmt.Errorf("tee-evidence: not a form accepted for %s (Castellan's {\"platform\", \"report\"}, or for tdx {\"quote\"})", platform)
+		return nil, fmt.Errorf("tee-evidence: not a form accepted for %s (Castellan's {\"platform\", \"report\"}, or the guest-components attester's %s)", platform, TrusteeForms[platform])
 	}
 	return ev, nil
+}
+
+// TrusteeForms names, by platform, the evidence form of guest-components'
+// attester that ParseEvidence accepts and MarshalTrusteeEvidence writes.
+var TrusteeForms = map[string]string{
+	"snp": `{"attestation_report", "cert_chain"}`,
+	"tdx": `{"quote", "cc_eventlog"}`,
+	"sgx": `{"quote"}`,
+	"cca": `{"token"}`,
+}
+
+// MarshalTrusteeEvidence writes a raw report or quote and its
+// endorsements in the form Trustee's verifier reads for the platform, the
+// form guest-components' attester sends: for snp the sev crate's JSON of
+// the report and a cert_chain of the endorsements (VCEK or VLEK, ASK,
+// ARK); for tdx and sgx the quote in base64 (tdx with no event log); for
+// cca the token as an array of bytes. Only SEV-SNP carries endorsements.
+func MarshalTrusteeEvidence(platform string, report []byte, endorsements [][]byte) (json.RawMessage, error) {
+	if len(endorsements) > 0 && platform != "snp" {
+		return nil, fmt.Errorf("the %s attester form carries no endorsements", platform)
+	}
+	switch platform {
+	case "snp":
+		return marshalSEVEvidence(report, endorsements)
+	case "tdx":
+		q := base64.StdEncoding.EncodeToString(report)
+		return json.Marshal(trusteeTDX{Quote: q})
+	case "sgx":
+		return json.Marshal(trusteeSGX{Quote: base64.StdEncoding.EncodeToString(report)})
+	case "cca":
+		return json.Marshal(trusteeCCA{Token: report})
+	}
+	return nil, fmt.Errorf("platform %q has no Trustee evidence form (snp, tdx, sgx or cca)", platform)
 }
 
 // unquote returns the JSON text inside a JSON string, as older guest

@@ -67,6 +67,9 @@ func FuzzParseEvidence(f *testing.F) {
 	f.Add("tdx", []byte(`{"quote":"UkVQT1JU","cc_eventlog":null}`))
 	f.Add("tdx", []byte(`"{\"quote\":\"UkVQT1JU\"}"`))
 	f.Add("tdx", []byte(`{"primary_evidence":{"quote":"UkVQT1JU"},"additional_evidence":""}`))
+	f.Add("sgx", []byte(`{"quote":"UkVQT1JU"}`))
+	f.Add("cca", []byte(`{"token":[82,69,80,79,82,84]}`))
+	f.Add("cca", []byte(`{"primary_evidence":{"token":[1]},"additional_evidence":""}`))
 	f.Fuzz(func(t *testing.T, platform string, b []byte) {
 		ev, err := ParseEvidence(platform, b)
 		if err != nil {

@@ -8,7 +8,7 @@
 //
 //	POST /kbs/v0/auth                        Request{version, tee, extra-params}
 //	                                         → Challenge{nonce, extra-params}, cookie kbs-session-id
-//	POST /kbs/v0/attest                      Attestation{runtime-data{nonce, tee-pubkey}, tee-evidence}
+//	POST /kbs/v0/attest                      Attestation{runtime-data{nonce, tee-pubkey}, tee-evidence{primary_evidence, additional_evidence}}
 //	                                         → {"token": JWT}, cookie kbs-session-id
 //	GET  /kbs/v0/resource/<repo>/<type>/<tag> → the value as a JWE (flattened JSON) to tee-pubkey
 //
@@ -16,8 +16,9 @@
 // (SHA-384 unless the challenge selects another) of its canonical JSON
 // (RFC 8785), zero-padded to 64 bytes. This package holds the payloads,
 // the canonical form and that hash, the evidence forms carried in
-// tee-evidence (evidence.go), the JWE of responses (jwe.go) and the client
-// (client.go); it decides nothing about trust.
+// tee-evidence (evidence.go; snp.go maps guest-components' SEV-SNP JSON to
+// and from the binary report), the JWE of responses (jwe.go) and the
+// client (client.go); it decides nothing about trust.
 package kbs
 
 import (
@@ -35,9 +36,10 @@ import (
 	"unicode/utf16"
 )
 
-// ProtocolVersion is the KBS protocol version this package speaks; the
-// service accepts 0.1.x and 0.2.x requests.
-const ProtocolVersion = "0.1.1"
+// ProtocolVersion is the KBS protocol version the client sends: Trustee's
+// KBS accepts exactly its own (0.4.0 since Trustee v0.14), and the
+// Castellan service any 0.x.
+const ProtocolVersion = "0.4.0"
 
 // CookieName is the session cookie.
 const CookieName = "kbs-session-id"

@@ -97,6 +97,15 @@ type Spec struct {
 	Digest    string
 	ClientKey []byte
 	Limits    Limits
+	// Volumes are host folders a process keep preopens for its workload
+	// (the containerd shim's pod volumes; VM keeps have none).
+	Volumes []Volume
+	// SecretServiceURL and SecretServiceCA (a PEM file; empty: the
+	// system's roots) are where a process keep fetches its config's
+	// [secrets.kbs] after it attested (the containerd shim's attestation
+	// service). Empty: it fetches none, and refuses a config that does.
+	SecretServiceURL string
+	SecretServiceCA  string
 	// AttachTimeout is how long the ready keep waits for its client.
 	AttachTimeout time.Duration
 	// MaxOutput bounds the keep's output file (0: the keep's default).

@@ -91,6 +91,16 @@ func (p *Process) Args(s Spec) []string {
 	if s.MaxOutput > 0 {
 		args = append(args, "--max-output", strconv.FormatInt(s.MaxOutput, 10))
 	}
+	if s.SecretServiceURL != "" {
+		args = append(args, "--secret-service", s.SecretServiceURL)
+		if s.SecretServiceCA != "" {
+			args = append(args, "--secret-service-ca", s.SecretServiceCA)
+		}
+	}
+	if len(s.Volumes) > 0 {
+		vb, _ := json.Marshal(s.Volumes)
+		args = append(args, "--volumes", string(vb))
+	}
 	if s.Backend == "nil" && p.CacheDir != "" {
 		args = append(args, "--cache-dir", p.CacheDir)
 	}

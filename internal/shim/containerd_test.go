@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,6 +34,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	ggcrtypes "github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/fixtures"
 	"github.com/castellan-dev/castellan/internal/keepimage"
 	"github.com/castellan-dev/castellan/internal/shim"
@@ -403,6 +405,12 @@ func vmKeepImage(t *testing.T) string {
 // dir (its state in dir/state) and returns its URL; it is stopped when the
 // test ends.
 func startAttest(t *testing.T, exe, dir string) string {
+	u, _ := startAttestLog(t, exe, dir)
+	return u
+}
+
+// startAttestLog is startAttest that also returns the service's log so far.
+func startAttestLog(t *testing.T, exe, dir string) (string, func() string) {
 	t.Helper()
 	cmd := exec.Command(exe, "attest", "serve", "--listen", "127.0.0.1:0", "--policy", filepath.Join(dir, "policy.toml"),
 		"--measurements", filepath.Join(dir, "measurements.toml"), "--state-dir", filepath.Join(dir, "state"), "--reload-interval", "200ms")
@@ -414,22 +422,125 @@ func startAttest(t *testing.T, exe, dir string) string {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
+	var mu sync.Mutex
+	var logb strings.Builder
 	urls := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			mu.Lock()
+			logb.WriteString(sc.Text() + "\n")
+			mu.Unlock()
 			if _, rest, ok := strings.Cut(sc.Text(), "attestation service on "); ok {
 				urls <- strings.Fields(rest)[0]
 			}
 		}
 	}()
+	logOf := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return logb.String()
+	}
 	select {
 	case u := <-urls:
-		return u
+		return u, logOf
 	case <-time.After(2 * time.Minute):
 		t.Fatal("attest serve did not start within 2 minutes")
 	}
-	return ""
+	return "", nil
+}
+
+// kbsMarker is the value of the secret the kbs fixture's policy binds.
+const kbsMarker = "kbs-marker-5e1d"
+
+// kbsFixture is a real `castellan attest serve` whose policy trusts the
+// local simulation root and binds a secret (kbs:///default/db/password)
+// to workload A's digest, with images of A and B (hello, whose configs
+// name the secret; B's differs, so its digest does) imported into c.
+type kbsFixture struct {
+	c        *containerd
+	dir, url string
+	digestB  string
+	options  string // the shim's runtime options for the service
+	refusal  string // what B's stderr says
+	log      func() string
+}
+
+func newKBSFixture(t *testing.T, c *containerd, helloGo string) *kbsFixture {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command(c.exe, "attest", "dev-policy", "-o", dir).CombinedOutput(); err != nil {
+		t.Fatalf("attest dev-policy: %v\n%s", err, out)
+	}
+	os.WriteFile(filepath.Join(dir, "db-password"), []byte(kbsMarker), 0o600)
+	secCfg := stdio + "[secrets]\nenv = [\"DB_PASSWORD\"]\n[secrets.kbs]\nDB_PASSWORD = \"kbs:///default/db/password\"\n"
+	otherCfg := stdio + "[env]\nOTHER = \"1\"\n" + secCfg[len(stdio):]
+	wasm, _ := os.ReadFile(helloGo)
+	artA, err := workload.New(wasm, []byte(secCfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	artB, _ := workload.New(wasm, []byte(otherCfg))
+	pol, _ := os.ReadFile(filepath.Join(dir, "policy.toml"))
+	pol = append(pol, fmt.Sprintf("\n[[secret]]\nresource = \"default/db/password\"\nfile = \"db-password\"\nworkloads = [%q]\n", artA.Digest)...)
+	os.WriteFile(filepath.Join(dir, "policy.toml"), pol, 0o644)
+	k := &kbsFixture{c: c, dir: dir, digestB: artB.Digest.String()}
+	k.url, k.log = startAttestLog(t, c.exe, dir)
+	c.importLayout(t, rootfsImage(t, helloGo, []byte(secCfg)), "example.com/kbs-a:v1")
+	c.importLayout(t, rootfsImage(t, helloGo, []byte(otherCfg)), "example.com/kbs-b:v1")
+	k.options = fmt.Sprintf("backend = \"sim-snp\"\nattest = %q\nattest_ca = %q\nallow_insecure = true\n", k.url, filepath.Join(dir, "state", "ca.pem"))
+	k.refusal = fmt.Sprintf("castellan: error: the keep refused the delivery: secret DB_PASSWORD from %s: kbs:///default/db/password: kbs refused (PolicyDeny): secret kbs:///default/db/password is not released to workload %s", k.url, artB.Digest)
+	return k
+}
+
+// check checks that the service audited the release to A and the refusal
+// of B, and that the value is in no log and no file of the service or of
+// containerd (the shim's log goes to containerd's).
+func (k *kbsFixture) check(t *testing.T) {
+	t.Helper()
+	for _, want := range []string{
+		"released kbs:///default/db/password to 127.0.0.1:",
+		"refused 127.0.0.1:",
+		"(secret): secret kbs:///default/db/password is not released to workload " + k.digestB,
+	} {
+		if !strings.Contains(k.log(), want) {
+			t.Errorf("the service's log lacks %q:\n%s", want, k.log())
+		}
+	}
+	// The audit log (the service's SQLite database) records the release
+	// to A and the refusal of B.
+	db, err := audit.Open(context.Background(), "sqlite:"+filepath.Join(k.dir, "state", "audit.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := db.Recent(context.Background(), 100)
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var released, refused bool
+	for _, r := range recs {
+		released = released || r.Accepted && r.Package == "kbs:///default/db/password"
+		refused = refused || !r.Accepted && r.Check == "secret" && r.Package == "kbs:///default/db/password" &&
+			strings.Contains(r.Reason, "is not released to workload "+k.digestB)
+	}
+	if !released || !refused {
+		t.Errorf("the audit log lacks the release (%v) or the refusal (%v): %+v", released, refused, recs)
+	}
+	for _, where := range []string{filepath.Join(k.dir, "state"), k.c.dir} {
+		filepath.WalkDir(where, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() {
+				return nil
+			}
+			if b, _ := os.ReadFile(p); bytes.Contains(b, []byte(kbsMarker)) {
+				t.Errorf("the secret's value is in %s", p)
+			}
+			return nil
+		})
+	}
+	if strings.Contains(k.log(), kbsMarker) {
+		t.Error("the secret's value is in the service's log")
+	}
 }
 
 // loopbackRegistry is go-containerregistry's registry on loopback, as the
@@ -626,6 +737,62 @@ func TestContainerd(t *testing.T) {
 			t.Fatalf("exit status %d, want a refusal naming the workload:\n%s", code, out)
 		}
 		t.Logf("refused: %s", strings.TrimSpace(out))
+	})
+
+	t.Run("secrets released to an attested keep", func(t *testing.T) {
+		// The owner's policy binds a secret to workload A's digest; A's
+		// config names it by kbs:/// reference. The keep attests to the
+		// service itself and gets the value encrypted to its key; B
+		// (another config, so another digest) is refused it.
+		k := newKBSFixture(t, c, helloGo)
+		opts := filepath.Join(t.TempDir(), "shim.toml")
+		os.WriteFile(opts, []byte(k.options), 0o644)
+		out, code := c.run(t, "--runtime-config-path", opts, "example.com/kbs-a:v1", "kbs-a")
+		if code != 0 || !strings.Contains(out, "env DB_PASSWORD="+kbsMarker+"\n") {
+			t.Fatalf("workload A: exit status %d, want 0 and the released secret in its environment:\n%s", code, out)
+		}
+		out, code = c.run(t, "--runtime-config-path", opts, "example.com/kbs-b:v1", "kbs-b")
+		if code != 1 || !strings.Contains(out, k.refusal) || strings.Contains(out, kbsMarker) || strings.Contains(out, "hello from a keep") {
+			t.Fatalf("workload B: exit status %d, want 1 and %q, without the secret or the workload's output:\n%s", code, k.refusal, out)
+		}
+		t.Logf("workload B refused: %s", strings.TrimSpace(out))
+		k.check(t)
+		// A config naming kbs:/// secrets needs an attestation service
+		// and a keep with evidence: refused at create.
+		os.WriteFile(opts, []byte("backend = \"sim-snp\"\n"), 0o644)
+		out, code = c.run(t, "--runtime-config-path", opts, "example.com/kbs-a:v1", "kbs-c")
+		if code == 0 || !strings.Contains(out, "the runtime options name no attestation service (attest)") {
+			t.Fatalf("exit status %d, want a refusal naming the missing attest option:\n%s", code, out)
+		}
+		c.ctr("containers", "delete", "kbs-c")
+	})
+
+	t.Run("volumes as preopened folders", func(t *testing.T) {
+		// ctr's bind mounts, as Kubernetes' volumes reach the shim: the
+		// workload writes in a read-write one (its escapes refused) and
+		// reads a read-only one. TestServiceVolumes checks the details.
+		c.importLayout(t, rootfsImage(t, fixtures.Go(t, "fileio"), nil), "example.com/fileio:v1")
+		base := t.TempDir()
+		rw, ro := filepath.Join(base, "rw"), filepath.Join(base, "ro")
+		os.Mkdir(rw, 0o755)
+		os.Mkdir(ro, 0o755)
+		os.WriteFile(filepath.Join(base, "outside.txt"), []byte("outside\n"), 0o644)
+		os.Symlink(filepath.Join(base, "outside.txt"), filepath.Join(rw, "hostabs"))
+		os.WriteFile(filepath.Join(ro, "ro.txt"), []byte("read only\n"), 0o644)
+		out, code := c.run(t, "--mount", "type=bind,src="+rw+",dst=/data,options=rbind:rw", "--env", "DIR=/data", "example.com/fileio:v1", "vol1")
+		if code != 0 || !strings.Contains(out, "ok read via symlink out refused") || !strings.Contains(out, "ok read via absolute symlink refused") || !strings.Contains(out, "done\n") {
+			t.Fatalf("read-write volume: exit status %d:\n%s", code, out)
+		}
+		if target, err := os.Readlink(filepath.Join(rw, "link")); err != nil || target != "sub/b.txt" {
+			t.Errorf("the workload's link in the host folder: %q %v", target, err)
+		}
+		out, code = c.run(t, "--mount", "type=bind,src="+ro+",dst=/config,options=rbind:ro", "--env", "DIR=/config", "--env", "RO=1", "example.com/fileio:v1", "vol2")
+		if code != 0 || !strings.Contains(out, "ok read\n") || !strings.Contains(out, "ok create refused") || !strings.Contains(out, "done\n") {
+			t.Fatalf("read-only volume: exit status %d:\n%s", code, out)
+		}
+		if ents, _ := os.ReadDir(ro); len(ents) != 1 {
+			t.Errorf("the read-only volume changed: %v", ents)
+		}
 	})
 
 	t.Run("not a Wasm module", func(t *testing.T) {

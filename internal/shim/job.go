@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -51,6 +52,13 @@ type job struct {
 	limits   keep.Limits
 	opts     *Options
 	verifier delivery.Verifier
+	// secrets is whether the keep fetches its config's [secrets.kbs] from
+	// the attestation service of the runtime options.
+	secrets bool
+	// volumes are the container's bind mounts of folders, preopened at
+	// the same guest paths; skipped says which mounts were not given.
+	volumes []keep.Volume
+	skipped []string
 }
 
 // readSpec reads the bundle's OCI runtime spec.
@@ -93,8 +101,15 @@ func newJob(ctx context.Context, spec *specs.Spec, rootfs string, src *imageSour
 			return nil, err
 		}
 	}
-	if _, err := config.Parse("workload config", cfg); err != nil {
+	parsed, err := config.Parse("workload config", cfg)
+	if err != nil {
 		return nil, err
+	}
+	if parsed != nil && len(parsed.SecretRefs) > 0 {
+		if err := opts.canFetchSecrets(); err != nil {
+			return nil, err
+		}
+		j.secrets = true
 	}
 	if j.art, err = workload.New(wasm, cfg); err != nil {
 		return nil, err
@@ -104,6 +119,10 @@ func newJob(ctx context.Context, spec *specs.Spec, rootfs string, src *imageSour
 		j.args = append([]string(nil), spec.Process.Args[1:]...)
 	}
 	j.limits = limitsOf(spec, opts.Keep)
+	j.volumes, j.skipped = volumesOf(spec.Mounts, opts.Keep)
+	if err := keep.CheckVolumes(j.volumes); err != nil {
+		return nil, err
+	}
 	if j.verifier, err = opts.verifier(j.name); err != nil {
 		return nil, err
 	}
@@ -247,6 +266,66 @@ func limitsOf(spec *specs.Spec, kind string) keep.Limits {
 	return l
 }
 
+// systemMounts are the container's kernel and device folders: a runtime's
+// mounts, not the pod's volumes.
+var systemMounts = []string{"/dev", "/proc", "/sys"}
+
+// volumesOf maps the container's volumes (bind mounts of host folders:
+// Kubernetes' emptyDir, hostPath, configMap, secret and projected
+// volumes) onto the keep's preopens at the same guest paths, read-only
+// when the mount is. Mounts of single files (/etc/hosts, resolv.conf,
+// termination logs) and of the kernel's folders are not given; neither is
+// anything to a VM keep, which has no way to the host's folders.
+func volumesOf(mounts []specs.Mount, kind string) (vols []keep.Volume, skipped []string) {
+	for _, m := range mounts {
+		bind, ro := m.Type == "bind", false
+		for _, o := range m.Options {
+			switch o {
+			case "bind", "rbind":
+				bind = true
+			case "ro":
+				ro = true
+			case "rw":
+				ro = false
+			}
+		}
+		dst := m.Destination
+		if !bind || slices.ContainsFunc(systemMounts, func(s string) bool { return dst == s || strings.HasPrefix(dst, s+"/") }) {
+			continue
+		}
+		if !path.IsAbs(dst) || path.Clean(dst) != dst || dst == "/" {
+			skipped = append(skipped, fmt.Sprintf("mount %q: the destination is not an absolute, clean path below /", dst))
+			continue
+		}
+		if !filepath.IsAbs(m.Source) {
+			skipped = append(skipped, fmt.Sprintf("mount %s: source %q is not an absolute path", dst, m.Source))
+			continue
+		}
+		src := filepath.Clean(m.Source)
+		if st, err := os.Stat(src); err != nil || !st.IsDir() {
+			if err == nil {
+				err = errors.New("a file, not a folder")
+			}
+			skipped = append(skipped, fmt.Sprintf("mount %s: %v: not given to the workload", dst, err))
+			continue
+		}
+		if kind == keep.KindVM {
+			skipped = append(skipped, fmt.Sprintf("mount %s: a VM keep has no way to the host's folders: not given to the workload", dst))
+			continue
+		}
+		if slices.ContainsFunc(vols, func(v keep.Volume) bool { return v.Guest == dst }) {
+			skipped = append(skipped, fmt.Sprintf("mount %s: mounted twice: the first one is given", dst))
+			continue
+		}
+		vols = append(vols, keep.Volume{Guest: dst, Host: src, ReadOnly: ro})
+	}
+	if len(vols) > keep.MaxVolumes {
+		skipped = append(skipped, fmt.Sprintf("%d volumes, more than %d: the last %d are not given", len(vols), keep.MaxVolumes, len(vols)-keep.MaxVolumes))
+		vols = vols[:keep.MaxVolumes]
+	}
+	return vols, skipped
+}
+
 // Options are the shim's settings for a runtime handler: the keep kind,
 // the evidence backend and the attestation service. They come from
 // containerd's runtime options (ConfigPath or the options table), so the
@@ -289,6 +368,11 @@ func (o *Options) check() error {
 	if o.Keep == keep.KindVM && o.KeepCacheDir != "" {
 		return errors.New("keep_cache_dir applies to process keeps: a VM keep compiles inside its VM")
 	}
+	// A keep opens attest_ca itself (from its own folder), as the shim
+	// does (from the bundle): only an absolute path means one file.
+	if o.AttestCA != "" && !filepath.IsAbs(o.AttestCA) {
+		return fmt.Errorf("attest_ca %q: not an absolute path", o.AttestCA)
+	}
 	return nil
 }
 
@@ -322,15 +406,47 @@ func (o *Options) verifier(name string) (delivery.Verifier, error) {
 		return iv, nil
 	}
 	sv := &delivery.ServiceVerifier{URL: o.Attest, Package: name, AllowInsecure: o.AllowInsecure}
-	if o.AttestCA != "" {
-		pem, err := os.ReadFile(o.AttestCA)
-		if err != nil {
-			return nil, fmt.Errorf("attest_ca: %w", err)
-		}
+	pem, err := o.attestCA()
+	if err != nil {
+		return nil, err
+	}
+	if pem != nil {
 		sv.Roots = x509.NewCertPool()
-		if !sv.Roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("attest_ca: %s: no PEM certificate in it", o.AttestCA)
-		}
+		sv.Roots.AppendCertsFromPEM(pem)
 	}
 	return sv, nil
+}
+
+// attestCA reads attest_ca (nil: none named, the system's roots).
+func (o *Options) attestCA() ([]byte, error) {
+	if o.AttestCA == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(o.AttestCA)
+	if err != nil {
+		return nil, fmt.Errorf("attest_ca: %w", err)
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("attest_ca: %s: no PEM certificate in it", o.AttestCA)
+	}
+	return pem, nil
+}
+
+// canFetchSecrets says whether a keep whose config names secrets by
+// kbs:/// reference can fetch them: from the attestation service, which
+// binds them to workload digests. The keep attests to it itself, so it
+// needs evidence (not the nil backend) and a network (a process keep: a VM
+// keep has no network interface).
+func (o *Options) canFetchSecrets() error {
+	const what = "the config fetches secrets by kbs:/// reference ([secrets.kbs])"
+	switch {
+	case o.Attest == "":
+		return fmt.Errorf("%s: the runtime options name no attestation service (attest) to fetch them from", what)
+	case o.Backend == tee.NameNil:
+		return fmt.Errorf("%s: backend nil has no evidence, and the service releases secrets only to keeps in a TEE (runtime option backend)", what)
+	case o.Keep == keep.KindVM:
+		return fmt.Errorf("%s: a VM keep has no network to reach the attestation service; use keep = \"process\"", what)
+	}
+	_, err := o.attestCA()
+	return err
 }

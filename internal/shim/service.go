@@ -153,6 +153,12 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 		}
 		t.w = w
 		s.logf("container %s: package %s (%s), %s keep, backend %s", r.ID, w.art.Digest, w.source, opts.Keep, opts.Backend)
+		for _, v := range w.volumes {
+			s.logf("container %s: volume %s (%s, read-only %v)", r.ID, v.Guest, v.Host, v.ReadOnly)
+		}
+		for _, m := range w.skipped {
+			s.logf("container %s: %s", r.ID, m)
+		}
 	}
 	s.mu.Lock()
 	s.tasks[r.ID] = t
@@ -223,7 +229,11 @@ func (t *task) start(ctx context.Context) error {
 	kid := make([]byte, 6)
 	rand.Read(kid)
 	t.kspec = keep.Spec{ID: fmt.Sprintf("shim-%x", kid), Dir: t.keepDir, Backend: t.w.opts.Backend, Nonce: nonce,
-		Digest: t.w.art.Digest.String(), ClientKey: sess.KeyHash, AttachTimeout: time.Minute, Limits: t.w.limits}
+		Digest: t.w.art.Digest.String(), ClientKey: sess.KeyHash, AttachTimeout: time.Minute, Limits: t.w.limits,
+		Volumes: t.w.volumes}
+	if t.w.secrets {
+		t.kspec.SecretServiceURL, t.kspec.SecretServiceCA = t.w.opts.Attest, t.w.opts.AttestCA
+	}
 	inst, err := t.launcher.Start(ctx, t.kspec)
 	if err != nil {
 		return fail(err)

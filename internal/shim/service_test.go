@@ -254,3 +254,80 @@ func TestDeleteAction(t *testing.T) {
 		t.Errorf("the keep record is still there: %v", err)
 	}
 }
+
+// runTask creates, starts and awaits container id and returns its exit
+// status and output.
+func runTask(t *testing.T, s *service, id, b string) (uint32, string) {
+	t.Helper()
+	ctx := context.Background()
+	out := filepath.Join(t.TempDir(), "out.log")
+	if _, err := s.Create(ctx, &taskapi.CreateTaskRequest{ID: id, Bundle: b, Stdout: "file://" + out, Stderr: "file://" + out}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Start(ctx, &taskapi.StartRequest{ID: id}); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	w, err := s.Wait(wctx, &taskapi.WaitRequest{ID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Delete(ctx, &taskapi.DeleteRequest{ID: id})
+	log, _ := os.ReadFile(out)
+	return w.ExitStatus, string(log)
+}
+
+// TestServiceVolumes: the container's bind mounts of folders are the
+// workload's preopens at the same paths. The workload (fileio) writes,
+// renames and links in a read-write volume, and its escapes (a relative
+// link out of the volume to a file that exists beside it, a link the host
+// left to an absolute path) are refused; a read-only volume is read and
+// every write to it refused.
+func TestServiceVolumes(t *testing.T) {
+	s := newTestService(t)
+	fileio := fixtures.Go(t, "fileio")
+	base := t.TempDir()
+	rw, ro := filepath.Join(base, "rw"), filepath.Join(base, "ro")
+	os.Mkdir(rw, 0o755)
+	os.Mkdir(ro, 0o755)
+	const outside = "outside the volume\n"
+	os.WriteFile(filepath.Join(base, "outside.txt"), []byte(outside), 0o644)
+	os.Symlink(filepath.Join(base, "outside.txt"), filepath.Join(rw, "hostabs"))
+	os.WriteFile(filepath.Join(ro, "ro.txt"), []byte("read only\n"), 0o644)
+
+	spec := &specs.Spec{Process: &specs.Process{Args: []string{"/app/main.wasm"}, Env: []string{"DIR=/data"}},
+		Mounts: []specs.Mount{{Destination: "/data", Type: "bind", Source: rw, Options: []string{"rbind", "rw"}}}}
+	code, out := runTask(t, s, "vol-rw", bundle(t, fileio, spec))
+	for _, want := range []string{"ok write\n", "ok read via symlink out refused", "ok read via absolute symlink refused", "ok write via symlink out refused", "done\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("read-write volume: output lacks %q:\n%s", want, out)
+		}
+	}
+	if code != 0 {
+		t.Errorf("read-write volume: exit status %d:\n%s", code, out)
+	}
+	// The workload's links are in the host folder; the file beside it is
+	// as it was.
+	if target, err := os.Readlink(filepath.Join(rw, "link")); err != nil || target != "sub/b.txt" {
+		t.Errorf("the workload's link in the host folder: %q %v", target, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(base, "outside.txt")); string(b) != outside {
+		t.Errorf("the file outside the volume became %q", b)
+	}
+
+	spec = &specs.Spec{Process: &specs.Process{Args: []string{"/app/main.wasm"}, Env: []string{"DIR=/config", "RO=1"}},
+		Mounts: []specs.Mount{{Destination: "/config", Type: "bind", Source: ro, Options: []string{"rbind", "ro"}}}}
+	code, out = runTask(t, s, "vol-ro", bundle(t, fileio, spec))
+	for _, want := range []string{"ok read\n", "ok create refused", "ok open for writing refused", "ok remove refused", "done\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("read-only volume: output lacks %q:\n%s", want, out)
+		}
+	}
+	if code != 0 {
+		t.Errorf("read-only volume: exit status %d:\n%s", code, out)
+	}
+	if ents, _ := os.ReadDir(ro); len(ents) != 1 {
+		t.Errorf("the read-only volume changed: %v", ents)
+	}
+}

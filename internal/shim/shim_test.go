@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +39,7 @@ func TestParseOptions(t *testing.T) {
 		{in: `keep_cache_dir = "/var/cache/castellan"`, want: Options{Keep: "process", Backend: "nil", KeepCacheDir: "/var/cache/castellan"}},
 		{in: "keep = \"vm\"\nkeep_image = \"/i\"\nkeep_cache_dir = \"/c\"", err: "keep_cache_dir applies to process keeps"},
 		{in: `bakend = "nil"`, err: "unknown option bakend"},
+		{in: `attest_ca = "ca.pem"`, err: `attest_ca "ca.pem": not an absolute path`},
 		{in: `keep = 3`, err: "toml"},
 		{in: `[[`, err: "toml"},
 	} {
@@ -354,5 +356,54 @@ func TestTrackedListener(t *testing.T) {
 	case <-done:
 	case <-time.After(2 * time.Minute):
 		t.Fatal("waitClosed did not return once every connection closed")
+	}
+}
+
+func TestVolumesOf(t *testing.T) {
+	dir := t.TempDir()
+	data, cfgDir, file := filepath.Join(dir, "data"), filepath.Join(dir, "cfg"), filepath.Join(dir, "hosts")
+	os.Mkdir(data, 0o755)
+	os.Mkdir(cfgDir, 0o755)
+	os.WriteFile(file, nil, 0o644)
+	mounts := []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc"},
+		{Destination: "/dev/shm", Type: "bind", Source: data, Options: []string{"rbind"}},
+		{Destination: "/sys/fs/cgroup", Type: "bind", Source: data, Options: []string{"rbind", "ro"}},
+		{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs"},
+		{Destination: "/data", Type: "bind", Source: data, Options: []string{"rbind", "rw"}},
+		{Destination: "/etc/config", Source: cfgDir + "/", Options: []string{"rbind", "ro", "nosuid"}},
+		{Destination: "/etc/hosts", Type: "bind", Source: file, Options: []string{"rbind", "ro"}},
+		{Destination: "/missing", Type: "bind", Source: filepath.Join(dir, "missing"), Options: []string{"rbind"}},
+		{Destination: "/a/../b", Type: "bind", Source: data, Options: []string{"rbind"}},
+		{Destination: "relative", Type: "bind", Source: data, Options: []string{"rbind"}},
+		{Destination: "/", Type: "bind", Source: data, Options: []string{"rbind"}},
+		{Destination: "/rel-source", Type: "bind", Source: "data", Options: []string{"rbind"}},
+		{Destination: "/data", Type: "bind", Source: cfgDir, Options: []string{"rbind"}},
+	}
+	vols, skipped := volumesOf(mounts, keep.KindProcess)
+	want := []keep.Volume{{Guest: "/data", Host: data}, {Guest: "/etc/config", Host: cfgDir, ReadOnly: true}}
+	if !reflect.DeepEqual(vols, want) {
+		t.Errorf("volumes %+v, want %+v", vols, want)
+	}
+	for _, w := range []string{
+		"mount /etc/hosts: a file, not a folder: not given to the workload",
+		"mount /missing: stat " + filepath.Join(dir, "missing") + ": no such file or directory",
+		`mount "/a/../b": the destination is not an absolute, clean path below /`,
+		`mount "relative": the destination`,
+		`mount "/": the destination`,
+		`mount /rel-source: source "data" is not an absolute path`,
+		"mount /data: mounted twice: the first one is given",
+	} {
+		if !strings.Contains(strings.Join(skipped, "\n"), w) {
+			t.Errorf("skipped lacks %q:\n%s", w, strings.Join(skipped, "\n"))
+		}
+	}
+	if len(skipped) != 7 {
+		t.Errorf("%d skipped, want 7:\n%s", len(skipped), strings.Join(skipped, "\n"))
+	}
+	// A VM keep has no way to the host's folders.
+	vols, skipped = volumesOf(mounts[4:5], keep.KindVM)
+	if len(vols) != 0 || len(skipped) != 1 || !strings.Contains(skipped[0], "a VM keep has no way to the host's folders") {
+		t.Errorf("VM keep: volumes %+v, skipped %q", vols, skipped)
 	}
 }

@@ -68,6 +68,11 @@ var Known = []Vector{
 		SHA256: "77bcbdfa9c1abb98fd19d60f815b049d187e4e7495203a2e13aeac91fb9f9772",
 		Source: "confidential-containers/trustee@78962cd416dcc8a32f9377e0066a28fe21420f69 deps/verifier/test_data/occlum_quote.dat (Apache-2.0): an SGX DCAP v3 quote from an Occlum enclave",
 	},
+	{
+		Name:   "snp_evidence_guest_components_genoa.json",
+		SHA256: "3c7d1e6a3575beb6b7632e2a08123d45de9c9128a357a0bd3f97630ef4b1ac3d",
+		Source: "confidential-containers/trustee@78962cd416dcc8a32f9377e0066a28fe21420f69 attestation-service/tests/e2e/evidence.json (Apache-2.0): SEV-SNP evidence as guest-components' snp attester sends it (the sev crate's JSON), a version 3 report from a Genoa machine with its VCEK",
+	},
 }
 
 // EnvVar names the folder looked in first.

@@ -146,7 +146,7 @@ func TestKBSRefusesOtherWorkload(t *testing.T) {
 // flow runs auth by hand and returns the session cookie and the nonce.
 func (k *kbsHarness) auth(t *testing.T, tee string) (*http.Cookie, string) {
 	t.Helper()
-	resp, err := k.srv.Client().Post(k.srv.URL+kbs.PathAuth, "application/json", strings.NewReader(`{"version":"0.1.1","tee":"`+tee+`","extra-params":""}`))
+	resp, err := k.srv.Client().Post(k.srv.URL+kbs.PathAuth, "application/json", strings.NewReader(`{"version":"0.4.0","tee":"`+tee+`","extra-params":""}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,6 +313,42 @@ func TestKBSRefusals(t *testing.T) {
 	k.noPlaintext(t)
 }
 
+// sevComposite has ca sign rd in a sim-snp report and returns it in
+// guest-components' snp attester form inside the composite form, with
+// edit (if set) applied to the attester's JSON first.
+func sevComposite(t testing.TB, ca *sim.CA, rd [64]byte, edit func(m map[string]any)) json.RawMessage {
+	t.Helper()
+	raw, end, err := ca.SignSNP(rd, sim.SNPOptions{Measurement: goodMeasurement})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := kbs.MarshalTrusteeEvidence(evidence.PlatformSNP, raw, end)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	d := json.NewDecoder(bytes.NewReader(js))
+	d.UseNumber()
+	if err := d.Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	if edit != nil {
+		edit(m)
+	}
+	b, _ := json.Marshal(map[string]any{"primary_evidence": m, "additional_evidence": ""})
+	return b
+}
+
+// withAdditional is the runtime data with "additional-evidence": "" added:
+// what guest-components binds when it sends composite evidence.
+func withAdditional(rt []byte) []byte {
+	var m map[string]any
+	json.Unmarshal(rt, &m)
+	m["additional-evidence"] = ""
+	b, _ := json.Marshal(m)
+	return b
+}
+
 // TestKBSTrusteeForms sends evidence in the forms guest-components sends:
 // the TDX attester's {"quote": base64} inside the composite form, whose
 // report data binds the runtime data with "additional-evidence" added.
@@ -324,13 +360,6 @@ func TestKBSTrusteeForms(t *testing.T) {
 		t.Fatal(err)
 	}
 	ck, nonce := k.auth(t, "tdx")
-	withAdditional := func(rt []byte) []byte {
-		var m map[string]any
-		json.Unmarshal(rt, &m)
-		m["additional-evidence"] = ""
-		b, _ := json.Marshal(m)
-		return b
-	}
 	att := k.attestation(t, nonce, key, goodDigest, withAdditional, func(rd [64]byte) json.RawMessage {
 		q, err := k.sim.SignTDX(rd, sim.TDXOptions{Measurement: goodMeasurement})
 		if err != nil {
@@ -346,6 +375,159 @@ func TestKBSTrusteeForms(t *testing.T) {
 	code, body, _ = k.send(t, "GET", kbs.PathResource+"default/db/password", ok, nil)
 	if v, err := kbs.Open(key, body); code != http.StatusOK || err != nil || string(v) != kbsMarker {
 		t.Fatalf("resource: %d %v", code, err)
+	}
+}
+
+// TestKBSSNPAttesterForm sends SEV-SNP evidence as guest-components'
+// snp attester does (the sev crate's JSON of the report and its
+// cert_chain, inside the composite form): it goes through the same
+// verification as a binary report, so a field edited in the JSON breaks
+// the signature, and a chain the policy's roots do not sign is refused.
+func TestKBSSNPAttesterForm(t *testing.T) {
+	k := newKBSHarness(t)
+	key := newKey(t)
+	sevForm := func(ca *sim.CA, edit func(m map[string]any)) func(rd [64]byte) json.RawMessage {
+		return func(rd [64]byte) json.RawMessage { return sevComposite(t, ca, rd, edit) }
+	}
+	ck, nonce := k.auth(t, "snp")
+	code, body, ok := k.send(t, "POST", kbs.PathAttest, ck, k.attestation(t, nonce, key, goodDigest, withAdditional, sevForm(k.sim, nil)))
+	if code != http.StatusOK {
+		t.Fatalf("attest: %d %s", code, body)
+	}
+	code, body, _ = k.send(t, "GET", kbs.PathResource+"default/db/password", ok, nil)
+	if v, err := kbs.Open(key, body); code != http.StatusOK || err != nil || string(v) != kbsMarker {
+		t.Fatalf("resource: %d %v", code, err)
+	}
+
+	stranger, err := sim.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		ca    *sim.CA
+		edit  func(m map[string]any)
+		check string
+	}{
+		{"guest_svn edited", k.sim, func(m map[string]any) {
+			m["attestation_report"].(map[string]any)["guest_svn"] = 9
+		}, CheckSignature},
+		{"measurement edited", k.sim, func(m map[string]any) {
+			r := m["attestation_report"].(map[string]any)
+			r["measurement"].([]any)[0] = 0x12
+		}, CheckSignature},
+		{"no chain, fetching off", k.sim, func(m map[string]any) { m["cert_chain"] = nil }, CheckChain},
+		{"a stranger's chain", stranger, nil, CheckChain},
+		{"malformed", k.sim, func(m map[string]any) { m["attestation_report"].(map[string]any)["vmpl"] = -1 }, CheckFormat},
+	} {
+		ck, nonce := k.auth(t, "snp")
+		code, body, _ := k.send(t, "POST", kbs.PathAttest, ck, k.attestation(t, nonce, key, goodDigest, withAdditional, sevForm(c.ca, c.edit)))
+		if code != http.StatusUnauthorized {
+			t.Errorf("%s: %d %s", c.name, code, body)
+			continue
+		}
+		if _, check, reason, _ := k.lastDecision(t); check != c.check {
+			t.Errorf("%s: refused by %s (%s), want %s", c.name, check, reason, c.check)
+		}
+	}
+	k.noPlaintext(t)
+}
+
+// TestKBSClientTrusteeForms: a keep's client sending what Trustee's
+// verifier reads (guest-components' forms, composite, protocol 0.4.0)
+// is served by the Castellan service too, for SEV-SNP and TDX.
+func TestKBSClientTrusteeForms(t *testing.T) {
+	k := newKBSHarness(t)
+	for _, platform := range []string{evidence.PlatformSNP, evidence.PlatformTDX} {
+		var sent json.RawMessage
+		c := &kbs.Client{URL: k.srv.URL, HTTP: k.srv.Client(), TEE: platform, WorkloadDigest: goodDigest,
+			Evidence: func(ctx context.Context, rd [64]byte) (json.RawMessage, error) {
+				var raw []byte
+				var end [][]byte
+				var err error
+				if platform == evidence.PlatformSNP {
+					raw, end, err = k.sim.SignSNP(rd, sim.SNPOptions{Measurement: goodMeasurement})
+				} else {
+					raw, err = k.sim.SignTDX(rd, sim.TDXOptions{Measurement: goodMeasurement})
+				}
+				if err != nil {
+					return nil, err
+				}
+				sent, err = kbs.MarshalTrusteeEvidence(platform, raw, end)
+				return sent, err
+			}}
+		v, err := c.Resource(context.Background(), dbPassword)
+		if err != nil || string(v) != kbsMarker {
+			t.Fatalf("%s: %q %v", platform, v, err)
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(sent, &m); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string][]string{evidence.PlatformSNP: {"attestation_report", "cert_chain"}, evidence.PlatformTDX: {"quote", "cc_eventlog"}}[platform]
+		if len(m) != len(want) || m[want[0]] == nil || m[want[1]] == nil {
+			t.Errorf("%s: sent %s", platform, sent[:min(len(sent), 120)])
+		}
+	}
+}
+
+// TestKBSClientTrusteeFormsSGXCCA: guest-components' SGX ({"quote"}) and
+// CCA ({"token": bytes}) forms, sent by a client that binds no workload
+// digest (as toward Trustee), get a secret bound to the launch
+// measurement; a tampered token is refused.
+func TestKBSClientTrusteeFormsSGXCCA(t *testing.T) {
+	h := sgxCCAHarness(t)
+	pol, err := os.ReadFile(h.policyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(h.dir, "enclave-key"), []byte(kbsMarker), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.write(h.policyFile, string(pol)+fmt.Sprintf(`
+[[secret]]
+resource = "default/enclave/key"
+file = "enclave-key"
+measurements = ["%s", "%s"]
+`, hex.EncodeToString(sgxMeasurement), hex.EncodeToString(ccaMeasurement)))
+	if _, err := h.store.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(h.svc)
+	defer srv.Close()
+	ref := kbs.Ref{Repo: "default", Type: "enclave", Tag: "key"}
+	for _, c := range []struct {
+		platform string
+		tamper   bool
+	}{{evidence.PlatformSGX, false}, {evidence.PlatformCCA, false}, {evidence.PlatformCCA, true}} {
+		cl := &kbs.Client{URL: srv.URL, HTTP: srv.Client(), TEE: c.platform,
+			Evidence: func(ctx context.Context, rd [64]byte) (json.RawMessage, error) {
+				var raw []byte
+				var err error
+				if c.platform == evidence.PlatformSGX {
+					raw, err = h.sim.SignSGX(rd, goodSGX(nil))
+				} else {
+					raw, err = h.sim.SignCCA(rd, sim.CCAOptions{RIM: ccaMeasurement})
+				}
+				if err != nil {
+					return nil, err
+				}
+				if c.tamper {
+					raw[bytes.Index(raw, ccaMeasurement)] ^= 1
+				}
+				return kbs.MarshalTrusteeEvidence(c.platform, raw, nil)
+			}}
+		v, err := cl.Resource(context.Background(), ref)
+		if c.tamper {
+			var re *kbs.RefusedError
+			if !errors.As(err, &re) || re.Status != http.StatusUnauthorized {
+				t.Errorf("%s tampered: %v", c.platform, err)
+			}
+			continue
+		}
+		if err != nil || string(v) != kbsMarker {
+			t.Errorf("%s: %q %v", c.platform, v, err)
+		}
 	}
 }
 
@@ -383,6 +565,7 @@ func FuzzKBSAttest(f *testing.F) {
 	n64 := base64.StdEncoding.EncodeToString(nonce)
 	f.Add(k.attestation(f, n64, key, goodDigest, nil, nil))
 	f.Add(k.attestation(f, n64, key, "", nil, nil))
+	f.Add(k.attestation(f, n64, key, "", withAdditional, func(rd [64]byte) json.RawMessage { return sevComposite(f, h.sim, rd, nil) }))
 	f.Add([]byte(`{"runtime-data":{"nonce":"` + n64 + `","tee-pubkey":{}},"tee-evidence":{}}`))
 	f.Add([]byte(`{"runtime-data":{"nonce":"` + n64 + `","tee-pubkey":{"kty":"EC"}},"tee-evidence":{"quote":""}}`))
 	f.Add([]byte(`{}`))
@@ -432,7 +615,16 @@ func FuzzKBSSession(f *testing.F) {
 // nonce redeem, sim-snp verification, policy, EAR, audit insert) and one
 // resource (session, policy binding, JWE to the keep's P-256 key, audit
 // insert). The challenges and the keeps' evidence are made beforehand.
+// BenchmarkKBSRelease: one keep's attest and resource, with the evidence
+// in Castellan's form and in guest-components' snp attester form (the sev
+// crate's JSON inside the composite form), interleaved in one run.
 func BenchmarkKBSRelease(b *testing.B) {
+	for _, form := range []string{"castellan", "snp-attester"} {
+		b.Run(form, func(b *testing.B) { benchKBSRelease(b, form == "snp-attester") })
+	}
+}
+
+func benchKBSRelease(b *testing.B, sevForm bool) {
 	h := newHarness(b)
 	k := &kbsHarness{harness: h}
 	if err := os.WriteFile(filepath.Join(h.dir, "db-password"), []byte(kbsMarker), 0o600); err != nil {
@@ -453,7 +645,13 @@ func BenchmarkKBSRelease(b *testing.B) {
 		w := h.do("POST", kbs.PathAuth, []byte(`{"version":"0.1.1","tee":"snp","extra-params":""}`))
 		var ch kbs.Challenge
 		json.Unmarshal(w.Body.Bytes(), &ch)
-		jobs[i] = job{w.Result().Cookies()[0], k.attestation(b, ch.Nonce, key, goodDigest, nil, nil)}
+		var bind func([]byte) []byte
+		var form func([64]byte) json.RawMessage
+		if sevForm {
+			bind = withAdditional
+			form = func(rd [64]byte) json.RawMessage { return sevComposite(b, h.sim, rd, nil) }
+		}
+		jobs[i] = job{w.Result().Cookies()[0], k.attestation(b, ch.Nonce, key, goodDigest, bind, form)}
 	}
 	send := func(method, path string, c *http.Cookie, body []byte) *httptest.ResponseRecorder {
 		r := httptest.NewRequest(method, path, bytes.NewReader(body))
