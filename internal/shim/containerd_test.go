@@ -641,6 +641,28 @@ func TestContainerd(t *testing.T) {
 		}
 	})
 
+	t.Run("runtime options: a compilation cache for nil keeps only", func(t *testing.T) {
+		for i, tc := range []struct {
+			backend string
+			cached  bool
+		}{{"nil", true}, {"sim-snp", false}} {
+			dir := t.TempDir()
+			cache := filepath.Join(dir, "cache")
+			opts := filepath.Join(dir, "shim.toml")
+			os.WriteFile(opts, []byte(fmt.Sprintf("backend = %q\nkeep_cache_dir = %q\n", tc.backend, cache)), 0o644)
+			for j := 0; j < 2; j++ {
+				out, code := c.run(t, "--runtime-config-path", opts, "example.com/hello-c:v1", fmt.Sprintf("cache%d-%d", i, j))
+				if code != 0 || !strings.Contains(out, "hello from C in a keep") {
+					t.Fatalf("backend %s: exit status %d, output:\n%s", tc.backend, code, out)
+				}
+			}
+			ents, _ := os.ReadDir(cache)
+			if cached := len(ents) > 0; cached != tc.cached {
+				t.Errorf("backend %s: compilation cache used: %v, want %v", tc.backend, cached, tc.cached)
+			}
+		}
+	})
+
 	t.Run("runtime options: the backend and the attestation service are used", func(t *testing.T) {
 		for i, tc := range []struct{ opts, want string }{
 			{"backend = \"snp\"\n", "backend snp: "},

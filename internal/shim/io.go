@@ -92,7 +92,7 @@ var newLauncher = func(o *Options) (keep.Launcher, error) {
 	if o.Keep == keep.KindVM {
 		return &qemu.VM{Image: o.KeepImage, Firmware: o.Firmware}, nil
 	}
-	return &keep.Process{}, nil
+	return &keep.Process{CacheDir: o.KeepCacheDir}, nil
 }
 
 // publisher forwards task events to containerd (its ttrpc socket,

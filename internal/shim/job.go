@@ -340,6 +340,10 @@ type Options struct {
 	AllowInsecure bool   `toml:"allow_insecure"`
 	KeepImage     string `toml:"keep_image"` // VM keeps: the keep image folder
 	Firmware      string `toml:"firmware"`   // VM keeps of snp or tdx: the firmware
+	// KeepCacheDir is a compilation cache for process keeps of the nil
+	// backend only, as the host agent's --keep-cache-dir: a cache on the
+	// node's disk is open to the node, so TEE keeps never use it.
+	KeepCacheDir string `toml:"keep_cache_dir"`
 }
 
 func (o *Options) check() error {
@@ -360,6 +364,9 @@ func (o *Options) check() error {
 	}
 	if o.Keep == keep.KindProcess && (o.KeepImage != "" || o.Firmware != "") {
 		return errors.New("keep_image and firmware apply to keep = \"vm\"")
+	}
+	if o.Keep == keep.KindVM && o.KeepCacheDir != "" {
+		return errors.New("keep_cache_dir applies to process keeps: a VM keep compiles inside its VM")
 	}
 	// A keep opens attest_ca itself (from its own folder), as the shim
 	// does (from the bundle): only an absolute path means one file.

@@ -29,6 +29,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -211,13 +212,15 @@ func serve(f *flags) error {
 	defer cancel()
 	svc := newService(ctx, f, logw, cancel)
 	taskapi.RegisterTTRPCTaskService(srv, svc)
+	tl := newTrackedListener(ln)
 	go func() {
 		<-ctx.Done()
-		// Let the Shutdown reply go out first.
-		time.Sleep(100 * time.Millisecond)
+		// Let the Shutdown reply go out first: containerd hangs up once
+		// it has it (a client that does not is given a second).
+		tl.waitClosed(time.Second)
 		srv.Close()
 	}()
-	err = srv.Serve(ctx, ln)
+	err = srv.Serve(ctx, tl)
 	svc.close()
 	if ctx.Err() != nil || errors.Is(err, ttrpc.ErrServerClosed) {
 		if p, ok := ln.Addr().(*net.UnixAddr); ok {
@@ -251,5 +254,67 @@ func deleteAction(f *flags, stdout io.Writer) error {
 		return err
 	}
 	_, err = stdout.Write(b)
+	return err
+}
+
+// trackedListener counts the connections it accepted that are still open,
+// so that the daemon can end as soon as its clients hung up rather than
+// after a fixed pause.
+type trackedListener struct {
+	net.Listener
+	mu      sync.Mutex
+	open    int
+	changed chan struct{} // closed (and replaced) when a connection closes
+}
+
+func newTrackedListener(ln net.Listener) *trackedListener {
+	return &trackedListener{Listener: ln, changed: make(chan struct{})}
+}
+
+func (l *trackedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	l.open++
+	l.mu.Unlock()
+	return &trackedConn{Conn: c, l: l}, nil
+}
+
+// waitClosed returns once no accepted connection is open, or after d.
+func (l *trackedListener) waitClosed(d time.Duration) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		l.mu.Lock()
+		n, ch := l.open, l.changed
+		l.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			return
+		}
+	}
+}
+
+type trackedConn struct {
+	net.Conn
+	l    *trackedListener
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		c.l.open--
+		close(c.l.changed)
+		c.l.changed = make(chan struct{})
+		c.l.mu.Unlock()
+	})
 	return err
 }

@@ -5,11 +5,13 @@ package shim
 import (
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -34,6 +36,8 @@ func TestParseOptions(t *testing.T) {
 		{in: `backend = "auto"`, err: `backend "auto": want nil`},
 		{in: `backend = "sgx2"`, err: `backend "sgx2": want nil`},
 		{in: `keep_image = "/x"`, err: "keep_image and firmware apply to keep = \"vm\""},
+		{in: `keep_cache_dir = "/var/cache/castellan"`, want: Options{Keep: "process", Backend: "nil", KeepCacheDir: "/var/cache/castellan"}},
+		{in: "keep = \"vm\"\nkeep_image = \"/i\"\nkeep_cache_dir = \"/c\"", err: "keep_cache_dir applies to process keeps"},
 		{in: `bakend = "nil"`, err: "unknown option bakend"},
 		{in: `attest_ca = "ca.pem"`, err: `attest_ca "ca.pem": not an absolute path`},
 		{in: `keep = 3`, err: "toml"},
@@ -60,6 +64,7 @@ func FuzzParseOptions(f *testing.F) {
 	f.Add([]byte(`backend = "sim-snp"`))
 	f.Add([]byte("keep = \"vm\"\nkeep_image = \"/i\""))
 	f.Add([]byte(`attest = "https://x"` + "\n" + `attest_ca = "/ca.pem"`))
+	f.Add([]byte("keep = \"vm\"\nkeep_image = \"/i\"\nkeep_cache_dir = \"/c\""))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		o, err := ParseOptions(b)
 		if err != nil {
@@ -70,6 +75,9 @@ func FuzzParseOptions(f *testing.F) {
 		}
 		if o.Keep == keep.KindVM && o.KeepImage == "" {
 			t.Fatal("accepted a vm keep without an image")
+		}
+		if o.Keep == keep.KindVM && o.KeepCacheDir != "" {
+			t.Fatal("accepted a compilation cache for a vm keep")
 		}
 	})
 }
@@ -294,6 +302,61 @@ func FuzzPickManifest(f *testing.F) {
 		read := func(string, int64) ([]byte, error) { return b, nil }
 		pickManifest(b, read)
 	})
+}
+
+// The daemon ends once its clients hung up, not before, and not after a
+// fixed pause.
+func TestTrackedListener(t *testing.T) {
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl := newTrackedListener(ln)
+	defer tl.Close()
+	// Nothing accepted: nothing to wait for.
+	start := time.Now()
+	tl.waitClosed(time.Minute)
+	if d := time.Since(start); d > 30*time.Second {
+		t.Fatalf("waitClosed with no connection took %v", d)
+	}
+	var clients, served []net.Conn
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("unix", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := tl.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients, served = append(clients, c), append(served, s)
+	}
+	// Open connections: waitClosed waits until its bound.
+	start = time.Now()
+	tl.waitClosed(50 * time.Millisecond)
+	if d := time.Since(start); d < 50*time.Millisecond {
+		t.Fatalf("waitClosed returned after %v with connections open", d)
+	}
+	// One closed twice counts once; the other closing ends the wait.
+	served[0].Close()
+	served[0].Close()
+	done := make(chan struct{})
+	go func() {
+		tl.waitClosed(2 * time.Minute)
+		close(done)
+	}()
+	select {
+	case <-done:
+		t.Fatal("waitClosed returned with a connection still open")
+	case <-time.After(20 * time.Millisecond):
+	}
+	clients[1].Close()
+	served[1].Close()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("waitClosed did not return once every connection closed")
+	}
 }
 
 func TestVolumesOf(t *testing.T) {
