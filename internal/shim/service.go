@@ -548,15 +548,21 @@ func (s *service) Update(context.Context, *taskapi.UpdateTaskRequest) (*emptypb.
 	return nil, status.Errorf(codes.Unimplemented, "update: a keep's limits are set when it starts")
 }
 
-// lastLines keeps a keep's last log lines, shown when it fails.
+// lastLines keeps a keep's last log lines, shown when it fails, and its
+// first "fatal error:" or "panic:" line apart: a Go runtime's crash prints
+// more stack trace after that line than the last lines hold.
 type lastLines struct {
-	mu    sync.Mutex
-	lines []string
+	mu         sync.Mutex
+	lines      []string
+	firstFatal string
 }
 
 func (l *lastLines) add(s string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.firstFatal == "" && (strings.HasPrefix(s, "fatal error: ") || strings.HasPrefix(s, "panic: ")) {
+		l.firstFatal = s
+	}
 	l.lines = append(l.lines, s)
 	if len(l.lines) > 20 {
 		l.lines = l.lines[1:]
@@ -567,12 +573,7 @@ func (l *lastLines) add(s string) {
 func (l *lastLines) fatal() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, s := range l.lines {
-		if strings.HasPrefix(s, "fatal error: ") || strings.HasPrefix(s, "panic: ") {
-			return s
-		}
-	}
-	return ""
+	return l.firstFatal
 }
 
 func (l *lastLines) get() []string {

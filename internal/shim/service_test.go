@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -329,5 +330,23 @@ func TestServiceVolumes(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(ro); len(ents) != 1 {
 		t.Errorf("the read-only volume changed: %v", ents)
+	}
+}
+
+// TestLastLinesFatal: the crash line of a keep whose Go runtime printed a
+// long stack trace after it is still found.
+func TestLastLinesFatal(t *testing.T) {
+	var l lastLines
+	l.add("keep: running")
+	l.add("fatal error: out of memory")
+	for i := 0; i < 200; i++ {
+		l.add(fmt.Sprintf("goroutine %d [running]:", i))
+	}
+	l.add("panic: a later one")
+	if got := l.fatal(); got != "fatal error: out of memory" {
+		t.Errorf("fatal() = %q", got)
+	}
+	if n := len(l.get()); n != 20 {
+		t.Errorf("%d last lines kept, want 20", n)
 	}
 }
