@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -151,11 +150,10 @@ func (c *conn) fd() int32 {
 	if raw == nil && c.tlsDirect != nil {
 		raw = c.tlsDirect.raw
 	}
-	fd := int32(-1)
-	if raw != nil {
-		raw.Control(func(f uintptr) { fd = int32(f) })
+	if raw == nil {
+		return -1
 	}
-	return fd
+	return raw.fd()
 }
 
 // pollable reports whether poll_oneoff must look at the socket to know
@@ -189,7 +187,9 @@ func (nb *nbConn) Read(p []byte) (int, error) {
 	if !nb.nonblockRead.Load() {
 		return nb.TCPConn.Read(p)
 	}
-	n, err := recvRaw(nb.raw, [][]byte{p}, 0)
+	nb.iov[0] = p
+	n, err := nb.raw.recv(nb.iov[:], 0)
+	nb.iov[0] = nil
 	switch {
 	case err == unix.EAGAIN:
 		return 0, wouldBlock{}
@@ -266,7 +266,7 @@ func (c *conn) recvNow(iovs [][]byte, peek bool) (n int, errno Errno, again bool
 		flags = unix.MSG_PEEK
 	}
 
-	n, err := recvRaw(c.raw, iovs, flags)
+	n, err := c.raw.recv(iovs, flags)
 	switch {
 	case err == unix.EAGAIN:
 		return 0, errSuccess, true
@@ -274,19 +274,6 @@ func (c *conn) recvNow(iovs [][]byte, peek bool) (n int, errno Errno, again bool
 		return 0, sockErrno(err), false
 	}
 	return n, errSuccess, false
-}
-
-// recvRaw makes one non-blocking recvmsg; a socket with nothing to read
-// gives unix.EAGAIN itself.
-func recvRaw(raw syscall.RawConn, iovs [][]byte, flags int) (int, error) {
-	n, err := rawOnce(raw.Read, func(fd int) (int, error) {
-		n, _, _, _, err := unix.RecvmsgBuffers(fd, iovs, nil, flags)
-		return n, err
-	})
-	if errno, ok := err.(syscall.Errno); ok && errno != unix.EAGAIN {
-		return 0, os.NewSyscallError("recvmsg", err)
-	}
-	return n, err
 }
 
 // readDirect reads the socket from the guest's thread.

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
@@ -196,7 +195,7 @@ type conn struct {
 	*pump
 	s   *System
 	c   net.Conn
-	raw syscall.RawConn // plain TCP: direct writes (nil for TLS)
+	raw *rawSock // plain TCP: direct writes (nil for TLS)
 	// direct: no pump; the guest's thread reads the socket (direct_linux.go).
 	direct bool
 	once   sync.Once
@@ -222,7 +221,9 @@ type conn struct {
 func (s *System) newConn(c net.Conn, handshake func() error) *conn {
 	cn := &conn{s: s, c: c, pump: newPump(s, c, handshake)}
 	if tc, ok := c.(*net.TCPConn); ok {
-		cn.raw, _ = tc.SyscallConn()
+		if rc, err := tc.SyscallConn(); err == nil {
+			cn.raw = newRawSock(rc)
+		}
 	}
 	cn.direct = directReads && cn.raw != nil && handshake == nil
 	if tc, ok := c.(*tls.Conn); ok {
@@ -362,7 +363,7 @@ func (c *conn) write(ctx context.Context, b []byte, nonblock bool) (int, Errno) 
 			switch {
 			case c.raw != nil:
 				// What the socket does not take now is queued below.
-				n, err := writeNow(c.raw, b)
+				n, err := c.raw.write(b)
 				if err != nil {
 					c.werr = err
 					c.wmu.Unlock()
@@ -426,12 +427,13 @@ func (c *conn) flushSpill() {
 // sends it before anything else (c.wmu orders the two).
 type nbConn struct {
 	*net.TCPConn
-	raw syscall.RawConn
+	raw *rawSock
 	c   *conn
 	// nonblockRead: Read does not wait (after the handshake, on Linux;
 	// crypto/tls keeps a partial record and resumes after a temporary
 	// error).
 	nonblockRead atomic.Bool
+	iov          [1][]byte // Read's buffer, for rawSock.recv without an allocation
 }
 
 func newNBConn(tc *net.TCPConn) (*nbConn, error) {
@@ -439,7 +441,7 @@ func newNBConn(tc *net.TCPConn) (*nbConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &nbConn{TCPConn: tc, raw: raw}, nil
+	return &nbConn{TCPConn: tc, raw: newRawSock(raw)}, nil
 }
 
 func (nb *nbConn) Write(p []byte) (int, error) {
@@ -448,7 +450,7 @@ func (nb *nbConn) Write(p []byte) (int, error) {
 	defer c.wmu.Unlock()
 	rest := p
 	if len(c.spill) == 0 && c.spillInflight == 0 {
-		n, err := writeNow(nb.raw, rest)
+		n, err := nb.raw.write(rest)
 		if err != nil {
 			return n, err
 		}
