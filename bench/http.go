@@ -55,9 +55,10 @@ func httpBench(t *tools) error {
 	fmt.Printf("One row per server, runners interleaved for each program, listener and connection count. \"ratio\"\n")
 	fmt.Printf("compares a one-instance keep with the native program on one core (Go GOMAXPROCS=1, one C process),\n")
 	fmt.Printf("and replicas=auto with the native program on all cores (Go, or %d C processes sharing the socket).\n", cores)
-	fmt.Printf("\"load CPU share\" is the load generator's CPU over the load generator's and the server's.\n\n")
-	fmt.Printf("| program | listener | conns | runner | requests/s | p50 | p99 | load / server CPU | load CPU share | ratio |\n")
-	fmt.Printf("|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Printf("\"load CPU share\" is the load generator's CPU over the load generator's and the server's; \"server\n")
+	fmt.Printf("CPU/req\" the server's CPU time per request (all its processes), which a busy machine disturbs less.\n\n")
+	fmt.Printf("| program | listener | conns | runner | requests/s | p50 | p99 | load / server CPU | load CPU share | server CPU/req | ratio |\n")
+	fmt.Printf("|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, prog := range strings.Split(*httpProgs, ",") {
 		step("http: building the %s program", prog)
 		var wasm, native, nativeTLS string
@@ -135,6 +136,7 @@ func httpBench(t *tools) error {
 					record("http", workload, r.name, "p50", float64(m.p50.Microseconds()), "µs")
 					record("http", workload, r.name, "p99", float64(m.p99.Microseconds()), "µs")
 					record("http", workload, r.name, "load generator CPU share", m.loadShare(), "ratio")
+					record("http", workload, r.name, "server CPU per request", m.cpuPerRequest(), "µs")
 					b := 0
 					if r.auto {
 						b = 1
@@ -146,8 +148,8 @@ func httpBench(t *tools) error {
 						ratio = fmt.Sprintf("%.3f", m.rate/base[b])
 						record("http", workload, r.name, "ratio to "+runners[b].name, m.rate/base[b], "ratio")
 					}
-					fmt.Printf("| %s | %s | %d | %s | %.0f | %s | %s | %.2f / %.2f s | %.2f | %s |\n",
-						prog, prot, n, r.name, m.rate, us(m.p50), us(m.p99), m.loadCPU.Seconds(), m.srvCPU.Seconds(), m.loadShare(), ratio)
+					fmt.Printf("| %s | %s | %d | %s | %.0f | %s | %s | %.2f / %.2f s | %.2f | %.1f µs | %s |\n",
+						prog, prot, n, r.name, m.rate, us(m.p50), us(m.p99), m.loadCPU.Seconds(), m.srvCPU.Seconds(), m.loadShare(), m.cpuPerRequest(), ratio)
 				}
 			}
 		}
@@ -158,8 +160,17 @@ func httpBench(t *tools) error {
 // measured is one server under load.
 type measured struct {
 	rate            float64
+	requests        int
 	p50, p99        time.Duration
 	loadCPU, srvCPU time.Duration
+}
+
+// cpuPerRequest is the server's CPU time per request, in µs.
+func (m measured) cpuPerRequest() float64 {
+	if m.requests == 0 {
+		return 0
+	}
+	return float64(m.srvCPU.Microseconds()) / float64(m.requests)
 }
 
 // loadShare is the load generator's part of the CPU both sides used.
@@ -196,7 +207,7 @@ func measure(serve func() (*server, error), useTLS bool, conns int, dur time.Dur
 	if res.Errors > res.Requests/100 {
 		return measured{}, fmt.Errorf("%d of %d requests to %s failed", res.Errors, res.Errors+res.Requests, addr)
 	}
-	return measured{rate: res.Rate(), p50: res.P50, p99: res.P99, loadCPU: self1 - self0, srvCPU: srv1 - srv0}, nil
+	return measured{rate: res.Rate(), requests: res.Requests, p50: res.P50, p99: res.P99, loadCPU: self1 - self0, srvCPU: srv1 - srv0}, nil
 }
 
 // procCPU is the user and system time of a running process, from
