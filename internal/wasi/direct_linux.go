@@ -166,7 +166,9 @@ func (c *conn) pollable() bool {
 		done, _ := c.readShut()
 		return !done
 	case c.tlsReading():
-		c.fillTLS()
+		if !c.tlsDrained {
+			c.fillTLS()
+		}
 		ok, _, _, _ := c.pump.readiness()
 		return !ok
 	}
@@ -204,7 +206,16 @@ func (nb *nbConn) Read(p []byte) (int, error) {
 // fillTLS decrypts what has arrived into the connection's buffer, until
 // the socket has nothing more (so that a record crypto/tls holds is never
 // hidden from poll_oneoff), the buffer is full, or the stream ends.
+//
+// When it stops because the socket has nothing more, it sets tlsDrained:
+// then crypto/tls holds at most part of a record, whose rest must come
+// through the socket, so the socket's own readiness is the connection's
+// and poll_oneoff need not read it again (one recv per subscribed
+// connection and look, mostly EAGAIN, was a third of a busy TLS keep's
+// CPU). Anything else (the handshake's leftovers, a full buffer, an
+// error) leaves it false, and the next look decrypts first.
 func (c *conn) fillTLS() {
+	c.tlsDrained = false
 	for {
 		c.mu.Lock()
 		stop := c.err != nil || c.closed || len(c.buf) >= pumpMax
@@ -228,6 +239,7 @@ func (c *conn) fillTLS() {
 		}
 		c.mu.Unlock()
 		if err != nil {
+			c.tlsDrained = temporary && n == 0
 			return
 		}
 	}

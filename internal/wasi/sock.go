@@ -211,6 +211,7 @@ type conn struct {
 	tlsDirect     *nbConn     // the socket under a TLS connection
 	hsDone        atomic.Bool // the TLS handshake succeeded
 	tlsBuf        []byte      // fillTLS's decryption buffer
+	tlsDrained    bool        // fillTLS found the socket empty (the guest's thread alone uses it)
 	werr          error       // why writing stopped
 	shutWr        bool        // the guest shut down writing
 	shutDone      bool        // the writer has sent the FIN
