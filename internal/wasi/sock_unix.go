@@ -112,7 +112,7 @@ func (r *rawSock) recv(iovs [][]byte, flags int) (int, error) {
 	if errno, ok := opErr.(syscall.Errno); ok && errno != unix.EAGAIN {
 		return 0, os.NewSyscallError("recvmsg", opErr)
 	}
-	return n, opErr
+	return max(n, 0), opErr
 }
 
 // fd returns the socket's descriptor; -1 once it is closed.
