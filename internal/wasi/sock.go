@@ -222,8 +222,16 @@ type conn struct {
 func (s *System) newConn(c net.Conn, handshake func() error) *conn {
 	cn := &conn{s: s, c: c, pump: newPump(s, c, handshake)}
 	if tc, ok := c.(*net.TCPConn); ok {
-		if rc, err := tc.SyscallConn(); err == nil {
-			cn.raw = newRawSock(rc)
+		if directReads && handshake == nil {
+			if sc, err := unpoll(tc); err == nil {
+				cn.c, cn.pump.r = sc, sc
+				cn.raw = newRawSock(sc.raw)
+			}
+		}
+		if cn.raw == nil {
+			if rc, err := tc.SyscallConn(); err == nil {
+				cn.raw = newRawSock(rc)
+			}
 		}
 	}
 	cn.direct = directReads && cn.raw != nil && handshake == nil
