@@ -190,7 +190,7 @@ func (wouldBlock) Temporary() bool { return true }
 // handshake (in the pump goroutine), never after it.
 func (nb *nbConn) Read(p []byte) (int, error) {
 	if !nb.nonblockRead.Load() {
-		return nb.TCPConn.Read(p)
+		return nb.Conn.Read(p)
 	}
 	nb.iov[0] = p
 	n, err := nb.raw.recv(nb.iov[:], 0)

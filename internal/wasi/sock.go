@@ -421,7 +421,7 @@ func (c *conn) flushSpill() {
 	c.spill = nil
 	c.spillInflight = len(chunk)
 	c.wmu.Unlock()
-	_, err := c.tlsDirect.TCPConn.Write(chunk)
+	_, err := c.tlsDirect.Conn.Write(chunk)
 	c.wmu.Lock()
 	c.spillInflight = 0
 	if err != nil && c.werr == nil {
@@ -435,9 +435,9 @@ func (c *conn) flushSpill() {
 // at once and spills the rest to the connection's writer goroutine, which
 // sends it before anything else (c.wmu orders the two).
 type nbConn struct {
-	*net.TCPConn
-	raw *rawSock
-	c   *conn
+	net.Conn // a sockConn out of the runtime's poller where unpoll works, else the *net.TCPConn
+	raw      *rawSock
+	c        *conn
 	// nonblockRead: Read does not wait (after the handshake, on Linux;
 	// crypto/tls keeps a partial record and resumes after a temporary
 	// error).
@@ -446,11 +446,16 @@ type nbConn struct {
 }
 
 func newNBConn(tc *net.TCPConn) (*nbConn, error) {
+	if directReads {
+		if sc, err := unpoll(tc); err == nil {
+			return &nbConn{Conn: sc, raw: newRawSock(sc.raw)}, nil
+		}
+	}
 	raw, err := tc.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	return &nbConn{TCPConn: tc, raw: newRawSock(raw)}, nil
+	return &nbConn{Conn: tc, raw: newRawSock(raw)}, nil
 }
 
 func (nb *nbConn) Write(p []byte) (int, error) {
