@@ -13,20 +13,7 @@ import (
 // bytes both ways, a write that waits while the peer does not read (and
 // ends at its deadline), the FIN of CloseWrite, and use after Close.
 func TestUnpoll(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	peer, c := tcpPair(t)
 	sc, err := unpoll(c.(*net.TCPConn))
 	if err != nil {
 		t.Fatal(err)
