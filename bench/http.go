@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -24,23 +25,21 @@ import (
 	"github.com/castellan-dev/castellan/internal/fixtures"
 )
 
-// httpBench serves the same Go program (testdata/fixtures/go/httpbench)
-// natively with GOMAXPROCS=1, natively on every core, in a keep, and in a
-// keep with replicas = "auto", and
-// loads each with bench/loadgen from this process. It reports requests per
-// second, latency, and the CPU the load generator used beside the server's.
+// httpBench serves two programs that answer the same request alike, the
+// Go testdata/fixtures/go/httpbench and the single-threaded C
+// testdata/fixtures/c/httpbench.c, natively and in keeps, and loads each
+// with bench/loadgen from this process. It reports requests per second,
+// latency, and the CPU the load generator used beside the server's.
+//
+// The baselines: a keep running one instance is compared with the native
+// program on one core (Go with GOMAXPROCS=1, one C process); a keep with
+// replicas = "auto" with the native program on every core (Go with its
+// default GOMAXPROCS, one C process per core sharing the listening
+// socket). Natively the programs end TLS themselves (Go's crypto/tls, the
+// C build linked with OpenSSL); in a keep the runtime ends it.
 func httpBench(t *tools) error {
-	step("http: building")
-	wasm, err := fixtures.BuildGo("httpbench")
-	if err != nil {
-		return err
-	}
 	root, err := fixtures.RepoRoot()
 	if err != nil {
-		return err
-	}
-	native := filepath.Join(t.dir, "httpbench-native")
-	if err := goBuild(native, filepath.Join(root, "testdata/fixtures/go/httpbench"), nil); err != nil {
 		return err
 	}
 	certFile, keyFile, err := writeSelfSigned(t.dir)
@@ -51,61 +50,108 @@ func httpBench(t *tools) error {
 	if *quick {
 		dur = time.Second
 	}
-	fmt.Printf("\n## HTTP: requests/s on keep-alive connections for %v, bench/loadgen in the same machine\n\n", dur)
-	fmt.Printf("Each cell: requests/s, p50 / p99 latency, load generator CPU / server CPU.\n\n")
-	type runner struct {
-		name  string
-		serve func() (*exec.Cmd, string, error)
-	}
-	header := "| listener | conns | native GOMAXPROCS=1 | native | castellan | castellan replicas=auto |"
-	if t.castellanWT != "" {
-		header += " castellan wasmtime |"
-	}
-	header += " castellan / native GOMAXPROCS=1 | auto / native |"
-	if t.castellanWT != "" {
-		header += " wasmtime / native GOMAXPROCS=1 |"
-	}
-	fmt.Printf("%s\n|%s\n", header, strings.Repeat("---|", strings.Count(header, "|")-1))
-	for _, prot := range []string{"tcp", "tls"} {
-		for _, n := range []int{1, *conns} {
-			var cells []string
-			var rates []float64
+	cores := runtime.NumCPU()
+	fmt.Printf("\n## HTTP: requests/s on keep-alive connections for %v, bench/loadgen in the same machine (%d cores)\n\n", dur, cores)
+	fmt.Printf("One row per server, runners interleaved for each program, listener and connection count. \"ratio\"\n")
+	fmt.Printf("compares a one-instance keep with the native program on one core (Go GOMAXPROCS=1, one C process),\n")
+	fmt.Printf("and replicas=auto with the native program on all cores (Go, or %d C processes sharing the socket).\n", cores)
+	fmt.Printf("\"load CPU share\" is the load generator's CPU over the load generator's and the server's; \"server\n")
+	fmt.Printf("CPU/req\" the server's CPU time per request (all its processes), which a busy machine disturbs less.\n\n")
+	fmt.Printf("| program | listener | conns | runner | requests/s | p50 | p99 | load / server CPU | load CPU share | server CPU/req | ratio |\n")
+	fmt.Printf("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, prog := range strings.Split(*httpProgs, ",") {
+		step("http: building the %s program", prog)
+		var wasm, native, nativeTLS string
+		switch prog {
+		case "go":
+			if wasm, err = fixtures.BuildGo("httpbench"); err != nil {
+				return err
+			}
+			native = filepath.Join(t.dir, "httpbench-go-native")
+			if err := goBuild(native, filepath.Join(root, "testdata/fixtures/go/httpbench"), nil); err != nil {
+				return err
+			}
+			nativeTLS = native
+		case "c":
+			if wasm, err = fixtures.BuildC("httpbench"); err != nil {
+				return err
+			}
+			src := filepath.Join(root, "testdata/fixtures/c/httpbench.c")
+			native, nativeTLS = filepath.Join(t.dir, "httpbench-c-native"), filepath.Join(t.dir, "httpbench-c-native-openssl")
+			if b, err := exec.Command("cc", "-O2", "-o", native, src).CombinedOutput(); err != nil {
+				return fmt.Errorf("cc %s: %v\n%s", src, err, b)
+			}
+			if b, err := exec.Command("cc", "-O2", "-DHTTPBENCH_TLS", "-o", nativeTLS, src, "-lssl", "-lcrypto").CombinedOutput(); err != nil {
+				return fmt.Errorf("cc %s with OpenSSL (apt-get install libssl-dev): %v\n%s", src, err, b)
+			}
+		default:
+			return fmt.Errorf("unknown program %q in -http-programs (go, c)", prog)
+		}
+		for _, prot := range []string{"tcp", "tls"} {
+			bin := native
+			if prot == "tls" {
+				bin = nativeTLS
+			}
+			one, all := "native GOMAXPROCS=1", "native"
+			startOne := func() (*server, error) { return startNative(bin, 1, prot == "tls", certFile, keyFile, "GOMAXPROCS=1") }
+			startAll := func() (*server, error) { return startNative(bin, 1, prot == "tls", certFile, keyFile) }
+			if prog == "c" {
+				one, all = "native, 1 process", fmt.Sprintf("native, %d processes", cores)
+				startAll = func() (*server, error) { return startNative(bin, cores, prot == "tls", certFile, keyFile) }
+			}
+			type runner struct {
+				name string
+				// auto: replicas = "auto", compared with all cores.
+				auto  bool
+				serve func() (*server, error)
+			}
 			runners := []runner{
-				{"native GOMAXPROCS=1", func() (*exec.Cmd, string, error) {
-					return startNative(native, prot == "tls", certFile, keyFile, "GOMAXPROCS=1")
-				}},
-				{"native", func() (*exec.Cmd, string, error) {
-					return startNative(native, prot == "tls", certFile, keyFile)
-				}},
-				{"castellan wazero", func() (*exec.Cmd, string, error) { return startKeep(t, wasm, prot, "") }},
-				{"castellan wazero replicas=auto", func() (*exec.Cmd, string, error) {
+				{one, false, startOne},
+				{all, true, startAll},
+				{"castellan wazero", false, func() (*server, error) { return startKeep(t, wasm, prot, "") }},
+				{"castellan wazero replicas=auto", true, func() (*server, error) {
 					return startKeep(t, wasm, prot, "replicas = \"auto\"\n")
 				}},
 			}
 			if t.castellanWT != "" {
 				wt := &tools{dir: t.dir, cache: t.cache, castellan: t.castellanWT}
-				runners = append(runners, runner{"castellan wasmtime", func() (*exec.Cmd, string, error) {
-					return startKeep(wt, wasm, prot, "", "--engine", "wasmtime")
-				}})
+				runners = append(runners,
+					runner{"castellan wasmtime", false, func() (*server, error) {
+						return startKeep(wt, wasm, prot, "", "--engine", "wasmtime")
+					}},
+					runner{"castellan wasmtime replicas=auto", true, func() (*server, error) {
+						return startKeep(wt, wasm, prot, "replicas = \"auto\"\n", "--engine", "wasmtime")
+					}})
 			}
-			for _, r := range runners {
-				step("http %s, %d connections: %s", prot, n, r.name)
-				m, err := measure(r.serve, prot == "tls", n, dur)
-				if err != nil {
-					return fmt.Errorf("%s: %w", r.name, err)
+			for _, n := range []int{1, *conns} {
+				var base [2]float64 // one core, all cores
+				for i, r := range runners {
+					step("http %s %s, %d connections: %s", prog, prot, n, r.name)
+					m, err := measure(r.serve, prot == "tls", n, dur)
+					if err != nil {
+						return fmt.Errorf("%s %s: %w", prog, r.name, err)
+					}
+					workload := fmt.Sprintf("%s %s, %d connections", prog, prot, n)
+					record("http", workload, r.name, "requests/s", m.rate, "1/s")
+					record("http", workload, r.name, "p50", float64(m.p50.Microseconds()), "µs")
+					record("http", workload, r.name, "p99", float64(m.p99.Microseconds()), "µs")
+					record("http", workload, r.name, "load generator CPU share", m.loadShare(), "ratio")
+					record("http", workload, r.name, "server CPU per request", m.cpuPerRequest(), "µs")
+					b := 0
+					if r.auto {
+						b = 1
+					}
+					ratio := "1"
+					if i < 2 {
+						base[b] = m.rate
+					} else {
+						ratio = fmt.Sprintf("%.3f", m.rate/base[b])
+						record("http", workload, r.name, "ratio to "+runners[b].name, m.rate/base[b], "ratio")
+					}
+					fmt.Printf("| %s | %s | %d | %s | %.0f | %s | %s | %.2f / %.2f s | %.2f | %.1f µs | %s |\n",
+						prog, prot, n, r.name, m.rate, us(m.p50), us(m.p99), m.loadCPU.Seconds(), m.srvCPU.Seconds(), m.loadShare(), m.cpuPerRequest(), ratio)
 				}
-				workload := fmt.Sprintf("%s, %d connections", prot, n)
-				record("http", workload, r.name, "requests/s", m.rate, "1/s")
-				record("http", workload, r.name, "p50", float64(m.p50.Microseconds()), "µs")
-				record("http", workload, r.name, "p99", float64(m.p99.Microseconds()), "µs")
-				rates = append(rates, m.rate)
-				cells = append(cells, m.String())
 			}
-			line := fmt.Sprintf("| %s | %d | %s | %.3f | %.3f |", prot, n, strings.Join(cells, " | "), rates[2]/rates[0], rates[3]/rates[1])
-			if len(rates) > 4 {
-				line += fmt.Sprintf(" %.3f |", rates[4]/rates[0])
-			}
-			fmt.Println(line)
 		}
 	}
 	return nil
@@ -114,23 +160,37 @@ func httpBench(t *tools) error {
 // measured is one server under load.
 type measured struct {
 	rate            float64
+	requests        int
 	p50, p99        time.Duration
 	loadCPU, srvCPU time.Duration
 }
 
-func (m measured) String() string {
-	return fmt.Sprintf("%.0f, %s / %s, %.2f / %.2f s", m.rate, us(m.p50), us(m.p99), m.loadCPU.Seconds(), m.srvCPU.Seconds())
+// cpuPerRequest is the server's CPU time per request, in µs.
+func (m measured) cpuPerRequest() float64 {
+	if m.requests == 0 {
+		return 0
+	}
+	return float64(m.srvCPU.Microseconds()) / float64(m.requests)
+}
+
+// loadShare is the load generator's part of the CPU both sides used.
+func (m measured) loadShare() float64 {
+	if m.loadCPU+m.srvCPU <= 0 {
+		return 0
+	}
+	return m.loadCPU.Seconds() / (m.loadCPU + m.srvCPU).Seconds()
 }
 
 func us(d time.Duration) string { return fmt.Sprintf("%d µs", d.Microseconds()) }
 
 // measure starts a server, waits for it, loads it and stops it.
-func measure(serve func() (*exec.Cmd, string, error), useTLS bool, conns int, dur time.Duration) (measured, error) {
-	cmd, addr, err := serve()
+func measure(serve func() (*server, error), useTLS bool, conns int, dur time.Duration) (measured, error) {
+	srv, err := serve()
 	if err != nil {
 		return measured{}, err
 	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	defer srv.stop()
+	addr := srv.addr
 	if err := loadgen.Wait(addr, 30*time.Second); err != nil {
 		return measured{}, err
 	}
@@ -138,16 +198,16 @@ func measure(serve func() (*exec.Cmd, string, error), useTLS bool, conns int, du
 	if _, err := loadgen.Run(loadgen.Options{Addr: addr, TLS: useTLS, Conns: conns, Duration: dur / 10}); err != nil {
 		return measured{}, err
 	}
-	self0, srv0 := cputime.Self(), procCPU(cmd.Process.Pid)
+	self0, srv0 := cputime.Self(), srv.cpu()
 	res, err := loadgen.Run(loadgen.Options{Addr: addr, TLS: useTLS, Conns: conns, Duration: dur})
 	if err != nil {
 		return measured{}, err
 	}
-	self1, srv1 := cputime.Self(), procCPU(cmd.Process.Pid)
+	self1, srv1 := cputime.Self(), srv.cpu()
 	if res.Errors > res.Requests/100 {
 		return measured{}, fmt.Errorf("%d of %d requests to %s failed", res.Errors, res.Errors+res.Requests, addr)
 	}
-	return measured{rate: res.Rate(), p50: res.P50, p99: res.P99, loadCPU: self1 - self0, srvCPU: srv1 - srv0}, nil
+	return measured{rate: res.Rate(), requests: res.Requests, p50: res.P50, p99: res.P99, loadCPU: self1 - self0, srvCPU: srv1 - srv0}, nil
 }
 
 // procCPU is the user and system time of a running process, from
@@ -172,45 +232,79 @@ func procCPU(pid int) time.Duration {
 	return time.Duration(ut+st) * time.Second / clkTck
 }
 
-func startNative(bin string, useTLS bool, certFile, keyFile string, env ...string) (*exec.Cmd, string, error) {
+// server is the processes serving on addr.
+type server struct {
+	addr  string
+	procs []*exec.Cmd
+}
+
+// cpu is the CPU time the server's processes used so far.
+func (s *server) cpu() time.Duration {
+	var d time.Duration
+	for _, c := range s.procs {
+		d += procCPU(c.Process.Pid)
+	}
+	return d
+}
+
+func (s *server) stop() {
+	for _, c := range s.procs {
+		c.Process.Kill()
+		c.Wait()
+	}
+}
+
+// startNative starts n processes of bin sharing one listening socket as
+// descriptor 3.
+func startNative(bin string, n int, useTLS bool, certFile, keyFile string, env ...string) (*server, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	f, err := l.(*net.TCPListener).File()
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	addr := l.Addr().String()
+	srv := &server{addr: l.Addr().String()}
 	l.Close()
 	defer f.Close()
-	cmd := exec.Command(bin)
-	cmd.ExtraFiles = []*os.File{f}
-	// The readiness probe's plain connections make a TLS server log
-	// handshake errors: not worth showing.
-	cmd.Stderr = io.Discard
-	cmd.Env = append(os.Environ(), env...)
-	if useTLS {
-		cmd.Env = append(cmd.Env, "BENCH_TLS_CERT="+certFile, "BENCH_TLS_KEY="+keyFile)
+	for range n {
+		cmd := exec.Command(bin)
+		cmd.ExtraFiles = []*os.File{f}
+		// The readiness probe's plain connections make a TLS server log
+		// handshake errors: not worth showing.
+		cmd.Stderr = io.Discard
+		cmd.Env = append(os.Environ(), env...)
+		if useTLS {
+			cmd.Env = append(cmd.Env, "BENCH_TLS_CERT="+certFile, "BENCH_TLS_KEY="+keyFile)
+		}
+		if err := cmd.Start(); err != nil {
+			srv.stop()
+			return nil, err
+		}
+		srv.procs = append(srv.procs, cmd)
 	}
-	return cmd, addr, cmd.Start()
+	return srv, nil
 }
 
 // startKeep runs the program in a keep; extra is appended to its config,
 // flags to castellan run's.
-func startKeep(t *tools, wasm, prot, extra string, flags ...string) (*exec.Cmd, string, error) {
+func startKeep(t *tools, wasm, prot, extra string, flags ...string) (*server, error) {
 	port, err := freePort()
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	cfg := filepath.Join(t.dir, "http-"+prot+".toml")
 	toml := fmt.Sprintf("%s[[files]]\nkind = \"stdin\"\n[[files]]\nkind = \"stdout\"\n[[files]]\nkind = \"stderr\"\n[[files]]\nkind = \"listen\"\nname = \"web\"\nprot = %q\naddr = \"127.0.0.1\"\nport = %d\n", extra, prot, port)
 	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	cmd := exec.Command(t.castellan, append(append([]string{"run", "--cache-dir", t.cache}, flags...), "-c", cfg, wasm)...)
 	cmd.Stderr = io.Discard
-	return cmd, fmt.Sprintf("127.0.0.1:%d", port), cmd.Start()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return &server{addr: fmt.Sprintf("127.0.0.1:%d", port), procs: []*exec.Cmd{cmd}}, nil
 }
 
 func writeSelfSigned(dir string) (certFile, keyFile string, err error) {

@@ -9,8 +9,9 @@
 //     cost at most 5% over the bare runner of its engine.
 //   - cold start: a Go hello world with a warm compilation cache, whole
 //     process, beside the native build and the bare runners.
-//   - HTTP: requests per second of one Go program on a listen descriptor,
-//     plain and TLS, in a keep and built natively.
+//   - HTTP: requests per second of a Go and a C program on a listen
+//     descriptor, plain and TLS, in keeps on both engines (one instance and
+//     replicas = "auto") and built natively (one core and all cores).
 //   - vm (only when asked: -only vm): a VM keep's start to its first
 //     workload output, by phase, beside the same keep as a process.
 //
@@ -37,15 +38,16 @@ import (
 )
 
 var (
-	quick    = flag.Bool("quick", false, "smaller workloads and fewer runs (a smoke test, not a measurement)")
-	only     = flag.String("only", "compute,start,http,attest", "sections to run")
-	httpDur  = flag.Duration("http-time", 5*time.Second, "load duration of each HTTP measurement")
-	conns    = flag.Int("conns", 32, "concurrent HTTP connections")
-	runsFlag = flag.Int("runs", 5, "runs of each compute workload per runner")
-	withWT   = flag.Bool("wasmtime", true, "also measure the wasmtime engine (builds with cgo and -tags wasmtime)")
-	jsonOut  = flag.Bool("json", false, "write every figure to stdout as JSON (the tables go to stderr)")
-	langs    = flag.String("lang", "go,c", "languages of the compute workloads")
-	cpuTime  = flag.Bool("cpu", false, "compute: measure CPU time (user+sys of the process) instead of wall time, which a loaded machine disturbs less")
+	quick     = flag.Bool("quick", false, "smaller workloads and fewer runs (a smoke test, not a measurement)")
+	only      = flag.String("only", "compute,start,http,attest", "sections to run")
+	httpDur   = flag.Duration("http-time", 5*time.Second, "load duration of each HTTP measurement")
+	conns     = flag.Int("conns", 32, "concurrent HTTP connections")
+	httpProgs = flag.String("http-programs", "go,c", "programs of the HTTP section: go (testdata/fixtures/go/httpbench), c (testdata/fixtures/c/httpbench.c)")
+	runsFlag  = flag.Int("runs", 5, "runs of each compute workload per runner")
+	withWT    = flag.Bool("wasmtime", true, "also measure the wasmtime engine (builds with cgo and -tags wasmtime)")
+	jsonOut   = flag.Bool("json", false, "write every figure to stdout as JSON (the tables go to stderr)")
+	langs     = flag.String("lang", "go,c", "languages of the compute workloads")
+	cpuTime   = flag.Bool("cpu", false, "compute: measure CPU time (user+sys of the process) instead of wall time, which a loaded machine disturbs less")
 )
 
 type tools struct {

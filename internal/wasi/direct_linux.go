@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -151,11 +153,10 @@ func (c *conn) fd() int32 {
 	if raw == nil && c.tlsDirect != nil {
 		raw = c.tlsDirect.raw
 	}
-	fd := int32(-1)
-	if raw != nil {
-		raw.Control(func(f uintptr) { fd = int32(f) })
+	if raw == nil {
+		return -1
 	}
-	return fd
+	return raw.fd()
 }
 
 // pollable reports whether poll_oneoff must look at the socket to know
@@ -168,7 +169,9 @@ func (c *conn) pollable() bool {
 		done, _ := c.readShut()
 		return !done
 	case c.tlsReading():
-		c.fillTLS()
+		if !c.tlsDrained {
+			c.fillTLS()
+		}
 		ok, _, _, _ := c.pump.readiness()
 		return !ok
 	}
@@ -187,9 +190,11 @@ func (wouldBlock) Temporary() bool { return true }
 // handshake (in the pump goroutine), never after it.
 func (nb *nbConn) Read(p []byte) (int, error) {
 	if !nb.nonblockRead.Load() {
-		return nb.TCPConn.Read(p)
+		return nb.Conn.Read(p)
 	}
-	n, err := recvRaw(nb.raw, [][]byte{p}, 0)
+	nb.iov[0] = p
+	n, err := nb.raw.recv(nb.iov[:], 0)
+	nb.iov[0] = nil
 	switch {
 	case err == unix.EAGAIN:
 		return 0, wouldBlock{}
@@ -204,7 +209,16 @@ func (nb *nbConn) Read(p []byte) (int, error) {
 // fillTLS decrypts what has arrived into the connection's buffer, until
 // the socket has nothing more (so that a record crypto/tls holds is never
 // hidden from poll_oneoff), the buffer is full, or the stream ends.
+//
+// When it stops because the socket has nothing more, it sets tlsDrained:
+// then crypto/tls holds at most part of a record, whose rest must come
+// through the socket, so the socket's own readiness is the connection's
+// and poll_oneoff need not read it again (one recv per subscribed
+// connection and look, mostly EAGAIN, was a third of a busy TLS keep's
+// CPU). Anything else (the handshake's leftovers, a full buffer, an
+// error) leaves it false, and the next look decrypts first.
 func (c *conn) fillTLS() {
+	c.tlsDrained = false
 	for {
 		c.mu.Lock()
 		stop := c.err != nil || c.closed || len(c.buf) >= pumpMax
@@ -228,6 +242,7 @@ func (c *conn) fillTLS() {
 		}
 		c.mu.Unlock()
 		if err != nil {
+			c.tlsDrained = temporary && n == 0
 			return
 		}
 	}
@@ -266,7 +281,7 @@ func (c *conn) recvNow(iovs [][]byte, peek bool) (n int, errno Errno, again bool
 		flags = unix.MSG_PEEK
 	}
 
-	n, err := recvRaw(c.raw, iovs, flags)
+	n, err := c.raw.recv(iovs, flags)
 	switch {
 	case err == unix.EAGAIN:
 		return 0, errSuccess, true
@@ -274,19 +289,6 @@ func (c *conn) recvNow(iovs [][]byte, peek bool) (n int, errno Errno, again bool
 		return 0, sockErrno(err), false
 	}
 	return n, errSuccess, false
-}
-
-// recvRaw makes one non-blocking recvmsg; a socket with nothing to read
-// gives unix.EAGAIN itself.
-func recvRaw(raw syscall.RawConn, iovs [][]byte, flags int) (int, error) {
-	n, err := rawOnce(raw.Read, func(fd int) (int, error) {
-		n, _, _, _, err := unix.RecvmsgBuffers(fd, iovs, nil, flags)
-		return n, err
-	})
-	if errno, ok := err.(syscall.Errno); ok && errno != unix.EAGAIN {
-		return 0, os.NewSyscallError("recvmsg", err)
-	}
-	return n, err
 }
 
 // readDirect reads the socket from the guest's thread.
@@ -385,4 +387,190 @@ func (c *conn) directReadiness() (bool, int, bool, Errno) {
 	fds := []pollFd{{Fd: fd, Events: pollIn}}
 	pollNow(fds)
 	return c.readEvent(fd, fds[0].Revents)
+}
+
+// sockConn is a plain TCP connection taken out of the Go runtime's poller
+// (unpoll): the guest's thread reads and writes it with non-blocking calls
+// and waits in its own ppoll, so the runtime's poller thread is not woken
+// by every segment that arrives or is acknowledged (edges that no
+// goroutine waits for, each a wake-up of a second thread). The writer
+// goroutine's blocking writes wait for POLLOUT in ppoll, in slices of
+// sockWaitSlice so that a close is noticed.
+type sockConn struct {
+	raw          *fdRaw
+	laddr, raddr net.Addr
+	deadline     atomic.Int64 // write deadline, UnixNano; 0: none
+}
+
+var _ net.Conn = (*sockConn)(nil)
+
+// fdRaw is a descriptor the runtime's poller does not know, as a
+// syscall.RawConn: every call runs under a read lock and Close takes the
+// write lock, so a descriptor is never closed (and its number reused)
+// during a call on it.
+type fdRaw struct {
+	mu     sync.RWMutex
+	fd     int
+	closed bool
+}
+
+var _ syscall.RawConn = (*fdRaw)(nil)
+
+func (r *fdRaw) Control(f func(fd uintptr)) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.closed {
+		return net.ErrClosed
+	}
+	f(uintptr(r.fd))
+	return nil
+}
+
+func (r *fdRaw) Read(f func(fd uintptr) bool) error {
+	return r.Control(func(fd uintptr) { f(fd) })
+}
+
+func (r *fdRaw) Write(f func(fd uintptr) bool) error {
+	return r.Control(func(fd uintptr) { f(fd) })
+}
+
+func (r *fdRaw) close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return net.ErrClosed
+	}
+	r.closed = true
+	return unix.Close(r.fd)
+}
+
+// sockWaitSlice bounds one wait of a blocking read or write.
+const sockWaitSlice = 50 * time.Millisecond
+
+// unpoll moves tc out of the runtime's poller: a duplicate of its
+// descriptor (never registered with the poller; os.NewFile would register
+// it again) replaces it, and tc is closed, which deregisters it (the
+// socket stays open through the duplicate, still non-blocking: the flag
+// belongs to the socket, not the descriptor).
+func unpoll(tc *net.TCPConn) (*sockConn, error) {
+	laddr, raddr := tc.LocalAddr(), tc.RemoteAddr()
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	nfd := -1
+	var dupErr error
+	if err := rc.Control(func(fd uintptr) { nfd, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || dupErr != nil {
+		return nil, errors.Join(err, dupErr)
+	}
+	tc.Close()
+	return &sockConn{raw: &fdRaw{fd: nfd}, laddr: laddr, raddr: raddr}, nil
+}
+
+// wait waits until the socket has one of events (or a slice passed), the
+// write deadline passes (os.ErrDeadlineExceeded) or the connection is
+// closed.
+func (sc *sockConn) wait(events int16) error {
+	slice := sockWaitSlice
+	if d := sc.deadline.Load(); d != 0 && events == unix.POLLOUT {
+		left := time.Until(time.Unix(0, d))
+		if left <= 0 {
+			return os.ErrDeadlineExceeded
+		}
+		slice = min(slice, left)
+	}
+	var perr error
+	err := sc.raw.Control(func(fd uintptr) {
+		ts := unix.NsecToTimespec(int64(slice))
+		_, perr = unix.Ppoll([]unix.PollFd{{Fd: int32(fd), Events: events}}, &ts, nil)
+	})
+	if err != nil {
+		return err
+	}
+	if perr != nil && perr != unix.EINTR {
+		return os.NewSyscallError("ppoll", perr)
+	}
+	return nil // ready, interrupted or the slice ended: the caller tries again
+}
+
+func (sc *sockConn) op(name string, write bool, b []byte) (int, error) {
+	for {
+		var n int
+		var opErr error
+		err := sc.raw.Control(func(fd uintptr) {
+			for {
+				if write {
+					n, opErr = syscall.Write(int(fd), b)
+				} else {
+					n, opErr = syscall.Read(int(fd), b)
+				}
+				if opErr != syscall.EINTR {
+					return
+				}
+			}
+		})
+		switch {
+		case err != nil:
+			return 0, &net.OpError{Op: name, Net: "tcp", Addr: sc.raddr, Err: err}
+		case opErr == syscall.EAGAIN:
+			events := int16(unix.POLLIN)
+			if write {
+				events = unix.POLLOUT
+			}
+			if err := sc.wait(events); err != nil {
+				return 0, &net.OpError{Op: name, Net: "tcp", Addr: sc.raddr, Err: err}
+			}
+		case opErr != nil:
+			return 0, &net.OpError{Op: name, Net: "tcp", Addr: sc.raddr, Err: os.NewSyscallError(name, opErr)}
+		case !write && n == 0 && len(b) > 0:
+			return 0, io.EOF
+		default:
+			return n, nil
+		}
+	}
+}
+
+// Read blocks until something arrives (the guest's thread reads through
+// rawSock instead; this serves the net.Conn interface).
+func (sc *sockConn) Read(b []byte) (int, error) { return sc.op("read", false, b) }
+
+// Write sends all of b, waiting while the socket is full.
+func (sc *sockConn) Write(b []byte) (int, error) {
+	total := 0
+	for total < len(b) {
+		n, err := sc.op("write", true, b[total:])
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+func (sc *sockConn) Close() error { return sc.raw.close() }
+
+// CloseWrite sends the FIN.
+func (sc *sockConn) CloseWrite() error {
+	var serr error
+	if err := sc.raw.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_WR) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+func (sc *sockConn) LocalAddr() net.Addr  { return sc.laddr }
+func (sc *sockConn) RemoteAddr() net.Addr { return sc.raddr }
+
+func (sc *sockConn) SetDeadline(t time.Time) error { return sc.SetWriteDeadline(t) }
+
+// SetReadDeadline is accepted and ignored: nothing reads with a deadline.
+func (sc *sockConn) SetReadDeadline(time.Time) error { return nil }
+
+func (sc *sockConn) SetWriteDeadline(t time.Time) error {
+	if t.IsZero() {
+		sc.deadline.Store(0)
+	} else {
+		sc.deadline.Store(t.UnixNano())
+	}
+	return nil
 }

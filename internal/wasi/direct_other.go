@@ -4,6 +4,9 @@ package wasi
 
 import (
 	"context"
+	"errors"
+	"net"
+	"syscall"
 	"time"
 )
 
@@ -55,3 +58,14 @@ func (c *conn) readDirect(ctx context.Context, iovs [][]byte, nonblock, peek boo
 func (c *conn) directReadiness() (bool, int, bool, Errno) { return c.pump.readiness() }
 
 func (c *conn) readEvent(int32, int16) (bool, int, bool, Errno) { return c.pump.readiness() }
+
+// sockConn exists on Linux only: elsewhere connections stay in the
+// runtime's poller.
+type sockConn struct {
+	net.Conn
+	raw syscall.RawConn
+}
+
+func unpoll(*net.TCPConn) (*sockConn, error) {
+	return nil, errors.New("connections stay in the runtime's poller on this system")
+}

@@ -31,7 +31,11 @@ func pollOneoff(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint
 	raw := m.bytes(in, n*subscriptionSize)
 	evs := m.bytes(out, n*eventSize)
 	m.bytes(neventsPtr, 4)
-	subs := make([]subscription, n)
+	if cap(s.pollSubs) < int(n) {
+		s.pollSubs = make([]subscription, n)
+	}
+	subs := s.pollSubs[:n]
+	clear(subs)
 	now := time.Now()
 	var earliest time.Time
 	for i := range subs {
@@ -83,14 +87,14 @@ func pollOneoff(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint
 		now := time.Now()
 		nev := uint32(0)
 		// Reads of direct sockets are looked at together, in one ppoll.
-		var fds []pollFd
-		var fdSubs []*subscription
+		fds, fdSubs := s.pollFds[:0], s.pollFdSubs[:0]
 		for i := range subs {
 			sub := &subs[i]
 			if c := s.directRead(sub); c != nil {
 				if fd := c.fd(); fd >= 0 {
 					fds = append(fds, pollFd{Fd: fd, Events: pollIn})
 					fdSubs = append(fdSubs, sub)
+					s.pollFds, s.pollFdSubs = fds, fdSubs
 					continue
 				}
 			}

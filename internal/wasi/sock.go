@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
@@ -196,7 +195,7 @@ type conn struct {
 	*pump
 	s   *System
 	c   net.Conn
-	raw syscall.RawConn // plain TCP: direct writes (nil for TLS)
+	raw *rawSock // plain TCP: direct writes (nil for TLS)
 	// direct: no pump; the guest's thread reads the socket (direct_linux.go).
 	direct bool
 	once   sync.Once
@@ -212,6 +211,7 @@ type conn struct {
 	tlsDirect     *nbConn     // the socket under a TLS connection
 	hsDone        atomic.Bool // the TLS handshake succeeded
 	tlsBuf        []byte      // fillTLS's decryption buffer
+	tlsDrained    bool        // fillTLS found the socket empty (the guest's thread alone uses it)
 	werr          error       // why writing stopped
 	shutWr        bool        // the guest shut down writing
 	shutDone      bool        // the writer has sent the FIN
@@ -222,7 +222,17 @@ type conn struct {
 func (s *System) newConn(c net.Conn, handshake func() error) *conn {
 	cn := &conn{s: s, c: c, pump: newPump(s, c, handshake)}
 	if tc, ok := c.(*net.TCPConn); ok {
-		cn.raw, _ = tc.SyscallConn()
+		if directReads && handshake == nil {
+			if sc, err := unpoll(tc); err == nil {
+				cn.c, cn.pump.r = sc, sc
+				cn.raw = newRawSock(sc.raw)
+			}
+		}
+		if cn.raw == nil {
+			if rc, err := tc.SyscallConn(); err == nil {
+				cn.raw = newRawSock(rc)
+			}
+		}
 	}
 	cn.direct = directReads && cn.raw != nil && handshake == nil
 	if tc, ok := c.(*tls.Conn); ok {
@@ -362,7 +372,7 @@ func (c *conn) write(ctx context.Context, b []byte, nonblock bool) (int, Errno) 
 			switch {
 			case c.raw != nil:
 				// What the socket does not take now is queued below.
-				n, err := writeNow(c.raw, b)
+				n, err := c.raw.write(b)
 				if err != nil {
 					c.werr = err
 					c.wmu.Unlock()
@@ -411,7 +421,7 @@ func (c *conn) flushSpill() {
 	c.spill = nil
 	c.spillInflight = len(chunk)
 	c.wmu.Unlock()
-	_, err := c.tlsDirect.TCPConn.Write(chunk)
+	_, err := c.tlsDirect.Conn.Write(chunk)
 	c.wmu.Lock()
 	c.spillInflight = 0
 	if err != nil && c.werr == nil {
@@ -425,21 +435,27 @@ func (c *conn) flushSpill() {
 // at once and spills the rest to the connection's writer goroutine, which
 // sends it before anything else (c.wmu orders the two).
 type nbConn struct {
-	*net.TCPConn
-	raw syscall.RawConn
-	c   *conn
+	net.Conn // a sockConn out of the runtime's poller where unpoll works, else the *net.TCPConn
+	raw      *rawSock
+	c        *conn
 	// nonblockRead: Read does not wait (after the handshake, on Linux;
 	// crypto/tls keeps a partial record and resumes after a temporary
 	// error).
 	nonblockRead atomic.Bool
+	iov          [1][]byte // Read's buffer, for rawSock.recv without an allocation
 }
 
 func newNBConn(tc *net.TCPConn) (*nbConn, error) {
+	if directReads {
+		if sc, err := unpoll(tc); err == nil {
+			return &nbConn{Conn: sc, raw: newRawSock(sc.raw)}, nil
+		}
+	}
 	raw, err := tc.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	return &nbConn{TCPConn: tc, raw: raw}, nil
+	return &nbConn{Conn: tc, raw: newRawSock(raw)}, nil
 }
 
 func (nb *nbConn) Write(p []byte) (int, error) {
@@ -448,7 +464,7 @@ func (nb *nbConn) Write(p []byte) (int, error) {
 	defer c.wmu.Unlock()
 	rest := p
 	if len(c.spill) == 0 && c.spillInflight == 0 {
-		n, err := writeNow(nb.raw, rest)
+		n, err := nb.raw.write(rest)
 		if err != nil {
 			return n, err
 		}

@@ -4,6 +4,10 @@ package wasi
 
 import "syscall"
 
-// writeNow queues every write for the writer goroutine where there is no
+// rawSock queues every write for the writer goroutine where there is no
 // non-blocking write(2).
-func writeNow(syscall.RawConn, []byte) (int, error) { return 0, nil }
+type rawSock struct{}
+
+func newRawSock(syscall.RawConn) *rawSock { return &rawSock{} }
+
+func (*rawSock) write([]byte) (int, error) { return 0, nil }

@@ -92,6 +92,13 @@ type System struct {
 	sleepers atomic.Int32
 	pfds     []pollFd
 
+	// poll_oneoff's storage, reused from call to call (the guest's thread
+	// alone calls it): the decoded subscriptions, the sockets of one
+	// ppoll and their subscriptions.
+	pollSubs   []subscription
+	pollFds    []pollFd
+	pollFdSubs []*subscription
+
 	// pumps tracks the goroutines the system started, for Close.
 	pumps  sync.WaitGroup
 	closed chan struct{}
