@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/atomicfile"
 )
 
 // DefaultMaxAge is how long a cached document that can change (a CRL, a
@@ -195,10 +197,10 @@ func (c *Cache) write(name string, r *Response) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFile(filepath.Join(c.Dir, headerFile(filepath.FromSlash(name))), hb); err != nil {
+	if err := atomicfile.Write(filepath.Join(c.Dir, headerFile(filepath.FromSlash(name))), hb, 0o644); err != nil {
 		return err
 	}
-	return writeFile(p, r.Body)
+	return atomicfile.Write(p, r.Body, 0o644)
 }
 
 // Put stores a document in the folder dir as if fetched from url at
@@ -210,26 +212,4 @@ func Put(dir, url string, r *Response) error {
 		return err
 	}
 	return (&Cache{Dir: dir}).write(name, r)
-}
-
-// writeFile replaces path with b atomically (a temporary file renamed).
-func writeFile(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, werr := f.Write(b)
-	if werr == nil {
-		werr = f.Chmod(0o644)
-	}
-	if err := f.Close(); werr == nil {
-		werr = err
-	}
-	if werr == nil {
-		werr = os.Rename(f.Name(), path)
-	}
-	if werr != nil {
-		os.Remove(f.Name())
-	}
-	return werr
 }

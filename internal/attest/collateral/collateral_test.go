@@ -227,7 +227,7 @@ func TestCache(t *testing.T) {
 	}
 	// No temporary files left.
 	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
-		if strings.Contains(filepath.Base(p), ".tmp-") {
+		if strings.Contains(filepath.Base(p), ".tmp") {
 			t.Errorf("temporary file %s left", p)
 		}
 		return nil

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/castellan-dev/castellan/internal/atomicfile"
 )
 
 var measurement = sync.OnceValues(func() ([]byte, error) {
@@ -73,15 +75,7 @@ func writeMeasurementCache(path string, m []byte) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp*")
-	if err != nil {
-		return
-	}
-	_, werr := f.WriteString(hex.EncodeToString(m) + "\n")
-	cerr := f.Close()
-	if werr != nil || cerr != nil || os.Rename(f.Name(), path) != nil {
-		os.Remove(f.Name())
-	}
+	atomicfile.Write(path, []byte(hex.EncodeToString(m)+"\n"), 0o600) // a cache: a failure costs a measurement
 }
 
 // Measurement returns the launch measurement a simulated report claims:
