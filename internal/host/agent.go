@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -399,9 +398,9 @@ func (a *Agent) childOutcome(l *liveKeep, ps *os.ProcessState) outcome {
 	fatal := l.fatal
 	l.mu.Unlock()
 	if fatal != "" {
-		reason := fmt.Sprintf("%s crashed (status %d): %s", l.what, code, fatal)
-		if strings.Contains(fatal, "out of memory") && l.limits.MemoryBytes > 0 {
-			reason = fmt.Sprintf("memory limit of %d bytes reached (%s)", l.limits.MemoryBytes, fatal)
+		reason, ok := keep.MemoryLimitReason(fatal, l.limits.MemoryBytes)
+		if !ok {
+			reason = fmt.Sprintf("%s crashed (status %d): %s", l.what, code, fatal)
 		}
 		return outcome{state: StateFailed, reason: reason}
 	}

@@ -60,7 +60,7 @@ func (a *Agent) followOutput(l *liveKeep, offset int64) {
 				lastSkip = next
 				return nil
 			}
-			if strings.HasPrefix(line, "fatal error: ") || strings.HasPrefix(line, "panic: ") {
+			if keep.IsCrashLine(line) {
 				crashed = true
 				l.mu.Lock()
 				l.fatal = line

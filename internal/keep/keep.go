@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/config"
@@ -180,6 +181,23 @@ func WriteExitRecord(dir string, r ExitRecord) error {
 		return err
 	}
 	return os.Rename(tmp, filepath.Join(dir, ExitFile))
+}
+
+// IsCrashLine reports whether a line of a keep's log starts a Go runtime's
+// crash report: the keep process died without its own exit record, and
+// this line says why.
+func IsCrashLine(line string) bool {
+	return strings.HasPrefix(line, "fatal error: ") || strings.HasPrefix(line, "panic: ")
+}
+
+// MemoryLimitReason is how a keep that crashed with crash (its log's crash
+// line) ended when that crash is its runtime running out of memory under
+// a memory limit; ok is false for any other crash.
+func MemoryLimitReason(crash string, limit int64) (reason string, ok bool) {
+	if limit <= 0 || !strings.Contains(crash, "out of memory") {
+		return "", false
+	}
+	return fmt.Sprintf("memory limit of %d bytes reached (%s)", limit, crash), true
 }
 
 // ReadExitRecord reads the exit record in dir; nil when there is none or

@@ -308,9 +308,8 @@ func (t *task) run(ctx context.Context, sess *delivery.Session, nonce []byte, st
 		if rec := keep.ReadExitRecord(t.keepDir); rec != nil && rec.Reason != "" {
 			failure += " (keep: " + rec.Reason + ")"
 		} else if fatal := logs.fatal(); fatal != "" {
-			if strings.Contains(fatal, "out of memory") && t.w.limits.MemoryBytes > 0 {
-				failure = fmt.Sprintf("memory limit of %d bytes reached (%s)", t.w.limits.MemoryBytes, fatal)
-			} else {
+			var ok bool
+			if failure, ok = keep.MemoryLimitReason(fatal, t.w.limits.MemoryBytes); !ok {
 				failure = fmt.Sprintf("%s crashed: %s", t.inst.What(), fatal)
 			}
 		}
@@ -560,7 +559,7 @@ type lastLines struct {
 func (l *lastLines) add(s string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.firstFatal == "" && (strings.HasPrefix(s, "fatal error: ") || strings.HasPrefix(s, "panic: ")) {
+	if l.firstFatal == "" && keep.IsCrashLine(s) {
 		l.firstFatal = s
 	}
 	l.lines = append(l.lines, s)
