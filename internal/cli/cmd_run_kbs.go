@@ -2,12 +2,10 @@ package cli
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
-	"net/http"
 	"os"
 	"strings"
 
@@ -67,14 +65,13 @@ func fetchSecrets(e *Env, ro *runOptions, cfg *config.Config, art *workload.Arti
 		return e.Usagef("--backend: %v", err)
 	}
 	if backend.Name() == tee.NameNil {
-		return e.Errorf("[secrets.kbs]: backend nil has no evidence: a KBS releases secrets only to keeps in a TEE (sim-* for development)")
+		return e.Errorf("%v", kbs.ErrNoEvidence)
 	}
 	roots, err := attestRoots(ro)
 	if err != nil {
 		return e.Errorf("%v", err)
 	}
-	hc := &http.Client{Timeout: ro.attestTime, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true}}
+	hc := kbs.HTTPClient(roots, ro.attestTime)
 	defer hc.CloseIdleConnections()
 	c := kbs.NewKeepClient(url, hc, backend, art.Digest.String())
 	if trustee { // Trustee's verifier reads only guest-components' forms

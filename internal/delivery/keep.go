@@ -18,7 +18,6 @@ import (
 	"maps"
 	"math/big"
 	"net"
-	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -407,7 +406,7 @@ func (k *Keep) fetchSecrets(ctx context.Context, svc *SecretService, cfg *config
 		return nil, fmt.Errorf("the keep's secret service is %s, the config's steward is %s: the keep fetches its secrets from the steward only", svc.URL, cfg.Steward)
 	}
 	if k.tee == nil || k.tee.Name() == tee.NameNil {
-		return nil, errors.New("[secrets.kbs]: backend nil has no evidence: a service releases secrets only to keeps in a TEE (sim-* for development)")
+		return nil, kbs.ErrNoEvidence
 	}
 	var roots *x509.CertPool
 	if len(svc.RootsPEM) > 0 {
@@ -416,8 +415,7 @@ func (k *Keep) fetchSecrets(ctx context.Context, svc *SecretService, cfg *config
 			return nil, errors.New("secret service: no PEM certificate in its roots")
 		}
 	}
-	hc := &http.Client{Timeout: secretFetchTimeout, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true}}
+	hc := kbs.HTTPClient(roots, secretFetchTimeout)
 	defer hc.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, secretFetchTimeout)
 	defer cancel()

@@ -2,11 +2,27 @@ package kbs
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sort"
+	"time"
 )
+
+// ErrNoEvidence refuses [secrets.kbs] to a keep of the nil backend: a
+// KBS releases secrets only against evidence.
+var ErrNoEvidence = errors.New("[secrets.kbs]: backend nil has no evidence: a KBS releases secrets only to keeps in a TEE (sim-* for development)")
+
+// HTTPClient is a keep's HTTP client of a KBS: TLS 1.2 or later to roots
+// (nil: the system's), each request within timeout. Callers close its
+// idle connections when done.
+func HTTPClient(roots *x509.CertPool, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true}}
+}
 
 // Attester is what a keep's Client needs of its TEE backend (tee.Backend
 // has these methods): the platform and evidence over report data.
