@@ -158,74 +158,93 @@ func (p *Process) Start(ctx context.Context, s Spec) (Instance, error) {
 		// start one for it as if there had been none.
 		w.discard()
 	}
+	f, err := p.keepFiles(s)
+	if err != nil {
+		return nil, err
+	}
+	defer f.close()
 	cmd := exec.Command(p.Command[0], append(append([]string(nil), p.Command[1:]...), p.Args(s)...)...)
 	cmd.Dir = s.Dir
 	cmd.Env = append(os.Environ(), "TMPDIR="+filepath.Join(s.Dir, "tmp"))
 	cmd.SysProcAttr = ProcAttr()
-	pi := &processInstance{cmd: cmd}
+	if f.cgroup != nil {
+		intoCgroup(cmd.SysProcAttr, f.cgroup)
+	}
 	// The keep's stdout and stderr append to its output file, which
 	// outlives the agent.
-	out, err := keeplog.Create(s.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("keep output file: %w", err)
-	}
-	defer out.Close()
-	if p.cgroupDir != "" {
-		if f, err := makeCgroup(p.cgroupDir, s.ID, s.Limits); err == nil {
-			defer f.Close()
-			intoCgroup(cmd.SysProcAttr, f)
-		} else {
-			fmt.Fprintf(out, "no cgroup for this keep: %v\n", err)
-		}
-	}
-	helloR, helloW, err := os.Pipe()
-	if err != nil {
-		return nil, fmt.Errorf("pipe: %w", err)
-	}
-	cmd.ExtraFiles = []*os.File{helloW}
-	cmd.Stdout = out
-	cmd.Stderr = out
-	err = cmd.Start()
-	helloW.Close()
-	if err != nil {
-		helloR.Close()
-		removeCgroup(p.cgroupDir, s.ID)
+	cmd.ExtraFiles = []*os.File{f.helloW}
+	cmd.Stdout = f.out
+	cmd.Stderr = f.out
+	if err := cmd.Start(); err != nil {
+		f.fail(p, s)
 		return nil, fmt.Errorf("starting the keep process: %w", err)
 	}
-	pi.hello = helloR
-	pi.ticks, _ = StartTicks(cmd.Process.Pid)
-	return pi, nil
+	ticks, _ := StartTicks(cmd.Process.Pid)
+	return &processInstance{cmd: cmd, ticks: ticks, hello: f.helloR}, nil
 }
 
 // startAhead gives the keep s to the process w started ahead.
 func (p *Process) startAhead(w *warmProc, s Spec) (Instance, error) {
+	f, err := p.keepFiles(s)
+	if err != nil {
+		return nil, err
+	}
+	defer f.close()
+	cgroup := ""
+	if f.cgroup != nil {
+		cgroup = filepath.Join(p.cgroupDir, s.ID)
+	}
+	if err := w.assign(cgroup, p.Args(s), f.out, f.helloW); err != nil {
+		f.fail(p, s)
+		return nil, err
+	}
+	return &processInstance{cmd: w.cmd, ticks: w.ticks, hello: f.helloR}, nil
+}
+
+// keepFiles are what a keep process starts with: its output file, its
+// cgroup (nil when there is none: why is noted in the output file) and its
+// hello pipe. close closes the launcher's copies once the process has
+// them; fail undoes the rest when it did not start.
+type keepFiles struct {
+	out, cgroup, helloR, helloW *os.File
+}
+
+func (p *Process) keepFiles(s Spec) (*keepFiles, error) {
 	out, err := keeplog.Create(s.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("keep output file: %w", err)
 	}
-	defer out.Close()
-	var cgroup string
+	f := &keepFiles{out: out}
 	if p.cgroupDir != "" {
-		if f, err := makeCgroup(p.cgroupDir, s.ID, s.Limits); err == nil {
-			f.Close()
-			cgroup = filepath.Join(p.cgroupDir, s.ID)
-		} else {
+		if f.cgroup, err = makeCgroup(p.cgroupDir, s.ID, s.Limits); err != nil {
 			fmt.Fprintf(out, "no cgroup for this keep: %v\n", err)
 		}
 	}
-	helloR, helloW, err := os.Pipe()
-	if err != nil {
-		removeCgroup(p.cgroupDir, s.ID)
+	if f.helloR, f.helloW, err = os.Pipe(); err != nil {
+		f.close()
+		f.fail(p, s)
 		return nil, fmt.Errorf("pipe: %w", err)
 	}
-	err = w.assign(cgroup, p.Args(s), out, helloW)
-	helloW.Close()
-	if err != nil {
-		helloR.Close()
-		removeCgroup(p.cgroupDir, s.ID)
-		return nil, err
+	return f, nil
+}
+
+func (f *keepFiles) close() {
+	f.out.Close()
+	if f.cgroup != nil {
+		f.cgroup.Close()
 	}
-	return &processInstance{cmd: w.cmd, ticks: w.ticks, hello: helloR}, nil
+	if f.helloW != nil {
+		f.helloW.Close()
+	}
+}
+
+func (f *keepFiles) fail(p *Process, s Spec) {
+	if f.helloR != nil {
+		f.helloR.Close()
+	}
+	if f.cgroup != nil {
+		removeCgroup(p.cgroupDir, s.ID)
+	}
 }
 
 // Waiting returns the pids of the processes started ahead that wait for a
