@@ -1,11 +1,13 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -50,6 +52,8 @@ type attestServeFlags struct {
 	reload                                                                               *time.Duration
 	collateralDir, pccs                                                                  *string
 	offline                                                                              *bool
+	clientRate                                                                           *float64
+	clientBurst                                                                          *int
 }
 
 func addAttestServeFlags(fs *flag.FlagSet) *attestServeFlags {
@@ -67,6 +71,8 @@ func addAttestServeFlags(fs *flag.FlagSet) *attestServeFlags {
 		collateralDir: fs.String("collateral-dir", "", "cache of vendor collateral (AMD VCEKs and CRLs, Intel TCB info, QE identity, CRLs), and the folder --offline reads (default STATE-DIR/collateral)"),
 		offline:       fs.Bool("offline", false, "read vendor collateral only from --collateral-dir, never from AMD's or Intel's servers"),
 		pccs:          fs.String("pccs", "", "fetch Intel collateral from this PCCS (https://host:port) instead of Intel's PCS"),
+		clientRate:    fs.Float64("client-rate", service.DefaultClientRate, "requests a second allowed from one client address (IPv6: one /64); 0 turns the limit off (behind a proxy that hides client addresses)"),
+		clientBurst:   fs.Int("client-burst", service.DefaultClientBurst, "requests at once allowed from one client address"),
 	}
 }
 
@@ -101,6 +107,12 @@ func init() {
 		}
 		if (*f.caCert == "") != (*f.caKey == "") {
 			return e.Usagef("attest serve: give both --ca-cert and --ca-key, or neither")
+		}
+		if r := *f.clientRate; r < 0 || math.IsNaN(r) || math.IsInf(r, 0) {
+			return e.Usagef("--client-rate: %v is not a number of requests a second (0 turns the limit off)", r)
+		}
+		if *f.clientBurst < 1 {
+			return e.Usagef("--client-burst: %d is less than 1", *f.clientBurst)
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -161,11 +173,14 @@ func serveAttest(ctx context.Context, e *Env, f *attestServeFlags) int {
 		Collateral: src,
 		NonceKey:   nonceKey,
 		Build:      "castellan " + Version,
-		UsedNonces: log,
-		Policy:     store,
-		CA:         authority,
-		Audit:      log,
-		Logf:       func(format string, a ...any) { e.Warningf(format, a...) },
+		// 0 on the command line turns the limit off; in Config, -1 does.
+		ClientRate:  cmp.Or(*f.clientRate, -1),
+		ClientBurst: *f.clientBurst,
+		UsedNonces:  log,
+		Policy:      store,
+		CA:          authority,
+		Audit:       log,
+		Logf:        func(format string, a ...any) { e.Warningf(format, a...) },
 		Decided: func(d audit.Decision) {
 			switch {
 			case d.Accepted && d.Package == "kbs attest":
@@ -245,6 +260,11 @@ func serveAttest(ctx context.Context, e *Env, f *attestServeFlags) int {
 	})
 
 	e.Infof("attestation service on https://%s (CA %s, audit log %s)", ln.Addr(), caPath, redactDSN(db))
+	if *f.clientRate > 0 {
+		e.Infof("each client address: at most %g requests a second, bursts of %d (--client-rate, --client-burst)", *f.clientRate, *f.clientBurst)
+	} else {
+		e.Infof("no per-client rate limit (--client-rate 0)")
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	select {

@@ -11,6 +11,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+
+	"github.com/castellan-dev/castellan/internal/retryhttp"
 )
 
 // EvidenceFunc has the keep's TEE sign reportData and returns the
@@ -56,29 +58,36 @@ func (e *RefusedError) Error() string {
 const maxBody = 1 << 20
 
 func (c *Client) do(ctx context.Context, method, path string, body any) ([]byte, error) {
-	var rd io.Reader
+	var data []byte
 	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
+		var err error
+		if data, err = json.Marshal(body); err != nil {
 			return nil, err
 		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(c.URL, "/")+path, rd)
-	if err != nil {
-		return nil, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.session != "" {
-		req.AddCookie(&http.Cookie{Name: CookieName, Value: c.session})
 	}
 	hc := c.HTTP
 	if hc == nil {
 		hc = http.DefaultClient
 	}
-	resp, err := hc.Do(req)
+	// A busy service's answer (429, 503 with Retry-After) is waited out
+	// within ctx.
+	resp, err := retryhttp.Do(ctx, hc, func() (*http.Request, error) {
+		var rd io.Reader
+		if body != nil {
+			rd = bytes.NewReader(data)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(c.URL, "/")+path, rd)
+		if err != nil {
+			return nil, err
+		}
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		if c.session != "" {
+			req.AddCookie(&http.Cookie{Name: CookieName, Value: c.session})
+		}
+		return req, nil
+	})
 	if err != nil {
 		return nil, err
 	}

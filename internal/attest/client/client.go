@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/service"
+	"github.com/castellan-dev/castellan/internal/retryhttp"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/keepcert"
 )
@@ -117,14 +118,16 @@ func Obtain(ctx context.Context, serviceURL string, roots *x509.CertPool, b tee.
 }
 
 // post sends body (nil: none) and decodes a 200 answer into out, or returns
-// a *RefusedError.
+// a *RefusedError. A busy service's answer (429, 503 with Retry-After) is
+// waited out within ctx.
 func post(ctx context.Context, hc *http.Client, url string, body []byte, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return fmt.Errorf("attestation service: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(req)
+	resp, err := retryhttp.Do(ctx, hc, func() (*http.Request, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+		if err == nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		return req, err
+	})
 	if err != nil {
 		return fmt.Errorf("attestation service: %w", err)
 	}

@@ -28,7 +28,7 @@ var digest = "sha256:" + strings.Repeat("5e", 32)
 
 // startService runs an attestation service over TLS on loopback, trusting
 // simCA's roots, with the measurement of this test binary listed.
-func startService(t *testing.T, simCA *sim.CA, allowInsecure bool) (url string, caCert *ca.CA) {
+func startService(t *testing.T, simCA *sim.CA, allowInsecure bool, opts ...func(*service.Config)) (url string, caCert *ca.CA) {
 	t.Helper()
 	dir := t.TempDir()
 	m, err := sim.Measurement()
@@ -70,7 +70,11 @@ name = "this test binary"
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { log.Close() })
-	svc, err := service.New(service.Config{Policy: store, CA: c, Audit: log})
+	cfg := service.Config{Policy: store, CA: c, Audit: log}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	svc, err := service.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,6 +135,21 @@ func TestObtain(t *testing.T) {
 				t.Errorf("tls key pair: %v", err)
 			}
 		})
+	}
+}
+
+// TestObtainWaitsOutRateLimit: a service that allows one request a second
+// from an address answers a keep's second request (the certificate, right
+// after the challenge) 429 with Retry-After; the keep waits and gets its
+// certificate.
+func TestObtainWaitsOutRateLimit(t *testing.T) {
+	simCA, err := sim.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	url, c := startService(t, simCA, false, func(cfg *service.Config) { cfg.ClientRate, cfg.ClientBurst = 1, 1 })
+	if _, _, err := Obtain(context.Background(), url, c.Pool(), tee.NewSim(evidence.PlatformSNP, simCA), digest, ""); err != nil {
+		t.Fatalf("behind a rate limit: %v", err)
 	}
 }
 

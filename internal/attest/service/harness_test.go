@@ -133,8 +133,11 @@ func newHarness(t testing.TB) *harness {
 	}
 	t.Cleanup(func() { h.log.Close() })
 	h.nonceKey = NewNonceKey()
+	// The per-client limit is off: every request comes from one address
+	// here, and the tests of other checks send many (ratelimit_test.go
+	// turns it on).
 	h.svc, err = New(Config{Policy: h.store, CA: h.ca, Audit: h.log, Now: func() time.Time { return h.now },
-		NonceKey: h.nonceKey, UsedNonces: h.log})
+		NonceKey: h.nonceKey, UsedNonces: h.log, ClientRate: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,8 +165,13 @@ func (h *harness) setPolicy(edit func(string) string) {
 }
 
 func (h *harness) do(method, path string, body []byte) *httptest.ResponseRecorder {
+	return h.doFrom("127.0.0.1:4444", method, path, body)
+}
+
+// doFrom is do from another client address.
+func (h *harness) doFrom(remote, method, path string, body []byte) *httptest.ResponseRecorder {
 	req := httptest.NewRequest(method, path, bytes.NewReader(body))
-	req.RemoteAddr = "127.0.0.1:4444"
+	req.RemoteAddr = remote
 	w := httptest.NewRecorder()
 	h.svc.ServeHTTP(w, req)
 	return w

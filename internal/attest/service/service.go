@@ -74,6 +74,7 @@ const (
 	CheckSignature  = "signature"   // the report or quote signature does not verify
 	CheckReportData = "report_data" // the report data does not bind key, nonce and workload digest
 	CheckEAR        = "ear"         // the EAR asked for could not be signed (500)
+	CheckRate       = "rate"        // the client's address sent more requests than its rate limit (429, not audited)
 )
 
 // ChallengeResponse is the answer to POST /v1/challenge.
@@ -144,6 +145,14 @@ type Config struct {
 	InFlightWait time.Duration
 	// Build names the service's build in EARs (ear.verifier-id).
 	Build string
+	// ClientRate and ClientBurst limit the requests of each client address
+	// (IPv4 address, IPv6 /64) to ClientRate a second with bursts of
+	// ClientBurst; beyond, 429 with Retry-After, not audited (a flood would
+	// otherwise fill the audit log). The CA and JWKS downloads are not
+	// limited. Zero means the default; a negative ClientRate turns the
+	// limit off (a service behind a proxy that hides client addresses).
+	ClientRate  float64
+	ClientBurst int
 }
 
 // Defaults for Config.
@@ -155,8 +164,9 @@ const (
 // Service answers the attestation API.
 type Service struct {
 	cfg      Config
-	inFlight chan struct{} // a semaphore of MaxInFlight slots
-	jwks     []byte        // the CA key as a JWK set
+	inFlight chan struct{}  // a semaphore of MaxInFlight slots
+	limiter  *clientLimiter // nil: no per-client limit
+	jwks     []byte         // the CA key as a JWK set
 	mux      *http.ServeMux
 	timing   *stageTiming // set by benchmarks only
 }
@@ -200,7 +210,16 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attestation service: CA key: %w", err)
 	}
+	if cfg.ClientRate == 0 {
+		cfg.ClientRate = DefaultClientRate
+	}
+	if cfg.ClientBurst <= 0 {
+		cfg.ClientBurst = DefaultClientBurst
+	}
 	s := &Service{cfg: cfg, inFlight: make(chan struct{}, cfg.MaxInFlight), jwks: jwks, mux: http.NewServeMux()}
+	if cfg.ClientRate > 0 {
+		s.limiter = newClientLimiter(cfg.ClientRate, cfg.ClientBurst, cfg.Now())
+	}
 	s.mux.HandleFunc("POST /v1/challenge", s.challenge)
 	s.mux.HandleFunc("POST /v1/certificate", s.certificate)
 	s.mux.HandleFunc("GET /v1/ca", s.caCert)
@@ -212,7 +231,14 @@ func New(cfg Config) (*Service, error) {
 }
 
 // ServeHTTP implements http.Handler.
-func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.limiter != nil && !(r.Method == http.MethodGet && (r.URL.Path == "/v1/ca" || r.URL.Path == "/v1/jwks")) {
+		if !s.admit(w, r) {
+			return
+		}
+	}
+	s.mux.ServeHTTP(w, r)
+}
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
