@@ -54,6 +54,7 @@ type attestServeFlags struct {
 	offline                                                                              *bool
 	clientRate                                                                           *float64
 	clientBurst                                                                          *int
+	auditRetain                                                                          *time.Duration
 }
 
 func addAttestServeFlags(fs *flag.FlagSet) *attestServeFlags {
@@ -73,6 +74,31 @@ func addAttestServeFlags(fs *flag.FlagSet) *attestServeFlags {
 		pccs:          fs.String("pccs", "", "fetch Intel collateral from this PCCS (https://host:port) instead of Intel's PCS"),
 		clientRate:    fs.Float64("client-rate", service.DefaultClientRate, "requests a second allowed from one client address (IPv6: one /64); 0 turns the limit off (behind a proxy that hides client addresses)"),
 		clientBurst:   fs.Int("client-burst", service.DefaultClientBurst, "requests at once allowed from one client address"),
+		auditRetain:   fs.Duration("audit-retain", 0, "delete audit decisions older than this (e.g. 2160h for 90 days), checked hourly; 0 keeps them all"),
+	}
+}
+
+// auditPruneEvery is how often the audit log is pruned by --audit-retain.
+const auditPruneEvery = time.Hour
+
+// pruneAudit deletes the audit log's decisions older than retain now and
+// every auditPruneEvery until ctx ends. Replicas on one database each
+// prune; a delete that finds nothing costs one indexed read.
+func pruneAudit(ctx context.Context, e *Env, log *audit.DB, retain time.Duration) {
+	for {
+		before := time.Now().Add(-retain)
+		n, err := log.Prune(ctx, before)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			e.Warningf("%v (retried in %v)", err, auditPruneEvery)
+		case n > 0:
+			e.Infof("audit log: deleted %d decisions from before %s (--audit-retain %v)", n, before.UTC().Format(time.RFC3339), retain)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(auditPruneEvery):
+		}
 	}
 }
 
@@ -113,6 +139,9 @@ func init() {
 		}
 		if *f.clientBurst < 1 {
 			return e.Usagef("--client-burst: %d is less than 1", *f.clientBurst)
+		}
+		if r := *f.auditRetain; r < 0 || r > 0 && r < time.Hour {
+			return e.Usagef("--audit-retain: %v is not 0 (keep all) or at least 1h", r)
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -259,6 +288,9 @@ func serveAttest(ctx context.Context, e *Env, f *attestServeFlags) int {
 		}
 	})
 
+	if *f.auditRetain > 0 {
+		go pruneAudit(ctx, e, log, *f.auditRetain)
+	}
 	e.Infof("attestation service on https://%s (CA %s, audit log %s)", ln.Addr(), caPath, redactDSN(db))
 	if *f.clientRate > 0 {
 		e.Infof("each client address: at most %g requests a second, bursts of %d (--client-rate, --client-burst)", *f.clientRate, *f.clientBurst)

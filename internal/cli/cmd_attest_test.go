@@ -456,3 +456,48 @@ func TestAttestServeCollateralFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestAttestServeAuditRetain: with --audit-retain, decisions older than
+// the retention are deleted when the service starts (and hourly after),
+// newer ones kept.
+func TestAttestServeAuditRetain(t *testing.T) {
+	dir := t.TempDir()
+	simCA, err := sim.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAttestFiles(t, dir, simCA, false)
+	ctx := context.Background()
+	db := filepath.Join(dir, "state", "audit.db")
+	log, err := audit.Open(ctx, "sqlite:"+db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for _, at := range []time.Time{now.Add(-100 * 24 * time.Hour), now.Add(-91 * 24 * time.Hour), now.Add(-time.Hour)} {
+		if err := log.Record(ctx, audit.Decision{Time: at, Check: "nonce", Reason: "old", Remote: "192.0.2.1:1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log.Close()
+	s := startAttestServe(t, dir, "--audit-retain", "2160h")
+	s.waitFor(t, "audit log: deleted 2 decisions from before ")
+	log, err = audit.Open(ctx, "sqlite:"+db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	left, err := log.Recent(ctx, 10)
+	if err != nil || len(left) != 1 || left[0].Time.Before(now.Add(-2*time.Hour)) {
+		t.Fatalf("left %+v (%v), want the decision of an hour ago", left, err)
+	}
+	for _, tt := range []struct{ arg, want string }{
+		{"-1h", "--audit-retain: -1h0m0s is not 0 (keep all) or at least 1h"},
+		{"5m", "--audit-retain: 5m0s is not 0 (keep all) or at least 1h"},
+	} {
+		code, _, errs := runCLI("attest", "serve", "--policy", "p", "--measurements", "m", "--audit-retain", tt.arg)
+		if code != ExitUsage || !strings.Contains(errs, tt.want) {
+			t.Errorf("--audit-retain %s: %d %q, want %q", tt.arg, code, errs, tt.want)
+		}
+	}
+}

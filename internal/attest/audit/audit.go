@@ -261,6 +261,32 @@ func (d *DB) Recent(ctx context.Context, n int) ([]Decision, error) {
 	return out, rows.Err()
 }
 
+// pruneBatch is how many decisions one statement of Prune deletes: short
+// transactions, so that recording is never held up for long.
+const pruneBatch = 5000
+
+// Prune deletes the decisions recorded before before, oldest first, in
+// batches, and returns how many it deleted. Ids grow with time, so each
+// batch reads from the oldest end of the table and stops at its size.
+func (d *DB) Prune(ctx context.Context, before time.Time) (int64, error) {
+	var total int64
+	for {
+		res, err := d.db.ExecContext(ctx, `DELETE FROM decisions WHERE id IN
+			(SELECT id FROM decisions WHERE at < $1 ORDER BY id LIMIT $2)`, before.UTC(), pruneBatch)
+		if err != nil {
+			return total, fmt.Errorf("audit log: pruning: %w", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return total, fmt.Errorf("audit log: pruning: %w", err)
+		}
+		total += n
+		if n < pruneBatch {
+			return total, nil
+		}
+	}
+}
+
 // Close implements Log.
 func (d *DB) Close() error {
 	if d.insert != nil {

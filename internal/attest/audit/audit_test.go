@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -53,6 +54,52 @@ func testLog(t *testing.T, spec string) {
 	if err != nil || len(again) != len(got) {
 		t.Fatalf("after reopen: %d records, %v; want %d", len(again), err, len(got))
 	}
+}
+
+// testPrune records decisions over three days and prunes those older
+// than two, with more of them than one batch.
+func testPrune(t *testing.T, spec string) {
+	ctx := context.Background()
+	l, err := Open(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	old, kept := pruneBatch+7, 3
+	for i := range old + kept {
+		at := now.Add(-72 * time.Hour).Add(time.Duration(i) * time.Millisecond)
+		if i >= old {
+			at = now.Add(-time.Duration(old+kept-i) * time.Hour)
+		}
+		if err := l.Record(ctx, Decision{Time: at, Check: "nonce", Reason: fmt.Sprint(i), Remote: "127.0.0.1:1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := l.Prune(ctx, now.Add(-48*time.Hour))
+	if err != nil || n != int64(old) {
+		t.Fatalf("pruned %d (%v), want %d", n, err, old)
+	}
+	left, err := l.Recent(ctx, old+kept)
+	if err != nil || len(left) != kept {
+		t.Fatalf("%d decisions left (%v), want %d", len(left), err, kept)
+	}
+	for _, r := range left {
+		if r.Time.Before(now.Add(-48 * time.Hour)) {
+			t.Errorf("a decision of %v was kept", r.Time)
+		}
+	}
+	if n, err := l.Prune(ctx, now.Add(-48*time.Hour)); err != nil || n != 0 {
+		t.Fatalf("pruning again: %d, %v; want 0", n, err)
+	}
+}
+
+func TestPruneSQLite(t *testing.T) {
+	testPrune(t, "sqlite:"+filepath.Join(t.TempDir(), "audit.db"))
+}
+
+func TestPrunePostgres(t *testing.T) {
+	testPrune(t, audittest.PostgresDSN(t))
 }
 
 func TestSQLite(t *testing.T) {
