@@ -198,7 +198,29 @@ func (v *VM) launchRequest(s keep.Spec) (*vmproto.LaunchRequest, error) {
 	if s.Backend == tee.NameSimSNP {
 		r.SimMeasurement = v.simInit
 	}
+	if err := addSecretService(r, s); err != nil {
+		return nil, err
+	}
 	return r, r.Check()
+}
+
+// addSecretService names the keep's secret service in its launch request:
+// the URL and the roots PEM (read here: the guest cannot read the host's
+// files). The host's relay then connects the guest to that URL's
+// host:port only.
+func addSecretService(r *vmproto.LaunchRequest, s keep.Spec) error {
+	if s.SecretServiceURL == "" {
+		return nil
+	}
+	r.SecretServiceURL = s.SecretServiceURL
+	if s.SecretServiceCA != "" {
+		pem, err := os.ReadFile(s.SecretServiceCA)
+		if err != nil {
+			return fmt.Errorf("secret service roots: %w", err)
+		}
+		r.SecretServiceRoots = pem
+	}
+	return nil
 }
 
 // Start implements keep.Launcher: it starts QEMU in a process group of its
