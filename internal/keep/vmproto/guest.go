@@ -171,7 +171,7 @@ func (g *Guest) pumpIn() {
 				g.ourEnd.Close()
 				discard = true
 				continue
-			case FrameAnswer, FrameBytes, FrameCredit, FrameFin, FrameClose:
+			case FrameOpen, FrameAnswer, FrameBytes, FrameCredit, FrameFin, FrameClose:
 				if err = g.relay.handle(typ, p); err == nil {
 					continue
 				}

@@ -291,7 +291,7 @@ func (h *Host) readLoop() error {
 			h.ours.Close() // the stream reads EOF; its writes still go
 		case FrameLog, FrameState:
 			h.event(typ, p)
-		case FrameOpen, FrameBytes, FrameCredit, FrameFin, FrameClose:
+		case FrameOpen, FrameAnswer, FrameBytes, FrameCredit, FrameFin, FrameClose:
 			if err := h.relay.handle(typ, p); err != nil {
 				return err
 			}

@@ -161,10 +161,10 @@ func (m *relayMux) handle(typ byte, p []byte) error {
 	switch typ {
 	case FrameBytes:
 		switch {
-		case s.sentClose || s.localClosed:
-			// We dropped the stream; bytes already in flight are discarded.
 		case s.peerFin:
 			err = fmt.Errorf("%w: bytes for stream %d after its end", ErrFrame, id)
+		case s.sentClose || s.localClosed:
+			// We dropped the stream; bytes already in flight are discarded.
 		case len(s.buf)+len(rest) > StreamWindow:
 			err = fmt.Errorf("%w: stream %d: more than %d unread bytes (beyond its window)", ErrFrame, id, StreamWindow)
 		default:
@@ -223,9 +223,9 @@ func (m *relayMux) open(ctx context.Context) (net.Conn, error) {
 		m.mu.Unlock()
 		return nil, errSessionEnded
 	}
-	if len(m.streams) >= MaxStreams {
+	if n := len(m.streams); n >= MaxStreams {
 		m.mu.Unlock()
-		return nil, fmt.Errorf("vm channel: %d connections to the secret service open already, at most %d", len(m.streams), MaxStreams)
+		return nil, fmt.Errorf("vm channel: %d connections to the secret service open already, at most %d", n, MaxStreams)
 	}
 	m.lastID++
 	s := newRelayConn(m, m.lastID)
