@@ -2,7 +2,6 @@ package qemu
 
 import (
 	"context"
-	"crypto/sha512"
 	"errors"
 	"fmt"
 	"io"
@@ -160,22 +159,11 @@ func (v *VM) Machine(s keep.Spec) (*Machine, error) {
 // 25 MB, seconds under emulation; nil if the initrd cannot be read (the
 // guest then hashes itself).
 func initMeasurement(initrd string) []byte {
-	f, err := os.Open(initrd)
+	sum, err := keepimage.InitSHA384(initrd)
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
-	entries, err := keepimage.ReadInitramfs(f)
-	if err != nil {
-		return nil
-	}
-	for _, e := range entries {
-		if e.Name == keepimage.InitPath && !e.Dir {
-			sum := sha512.Sum384(e.Data)
-			return sum[:]
-		}
-	}
-	return nil
+	return sum
 }
 
 // launchRequest is what the guest is told over its channel.
