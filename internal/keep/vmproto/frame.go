@@ -40,7 +40,8 @@
 //
 // A guest that fails before its hello sends X without H. The host side
 // never blocks on a slow consumer of events (they are dropped and counted)
-// and allocates at most one frame of the largest limit (1 MiB) at a time.
+// and allocates at most one frame of the largest limit (1 MiB) at a time,
+// plus the relay's buffers (at most MaxStreams × StreamWindow per side).
 package vmproto
 
 import (
