@@ -110,10 +110,14 @@ func (d *recordDial) seen() []string {
 	return append([]string(nil), d.addrs...)
 }
 
+// drainEvents reads h's events; the function returns those read so far,
+// all of them once the channel ended.
 func drainEvents(h *Host) func() []string {
 	var mu sync.Mutex
 	var evs []string
+	read := make(chan struct{})
 	go func() {
+		defer close(read)
 		for e := range h.Events() {
 			mu.Lock()
 			evs = append(evs, e.Text)
@@ -121,6 +125,11 @@ func drainEvents(h *Host) func() []string {
 		}
 	}()
 	return func() []string {
+		select {
+		case <-h.Done():
+			<-read
+		default:
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		return append([]string(nil), evs...)
@@ -313,7 +322,6 @@ func TestRelayRefused(t *testing.T) {
 			}
 			h.Close()
 			h.Wait()
-			time.Sleep(10 * time.Millisecond)
 			if !strings.Contains(strings.Join(events(), "\n"), tc.event) {
 				t.Fatalf("events %q lack %q", events(), tc.event)
 			}
