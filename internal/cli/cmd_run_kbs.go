@@ -71,7 +71,7 @@ func fetchSecrets(e *Env, ro *runOptions, cfg *config.Config, art *workload.Arti
 	if err != nil {
 		return e.Errorf("%v", err)
 	}
-	hc := kbs.HTTPClient(roots, ro.attestTime)
+	hc := kbs.HTTPClient(roots, ro.attestTime, nil)
 	defer hc.CloseIdleConnections()
 	c := kbs.NewKeepClient(url, hc, backend, art.Digest.String())
 	if trustee { // Trustee's verifier reads only guest-components' forms

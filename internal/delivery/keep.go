@@ -415,7 +415,7 @@ func (k *Keep) fetchSecrets(ctx context.Context, svc *SecretService, cfg *config
 			return nil, errors.New("secret service: no PEM certificate in its roots")
 		}
 	}
-	hc := kbs.HTTPClient(roots, secretFetchTimeout)
+	hc := kbs.HTTPClient(roots, secretFetchTimeout, svc.Dial)
 	defer hc.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, secretFetchTimeout)
 	defer cancel()

@@ -34,12 +34,14 @@
 package delivery
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"github.com/castellan-dev/castellan/internal/strictjson"
 	"io"
+	"net"
 	"net/url"
 	"strings"
 
@@ -121,6 +123,10 @@ type SecretService struct {
 	URL string // https://host:port of a Castellan attestation service
 	// RootsPEM are the service's TLS roots (PEM); empty: the system's.
 	RootsPEM []byte
+	// Dial, if not nil, makes the keep's connections to the service (a VM
+	// keep's go through the host's relay, vmproto); nil: the network.
+	// TLS runs over them to URL's host name either way.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Bounds on a secret service.

@@ -7,15 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/ca"
-	"github.com/castellan-dev/castellan/internal/attest/policy"
-	"github.com/castellan-dev/castellan/internal/attest/service"
+	"github.com/castellan-dev/castellan/internal/attest/service/servicetest"
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/fixtures"
 	"github.com/castellan-dev/castellan/keepcert"
@@ -25,34 +22,7 @@ import (
 // owner's policy files.
 func attestationService(t *testing.T, policyFile, measFile string) (url string, c *ca.CA) {
 	t.Helper()
-	store, err := policy.Open(policyFile, measFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c, err = ca.New("test attestation CA"); err != nil {
-		t.Fatal(err)
-	}
-	log, err := audit.Open(context.Background(), "sqlite:"+filepath.Join(t.TempDir(), "audit.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
-	svc, err := service.New(service.Config{Policy: store, CA: c, Audit: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := c.ServerCertificate([]string{"127.0.0.1"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: svc}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return "https://" + ln.Addr().String(), c
+	return servicetest.Start(t, policyFile, measFile)
 }
 
 func freePort(t *testing.T) int {

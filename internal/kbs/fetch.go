@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"sort"
 	"time"
@@ -17,10 +18,12 @@ import (
 var ErrNoEvidence = errors.New("[secrets.kbs]: backend nil has no evidence: a KBS releases secrets only to keeps in a TEE (sim-* for development)")
 
 // HTTPClient is a keep's HTTP client of a KBS: TLS 1.2 or later to roots
-// (nil: the system's), each request within timeout. Callers close its
+// (nil: the system's), each request within timeout. dial, if not nil,
+// makes its connections (a VM keep's go through the host's relay); TLS
+// runs over them and still checks the URL's host name. Callers close its
 // idle connections when done.
-func HTTPClient(roots *x509.CertPool, timeout time.Duration) *http.Client {
-	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+func HTTPClient(roots *x509.CertPool, timeout time.Duration, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: dial,
 		TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true}}
 }
 

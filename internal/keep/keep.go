@@ -102,9 +102,11 @@ type Spec struct {
 	// (the containerd shim's pod volumes; VM keeps have none).
 	Volumes []Volume
 	// SecretServiceURL and SecretServiceCA (a PEM file; empty: the
-	// system's roots) are where a process keep fetches its config's
+	// system's roots) are where the keep fetches its config's
 	// [secrets.kbs] after it attested (the containerd shim's attestation
-	// service). Empty: it fetches none, and refuses a config that does.
+	// service): a process keep over the network, a VM keep over
+	// connections its launcher relays to that URL's host:port. Empty: it
+	// fetches none, and refuses a config that does.
 	SecretServiceURL string
 	SecretServiceCA  string
 	// AttachTimeout is how long the ready keep waits for its client.

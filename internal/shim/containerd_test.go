@@ -767,6 +767,10 @@ func TestContainerd(t *testing.T) {
 		c.ctr("containers", "delete", "kbs-c")
 	})
 
+	t.Run("secrets released to an attested VM keep", func(t *testing.T) {
+		testVMKeepSecrets(t, c, helloGo)
+	})
+
 	t.Run("volumes as preopened folders", func(t *testing.T) {
 		// ctr's bind mounts, as Kubernetes' volumes reach the shim: the
 		// workload writes in a read-write one (its escapes refused) and

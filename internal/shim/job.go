@@ -435,8 +435,9 @@ func (o *Options) attestCA() ([]byte, error) {
 // canFetchSecrets says whether a keep whose config names secrets by
 // kbs:/// reference can fetch them: from the attestation service, which
 // binds them to workload digests. The keep attests to it itself, so it
-// needs evidence (not the nil backend) and a network (a process keep: a VM
-// keep has no network interface).
+// needs evidence (not the nil backend); a process keep connects to it over
+// the network, a VM keep (no network) through the relay its launcher runs
+// on the VM's channel.
 func (o *Options) canFetchSecrets() error {
 	const what = "the config fetches secrets by kbs:/// reference ([secrets.kbs])"
 	switch {
@@ -444,8 +445,6 @@ func (o *Options) canFetchSecrets() error {
 		return fmt.Errorf("%s: the runtime options name no attestation service (attest) to fetch them from", what)
 	case o.Backend == tee.NameNil:
 		return fmt.Errorf("%s: backend nil has no evidence, and the service releases secrets only to keeps in a TEE (runtime option backend)", what)
-	case o.Keep == keep.KindVM:
-		return fmt.Errorf("%s: a VM keep has no network to reach the attestation service; use keep = \"process\"", what)
 	}
 	_, err := o.attestCA()
 	return err

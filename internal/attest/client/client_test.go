@@ -7,18 +7,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/ca"
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
-	"github.com/castellan-dev/castellan/internal/attest/policy"
 	"github.com/castellan-dev/castellan/internal/attest/service"
+	"github.com/castellan-dev/castellan/internal/attest/service/servicetest"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/tee/sim"
 	"github.com/castellan-dev/castellan/keepcert"
@@ -57,36 +54,7 @@ platform = "tdx"
 value = %[1]q
 name = "this test binary"
 `, hex.EncodeToString(m)))
-	store, err := policy.Open(pol, meas)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := ca.New("test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	log, err := audit.Open(context.Background(), "sqlite:"+filepath.Join(dir, "audit.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
-	cfg := service.Config{Policy: store, CA: c, Audit: log}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	svc, err := service.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewUnstartedServer(svc)
-	cert, err := c.ServerCertificate([]string{"127.0.0.1"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	return srv.URL, c
+	return servicetest.Start(t, pol, meas, opts...)
 }
 
 func write(t *testing.T, path, s string) {

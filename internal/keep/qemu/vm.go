@@ -2,7 +2,6 @@ package qemu
 
 import (
 	"context"
-	"crypto/sha512"
 	"errors"
 	"fmt"
 	"io"
@@ -160,22 +159,11 @@ func (v *VM) Machine(s keep.Spec) (*Machine, error) {
 // 25 MB, seconds under emulation; nil if the initrd cannot be read (the
 // guest then hashes itself).
 func initMeasurement(initrd string) []byte {
-	f, err := os.Open(initrd)
+	sum, err := keepimage.InitSHA384(initrd)
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
-	entries, err := keepimage.ReadInitramfs(f)
-	if err != nil {
-		return nil
-	}
-	for _, e := range entries {
-		if e.Name == keepimage.InitPath && !e.Dir {
-			sum := sha512.Sum384(e.Data)
-			return sum[:]
-		}
-	}
-	return nil
+	return sum
 }
 
 // launchRequest is what the guest is told over its channel.
@@ -198,7 +186,29 @@ func (v *VM) launchRequest(s keep.Spec) (*vmproto.LaunchRequest, error) {
 	if s.Backend == tee.NameSimSNP {
 		r.SimMeasurement = v.simInit
 	}
+	if err := addSecretService(r, s); err != nil {
+		return nil, err
+	}
 	return r, r.Check()
+}
+
+// addSecretService names the keep's secret service in its launch request:
+// the URL and the roots PEM (read here: the guest cannot read the host's
+// files). The host's relay then connects the guest to that URL's
+// host:port only.
+func addSecretService(r *vmproto.LaunchRequest, s keep.Spec) error {
+	if s.SecretServiceURL == "" {
+		return nil
+	}
+	r.SecretServiceURL = s.SecretServiceURL
+	if s.SecretServiceCA != "" {
+		pem, err := os.ReadFile(s.SecretServiceCA)
+		if err != nil {
+			return fmt.Errorf("secret service roots: %w", err)
+		}
+		r.SecretServiceRoots = pem
+	}
+	return nil
 }
 
 // Start implements keep.Launcher: it starts QEMU in a process group of its

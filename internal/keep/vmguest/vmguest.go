@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/host"
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keep/vmproto"
@@ -130,6 +131,7 @@ func (g *guest) run() error {
 		return err
 	}
 	p.ApplyLimits = g.applyLimits
+	p.SecretService = secretService(req, ch)
 	go func() {
 		if err := <-ch.ProtocolErrors(); err != nil {
 			g.fatal(err)
@@ -176,6 +178,19 @@ func params(req *vmproto.LaunchRequest) (host.KeepParams, error) {
 		p.Evidence = s
 	}
 	return p, nil
+}
+
+// secretService is the service the keep fetches its config's
+// [secrets.kbs] from, over connections the host relays on the channel (the
+// VM has no network); nil when the host named none.
+func secretService(req *vmproto.LaunchRequest, ch *vmproto.Guest) *delivery.SecretService {
+	svc := req.SecretService()
+	if svc != nil {
+		// The host dials its own service: the address the HTTP client
+		// asks for is the URL's, so there is nothing to pass on.
+		svc.Dial = func(ctx context.Context, _, _ string) (net.Conn, error) { return ch.DialSecretService(ctx) }
+	}
+	return svc
 }
 
 // applyLimits applies the keep's limits inside the VM: memory and files

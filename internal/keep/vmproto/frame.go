@@ -21,9 +21,27 @@
 //	guest → host  G  one log line
 //	guest → host  X  the exit status, JSON (Exit); then the guest powers off
 //
+// After the hello, the guest may also open connections to the secret
+// service the host was configured with (relay.go). Each payload starts
+// with the stream's id (big-endian uint32; the guest numbers its opens
+// 1, 2, 3...):
+//
+//	guest → host  O  open stream id (the guest names no address)
+//	host  → guest A  the answer: id alone = connected, id + reason = refused
+//	both          B  id + the stream's bytes (at most MaxData)
+//	both          K  id + uint32: bytes the receiver's reader consumed (credit)
+//	both          F  id: end of the sender's bytes (half-close)
+//	both          C  id: the sender dropped the stream (an id is dead once
+//	                 both sides sent C, or after a refusal)
+//
+// At most MaxStreams streams are open at once and at most StreamWindow
+// bytes per direction are in flight unread; breaking a bound, a frame for
+// a stream that is not open or an open of a used id ends the session.
+//
 // A guest that fails before its hello sends X without H. The host side
 // never blocks on a slow consumer of events (they are dropped and counted)
-// and allocates at most one frame of the largest limit (1 MiB) at a time.
+// and allocates at most one frame of the largest limit (1 MiB) at a time,
+// plus the relay's buffers (at most MaxStreams × StreamWindow per side).
 package vmproto
 
 import (
@@ -50,6 +68,14 @@ const (
 	FrameState   = 'S'
 	FrameLog     = 'G'
 	FrameExit    = 'X'
+
+	// The relay's frames (relay.go).
+	FrameOpen   = 'O'
+	FrameAnswer = 'A'
+	FrameBytes  = 'B'
+	FrameCredit = 'K'
+	FrameFin    = 'F'
+	FrameClose  = 'C'
 )
 
 // Size limits of frame payloads.
@@ -61,6 +87,13 @@ const (
 	MaxState   = 64
 	MaxLog     = 4096
 	MaxExit    = 8 << 10
+
+	MaxOpen   = 4              // a stream id
+	MaxAnswer = 4 + MaxRefusal // id and a refusal's reason
+	MaxBytes  = 4 + MaxData    // id and one chunk of a stream
+	MaxCredit = 8              // id and a count
+	MaxFin    = 4
+	MaxClose  = 4
 )
 
 // maxPayload returns the limit of typ, or -1 for an unknown type.
@@ -82,6 +115,18 @@ func maxPayload(typ byte) int {
 		return MaxLog
 	case FrameExit:
 		return MaxExit
+	case FrameOpen:
+		return MaxOpen
+	case FrameAnswer:
+		return MaxAnswer
+	case FrameBytes:
+		return MaxBytes
+	case FrameCredit:
+		return MaxCredit
+	case FrameFin:
+		return MaxFin
+	case FrameClose:
+		return MaxClose
 	}
 	return -1
 }

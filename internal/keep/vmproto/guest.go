@@ -1,6 +1,7 @@
 package vmproto
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,12 +20,15 @@ type Guest struct {
 	helloOnce       sync.Once
 	outDone         chan struct{} // the keep's bytes have all been framed
 	inErr           chan error    // the host broke the protocol
+	relay           *relayMux     // connections to the secret service
+	helloSent       chan struct{} // closed once the hello went
 }
 
 // Accept sends the guest's version and reads the host's launch request.
 // It blocks until the host speaks: the host bounds a VM's life.
 func Accept(conn io.ReadWriter) (*Guest, *LaunchRequest, error) {
-	g := &Guest{conn: conn, outDone: make(chan struct{}), inErr: make(chan error, 1)}
+	g := &Guest{conn: conn, outDone: make(chan struct{}), inErr: make(chan error, 1), helloSent: make(chan struct{})}
+	g.relay = newRelayMux(true, g.send)
 	if err := g.send(FrameVersion, []byte(Version)); err != nil {
 		return nil, nil, fmt.Errorf("vm channel: %w", err)
 	}
@@ -59,10 +63,24 @@ func (g *Guest) Hello(hello []byte) error {
 			close(g.outDone)
 			return
 		}
+		close(g.helloSent)
 		go g.pumpOut()
 		go g.pumpIn()
 	})
 	return err
+}
+
+// DialSecretService opens a connection to the secret service the host
+// was configured with (the launch request's SecretServiceURL), relayed by
+// the host: the caller runs TLS over it, to that URL's host name. It
+// works after the hello; the host refuses it when it has no service.
+func (g *Guest) DialSecretService(ctx context.Context) (net.Conn, error) {
+	select {
+	case <-g.helloSent:
+	default:
+		return nil, errors.New("vm channel: a connection to the secret service before the hello")
+	}
+	return g.relay.open(ctx)
 }
 
 // ProtocolErrors reports the host breaking the protocol after the hello
@@ -153,11 +171,16 @@ func (g *Guest) pumpIn() {
 				g.ourEnd.Close()
 				discard = true
 				continue
+			case FrameOpen, FrameAnswer, FrameBytes, FrameCredit, FrameFin, FrameClose:
+				if err = g.relay.handle(typ, p); err == nil {
+					continue
+				}
 			default:
 				err = fmt.Errorf("%w: %q frame from the host after the launch request", ErrFrame, typ)
 			}
 		}
 		g.ourEnd.Close()
+		g.relay.shutdown()
 		if !errors.Is(err, io.EOF) {
 			g.inErr <- err
 		}

@@ -45,6 +45,7 @@ type Host struct {
 
 	ours    net.Conn // our end of the pipe whose other end Stream reads
 	stream  *hostStream
+	relay   *relayMux // connections to the secret service
 	done    chan struct{}
 	exit    *Exit
 	waitErr error
@@ -60,9 +61,18 @@ type Host struct {
 //
 // When the guest fails before its hello, Handshake returns an error that
 // carries the guest's reason, and a nil Host.
-func Handshake(ctx context.Context, conn io.ReadWriteCloser, req *LaunchRequest) (*Host, error) {
+//
+// After the hello the Host relays the guest's connections to the secret
+// service that req names (SecretServiceURL: the host dials its host:port
+// and nothing else), or refuses them when req names none; each open and
+// close is a log event.
+func Handshake(ctx context.Context, conn io.ReadWriteCloser, req *LaunchRequest, opts ...HostOption) (*Host, error) {
 	if err := req.Check(); err != nil {
 		return nil, err
+	}
+	var o hostOptions
+	for _, opt := range opts {
+		opt(&o)
 	}
 	lb, err := json.Marshal(req)
 	if err != nil {
@@ -122,6 +132,7 @@ func Handshake(ctx context.Context, conn io.ReadWriteCloser, req *LaunchRequest)
 	userEnd, ours := net.Pipe()
 	h.ours = ours
 	h.stream = &hostStream{Conn: userEnd, h: h}
+	h.relay = h.newRelay(req, o)
 	go h.demux()
 	return h, nil
 }
@@ -182,6 +193,41 @@ func (h *Host) event(typ byte, p []byte) {
 	}
 }
 
+// HostOption configures Handshake.
+type HostOption func(*hostOptions)
+
+type hostOptions struct {
+	dial DialFunc
+}
+
+// WithRelayDial makes the relay connect to the secret service with d
+// instead of a net.Dialer (tests). d is only ever asked for the host:port
+// of the launch request's SecretServiceURL.
+func WithRelayDial(d DialFunc) HostOption {
+	return func(o *hostOptions) { o.dial = d }
+}
+
+// newRelay is the host's relay for the keep that req launched.
+func (h *Host) newRelay(req *LaunchRequest, o hostOptions) *relayMux {
+	m := newRelayMux(false, h.send)
+	m.addr = req.serviceAddr()
+	m.dial = o.dial
+	if m.dial == nil {
+		m.dial = (&net.Dialer{}).DialContext
+	}
+	m.event = h.note
+	return m
+}
+
+// note is a log event of the host's own (the relay's opens and closes).
+func (h *Host) note(text string) {
+	select {
+	case h.events <- Event{Kind: EventLog, Text: text, Time: time.Now()}:
+	default:
+		h.dropped.Add(1)
+	}
+}
+
 // demux reads the guest's frames after the hello until its exit.
 func (h *Host) demux() {
 	defer close(h.done)
@@ -189,6 +235,10 @@ func (h *Host) demux() {
 	defer h.conn.Close()
 	err := h.readLoop()
 	h.ours.Close()
+	// The relay's goroutines may still send: the channel is closed first,
+	// so that none of them waits on a guest that no longer reads.
+	h.conn.Close()
+	h.relay.shutdown()
 	if h.exit == nil {
 		if err == nil || errors.Is(err, io.EOF) {
 			h.waitErr = ErrNoExit
@@ -241,6 +291,10 @@ func (h *Host) readLoop() error {
 			h.ours.Close() // the stream reads EOF; its writes still go
 		case FrameLog, FrameState:
 			h.event(typ, p)
+		case FrameOpen, FrameAnswer, FrameBytes, FrameCredit, FrameFin, FrameClose:
+			if err := h.relay.handle(typ, p); err != nil {
+				return err
+			}
 		case FrameExit:
 			x, err := ParseExit(p)
 			if err != nil {

@@ -4,11 +4,14 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"github.com/castellan-dev/castellan/internal/strictjson"
+	"net"
+	"net/url"
 	"slices"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
+	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/strictjson"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
 
@@ -33,6 +36,13 @@ type LaunchRequest struct {
 	// (48 bytes, e.g. the image's expected SEV-SNP measurement); empty =
 	// SHA-384 of the guest's castellan binary.
 	SimMeasurement []byte `json:"sim_measurement,omitempty"`
+	// SecretServiceURL is where the keep fetches its config's
+	// [secrets.kbs] (https://host[:port], as delivery.SecretService), over
+	// connections the host relays to that host:port; empty: it fetches
+	// none. SecretServiceRoots are the service's TLS roots (PEM; empty:
+	// the system's). TLS runs in the keep, so the host relays ciphertext.
+	SecretServiceURL   string `json:"secret_service_url,omitempty"`
+	SecretServiceRoots []byte `json:"secret_service_roots,omitempty"`
 }
 
 // Limits are the keep's limits, as the agent's host.Limits (the VM's
@@ -84,7 +94,48 @@ func (r *LaunchRequest) Check() error {
 	if len(r.SimMeasurement) != 0 && (r.Backend != tee.NameSimSNP || len(r.SimMeasurement) != 48) {
 		return fmt.Errorf("launch request: sim_measurement of %d bytes, want 48 and backend sim-snp", len(r.SimMeasurement))
 	}
+	return r.checkSecretService()
+}
+
+// checkSecretService checks the secret service fields as the keep checks
+// a process keep's --secret-service.
+func (r *LaunchRequest) checkSecretService() error {
+	if r.SecretServiceURL == "" {
+		if len(r.SecretServiceRoots) > 0 {
+			return errors.New("launch request: secret_service_roots without secret_service_url")
+		}
+		return nil
+	}
+	if err := r.SecretService().Check(); err != nil {
+		return fmt.Errorf("launch request: %w", err)
+	}
 	return nil
+}
+
+// SecretService returns the secret service the request names, nil for
+// none (its Dial is left to the guest).
+func (r *LaunchRequest) SecretService() *delivery.SecretService {
+	if r.SecretServiceURL == "" {
+		return nil
+	}
+	return &delivery.SecretService{URL: r.SecretServiceURL, RootsPEM: r.SecretServiceRoots}
+}
+
+// serviceAddr is the host:port the host's relay dials: the secret
+// service URL's (port 443 by default); "" for none.
+func (r *LaunchRequest) serviceAddr() string {
+	if r.SecretServiceURL == "" {
+		return ""
+	}
+	u, err := url.Parse(r.SecretServiceURL)
+	if err != nil {
+		return ""
+	}
+	port := u.Port()
+	if port == "" {
+		port = "443"
+	}
+	return net.JoinHostPort(u.Hostname(), port)
 }
 
 // ParseLaunchRequest decodes and checks a launch frame: one JSON object,

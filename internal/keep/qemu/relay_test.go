@@ -1,0 +1,131 @@
+package qemu
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/keep"
+	"github.com/castellan-dev/castellan/internal/keep/vmproto"
+	"github.com/castellan-dev/castellan/internal/keeplog"
+)
+
+// TestVMLaunchRequestSecretService: a keep started with a secret service
+// gets its URL and the roots file's PEM in its launch request.
+func TestVMLaunchRequestSecretService(t *testing.T) {
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	v := &VM{}
+	s := keep.Spec{Backend: "nil", Nonce: []byte("n"), Digest: "sha256:" + strings.Repeat("0", 64), ClientKey: make([]byte, 32),
+		AttachTimeout: time.Second, SecretServiceURL: "https://attest.example:8443"}
+	r, err := v.launchRequest(s)
+	if err != nil || r.SecretServiceURL != s.SecretServiceURL || r.SecretServiceRoots != nil {
+		t.Fatalf("without roots: %v %+v", err, r)
+	}
+	s.SecretServiceCA = caFile
+	if _, err := v.launchRequest(s); err == nil || !strings.Contains(err.Error(), "secret service roots: open "+caFile) {
+		t.Fatalf("a missing roots file: %v", err)
+	}
+	os.WriteFile(caFile, []byte("not pem"), 0o600)
+	if _, err := v.launchRequest(s); err == nil || !strings.Contains(err.Error(), "secret service roots: no PEM certificate") {
+		t.Fatalf("a roots file without PEM: %v", err)
+	}
+	s.SecretServiceURL = ""
+	if r, err := v.launchRequest(s); err != nil || r.SecretServiceURL != "" || r.SecretServiceRoots != nil {
+		t.Fatalf("no service: %v %+v", err, r)
+	}
+}
+
+// TestVMRelaysToService: the launcher's side of a VM keep (a fake guest
+// on the channel socket instead of QEMU) relays the guest's connection to
+// the keep's secret service and logs its open and close in the keep's log.
+func TestVMRelaysToService(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // the service: an echo
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		io.Copy(c, c)
+		c.Close()
+	}()
+	dir, err := os.MkdirTemp("", "vmrelay")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	s := keep.Spec{Backend: "nil", Nonce: []byte("n"), Digest: "sha256:" + strings.Repeat("0", 64), ClientKey: make([]byte, 32),
+		AttachTimeout: time.Second, SecretServiceURL: "https://" + ln.Addr().String()}
+	req, err := (&VM{}).launchRequest(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := keeplog.Create(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vi := &vmInstance{dir: dir, req: req, attach: s.AttachTimeout, out: out, started: time.Now(),
+		channelDone: make(chan struct{}), waited: make(chan struct{})}
+	guestLn, err := net.Listen("unix", filepath.Join(dir, ChannelSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer guestLn.Close()
+	echoed := make(chan string, 1)
+	go func() { // the guest
+		c, err := guestLn.Accept()
+		if err != nil {
+			return
+		}
+		g, _, err := vmproto.Accept(c)
+		if err != nil {
+			echoed <- err.Error()
+			return
+		}
+		g.Hello([]byte("{}"))
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		sc, err := g.DialSecretService(ctx)
+		if err != nil {
+			echoed <- err.Error()
+			return
+		}
+		sc.Write([]byte("through the relay"))
+		sc.(interface{ CloseWrite() error }).CloseWrite()
+		b, _ := io.ReadAll(sc)
+		sc.Close()
+		echoed <- string(b)
+		code := 0
+		g.Exit(vmproto.Exit{State: vmproto.StateExited, ExitCode: &code})
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := vi.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-echoed; got != "through the relay" {
+		t.Fatalf("the guest got %q", got)
+	}
+	select {
+	case <-vi.channelDone:
+	case <-ctx.Done():
+		t.Fatal("the channel did not end")
+	}
+	out.Close()
+	log, _ := os.ReadFile(keeplog.Path(dir))
+	for _, want := range []string{"secret service relay: stream 1 open to " + ln.Addr().String(),
+		"secret service relay: stream 1 to " + ln.Addr().String() + " closed after"} {
+		if !strings.Contains(string(log), want) {
+			t.Errorf("the keep's log lacks %q:\n%s", want, log)
+		}
+	}
+}
