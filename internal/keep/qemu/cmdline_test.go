@@ -32,23 +32,29 @@ func TestArgsGolden(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m := base
 			tc.mod(&m)
-			args, err := m.Args()
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := strings.Join(args, "\n") + "\n"
-			path := filepath.Join("testdata", tc.name+".args")
-			if *update {
-				os.WriteFile(path, []byte(got), 0o644)
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got != string(want) {
-				t.Errorf("arguments differ from %s (go test -update rewrites it):\n%s", path, got)
-			}
+			checkGolden(t, &m, tc.name)
 		})
+	}
+}
+
+// checkGolden compares m's arguments with testdata/NAME.args.
+func checkGolden(t *testing.T, m *Machine, name string) {
+	t.Helper()
+	args, err := m.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(args, "\n") + "\n"
+	path := filepath.Join("testdata", name+".args")
+	if *update {
+		os.WriteFile(path, []byte(got), 0o644)
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("arguments differ from %s (go test -update rewrites it):\n%s", path, got)
 	}
 }
 

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keep/vmproto"
 	"github.com/castellan-dev/castellan/internal/keepimage"
@@ -40,6 +42,10 @@ type VM struct {
 	// ChannelTap, if set, sees every byte of every keep's channel, both
 	// ways (tests use it to check that the host only moves ciphertext).
 	ChannelTap func(toGuest bool, p []byte)
+	// Virtiofsd is the virtio-fs daemon that serves keeps' volumes; ""
+	// looks for one (DefaultVirtiofsdPaths, then PATH) when the first keep
+	// with volumes starts.
+	Virtiofsd string
 
 	support *Support
 	simInit []byte // SHA-384 of the image's /init, what a sim-snp guest claims
@@ -47,6 +53,10 @@ type VM struct {
 	initrd  string
 	cmdline string
 	warned  sync.Once
+
+	fsdOnce sync.Once
+	fsd     *Virtiofsd
+	fsdErr  error
 }
 
 var _ keep.Launcher = (*VM)(nil)
@@ -198,6 +208,7 @@ func (v *VM) launchRequest(s keep.Spec) (*vmproto.LaunchRequest, error) {
 	if s.Backend == tee.NameSimSNP {
 		r.SimMeasurement = v.simInit
 	}
+	r.Volumes = volumesOf(s)
 	return r, r.Check()
 }
 
@@ -217,6 +228,13 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 	req, err := v.launchRequest(s)
 	if err != nil {
 		return nil, err
+	}
+	var fsd *Virtiofsd
+	if len(s.Volumes) > 0 {
+		if fsd, err = v.virtiofsd(); err != nil {
+			return nil, fmt.Errorf("vm keeps: the keep has %d volumes: %w", len(s.Volumes), err)
+		}
+		m.FS = volumeFS(s.Dir, len(s.Volumes))
 	}
 	args, err := m.Args()
 	if err != nil {
@@ -238,18 +256,41 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 	}
 	vi := &vmInstance{dir: s.Dir, req: req, tap: v.ChannelTap, attach: s.AttachTimeout, out: out,
 		channelDone: make(chan struct{}), waited: make(chan struct{})}
+	if fsd != nil {
+		// The sockets listen before QEMU starts; the daemons get them
+		// once QEMU's process group exists.
+		if vi.volumes, err = listenVolumes(fsd, s.Dir, s.Volumes); err != nil {
+			out.Close()
+			return nil, err
+		}
+		vi.volumes.logf, vi.volumes.waited = vi.logLine, vi.waited
+	}
 	cmd := exec.Command(v.support.QEMU, args...)
 	cmd.Dir = s.Dir
 	cmd.Stdout = console
 	cmd.Stderr = &lineWriter{w: vi.logLine, prefix: "qemu: "}
 	cmd.SysProcAttr = keep.ProcAttr()
 	if err := cmd.Start(); err != nil {
+		if vi.volumes != nil {
+			vi.volumes.stop()
+		}
 		out.Close()
 		return nil, fmt.Errorf("starting QEMU: %w", err)
 	}
 	vi.cmd = cmd
 	vi.started = time.Now()
 	vi.ticks, _ = keep.StartTicks(cmd.Process.Pid)
+	if vi.volumes != nil {
+		if err := vi.volumes.start(cmd.Process.Pid); err != nil {
+			// QEMU is not reaped yet: its group is still this keep's.
+			unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+			cmd.Wait()
+			vi.volumes.stop()
+			out.Close()
+			v.Cleanup(s.ID, s.Dir)
+			return nil, err
+		}
+	}
 	go func() {
 		cmd.Wait()
 		close(vi.waited)
@@ -262,6 +303,10 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 func (v *VM) Cleanup(id, dir string) {
 	os.Remove(filepath.Join(dir, ChannelSocket))
 	os.Remove(filepath.Join(dir, keep.SocketFile))
+	socks, _ := filepath.Glob(filepath.Join(dir, "volume*.sock"))
+	for _, s := range socks {
+		os.Remove(s)
+	}
 }
 
 type vmInstance struct {
@@ -280,6 +325,8 @@ type vmInstance struct {
 	host        *vmproto.Host
 	channelDone chan struct{} // the channel's events and exit status are in
 	helloOnce   sync.Once
+
+	volumes *volumeDaemons // the volumes' virtiofsd processes; nil without volumes
 }
 
 var _ keep.Instance = (*vmInstance)(nil)
@@ -438,6 +485,9 @@ func (vi *vmInstance) serve(ln *net.UnixListener) {
 // events and exit record, then the end of the log.
 func (vi *vmInstance) Wait() *os.ProcessState {
 	<-vi.waited
+	if vi.volumes != nil {
+		vi.volumes.stop()
+	}
 	// QEMU closed the channel as it ended; a handshake that never
 	// started (the VM died first) has nothing to finish.
 	vi.helloOnce.Do(func() { close(vi.channelDone) })

@@ -54,6 +54,10 @@ type machine interface {
 	Uptime() time.Duration                            // since the kernel started
 	CPUTime() time.Duration                           // this process's CPU time
 	PowerOff()                                        // sync and power off; does not return
+
+	// MountVolume mounts the virtio-fs device tag in a folder of its own,
+	// read-only if asked, and returns the folder.
+	MountVolume(tag string, readOnly bool) (string, error)
 }
 
 // Main is the PID 1 program; it does not return.
@@ -129,6 +133,9 @@ func (g *guest) run() error {
 	if err != nil {
 		return err
 	}
+	if p.Volumes, err = g.mountVolumes(req.Volumes); err != nil {
+		return err
+	}
 	p.ApplyLimits = g.applyLimits
 	go func() {
 		if err := <-ch.ProtocolErrors(); err != nil {
@@ -176,6 +183,21 @@ func params(req *vmproto.LaunchRequest) (host.KeepParams, error) {
 		p.Evidence = s
 	}
 	return p, nil
+}
+
+// mountVolumes mounts the keep's volumes (virtio-fs devices) and returns
+// them as the keep's volumes: the keep preopens each folder for the
+// workload, as a process keep preopens the host's (host.RunKeep).
+func (g *guest) mountVolumes(vols []vmproto.Volume) ([]keep.Volume, error) {
+	var out []keep.Volume
+	for _, v := range vols {
+		dir, err := g.m.MountVolume(v.Tag, v.ReadOnly)
+		if err != nil {
+			return nil, fmt.Errorf("volume %s: %w", v.Guest, err)
+		}
+		out = append(out, keep.Volume{Guest: v.Guest, Host: dir, ReadOnly: v.ReadOnly})
+	}
+	return out, nil
 }
 
 // applyLimits applies the keep's limits inside the VM: memory and files
