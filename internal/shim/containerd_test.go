@@ -731,6 +731,7 @@ func TestContainerd(t *testing.T) {
 		if code != 0 || strings.Contains(out, secret) {
 			t.Fatalf("exit status %d, output:\n%s", code, out)
 		}
+		t.Logf("output:\n%s", out)
 		if b, _ := os.ReadFile(filepath.Join(rw, "out.txt")); string(b) != "copied: from the pod\n" {
 			t.Errorf("out.txt in the read-write volume: %q", b)
 		}
