@@ -5,7 +5,8 @@
 // the host is a virtio-serial port on a Unix socket in the keep's folder,
 // over which the host sends the keep's parameters and relays the
 // confidential delivery (internal/keep/vmproto); the serial console
-// carries logs only.
+// carries logs only. A keep with volumes (a pod's) also gets one virtio-fs
+// device per volume, each served by a sandboxed virtiofsd (virtiofsd.go).
 //
 // On an SEV-SNP host the VM is launched with measured direct boot
 // (sev-snp-guest, kernel-hashes=on) with the firmware that `castellan

@@ -102,7 +102,7 @@ func (v *VM) Enforcement() []string {
 		accel = "TCG (emulation, not isolated by hardware)"
 	}
 	return []string{
-		"VM keep: each keep is a QEMU micro-VM under " + accel + ", sized by vm_memory_bytes and vcpus, with no network and no disk",
+		"VM keep: each keep is a QEMU micro-VM under " + accel + ", sized by vm_memory_bytes and vcpus, with no network and no disk (a pod's volumes through virtio-fs only)",
 		"inside the VM the keep sets its own rlimits (memory_bytes, cpu_seconds, open_files) before it reads any input",
 		"wall time: the agent kills QEMU's process group at created + wall_seconds",
 	}

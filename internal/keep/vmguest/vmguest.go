@@ -1,8 +1,9 @@
 // Package vmguest is castellan as PID 1 of a VM keep: started by the
 // kernel as /init of the keep image (no arguments), it mounts what a keep
 // needs, loads the image's kernel modules, opens the virtio-serial port
-// named "castellan", reads the host's launch request (package vmproto) and
-// runs the same keep code as a process keep (host.RunKeep): key and
+// named "castellan", reads the host's launch request (package vmproto),
+// mounts the keep's volumes (virtio-fs) and runs the same keep code as a
+// process keep (host.RunKeep): key and
 // evidence made inside, confidential delivery, the workload, its exit
 // status. Then it powers the VM off. It never panics on purpose nor exits
 // (PID 1 exiting is a kernel panic): every failure prints one line on the
