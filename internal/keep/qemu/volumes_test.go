@@ -10,29 +10,13 @@ import (
 // VM has one already. The devices of a confidential VM use its bounce
 // buffers. Without volumes the command lines are TestArgsGolden's.
 func TestArgsGoldenVolumes(t *testing.T) {
-	dir := "/var/lib/castellan/host/keeps/0123456789ab"
-	base := Machine{
-		Kernel: "/images/keep/kernel", Initrd: "/images/keep/initrd",
-		Cmdline:     "console=ttyS0 panic=-1 quiet",
-		MemoryBytes: 512 << 20, VCPUs: 1, Dir: dir, FS: volumeFS(dir, 2),
-	}
-	for _, tc := range []struct {
-		name string
-		mod  func(*Machine)
-	}{
-		{"tcg-volumes", func(m *Machine) { m.Accel = AccelTCG }},
-		{"kvm-volumes", func(m *Machine) { m.Accel = AccelKVM; m.VCPUs = 2; m.MemoryBytes = 1 << 30 }},
-		{"snp-volumes", func(m *Machine) {
-			m.Accel, m.Confidential, m.Firmware = AccelKVM, SNP, "/usr/share/castellan/OVMF.amdsev.fd"
-		}},
-		{"tdx-volumes", func(m *Machine) {
-			m.Accel, m.Confidential, m.Firmware = AccelKVM, TDX, "/usr/share/castellan/OVMF.tdx.fd"
-		}},
-	} {
+	base := goldenBase()
+	base.FS = volumeFS(base.Dir, 2)
+	for _, tc := range goldenKinds {
 		t.Run(tc.name, func(t *testing.T) {
 			m := base
 			tc.mod(&m)
-			checkGolden(t, &m, tc.name)
+			checkGolden(t, &m, tc.name+"-volumes")
 		})
 	}
 }
