@@ -267,7 +267,12 @@ func (vd *volumeDaemons) stop() {
 	vd.mu.Unlock()
 	vd.closeListeners()
 	for i, cmd := range vd.cmds {
-		<-vd.logDone[i]
+		// The last log lines, unless something the daemon started holds
+		// its standard error past the kill (Wait closes the pipe).
+		select {
+		case <-vd.logDone[i]:
+		case <-time.After(5 * time.Second):
+		}
 		cmd.Wait()
 	}
 	vd.removeSockets()
