@@ -98,8 +98,9 @@ type Spec struct {
 	Digest    string
 	ClientKey []byte
 	Limits    Limits
-	// Volumes are host folders a process keep preopens for its workload
-	// (the containerd shim's pod volumes; VM keeps have none).
+	// Volumes are host folders a keep preopens for its workload (the
+	// containerd shim's pod volumes): a process keep opens them itself, a
+	// VM keep's guest mounts them through virtio-fs.
 	Volumes []Volume
 	// SecretServiceURL and SecretServiceCA (a PEM file; empty: the
 	// system's roots) are where the keep fetches its config's

@@ -7,7 +7,7 @@ import (
 	"strings"
 )
 
-// Volume is a host folder a process keep preopens for its workload at a
+// Volume is a host folder a keep preopens for its workload at a
 // guest path: a pod's volume, given by the containerd shim. Volumes are
 // part of how the host starts a keep (Spec), never of what a client
 // delivers: a remote client of the host agent cannot make a keep open the

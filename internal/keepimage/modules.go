@@ -17,11 +17,12 @@ import (
 )
 
 // Guest modules. Required ones must be built in or found; wanted ones are
-// added when the kernel has them as modules (the TEE guest drivers and
-// what configfs-tsm needs).
+// added when the kernel has them as modules (the TEE guest drivers, what
+// configfs-tsm needs, and virtio-fs for the keep's volumes: Debian's cloud
+// kernel has virtio-fs built in, so its images do not change).
 var (
 	RequiredModules = []string{"virtio_pci", "virtio_console"}
-	WantedModules   = []string{"configfs", "tsm", "sev_guest", "tdx_guest"}
+	WantedModules   = []string{"configfs", "tsm", "sev_guest", "tdx_guest", "fuse", "virtiofs"}
 )
 
 // Module is a kernel module file to load in the guest.

@@ -36,6 +36,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/fixtures"
+	"github.com/castellan-dev/castellan/internal/keep/qemu"
 	"github.com/castellan-dev/castellan/internal/keepimage"
 	"github.com/castellan-dev/castellan/internal/shim"
 	"github.com/castellan-dev/castellan/internal/workload"
@@ -696,6 +697,53 @@ func TestContainerd(t *testing.T) {
 		out, code := c.run(t, "--runtime-config-path", opts, "--memory-limit", strconv.Itoa(300<<20), "example.com/hello-c:v1", "vm1", "/app/main.wasm", "in-a-vm")
 		if code != 0 || !strings.Contains(out, "hello from C in a keep") || !strings.Contains(out, "arg[1]=in-a-vm") {
 			t.Fatalf("exit status %d, output:\n%s", code, out)
+		}
+	})
+
+	t.Run("a VM keep with volumes", func(t *testing.T) {
+		// One boot: the pod's read-only and read-write volumes reach the
+		// VM through virtio-fs (a virtiofsd each, sandboxed in its folder);
+		// the workload reads the one and writes the other, and a host link
+		// out of the volume leads nowhere.
+		if _, err := qemu.FindVirtiofsd(qemu.OS{}, ""); err != nil && os.Getenv("CI") == "" {
+			t.Skipf("%v (scripts/test installs qemu-system-common)", err)
+		}
+		img := vmKeepImage(t)
+		c.importLayout(t, rootfsImage(t, fixtures.C(t, "volumes"), nil), "example.com/volumes-c:v1")
+		base := t.TempDir()
+		ro, rw := filepath.Join(base, "ro"), filepath.Join(base, "rw")
+		os.Mkdir(ro, 0o755)
+		os.Mkdir(rw, 0o755)
+		os.WriteFile(filepath.Join(ro, "in.txt"), []byte("from the pod\n"), 0o644)
+		const secret = "the host's own\n"
+		os.WriteFile(filepath.Join(base, "secret.txt"), []byte(secret), 0o600)
+		os.Symlink(filepath.Join(base, "secret.txt"), filepath.Join(ro, "escape"))
+		opts := filepath.Join(t.TempDir(), "shim.toml")
+		os.WriteFile(opts, []byte(fmt.Sprintf("keep = \"vm\"\nbackend = \"nil\"\nkeep_image = %q\n", img)), 0o644)
+		out, code := c.run(t, "--runtime-config-path", opts, "--memory-limit", strconv.Itoa(300<<20),
+			"--mount", "type=bind,src="+ro+",dst=/config,options=rbind:ro", "--mount", "type=bind,src="+rw+",dst=/data,options=rbind:rw",
+			"example.com/volumes-c:v1", "vmvol", "/app/main.wasm", "/config", "/data")
+		for _, want := range []string{"read from the pod\n", "wrote out.txt\n", "read-only create refused\n", "escape refused\n", "done\n"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q", want)
+			}
+		}
+		if code != 0 || strings.Contains(out, secret) {
+			t.Fatalf("exit status %d, output:\n%s", code, out)
+		}
+		t.Logf("output:\n%s", out)
+		if b, _ := os.ReadFile(filepath.Join(rw, "out.txt")); string(b) != "copied: from the pod\n" {
+			t.Errorf("out.txt in the read-write volume: %q", b)
+		}
+		if ents, _ := os.ReadDir(ro); len(ents) != 2 {
+			t.Errorf("the read-only volume changed: %v", ents)
+		}
+		// No virtiofsd of this keep is left.
+		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range procs {
+			if b, _ := os.ReadFile(p); bytes.Contains(b, []byte(base)) {
+				t.Errorf("%s is left behind: %q", filepath.Dir(p), b)
+			}
 		}
 	})
 

@@ -274,8 +274,9 @@ var systemMounts = []string{"/dev", "/proc", "/sys"}
 // Kubernetes' emptyDir, hostPath, configMap, secret and projected
 // volumes) onto the keep's preopens at the same guest paths, read-only
 // when the mount is. Mounts of single files (/etc/hosts, resolv.conf,
-// termination logs) and of the kernel's folders are not given; neither is
-// anything to a VM keep, which has no way to the host's folders.
+// termination logs) and of the kernel's folders are not given. A VM keep
+// gets them through virtio-fs (internal/keep/qemu), except folders whose
+// path holds a comma, which virtiofsd's options cannot take.
 func volumesOf(mounts []specs.Mount, kind string) (vols []keep.Volume, skipped []string) {
 	for _, m := range mounts {
 		bind, ro := m.Type == "bind", false
@@ -309,8 +310,8 @@ func volumesOf(mounts []specs.Mount, kind string) (vols []keep.Volume, skipped [
 			skipped = append(skipped, fmt.Sprintf("mount %s: %v: not given to the workload", dst, err))
 			continue
 		}
-		if kind == keep.KindVM {
-			skipped = append(skipped, fmt.Sprintf("mount %s: a VM keep has no way to the host's folders: not given to the workload", dst))
+		if kind == keep.KindVM && strings.Contains(src, ",") {
+			skipped = append(skipped, fmt.Sprintf("mount %s: source %q holds a comma, which virtiofsd's options cannot take: not given to the workload", dst, src))
 			continue
 		}
 		if slices.ContainsFunc(vols, func(v keep.Volume) bool { return v.Guest == dst }) {

@@ -401,9 +401,16 @@ func TestVolumesOf(t *testing.T) {
 	if len(skipped) != 7 {
 		t.Errorf("%d skipped, want 7:\n%s", len(skipped), strings.Join(skipped, "\n"))
 	}
-	// A VM keep has no way to the host's folders.
-	vols, skipped = volumesOf(mounts[4:5], keep.KindVM)
-	if len(vols) != 0 || len(skipped) != 1 || !strings.Contains(skipped[0], "a VM keep has no way to the host's folders") {
+	// A VM keep gets the same volumes (through virtio-fs), but for a
+	// folder whose path holds a comma.
+	vols, skipped = volumesOf(mounts, keep.KindVM)
+	if !reflect.DeepEqual(vols, want) || len(skipped) != 7 {
 		t.Errorf("VM keep: volumes %+v, skipped %q", vols, skipped)
+	}
+	comma := filepath.Join(dir, "a,b")
+	os.Mkdir(comma, 0o755)
+	vols, skipped = volumesOf([]specs.Mount{{Destination: "/c", Type: "bind", Source: comma, Options: []string{"rbind"}}}, keep.KindVM)
+	if len(vols) != 0 || len(skipped) != 1 || !strings.Contains(skipped[0], "holds a comma, which virtiofsd's options cannot take") {
+		t.Errorf("VM keep, a comma: volumes %+v, skipped %q", vols, skipped)
 	}
 }

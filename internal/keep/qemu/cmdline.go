@@ -5,7 +5,8 @@
 // the host is a virtio-serial port on a Unix socket in the keep's folder,
 // over which the host sends the keep's parameters and relays the
 // confidential delivery (internal/keep/vmproto); the serial console
-// carries logs only.
+// carries logs only. A keep with volumes (a pod's) also gets one virtio-fs
+// device per volume, each served by a sandboxed virtiofsd (virtiofsd.go).
 //
 // On an SEV-SNP host the VM is launched with measured direct boot
 // (sev-snp-guest, kernel-hashes=on) with the firmware that `castellan
@@ -26,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/castellan-dev/castellan/internal/keep/vmproto"
 	"github.com/castellan-dev/castellan/internal/measure/snp"
 )
 
@@ -83,6 +85,16 @@ type Machine struct {
 	CBitPos         int
 	ReducedPhysBits int
 	VCPUType        string
+	// FS are the VM's virtio-fs devices (the keep's volumes), each served
+	// by a virtiofsd on a vhost-user socket.
+	FS []FS
+}
+
+// FS is one virtio-fs device: the tag the guest mounts, and the
+// vhost-user socket of the virtiofsd that serves it.
+type FS struct {
+	Tag    string
+	Socket string
 }
 
 // Args returns QEMU's arguments (without the program name). The serial
@@ -127,6 +139,7 @@ func (m *Machine) Args() ([]string, error) {
 		objects = append(objects, "-object", "tdx-guest,id=tdx0")
 		virtioOpts = ",disable-legacy=on,iommu_platform=true"
 	}
+	machine, objects = m.sharedMemory(machine, mem, objects)
 	args := []string{
 		"-machine", machine,
 		"-cpu", cpu,
@@ -151,7 +164,55 @@ func (m *Machine) Args() ([]string, error) {
 		"-chardev", "socket,id="+ChannelName+",path="+filepath.Join(m.Dir, ChannelSocket)+",server=on,wait=off",
 		"-device", "virtserialport,chardev="+ChannelName+",name="+ChannelName,
 	)
+	args = append(args, m.fsArgs(virtioOpts)...)
 	return args, nil
+}
+
+// sharedMemory gives a VM with virtio-fs devices its RAM in shared memory
+// (a memfd, share=on): a vhost-user daemon maps the guest's RAM to read
+// and write the virtqueues' buffers. An SEV-SNP VM already has its RAM in
+// a shared memfd (its private memory is the kernel's guest_memfd, never
+// mapped by anyone); a plain VM and a TD get one only when they have
+// virtio-fs devices, so that their command lines are otherwise unchanged.
+func (m *Machine) sharedMemory(machine, mem string, objects []string) (string, []string) {
+	if len(m.FS) == 0 || m.Confidential == SNP {
+		return machine, objects
+	}
+	return machine + ",memory-backend=ram1", append(objects,
+		"-object", "memory-backend-memfd,id=ram1,size="+mem+",share=true,prealloc=false")
+}
+
+// fsArgs are the virtio-fs devices: one vhost-user socket (QEMU is the
+// client) and one vhost-user-fs-pci device each. A confidential guest's
+// devices use its bounce buffers (virtioOpts), as the channel's does.
+func (m *Machine) fsArgs(virtioOpts string) []string {
+	var args []string
+	for i, fs := range m.FS {
+		id := "fs" + strconv.Itoa(i)
+		args = append(args,
+			"-chardev", "socket,id="+id+",path="+fs.Socket,
+			"-device", "vhost-user-fs-pci,chardev="+id+",tag="+fs.Tag+virtioOpts)
+	}
+	return args
+}
+
+// checkFS checks the virtio-fs devices: tags of letters, digits and
+// dashes, each once; sockets without commas.
+func (m *Machine) checkFS() error {
+	seen := map[string]bool{}
+	for _, fs := range m.FS {
+		if !vmproto.ValidVolumeTag(fs.Tag) {
+			return fmt.Errorf("qemu: virtio-fs tag %q (want 1 to %d letters, digits or dashes)", fs.Tag, vmproto.MaxVolumeTag)
+		}
+		if seen[fs.Tag] {
+			return fmt.Errorf("qemu: virtio-fs tag %q given twice", fs.Tag)
+		}
+		seen[fs.Tag] = true
+		if fs.Socket == "" || strings.Contains(fs.Socket, ",") {
+			return fmt.Errorf("qemu: virtio-fs socket %q is empty or holds a comma, which QEMU's options cannot take", fs.Socket)
+		}
+	}
+	return nil
 }
 
 func (m *Machine) check() error {
@@ -180,5 +241,5 @@ func (m *Machine) check() error {
 			return fmt.Errorf("qemu: path %q holds a comma, which QEMU's options cannot take", p)
 		}
 	}
-	return nil
+	return m.checkFS()
 }

@@ -10,45 +10,59 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files")
 
-func TestArgsGolden(t *testing.T) {
-	base := Machine{
+// goldenBase is the machine of the golden files; goldenKinds make each
+// kind of VM of it.
+func goldenBase() Machine {
+	return Machine{
 		Kernel: "/images/keep/kernel", Initrd: "/images/keep/initrd",
 		Cmdline:     "console=ttyS0 panic=-1 quiet",
 		MemoryBytes: 512 << 20, VCPUs: 1, Dir: "/var/lib/castellan/host/keeps/0123456789ab",
 	}
-	for _, tc := range []struct {
-		name string
-		mod  func(*Machine)
-	}{
-		{"tcg", func(m *Machine) { m.Accel = AccelTCG }},
-		{"kvm", func(m *Machine) { m.Accel = AccelKVM; m.VCPUs = 2; m.MemoryBytes = 1 << 30 }},
-		{"snp", func(m *Machine) {
-			m.Accel, m.Confidential, m.Firmware = AccelKVM, SNP, "/usr/share/castellan/OVMF.amdsev.fd"
-		}},
-		{"tdx", func(m *Machine) {
-			m.Accel, m.Confidential, m.Firmware = AccelKVM, TDX, "/usr/share/castellan/OVMF.tdx.fd"
-		}},
-	} {
+}
+
+var goldenKinds = []struct {
+	name string
+	mod  func(*Machine)
+}{
+	{"tcg", func(m *Machine) { m.Accel = AccelTCG }},
+	{"kvm", func(m *Machine) { m.Accel = AccelKVM; m.VCPUs = 2; m.MemoryBytes = 1 << 30 }},
+	{"snp", func(m *Machine) {
+		m.Accel, m.Confidential, m.Firmware = AccelKVM, SNP, "/usr/share/castellan/OVMF.amdsev.fd"
+	}},
+	{"tdx", func(m *Machine) {
+		m.Accel, m.Confidential, m.Firmware = AccelKVM, TDX, "/usr/share/castellan/OVMF.tdx.fd"
+	}},
+}
+
+func TestArgsGolden(t *testing.T) {
+	base := goldenBase()
+	for _, tc := range goldenKinds {
 		t.Run(tc.name, func(t *testing.T) {
 			m := base
 			tc.mod(&m)
-			args, err := m.Args()
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := strings.Join(args, "\n") + "\n"
-			path := filepath.Join("testdata", tc.name+".args")
-			if *update {
-				os.WriteFile(path, []byte(got), 0o644)
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got != string(want) {
-				t.Errorf("arguments differ from %s (go test -update rewrites it):\n%s", path, got)
-			}
+			checkGolden(t, &m, tc.name)
 		})
+	}
+}
+
+// checkGolden compares m's arguments with testdata/NAME.args.
+func checkGolden(t *testing.T, m *Machine, name string) {
+	t.Helper()
+	args, err := m.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(args, "\n") + "\n"
+	path := filepath.Join("testdata", name+".args")
+	if *update {
+		os.WriteFile(path, []byte(got), 0o644)
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("arguments differ from %s (go test -update rewrites it):\n%s", path, got)
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keep/vmproto"
 	"github.com/castellan-dev/castellan/internal/keepimage"
@@ -39,6 +41,10 @@ type VM struct {
 	// ChannelTap, if set, sees every byte of every keep's channel, both
 	// ways (tests use it to check that the host only moves ciphertext).
 	ChannelTap func(toGuest bool, p []byte)
+	// Virtiofsd is the virtio-fs daemon that serves keeps' volumes; ""
+	// looks for one (DefaultVirtiofsdPaths, then PATH) when the first keep
+	// with volumes starts.
+	Virtiofsd string
 
 	support *Support
 	simInit []byte // SHA-384 of the image's /init, what a sim-snp guest claims
@@ -46,6 +52,10 @@ type VM struct {
 	initrd  string
 	cmdline string
 	warned  sync.Once
+
+	fsdOnce sync.Once
+	fsd     *Virtiofsd
+	fsdErr  error
 }
 
 var _ keep.Launcher = (*VM)(nil)
@@ -91,7 +101,7 @@ func (v *VM) Enforcement() []string {
 		accel = "TCG (emulation, not isolated by hardware)"
 	}
 	return []string{
-		"VM keep: each keep is a QEMU micro-VM under " + accel + ", sized by vm_memory_bytes and vcpus, with no network and no disk",
+		"VM keep: each keep is a QEMU micro-VM under " + accel + ", sized by vm_memory_bytes and vcpus, with no network and no disk (a pod's volumes through virtio-fs only)",
 		"inside the VM the keep sets its own rlimits (memory_bytes, cpu_seconds, open_files) before it reads any input",
 		"wall time: the agent kills QEMU's process group at created + wall_seconds",
 	}
@@ -189,6 +199,7 @@ func (v *VM) launchRequest(s keep.Spec) (*vmproto.LaunchRequest, error) {
 	if err := addSecretService(r, s); err != nil {
 		return nil, err
 	}
+	r.Volumes = volumesOf(s)
 	return r, r.Check()
 }
 
@@ -228,6 +239,13 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 	if err != nil {
 		return nil, err
 	}
+	var fsd *Virtiofsd
+	if len(s.Volumes) > 0 {
+		if fsd, err = v.virtiofsd(); err != nil {
+			return nil, fmt.Errorf("vm keeps: the keep has %d volumes: %w", len(s.Volumes), err)
+		}
+		m.FS = volumeFS(s.Dir, len(s.Volumes))
+	}
 	args, err := m.Args()
 	if err != nil {
 		return nil, err
@@ -248,18 +266,41 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 	}
 	vi := &vmInstance{dir: s.Dir, req: req, tap: v.ChannelTap, attach: s.AttachTimeout, out: out,
 		channelDone: make(chan struct{}), waited: make(chan struct{})}
+	if fsd != nil {
+		// The sockets listen before QEMU starts; the daemons get them
+		// once QEMU's process group exists.
+		if vi.volumes, err = listenVolumes(fsd, s.Dir, s.Volumes); err != nil {
+			out.Close()
+			return nil, err
+		}
+		vi.volumes.logf, vi.volumes.waited = vi.logLine, vi.waited
+	}
 	cmd := exec.Command(v.support.QEMU, args...)
 	cmd.Dir = s.Dir
 	cmd.Stdout = console
 	cmd.Stderr = &lineWriter{w: vi.logLine, prefix: "qemu: "}
 	cmd.SysProcAttr = keep.ProcAttr()
 	if err := cmd.Start(); err != nil {
+		if vi.volumes != nil {
+			vi.volumes.stop()
+		}
 		out.Close()
 		return nil, fmt.Errorf("starting QEMU: %w", err)
 	}
 	vi.cmd = cmd
 	vi.started = time.Now()
 	vi.ticks, _ = keep.StartTicks(cmd.Process.Pid)
+	if vi.volumes != nil {
+		if err := vi.volumes.start(cmd.Process.Pid); err != nil {
+			// QEMU is not reaped yet: its group is still this keep's.
+			unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+			cmd.Wait()
+			vi.volumes.stop()
+			out.Close()
+			v.Cleanup(s.ID, s.Dir)
+			return nil, err
+		}
+	}
 	go func() {
 		cmd.Wait()
 		close(vi.waited)
@@ -272,6 +313,10 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 func (v *VM) Cleanup(id, dir string) {
 	os.Remove(filepath.Join(dir, ChannelSocket))
 	os.Remove(filepath.Join(dir, keep.SocketFile))
+	socks, _ := filepath.Glob(filepath.Join(dir, "volume*.sock"))
+	for _, s := range socks {
+		os.Remove(s)
+	}
 }
 
 type vmInstance struct {
@@ -290,6 +335,8 @@ type vmInstance struct {
 	host        *vmproto.Host
 	channelDone chan struct{} // the channel's events and exit status are in
 	helloOnce   sync.Once
+
+	volumes *volumeDaemons // the volumes' virtiofsd processes; nil without volumes
 }
 
 var _ keep.Instance = (*vmInstance)(nil)
@@ -448,6 +495,9 @@ func (vi *vmInstance) serve(ln *net.UnixListener) {
 // events and exit record, then the end of the log.
 func (vi *vmInstance) Wait() *os.ProcessState {
 	<-vi.waited
+	if vi.volumes != nil {
+		vi.volumes.stop()
+	}
 	// QEMU closed the channel as it ended; a handshake that never
 	// started (the VM died first) has nothing to finish.
 	vi.helloOnce.Do(func() { close(vi.channelDone) })

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -28,6 +30,10 @@ type fakeMachine struct {
 	cpu      time.Duration
 	off      chan struct{}
 	offOnce  sync.Once
+
+	volumes map[string]string // virtio-fs tag → the folder it "mounts"
+	mountMu sync.Mutex
+	mounted []string // "TAG ro=BOOL" of each mount
 }
 
 func (m *fakeMachine) Setup(func(string, ...any)) error { return m.setupErr }
@@ -55,8 +61,14 @@ func boot(t *testing.T) (net.Conn, *fakeMachine, *bytes.Buffer) {
 // bootCPU is boot on a machine whose CPU clock reads cpu.
 func bootCPU(t *testing.T, cpu time.Duration) (net.Conn, *fakeMachine, *bytes.Buffer) {
 	t.Helper()
+	return bootMachine(t, &fakeMachine{cpu: cpu})
+}
+
+// bootMachine is boot on m, whose port it makes.
+func bootMachine(t *testing.T, m *fakeMachine) (net.Conn, *fakeMachine, *bytes.Buffer) {
+	t.Helper()
 	hostEnd, guestEnd := net.Pipe()
-	m := &fakeMachine{port: guestEnd, off: make(chan struct{}), cpu: cpu}
+	m.port, m.off = guestEnd, make(chan struct{})
 	console := &bytes.Buffer{}
 	go func() {
 		run(m, console)
@@ -244,4 +256,16 @@ func writeFile(t *testing.T, path, body string) {
 	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// MountVolume "mounts" a tag at the folder the test gave it.
+func (m *fakeMachine) MountVolume(tag string, readOnly bool) (string, error) {
+	m.mountMu.Lock()
+	defer m.mountMu.Unlock()
+	dir, ok := m.volumes[tag]
+	if !ok {
+		return "", errors.New("no such virtio-fs tag")
+	}
+	m.mounted = append(m.mounted, fmt.Sprintf("%s ro=%v", tag, readOnly))
+	return dir, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/castellan-dev/castellan/internal/host"
+	"github.com/castellan-dev/castellan/internal/keep/vmproto"
 	"github.com/castellan-dev/castellan/internal/keepimage"
 )
 
@@ -106,6 +108,23 @@ func (linuxMachine) OpenPort(name string) (io.ReadWriteCloser, error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// MountVolume mounts a virtio-fs device at /volumes/TAG: no devices, no
+// set-uid programs, read-only if asked.
+func (linuxMachine) MountVolume(tag string, readOnly bool) (string, error) {
+	dir := path.Join(vmproto.VolumeMountDir, tag)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
+	if readOnly {
+		flags |= unix.MS_RDONLY
+	}
+	if err := unix.Mount(tag, dir, "virtiofs", flags, ""); err != nil {
+		return "", fmt.Errorf("mount virtiofs %s on %s: %w", tag, dir, err)
+	}
+	return dir, nil
 }
 
 func (linuxMachine) Uptime() time.Duration {

@@ -1,8 +1,9 @@
 // Package vmguest is castellan as PID 1 of a VM keep: started by the
 // kernel as /init of the keep image (no arguments), it mounts what a keep
 // needs, loads the image's kernel modules, opens the virtio-serial port
-// named "castellan", reads the host's launch request (package vmproto) and
-// runs the same keep code as a process keep (host.RunKeep): key and
+// named "castellan", reads the host's launch request (package vmproto),
+// mounts the keep's volumes (virtio-fs) and runs the same keep code as a
+// process keep (host.RunKeep): key and
 // evidence made inside, confidential delivery, the workload, its exit
 // status. Then it powers the VM off. It never panics on purpose nor exits
 // (PID 1 exiting is a kernel panic): every failure prints one line on the
@@ -55,6 +56,10 @@ type machine interface {
 	Uptime() time.Duration                            // since the kernel started
 	CPUTime() time.Duration                           // this process's CPU time
 	PowerOff()                                        // sync and power off; does not return
+
+	// MountVolume mounts the virtio-fs device tag in a folder of its own,
+	// read-only if asked, and returns the folder.
+	MountVolume(tag string, readOnly bool) (string, error)
 }
 
 // Main is the PID 1 program; it does not return.
@@ -130,6 +135,9 @@ func (g *guest) run() error {
 	if err != nil {
 		return err
 	}
+	if p.Volumes, err = g.mountVolumes(req.Volumes); err != nil {
+		return err
+	}
 	p.ApplyLimits = g.applyLimits
 	p.SecretService = secretService(req, ch)
 	go func() {
@@ -191,6 +199,21 @@ func secretService(req *vmproto.LaunchRequest, ch *vmproto.Guest) *delivery.Secr
 		svc.Dial = func(ctx context.Context, _, _ string) (net.Conn, error) { return ch.DialSecretService(ctx) }
 	}
 	return svc
+}
+
+// mountVolumes mounts the keep's volumes (virtio-fs devices) and returns
+// them as the keep's volumes: the keep preopens each folder for the
+// workload, as a process keep preopens the host's (host.RunKeep).
+func (g *guest) mountVolumes(vols []vmproto.Volume) ([]keep.Volume, error) {
+	var out []keep.Volume
+	for _, v := range vols {
+		dir, err := g.m.MountVolume(v.Tag, v.ReadOnly)
+		if err != nil {
+			return nil, fmt.Errorf("volume %s: %w", v.Guest, err)
+		}
+		out = append(out, keep.Volume{Guest: v.Guest, Host: dir, ReadOnly: v.ReadOnly})
+	}
+	return out, nil
 }
 
 // applyLimits applies the keep's limits inside the VM: memory and files

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path"
 	"slices"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/delivery"
+	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/strictjson"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
@@ -43,6 +45,68 @@ type LaunchRequest struct {
 	// the system's). TLS runs in the keep, so the host relays ciphertext.
 	SecretServiceURL   string `json:"secret_service_url,omitempty"`
 	SecretServiceRoots []byte `json:"secret_service_roots,omitempty"`
+	// Volumes are the keep's volumes, each a virtio-fs device of the VM
+	// (at most keep.MaxVolumes). The guest mounts each under its own
+	// folder (VolumeMountDir) and preopens it for the workload, as a
+	// process keep preopens the host's folder.
+	Volumes []Volume `json:"volumes,omitempty"`
+}
+
+// Volume is one of the keep's volumes as the guest sees it: a virtio-fs
+// tag, the path the workload sees and whether it is read-only. It never
+// holds a host path: the guest needs none, and the host's layout is none
+// of its business.
+type Volume struct {
+	Tag      string `json:"tag"`
+	Guest    string `json:"guest"`
+	ReadOnly bool   `json:"readonly,omitempty"`
+}
+
+// MaxVolumeTag is the longest virtio-fs tag (the device's config field
+// holds 36 bytes).
+const MaxVolumeTag = 36
+
+// VolumeMountDir is the guest's folder under which the guest mounts each
+// volume, at its tag.
+const VolumeMountDir = "/volumes"
+
+// ValidVolumeTag reports whether tag is a virtio-fs tag a launch request
+// may carry: 1 to MaxVolumeTag ASCII letters, digits or dashes (it names
+// a folder in the guest and an option of QEMU's, so nothing else).
+func ValidVolumeTag(tag string) bool {
+	if tag == "" || len(tag) > MaxVolumeTag {
+		return false
+	}
+	for _, c := range tag {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkVolumes checks the volumes: valid tags, each once, and guest paths
+// as keep.CheckVolumes wants them (absolute, clean, each once, not /).
+func (r *LaunchRequest) checkVolumes() error {
+	if len(r.Volumes) > keep.MaxVolumes {
+		return fmt.Errorf("launch request: %d volumes, more than %d", len(r.Volumes), keep.MaxVolumes)
+	}
+	tags := map[string]bool{}
+	var vs []keep.Volume
+	for _, v := range r.Volumes {
+		if !ValidVolumeTag(v.Tag) {
+			return fmt.Errorf("launch request: volume tag %q, want 1 to %d letters, digits or dashes", v.Tag, MaxVolumeTag)
+		}
+		if tags[v.Tag] {
+			return fmt.Errorf("launch request: volume tag %q given twice", v.Tag)
+		}
+		tags[v.Tag] = true
+		vs = append(vs, keep.Volume{Guest: v.Guest, Host: path.Join(VolumeMountDir, v.Tag), ReadOnly: v.ReadOnly})
+	}
+	if err := keep.CheckVolumes(vs); err != nil {
+		return fmt.Errorf("launch request: %w", err)
+	}
+	return nil
 }
 
 // Limits are the keep's limits, as the agent's host.Limits (the VM's
@@ -93,6 +157,9 @@ func (r *LaunchRequest) Check() error {
 	}
 	if len(r.SimMeasurement) != 0 && (r.Backend != tee.NameSimSNP || len(r.SimMeasurement) != 48) {
 		return fmt.Errorf("launch request: sim_measurement of %d bytes, want 48 and backend sim-snp", len(r.SimMeasurement))
+	}
+	if err := r.checkVolumes(); err != nil {
+		return err
 	}
 	return r.checkSecretService()
 }

@@ -15,10 +15,15 @@ type Host struct {
 	Path          string            // where qemu-system-x86_64 is; "" = not installed
 	Outputs       map[string]string // QEMU's arguments joined by spaces → its stdout
 	CreateVMError error
+	// Programs are other programs on PATH (e.g. virtiofsd): name → path.
+	Programs map[string]string
 }
 
 func (f *Host) LookPath(name string) (string, error) {
-	if f.Path == "" {
+	if p, ok := f.Programs[name]; ok {
+		return p, nil
+	}
+	if f.Path == "" || name != "qemu-system-x86_64" {
 		return "", errors.New("executable file not found in $PATH")
 	}
 	return f.Path, nil
@@ -57,6 +62,14 @@ func (i fakeInfo) Mode() fs.FileMode  { return 0o600 }
 func (i fakeInfo) ModTime() time.Time { return time.Time{} }
 func (i fakeInfo) IsDir() bool        { return false }
 func (i fakeInfo) Sys() any           { return nil }
+
+// Help texts of the two virtiofsd daemons (the lines the launcher reads):
+// QEMU's C daemon, the Rust daemon, and a Rust daemon with --readonly.
+const (
+	VirtiofsdCHelp      = "usage: virtiofsd [options]\n    -o source=PATH             shared directory tree\n    --fd=FDNUM                 fd number of vhost-user socket\n"
+	VirtiofsdRustHelp   = "Usage: virtiofsd [OPTIONS]\n      --shared-dir <SHARED_DIR>  Shared directory path\n      --fd <FD>  File descriptor for the listening socket\n"
+	VirtiofsdRustROHelp = VirtiofsdRustHelp + "      --readonly  the shared directory is read-only\n"
+)
 
 // Object lists of QEMU before SEV-SNP support, and with SEV-SNP and TDX.
 const (
