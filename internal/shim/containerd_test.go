@@ -83,6 +83,12 @@ type containerd struct {
 	cmd            *exec.Cmd
 	exe            string // the castellan binary the shim runs as
 	ns             string // ctr's namespace
+
+	image struct { // the VM keep image of c's tests (keepImage)
+		once sync.Once
+		dir  string
+		err  error
+	}
 }
 
 // startContainerd starts Debian's containerd (1.6) for the test, or skips
@@ -385,6 +391,33 @@ func keepsWasmLayers(t *testing.T) bool {
 // with the reason otherwise, as the VM keep tests of internal/host are).
 func vmKeepImage(t *testing.T) string {
 	t.Helper()
+	build := keepImageBuilder(t)
+	dir := t.TempDir()
+	if err := build(dir); err != nil {
+		t.Fatalf("building the keep image: %v", err)
+	}
+	return dir
+}
+
+// keepImage is vmKeepImage built once for all of c's tests, in c's folder
+// (the launcher only reads it).
+func (c *containerd) keepImage(t *testing.T) string {
+	t.Helper()
+	build := keepImageBuilder(t)
+	c.image.once.Do(func() {
+		c.image.dir = filepath.Join(c.dir, "keep-image")
+		c.image.err = build(c.image.dir)
+	})
+	if c.image.err != nil {
+		t.Fatalf("building the keep image: %v", c.image.err)
+	}
+	return c.image.dir
+}
+
+// keepImageBuilder skips t when QEMU or a kernel is missing, else returns
+// a function that builds a keep image into a folder.
+func keepImageBuilder(t *testing.T) func(dir string) error {
+	t.Helper()
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Skip("qemu-system-x86_64 is not installed (scripts/test installs it)")
 	}
@@ -393,13 +426,12 @@ func vmKeepImage(t *testing.T) string {
 		t.Skipf("no kernel for the keep image: %v (scripts/test fetches one)", err)
 	}
 	root, _ := fixtures.RepoRoot()
-	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	defer cancel()
-	if _, err := keepimage.Build(ctx, keepimage.Options{Out: dir, Kernel: kernel, Modules: mods, Source: root}); err != nil {
-		t.Fatalf("building the keep image: %v", err)
+	return func(dir string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+		defer cancel()
+		_, err := keepimage.Build(ctx, keepimage.Options{Out: dir, Kernel: kernel, Modules: mods, Source: root})
+		return err
 	}
-	return dir
 }
 
 // startAttest runs `castellan attest serve` on loopback with the policy in
@@ -691,7 +723,7 @@ func TestContainerd(t *testing.T) {
 	})
 
 	t.Run("a VM keep", func(t *testing.T) {
-		img := vmKeepImage(t)
+		img := c.keepImage(t)
 		opts := filepath.Join(t.TempDir(), "shim.toml")
 		os.WriteFile(opts, []byte(fmt.Sprintf("keep = \"vm\"\nbackend = \"nil\"\nkeep_image = %q\n", img)), 0o644)
 		out, code := c.run(t, "--runtime-config-path", opts, "--memory-limit", strconv.Itoa(300<<20), "example.com/hello-c:v1", "vm1", "/app/main.wasm", "in-a-vm")
@@ -708,7 +740,7 @@ func TestContainerd(t *testing.T) {
 		if _, err := qemu.FindVirtiofsd(qemu.OS{}, ""); err != nil && os.Getenv("CI") == "" {
 			t.Skipf("%v (scripts/test installs qemu-system-common)", err)
 		}
-		img := vmKeepImage(t)
+		img := c.keepImage(t)
 		c.importLayout(t, rootfsImage(t, fixtures.C(t, "volumes"), nil), "example.com/volumes-c:v1")
 		base := t.TempDir()
 		ro, rw := filepath.Join(base, "ro"), filepath.Join(base, "rw")

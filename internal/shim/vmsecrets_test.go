@@ -34,7 +34,7 @@ func imageInitMeasurement(t *testing.T, dir string) string {
 // gets it from a real `attest serve` through the relay on its channel,
 // the value bound to its digest, and the value is in no file on the node.
 func testVMKeepSecrets(t *testing.T, c *containerd, helloGo string) {
-	img := vmKeepImage(t)
+	img := c.keepImage(t)
 	k := newKBSFixture(t, c, helloGo)
 	// The owner adds the keep image's measurement (a VM keep proves the
 	// castellan in its image); the service picks it up at its next reload.
