@@ -204,7 +204,13 @@ var packagePushCmd = &Command{
 to a registry: to REF itself when it is a registry reference (as built with
 -t), else to the second argument. Every blob is checked against its digest
 before it leaves. Credentials come from the Docker config file
-($DOCKER_CONFIG or ~/.docker/config.json) and its credential helpers.`,
+($DOCKER_CONFIG or ~/.docker/config.json) and its credential helpers.
+
+--image pushes the package in the form containerd runs (an OCI image with
+Wasm layers, as runwasi's images are: containerd 1.6.25+ or 1.7.7+), for
+ctr and Kubernetes through the castellan shim; containerd refuses the
+package's own form. The layers are the package's, so the keep reports the
+same workload digest; the image's digest is printed after it.`,
 }
 
 var packagePullCmd = &Command{
@@ -218,10 +224,13 @@ the last pull is reported.`,
 }
 
 func init() {
-	DefineFlags(packagePushCmd.Name, func(fs *flag.FlagSet) { addStoreFlags(fs, true) })
+	pushFlags := func(fs *flag.FlagSet) (*storeOptions, *bool) {
+		return addStoreFlags(fs, true), fs.Bool("image", false, "push the OCI image form containerd runs (the same layers and workload digest)")
+	}
+	DefineFlags(packagePushCmd.Name, func(fs *flag.FlagSet) { pushFlags(fs) })
 	packagePushCmd.Run = func(e *Env, args []string) int {
 		fs := e.FlagSet(packagePushCmd)
-		so := addStoreFlags(fs, true)
+		so, asImage := pushFlags(fs)
 		pos, status, ok := e.Parse(packagePushCmd, fs, args)
 		if !ok {
 			return status
@@ -241,6 +250,15 @@ func init() {
 		s, code := so.open(e)
 		if s == nil {
 			return code
+		}
+		if *asImage {
+			art, img, err := s.PushImage(context.Background(), pos[0], dst)
+			if err != nil {
+				return packageError(e, err)
+			}
+			fmt.Fprintln(e.Stdout, art.Digest)
+			fmt.Fprintf(e.Stdout, "image %s\n", img.ManifestDesc.Digest)
+			return ExitOK
 		}
 		art, err := s.Push(context.Background(), pos[0], dst)
 		if err != nil {

@@ -125,6 +125,9 @@ func (s *Store) checkShape(m *ocispec.Manifest) error {
 		return fmt.Errorf("media type %q, want %q: %w", m.MediaType, workload.MediaTypeManifest, ErrNotWorkload)
 	}
 	if m.Config.MediaType != workload.MediaTypeConfig {
+		if d := m.Annotations[workload.AnnotationWorkloadDigest]; d != "" && m.Config.MediaType == ocispec.MediaTypeImageConfig {
+			return fmt.Errorf("the image form of workload %.80s (package push --image, for containerd), not the package: pull the package's own push: %w", d, ErrNotWorkload)
+		}
 		return fmt.Errorf("config media type %q, want %q: %w", m.Config.MediaType, workload.MediaTypeConfig, ErrNotWorkload)
 	}
 	var nWasm, nTOML int

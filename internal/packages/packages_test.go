@@ -748,3 +748,50 @@ func TestDefaultDir(t *testing.T) {
 		t.Errorf("HOME: %s", d)
 	}
 }
+
+// TestPushImageForm: --image publishes the image form (the same layers
+// under an OCI image config, the workload digest annotated); the registry
+// serves it under the tag; a pull of it is refused as no workload (the
+// form is for containerd), and the local store keeps the package as is.
+func TestPushImageForm(t *testing.T) {
+	reg := newRegistry(t)
+	s := newStore(t, Options{})
+	art, err := s.Build(goldenModule(t), goldenConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Tag(art.Digest, "hello:1"); err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.host + "/apps/hello:v1-image"
+	got, img, err := s.PushImage(context.Background(), "hello:1", ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := art.Image()
+	if got.Digest != art.Digest || img.ManifestDesc.Digest != want.ManifestDesc.Digest {
+		t.Fatalf("pushed %s / %s, want %s / %s", got.Digest, img.ManifestDesc.Digest, art.Digest, want.ManifestDesc.Digest)
+	}
+	resp, err := http.Get("http://" + reg.host + "/v2/apps/hello/manifests/v1-image")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Equal(body, img.Manifest) {
+		t.Fatalf("registry serves %s, want the image form", body)
+	}
+	for _, l := range img.Layers {
+		r, err := http.Get("http://" + reg.host + "/v2/apps/hello/blobs/" + l.Digest.String())
+		if err != nil || r.StatusCode != http.StatusOK {
+			t.Fatalf("layer %s not in the registry: %v %v", l.Digest, r.Status, err)
+		}
+		r.Body.Close()
+	}
+	if _, err := newStore(t, Options{}).Pull(context.Background(), ref); !errors.Is(err, ErrNotWorkload) || !strings.Contains(err.Error(), "the image form of workload "+art.Digest.String()) {
+		t.Fatalf("pull of the image form: %v, want ErrNotWorkload naming the image form", err)
+	}
+	if _, _, err := s.PushImage(context.Background(), "hello:1", reg.host+"/apps/hello@"+art.Digest.String()); err == nil || !strings.Contains(err.Error(), "pushed to a tag") {
+		t.Fatalf("image form to a digest reference: %v", err)
+	}
+}

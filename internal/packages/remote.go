@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"oras.land/oras-go/v2/registry/remote"
 	"oras.land/oras-go/v2/registry/remote/auth"
 	"oras.land/oras-go/v2/registry/remote/credentials"
@@ -98,51 +100,15 @@ func (s *Store) fetchRemote(ctx context.Context, ref Ref) (*workload.Artifact, e
 // which must then be a registry reference (as built with -t). Every blob
 // is verified before it leaves, and dst is tagged in the local store too.
 func (s *Store) Push(ctx context.Context, src, dst string) (*workload.Artifact, error) {
-	if dst == "" {
-		dst = src
-	}
-	dref, err := ParseRef(dst)
-	if err != nil {
-		return nil, err
-	}
-	if !dref.Remote() {
-		return nil, fmt.Errorf("push to %s: not a registry reference (want REGISTRY/REPOSITORY:TAG)", dst)
-	}
-	art, err := s.fetchLocal(ctx, src)
+	art, dref, repo, err := s.pushTarget(ctx, src, dst)
 	if err != nil {
 		return nil, err
 	}
 	if dref.Digest != "" && dref.Digest != art.Digest {
-		return nil, fmt.Errorf("push to %s: the package's digest is %s: %w", dst, art.Digest, ErrMismatch)
+		return nil, fmt.Errorf("push to %s: the package's digest is %s: %w", dref, art.Digest, ErrMismatch)
 	}
-	repo, err := s.repository(dref)
-	if err != nil {
+	if err := s.pushManifest(ctx, repo, dref, artifactBlobs(art), art.ManifestDesc, art.Manifest); err != nil {
 		return nil, err
-	}
-	blobs := artifactBlobs(art)
-	for _, b := range blobs {
-		ok, err := repo.Exists(ctx, b.desc)
-		if err != nil {
-			return nil, fmt.Errorf("push %s: %s %s: %w", dst, b.what, b.desc.Digest, err)
-		}
-		if ok {
-			continue
-		}
-		bar := s.newBar(b.what, b.desc)
-		if err := repo.Push(ctx, b.desc, bar.wrap(bytes.NewReader(b.data))); err != nil {
-			bar.done(false)
-			return nil, fmt.Errorf("push %s: %s %s: %w", dst, b.what, b.desc.Digest, err)
-		}
-		bar.done(true)
-	}
-	m := bytes.NewReader(art.Manifest)
-	if dref.Tag != "" {
-		err = repo.PushReference(ctx, art.ManifestDesc, m, dref.Tag)
-	} else {
-		err = repo.Push(ctx, art.ManifestDesc, m)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("push %s: manifest %s: %w", dst, art.Digest, err)
 	}
 	if dref.Tag != "" {
 		if _, err := s.Tag(art.Digest, dref.Name()); err != nil {
@@ -150,4 +116,84 @@ func (s *Store) Push(ctx context.Context, src, dst string) (*workload.Artifact, 
 		}
 	}
 	return art, nil
+}
+
+// PushImage sends the package that src names in the image form containerd
+// runs (workload.Image: an OCI image config over the same layers) to dst,
+// which needs a tag. It returns the artifact (whose digest is the
+// workload's) and the image form (whose digest the registry knows the
+// image by). The local store keeps the package as it is.
+func (s *Store) PushImage(ctx context.Context, src, dst string) (*workload.Artifact, *workload.Image, error) {
+	art, dref, repo, err := s.pushTarget(ctx, src, dst)
+	if err != nil {
+		return nil, nil, err
+	}
+	if dref.Tag == "" {
+		return nil, nil, fmt.Errorf("push to %s: an image form is pushed to a tag (REGISTRY/REPOSITORY:TAG)", dref)
+	}
+	img, err := art.Image()
+	if err != nil {
+		return nil, nil, err
+	}
+	blobs := artifactBlobs(art)[1:] // the layers, not the artifact's config
+	blobs = append(blobs, blob{"image config", img.ConfigDesc, img.Config})
+	if err := s.pushManifest(ctx, repo, dref, blobs, img.ManifestDesc, img.Manifest); err != nil {
+		return nil, nil, err
+	}
+	return art, img, nil
+}
+
+// pushTarget reads the package src names and opens the registry
+// repository of dst ("" = src).
+func (s *Store) pushTarget(ctx context.Context, src, dst string) (*workload.Artifact, Ref, *remote.Repository, error) {
+	if dst == "" {
+		dst = src
+	}
+	dref, err := ParseRef(dst)
+	if err != nil {
+		return nil, Ref{}, nil, err
+	}
+	if !dref.Remote() {
+		return nil, Ref{}, nil, fmt.Errorf("push to %s: not a registry reference (want REGISTRY/REPOSITORY:TAG)", dst)
+	}
+	art, err := s.fetchLocal(ctx, src)
+	if err != nil {
+		return nil, Ref{}, nil, err
+	}
+	repo, err := s.repository(dref)
+	if err != nil {
+		return nil, Ref{}, nil, err
+	}
+	return art, dref, repo, nil
+}
+
+// pushManifest sends the blobs the registry lacks, then the manifest, by
+// dref's tag (or by digest).
+func (s *Store) pushManifest(ctx context.Context, repo *remote.Repository, dref Ref, blobs []blob, mdesc ocispec.Descriptor, manifest []byte) error {
+	for _, b := range blobs {
+		ok, err := repo.Exists(ctx, b.desc)
+		if err != nil {
+			return fmt.Errorf("push %s: %s %s: %w", dref, b.what, b.desc.Digest, err)
+		}
+		if ok {
+			continue
+		}
+		bar := s.newBar(b.what, b.desc)
+		if err := repo.Push(ctx, b.desc, bar.wrap(bytes.NewReader(b.data))); err != nil {
+			bar.done(false)
+			return fmt.Errorf("push %s: %s %s: %w", dref, b.what, b.desc.Digest, err)
+		}
+		bar.done(true)
+	}
+	var err error
+	m := bytes.NewReader(manifest)
+	if dref.Tag != "" {
+		err = repo.PushReference(ctx, mdesc, m, dref.Tag)
+	} else {
+		err = repo.Push(ctx, mdesc, m)
+	}
+	if err != nil {
+		return fmt.Errorf("push %s: manifest %s: %w", dref, mdesc.Digest, err)
+	}
+	return nil
 }

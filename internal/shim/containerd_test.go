@@ -44,37 +44,6 @@ import (
 
 const stdio = "[[files]]\nkind = \"stdin\"\n[[files]]\nkind = \"stdout\"\n[[files]]\nkind = \"stderr\"\n"
 
-// pushArtifact pushes a castellan package (its blobs, then its manifest)
-// to ref.
-func pushArtifact(t *testing.T, ref string, art *workload.Artifact) {
-	t.Helper()
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blobs := [][]byte{art.ConfigBlob, art.Wasm}
-	types := []string{workload.MediaTypeConfig, workload.MediaTypeWasm}
-	if art.Config != nil {
-		blobs, types = append(blobs, art.Config), append(types, workload.MediaTypeTOML)
-	}
-	for i, b := range blobs {
-		if err := remote.WriteLayer(r.Context(), static.NewLayer(b, ggcrtypes.MediaType(types[i]))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := remote.Put(r, rawManifest{art.Manifest, workload.MediaTypeManifest}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-type rawManifest struct {
-	b  []byte
-	mt string
-}
-
-func (m rawManifest) RawManifest() ([]byte, error)            { return m.b, nil }
-func (m rawManifest) MediaType() (ggcrtypes.MediaType, error) { return ggcrtypes.MediaType(m.mt), nil }
-
 // containerd is a containerd daemon of the test's own: its root, state,
 // sockets and config in a temporary folder, the shim on its PATH.
 type containerd struct {
@@ -382,7 +351,11 @@ func keepsWasmLayers(t *testing.T) bool {
 	fmt.Sscanf(v, "%d.%d.%d", &major, &minor, &patch)
 	ok := major > 1 || minor > 7 || (minor == 7 && patch >= 7) || (minor == 6 && patch >= 25)
 	if !ok {
-		t.Skipf("containerd %s drops Wasm layers at pull (1.6.25+ or 1.7.7+ keep them): castellan packages and Wasm-layer images cannot run through it", v)
+		msg := fmt.Sprintf("containerd %s drops Wasm layers at pull (1.6.25+ or 1.7.7+ keep them): castellan packages and Wasm-layer images cannot run through it", v)
+		if os.Getenv("CASTELLAN_REQUIRE_WASM_LAYERS") == "1" {
+			t.Fatalf("%s (CASTELLAN_REQUIRE_WASM_LAYERS=1: put a newer containerd and ctr first on the PATH)", msg)
+		}
+		t.Skip(msg)
 	}
 	return ok
 }
@@ -645,14 +618,27 @@ func TestContainerd(t *testing.T) {
 	})
 
 	t.Run("castellan package from a registry", func(t *testing.T) {
-		wasm, _ := os.ReadFile(fixtures.C(t, "hello"))
-		art, err := workload.New(wasm, []byte(stdio))
-		if err != nil {
-			t.Fatal(err)
-		}
+		// The package as `castellan package push --image` publishes it
+		// for containerd: its layers under an OCI image config.
 		host := loopbackRegistry(t)
 		ref := host + "/pkg/hello:v1"
-		pushArtifact(t, ref, art)
+		dir := t.TempDir()
+		store := filepath.Join(dir, "store")
+		os.WriteFile(filepath.Join(dir, "Enarx.toml"), []byte(stdio), 0o644)
+		built, err := exec.Command(c.exe, "package", "build", "--store", store, "-c", filepath.Join(dir, "Enarx.toml"), "-t", ref, fixtures.C(t, "hello")).Output()
+		if err != nil {
+			t.Fatalf("package build: %v", err)
+		}
+		pushed, err := exec.Command(c.exe, "package", "push", "--store", store, "--plain-http", "--image", ref).Output()
+		lines := strings.Fields(string(pushed))
+		if err != nil || len(lines) != 3 || lines[0] != strings.TrimSpace(string(built)) || lines[1] != "image" {
+			t.Fatalf("package push --image: %v\n%s; want the workload digest %s, then the image's", err, pushed, built)
+		}
+		// The package's own form (the CNCF Wasm artifact) beside it.
+		artRef := host + "/pkg/hello:artifact"
+		if out, err := exec.Command(c.exe, "package", "push", "--store", store, "--plain-http", ref, artRef).CombinedOutput(); err != nil {
+			t.Fatalf("package push: %v\n%s", err, out)
+		}
 		if !keepsWasmLayers(t) {
 			return
 		}
@@ -661,6 +647,56 @@ func TestContainerd(t *testing.T) {
 		}
 		out, code := c.run(t, ref, "pkg1", "main.wasm", "x")
 		if code != 0 || !strings.Contains(out, "hello from C in a keep") || !strings.Contains(out, "arg[1]=x") {
+			t.Fatalf("exit status %d, output:\n%s", code, out)
+		}
+		// containerd's image code refuses the artifact's config media type
+		// (docs/kubernetes.md says so: push --image for containerd).
+		if out, err := c.ctr("images", "pull", "--plain-http", "--all-platforms", artRef); err != nil {
+			t.Fatalf("ctr images pull of the artifact form: %v\n%s", err, out)
+		}
+		out, code = c.run(t, artRef, "pkg2", "main.wasm")
+		if code == 0 || !strings.Contains(out, "application/vnd.wasm.config.v0+json") {
+			t.Fatalf("the artifact form ran through containerd (exit %d): docs/kubernetes.md says it does not\n%s", code, out)
+		}
+	})
+
+	t.Run("a Wasm-layer image from a registry", func(t *testing.T) {
+		// An OCI image whose one layer is the module itself, of the media
+		// type runwasi's shims read, with a wasip1/wasm config.
+		wasm, err := os.ReadFile(fixtures.C(t, "hello"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := mutate.AppendLayers(empty.Image, static.NewLayer(wasm, ggcrtypes.MediaType(shim.MediaTypeWasmComponentLayer)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, _ := img.ConfigFile()
+		cf = cf.DeepCopy()
+		cf.OS, cf.Architecture = "wasip1", "wasm"
+		cf.Config.Entrypoint = []string{"main.wasm"}
+		// No root filesystem: the layer is no tar to unpack (containerd
+		// 1.6.25+ and 1.7.7+ then run such an image).
+		cf.RootFS.DiffIDs = nil
+		if img, err = mutate.ConfigFile(img, cf); err != nil {
+			t.Fatal(err)
+		}
+		ref := loopbackRegistry(t) + "/wasm/hello:v1"
+		r, err := name.ParseReference(ref, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Write(r, img); err != nil {
+			t.Fatal(err)
+		}
+		if !keepsWasmLayers(t) {
+			return
+		}
+		if out, err := c.ctr("images", "pull", "--plain-http", "--all-platforms", ref); err != nil {
+			t.Fatalf("ctr images pull: %v\n%s", err, out)
+		}
+		out, code := c.run(t, ref, "wasmlayer1", "main.wasm", "y")
+		if code != 0 || !strings.Contains(out, "hello from C in a keep") || !strings.Contains(out, "arg[1]=y") {
 			t.Fatalf("exit status %d, output:\n%s", code, out)
 		}
 	})

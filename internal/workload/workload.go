@@ -90,3 +90,53 @@ func descriptor(mediaType string, b []byte) ocispec.Descriptor {
 		Size:      int64(len(b)),
 	}
 }
+
+// AnnotationWorkloadDigest names, on an image form's manifest, the digest
+// of the workload it holds (the artifact's, which the image form's own
+// digest is not).
+const AnnotationWorkloadDigest = "dev.castellan.workload.digest"
+
+// Image is a workload in the form containerd runs (runwasi's "OCI image
+// with Wasm layers"): an OCI image manifest with an OCI image config
+// (os wasip1, architecture wasm, no root filesystem) over the artifact's
+// own layers. containerd 1.6.25+ and 1.7.7+ pull and start such an image
+// and leave its Wasm layer to the runtime; their image code refuses the
+// artifact's Wasm config media type. The workload's digest stays the
+// artifact's: a runtime computes it from the layers (New), and the
+// manifest names it in AnnotationWorkloadDigest.
+type Image struct {
+	Config, Manifest         []byte
+	ConfigDesc, ManifestDesc ocispec.Descriptor
+	Layers                   []ocispec.Descriptor
+}
+
+// Image builds the image form of a. The same artifact always gives the
+// same bytes.
+func (a *Artifact) Image() (*Image, error) {
+	img := &Image{Layers: []ocispec.Descriptor{a.WasmDesc}}
+	if a.TOMLDesc != nil {
+		img.Layers = append(img.Layers, *a.TOMLDesc)
+	}
+	var err error
+	cfg := ocispec.Image{
+		Platform: ocispec.Platform{Architecture: "wasm", OS: "wasip1"},
+		Config:   ocispec.ImageConfig{Entrypoint: []string{"main.wasm"}},
+		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{}},
+	}
+	if img.Config, err = json.Marshal(cfg); err != nil {
+		return nil, err
+	}
+	img.ConfigDesc = descriptor(ocispec.MediaTypeImageConfig, img.Config)
+	m := ocispec.Manifest{
+		Versioned:   specs.Versioned{SchemaVersion: 2},
+		MediaType:   ocispec.MediaTypeImageManifest,
+		Config:      img.ConfigDesc,
+		Layers:      img.Layers,
+		Annotations: map[string]string{AnnotationWorkloadDigest: a.Digest.String()},
+	}
+	if img.Manifest, err = json.Marshal(m); err != nil {
+		return nil, err
+	}
+	img.ManifestDesc = descriptor(ocispec.MediaTypeImageManifest, img.Manifest)
+	return img, nil
+}

@@ -2,7 +2,11 @@ package workload
 
 import (
 	"bytes"
+	"encoding/json"
+	"strings"
 	"testing"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // The digest of a fixed input is pinned: changing the manifest layout
@@ -43,5 +47,42 @@ func TestDeterministicAndDistinct(t *testing.T) {
 	}
 	if _, err := New(nil, nil); err == nil {
 		t.Fatal("empty module accepted")
+	}
+}
+
+// TestImageForm: the image form holds the artifact's layers under an OCI
+// image config with no root filesystem, names the workload digest, and is
+// the same bytes every time.
+func TestImageForm(t *testing.T) {
+	a, err := New([]byte("\x00asm\x01\x00\x00\x00"), []byte("[[files]]\nkind = \"stdout\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := a.Image()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := a.Image()
+	if string(img.Manifest) != string(again.Manifest) || img.ManifestDesc.Digest == a.Digest {
+		t.Fatalf("image form not deterministic, or its digest is the artifact's")
+	}
+	var m ocispec.Manifest
+	if err := json.Unmarshal(img.Manifest, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.MediaType != ocispec.MediaTypeImageManifest || m.Config.MediaType != ocispec.MediaTypeImageConfig ||
+		len(m.Layers) != 2 || m.Layers[0].Digest != a.WasmDesc.Digest || m.Layers[1].Digest != a.TOMLDesc.Digest ||
+		m.Annotations[AnnotationWorkloadDigest] != a.Digest.String() {
+		t.Fatalf("image manifest %s", img.Manifest)
+	}
+	var c ocispec.Image
+	if err := json.Unmarshal(img.Config, &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.OS != "wasip1" || c.Architecture != "wasm" || c.RootFS.Type != "layers" || c.RootFS.DiffIDs == nil || len(c.RootFS.DiffIDs) != 0 {
+		t.Fatalf("image config %s", img.Config)
+	}
+	if !strings.Contains(string(img.Config), `"diff_ids":[]`) {
+		t.Fatalf("image config %s: diff_ids must be an empty list, not absent", img.Config)
 	}
 }
