@@ -11,10 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keep/vmproto"
@@ -207,7 +204,7 @@ func (vd *volumeDaemons) start(pgid int) error {
 		cmd := exec.Command(vd.d.Path, args...)
 		cmd.Dir = "/"
 		cmd.ExtraFiles = []*os.File{f}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: pgid}
+		cmd.SysProcAttr = inGroup(pgid)
 		stderr, err := cmd.StderrPipe()
 		if err == nil {
 			err = cmd.Start()
@@ -247,7 +244,7 @@ func (vd *volumeDaemons) watch(guest string, stderr interface{ Read([]byte) (int
 	vd.logf("vm: the virtiofsd of volume " + guest + " ended while the VM ran: stopping the VM")
 	// The daemon is not reaped yet (stop reaps it), so the group still
 	// exists and its id is not reused.
-	unix.Kill(-vd.pgid, unix.SIGKILL)
+	killGroup(vd.pgid)
 }
 
 // stop ends the daemons once QEMU ended (or failed to start): it kills
@@ -262,7 +259,7 @@ func (vd *volumeDaemons) stop() {
 	}
 	vd.stopped = true
 	if len(vd.cmds) > 0 {
-		unix.Kill(-vd.pgid, unix.SIGKILL)
+		killGroup(vd.pgid)
 	}
 	vd.mu.Unlock()
 	vd.closeListeners()

@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keep/vmproto"
 	"github.com/castellan-dev/castellan/internal/keepimage"
@@ -293,7 +291,7 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 	if vi.volumes != nil {
 		if err := vi.volumes.start(cmd.Process.Pid); err != nil {
 			// QEMU is not reaped yet: its group is still this keep's.
-			unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+			killGroup(cmd.Process.Pid)
 			cmd.Wait()
 			vi.volumes.stop()
 			out.Close()
