@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	goruntime "runtime"
+	"runtime/metrics"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -189,15 +190,19 @@ func (m *wazeroModule) Run(ctx context.Context, o RunConfig) (uint32, error) {
 	if f == nil {
 		return 0, fmt.Errorf("no exported function %s", start)
 	}
-	// Finish any garbage collection before the guest runs. Compiled Wasm
-	// has no safe points: a collection that starts while the guest computes
-	// cannot scan its goroutine until the guest calls the host, and its mark
-	// worker spins on the other core meanwhile (measured: 14% slower on a
-	// compute loop, 4,000 preemption signals a second). Loading the module
-	// allocates enough to start one; collecting now costs about a
-	// millisecond and resets the heap goal, so a guest that does not make
-	// the host allocate runs with no collection at all.
-	goruntime.GC()
+	// Finish any garbage collection before the guest runs, if one is near.
+	// Compiled Wasm has no safe points: a collection that starts while the
+	// guest computes cannot scan its goroutine until the guest calls the
+	// host, and its mark worker spins on the other core meanwhile
+	// (measured: 14% slower on a compute loop, 4,000 preemption signals a
+	// second). Loading a large module allocates enough to start one;
+	// collecting now costs about a millisecond and resets the heap goal, so
+	// a guest that does not make the host allocate runs with no collection
+	// at all. A small module leaves the heap far below its goal: then the
+	// collection is skipped, as it would not start during the guest either.
+	if gcNear() {
+		goruntime.GC()
+	}
 	_, err = f.Call(ctx)
 	if err != nil {
 		return exitOrTrap(ctx, err)
@@ -251,4 +256,29 @@ func (c *wazeroCaller) Memory() []byte {
 func (c *wazeroCaller) Exit(code uint32) {
 	_ = c.mod.CloseWithExitCode(c.ctx, code)
 	panic(sys.NewExitError(code))
+}
+
+// gcHeadroom is the share of the heap goal that must still be free for a
+// run to skip the collection before the guest.
+const gcHeadroom = 0.5
+
+var gcSamples = []metrics.Sample{{Name: "/gc/heap/goal:bytes"}, {Name: "/gc/heap/live:bytes"}, {Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/frees:bytes"}}
+
+// gcNear says whether the heap has used up more than half of the room to
+// its goal: a collection would start soon, maybe while the guest runs.
+func gcNear() bool {
+	s := make([]metrics.Sample, len(gcSamples))
+	copy(s, gcSamples)
+	metrics.Read(s)
+	for _, x := range s {
+		if x.Value.Kind() != metrics.KindUint64 {
+			return true // not reported by this Go: collect, as before
+		}
+	}
+	goal, live := s[0].Value.Uint64(), s[1].Value.Uint64()
+	inUse := s[2].Value.Uint64() - s[3].Value.Uint64()
+	if goal <= live {
+		return true
+	}
+	return float64(inUse-min(inUse, live)) > gcHeadroom*float64(goal-live)
 }
