@@ -93,6 +93,9 @@ type RunConfig struct {
 	// MemoryPages caps linear memory for this run, if lower than the
 	// engine's limit (0: the engine's).
 	MemoryPages uint32
+	// Entered, if set, is called when the module is instantiated and its
+	// start function is about to run (for measuring start-up).
+	Entered func()
 }
 
 // Names of the engines New knows.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -250,5 +251,58 @@ func TestTrapReasons(t *testing.T) {
 				t.Errorf("%s %s: err %v (%+v), want a trap in $0: %s", name, tt.name, err, trap, tt.reason)
 			}
 		}
+	}
+}
+
+// TestRunsShareNothing: runs of one compiled module, at once and one after
+// the other, each call their own host functions (wazero runs them in one
+// shared runtime whose host functions dispatch to the run's); a run with
+// host modules of another shape, and runs with their own memory limits,
+// still work.
+func TestRunsShareNothing(t *testing.T) {
+	for _, name := range engines() {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			eng := newEngine(t, name, Config{})
+			mod, err := eng.Compile(ctx, exitModule)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer mod.Close(ctx)
+			// Each run's h.exit exits with the run's own code, not the
+			// module's 7.
+			hostOf := func(code uint32) HostModule {
+				return HostModule{Name: "h", Funcs: []HostFunc{{
+					Name: "exit", Params: []ValueType{I32},
+					Fn: func(ctx context.Context, c Caller, stack []uint64) { c.Exit(code + uint32(stack[0])) },
+				}}}
+			}
+			var wg sync.WaitGroup
+			errs := make(chan error, 40)
+			for i := range 40 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					o := RunConfig{Start: "_start", Hosts: []HostModule{hostOf(uint32(100 * i))}}
+					if i%4 == 3 {
+						o.MemoryPages = uint32(1 + i%3) // runs with limits of their own
+					}
+					if code, err := mod.Run(ctx, o); err != nil || code != uint32(100*i+7) {
+						errs <- fmt.Errorf("run %d: code %d, err %v; want %d", i, code, err, 100*i+7)
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			// Host modules of another shape (an extra function) run too.
+			other := hostOf(1000)
+			other.Funcs = append(other.Funcs, HostFunc{Name: "unused", Fn: func(context.Context, Caller, []uint64) {}})
+			if code, err := mod.Run(ctx, RunConfig{Start: "_start", Hosts: []HostModule{other}}); err != nil || code != 1007 {
+				t.Fatalf("run with other host modules: code %d, err %v", code, err)
+			}
+		})
 	}
 }

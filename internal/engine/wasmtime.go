@@ -391,6 +391,9 @@ func (m *wasmtimeModule) Run(ctx context.Context, o RunConfig) (uint32, error) {
 	if f == nil {
 		return 0, fmt.Errorf("no exported function %s", o.Start)
 	}
+	if o.Entered != nil {
+		o.Entered()
+	}
 	if _, err := f.Call(store); err != nil {
 		code, err, ok := r.outcome(in, err)
 		if !ok {

@@ -9,7 +9,7 @@ import (
 	"runtime/metrics"
 	"sort"
 	"strings"
-	"sync/atomic"
+	"sync"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -86,9 +86,96 @@ type wazeroModule struct {
 	rt   wazero.Runtime
 	cm   wazero.CompiledModule
 	wasm []byte
-	// used is set by the first Run, which runs in rt with cm: a keep that
-	// runs its module once decodes it once (it matters for cold start).
-	used atomic.Bool
+
+	mu  sync.Mutex
+	rts map[uint32]*sharedRuntime // by memory limit in pages (0: the engine's)
+}
+
+// sharedRuntime is a wazero runtime that runs one module many times, one
+// after the other or at once: the module is decoded and compiled in it
+// once, and its host modules are instantiated once, as functions that
+// call the host functions of the run they are called in (runHosts in the
+// call's context). Module instances are anonymous, so any number coexist.
+type sharedRuntime struct {
+	rt wazero.Runtime
+	cm wazero.CompiledModule
+
+	once  sync.Once
+	hosts string // signature of the host modules instantiated
+	err   error
+}
+
+// maxSharedRuntimes bounds a module's runtimes with distinct memory
+// limits; a run with yet another limit gets a runtime of its own.
+const maxSharedRuntimes = 4
+
+// runHostsKey is the context key of a run's host modules in a shared
+// runtime.
+type runHostsKey struct{}
+
+// shared returns the runtime for runs with the memory limit pages (0: the
+// engine's), making it on first use; nil when the module has too many.
+func (m *wazeroModule) shared(ctx context.Context, pages uint32) (*sharedRuntime, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.rts == nil {
+		m.rts = map[uint32]*sharedRuntime{0: {rt: m.rt, cm: m.cm}}
+	}
+	if s := m.rts[pages]; s != nil {
+		return s, nil
+	}
+	if len(m.rts) >= maxSharedRuntimes {
+		return nil, nil
+	}
+	rt := wazero.NewRuntimeWithConfig(ctx, m.w.rtCfg.WithMemoryLimitPages(pages))
+	cm, err := rt.CompileModule(ctx, m.wasm)
+	if err != nil {
+		rt.Close(ctx)
+		return nil, compileError(err)
+	}
+	s := &sharedRuntime{rt: rt, cm: cm}
+	m.rts[pages] = s
+	return s, nil
+}
+
+// useHosts instantiates hosts in s once, as dispatching functions; it
+// reports whether s's host modules have the same names and signatures as
+// hosts (a run with others needs a runtime of its own).
+func (s *sharedRuntime) useHosts(ctx context.Context, hosts []HostModule) (bool, error) {
+	sig := hostSignature(hosts)
+	s.once.Do(func() {
+		s.hosts = sig
+		for hi, h := range hosts {
+			b := s.rt.NewHostModuleBuilder(h.Name)
+			for fi, f := range h.Funcs {
+				b.NewFunctionBuilder().
+					WithGoModuleFunction(api.GoModuleFunc(func(ctx context.Context, mod api.Module, stack []uint64) {
+						run := ctx.Value(runHostsKey{}).([]HostModule)
+						run[hi].Funcs[fi].Fn(ctx, &wazeroCaller{ctx: ctx, mod: mod}, stack)
+					}), toWazero(f.Params), toWazero(f.Results)).
+					WithName(f.Name).
+					Export(f.Name)
+			}
+			if _, err := b.Instantiate(ctx); err != nil {
+				s.err = fmt.Errorf("host module %s: %w", h.Name, err)
+				return
+			}
+		}
+	})
+	return s.err == nil && s.hosts == sig, s.err
+}
+
+// hostSignature names host modules' functions and their types.
+func hostSignature(hosts []HostModule) string {
+	var b strings.Builder
+	for _, h := range hosts {
+		fmt.Fprintf(&b, "%s{", h.Name)
+		for _, f := range h.Funcs {
+			fmt.Fprintf(&b, "%s%v%v;", f.Name, f.Params, f.Results)
+		}
+		b.WriteString("}")
+	}
+	return b.String()
 }
 
 func (m *wazeroModule) Imports() []Import {
@@ -114,6 +201,13 @@ func (m *wazeroModule) ExportedFunctions() []string {
 }
 
 func (m *wazeroModule) Close(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for pages, s := range m.rts {
+		if pages != 0 {
+			s.rt.Close(ctx)
+		}
+	}
 	return m.rt.Close(ctx)
 }
 
@@ -132,47 +226,59 @@ func toWazero(ts []ValueType) []api.ValueType {
 	return out
 }
 
-// Run implements Module. Each call gets a fresh wazero runtime (function
-// types are per runtime, so the module is compiled again in it, which the
-// engine's compilation cache makes cheap), so a module can be run many
-// times, one after the other or at once.
+// Run implements Module. A module can be run many times, one after the
+// other or at once. Runs share a runtime per memory limit, in which the
+// module was decoded and compiled once (sharedRuntime); a run whose host
+// modules differ from the runtime's, or with a fifth memory limit, gets a
+// fresh runtime (function types are per runtime, so the module is compiled
+// again in it, from the engine's compilation cache).
 func (m *wazeroModule) Run(ctx context.Context, o RunConfig) (uint32, error) {
 	start, hosts := o.Start, o.Hosts
-	rc := m.w.rtCfg
-	ownLimit := o.MemoryPages > 0 && (m.w.cfg.MemoryPages == 0 || o.MemoryPages < m.w.cfg.MemoryPages)
-	if ownLimit {
-		rc = rc.WithMemoryLimitPages(o.MemoryPages)
+	var pages uint32
+	if o.MemoryPages > 0 && (m.w.cfg.MemoryPages == 0 || o.MemoryPages < m.w.cfg.MemoryPages) {
+		pages = o.MemoryPages
 	}
 	var rt wazero.Runtime
 	var cm wazero.CompiledModule
-	if !ownLimit && m.used.CompareAndSwap(false, true) {
-		// The first run uses the runtime Compile made, whose limits are
-		// the engine's. Its host module instances are closed with it.
-		rt, cm = m.rt, m.cm
-	} else {
+	sh, err := m.shared(ctx, pages)
+	if err != nil {
+		return 0, err
+	}
+	if sh != nil {
+		ok, err := sh.useHosts(ctx, hosts)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			rt, cm = sh.rt, sh.cm
+			ctx = context.WithValue(ctx, runHostsKey{}, hosts)
+		}
+	}
+	if rt == nil {
+		rc := m.w.rtCfg
+		if pages > 0 {
+			rc = rc.WithMemoryLimitPages(pages)
+		}
 		rt = wazero.NewRuntimeWithConfig(ctx, rc)
 		defer rt.Close(ctx)
-		var err error
 		if cm, err = rt.CompileModule(ctx, m.wasm); err != nil {
 			return 0, compileError(err)
 		}
-	}
-	for _, h := range hosts {
-		b := rt.NewHostModuleBuilder(h.Name)
-		for _, f := range h.Funcs {
-			fn := f.Fn
-			b.NewFunctionBuilder().
-				WithGoModuleFunction(api.GoModuleFunc(func(ctx context.Context, mod api.Module, stack []uint64) {
-					fn(ctx, &wazeroCaller{ctx: ctx, mod: mod}, stack)
-				}), toWazero(f.Params), toWazero(f.Results)).
-				WithName(f.Name).
-				Export(f.Name)
+		for _, h := range hosts {
+			b := rt.NewHostModuleBuilder(h.Name)
+			for _, f := range h.Funcs {
+				fn := f.Fn
+				b.NewFunctionBuilder().
+					WithGoModuleFunction(api.GoModuleFunc(func(ctx context.Context, mod api.Module, stack []uint64) {
+						fn(ctx, &wazeroCaller{ctx: ctx, mod: mod}, stack)
+					}), toWazero(f.Params), toWazero(f.Results)).
+					WithName(f.Name).
+					Export(f.Name)
+			}
+			if _, err := b.Instantiate(ctx); err != nil {
+				return 0, fmt.Errorf("host module %s: %w", h.Name, err)
+			}
 		}
-		hm, err := b.Instantiate(ctx)
-		if err != nil {
-			return 0, fmt.Errorf("host module %s: %w", h.Name, err)
-		}
-		defer hm.Close(ctx)
 	}
 	// The module gets an empty name, so stack traces name functions as
 	// the name section does ("main.main", "foo") with no prefix.
@@ -202,6 +308,9 @@ func (m *wazeroModule) Run(ctx context.Context, o RunConfig) (uint32, error) {
 	// collection is skipped, as it would not start during the guest either.
 	if gcNear() {
 		goruntime.GC()
+	}
+	if o.Entered != nil {
+		o.Entered()
 	}
 	_, err = f.Call(ctx)
 	if err != nil {

@@ -8,8 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"io"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/castellan-dev/castellan/internal/engine"
 	"github.com/castellan-dev/castellan/internal/fixtures"
@@ -316,4 +318,57 @@ func FuzzParseDigest(f *testing.F) {
 			t.Fatalf("%q parsed to %s", s, got)
 		}
 	})
+}
+
+// BenchmarkStartInMemory measures what the start-up target names:
+// from asking Programs for a module it holds (compiled in memory, keyed by
+// digest, as the console and a long-running process keep it) to the
+// workload's first instruction (_start about to run), and on to its exit.
+// The engine is the package's (wazero; wasmtime with -tags wasmtime).
+//
+//	go test -run XXX -bench StartInMemory ./internal/runtime [-tags wasmtime]
+func BenchmarkStartInMemory(b *testing.B) {
+	for _, fixture := range []string{"c-hello", "go-hello"} {
+		b.Run(fixture, func(b *testing.B) {
+			var path string
+			if fixture == "c-hello" {
+				path = fixtures.C(b, "hello")
+			} else {
+				path = fixtures.Go(b, "hello")
+			}
+			wasm, err := os.ReadFile(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c := &Programs{}
+			defer c.Close()
+			ctx := context.Background()
+			d := digestOf(wasm)
+			l, err := c.Get(ctx, "", "hello", d, wasm, false)
+			if err != nil {
+				b.Fatal(err)
+			}
+			l.Release()
+			var toStart, whole time.Duration
+			b.ResetTimer()
+			for range b.N {
+				t0 := time.Now()
+				var entered time.Time
+				// With the digest known (a package's layer), as a keep has it.
+				l, err := c.get(ctx, "", "hello", [32]byte(sha256.Sum256(wasm)), wasm, false)
+				if err != nil {
+					b.Fatal(err)
+				}
+				code, err := l.Run(ctx, Options{Stdout: io.Discard, Stderr: io.Discard, Entered: func() { entered = time.Now() }})
+				l.Release()
+				if err != nil || code != 0 {
+					b.Fatalf("run: %d %v", code, err)
+				}
+				toStart += entered.Sub(t0)
+				whole += time.Since(t0)
+			}
+			b.ReportMetric(float64(toStart.Microseconds())/float64(b.N)/1000, "ms-to-_start")
+			b.ReportMetric(float64(whole.Microseconds())/float64(b.N)/1000, "ms-to-exit")
+		})
+	}
 }

@@ -92,6 +92,9 @@ type Options struct {
 	// computed it from these bytes (a package's module layer): with
 	// Programs, Run does not hash the module again. It is not checked.
 	ModuleDigest string
+	// Entered, if set, is called as _start is about to run (each
+	// replica's; for measuring start-up).
+	Entered func()
 }
 
 // TrapError is a guest that trapped: unreachable, out-of-bounds access,
@@ -361,6 +364,7 @@ func (p *Program) runSystem(ctx context.Context, sys *wasi.System, o Options, cf
 		Start:       "_start",
 		Hosts:       []engine.HostModule{sys.HostModule()},
 		MemoryPages: pages,
+		Entered:     o.Entered,
 	})
 	if !stop() {
 		// ctx ended the run: whatever the guest did after its sockets
