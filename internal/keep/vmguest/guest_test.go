@@ -85,6 +85,21 @@ func bootMachine(t *testing.T, m *fakeMachine) (net.Conn, *fakeMachine, *bytes.B
 	return hostEnd, m, console
 }
 
+// handshake runs the host's side of the channel with req and returns it
+// and the keep's evidence from its hello.
+func handshake(ctx context.Context, t *testing.T, conn net.Conn, req *vmproto.LaunchRequest, opts ...vmproto.HostOption) (*vmproto.Host, *evidence.Envelope) {
+	t.Helper()
+	h, err := vmproto.Handshake(ctx, conn, req, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, env, err := delivery.ParseHello(h.Hello())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, env
+}
+
 func request(t *testing.T, backend string, sess *delivery.Session, digest string) *vmproto.LaunchRequest {
 	nonce := make([]byte, 32)
 	rand.Read(nonce)
@@ -107,14 +122,7 @@ func TestGuestRunsWorkload(t *testing.T) {
 	req.SimMeasurement = bytes.Repeat([]byte{0xab}, 48)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	h, err := vmproto.Handshake(ctx, conn, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, env, err := delivery.ParseHello(h.Hello())
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, env := handshake(ctx, t, conn, req)
 	// The real verification path, trusting the CA the host sent.
 	claims, err := verify.Envelope(env, verify.Options{SimRoots: ca.Roots()})
 	if err != nil {

@@ -33,14 +33,7 @@ func TestGuestVolumes(t *testing.T) {
 	req.Volumes = []vmproto.Volume{{Tag: "vol0", Guest: "/in", ReadOnly: true}, {Tag: "vol1", Guest: "/out"}}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	h, err := vmproto.Handshake(ctx, conn, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, env, err := delivery.ParseHello(h.Hello())
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, env := handshake(ctx, t, conn, req)
 	ver := &delivery.Verified{SPKI: env.Key}
 	var out strings.Builder
 	res, err := sess.Deliver(ctx, h.Stream(), ver, delivery.Delivery{Artifact: art, Args: []string{"/in", "/out"}, Stdout: &out, Stderr: io.Discard})
