@@ -11,6 +11,7 @@ package engine
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 )
 
@@ -171,3 +172,21 @@ func (t *Trap) Error() string {
 }
 
 func (t *Trap) Unwrap() error { return t.Err }
+
+// moduleSumKey is the context key of WithModuleSum.
+type moduleSumKey struct{}
+
+// WithModuleSum tells Engine.Compile the SHA-256 of the module it is given,
+// which the caller computed from those very bytes, so that an engine
+// keying its cache by it (wasmtime) does not hash a large module again.
+func WithModuleSum(ctx context.Context, sum [sha256.Size]byte) context.Context {
+	return context.WithValue(ctx, moduleSumKey{}, sum)
+}
+
+// moduleSum returns the sum WithModuleSum put in ctx, else wasm's.
+func moduleSum(ctx context.Context, wasm []byte) [sha256.Size]byte {
+	if sum, ok := ctx.Value(moduleSumKey{}).([sha256.Size]byte); ok {
+		return sum
+	}
+	return sha256.Sum256(wasm)
+}

@@ -162,7 +162,7 @@ func (w *Wasmtime) Close(context.Context) error {
 // loaded from the file named after its SHA-256; a file that is not ours or
 // that wasmtime refuses is ignored and replaced.
 func (w *Wasmtime) Compile(ctx context.Context, wasm []byte) (Module, error) {
-	digest := sha256.Sum256(wasm)
+	digest := moduleSum(ctx, wasm)
 	var path string
 	if w.cacheDir != "" {
 		path = filepath.Join(w.cacheDir, hex.EncodeToString(digest[:])+".cwasm")

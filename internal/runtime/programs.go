@@ -135,7 +135,7 @@ func (c *Programs) get(ctx context.Context, engineName, name string, want [sha25
 	}
 	c.mu.Unlock()
 	if !hit {
-		e.p, e.err = CompileEngine(ctx, engineName, name, wasm, c.CacheDir, interruptible)
+		e.p, e.err = compileSum(ctx, engineName, name, wasm, want, c.CacheDir, interruptible)
 		close(e.ready)
 		if e.err != nil {
 			c.mu.Lock()
@@ -246,7 +246,7 @@ func (c *Programs) run(ctx context.Context, o Options) (int, error) {
 	if err != nil {
 		sum = sha256.Sum256(o.Wasm)
 	}
-	if c.CacheDir != "" && o.Log != nil && !c.holds(sum, o.Engine, o.Interruptible) && !Compiled(c.CacheDir, o.Wasm, o.Interruptible) {
+	if c.CacheDir != "" && o.Log != nil && !c.holds(sum, o.Engine, o.Interruptible) && !compiledSum(c.CacheDir, sum, o.Interruptible) {
 		o.Log("compiling %s (first run; cached for next time)", o.Name)
 	}
 	l, err := c.get(ctx, o.Engine, o.Name, sum, o.Wasm, o.Interruptible)

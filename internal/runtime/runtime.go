@@ -90,7 +90,10 @@ type Options struct {
 	Package string
 	// ModuleDigest is Wasm's digest ("sha256:..."), when the caller
 	// computed it from these bytes (a package's module layer): with
-	// Programs, Run does not hash the module again. It is not checked.
+	// Programs, Run does not hash the module again. It is not checked, and
+	// it names the compiled code taken from memory or the disk cache: it
+	// must come from the bytes themselves, never from a party that sent
+	// them.
 	ModuleDigest string
 	// Entered, if set, is called as _start is about to run (each
 	// replica's; for measuring start-up).
@@ -144,6 +147,14 @@ func Compile(ctx context.Context, name string, wasm []byte, cacheDir string, int
 
 // CompileEngine is Compile with the engine named (see Options.Engine).
 func CompileEngine(ctx context.Context, engineName, name string, wasm []byte, cacheDir string, interruptible bool) (*Program, error) {
+	return compileSum(ctx, engineName, name, wasm, sha256.Sum256(wasm), cacheDir, interruptible)
+}
+
+// compileSum is CompileEngine for a module whose SHA-256, sum, its caller
+// computed from these bytes: the cache marks and the engine's cache key
+// use it rather than hash a large module again.
+func compileSum(ctx context.Context, engineName, name string, wasm []byte, sum [sha256.Size]byte, cacheDir string, interruptible bool) (*Program, error) {
+	ctx = engine.WithModuleSum(ctx, sum)
 	if engineName == "" {
 		engineName = defaultEngine
 	}
@@ -172,7 +183,7 @@ func CompileEngine(ctx context.Context, engineName, name string, wasm []byte, ca
 		return nil, err
 	}
 	if cacheDir != "" {
-		markCompiled(cacheDir, wasm)
+		markCompiled(cacheDir, sum)
 	}
 	return &Program{name: name, eng: eng, mod: mod}, nil
 }
@@ -192,26 +203,30 @@ func cacheFolder(cacheDir string, interruptible bool) string {
 // module's SHA-256; emptying the cache folder removes both.
 const compiledMarks = "castellan-compiled"
 
-func markPath(cacheDir string, wasm []byte) string {
-	sum := sha256.Sum256(wasm)
+func markPath(cacheDir string, sum [sha256.Size]byte) string {
 	return filepath.Join(cacheDir, compiledMarks, hex.EncodeToString(sum[:]))
 }
 
 // Compiled reports whether a module was compiled into the cache folder
 // cacheDir before (so that Run will load it rather than compile it).
 func Compiled(cacheDir string, wasm []byte, interruptible bool) bool {
+	return compiledSum(cacheDir, sha256.Sum256(wasm), interruptible)
+}
+
+// compiledSum is Compiled for the module of SHA-256 sum.
+func compiledSum(cacheDir string, sum [sha256.Size]byte, interruptible bool) bool {
 	cacheDir = cacheFolder(cacheDir, interruptible)
 	if cacheDir == "" {
 		return false
 	}
-	_, err := os.Stat(markPath(cacheDir, wasm))
+	_, err := os.Stat(markPath(cacheDir, sum))
 	return err == nil
 }
 
-// markCompiled notes that wasm is in the cache; a failure only costs a
-// notice on the next run.
-func markCompiled(cacheDir string, wasm []byte) {
-	p := markPath(cacheDir, wasm)
+// markCompiled notes that the module of SHA-256 sum is in the cache; a
+// failure only costs a notice on the next run.
+func markCompiled(cacheDir string, sum [sha256.Size]byte) {
+	p := markPath(cacheDir, sum)
 	if os.MkdirAll(filepath.Dir(p), 0o700) == nil {
 		if f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
 			f.Close()
