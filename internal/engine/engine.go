@@ -182,11 +182,3 @@ type moduleSumKey struct{}
 func WithModuleSum(ctx context.Context, sum [sha256.Size]byte) context.Context {
 	return context.WithValue(ctx, moduleSumKey{}, sum)
 }
-
-// moduleSum returns the sum WithModuleSum put in ctx, else wasm's.
-func moduleSum(ctx context.Context, wasm []byte) [sha256.Size]byte {
-	if sum, ok := ctx.Value(moduleSumKey{}).([sha256.Size]byte); ok {
-		return sum
-	}
-	return sha256.Sum256(wasm)
-}

@@ -592,3 +592,11 @@ func (in *interrupter) close() {
 	in.flag = nil
 	in.mu.Unlock()
 }
+
+// moduleSum returns the sum WithModuleSum put in ctx, else wasm's.
+func moduleSum(ctx context.Context, wasm []byte) [sha256.Size]byte {
+	if sum, ok := ctx.Value(moduleSumKey{}).([sha256.Size]byte); ok {
+		return sum
+	}
+	return sha256.Sum256(wasm)
+}
