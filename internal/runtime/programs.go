@@ -135,7 +135,7 @@ func (c *Programs) get(ctx context.Context, engineName, name string, want [sha25
 	}
 	c.mu.Unlock()
 	if !hit {
-		e.p, e.err = compileSum(ctx, engineName, name, wasm, want, c.CacheDir, interruptible)
+		e.p, e.err = compileSum(ctx, engineName, name, wasm, &want, c.CacheDir, interruptible)
 		close(e.ready)
 		if e.err != nil {
 			c.mu.Lock()

@@ -147,14 +147,16 @@ func Compile(ctx context.Context, name string, wasm []byte, cacheDir string, int
 
 // CompileEngine is Compile with the engine named (see Options.Engine).
 func CompileEngine(ctx context.Context, engineName, name string, wasm []byte, cacheDir string, interruptible bool) (*Program, error) {
-	return compileSum(ctx, engineName, name, wasm, sha256.Sum256(wasm), cacheDir, interruptible)
+	return compileSum(ctx, engineName, name, wasm, nil, cacheDir, interruptible)
 }
 
 // compileSum is CompileEngine for a module whose SHA-256, sum, its caller
-// computed from these bytes: the cache marks and the engine's cache key
-// use it rather than hash a large module again.
-func compileSum(ctx context.Context, engineName, name string, wasm []byte, sum [sha256.Size]byte, cacheDir string, interruptible bool) (*Program, error) {
-	ctx = engine.WithModuleSum(ctx, sum)
+// computed from these bytes (nil: unknown): the cache marks and the
+// engine's cache key use it rather than hash a large module again.
+func compileSum(ctx context.Context, engineName, name string, wasm []byte, sum *[sha256.Size]byte, cacheDir string, interruptible bool) (*Program, error) {
+	if sum != nil {
+		ctx = engine.WithModuleSum(ctx, *sum)
+	}
 	if engineName == "" {
 		engineName = defaultEngine
 	}
@@ -183,7 +185,11 @@ func compileSum(ctx context.Context, engineName, name string, wasm []byte, sum [
 		return nil, err
 	}
 	if cacheDir != "" {
-		markCompiled(cacheDir, sum)
+		if sum == nil {
+			s := sha256.Sum256(wasm)
+			sum = &s
+		}
+		markCompiled(cacheDir, *sum)
 	}
 	return &Program{name: name, eng: eng, mod: mod}, nil
 }
