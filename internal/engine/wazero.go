@@ -145,24 +145,36 @@ func (s *sharedRuntime) useHosts(ctx context.Context, hosts []HostModule) (bool,
 	sig := hostSignature(hosts)
 	s.once.Do(func() {
 		s.hosts = sig
-		for hi, h := range hosts {
-			b := s.rt.NewHostModuleBuilder(h.Name)
-			for fi, f := range h.Funcs {
-				b.NewFunctionBuilder().
-					WithGoModuleFunction(api.GoModuleFunc(func(ctx context.Context, mod api.Module, stack []uint64) {
-						run := ctx.Value(runHostsKey{}).([]HostModule)
-						run[hi].Funcs[fi].Fn(ctx, &wazeroCaller{ctx: ctx, mod: mod}, stack)
-					}), toWazero(f.Params), toWazero(f.Results)).
-					WithName(f.Name).
-					Export(f.Name)
-			}
-			if _, err := b.Instantiate(ctx); err != nil {
-				s.err = fmt.Errorf("host module %s: %w", h.Name, err)
-				return
-			}
-		}
+		s.err = instantiateHosts(ctx, s.rt, hosts, true)
 	})
 	return s.err == nil && s.hosts == sig, s.err
+}
+
+// instantiateHosts instantiates hosts in rt. With dispatch (a shared
+// runtime), each function calls the one at its place in the host modules
+// of the run it is called from (runHostsKey in the call's context);
+// without, it calls its own.
+func instantiateHosts(ctx context.Context, rt wazero.Runtime, hosts []HostModule, dispatch bool) error {
+	for hi, h := range hosts {
+		b := rt.NewHostModuleBuilder(h.Name)
+		for fi, f := range h.Funcs {
+			fn := f.Fn
+			b.NewFunctionBuilder().
+				WithGoModuleFunction(api.GoModuleFunc(func(ctx context.Context, mod api.Module, stack []uint64) {
+					call := fn
+					if dispatch {
+						call = ctx.Value(runHostsKey{}).([]HostModule)[hi].Funcs[fi].Fn
+					}
+					call(ctx, &wazeroCaller{ctx: ctx, mod: mod}, stack)
+				}), toWazero(f.Params), toWazero(f.Results)).
+				WithName(f.Name).
+				Export(f.Name)
+		}
+		if _, err := b.Instantiate(ctx); err != nil {
+			return fmt.Errorf("host module %s: %w", h.Name, err)
+		}
+	}
+	return nil
 }
 
 // hostSignature names host modules' functions and their types.
@@ -264,20 +276,8 @@ func (m *wazeroModule) Run(ctx context.Context, o RunConfig) (uint32, error) {
 		if cm, err = rt.CompileModule(ctx, m.wasm); err != nil {
 			return 0, compileError(err)
 		}
-		for _, h := range hosts {
-			b := rt.NewHostModuleBuilder(h.Name)
-			for _, f := range h.Funcs {
-				fn := f.Fn
-				b.NewFunctionBuilder().
-					WithGoModuleFunction(api.GoModuleFunc(func(ctx context.Context, mod api.Module, stack []uint64) {
-						fn(ctx, &wazeroCaller{ctx: ctx, mod: mod}, stack)
-					}), toWazero(f.Params), toWazero(f.Results)).
-					WithName(f.Name).
-					Export(f.Name)
-			}
-			if _, err := b.Instantiate(ctx); err != nil {
-				return 0, fmt.Errorf("host module %s: %w", h.Name, err)
-			}
+		if err := instantiateHosts(ctx, rt, hosts, false); err != nil {
+			return 0, err
 		}
 	}
 	// The module gets an empty name, so stack traces name functions as
