@@ -78,11 +78,11 @@ func httpBench(t *tools) error {
 			}
 			src := filepath.Join(root, "testdata/fixtures/c/httpbench.c")
 			native, nativeTLS = filepath.Join(t.dir, "httpbench-c-native"), filepath.Join(t.dir, "httpbench-c-native-openssl")
-			if b, err := exec.Command("cc", "-O2", "-o", native, src).CombinedOutput(); err != nil {
-				return fmt.Errorf("cc %s: %v\n%s", src, err, b)
+			if b, err := exec.Command(nativeC[0], append(nativeC[1:], "-o", native, src)...).CombinedOutput(); err != nil {
+				return fmt.Errorf("%s %s: %v\n%s", nativeC[0], src, err, b)
 			}
-			if b, err := exec.Command("cc", "-O2", "-DHTTPBENCH_TLS", "-o", nativeTLS, src, "-lssl", "-lcrypto").CombinedOutput(); err != nil {
-				return fmt.Errorf("cc %s with OpenSSL (apt-get install libssl-dev): %v\n%s", src, err, b)
+			if b, err := exec.Command(nativeC[0], append(nativeC[1:], "-DHTTPBENCH_TLS", "-o", nativeTLS, src, "-lssl", "-lcrypto")...).CombinedOutput(); err != nil {
+				return fmt.Errorf("%s %s with OpenSSL (apt-get install libssl-dev): %v\n%s", nativeC[0], src, err, b)
 			}
 		default:
 			return fmt.Errorf("unknown program %q in -http-programs (go, c)", prog)
