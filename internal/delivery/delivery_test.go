@@ -57,7 +57,7 @@ func load(t testing.TB, lang, name string, cfg []byte) *workload.Artifact {
 
 // pair runs a keep for art on one end of a pipe and returns the client's
 // verified view and session.
-func pair(t *testing.T, digest string) (*Keep, *Session, *Verified) {
+func pair(t testing.TB, digest string) (*Keep, *Session, *Verified) {
 	t.Helper()
 	sess, err := NewSession()
 	if err != nil {
@@ -82,7 +82,7 @@ func run(t *testing.T, k *Keep, sess *Session, v *Verified, d Delivery) (*Result
 }
 
 // runWith is run with the keep's options.
-func runWith(t *testing.T, k *Keep, sess *Session, v *Verified, d Delivery, o ServeOptions) (*Result, error, *Result, error) {
+func runWith(t testing.TB, k *Keep, sess *Session, v *Verified, d Delivery, o ServeOptions) (*Result, error, *Result, error) {
 	t.Helper()
 	c1, c2 := socketPair(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -226,7 +226,7 @@ func isCheck(err error, check string) bool {
 
 // socketPair returns two ends of a loopback TCP connection (kernel
 // buffers, like the agent's relay; net.Pipe has none).
-func socketPair(t *testing.T) (net.Conn, net.Conn) {
+func socketPair(t testing.TB) (net.Conn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
