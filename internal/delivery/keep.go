@@ -443,17 +443,17 @@ func (k *Keep) receive(r io.Reader) (*Manifest, *workload.Artifact, error) {
 	if m.Digest != k.digest {
 		return nil, nil, fmt.Errorf("%w: the manifest names package %s, the keep attested to %s", ErrRefused, m.Digest, k.digest)
 	}
-	wasm, err := readBlob(r, FrameWasm, m.WasmSize, "module")
+	wasm, wasmSum, err := readBlob(r, FrameWasm, m.WasmSize, "module")
 	if err != nil {
 		return nil, nil, err
 	}
 	var cfg []byte
 	if m.ConfigSize >= 0 {
-		if cfg, err = readBlob(r, FrameConfig, m.ConfigSize, "config"); err != nil {
+		if cfg, _, err = readBlob(r, FrameConfig, m.ConfigSize, "config"); err != nil {
 			return nil, nil, err
 		}
 	}
-	art, err := workload.New(wasm, cfg)
+	art, err := workload.NewSummed(wasm, wasmSum, cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", ErrRefused, err)
 	}
@@ -463,32 +463,43 @@ func (k *Keep) receive(r io.Reader) (*Manifest, *workload.Artifact, error) {
 	return m, art, nil
 }
 
-func readBlob(r io.Reader, want byte, size int64, what string) ([]byte, error) {
+// readBlob reads a blob of size bytes sent as frames of type want, each
+// straight into the blob's buffer, and hashes it as it arrives (the
+// transfer, not the hash, is what a large module waits for).
+func readBlob(r io.Reader, want byte, size int64, what string) ([]byte, [sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
 	buf := make([]byte, 0, min(size, 64<<20))
-	for int64(len(buf)) < size {
-		typ, b, err := ReadFrame(r, MaxFrame)
+	h := sha256.New()
+	for {
+		typ, n, err := readFrameHeader(r, MaxFrame)
 		if err != nil {
-			return nil, fmt.Errorf("reading the %s: %w", what, unexpected(err))
+			return nil, sum, fmt.Errorf("reading the %s: %w", what, unexpected(err))
 		}
 		if typ != want {
-			return nil, fmt.Errorf("%w: frame type %d inside the %s", ErrRefused, typ, what)
+			return nil, sum, fmt.Errorf("%w: frame type %d inside the %s", ErrRefused, typ, what)
 		}
-		if int64(len(buf))+int64(len(b)) > size {
-			return nil, fmt.Errorf("%w: the %s is longer than the manifest's %d bytes", ErrRefused, what, size)
+		if int64(len(buf))+int64(n) > size {
+			return nil, sum, fmt.Errorf("%w: the %s is longer than the manifest's %d bytes", ErrRefused, what, size)
 		}
-		buf = append(buf, b...)
+		if size == 0 {
+			// An empty blob still comes as one empty frame.
+			break
+		}
+		if n == 0 {
+			return nil, sum, fmt.Errorf("%w: empty frame inside the %s", ErrRefused, what)
+		}
+		at := len(buf)
+		buf = slices.Grow(buf, n)[:at+n]
+		if _, err := io.ReadFull(r, buf[at:]); err != nil {
+			return nil, sum, fmt.Errorf("reading the %s: frame type %d: %w", what, typ, unexpected(err))
+		}
+		h.Write(buf[at:])
+		if int64(len(buf)) == size {
+			break
+		}
 	}
-	if size == 0 {
-		// An empty config still comes as one empty frame.
-		typ, b, err := ReadFrame(r, 0)
-		if err != nil {
-			return nil, fmt.Errorf("reading the %s: %w", what, unexpected(err))
-		}
-		if typ != want || len(b) != 0 {
-			return nil, fmt.Errorf("%w: bad empty %s frame", ErrRefused, what)
-		}
-	}
-	return buf, nil
+	h.Sum(sum[:0])
+	return buf, sum, nil
 }
 
 // chain checks that the certificate chain the client passed is for the

@@ -256,22 +256,32 @@ func WriteFrame(w io.Writer, typ byte, payload []byte) error {
 
 // ReadFrame reads one frame of at most max payload bytes.
 func ReadFrame(r io.Reader, max int) (typ byte, payload []byte, err error) {
-	var h [5]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
+	typ, n, err := readFrameHeader(r, max)
+	if err != nil {
 		return 0, nil, err
-	}
-	n := binary.BigEndian.Uint32(h[1:])
-	if max > MaxFrame {
-		max = MaxFrame
-	}
-	if int64(n) > int64(max) {
-		return 0, nil, fmt.Errorf("frame type %d of %d bytes, more than %d", h[0], n, max)
 	}
 	payload = make([]byte, n)
 	if _, err := io.ReadFull(r, payload); err != nil {
-		return 0, nil, fmt.Errorf("frame type %d: %w", h[0], unexpected(err))
+		return 0, nil, fmt.Errorf("frame type %d: %w", typ, unexpected(err))
 	}
-	return h[0], payload, nil
+	return typ, payload, nil
+}
+
+// readFrameHeader reads a frame's type and payload length, refusing a
+// length above max (at most MaxFrame).
+func readFrameHeader(r io.Reader, max int) (typ byte, n int, err error) {
+	var h [5]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return 0, 0, err
+	}
+	l := binary.BigEndian.Uint32(h[1:])
+	if max > MaxFrame {
+		max = MaxFrame
+	}
+	if int64(l) > int64(max) {
+		return 0, 0, fmt.Errorf("frame type %d of %d bytes, more than %d", h[0], l, max)
+	}
+	return h[0], int(l), nil
 }
 
 func unexpected(err error) error {

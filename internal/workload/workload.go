@@ -48,11 +48,19 @@ type Artifact struct {
 // New builds the artifact of a module and its config (nil for none). The
 // same two inputs always give the same manifest bytes and digest.
 func New(wasm, config []byte) (*Artifact, error) {
+	return NewSummed(wasm, sha256.Sum256(wasm), config)
+}
+
+// NewSummed is New for a module whose SHA-256 the caller computed from
+// these very bytes as they arrived (a keep hashes a delivered module while
+// it receives it, instead of once more after). wasmSum must be
+// sha256.Sum256(wasm).
+func NewSummed(wasm []byte, wasmSum [sha256.Size]byte, config []byte) (*Artifact, error) {
 	if len(wasm) == 0 {
 		return nil, fmt.Errorf("workload: the Wasm module is empty")
 	}
 	a := &Artifact{Wasm: wasm, Config: config}
-	a.WasmDesc = descriptor(MediaTypeWasm, wasm)
+	a.WasmDesc = ocispec.Descriptor{MediaType: MediaTypeWasm, Digest: digest.NewDigestFromBytes(digest.SHA256, wasmSum[:]), Size: int64(len(wasm))}
 	layers := []ocispec.Descriptor{a.WasmDesc}
 	if config != nil {
 		d := descriptor(MediaTypeTOML, config)
