@@ -123,7 +123,7 @@ func verifySGX(raw []byte, opts *Options) (*evidence.Claims, error) {
 		ReportData:  q.Body.ReportData,
 	}
 	for name, v := range map[string][]byte{"config_id": q.Body.ConfigID[:], "isv_ext_prod_id": q.Body.ISVExtProdID[:], "isv_family_id": q.Body.ISVFamilyID[:]} {
-		if !isZero(v) {
+		if !allZero(v) {
 			c.Identity[name] = bytes.Clone(v)
 		}
 	}
@@ -176,13 +176,4 @@ func verifyRawSig(pub *ecdsa.PublicKey, msg, sig []byte) bool {
 	r := new(big.Int).SetBytes(sig[:32])
 	s := new(big.Int).SetBytes(sig[32:])
 	return ecdsa.Verify(pub, d[:], r, s)
-}
-
-func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
