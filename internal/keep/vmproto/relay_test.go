@@ -396,11 +396,7 @@ func TestRelayHostRefusesBadFrames(t *testing.T) {
 			dial, addrs := pipeDial(t)
 			req := testRequest()
 			req.SecretServiceURL = "https://attest.example:8443"
-			hc, gc := net.Pipe()
-			go func() {
-				defer gc.Close()
-				gc.Write(frame(FrameVersion, []byte(Version)))
-				readFrame(gc)
+			h := scriptedGuest(t, req, func(gc net.Conn) {
 				gc.Write(frame(FrameHello, []byte("{}")))
 				frames := tc.frames
 				if tc.answer {
@@ -417,20 +413,10 @@ func TestRelayHostRefusesBadFrames(t *testing.T) {
 					frames = frames[1:]
 				}
 				go io.Copy(io.Discard, gc)
-				for _, f := range frames {
-					if _, err := gc.Write(f); err != nil {
-						return
-					}
-				}
-			}()
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			h, err := Handshake(ctx, hc, req, WithRelayDial(dial))
-			if err != nil {
-				t.Fatal(err)
-			}
+				writeFrames(gc, frames)
+			}, WithRelayDial(dial))
 			drainEvents(h)
-			_, err = h.Wait()
+			_, err := h.Wait()
 			if !errors.Is(err, ErrNoExit) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)
 			}

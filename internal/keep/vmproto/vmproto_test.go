@@ -110,25 +110,40 @@ func TestSession(t *testing.T) {
 // the launch request, then closes.
 func fakeGuest(t *testing.T, frames ...[]byte) *Host {
 	t.Helper()
+	return scriptedGuest(t, testRequest(), func(gc net.Conn) {
+		go io.Copy(io.Discard, gc)
+		writeFrames(gc, frames)
+	})
+}
+
+// scriptedGuest is a guest that sends its version and reads the launch
+// request req, then runs script on its end of the channel and closes it;
+// it returns the host's side after the handshake with opts.
+func scriptedGuest(t *testing.T, req *LaunchRequest, script func(gc net.Conn), opts ...HostOption) *Host {
+	t.Helper()
 	hc, gc := net.Pipe()
 	go func() {
 		defer gc.Close()
 		gc.Write(frame(FrameVersion, []byte(Version)))
 		readFrame(gc)
-		go io.Copy(io.Discard, gc)
-		for _, f := range frames {
-			if _, err := gc.Write(f); err != nil {
-				return
-			}
-		}
+		script(gc)
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	h, err := Handshake(ctx, hc, testRequest())
+	h, err := Handshake(ctx, hc, req, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// writeFrames writes frames to w until one fails.
+func writeFrames(w io.Writer, frames [][]byte) {
+	for _, f := range frames {
+		if _, err := w.Write(f); err != nil {
+			return
+		}
+	}
 }
 
 func TestHostAfterHello(t *testing.T) {
@@ -390,12 +405,8 @@ func TestGuestRefusesLateFrames(t *testing.T) {
 // The stream's read deadline works (a client's context cancels through
 // it), and CloseWrite then Write fails while reads go on.
 func TestStreamDeadlineAndHalfClose(t *testing.T) {
-	hc, gc := net.Pipe()
 	got := make(chan []byte, 1)
-	go func() {
-		defer gc.Close()
-		gc.Write(frame(FrameVersion, []byte(Version)))
-		readFrame(gc)
+	h := scriptedGuest(t, testRequest(), func(gc net.Conn) {
 		gc.Write(frame(FrameHello, []byte("{}")))
 		var in []byte
 		for {
@@ -408,11 +419,7 @@ func TestStreamDeadlineAndHalfClose(t *testing.T) {
 		got <- in
 		gc.Write(frame(FrameData, []byte("after")))
 		gc.Write(frame(FrameExit, []byte(`{"state":"exited","exit_code":0}`)))
-	}()
-	h, err := Handshake(context.Background(), hc, testRequest())
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	s := h.Stream()
 	s.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
 	if _, err := s.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
