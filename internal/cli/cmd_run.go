@@ -409,6 +409,8 @@ func runLoaded(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Confi
 		MemoryPages: limits.MemoryPages,
 		Certificate: cert,
 		Log:         func(f string, a ...any) { e.Infof(f, a...) },
+		// Hashed by workload.New from these bytes: not hashed again.
+		ModuleDigest: art.WasmDesc.Digest.String(),
 	})
 	if s, ok := stoppedBy(ctx); ok {
 		return reportStop(e, s, name, art.Digest.String())

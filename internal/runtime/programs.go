@@ -242,10 +242,7 @@ func (c *Programs) closeIfIdle(e *programEntry) {
 // memory (compiled on a miss) and, with o.Package, remembered as that
 // package's module for Preload.
 func (c *Programs) run(ctx context.Context, o Options) (int, error) {
-	sum, err := ParseDigest(o.ModuleDigest)
-	if err != nil {
-		sum = sha256.Sum256(o.Wasm)
-	}
+	sum := o.moduleSum()
 	if c.CacheDir != "" && o.Log != nil && !c.holds(sum, o.Engine, o.Interruptible) && !compiledSum(c.CacheDir, sum, o.Interruptible) {
 		o.Log("compiling %s (first run; cached for next time)", o.Name)
 	}

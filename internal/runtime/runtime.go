@@ -89,11 +89,11 @@ type Options struct {
 	// Programs, Run notes which module it holds (Programs.Preload).
 	Package string
 	// ModuleDigest is Wasm's digest ("sha256:..."), when the caller
-	// computed it from these bytes (a package's module layer): with
-	// Programs, Run does not hash the module again. It is not checked, and
-	// it names the compiled code taken from memory or the disk cache: it
-	// must come from the bytes themselves, never from a party that sent
-	// them.
+	// computed it from these bytes (a package's module layer): Run does
+	// not hash the module again for its cache or Programs. It is not
+	// checked, and it names the compiled code taken from memory or the
+	// disk cache: it must come from the bytes themselves, never from a
+	// party that sent them.
 	ModuleDigest string
 	// Entered, if set, is called as _start is about to run (each
 	// replica's; for measuring start-up).
@@ -213,13 +213,9 @@ func markPath(cacheDir string, sum [sha256.Size]byte) string {
 	return filepath.Join(cacheDir, compiledMarks, hex.EncodeToString(sum[:]))
 }
 
-// Compiled reports whether a module was compiled into the cache folder
-// cacheDir before (so that Run will load it rather than compile it).
-func Compiled(cacheDir string, wasm []byte, interruptible bool) bool {
-	return compiledSum(cacheDir, sha256.Sum256(wasm), interruptible)
-}
-
-// compiledSum is Compiled for the module of SHA-256 sum.
+// compiledSum reports whether the module of SHA-256 sum was compiled into
+// the cache folder cacheDir before (so that Run will load it rather than
+// compile it).
 func compiledSum(cacheDir string, sum [sha256.Size]byte, interruptible bool) bool {
 	cacheDir = cacheFolder(cacheDir, interruptible)
 	if cacheDir == "" {
@@ -285,6 +281,14 @@ func compile(ctx context.Context, eng engine.Engine, name string, wasm []byte) (
 	return mod, nil
 }
 
+// moduleSum is the SHA-256 of o.Wasm: o.ModuleDigest's, or computed.
+func (o *Options) moduleSum() [sha256.Size]byte {
+	if sum, err := ParseDigest(o.ModuleDigest); err == nil {
+		return sum
+	}
+	return sha256.Sum256(o.Wasm)
+}
+
 // Run compiles and runs the module's _start, returning the WASI exit
 // status. err is non-nil only for failures that are not a normal exit:
 // bad module, trap, missing import, bad config resource (a listen port in
@@ -293,11 +297,18 @@ func Run(ctx context.Context, o Options) (exitCode int, err error) {
 	if o.Programs != nil {
 		return o.Programs.run(ctx, o)
 	}
-	if o.CacheDir != "" && o.Log != nil && !Compiled(o.CacheDir, o.Wasm, o.Interruptible) {
+	var sum *[sha256.Size]byte
+	if o.CacheDir != "" || o.ModuleDigest != "" {
+		// The cache's marks and the engine's cache key need the module's
+		// hash: computed once here, or taken from the caller's digest.
+		s := o.moduleSum()
+		sum = &s
+	}
+	if o.CacheDir != "" && o.Log != nil && !compiledSum(o.CacheDir, *sum, o.Interruptible) {
 		// Compiling a large module takes seconds to minutes, in silence.
 		o.Log("compiling %s (first run; cached for next time)", o.Name)
 	}
-	p, err := CompileEngine(ctx, o.Engine, o.Name, o.Wasm, o.CacheDir, o.Interruptible)
+	p, err := compileSum(ctx, o.Engine, o.Name, o.Wasm, sum, o.CacheDir, o.Interruptible)
 	if err != nil {
 		return 0, err
 	}
