@@ -159,6 +159,31 @@ func TestCompileNotice(t *testing.T) {
 	}
 }
 
+// TestModuleDigestNotRehashed: Run takes the caller's digest of the module
+// for its cache marks instead of hashing the module again (castellan run
+// and a keep hashed it already); a digest that is not of the bytes, which
+// a caller must never pass, shows it.
+func TestModuleDigestNotRehashed(t *testing.T) {
+	hello := readWasm(t, fixtures.C(t, "hello"))
+	dir := t.TempDir()
+	other := sha256.Sum256([]byte("not the module"))
+	_, err := Run(context.Background(), Options{Name: "hello.wasm", Wasm: hello, CacheDir: dir, Stdout: io.Discard, Stderr: io.Discard,
+		ModuleDigest: fmt.Sprintf("sha256:%x", other)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !compiledSum(dir, other, false) || compiledSum(dir, sha256.Sum256(hello), false) {
+		t.Fatal("the compiled mark is not the one of the caller's digest")
+	}
+	// Without a digest, Run hashes the bytes itself.
+	if _, err := Run(context.Background(), Options{Name: "hello.wasm", Wasm: hello, CacheDir: dir, Stdout: io.Discard, Stderr: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+	if !compiledSum(dir, sha256.Sum256(hello), false) {
+		t.Fatal("no compiled mark for the module's own digest")
+	}
+}
+
 func TestInterrupt(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	o := Options{Name: "spin.wasm", Wasm: readWasm(t, fixtures.Go(t, "spin")), Interruptible: true}
