@@ -49,6 +49,11 @@ const (
 type Config struct {
 	// Steward is the https URL of the attestation service, if any.
 	Steward string
+	// StewardCA pins the secret service's TLS roots ("sha256:<hex>" of a
+	// CA certificate's DER, steward_ca): a keep that fetches [secrets.kbs]
+	// trusts that certificate alone among the roots its host gives it,
+	// whatever the service's URL. "" = no pin: the host's roots.
+	StewardCA string
 	// Args follow argv[0] ("main.wasm").
 	Args []string
 	// Env holds the [env] table. The runtime adds FD_COUNT and FD_NAMES first,

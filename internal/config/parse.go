@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -206,6 +207,17 @@ func typeName(v any) string {
 	}
 }
 
+// isSHA256Digest reports whether s is "sha256:" and 64 lowercase hex
+// digits.
+func isSHA256Digest(s string) bool {
+	h, ok := strings.CutPrefix(s, "sha256:")
+	if !ok || len(h) != 64 || strings.ToLower(h) != h {
+		return false
+	}
+	_, err := hex.DecodeString(h)
+	return err == nil
+}
+
 func (p *parser) top(root map[string]any) error {
 	for _, k := range p.sortedKeys(nil, root) {
 		v := root[k]
@@ -221,6 +233,12 @@ func (p *parser) top(root map[string]any) error {
 				return p.at(key, "steward %q is not an https URL", s)
 			}
 			p.cfg.Steward = s
+		case "steward_ca":
+			s, ok := v.(string)
+			if !ok || !isSHA256Digest(s) {
+				return p.at(key, "steward_ca must be \"sha256:\" and the 64 lowercase hex digits of the SHA-256 of a CA certificate's DER, not %s", quoted(v))
+			}
+			p.cfg.StewardCA = s
 		case "args":
 			a, ok := v.([]any)
 			if !ok {

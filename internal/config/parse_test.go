@@ -40,8 +40,9 @@ func render(cfg *Config, err error) string {
 		VCPUs          int               `json:",omitempty"`
 		SecretRefs     map[string]string `json:",omitempty"`
 		Replicas       int               `json:",omitempty"`
+		StewardCA      string            `json:",omitempty"`
 	}{cfg.Steward, cfg.Args, cfg.Env, cfg.Files, limits{cfg.Limits.MemoryPages, cfg.Limits.WallTime.String(), cfg.Limits.MaxOutput, cfg.Limits.MaxOpenFiles}, cfg.Environ(), cfg.Warnings,
-		cfg.SecretEnv, cfg.SecretNames(), "", cfg.Limits.VMMemory, cfg.Limits.VCPUs, cfg.SecretRefs, cfg.Replicas}
+		cfg.SecretEnv, cfg.SecretNames(), "", cfg.Limits.VMMemory, cfg.Limits.VCPUs, cfg.SecretRefs, cfg.Replicas, cfg.StewardCA}
 	if cfg.DetachedOutput != DetachedDiscard {
 		out.DetachedOutput = cfg.DetachedOutput
 	}

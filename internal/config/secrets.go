@@ -113,6 +113,9 @@ func (p *parser) checkSecrets() error {
 			return p.at([]string{"secrets", "kbs", name}, "secrets.kbs.%s: no secret of that name is declared (in secrets.env or a [[files]] entry with kind = \"secret\")", name)
 		}
 	}
+	if len(p.cfg.SecretRefs) > 0 && p.cfg.StewardCA == "" {
+		p.warn([]string{"secrets", "kbs"}, "secrets.kbs: no steward_ca pins the secret service's TLS roots, so the host that runs the keep chooses them and could answer with values of its own (it cannot read the real ones)")
+	}
 	for i, name := range p.cfg.SecretEnv {
 		k := []string{"secrets", "env", idx(i)}
 		if _, ok := p.cfg.Env[name]; ok {

@@ -11,7 +11,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -405,15 +407,12 @@ func (k *Keep) fetchSecrets(ctx context.Context, svc *SecretService, cfg *config
 	if cfg.Steward != "" && strings.TrimSuffix(svc.URL, "/") != strings.TrimSuffix(cfg.Steward, "/") {
 		return nil, fmt.Errorf("the keep's secret service is %s, the config's steward is %s: the keep fetches its secrets from the steward only", svc.URL, cfg.Steward)
 	}
+	roots, err := secretServiceRoots(svc, cfg, o)
+	if err != nil {
+		return nil, err
+	}
 	if k.tee == nil || k.tee.Name() == tee.NameNil {
 		return nil, kbs.ErrNoEvidence
-	}
-	var roots *x509.CertPool
-	if len(svc.RootsPEM) > 0 {
-		roots = x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(svc.RootsPEM) {
-			return nil, errors.New("secret service: no PEM certificate in its roots")
-		}
 	}
 	hc := kbs.HTTPClient(roots, secretFetchTimeout, svc.Dial)
 	defer hc.CloseIdleConnections()
@@ -425,6 +424,53 @@ func (k *Keep) fetchSecrets(ctx context.Context, svc *SecretService, cfg *config
 	}
 	o.logf("fetched %d secrets from %s after attestation (%s)", len(vals), svc.URL, k.tee.Platform())
 	return vals, nil
+}
+
+// secretServiceRoots are the TLS roots the keep trusts for the secret
+// service. The host names them with the service (nil: the system's), so
+// a host could stand up a service of its own and answer with values of its
+// choosing (it cannot learn the real ones, which are encrypted to the
+// keep's attested key). A config's steward_ca closes that: of the host's
+// roots, the keep trusts only the certificate it pins, and fetches nothing
+// when the host gave no such certificate.
+func secretServiceRoots(svc *SecretService, cfg *config.Config, o ServeOptions) (*x509.CertPool, error) {
+	var certs []*x509.Certificate
+	for rest := svc.RootsPEM; len(rest) > 0; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("secret service roots: %w", err)
+		}
+		certs = append(certs, c)
+	}
+	if len(svc.RootsPEM) > 0 && len(certs) == 0 {
+		return nil, errors.New("secret service: no PEM certificate in its roots")
+	}
+	if cfg.StewardCA == "" {
+		o.logf("the config pins no steward_ca: the keep trusts the host's TLS roots for the secret service (certificates: %d; none = the system's)", len(certs))
+		if len(certs) == 0 {
+			return nil, nil
+		}
+		pool := x509.NewCertPool()
+		for _, c := range certs {
+			pool.AddCert(c)
+		}
+		return pool, nil
+	}
+	for _, c := range certs {
+		if sum := sha256.Sum256(c.Raw); "sha256:"+hex.EncodeToString(sum[:]) == cfg.StewardCA {
+			pool := x509.NewCertPool()
+			pool.AddCert(c)
+			return pool, nil
+		}
+	}
+	return nil, fmt.Errorf("the host's TLS roots for the secret service (certificates: %d) do not include the config's steward_ca %s: the keep fetches nothing from a service it cannot authenticate", len(certs), cfg.StewardCA)
 }
 
 // receive reads the manifest and package and checks the digest.

@@ -2,11 +2,22 @@ package delivery
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
 	"errors"
+	"fmt"
+	"math/big"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/workload"
 )
 
@@ -106,6 +117,9 @@ func TestKeepFetchRefused(t *testing.T) {
 	fetching := load(t, "c", "hello", []byte(refs))
 	stewarded := load(t, "c", "hello", []byte("steward = \"https://attest.example:8443\"\n"+refs))
 	svc := &SecretService{URL: "https://other.example:8443"}
+	hostCA, pinned := testCA(t, "the host's own CA"), testCA(t, "the steward's CA")
+	pinnedRefs := load(t, "c", "hello", []byte("steward = \"https://attest.example:8443\"\nsteward_ca = \""+certDigest(pinned)+"\"\n"+refs))
+	hostRoots := &SecretService{URL: "https://attest.example:8443", RootsPEM: certPEM(hostCA)}
 	for _, c := range []struct {
 		name    string
 		art     *workload.Artifact
@@ -117,6 +131,8 @@ func TestKeepFetchRefused(t *testing.T) {
 		{"supplied", fetching, svc, map[string]string{"DB_PASSWORD": "x"}, "secrets were supplied that the keep fetches by kbs:/// reference ([secrets.kbs]): DB_PASSWORD"},
 		{"not the steward", stewarded, svc, nil, "the keep's secret service is https://other.example:8443, the config's steward is https://attest.example:8443"},
 		{"no evidence", fetching, svc, nil, "backend nil has no evidence"},
+		{"the host's roots, not the pinned CA", pinnedRefs, hostRoots, nil, "the host's TLS roots for the secret service (certificates: 1) do not include the config's steward_ca " + certDigest(pinned)},
+		{"no roots from the host and a pinned CA", pinnedRefs, &SecretService{URL: "https://attest.example:8443"}, nil, "(certificates: 0) do not include the config's steward_ca"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k, sess, v := pair(t, c.art.Digest.String())
@@ -125,6 +141,58 @@ func TestKeepFetchRefused(t *testing.T) {
 			checkRefused(t, err, kerr, c.want, out.String())
 		})
 	}
+}
+
+// TestStewardCAPin: with steward_ca, of the roots the host gives, the keep
+// trusts the pinned certificate alone; without it, all of them.
+func TestStewardCAPin(t *testing.T) {
+	hostCA, pinned := testCA(t, "the host's own CA"), testCA(t, "the steward's CA")
+	svc := &SecretService{URL: "https://attest.example:8443", RootsPEM: append(certPEM(hostCA), certPEM(pinned)...)}
+	trusts := func(pool *x509.CertPool, c *x509.Certificate) bool {
+		_, err := c.Verify(x509.VerifyOptions{Roots: pool})
+		return err == nil
+	}
+	pool, err := secretServiceRoots(svc, &config.Config{Steward: svc.URL, StewardCA: certDigest(pinned)}, ServeOptions{})
+	if err != nil || !trusts(pool, pinned) || trusts(pool, hostCA) {
+		t.Fatalf("pinned: %v; trusts the pinned CA %v, the host's %v", err, pool != nil && trusts(pool, pinned), pool != nil && trusts(pool, hostCA))
+	}
+	var notes []string
+	pool, err = secretServiceRoots(svc, &config.Config{Steward: svc.URL}, ServeOptions{Log: func(f string, a ...any) { notes = append(notes, fmt.Sprintf(f, a...)) }})
+	if err != nil || !trusts(pool, pinned) || !trusts(pool, hostCA) {
+		t.Fatalf("unpinned: %v", err)
+	}
+	if len(notes) != 1 || !strings.Contains(notes[0], "pins no steward_ca") {
+		t.Errorf("unpinned roots went unremarked: %q", notes)
+	}
+}
+
+// testCA is a self-signed CA certificate.
+func testCA(t *testing.T, cn string) *x509.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func certPEM(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
+
+func certDigest(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // TestSecretServiceCheck: the secret service is an https URL of bounded

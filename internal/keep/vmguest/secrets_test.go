@@ -3,6 +3,7 @@ package vmguest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/ca"
+	"github.com/castellan-dev/castellan/internal/attest/service"
 	"github.com/castellan-dev/castellan/internal/attest/service/servicetest"
 	"github.com/castellan-dev/castellan/internal/attest/verify"
 	"github.com/castellan-dev/castellan/internal/delivery"
@@ -28,7 +30,7 @@ import (
 // kbsService is a real attestation service over TLS whose policy trusts
 // simCA's sim-snp keeps of measurement and binds default/db/password
 // (value) to digest; it returns its URL and CA.
-func kbsService(t *testing.T, simCA *sim.CA, measurement []byte, digest, value string) (string, *ca.CA) {
+func kbsService(t *testing.T, simCA *sim.CA, measurement []byte, digest, value string, opts ...func(*service.Config)) (string, *ca.CA) {
 	t.Helper()
 	dir := t.TempDir()
 	files := map[string]string{
@@ -43,7 +45,7 @@ func kbsService(t *testing.T, simCA *sim.CA, measurement []byte, digest, value s
 			t.Fatal(err)
 		}
 	}
-	return servicetest.Start(t, filepath.Join(dir, "policy.toml"), filepath.Join(dir, "measurements.toml"))
+	return servicetest.Start(t, filepath.Join(dir, "policy.toml"), filepath.Join(dir, "measurements.toml"), opts...)
 }
 
 // TestGuestFetchesSecrets runs the whole guest in-process with a sim-snp
@@ -58,7 +60,15 @@ func TestGuestFetchesSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	art, err := workload.New(wasm, []byte("[[files]]\nkind = \"stdin\"\n[[files]]\nkind = \"stdout\"\n[[files]]\nkind = \"stderr\"\n"+
+	// The service's CA is made first, so that the config can pin it
+	// (steward_ca): the keep then trusts it alone among the roots the host
+	// gives.
+	serviceCA, err := ca.New("the steward's CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := sha256.Sum256(serviceCA.Cert.Raw)
+	art, err := workload.New(wasm, []byte(fmt.Sprintf("steward_ca = \"sha256:%x\"\n", pin)+"[[files]]\nkind = \"stdin\"\n[[files]]\nkind = \"stdout\"\n[[files]]\nkind = \"stderr\"\n"+
 		"[secrets]\nenv = [\"DB_PASSWORD\"]\n[secrets.kbs]\nDB_PASSWORD = \"kbs:///default/db/password\"\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +78,13 @@ func TestGuestFetchesSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	measurement := bytes.Repeat([]byte{0xab}, 48)
-	srvURL, srvCA := kbsService(t, simCA, measurement, art.Digest.String(), marker)
+	srvURL, srvCA := kbsService(t, simCA, measurement, art.Digest.String(), marker, func(c *service.Config) { c.CA = serviceCA })
+	// The host gives the keep its own CA beside the steward's: the pin
+	// picks the steward's.
+	other, err := ca.New("the host's own CA")
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	conn, _, _ := boot(t)
 	sess, _ := delivery.NewSession()
@@ -76,7 +92,7 @@ func TestGuestFetchesSecrets(t *testing.T) {
 	req.SimCA = simCA.MarshalPEM()
 	req.SimMeasurement = measurement
 	req.SecretServiceURL = srvURL
-	req.SecretServiceRoots = srvCA.PEM
+	req.SecretServiceRoots = append(append([]byte(nil), other.PEM...), srvCA.PEM...)
 	var mu sync.Mutex
 	var dialled []string
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -39,6 +39,7 @@ func Start(t testing.TB, policyFile, measFile string, opts ...func(*service.Conf
 	for _, o := range opts {
 		o(&cfg)
 	}
+	c = cfg.CA // an option's CA issues the TLS certificate too
 	svc, err := service.New(cfg)
 	if err != nil {
 		log.Close()
