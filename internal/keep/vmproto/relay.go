@@ -32,6 +32,13 @@ const (
 	MaxRefusal = 512
 	// RelayDialTimeout bounds the host's connection to the service.
 	RelayDialTimeout = 30 * time.Second
+	// maxRelayEntries bounds the host's table: the MaxStreams open
+	// streams and as many whose last frame (a refusal, or the second
+	// close) is on its way to the guest. Each entry has at most two
+	// goroutines of the host's; an open that finds the table full waits
+	// until the guest reads (back-pressure), so a guest that opens and
+	// never reads stalls only its own channel.
+	maxRelayEntries = 2 * MaxStreams
 )
 
 // ErrRelayRefused wraps the host's refusal of an open.
@@ -53,6 +60,8 @@ type relayMux struct {
 	lastID  uint32 // guest: the last id it gave; host: the highest id opened
 	dead    bool
 	done    chan struct{} // closed at shutdown
+	freed   chan struct{} // host: closed and replaced when an entry goes
+	stalled bool          // host: an open waited for room (logged once)
 
 	// Host only.
 	addr   string // host:port of the service; "" = none
@@ -64,7 +73,7 @@ type relayMux struct {
 }
 
 func newRelayMux(guest bool, send func(byte, []byte) error) *relayMux {
-	m := &relayMux{guest: guest, send: send, streams: map[uint32]*relayConn{}, done: make(chan struct{})}
+	m := &relayMux{guest: guest, send: send, streams: map[uint32]*relayConn{}, done: make(chan struct{}), freed: make(chan struct{})}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	return m
 }
@@ -211,8 +220,39 @@ func (m *relayMux) release(s *relayConn) {
 	both := s.sentClose && s.peerClosed
 	s.mu.Unlock()
 	if both && m.streams[s.id] == s {
-		delete(m.streams, s.id)
+		m.forgetLocked(s)
 	}
+}
+
+// forget drops the host's entry of a refused open once its refusal went.
+func (m *relayMux) forget(s *relayConn) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.streams[s.id] == s {
+		m.forgetLocked(s)
+	}
+}
+
+// forgetLocked deletes s and wakes an open waiting for room (m.mu held).
+func (m *relayMux) forgetLocked(s *relayConn) {
+	delete(m.streams, s.id)
+	close(m.freed)
+	m.freed = make(chan struct{})
+}
+
+// liveLocked counts the streams that the guest counts too (m.mu held):
+// not those whose last frame the host is sending (a refusal, or its close
+// after the guest's), which the guest may have forgotten already.
+func (m *relayMux) liveLocked() int {
+	n := 0
+	for _, s := range m.streams {
+		s.mu.Lock()
+		if !s.refused && !(s.sentClose && s.peerClosed) {
+			n++
+		}
+		s.mu.Unlock()
+	}
+	return n
 }
 
 // open is the guest's dial: a new stream id, an open frame, the host's
@@ -223,7 +263,7 @@ func (m *relayMux) open(ctx context.Context) (net.Conn, error) {
 		m.mu.Unlock()
 		return nil, errSessionEnded
 	}
-	if n := len(m.streams); n >= MaxStreams {
+	if n := m.liveLocked(); n >= MaxStreams {
 		m.mu.Unlock()
 		return nil, fmt.Errorf("vm channel: %d connections to the secret service open already, at most %d", n, MaxStreams)
 	}
@@ -303,24 +343,38 @@ func (m *relayMux) hostOpen(p []byte) error {
 	if id <= m.lastID {
 		return fmt.Errorf("%w: open of stream %d: not a new stream id (the last was %d)", ErrFrame, id, m.lastID)
 	}
-	if len(m.streams) >= MaxStreams {
-		return fmt.Errorf("%w: open of stream %d: %d streams open already, at most %d", ErrFrame, id, len(m.streams), MaxStreams)
+	if n := m.liveLocked(); n >= MaxStreams {
+		return fmt.Errorf("%w: open of stream %d: %d streams open already, at most %d", ErrFrame, id, n, MaxStreams)
 	}
 	m.lastID = id
+	// The guest has not read the last frames of earlier streams: wait
+	// for it rather than start more goroutines that would wait too.
+	for len(m.streams) >= maxRelayEntries && !m.dead {
+		if !m.stalled {
+			m.stalled = true
+			m.event(fmt.Sprintf("secret service relay: stream %d waits: the guest does not read the host's answers", id))
+		}
+		freed := m.freed
+		m.mu.Unlock()
+		<-freed
+		m.mu.Lock()
+	}
 	if m.dead {
 		return nil
 	}
+	s := newRelayConn(m, id)
+	m.streams[id] = s
 	if m.addr == "" {
+		s.refused = true
 		m.event(fmt.Sprintf("secret service relay: stream %d refused: this keep was started with no attestation service", id))
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
 			m.send(FrameAnswer, idPayload(id, []byte("this keep was started with no attestation service to fetch secrets from")))
+			m.forget(s)
 		}()
 		return nil
 	}
-	s := newRelayConn(m, id)
-	m.streams[id] = s
 	m.wg.Add(1)
 	go m.serveStream(s)
 	return nil
@@ -335,11 +389,12 @@ func (m *relayMux) serveStream(s *relayConn) {
 	c, err := m.dial(ctx, "tcp", m.addr)
 	cancel()
 	if err != nil {
-		m.mu.Lock()
-		delete(m.streams, s.id)
-		m.mu.Unlock()
+		s.mu.Lock()
+		s.refused = true // its entry goes once the refusal went
+		s.mu.Unlock()
 		m.event(fmt.Sprintf("secret service relay: stream %d: cannot connect to %s: %v", s.id, m.addr, err))
 		m.send(FrameAnswer, idPayload(s.id, []byte(truncateReason("the host cannot connect to the secret service: "+err.Error()))))
+		m.forget(s)
 		return
 	}
 	s.mu.Lock()
@@ -403,6 +458,7 @@ type relayConn struct {
 	dead        error // the session ended
 	rdl, wdl    time.Time
 	onPeerClose func() // host: closes the service connection
+	refused     bool   // host: the open is being refused (the id is dead)
 
 	answer    chan string // guest: the host's answer to the open
 	abandoned bool        // guest: the dialler gave up before the answer
