@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -58,28 +59,8 @@ func TestVMRelaysToService(t *testing.T) {
 		io.Copy(c, c)
 		c.Close()
 	}()
-	dir, err := os.MkdirTemp("", "vmrelay")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	s := keep.Spec{Backend: "nil", Nonce: []byte("n"), Digest: "sha256:" + strings.Repeat("0", 64), ClientKey: make([]byte, 32),
-		AttachTimeout: time.Second, SecretServiceURL: "https://" + ln.Addr().String()}
-	req, err := (&VM{}).launchRequest(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := keeplog.Create(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vi := &vmInstance{dir: dir, req: req, attach: s.AttachTimeout, out: out, started: time.Now(),
-		channelDone: make(chan struct{}), waited: make(chan struct{})}
-	guestLn, err := net.Listen("unix", filepath.Join(dir, ChannelSocket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer guestLn.Close()
+	vi, out, guestLn := channelOnlyVM(t, "https://"+ln.Addr().String())
+	dir := vi.dir
 	echoed := make(chan string, 1)
 	go func() { // the guest
 		c, err := guestLn.Accept()
@@ -127,5 +108,77 @@ func TestVMRelaysToService(t *testing.T) {
 		if !strings.Contains(string(log), want) {
 			t.Errorf("the keep's log lacks %q:\n%s", want, log)
 		}
+	}
+}
+
+// channelOnlyVM is the launcher's side of a VM keep without QEMU: the returned
+// listener is the channel socket, where the test plays the guest.
+func channelOnlyVM(t *testing.T, serviceURL string) (*vmInstance, *os.File, net.Listener) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "vmrelay") // short: a unix socket goes in it
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := keep.Spec{Backend: "nil", Nonce: []byte("n"), Digest: "sha256:" + strings.Repeat("0", 64), ClientKey: make([]byte, 32),
+		AttachTimeout: time.Second, SecretServiceURL: serviceURL}
+	req, err := (&VM{}).launchRequest(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := keeplog.Create(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vi := &vmInstance{dir: dir, req: req, attach: s.AttachTimeout, out: out, started: time.Now(),
+		channelDone: make(chan struct{}), waited: make(chan struct{})}
+	guestLn, err := net.Listen("unix", filepath.Join(dir, ChannelSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { guestLn.Close() })
+	return vi, out, guestLn
+}
+
+// TestVMGuestBytesAfterClientLeft: a guest that sends delivery bytes
+// after its client went away (or when none came) does not stall the
+// host's reader of the channel behind a stream nobody reads: its exit
+// status still arrives, and the channel ends.
+func TestVMGuestBytesAfterClientLeft(t *testing.T) {
+	vi, _, guestLn := channelOnlyVM(t, "")
+	clientGone := make(chan struct{})
+	go func() { // the guest
+		c, err := guestLn.Accept()
+		if err != nil {
+			return
+		}
+		g, _, err := vmproto.Accept(c)
+		if err != nil {
+			return
+		}
+		g.Hello([]byte("{}"))
+		<-clientGone
+		g.Stream().Write(bytes.Repeat([]byte("x"), 4*vmproto.MaxData))
+		code := 7
+		g.Exit(vmproto.Exit{State: vmproto.StateExited, ExitCode: &code})
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := vi.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	client, err := net.Dial("unix", filepath.Join(vi.dir, keep.SocketFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.Close()
+	close(clientGone)
+	select {
+	case <-vi.channelDone:
+	case <-ctx.Done():
+		t.Fatal("the channel's exit status never came: its reader waits behind delivery bytes nobody reads")
+	}
+	if r := keep.ReadExitRecord(vi.dir); r == nil || r.ExitCode == nil || *r.ExitCode != 7 {
+		t.Fatalf("exit record %+v", r)
 	}
 }

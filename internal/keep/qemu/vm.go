@@ -455,8 +455,12 @@ func (vi *vmInstance) events() {
 }
 
 // serve accepts one connection on the keep's socket and relays it to the
-// delivery stream of the channel.
+// delivery stream of the channel. The stream is closed when serve ends,
+// however it ends (no client, the client gone): bytes the guest still
+// sends are then dropped, not left to stall the channel's reader before
+// the keep's logs and exit status.
 func (vi *vmInstance) serve(ln *net.UnixListener) {
+	defer vi.host.Stream().Close()
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
