@@ -22,7 +22,8 @@ import (
 // and per direction at most StreamWindow bytes sent and not yet read by
 // the receiver (the receiver returns credit as its reader consumes). A
 // peer that breaks a bound, names a stream that is not open, or reuses an
-// id ends the session with an error.
+// id ends the session with an error. The host dials its service at most
+// MaxOpens times per session and refuses later opens.
 
 // Relay bounds.
 const (
@@ -32,6 +33,11 @@ const (
 	MaxRefusal = 512
 	// RelayDialTimeout bounds the host's connection to the service.
 	RelayDialTimeout = 30 * time.Second
+	// MaxOpens bounds the connections the host makes to the service for
+	// one keep (a secret fetch needs a few); later opens are refused, so
+	// that a guest cannot make the host dial the service, and log each
+	// stream, without end.
+	MaxOpens = 256
 	// maxRelayEntries bounds the host's table: the MaxStreams open
 	// streams and as many whose last frame (a refusal, or the second
 	// close) is on its way to the guest. Each entry has at most two
@@ -62,6 +68,7 @@ type relayMux struct {
 	done    chan struct{} // closed at shutdown
 	freed   chan struct{} // host: closed and replaced when an entry goes
 	stalled bool          // host: an open waited for room (logged once)
+	opens   int           // host: opens taken (dialled or refused)
 
 	// Host only.
 	addr   string // host:port of the service; "" = none
@@ -364,13 +371,24 @@ func (m *relayMux) hostOpen(p []byte) error {
 	}
 	s := newRelayConn(m, id)
 	m.streams[id] = s
-	if m.addr == "" {
-		s.refused = true
+	m.opens++
+	var refusal string
+	switch {
+	case m.addr == "":
+		refusal = "this keep was started with no attestation service to fetch secrets from"
 		m.event(fmt.Sprintf("secret service relay: stream %d refused: this keep was started with no attestation service", id))
+	case m.opens > MaxOpens:
+		refusal = fmt.Sprintf("this keep opened %d connections to the secret service already, at most %d", MaxOpens, MaxOpens)
+		if m.opens == MaxOpens+1 {
+			m.event(fmt.Sprintf("secret service relay: stream %d and later ones refused: the keep opened %d connections already", id, MaxOpens))
+		}
+	}
+	if refusal != "" {
+		s.refused = true
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
-			m.send(FrameAnswer, idPayload(id, []byte("this keep was started with no attestation service to fetch secrets from")))
+			m.send(FrameAnswer, idPayload(id, []byte(refusal)))
 			m.forget(s)
 		}()
 		return nil

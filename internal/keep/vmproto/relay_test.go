@@ -694,3 +694,37 @@ func TestRelayHostCountsClosingStreams(t *testing.T) {
 		t.Fatalf("a fifth live stream: %v", err)
 	}
 }
+
+// TestRelayHostBoundsOpens: a guest that opens and closes streams without
+// end makes the host dial its service MaxOpens times, and is refused
+// after that (one log line), its session going on.
+func TestRelayHostBoundsOpens(t *testing.T) {
+	dial, addrs := pipeDial(t)
+	req := testRequest()
+	req.SecretServiceURL = "https://attest.example:8443"
+	h, g, _ := relayPair(t, req, WithRelayDial(dial))
+	events := drainEvents(h)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for i := 0; i < MaxOpens; i++ {
+		c, err := g.DialSecretService(ctx)
+		if err != nil {
+			t.Fatalf("open %d: %v", i+1, err)
+		}
+		c.Close()
+	}
+	for i := 0; i < 3; i++ {
+		_, err := g.DialSecretService(ctx)
+		if !errors.Is(err, ErrRelayRefused) || !strings.Contains(err.Error(), fmt.Sprintf("at most %d", MaxOpens)) {
+			t.Fatalf("open beyond the bound: %v", err)
+		}
+	}
+	h.Close()
+	h.Wait()
+	if len(*addrs) != MaxOpens {
+		t.Fatalf("the host dialled %d times, want %d", len(*addrs), MaxOpens)
+	}
+	if n := strings.Count(strings.Join(events(), "\n"), "later ones refused"); n != 1 {
+		t.Fatalf("%d log lines about the refused opens, want 1", n)
+	}
+}
