@@ -62,17 +62,13 @@ func TestVMRelaysToService(t *testing.T) {
 	vi, out, guestLn := channelOnlyVM(t, "https://"+ln.Addr().String())
 	dir := vi.dir
 	echoed := make(chan string, 1)
+	guest := helloGuest(guestLn)
 	go func() { // the guest
-		c, err := guestLn.Accept()
-		if err != nil {
+		g := <-guest
+		if g == nil {
+			echoed <- "no session"
 			return
 		}
-		g, _, err := vmproto.Accept(c)
-		if err != nil {
-			echoed <- err.Error()
-			return
-		}
-		g.Hello([]byte("{}"))
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		sc, err := g.DialSecretService(ctx)
@@ -140,6 +136,28 @@ func channelOnlyVM(t *testing.T, serviceURL string) (*vmInstance, *os.File, net.
 	return vi, out, guestLn
 }
 
+// helloGuest plays the guest on the channel socket up to its hello, and
+// passes it on (nil if the session failed).
+func helloGuest(ln net.Listener) <-chan *vmproto.Guest {
+	ch := make(chan *vmproto.Guest, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			ch <- nil
+			return
+		}
+		g, _, err := vmproto.Accept(c)
+		if err == nil {
+			err = g.Hello([]byte("{}"))
+		}
+		if err != nil {
+			g = nil
+		}
+		ch <- g
+	}()
+	return ch
+}
+
 // TestVMGuestBytesAfterClientLeft: a guest that sends delivery bytes
 // after its client went away (or when none came) does not stall the
 // host's reader of the channel behind a stream nobody reads: its exit
@@ -147,16 +165,12 @@ func channelOnlyVM(t *testing.T, serviceURL string) (*vmInstance, *os.File, net.
 func TestVMGuestBytesAfterClientLeft(t *testing.T) {
 	vi, _, guestLn := channelOnlyVM(t, "")
 	clientGone := make(chan struct{})
+	guest := helloGuest(guestLn)
 	go func() { // the guest
-		c, err := guestLn.Accept()
-		if err != nil {
+		g := <-guest
+		if g == nil {
 			return
 		}
-		g, _, err := vmproto.Accept(c)
-		if err != nil {
-			return
-		}
-		g.Hello([]byte("{}"))
 		<-clientGone
 		g.Stream().Write(bytes.Repeat([]byte("x"), 4*vmproto.MaxData))
 		code := 7
