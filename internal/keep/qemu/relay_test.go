@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/host"
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/keep/vmproto"
 	"github.com/castellan-dev/castellan/internal/keeplog"
@@ -193,6 +194,55 @@ func TestVMGuestBytesAfterClientLeft(t *testing.T) {
 		t.Fatal("the channel's exit status never came: its reader waits behind delivery bytes nobody reads")
 	}
 	if r := keep.ReadExitRecord(vi.dir); r == nil || r.ExitCode == nil || *r.ExitCode != 7 {
+		t.Fatalf("exit record %+v", r)
+	}
+}
+
+// TestVMOutputLimit: a guest that logs without end fills the keep's output
+// file up to its cap, no further: then one last line, the exit record
+// "failed" (the guest's own exit status does not replace it), and the VM
+// is to be killed.
+func TestVMOutputLimit(t *testing.T) {
+	if defaultMaxOutput != host.DefaultMaxOutput {
+		t.Fatalf("a VM keep's default output cap %d, a process keep's %d", defaultMaxOutput, host.DefaultMaxOutput)
+	}
+	vi, _, guestLn := channelOnlyVM(t, "")
+	const limit = 16 << 10
+	vi.limitOutput(limit)
+	guest := helloGuest(guestLn)
+	go func() {
+		g := <-guest
+		if g == nil {
+			return
+		}
+		line := strings.Repeat("x", vmproto.MaxLog)
+		for i := 0; i < 4*limit/vmproto.MaxLog; i++ {
+			g.Log(line)
+		}
+		code := 0
+		g.Exit(vmproto.Exit{State: vmproto.StateExited, ExitCode: &code})
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := vi.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-vi.channelDone:
+	case <-ctx.Done():
+		t.Fatal("the channel did not end")
+	}
+	select {
+	case <-vi.overLimit:
+	default:
+		t.Fatal("the VM is not stopped at the output limit")
+	}
+	const last = "keep failed: output limit of 16384 bytes reached\n"
+	b, _ := os.ReadFile(keeplog.Path(vi.dir))
+	if len(b) > limit+len(last) || !strings.HasSuffix(string(b), last) {
+		t.Fatalf("output file of %d bytes, ending %q", len(b), b[max(0, len(b)-80):])
+	}
+	if r := keep.ReadExitRecord(vi.dir); r == nil || r.State != vmproto.StateFailed || r.Reason != "output limit of 16384 bytes reached" {
 		t.Fatalf("exit record %+v", r)
 	}
 }
