@@ -85,11 +85,7 @@ func TestVMRelaysToService(t *testing.T) {
 		code := 0
 		g.Exit(vmproto.Exit{State: vmproto.StateExited, ExitCode: &code})
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if _, err := vi.Hello(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctx := helloVM(t, vi)
 	if got := <-echoed; got != "through the relay" {
 		t.Fatalf("the guest got %q", got)
 	}
@@ -137,6 +133,18 @@ func channelOnlyVM(t *testing.T, serviceURL string) (*vmInstance, *os.File, net.
 	return vi, out, guestLn
 }
 
+// helloVM runs the host's handshake of vi, and returns a context that
+// catches a hang (2 minutes).
+func helloVM(t *testing.T, vi *vmInstance) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	if _, err := vi.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return ctx
+}
+
 // helloGuest plays the guest on the channel socket up to its hello, and
 // passes it on (nil if the session failed).
 func helloGuest(ln net.Listener) <-chan *vmproto.Guest {
@@ -177,11 +185,7 @@ func TestVMGuestBytesAfterClientLeft(t *testing.T) {
 		code := 7
 		g.Exit(vmproto.Exit{State: vmproto.StateExited, ExitCode: &code})
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if _, err := vi.Hello(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctx := helloVM(t, vi)
 	client, err := net.Dial("unix", filepath.Join(vi.dir, keep.SocketFile))
 	if err != nil {
 		t.Fatal(err)
@@ -222,11 +226,7 @@ func TestVMOutputLimit(t *testing.T) {
 		code := 0
 		g.Exit(vmproto.Exit{State: vmproto.StateExited, ExitCode: &code})
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if _, err := vi.Hello(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctx := helloVM(t, vi)
 	select {
 	case <-vi.channelDone:
 	case <-ctx.Done():
