@@ -264,6 +264,7 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 	}
 	vi := &vmInstance{dir: s.Dir, req: req, tap: v.ChannelTap, attach: s.AttachTimeout, out: out,
 		channelDone: make(chan struct{}), waited: make(chan struct{})}
+	vi.limitOutput(s.MaxOutput)
 	if fsd != nil {
 		// The sockets listen before QEMU starts; the daemons get them
 		// once QEMU's process group exists.
@@ -303,6 +304,13 @@ func (v *VM) Start(ctx context.Context, s keep.Spec) (keep.Instance, error) {
 		cmd.Wait()
 		close(vi.waited)
 	}()
+	go func() {
+		select {
+		case <-vi.overLimit:
+			keep.KillGroup(cmd.Process.Pid, vi.ticks)
+		case <-vi.waited:
+		}
+	}()
 	return vi, nil
 }
 
@@ -327,8 +335,11 @@ type vmInstance struct {
 	started time.Time
 	tap     func(toGuest bool, p []byte)
 
-	logMu sync.Mutex
-	out   *os.File // the keep's output file; closed once the keep ended
+	logMu     sync.Mutex
+	out       *os.File         // the keep's output file; closed once the keep ended
+	limited   *keeplog.Limited // out, capped (limitOutput)
+	overLimit chan struct{}    // closed when the output reached its cap
+	outFull   atomic.Bool      // the exit record says so: the guest's does not replace it
 
 	host        *vmproto.Host
 	channelDone chan struct{} // the channel's events and exit status are in
@@ -349,9 +360,41 @@ func (vi *vmInstance) logLine(line string) {
 	if len(line) > keep.MaxLogLine {
 		line = line[:keep.MaxLogLine]
 	}
-	if vi.out != nil {
+	switch {
+	case vi.out == nil:
+	case vi.limited != nil:
+		vi.limited.Write([]byte(line + "\n"))
+	default:
 		vi.out.Write([]byte(line + "\n"))
 	}
+}
+
+// defaultMaxOutput caps a VM keep's output file when its spec names no
+// cap: a process keep's default (host.DefaultMaxOutput, checked by a test).
+const defaultMaxOutput = 64 << 20
+
+// limitOutput caps the keep's output file at max bytes (0: the default),
+// as a process keep caps its own (--max-output): the guest is untrusted,
+// and its log lines, a detached workload's output and the relay's notes
+// must not fill the host's disk. Past the cap: one last line, the exit
+// record "failed", and the VM is killed.
+func (vi *vmInstance) limitOutput(max int64) {
+	if max <= 0 {
+		max = defaultMaxOutput
+	}
+	var from int64
+	if st, err := vi.out.Stat(); err == nil {
+		from = st.Size()
+	}
+	raw := vi.out
+	vi.overLimit = make(chan struct{})
+	vi.limited = &keeplog.Limited{W: raw, Max: max, From: from, OnLimit: func() {
+		msg := fmt.Sprintf("output limit of %d bytes reached", max)
+		raw.Write([]byte("keep failed: " + msg + "\n"))
+		vi.outFull.Store(true)
+		keep.WriteExitRecord(vi.dir, keep.ExitRecord{State: vmproto.StateFailed, Reason: msg})
+		close(vi.overLimit)
+	}}
 }
 
 // dial connects to the VM's channel as soon as QEMU has created its
@@ -451,12 +494,19 @@ func (vi *vmInstance) events() {
 		vi.logLine("vm channel: " + err.Error())
 		return
 	}
+	if vi.outFull.Load() {
+		return
+	}
 	keep.WriteExitRecord(vi.dir, keep.ExitRecord{State: x.State, ExitCode: x.ExitCode, Reason: x.Reason})
 }
 
 // serve accepts one connection on the keep's socket and relays it to the
-// delivery stream of the channel.
+// delivery stream of the channel. The stream is closed when serve ends,
+// however it ends (no client, the client gone): bytes the guest still
+// sends are then dropped, not left to stall the channel's reader before
+// the keep's logs and exit status.
 func (vi *vmInstance) serve(ln *net.UnixListener) {
+	defer vi.host.Stream().Close()
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {

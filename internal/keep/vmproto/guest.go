@@ -22,6 +22,9 @@ type Guest struct {
 	inErr           chan error    // the host broke the protocol
 	relay           *relayMux     // connections to the secret service
 	helloSent       chan struct{} // closed once the hello went
+
+	protoMu  sync.Mutex
+	protoErr error // the host broke the protocol (set before the stream closes)
 }
 
 // Accept sends the guest's version and reads the host's launch request.
@@ -99,8 +102,16 @@ func (g *Guest) Log(line string) error {
 func (g *Guest) State(s string) error { return g.send(FrameState, []byte(s)) }
 
 // Exit closes the delivery stream, waits until its last bytes are framed
-// and sends the exit status: the guest's last frame.
+// and sends the exit status: the guest's last frame. Once the host broke
+// the protocol, the status is that failure whatever x says: the keep's
+// stream ended because of it, and what the keep made of its end (no
+// client, a cut delivery) must not hide the cause.
 func (g *Guest) Exit(x Exit) error {
+	g.protoMu.Lock()
+	if g.protoErr != nil {
+		x = Exit{State: StateFailed, Reason: g.protoErr.Error()}
+	}
+	g.protoMu.Unlock()
 	if g.keepEnd != nil {
 		g.keepEnd.Close()
 		g.helloOnce.Do(func() { close(g.outDone) })
@@ -178,6 +189,11 @@ func (g *Guest) pumpIn() {
 			default:
 				err = fmt.Errorf("%w: %q frame from the host after the launch request", ErrFrame, typ)
 			}
+		}
+		if !errors.Is(err, io.EOF) {
+			g.protoMu.Lock()
+			g.protoErr = err
+			g.protoMu.Unlock()
 		}
 		g.ourEnd.Close()
 		g.relay.shutdown()

@@ -352,11 +352,13 @@ func (s *hostStream) CloseWrite() error {
 }
 
 // Close ends both directions of the stream (not the channel: the guest's
-// logs and exit status still arrive).
+// logs and exit status still arrive). The reading side goes first: the
+// channel's reader then drops the guest's bytes, even while the end of
+// data waits for a guest that does not read.
 func (s *hostStream) Close() error {
 	s.closeOnce.Do(func() {
-		s.CloseWrite()
 		s.Conn.Close()
+		s.CloseWrite()
 	})
 	return nil
 }

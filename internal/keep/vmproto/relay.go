@@ -22,7 +22,8 @@ import (
 // and per direction at most StreamWindow bytes sent and not yet read by
 // the receiver (the receiver returns credit as its reader consumes). A
 // peer that breaks a bound, names a stream that is not open, or reuses an
-// id ends the session with an error.
+// id ends the session with an error. The host dials its service at most
+// MaxOpens times per session and refuses later opens.
 
 // Relay bounds.
 const (
@@ -32,6 +33,18 @@ const (
 	MaxRefusal = 512
 	// RelayDialTimeout bounds the host's connection to the service.
 	RelayDialTimeout = 30 * time.Second
+	// MaxOpens bounds the connections the host makes to the service for
+	// one keep (a secret fetch needs a few); later opens are refused, so
+	// that a guest cannot make the host dial the service, and log each
+	// stream, without end.
+	MaxOpens = 256
+	// maxRelayEntries bounds the host's table: the MaxStreams open
+	// streams and as many whose last frame (a refusal, or the second
+	// close) is on its way to the guest. Each entry has at most two
+	// goroutines of the host's; an open that finds the table full waits
+	// until the guest reads (back-pressure), so a guest that opens and
+	// never reads stalls only its own channel.
+	maxRelayEntries = 2 * MaxStreams
 )
 
 // ErrRelayRefused wraps the host's refusal of an open.
@@ -53,6 +66,9 @@ type relayMux struct {
 	lastID  uint32 // guest: the last id it gave; host: the highest id opened
 	dead    bool
 	done    chan struct{} // closed at shutdown
+	freed   chan struct{} // host: closed and replaced when an entry goes
+	stalled bool          // host: an open waited for room (logged once)
+	opens   int           // host: opens taken (dialled or refused)
 
 	// Host only.
 	addr   string // host:port of the service; "" = none
@@ -64,7 +80,7 @@ type relayMux struct {
 }
 
 func newRelayMux(guest bool, send func(byte, []byte) error) *relayMux {
-	m := &relayMux{guest: guest, send: send, streams: map[uint32]*relayConn{}, done: make(chan struct{})}
+	m := &relayMux{guest: guest, send: send, streams: map[uint32]*relayConn{}, done: make(chan struct{}), freed: make(chan struct{})}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	return m
 }
@@ -211,8 +227,39 @@ func (m *relayMux) release(s *relayConn) {
 	both := s.sentClose && s.peerClosed
 	s.mu.Unlock()
 	if both && m.streams[s.id] == s {
-		delete(m.streams, s.id)
+		m.forgetLocked(s)
 	}
+}
+
+// forget drops the host's entry of a refused open once its refusal went.
+func (m *relayMux) forget(s *relayConn) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.streams[s.id] == s {
+		m.forgetLocked(s)
+	}
+}
+
+// forgetLocked deletes s and wakes an open waiting for room (m.mu held).
+func (m *relayMux) forgetLocked(s *relayConn) {
+	delete(m.streams, s.id)
+	close(m.freed)
+	m.freed = make(chan struct{})
+}
+
+// liveLocked counts the streams that the guest counts too (m.mu held):
+// not those whose last frame the host is sending (a refusal, or its close
+// after the guest's), which the guest may have forgotten already.
+func (m *relayMux) liveLocked() int {
+	n := 0
+	for _, s := range m.streams {
+		s.mu.Lock()
+		if !s.refused && !(s.sentClose && s.peerClosed) {
+			n++
+		}
+		s.mu.Unlock()
+	}
+	return n
 }
 
 // open is the guest's dial: a new stream id, an open frame, the host's
@@ -223,7 +270,7 @@ func (m *relayMux) open(ctx context.Context) (net.Conn, error) {
 		m.mu.Unlock()
 		return nil, errSessionEnded
 	}
-	if n := len(m.streams); n >= MaxStreams {
+	if n := m.liveLocked(); n >= MaxStreams {
 		m.mu.Unlock()
 		return nil, fmt.Errorf("vm channel: %d connections to the secret service open already, at most %d", n, MaxStreams)
 	}
@@ -303,24 +350,49 @@ func (m *relayMux) hostOpen(p []byte) error {
 	if id <= m.lastID {
 		return fmt.Errorf("%w: open of stream %d: not a new stream id (the last was %d)", ErrFrame, id, m.lastID)
 	}
-	if len(m.streams) >= MaxStreams {
-		return fmt.Errorf("%w: open of stream %d: %d streams open already, at most %d", ErrFrame, id, len(m.streams), MaxStreams)
+	if n := m.liveLocked(); n >= MaxStreams {
+		return fmt.Errorf("%w: open of stream %d: %d streams open already, at most %d", ErrFrame, id, n, MaxStreams)
 	}
 	m.lastID = id
-	if m.dead {
-		return nil
+	// The guest has not read the last frames of earlier streams: wait
+	// for it rather than start more goroutines that would wait too.
+	for len(m.streams) >= maxRelayEntries && !m.dead {
+		if !m.stalled {
+			m.stalled = true
+			m.event(fmt.Sprintf("secret service relay: stream %d waits: the guest does not read the host's answers", id))
+		}
+		freed := m.freed
+		m.mu.Unlock()
+		<-freed
+		m.mu.Lock()
 	}
-	if m.addr == "" {
-		m.event(fmt.Sprintf("secret service relay: stream %d refused: this keep was started with no attestation service", id))
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			m.send(FrameAnswer, idPayload(id, []byte("this keep was started with no attestation service to fetch secrets from")))
-		}()
+	if m.dead {
 		return nil
 	}
 	s := newRelayConn(m, id)
 	m.streams[id] = s
+	m.opens++
+	var refusal string
+	switch {
+	case m.addr == "":
+		refusal = "this keep was started with no attestation service to fetch secrets from"
+		m.event(fmt.Sprintf("secret service relay: stream %d refused: this keep was started with no attestation service", id))
+	case m.opens > MaxOpens:
+		refusal = fmt.Sprintf("this keep opened %d connections to the secret service already, at most %d", MaxOpens, MaxOpens)
+		if m.opens == MaxOpens+1 {
+			m.event(fmt.Sprintf("secret service relay: stream %d and later ones refused: the keep opened %d connections already", id, MaxOpens))
+		}
+	}
+	if refusal != "" {
+		s.refused = true
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.send(FrameAnswer, idPayload(id, []byte(refusal)))
+			m.forget(s)
+		}()
+		return nil
+	}
 	m.wg.Add(1)
 	go m.serveStream(s)
 	return nil
@@ -335,11 +407,12 @@ func (m *relayMux) serveStream(s *relayConn) {
 	c, err := m.dial(ctx, "tcp", m.addr)
 	cancel()
 	if err != nil {
-		m.mu.Lock()
-		delete(m.streams, s.id)
-		m.mu.Unlock()
+		s.mu.Lock()
+		s.refused = true // its entry goes once the refusal went
+		s.mu.Unlock()
 		m.event(fmt.Sprintf("secret service relay: stream %d: cannot connect to %s: %v", s.id, m.addr, err))
 		m.send(FrameAnswer, idPayload(s.id, []byte(truncateReason("the host cannot connect to the secret service: "+err.Error()))))
+		m.forget(s)
 		return
 	}
 	s.mu.Lock()
@@ -403,6 +476,7 @@ type relayConn struct {
 	dead        error // the session ended
 	rdl, wdl    time.Time
 	onPeerClose func() // host: closes the service connection
+	refused     bool   // host: the open is being refused (the id is dead)
 
 	answer    chan string // guest: the host's answer to the open
 	abandoned bool        // guest: the dialler gave up before the answer

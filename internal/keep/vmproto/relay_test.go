@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -593,4 +594,137 @@ func FuzzRelayGuest(f *testing.F) {
 		}
 		<-g.relay.done
 	})
+}
+
+// TestRelayHostStallsGuestThatDoesNotRead: a guest that opens stream
+// after stream and never reads the host's answers does not make the host
+// start a goroutine per open (each waiting to write its refusal): the
+// host stops reading the guest once maxRelayEntries answers wait, and
+// says so once in the keep's log.
+func TestRelayHostStallsGuestThatDoesNotRead(t *testing.T) {
+	down := func(context.Context, string, string) (net.Conn, error) {
+		return nil, errors.New("connection refused")
+	}
+	withURL := testRequest()
+	withURL.SecretServiceURL = "https://attest.example"
+	const opens = 64
+	for _, tc := range []struct {
+		name string
+		req  *LaunchRequest
+	}{
+		{"no service", testRequest()},
+		{"unreachable", withURL},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			written := make(chan int, 1)
+			h := scriptedGuest(t, tc.req, func(gc net.Conn) {
+				gc.Write(frame(FrameHello, []byte("{}")))
+				n := 0
+				for id := uint32(1); id <= opens; id++ {
+					if _, err := gc.Write(relayFrame(FrameOpen, id, nil)); err != nil {
+						break
+					}
+					n++
+				}
+				written <- n
+			}, WithRelayDial(down))
+			events := drainEvents(h)
+			deadline := time.Now().Add(2 * time.Minute)
+			for !strings.Contains(strings.Join(events(), "\n"), "the guest does not read the host's answers") {
+				select {
+				case n := <-written:
+					t.Fatalf("the guest wrote %d opens and reads nothing, and the host never stalled (each answer waits in a goroutine of its own)", n)
+				default:
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the host neither stalled nor read every open")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			h.Close()
+			if n := <-written; n > maxRelayEntries+1 {
+				t.Fatalf("the host read %d opens, want at most %d", n, maxRelayEntries+1)
+			}
+			h.Wait()
+		})
+	}
+}
+
+// TestRelayHostCountsClosingStreams: an honest guest at MaxStreams that
+// got the host's close of a stream forgets it and opens another; the host
+// has not forgotten it yet (its close is still being written) and must
+// not count it against the guest.
+func TestRelayHostCountsClosingStreams(t *testing.T) {
+	dial, _ := pipeDial(t)
+	gate := make(chan struct{})
+	closeSent := make(chan struct{}, 8)
+	answered := make(chan uint32, 8)
+	m := newRelayMux(false, func(typ byte, p []byte) error {
+		id := binary.BigEndian.Uint32(p)
+		switch {
+		case typ == FrameAnswer:
+			answered <- id
+		case typ == FrameClose && id == 1:
+			// The guest has the close; the host is slow to return.
+			closeSent <- struct{}{}
+			<-gate
+		}
+		return nil
+	})
+	m.addr, m.dial, m.event = "attest.example:443", dial, func(string) {}
+	defer func() {
+		close(gate)
+		m.shutdown()
+	}()
+	for id := uint32(1); id <= MaxStreams; id++ {
+		if err := m.handle(FrameOpen, idPayload(id, nil)); err != nil {
+			t.Fatal(err)
+		}
+		<-answered
+	}
+	if err := m.handle(FrameClose, idPayload(1, nil)); err != nil {
+		t.Fatal(err)
+	}
+	<-closeSent
+	if err := m.handle(FrameOpen, idPayload(MaxStreams+1, nil)); err != nil {
+		t.Fatalf("open after a close the guest has seen: %v", err)
+	}
+	// A fifth live stream is still refused.
+	if err := m.handle(FrameOpen, idPayload(MaxStreams+2, nil)); err == nil || !strings.Contains(err.Error(), "at most 4") {
+		t.Fatalf("a fifth live stream: %v", err)
+	}
+}
+
+// TestRelayHostBoundsOpens: a guest that opens and closes streams without
+// end makes the host dial its service MaxOpens times, and is refused
+// after that (one log line), its session going on.
+func TestRelayHostBoundsOpens(t *testing.T) {
+	dial, addrs := pipeDial(t)
+	req := testRequest()
+	req.SecretServiceURL = "https://attest.example:8443"
+	h, g, _ := relayPair(t, req, WithRelayDial(dial))
+	events := drainEvents(h)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for i := 0; i < MaxOpens; i++ {
+		c, err := g.DialSecretService(ctx)
+		if err != nil {
+			t.Fatalf("open %d: %v", i+1, err)
+		}
+		c.Close()
+	}
+	for i := 0; i < 3; i++ {
+		_, err := g.DialSecretService(ctx)
+		if !errors.Is(err, ErrRelayRefused) || !strings.Contains(err.Error(), fmt.Sprintf("at most %d", MaxOpens)) {
+			t.Fatalf("open beyond the bound: %v", err)
+		}
+	}
+	h.Close()
+	h.Wait()
+	if len(*addrs) != MaxOpens {
+		t.Fatalf("the host dialled %d times, want %d", len(*addrs), MaxOpens)
+	}
+	if n := strings.Count(strings.Join(events(), "\n"), "later ones refused"); n != 1 {
+		t.Fatalf("%d log lines about the refused opens, want 1", n)
+	}
 }

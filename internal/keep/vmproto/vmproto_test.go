@@ -473,3 +473,50 @@ func TestDial(t *testing.T) {
 		t.Fatalf("error %v", err)
 	}
 }
+
+// TestGuestExitNamesProtocolBreak: once the host broke the protocol, the
+// guest's exit status says so, whatever the keep made of its stream's
+// end (a keep that lost its client would otherwise report that instead).
+func TestGuestExitNamesProtocolBreak(t *testing.T) {
+	hc, gc := net.Pipe()
+	defer hc.Close()
+	exit := make(chan []byte, 1)
+	go func() {
+		readFrame(hc) // version
+		b, _ := json.Marshal(testRequest())
+		hc.Write(frame(FrameLaunch, b))
+		readFrame(hc) // hello
+		hc.Write(frame(FrameHello, []byte("{}")))
+		for {
+			typ, p, err := readFrame(hc)
+			if err != nil {
+				exit <- nil
+				return
+			}
+			if typ == FrameExit {
+				exit <- p
+				return
+			}
+		}
+	}()
+	g, _, err := Accept(gc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Hello([]byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	// The keep sees its stream end, and reports a clean exit.
+	if _, err := g.Stream().Read(make([]byte, 1)); err == nil {
+		t.Fatal("the stream goes on after the host broke the protocol")
+	}
+	code := 0
+	go g.Exit(Exit{State: StateExited, ExitCode: &code})
+	x, err := ParseExit(<-exit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x.State != StateFailed || !strings.Contains(x.Reason, "from the host after the launch request") {
+		t.Fatalf("exit %+v, want the host's protocol break", x)
+	}
+}
