@@ -28,6 +28,7 @@ type inspectOutput struct {
 	Args        []string          `json:"args"`
 	Env         map[string]string `json:"env,omitempty"`
 	Steward     string            `json:"steward,omitempty"`
+	StewardCA   string            `json:"steward_ca,omitempty"`
 	Secrets     []string          `json:"secrets,omitempty"`
 	Descriptors []inspectFD       `json:"descriptors"`
 	Limits      config.Limits     `json:"limits"`
@@ -80,6 +81,7 @@ func init() {
 			out.Args = append(out.Args, cfg.Args...)
 			out.Env = cfg.Env
 			out.Steward = cfg.Steward
+			out.StewardCA = cfg.StewardCA
 			out.Limits = cfg.Limits
 			out.Secrets = cfg.SecretNames()
 			switch {
@@ -103,8 +105,22 @@ func init() {
 		if out.Steward != "" {
 			fmt.Fprintf(e.Stdout, "steward: %s\n", out.Steward)
 		}
-		if len(out.Secrets) > 0 {
-			fmt.Fprintf(e.Stdout, "secrets: %s (values supplied with --secret or --secret-file)\n", strings.Join(out.Secrets, ", "))
+		if out.StewardCA != "" {
+			fmt.Fprintf(e.Stdout, "steward CA: %s (the one CA the secret service's TLS may chain to)\n", out.StewardCA)
+		}
+		var supplied, fetched []string
+		for _, n := range out.Secrets {
+			if ref, ok := cfg.SecretRefs[n]; ok {
+				fetched = append(fetched, n+" from "+ref)
+			} else {
+				supplied = append(supplied, n)
+			}
+		}
+		if len(supplied) > 0 {
+			fmt.Fprintf(e.Stdout, "secrets: %s (values supplied with --secret or --secret-file)\n", strings.Join(supplied, ", "))
+		}
+		if len(fetched) > 0 {
+			fmt.Fprintf(e.Stdout, "secrets: %s (fetched by the keep after it attested)\n", strings.Join(fetched, ", "))
 		}
 		if out.Replicas != "" {
 			fmt.Fprintf(e.Stdout, "replicas: %s (%d instances here)\n", out.Replicas, cfg.Instances())

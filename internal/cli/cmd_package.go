@@ -314,6 +314,7 @@ type inspectPackageOutput struct {
 	Args        []string          `json:"args,omitempty"`
 	Env         map[string]string `json:"env,omitempty"`
 	Steward     string            `json:"steward,omitempty"`
+	StewardCA   string            `json:"steward_ca,omitempty"`
 	Descriptors []inspectFD       `json:"descriptors"`
 	Limits      *config.Limits    `json:"limits,omitempty"`
 	Warnings    []string          `json:"warnings,omitempty"`
@@ -355,6 +356,7 @@ func init() {
 			out.Args = cfg.Argv()
 			out.Env = cfg.Env
 			out.Steward = cfg.Steward
+			out.StewardCA = cfg.StewardCA
 			if cfg.Limits != (config.Limits{}) {
 				out.Limits = &cfg.Limits
 			}
@@ -395,6 +397,9 @@ func init() {
 		fmt.Fprintf(w, "args:      %s\n", strings.Join(out.Args, " "))
 		if out.Steward != "" {
 			fmt.Fprintf(w, "steward:   %s\n", out.Steward)
+		}
+		if out.StewardCA != "" {
+			fmt.Fprintf(w, "steward CA: %s\n", out.StewardCA)
 		}
 		if len(out.Env) > 0 {
 			fmt.Fprintf(w, "env:       %s\n", strings.Join(cfg.Environ()[2:], " "))
