@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -188,6 +189,45 @@ func TestFromRootfs(t *testing.T) {
 		}
 		if string(w) != string(wasm) || (cfg != nil) != tc.hasConfig {
 			t.Errorf("%v: wasm %q config %q", tc.args, w, cfg)
+		}
+	}
+}
+
+// TestFromRootfsSpecialFiles: an image whose entrypoint or Enarx.toml is
+// a FIFO (or a device node) is refused without opening it: the open of a
+// FIFO would block the shim's Create for good, and a device's open acts
+// on the node's device.
+func TestFromRootfsSpecialFiles(t *testing.T) {
+	root := t.TempDir()
+	wasm := []byte("\x00asm\x01\x00\x00\x00")
+	os.MkdirAll(filepath.Join(root, "app"), 0o755)
+	os.WriteFile(filepath.Join(root, "app", "main.wasm"), wasm, 0o644)
+	if err := syscall.Mkfifo(filepath.Join(root, "fifo.wasm"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(root, "app", ConfigFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Symlink("fifo.wasm", filepath.Join(root, "fifo-link.wasm"))
+	cases := [][]string{{"/fifo.wasm"}, {"/fifo-link.wasm"}, {"/app/main.wasm"}}
+	// A character device (the null device's numbers), where mknod is
+	// allowed.
+	if err := syscall.Mknod(filepath.Join(root, "dev.wasm"), syscall.S_IFCHR|0o644, 1<<8|3); err == nil {
+		cases = append(cases, []string{"/dev.wasm"})
+	}
+	for _, args := range cases {
+		done := make(chan error, 1)
+		go func() {
+			_, _, _, err := fromRootfs(root, &specs.Process{Args: args})
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+				t.Errorf("%v: error %v, want not a regular file", args, err)
+			}
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("%v: fromRootfs still blocked after 2 minutes (it opened a FIFO)", args)
 		}
 	}
 }
