@@ -104,14 +104,25 @@ func (d *Virtiofsd) Args(dir string, readOnly bool) ([]string, error) {
 	}
 	fd := "--fd=" + strconv.Itoa(listenFD)
 	if d.Rust {
-		args := []string{fd, "--shared-dir=" + dir, "--cache=never", "--sandbox=namespace", "--log-level=warn"}
+		args := []string{fd, "--shared-dir=" + dir, "--cache=never", "--sandbox=namespace", "--modcaps=" + dropCaps, "--log-level=warn"}
 		if readOnly && d.ReadOnly {
 			args = append(args, "--readonly")
 		}
 		return args, nil
 	}
-	return []string{fd, "-o", "source=" + dir, "-o", "cache=none", "-o", "sandbox=namespace", "-o", "log_level=warn"}, nil
+	// libfuse's option parser, which the C daemon's -o goes through, takes
+	// a backslash as an escape (\056\056 is ".."): a folder's own
+	// backslashes are escaped, so that the daemon serves that folder and
+	// no other.
+	src := strings.ReplaceAll(dir, `\`, `\\`)
+	return []string{fd, "-o", "source=" + src, "-o", "cache=none", "-o", "sandbox=namespace", "-o", "modcaps=" + dropCaps, "-o", "log_level=warn"}, nil
 }
+
+// dropCaps are the capabilities the daemon (root) drops from those it
+// keeps to serve a guest: a guest that asks cannot make device nodes in
+// the host's folder (a disk's, for whoever on the host opens it) nor give
+// its files capabilities. The keep's workload (WASI) does neither.
+const dropCaps = "-mknod:-setfcap"
 
 // VolumeTag is the virtio-fs tag of the keep's i-th volume.
 func VolumeTag(i int) string { return "vol" + strconv.Itoa(i) }

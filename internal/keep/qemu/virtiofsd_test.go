@@ -83,11 +83,11 @@ func TestVirtiofsdArgs(t *testing.T) {
 		ro   bool
 		want string
 	}{
-		{"c", c, false, "--fd=3 -o source=/srv/vol -o cache=none -o sandbox=namespace -o log_level=warn"},
-		{"c read-only (guest only)", c, true, "--fd=3 -o source=/srv/vol -o cache=none -o sandbox=namespace -o log_level=warn"},
-		{"rust", rust, false, "--fd=3 --shared-dir=/srv/vol --cache=never --sandbox=namespace --log-level=warn"},
-		{"rust read-only without --readonly", rust, true, "--fd=3 --shared-dir=/srv/vol --cache=never --sandbox=namespace --log-level=warn"},
-		{"rust read-only", rustRO, true, "--fd=3 --shared-dir=/srv/vol --cache=never --sandbox=namespace --log-level=warn --readonly"},
+		{"c", c, false, "--fd=3 -o source=/srv/vol -o cache=none -o sandbox=namespace -o modcaps=-mknod:-setfcap -o log_level=warn"},
+		{"c read-only (guest only)", c, true, "--fd=3 -o source=/srv/vol -o cache=none -o sandbox=namespace -o modcaps=-mknod:-setfcap -o log_level=warn"},
+		{"rust", rust, false, "--fd=3 --shared-dir=/srv/vol --cache=never --sandbox=namespace --modcaps=-mknod:-setfcap --log-level=warn"},
+		{"rust read-only without --readonly", rust, true, "--fd=3 --shared-dir=/srv/vol --cache=never --sandbox=namespace --modcaps=-mknod:-setfcap --log-level=warn"},
+		{"rust read-only", rustRO, true, "--fd=3 --shared-dir=/srv/vol --cache=never --sandbox=namespace --modcaps=-mknod:-setfcap --log-level=warn --readonly"},
 	} {
 		args, err := tc.d.Args("/srv/vol", tc.ro)
 		if err != nil || strings.Join(args, " ") != tc.want {
@@ -98,6 +98,89 @@ func TestVirtiofsdArgs(t *testing.T) {
 		if _, err := c.Args(dir, false); err == nil || !strings.Contains(err.Error(), "volume folder") {
 			t.Errorf("folder %q: %v", dir, err)
 		}
+	}
+}
+
+// fuseOptUnescape undoes libfuse's escapes in one -o option, as its
+// option parser does (fuse_opt.c, process_real_option_group, in QEMU's
+// tools/virtiofsd): a backslash takes the next character as it is, or
+// three octal digits as one byte.
+func fuseOptUnescape(s string) string {
+	var b []byte
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' || i+1 == len(s) {
+			b = append(b, s[i])
+			continue
+		}
+		i++
+		if i+2 < len(s) && s[i] >= '0' && s[i] <= '3' && s[i+1] >= '0' && s[i+1] <= '7' && s[i+2] >= '0' && s[i+2] <= '7' {
+			b = append(b, (s[i]-'0')*0o100+(s[i+1]-'0')*0o10+(s[i+2]-'0'))
+			i += 2
+			continue
+		}
+		b = append(b, s[i])
+	}
+	return string(b)
+}
+
+// TestVirtiofsdArgsEscapes: the C daemon unescapes its -o options, so a
+// folder whose name holds backslashes must reach it escaped, or it serves
+// another folder: /srv/allowed/\056\056/etc (a clean path, below
+// /srv/allowed) would be /srv/etc.
+func TestVirtiofsdArgsEscapes(t *testing.T) {
+	c := &Virtiofsd{Path: "c"}
+	for _, dir := range []string{`/srv/allowed/\056\056/etc`, `/srv/pod\061`, `/srv/a\b`, `/srv/ends\`, `/srv/\\`} {
+		args, err := c.Args(dir, false)
+		if err != nil {
+			t.Errorf("%q: %v", dir, err)
+			continue
+		}
+		if len(args) < 3 || args[1] != "-o" || fuseOptUnescape(args[2]) != "source="+dir {
+			t.Errorf("%q: %q: the daemon reads %q", dir, args, fuseOptUnescape(args[2]))
+		}
+	}
+	// The real C daemon, when this host has it: a folder named x\061 that
+	// does not exist beside an x1 that does is not found (the daemon
+	// would serve x1).
+	const cDaemon = "/usr/lib/qemu/virtiofsd"
+	if _, err := os.Stat(cDaemon); err != nil || os.Geteuid() != 0 {
+		return
+	}
+	base := t.TempDir()
+	os.Mkdir(filepath.Join(base, "x1"), 0o755)
+	dir := filepath.Join(base, `x\061`)
+	args, err := c.Args(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(base, "s"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(cDaemon, args...)
+	cmd.ExtraFiles = []*os.File{f}
+	var out strings.Builder
+	cmd.Stderr = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(out.String(), "failed to stat source") || !strings.Contains(out.String(), `x\061`) {
+			t.Errorf("%s %q: %v, %s; want it to fail to find the folder", cDaemon, args, err, out.String())
+		}
+	case <-time.After(2 * time.Minute):
+		cmd.Process.Kill()
+		<-done
+		t.Errorf("%s %q still runs after 2 minutes: it serves another folder than %s", cDaemon, args, dir)
 	}
 }
 
@@ -374,7 +457,7 @@ func TestVirtiofsdSandbox(t *testing.T) {
 	// The process that serves the guest: the daemon itself, or its child
 	// in the new pid namespace; its root becomes the volume.
 	pid := vd.cmds[0].Process.Pid
-	var root string
+	var root, served string
 	for deadline := time.Now().Add(2 * time.Minute); root == ""; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the daemon did not sandbox itself into the volume")
@@ -385,7 +468,7 @@ func TestVirtiofsdSandbox(t *testing.T) {
 		}
 		for _, c := range cands {
 			if b, err := os.ReadFile("/proc/" + c + "/root/marker"); err == nil && string(b) == "in the volume\n" {
-				root = "/proc/" + c + "/root"
+				root, served = "/proc/"+c+"/root", c
 			}
 		}
 	}
@@ -397,4 +480,41 @@ func TestVirtiofsdSandbox(t *testing.T) {
 			t.Errorf("the daemon reaches %s outside its volume: %q", p, b)
 		}
 	}
+	// The daemon cannot make device nodes in the host's folder for a guest
+	// that asks (CAP_MKNOD), nor set file capabilities (CAP_SETFCAP). The
+	// daemon drops its capabilities once QEMU's side has connected.
+	const capMknod, capSetfcap = 27, 31
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		caps, err := capsOf(served)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if caps&(1<<capMknod|1<<capSetfcap) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon keeps CAP_MKNOD or CAP_SETFCAP: effective and permitted %#x", caps)
+		}
+	}
+}
+
+// capsOf is the union of the effective and permitted capabilities of
+// process pid.
+func capsOf(pid string) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
+	if err != nil {
+		return 0, err
+	}
+	var caps uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		if k == "CapEff" || k == "CapPrm" {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/%s/status: %s: %w", pid, line, err)
+			}
+			caps |= n
+		}
+	}
+	return caps, nil
 }
