@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/castellan-dev/castellan/internal/engine"
 )
@@ -146,11 +147,22 @@ func pathOpen(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) 
 			return errLoop
 		}
 	}
+	// A preopen is nodev, as a VM keep's volume mounts are: the open of a
+	// device node acts on the host's device, outside any device rules a
+	// container has (a pod's sibling container, root with CAP_MKNOD, can
+	// make one of the node's disk in a shared volume). Looked at before
+	// the open; a node swapped in between is refused after it, unread.
+	if fi, err := d.pre.root.Stat(rel); err == nil && isDevice(fi.Mode()) {
+		return errAcces
+	}
 	f, err := d.pre.root.OpenFile(rel, flag, 0o666)
 	if err != nil {
 		return errnoOf(err)
 	}
 	fi, err := f.Stat()
+	if err == nil && isDevice(fi.Mode()) {
+		err = syscall.EACCES
+	}
 	if err != nil {
 		f.Close()
 		return errnoOf(err)
@@ -482,6 +494,9 @@ func (d *dirKind) readdir() ([]dirent, error) {
 	}
 	return out, nil
 }
+
+// isDevice is a character or block device's mode.
+func isDevice(mode fs.FileMode) bool { return mode&fs.ModeDevice != 0 }
 
 func filetypeOf(mode fs.FileMode) uint8 {
 	switch {
