@@ -298,7 +298,9 @@ func volumesOf(mounts []specs.Mount, kind string) (vols []keep.Volume, skipped [
 			switch o {
 			case "bind", "rbind":
 				bind = true
-			case "ro":
+			case "ro", "rro":
+				// rro (runtime-spec 1.1: recursively read-only) makes
+				// the mount read-only too, whether or not ro is given.
 				ro = true
 			case "rw":
 				ro = false

@@ -419,9 +419,10 @@ func TestVolumesOf(t *testing.T) {
 		{Destination: "/", Type: "bind", Source: data, Options: []string{"rbind"}},
 		{Destination: "/rel-source", Type: "bind", Source: "data", Options: []string{"rbind"}},
 		{Destination: "/data", Type: "bind", Source: cfgDir, Options: []string{"rbind"}},
+		{Destination: "/recursive-ro", Type: "bind", Source: data, Options: []string{"rbind", "rprivate", "rro"}},
 	}
 	vols, skipped := volumesOf(mounts, keep.KindProcess)
-	want := []keep.Volume{{Guest: "/data", Host: data}, {Guest: "/etc/config", Host: cfgDir, ReadOnly: true}}
+	want := []keep.Volume{{Guest: "/data", Host: data}, {Guest: "/etc/config", Host: cfgDir, ReadOnly: true}, {Guest: "/recursive-ro", Host: data, ReadOnly: true}}
 	if !reflect.DeepEqual(vols, want) {
 		t.Errorf("volumes %+v, want %+v", vols, want)
 	}
