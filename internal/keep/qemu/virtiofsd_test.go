@@ -48,6 +48,21 @@ func TestFindVirtiofsd(t *testing.T) {
 			&Virtiofsd{Path: "/usr/libexec/virtiofsd", Rust: true}, ""},
 		{"rust with --readonly", withFiles(map[string]string{"--help": qemutest.VirtiofsdRustROHelp}, "/usr/libexec/virtiofsd"), "",
 			&Virtiofsd{Path: "/usr/libexec/virtiofsd", Rust: true, ReadOnly: true}, ""},
+		{"debian 12 with util-linux", func() *qemutest.Host {
+			h := withFiles(map[string]string{"--help": qemutest.VirtiofsdCHelp}, "/usr/lib/qemu/virtiofsd")
+			h.Programs = map[string]string{"unshare": "/usr/bin/unshare", "mount": "/usr/bin/mount"}
+			return h
+		}(), "", &Virtiofsd{Path: "/usr/lib/qemu/virtiofsd", Unshare: "/usr/bin/unshare", Mount: "/usr/bin/mount"}, ""},
+		{"rust with --readonly needs no util-linux", func() *qemutest.Host {
+			h := withFiles(map[string]string{"--help": qemutest.VirtiofsdRustROHelp}, "/usr/libexec/virtiofsd")
+			h.Programs = map[string]string{"unshare": "/usr/bin/unshare", "mount": "/usr/bin/mount"}
+			return h
+		}(), "", &Virtiofsd{Path: "/usr/libexec/virtiofsd", Rust: true, ReadOnly: true}, ""},
+		{"unshare without mount", func() *qemutest.Host {
+			h := withFiles(map[string]string{"--help": qemutest.VirtiofsdCHelp}, "/usr/lib/qemu/virtiofsd")
+			h.Programs = map[string]string{"unshare": "/usr/bin/unshare"}
+			return h
+		}(), "", &Virtiofsd{Path: "/usr/lib/qemu/virtiofsd"}, ""},
 		{"on PATH", func() *qemutest.Host {
 			h := withFiles(map[string]string{"--help": qemutest.VirtiofsdRustHelp})
 			h.Programs = map[string]string{"virtiofsd": "/opt/bin/virtiofsd"}
@@ -97,6 +112,28 @@ func TestVirtiofsdArgs(t *testing.T) {
 	for _, dir := range []string{"/srv/a,b", "srv/vol"} {
 		if _, err := c.Args(dir, false); err == nil || !strings.Contains(err.Error(), "volume folder") {
 			t.Errorf("folder %q: %v", dir, err)
+		}
+		if _, _, err := c.Command(dir, true); err == nil || !strings.Contains(err.Error(), "volume folder") {
+			t.Errorf("command, folder %q: %v", dir, err)
+		}
+	}
+	// Command: the daemon itself, but for a read-only volume that it
+	// cannot refuse writes to, when util-linux is there.
+	cu := &Virtiofsd{Path: "c", Unshare: "/usr/bin/unshare", Mount: "/usr/bin/mount"}
+	for _, tc := range []struct {
+		name string
+		d    *Virtiofsd
+		ro   bool
+		want string
+	}{
+		{"c", c, true, "c --fd=3 -o source=/srv/vol"},
+		{"c with util-linux, read-write", cu, false, "c --fd=3 -o source=/srv/vol"},
+		{"c with util-linux, read-only", cu, true, "/usr/bin/unshare --mount --propagation private /bin/sh -c " + roScript + " sh /usr/bin/mount /srv/vol c --fd=3 -o source=/srv/vol"},
+		{"rust --readonly", rustRO, true, "r --fd=3 --shared-dir=/srv/vol"},
+	} {
+		prog, args, err := tc.d.Command("/srv/vol", tc.ro)
+		if got := strings.Join(append([]string{prog}, args...), " "); err != nil || !strings.HasPrefix(got, tc.want+" ") {
+			t.Errorf("%s: %q %v, want %q...", tc.name, got, err, tc.want)
 		}
 	}
 }
@@ -310,7 +347,7 @@ func TestVolumeDaemons(t *testing.T) {
 		log, _ := os.ReadFile(keeplog.Path(s.Dir))
 		for _, want := range []string{
 			"virtiofsd /config: fake virtiofsd --fd=3 -o source=" + s.Volumes[0].Host + " -o cache=none -o sandbox=namespace",
-			"vm: volume /config is read-only in the guest only: " + f.Virtiofsd + " cannot refuse writes itself",
+			"vm: volume /config is read-only in the guest only: " + f.Virtiofsd + " cannot refuse writes itself, and unshare or mount (util-linux) is missing",
 		} {
 			if !strings.Contains(string(log), want) {
 				t.Errorf("the keep's log lacks %q:\n%s", want, log)
@@ -402,13 +439,7 @@ func TestVolumeDaemons(t *testing.T) {
 // of the volume ("..", a relative link up, the absolute path of a host
 // file) resolve inside it, as the daemon sees its files.
 func TestVirtiofsdSandbox(t *testing.T) {
-	d, err := FindVirtiofsd(OS{}, "")
-	if err != nil {
-		t.Skipf("no virtiofsd: %v (scripts/test installs qemu-system-common)", err)
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("virtiofsd's namespace sandbox needs root")
-	}
+	d := realVirtiofsd(t)
 	base := t.TempDir()
 	vol := filepath.Join(base, "vol")
 	os.Mkdir(vol, 0o755)
@@ -416,65 +447,7 @@ func TestVirtiofsdSandbox(t *testing.T) {
 	secret := filepath.Join(base, "secret")
 	os.WriteFile(secret, []byte("the host's\n"), 0o600)
 	os.Symlink("../secret", filepath.Join(vol, "up"))
-	dir, err := os.MkdirTemp("", "vfs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-
-	// QEMU's stand-in leads the process group the daemon joins.
-	leader := exec.Command("sleep", "600")
-	leader.SysProcAttr = keep.ProcAttr()
-	if err := leader.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var logMu sync.Mutex
-	var log []string
-	vd, err := listenVolumes(d, dir, []keep.Volume{{Guest: "/data", Host: vol}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vd.waited = make(chan struct{})
-	vd.logf = func(s string) { logMu.Lock(); log = append(log, s); logMu.Unlock() }
-	if err := vd.start(leader.Process.Pid); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		syscall.Kill(-leader.Process.Pid, syscall.SIGKILL)
-		leader.Wait()
-		vd.stop()
-		gone(t, "virtiofsd", vd.cmds[0].Process.Pid)
-		logMu.Lock()
-		t.Logf("daemon's log: %q", log)
-		logMu.Unlock()
-	}()
-	conn, err := net.Dial("unix", volumeSocket(dir, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-
-	// The process that serves the guest: the daemon itself, or its child
-	// in the new pid namespace; its root becomes the volume.
-	pid := vd.cmds[0].Process.Pid
-	var root, served string
-	for deadline := time.Now().Add(2 * time.Minute); root == ""; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the daemon did not sandbox itself into the volume")
-		}
-		cands := []string{strconv.Itoa(pid)}
-		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid)); err == nil {
-			cands = append(cands, strings.Fields(string(b))...)
-		}
-		for _, c := range cands {
-			if b, err := os.ReadFile("/proc/" + c + "/root/marker"); err == nil && string(b) == "in the volume\n" {
-				root, served = "/proc/"+c+"/root", c
-			}
-		}
-	}
-	if g := pgid(t, pid); g != leader.Process.Pid {
-		t.Errorf("daemon in process group %d, want %d", g, leader.Process.Pid)
-	}
+	root, served := serveVolume(t, d, keep.Volume{Guest: "/data", Host: vol})
 	for _, p := range []string{"/up", "/../secret", "/../../../../.." + secret, secret, "/etc/passwd"} {
 		if b, err := os.ReadFile(root + p); err == nil {
 			t.Errorf("the daemon reaches %s outside its volume: %q", p, b)
@@ -496,6 +469,127 @@ func TestVirtiofsdSandbox(t *testing.T) {
 			t.Fatalf("the daemon keeps CAP_MKNOD or CAP_SETFCAP: effective and permitted %#x", caps)
 		}
 	}
+}
+
+// TestVirtiofsdReadOnlyView: the daemon of a read-only volume cannot
+// write to its folder, whatever a guest asks: the Rust daemon's
+// --readonly, or (the C daemon) a read-only bind of the folder in a mount
+// namespace of its own. A read-write volume stays writable.
+func TestVirtiofsdReadOnlyView(t *testing.T) {
+	d := realVirtiofsd(t)
+	if !d.ReadOnly && d.Unshare == "" {
+		t.Skip("neither virtiofsd --readonly nor unshare and mount (util-linux) on this host")
+	}
+	base := t.TempDir()
+	ro, rw := filepath.Join(base, "ro"), filepath.Join(base, "rw")
+	for _, dir := range []string{ro, rw} {
+		os.Mkdir(dir, 0o755)
+		os.WriteFile(filepath.Join(dir, "marker"), []byte("in the volume\n"), 0o644)
+	}
+	root, _ := serveVolume(t, d, keep.Volume{Guest: "/config", Host: ro, ReadOnly: true})
+	if d.Unshare != "" && !d.ReadOnly {
+		// The daemon's own view: what it opens for the guest.
+		if err := os.WriteFile(root+"/new", []byte("x"), 0o644); !errors.Is(err, syscall.EROFS) {
+			t.Errorf("writing in the daemon's view of a read-only volume: %v, want EROFS", err)
+		}
+		if err := os.WriteFile(root+"/marker", []byte("changed"), 0o644); !errors.Is(err, syscall.EROFS) {
+			t.Errorf("changing a file in the daemon's view of a read-only volume: %v, want EROFS", err)
+		}
+	}
+	if ents, _ := os.ReadDir(ro); len(ents) != 1 {
+		t.Errorf("the read-only volume changed: %v", ents)
+	}
+	// The read-only bind is the daemon's alone: the host's folder is
+	// writable as before, and a read-write volume's daemon writes.
+	if err := os.WriteFile(filepath.Join(ro, "host"), nil, 0o644); err != nil {
+		t.Errorf("the host's folder became read-only: %v", err)
+	}
+	root, _ = serveVolume(t, d, keep.Volume{Guest: "/data", Host: rw})
+	if err := os.WriteFile(root+"/new", []byte("x"), 0o644); err != nil {
+		t.Errorf("writing in the daemon's view of a read-write volume: %v", err)
+	}
+}
+
+// realVirtiofsd is this host's virtiofsd, or the test is skipped.
+func realVirtiofsd(t *testing.T) *Virtiofsd {
+	t.Helper()
+	d, err := FindVirtiofsd(OS{}, "")
+	if err != nil {
+		t.Skipf("no virtiofsd: %v (scripts/test installs qemu-system-common)", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("virtiofsd's namespace sandbox needs root")
+	}
+	return d
+}
+
+// serveVolume starts the real daemon d on volume v, as a keep's, connects
+// to it as QEMU would, and returns the root of the process that serves
+// the guest (/proc/PID/root: the daemon's view of its files) and that
+// PID. The daemon is stopped at the test's end.
+func serveVolume(t *testing.T, d *Virtiofsd, v keep.Volume) (root, served string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "vfs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+
+	// QEMU's stand-in leads the process group the daemon joins.
+	leader := exec.Command("sleep", "600")
+	leader.SysProcAttr = keep.ProcAttr()
+	if err := leader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var logMu sync.Mutex
+	var log []string
+	vd, err := listenVolumes(d, dir, []keep.Volume{v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vd.waited = make(chan struct{})
+	vd.logf = func(s string) { logMu.Lock(); log = append(log, s); logMu.Unlock() }
+	if err := vd.start(leader.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-leader.Process.Pid, syscall.SIGKILL)
+		leader.Wait()
+		vd.stop()
+		gone(t, "virtiofsd", vd.cmds[0].Process.Pid)
+		logMu.Lock()
+		t.Logf("daemon's log: %q", log)
+		logMu.Unlock()
+	})
+	conn, err := net.Dial("unix", volumeSocket(dir, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+
+	// The process that serves the guest: the daemon itself, or its child
+	// in the new pid namespace; its root becomes the volume.
+	pid := vd.cmds[0].Process.Pid
+	for deadline := time.Now().Add(2 * time.Minute); root == ""; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			logMu.Lock()
+			defer logMu.Unlock()
+			t.Fatalf("the daemon did not sandbox itself into the volume; its log: %q", log)
+		}
+		cands := []string{strconv.Itoa(pid)}
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid)); err == nil {
+			cands = append(cands, strings.Fields(string(b))...)
+		}
+		for _, c := range cands {
+			if b, err := os.ReadFile("/proc/" + c + "/root/marker"); err == nil && string(b) == "in the volume\n" {
+				root, served = "/proc/"+c+"/root", c
+			}
+		}
+	}
+	if g := pgid(t, pid); g != leader.Process.Pid {
+		t.Errorf("daemon in process group %d, want %d", g, leader.Process.Pid)
+	}
+	return root, served
 }
 
 // capsOf is the union of the effective and permitted capabilities of
