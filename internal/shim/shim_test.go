@@ -3,8 +3,10 @@
 package shim
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,9 +16,11 @@ import (
 	"testing"
 	"time"
 
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc"
 
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/keep"
@@ -283,6 +287,34 @@ func TestImageLayers(t *testing.T) {
 			t.Errorf("digest %s, want the package's %s", again.Digest, art.Digest)
 		}
 	})
+	t.Run("image form whose annotation lies", func(t *testing.T) {
+		// The manifest names the package's digest, over another
+		// workload's layers: the digest is the layers', never the
+		// annotation's.
+		other, err := workload.New([]byte("\x00asm\x01\x00\x00\x00\x00\x01\x00"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := other.Image()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m ocispec.Manifest
+		json.Unmarshal(img.Manifest, &m)
+		m.Annotations[workload.AnnotationWorkloadDigest] = art.Digest.String()
+		mb, _ := json.Marshal(m)
+		b := blobs{}
+		b.add(other.Wasm)
+		b.add(img.Config)
+		w, c, err := imageLayers(b.add(mb), b.read)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := workload.New(w, c)
+		if err != nil || got.Digest != other.Digest {
+			t.Errorf("digest %v %v, want the layers' %s (the annotation says %s)", got, err, other.Digest, art.Digest)
+		}
+	})
 	t.Run("runwasi index with a wasi/wasm manifest", func(t *testing.T) {
 		b := blobs{}
 		m := manifest(b, layer(b, "application/vnd.oci.image.layer.v1.tar", []byte("tar")), layer(b, MediaTypeWasmComponentLayer, wasm))
@@ -346,6 +378,74 @@ func FuzzPickManifest(f *testing.F) {
 
 // The daemon ends once its clients hung up, not before, and not after a
 // fixed pause.
+// fakeContent is containerd's content store as readContent sees it: one
+// blob's size (Info) and its bytes in chunks (Read); more, when endless,
+// streams chunks of its last one without end.
+type fakeContent struct {
+	contentapi.ContentClient
+	size    int64
+	chunks  [][]byte
+	endless bool
+}
+
+func (f *fakeContent) Info(_ context.Context, in *contentapi.InfoRequest, _ ...grpc.CallOption) (*contentapi.InfoResponse, error) {
+	return &contentapi.InfoResponse{Info: &contentapi.Info{Digest: in.Digest, Size: f.size}}, nil
+}
+
+func (f *fakeContent) Read(context.Context, *contentapi.ReadContentRequest, ...grpc.CallOption) (contentapi.Content_ReadClient, error) {
+	return &fakeStream{chunks: f.chunks, endless: f.endless}, nil
+}
+
+type fakeStream struct {
+	grpc.ClientStream
+	chunks  [][]byte
+	endless bool
+	sent    int
+}
+
+func (s *fakeStream) Recv() (*contentapi.ReadContentResponse, error) {
+	if s.endless && s.sent > 1<<20 {
+		return nil, errors.New("readContent read on past its bound")
+	}
+	if len(s.chunks) == 0 {
+		return nil, io.EOF
+	}
+	c := s.chunks[0]
+	if !s.endless || len(s.chunks) > 1 {
+		s.chunks = s.chunks[1:]
+	}
+	s.sent++
+	return &contentapi.ReadContentResponse{Data: c}, nil
+}
+
+// TestReadContent: a blob from containerd's content store is checked
+// against its digest and bounded whatever its Info says.
+func TestReadContent(t *testing.T) {
+	blob := []byte("\x00asm\x01\x00\x00\x00")
+	d := digest.FromBytes(blob).String()
+	ctx := context.Background()
+	if b, err := readContent(ctx, &fakeContent{size: 8, chunks: [][]byte{blob[:3], blob[3:]}}, d, 8); err != nil || string(b) != string(blob) {
+		t.Fatalf("readContent: %q %v", b, err)
+	}
+	for _, tc := range []struct {
+		name string
+		c    *fakeContent
+		dgst string
+		err  string
+	}{
+		{"too big by its Info", &fakeContent{size: 9, chunks: [][]byte{blob}}, d, "9 bytes, more than 8"},
+		{"Info lies: small, then an endless stream", &fakeContent{size: 1, chunks: [][]byte{make([]byte, 4096)}, endless: true}, d, "more than 8 bytes"},
+		{"tampered", &fakeContent{size: 8, chunks: [][]byte{[]byte("\x00asm\x01\x00\x00\x01")}}, d, "does not match its digest"},
+		{"truncated", &fakeContent{size: 8, chunks: [][]byte{blob[:4]}}, d, "does not match its digest"},
+		{"not a digest", &fakeContent{size: 8, chunks: [][]byte{blob}}, "sha256:00", "invalid"},
+		{"unknown algorithm", &fakeContent{size: 8, chunks: [][]byte{blob}}, "md5:" + strings.Repeat("0", 32), "unsupported"},
+	} {
+		if _, err := readContent(ctx, tc.c, tc.dgst, 8); err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.err)
+		}
+	}
+}
+
 func TestTrackedListener(t *testing.T) {
 	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
 	if err != nil {
