@@ -138,22 +138,26 @@ func pathOpen(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) 
 		}
 		return errIsdir
 	}
-	if dirflags&lookupSymlinkFollow == 0 {
-		// O_NOFOLLOW: a symlink as the last component is refused.
-		if fi, err := d.pre.root.Lstat(rel); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
-			if oflags&(oflagCreat|oflagExcl) == oflagCreat|oflagExcl {
-				return errExist
-			}
-			return errLoop
-		}
-	}
 	// A preopen is nodev, as a VM keep's volume mounts are: the open of a
 	// device node acts on the host's device, outside any device rules a
 	// container has (a pod's sibling container, root with CAP_MKNOD, can
 	// make one of the node's disk in a shared volume). Looked at before
 	// the open; a node swapped in between is refused after it, unread.
-	if fi, err := d.pre.root.Stat(rel); err == nil && isDevice(fi.Mode()) {
-		return errAcces
+	stat := d.pre.root.Stat
+	if dirflags&lookupSymlinkFollow == 0 {
+		stat = d.pre.root.Lstat
+	}
+	if pre, err := stat(rel); err == nil {
+		if pre.Mode()&fs.ModeSymlink != 0 {
+			// O_NOFOLLOW: a symlink as the last component is refused.
+			if oflags&(oflagCreat|oflagExcl) == oflagCreat|oflagExcl {
+				return errExist
+			}
+			return errLoop
+		}
+		if isDevice(pre.Mode()) {
+			return errAcces
+		}
 	}
 	f, err := d.pre.root.OpenFile(rel, flag, 0o666)
 	if err != nil {
