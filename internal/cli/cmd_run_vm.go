@@ -51,6 +51,10 @@ func runVM(e *Env, ro *runOptions, art *workload.Artifact, cfg *config.Config, n
 	if ro.memory != "" || ro.report != "" || ro.noCache {
 		return e.Usagef("--keep vm: --memory, --report and --no-cache apply to process keeps (a VM keep takes its limits from the package's config)")
 	}
+	if w := ro.world; w != nil && (len(w.dirs) > 0 || len(w.env) > 0) {
+		// Not dropped in silence: the workload would run without them.
+		return e.Usagef("--keep vm: --dir, --dir-ro and --env apply to process keeps (a VM keep has no disk, and its environment is the package's config)")
+	}
 	var limits config.Limits
 	if cfg != nil {
 		limits = cfg.Limits

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/pelletier/go-toml/v2"
@@ -171,8 +172,21 @@ func fromRootfs(rootfs string, p *specs.Process) (wasm, cfg []byte, source strin
 	return wasm, cfg, "rootfs " + entry, nil
 }
 
+// readRoot reads a regular file of at most max bytes below root. It looks
+// before it opens: an image's layers can hold FIFOs, whose open blocks
+// (the shim would hang in Create), and device nodes, whose open acts on
+// the node's device (a watchdog's arms it), outside the device rules a
+// container would have. The open itself does not block (O_NONBLOCK) and
+// must find the file it looked at.
 func readRoot(root *os.Root, name string, max int64) ([]byte, error) {
-	f, err := root.Open(name)
+	pre, err := root.Stat(name)
+	if err != nil {
+		return nil, err
+	}
+	if !pre.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -181,8 +195,8 @@ func readRoot(root *os.Root, name string, max int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !st.Mode().IsRegular() {
-		return nil, errors.New("not a regular file")
+	if !st.Mode().IsRegular() || !os.SameFile(pre, st) {
+		return nil, errors.New("not a regular file, or replaced while it was read")
 	}
 	if st.Size() > max {
 		return nil, fmt.Errorf("%d bytes, more than %d", st.Size(), max)
@@ -284,7 +298,9 @@ func volumesOf(mounts []specs.Mount, kind string) (vols []keep.Volume, skipped [
 			switch o {
 			case "bind", "rbind":
 				bind = true
-			case "ro":
+			case "ro", "rro":
+				// rro (runtime-spec 1.1: recursively read-only) makes
+				// the mount read-only too, whether or not ro is given.
 				ro = true
 			case "rw":
 				ro = false

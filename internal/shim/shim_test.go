@@ -3,19 +3,24 @@
 package shim
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc"
 
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/keep"
@@ -192,6 +197,45 @@ func TestFromRootfs(t *testing.T) {
 	}
 }
 
+// TestFromRootfsSpecialFiles: an image whose entrypoint or Enarx.toml is
+// a FIFO (or a device node) is refused without opening it: the open of a
+// FIFO would block the shim's Create for good, and a device's open acts
+// on the node's device.
+func TestFromRootfsSpecialFiles(t *testing.T) {
+	root := t.TempDir()
+	wasm := []byte("\x00asm\x01\x00\x00\x00")
+	os.MkdirAll(filepath.Join(root, "app"), 0o755)
+	os.WriteFile(filepath.Join(root, "app", "main.wasm"), wasm, 0o644)
+	if err := syscall.Mkfifo(filepath.Join(root, "fifo.wasm"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(root, "app", ConfigFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Symlink("fifo.wasm", filepath.Join(root, "fifo-link.wasm"))
+	cases := [][]string{{"/fifo.wasm"}, {"/fifo-link.wasm"}, {"/app/main.wasm"}}
+	// A character device (the null device's numbers), where mknod is
+	// allowed.
+	if err := syscall.Mknod(filepath.Join(root, "dev.wasm"), syscall.S_IFCHR|0o644, 1<<8|3); err == nil {
+		cases = append(cases, []string{"/dev.wasm"})
+	}
+	for _, args := range cases {
+		done := make(chan error, 1)
+		go func() {
+			_, _, _, err := fromRootfs(root, &specs.Process{Args: args})
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+				t.Errorf("%v: error %v, want not a regular file", args, err)
+			}
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("%v: fromRootfs still blocked after 2 minutes (it opened a FIFO)", args)
+		}
+	}
+}
+
 // blobs is a fake content store.
 type blobs map[string][]byte
 
@@ -241,6 +285,34 @@ func TestImageLayers(t *testing.T) {
 		}
 		if again, _ := workload.New(w, c); again.Digest != art.Digest {
 			t.Errorf("digest %s, want the package's %s", again.Digest, art.Digest)
+		}
+	})
+	t.Run("image form whose annotation lies", func(t *testing.T) {
+		// The manifest names the package's digest, over another
+		// workload's layers: the digest is the layers', never the
+		// annotation's.
+		other, err := workload.New([]byte("\x00asm\x01\x00\x00\x00\x00\x01\x00"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := other.Image()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m ocispec.Manifest
+		json.Unmarshal(img.Manifest, &m)
+		m.Annotations[workload.AnnotationWorkloadDigest] = art.Digest.String()
+		mb, _ := json.Marshal(m)
+		b := blobs{}
+		b.add(other.Wasm)
+		b.add(img.Config)
+		w, c, err := imageLayers(b.add(mb), b.read)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := workload.New(w, c)
+		if err != nil || got.Digest != other.Digest {
+			t.Errorf("digest %v %v, want the layers' %s (the annotation says %s)", got, err, other.Digest, art.Digest)
 		}
 	})
 	t.Run("runwasi index with a wasi/wasm manifest", func(t *testing.T) {
@@ -306,6 +378,74 @@ func FuzzPickManifest(f *testing.F) {
 
 // The daemon ends once its clients hung up, not before, and not after a
 // fixed pause.
+// fakeContent is containerd's content store as readContent sees it: one
+// blob's size (Info) and its bytes in chunks (Read); more, when endless,
+// streams chunks of its last one without end.
+type fakeContent struct {
+	contentapi.ContentClient
+	size    int64
+	chunks  [][]byte
+	endless bool
+}
+
+func (f *fakeContent) Info(_ context.Context, in *contentapi.InfoRequest, _ ...grpc.CallOption) (*contentapi.InfoResponse, error) {
+	return &contentapi.InfoResponse{Info: &contentapi.Info{Digest: in.Digest, Size: f.size}}, nil
+}
+
+func (f *fakeContent) Read(context.Context, *contentapi.ReadContentRequest, ...grpc.CallOption) (contentapi.Content_ReadClient, error) {
+	return &fakeStream{chunks: f.chunks, endless: f.endless}, nil
+}
+
+type fakeStream struct {
+	grpc.ClientStream
+	chunks  [][]byte
+	endless bool
+	sent    int
+}
+
+func (s *fakeStream) Recv() (*contentapi.ReadContentResponse, error) {
+	if s.endless && s.sent > 1<<20 {
+		return nil, errors.New("readContent read on past its bound")
+	}
+	if len(s.chunks) == 0 {
+		return nil, io.EOF
+	}
+	c := s.chunks[0]
+	if !s.endless || len(s.chunks) > 1 {
+		s.chunks = s.chunks[1:]
+	}
+	s.sent++
+	return &contentapi.ReadContentResponse{Data: c}, nil
+}
+
+// TestReadContent: a blob from containerd's content store is checked
+// against its digest and bounded whatever its Info says.
+func TestReadContent(t *testing.T) {
+	blob := []byte("\x00asm\x01\x00\x00\x00")
+	d := digest.FromBytes(blob).String()
+	ctx := context.Background()
+	if b, err := readContent(ctx, &fakeContent{size: 8, chunks: [][]byte{blob[:3], blob[3:]}}, d, 8); err != nil || string(b) != string(blob) {
+		t.Fatalf("readContent: %q %v", b, err)
+	}
+	for _, tc := range []struct {
+		name string
+		c    *fakeContent
+		dgst string
+		err  string
+	}{
+		{"too big by its Info", &fakeContent{size: 9, chunks: [][]byte{blob}}, d, "9 bytes, more than 8"},
+		{"Info lies: small, then an endless stream", &fakeContent{size: 1, chunks: [][]byte{make([]byte, 4096)}, endless: true}, d, "more than 8 bytes"},
+		{"tampered", &fakeContent{size: 8, chunks: [][]byte{[]byte("\x00asm\x01\x00\x00\x01")}}, d, "does not match its digest"},
+		{"truncated", &fakeContent{size: 8, chunks: [][]byte{blob[:4]}}, d, "does not match its digest"},
+		{"not a digest", &fakeContent{size: 8, chunks: [][]byte{blob}}, "sha256:00", "invalid"},
+		{"unknown algorithm", &fakeContent{size: 8, chunks: [][]byte{blob}}, "md5:" + strings.Repeat("0", 32), "unsupported"},
+	} {
+		if _, err := readContent(ctx, tc.c, tc.dgst, 8); err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.err)
+		}
+	}
+}
+
 func TestTrackedListener(t *testing.T) {
 	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
 	if err != nil {
@@ -379,9 +519,10 @@ func TestVolumesOf(t *testing.T) {
 		{Destination: "/", Type: "bind", Source: data, Options: []string{"rbind"}},
 		{Destination: "/rel-source", Type: "bind", Source: "data", Options: []string{"rbind"}},
 		{Destination: "/data", Type: "bind", Source: cfgDir, Options: []string{"rbind"}},
+		{Destination: "/recursive-ro", Type: "bind", Source: data, Options: []string{"rbind", "rprivate", "rro"}},
 	}
 	vols, skipped := volumesOf(mounts, keep.KindProcess)
-	want := []keep.Volume{{Guest: "/data", Host: data}, {Guest: "/etc/config", Host: cfgDir, ReadOnly: true}}
+	want := []keep.Volume{{Guest: "/data", Host: data}, {Guest: "/etc/config", Host: cfgDir, ReadOnly: true}, {Guest: "/recursive-ro", Host: data, ReadOnly: true}}
 	if !reflect.DeepEqual(vols, want) {
 		t.Errorf("volumes %+v, want %+v", vols, want)
 	}

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/castellan-dev/castellan/internal/engine"
 )
@@ -137,13 +138,25 @@ func pathOpen(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) 
 		}
 		return errIsdir
 	}
+	// A preopen is nodev, as a VM keep's volume mounts are: the open of a
+	// device node acts on the host's device, outside any device rules a
+	// container has (a pod's sibling container, root with CAP_MKNOD, can
+	// make one of the node's disk in a shared volume). Looked at before
+	// the open; a node swapped in between is refused after it, unread.
+	stat := d.pre.root.Stat
 	if dirflags&lookupSymlinkFollow == 0 {
-		// O_NOFOLLOW: a symlink as the last component is refused.
-		if fi, err := d.pre.root.Lstat(rel); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		stat = d.pre.root.Lstat
+	}
+	if pre, err := stat(rel); err == nil {
+		if pre.Mode()&fs.ModeSymlink != 0 {
+			// O_NOFOLLOW: a symlink as the last component is refused.
 			if oflags&(oflagCreat|oflagExcl) == oflagCreat|oflagExcl {
 				return errExist
 			}
 			return errLoop
+		}
+		if isDevice(pre.Mode()) {
+			return errAcces
 		}
 	}
 	f, err := d.pre.root.OpenFile(rel, flag, 0o666)
@@ -151,6 +164,9 @@ func pathOpen(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) 
 		return errnoOf(err)
 	}
 	fi, err := f.Stat()
+	if err == nil && isDevice(fi.Mode()) {
+		err = syscall.EACCES
+	}
 	if err != nil {
 		f.Close()
 		return errnoOf(err)
@@ -482,6 +498,9 @@ func (d *dirKind) readdir() ([]dirent, error) {
 	}
 	return out, nil
 }
+
+// isDevice is a character or block device's mode.
+func isDevice(mode fs.FileMode) bool { return mode&fs.ModeDevice != 0 }
 
 func filetypeOf(mode fs.FileMode) uint8 {
 	switch {

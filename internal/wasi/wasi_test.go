@@ -213,9 +213,71 @@ func TestReadOnlyPreopen(t *testing.T) {
 	if base := le.Uint64(g.mem[st+8:]); base&rightPathCreateFile != 0 {
 		t.Error("a read-only preopen has the right to create files")
 	}
+	// Every other way to change something below it.
+	for _, tc := range []struct {
+		oflags uint64
+		rights uint64
+	}{
+		{oflagTrunc, rightFdRead},
+		{oflagTrunc, rightFdRead | rightFdFilestatSetSize},
+		{oflagCreat | oflagExcl, rightFdRead},
+		{0, rightFdRead | rightFdAllocate | rightFdFilestatSetSize | rightFdFilestatSetTimes},
+	} {
+		e, fd := g.openAt(3, "in.txt", tc.oflags, tc.rights, true)
+		if tc.oflags != 0 {
+			if e != errRofs {
+				t.Errorf("path_open(oflags %#x): errno %d, want EROFS", tc.oflags, e)
+			}
+			continue
+		}
+		if e != errSuccess {
+			t.Fatalf("path_open for reading: errno %d", e)
+		}
+		if e := g.call("fd_allocate", uint64(fd), 0, 100); e == errSuccess {
+			t.Error("fd_allocate succeeded")
+		}
+		if e := g.call("fd_filestat_set_size", uint64(fd), 0); e == errSuccess {
+			t.Error("fd_filestat_set_size succeeded")
+		}
+		if e := g.call("fd_filestat_set_times", uint64(fd), 0, 1, fstMtim); e == errSuccess {
+			t.Error("fd_filestat_set_times succeeded")
+		}
+		if e := g.call("fd_fdstat_set_flags", uint64(fd), fdflagAppend); e == errSuccess {
+			iv := g.alloc(8)
+			buf, n := g.str("x")
+			le.PutUint32(g.mem[iv:], uint32(buf))
+			le.PutUint32(g.mem[iv+4:], uint32(n))
+			if e := g.call("fd_write", uint64(fd), uint64(iv), 1, uint64(g.alloc(4))); e == errSuccess {
+				t.Error("fd_write after fd_fdstat_set_flags(append) succeeded")
+			}
+		}
+	}
+	if e := g.call("fd_filestat_set_times", 3, 0, 1, fstMtim); e != errRofs && e != errNotcapable {
+		t.Errorf("fd_filestat_set_times on the preopen: errno %d", e)
+	}
+	sp, sl := g.str("sub")
+	np, nl := g.str("sub/moved.txt")
+	lp, ll := g.str("up")
+	for _, tc := range []struct {
+		fn   string
+		args []uint64
+	}{
+		{"path_filestat_set_times", []uint64{3, 0, pp, pl, 0, 1, fstMtim}},
+		{"path_rename", []uint64{3, pp, pl, 3, np, nl}},
+		{"path_link", []uint64{3, 0, pp, pl, 3, np, nl}},
+		{"path_symlink", []uint64{pp, pl, 3, lp, ll}},
+		{"path_remove_directory", []uint64{3, sp, sl}},
+	} {
+		if e := g.call(tc.fn, tc.args...); e != errRofs {
+			t.Errorf("%s: errno %d, want EROFS", tc.fn, e)
+		}
+	}
 	ents, _ := os.ReadDir(data)
 	if len(ents) != 2 {
 		t.Errorf("read-only preopen changed: %v", ents)
+	}
+	if fi, err := os.Stat(filepath.Join(data, "in.txt")); err != nil || fi.Size() != int64(len("inside")) || fi.ModTime().Unix() < 1000 {
+		t.Errorf("in.txt changed: %v %v", fi, err)
 	}
 }
 

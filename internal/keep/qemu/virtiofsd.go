@@ -49,8 +49,14 @@ type Virtiofsd struct {
 	// ReadOnly: the daemon itself refuses writes to a read-only volume
 	// (the Rust daemon's --readonly, in its newer releases). QEMU's C
 	// daemon cannot: a read-only volume is then read-only in the guest
-	// only (the guest mounts it so).
+	// only (the guest mounts it so), unless Unshare is set.
 	ReadOnly bool
+	// Unshare and Mount are util-linux's unshare(1) and mount(8), when
+	// this host has them. A daemon without ReadOnly then serves a
+	// read-only volume from a mount namespace of its own in which the
+	// folder is bound read-only onto itself: the daemon cannot write
+	// there, whatever a guest asks.
+	Unshare, Mount string
 }
 
 // errNoVirtiofsd names what to install.
@@ -89,7 +95,36 @@ func FindVirtiofsd(h Host, path string) (*Virtiofsd, error) {
 	default:
 		return nil, fmt.Errorf("%s --help: neither --shared-dir nor -o source= in its options: not a virtiofsd", path)
 	}
+	if !d.ReadOnly {
+		u, err1 := h.LookPath("unshare")
+		m, err2 := h.LookPath("mount")
+		if err1 == nil && err2 == nil {
+			d.Unshare, d.Mount = u, m
+		}
+	}
 	return d, nil
+}
+
+// roScript, run by /bin/sh in the daemon's new mount namespace, binds
+// the folder $2 read-only onto itself with mount(8) $1, then becomes the
+// daemon (the arguments after them). A mount that fails ends it there: the
+// daemon never serves the folder writable.
+const roScript = `m=$1 d=$2; shift 2; "$m" -n --bind -o ro "$d" "$d" && exec "$@"`
+
+// Command returns the program and its arguments that serve dir on the
+// listening socket of descriptor 3: the daemon itself, or, for a
+// read-only volume the daemon cannot refuse writes to, unshare(1) and a
+// shell that make its read-only view of dir first (same process: the
+// daemon keeps its pid and process group).
+func (d *Virtiofsd) Command(dir string, readOnly bool) (string, []string, error) {
+	args, err := d.Args(dir, readOnly)
+	if err != nil {
+		return "", nil, err
+	}
+	if !readOnly || d.ReadOnly || d.Unshare == "" {
+		return d.Path, args, nil
+	}
+	return d.Unshare, append([]string{"--mount", "--propagation", "private", "/bin/sh", "-c", roScript, "sh", d.Mount, dir, d.Path}, args...), nil
 }
 
 // listenFD is the daemon's descriptor of its listening socket.
@@ -104,14 +139,25 @@ func (d *Virtiofsd) Args(dir string, readOnly bool) ([]string, error) {
 	}
 	fd := "--fd=" + strconv.Itoa(listenFD)
 	if d.Rust {
-		args := []string{fd, "--shared-dir=" + dir, "--cache=never", "--sandbox=namespace", "--log-level=warn"}
+		args := []string{fd, "--shared-dir=" + dir, "--cache=never", "--sandbox=namespace", "--modcaps=" + dropCaps, "--log-level=warn"}
 		if readOnly && d.ReadOnly {
 			args = append(args, "--readonly")
 		}
 		return args, nil
 	}
-	return []string{fd, "-o", "source=" + dir, "-o", "cache=none", "-o", "sandbox=namespace", "-o", "log_level=warn"}, nil
+	// libfuse's option parser, which the C daemon's -o goes through, takes
+	// a backslash as an escape (\056\056 is ".."): a folder's own
+	// backslashes are escaped, so that the daemon serves that folder and
+	// no other.
+	src := strings.ReplaceAll(dir, `\`, `\\`)
+	return []string{fd, "-o", "source=" + src, "-o", "cache=none", "-o", "sandbox=namespace", "-o", "modcaps=" + dropCaps, "-o", "log_level=warn"}, nil
 }
+
+// dropCaps are the capabilities the daemon (root) drops from those it
+// keeps to serve a guest: a guest that asks cannot make device nodes in
+// the host's folder (a disk's, for whoever on the host opens it) nor give
+// its files capabilities. The keep's workload (WASI) does neither.
+const dropCaps = "-mknod:-setfcap"
 
 // VolumeTag is the virtio-fs tag of the keep's i-th volume.
 func VolumeTag(i int) string { return "vol" + strconv.Itoa(i) }
@@ -190,10 +236,10 @@ func (vd *volumeDaemons) start(pgid int) error {
 	defer vd.mu.Unlock()
 	vd.pgid = pgid
 	for i, v := range vd.vols {
-		if v.ReadOnly && !vd.d.ReadOnly {
-			vd.logf(fmt.Sprintf("vm: volume %s is read-only in the guest only: %s cannot refuse writes itself", v.Guest, vd.d.Path))
+		if v.ReadOnly && !vd.d.ReadOnly && vd.d.Unshare == "" {
+			vd.logf(fmt.Sprintf("vm: volume %s is read-only in the guest only: %s cannot refuse writes itself, and unshare or mount (util-linux) is missing", v.Guest, vd.d.Path))
 		}
-		args, err := vd.d.Args(v.Host, v.ReadOnly)
+		prog, args, err := vd.d.Command(v.Host, v.ReadOnly)
 		if err != nil {
 			return fmt.Errorf("volume %s: %w", v.Guest, err)
 		}
@@ -201,7 +247,7 @@ func (vd *volumeDaemons) start(pgid int) error {
 		if err != nil {
 			return fmt.Errorf("volume %s: %w", v.Guest, err)
 		}
-		cmd := exec.Command(vd.d.Path, args...)
+		cmd := exec.Command(prog, args...)
 		cmd.Dir = "/"
 		cmd.ExtraFiles = []*os.File{f}
 		cmd.SysProcAttr = inGroup(pgid)
