@@ -76,6 +76,14 @@ type Config struct {
 	// RelayTap, if set, sees every buffer the relay moves (tests use it to
 	// check that the agent only ever holds ciphertext).
 	RelayTap func(keep string, toKeep bool, p []byte)
+	// ReadTimeout bounds reading a request, body included, from its first
+	// byte (the TLS handshake and the headers take at most 10 s of it);
+	// IdleTimeout bounds a kept-alive connection's wait for its next
+	// request. A request read whole is no longer bound (net/http lifts the
+	// deadline), so event streams and the attach relay last. 0 =
+	// DefaultReadTimeout, DefaultIdleTimeout.
+	ReadTimeout time.Duration
+	IdleTimeout time.Duration
 }
 
 // Agent is the host agent: keep manager, state, and API.
@@ -172,6 +180,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.MaxOutput <= 0 {
 		cfg.MaxOutput = DefaultMaxOutput
+	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = DefaultReadTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
 	}
 	if cfg.RetainKeeps <= 0 {
 		cfg.RetainKeeps = DefaultRetainKeeps

@@ -33,6 +33,18 @@ import (
 // MaxRequestBody bounds a create request.
 const MaxRequestBody = 64 << 10
 
+// Bounds of the API server's connections (Config.ReadTimeout and
+// IdleTimeout; the TLS handshake and the request's headers within
+// readHeaderTimeout): an anonymous caller cannot keep a connection, and the
+// goroutine and buffers behind it, for longer by trickling bytes or by
+// sending nothing. maxHeaderBytes bounds a request's headers.
+const (
+	DefaultReadTimeout = time.Minute
+	DefaultIdleTimeout = 2 * time.Minute
+	readHeaderTimeout  = 10 * time.Second
+	maxHeaderBytes     = 16 << 10
+)
+
 // RelayProtocol is the Upgrade token of the attach request.
 const RelayProtocol = "castellan-relay/1"
 
@@ -520,7 +532,10 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	srv := &http.Server{
 		Handler:           a.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: min(readHeaderTimeout, a.cfg.ReadTimeout),
+		ReadTimeout:       a.cfg.ReadTimeout,
+		IdleTimeout:       a.cfg.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
 		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ErrorLog:          log.New(logWriter(a.cfg.Logf), "", 0),

@@ -1,0 +1,126 @@
+package host
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Anonymous callers must not hold the API's connections (and the goroutine
+// and buffers behind each) for as long as they like: these tests run the
+// agent with short timeouts and expect it to hang up.
+
+const shortTimeout = 300 * time.Millisecond
+
+func shortTimeouts(c *Config) { c.ReadTimeout, c.IdleTimeout = shortTimeout, shortTimeout }
+
+// dialAPI opens a raw TLS connection to the agent's API.
+func (h *harness) dialAPI(t *testing.T) *tls.Conn {
+	t.Helper()
+	c, err := tls.Dial("tcp", strings.TrimPrefix(h.url, "https://"), &tls.Config{RootCAs: h.roots, ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// hungUp reads c until the agent closes it, failing the test if it still
+// holds it after two minutes (a hang catcher).
+func hungUp(t *testing.T, c net.Conn, br *bufio.Reader) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+	_, err := io.Copy(io.Discard, br)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("the agent still holds the connection after 2 minutes")
+	}
+}
+
+// TestAPIIdleConnectionCut: a caller that sends one (unauthenticated)
+// request and then nothing is hung up on.
+func TestAPIIdleConnectionCut(t *testing.T) {
+	h := newHarness(t, shortTimeouts)
+	c := h.dialAPI(t)
+	io.WriteString(c, "GET /v1/host HTTP/1.1\r\nHost: localhost\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusUnauthorized || resp.Close {
+		t.Fatalf("got %s (close %v), want 401 on a kept-alive connection", resp.Status, resp.Close)
+	}
+	hungUp(t, c, br)
+}
+
+// TestAPITrickledBodyCut: a caller that announces a body and trickles it
+// (the agent refuses it unauthenticated, then reads the rest to reuse the
+// connection) is hung up on, however steadily it trickles.
+func TestAPITrickledBodyCut(t *testing.T) {
+	h := newHarness(t, shortTimeouts)
+	c := h.dialAPI(t)
+	io.WriteString(c, "POST /v1/keeps HTTP/1.1\r\nHost: localhost\r\nContent-Length: 60000\r\n\r\n{")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		tick := time.NewTicker(shortTimeout / 10)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if _, err := c.Write([]byte(" ")); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	hungUp(t, c, bufio.NewReader(c))
+}
+
+// TestAPIHeadersBounded: headers past the agent's bound are refused
+// before any handler runs.
+func TestAPIHeadersBounded(t *testing.T) {
+	h := newHarness(t)
+	c := h.dialAPI(t)
+	go io.WriteString(c, "GET /v1/host HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "+strings.Repeat("a", 2*maxHeaderBytes)+"\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("got %s, want 431", resp.Status)
+	}
+}
+
+// TestAPIEventStreamOutlastsReadTimeout: a followed event stream is not
+// cut by the read timeout (the request was read whole).
+func TestAPIEventStreamOutlastsReadTimeout(t *testing.T) {
+	h := newHarness(t, shortTimeouts)
+	k := h.create(t, "nil", Limits{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	go func() {
+		time.Sleep(5 * shortTimeout)
+		h.client.Stop(ctx, k.ID)
+	}()
+	var last Event
+	if err := h.client.Events(ctx, k.ID, true, func(e Event) { last = e }); err != nil {
+		t.Fatal(err)
+	}
+	if last.Type != "ended" {
+		t.Errorf("the stream ended after %q, not at the keep's end", last.Type)
+	}
+}
