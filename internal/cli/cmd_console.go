@@ -7,7 +7,6 @@ import (
 	"flag"
 	"github.com/castellan-dev/castellan/internal/pemcerts"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -186,7 +185,7 @@ func consoleMain(e *Env, args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go srv.WarmUp(ctx)
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	hs := srv.HTTPServer()
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(l) }()
 	select {

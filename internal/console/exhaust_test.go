@@ -1,0 +1,117 @@
+package console_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/console"
+)
+
+// Anonymous visitors must not hold the console's connections (and the
+// goroutine and buffers behind each) for as long as they like: these tests
+// serve the console with HTTPServer, as `castellan console` does, with short
+// timeouts, and expect it to hang up.
+
+const shortTimeout = 300 * time.Millisecond
+
+// serveShort serves a console (keeps as child processes: no agent) with
+// short read and idle timeouts on loopback and returns its address.
+func serveShort(t *testing.T) string {
+	t.Helper()
+	s, err := console.New(console.Options{Runner: directRunner(t), TempDir: t.TempDir(), ExamplesDir: t.TempDir(),
+		ReadTimeout: shortTimeout, IdleTimeout: shortTimeout, Log: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := s.HTTPServer()
+	go hs.Serve(ln)
+	t.Cleanup(func() {
+		hs.Close()
+		s.Close()
+	})
+	return ln.Addr().String()
+}
+
+// hungUp reads c until the console closes it, failing the test if it still
+// holds it after two minutes (a hang catcher).
+func hungUp(t *testing.T, c net.Conn, br *bufio.Reader) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+	_, err := io.Copy(io.Discard, br)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("the console still holds the connection after 2 minutes")
+	}
+}
+
+func dial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestTrickledUploadCut: a start request refused before its body is read
+// (here: no session cookie), whose body then trickles in, is hung up on.
+func TestTrickledUploadCut(t *testing.T) {
+	addr := serveShort(t)
+	c := dial(t, addr)
+	io.WriteString(c, "POST /api/runs HTTP/1.1\r\nHost: "+addr+"\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: 200000\r\n\r\n--x")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		tick := time.NewTicker(shortTimeout / 10)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if _, err := c.Write([]byte("x")); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	hungUp(t, c, bufio.NewReader(c))
+}
+
+// TestIdleVisitorCut: a kept-alive connection that sends nothing more is
+// hung up on.
+func TestIdleVisitorCut(t *testing.T) {
+	addr := serveShort(t)
+	c := dial(t, addr)
+	io.WriteString(c, "GET /api/info HTTP/1.1\r\nHost: "+addr+"\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK || resp.Close {
+		t.Fatalf("got %s (close %v), want 200 on a kept-alive connection", resp.Status, resp.Close)
+	}
+	hungUp(t, c, br)
+}
+
+// TestSlowHeadersCut: headers that never end are cut.
+func TestSlowHeadersCut(t *testing.T) {
+	addr := serveShort(t)
+	c := dial(t, addr)
+	io.WriteString(c, "GET /api/info HTTP/1.1\r\nHost: "+addr+"\r\nX-Slow: "+strings.Repeat("a", 10))
+	hungUp(t, c, bufio.NewReader(c))
+}
