@@ -39,20 +39,20 @@ type run struct {
 	// it a workload writing byte by byte would cost an event, some 60
 	// bytes of memory, per byte of output.
 	tail      []byte
-	followers int // event streams open on the run
+	followers int           // event streams open on the run
 	notify    chan struct{} // closed and replaced on every new event
-	done     bool
-	keep     Keep
-	started  time.Time
-	deadline time.Time
-	state    string // starting, running, ended
-	stopWhy  string // set when the console or the visitor stopped the keep
-	stopBy   string // "time" or "output" when the console stopped it at a limit
-	outBytes int64
-	exit     *ExitInfo
-	proof    *Proof
-	lastErr  string // last "castellan: error:" line of the keep
-	endedAt  time.Time
+	done      bool
+	keep      Keep
+	started   time.Time
+	deadline  time.Time
+	state     string // starting, running, ended
+	stopWhy   string // set when the console or the visitor stopped the keep
+	stopBy    string // "time" or "output" when the console stopped it at a limit
+	outBytes  int64
+	exit      *ExitInfo
+	proof     *Proof
+	lastErr   string // last "castellan: error:" line of the keep
+	endedAt   time.Time
 }
 
 type event struct {
