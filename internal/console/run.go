@@ -31,28 +31,30 @@ type run struct {
 
 	ended chan struct{} // closed when the run is over and its last event is in
 
-	mu     sync.Mutex
-	events []event
+	mu       sync.Mutex
+	events   []event
+	notify   chan struct{} // closed and replaced on every new event
+	done     bool
+	keep     Keep
+	started  time.Time
+	deadline time.Time
+	state    string // starting, running, ended
+	stopWhy  string // set when the console or the visitor stopped the keep
+	stopBy   string // "time" or "output" when the console stopped it at a limit
+	outBytes int64
+	exit     *ExitInfo
+	proof    *Proof
+	lastErr  string // last "castellan: error:" line of the keep
+	endedAt  time.Time
+
 	// tail is the text of the last event while output is still merged
 	// into it: an output event no stream has taken yet (its data is set
 	// when it is sealed, at the latest when a stream takes it). Without
 	// it a workload writing byte by byte would cost an event, some 60
-	// bytes of memory, per byte of output.
+	// bytes of memory, per byte of output. Guarded by mu, as is
+	// followers, the event streams open on the run.
 	tail      []byte
-	followers int           // event streams open on the run
-	notify    chan struct{} // closed and replaced on every new event
-	done      bool
-	keep      Keep
-	started   time.Time
-	deadline  time.Time
-	state     string // starting, running, ended
-	stopWhy   string // set when the console or the visitor stopped the keep
-	stopBy    string // "time" or "output" when the console stopped it at a limit
-	outBytes  int64
-	exit      *ExitInfo
-	proof     *Proof
-	lastErr   string // last "castellan: error:" line of the keep
-	endedAt   time.Time
+	followers int
 }
 
 type event struct {
