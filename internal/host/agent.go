@@ -84,6 +84,9 @@ type Config struct {
 	// DefaultReadTimeout, DefaultIdleTimeout.
 	ReadTimeout time.Duration
 	IdleTimeout time.Duration
+	// StreamWriteTimeout bounds each page of an event stream's writes: a
+	// client that stops reading is dropped. 0 = DefaultStreamWriteTimeout.
+	StreamWriteTimeout time.Duration
 }
 
 // Agent is the host agent: keep manager, state, and API.
@@ -186,6 +189,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.StreamWriteTimeout <= 0 {
+		cfg.StreamWriteTimeout = DefaultStreamWriteTimeout
 	}
 	if cfg.RetainKeeps <= 0 {
 		cfg.RetainKeeps = DefaultRetainKeeps

@@ -37,12 +37,14 @@ const MaxRequestBody = 64 << 10
 // IdleTimeout; the TLS handshake and the request's headers within
 // readHeaderTimeout): an anonymous caller cannot keep a connection, and the
 // goroutine and buffers behind it, for longer by trickling bytes or by
-// sending nothing. maxHeaderBytes bounds a request's headers.
+// sending nothing. maxHeaderBytes bounds a request's headers;
+// Config.StreamWriteTimeout an event stream's writes.
 const (
-	DefaultReadTimeout = time.Minute
-	DefaultIdleTimeout = 2 * time.Minute
-	readHeaderTimeout  = 10 * time.Second
-	maxHeaderBytes     = 16 << 10
+	DefaultReadTimeout        = time.Minute
+	DefaultIdleTimeout        = 2 * time.Minute
+	DefaultStreamWriteTimeout = time.Minute
+	readHeaderTimeout         = 10 * time.Second
+	maxHeaderBytes            = 16 << 10
 )
 
 // RelayProtocol is the Upgrade token of the attach request.
@@ -329,7 +331,13 @@ func (a *Agent) events(w http.ResponseWriter, r *http.Request) {
 		ch, cancel = a.subscribe(k.ID)
 		defer cancel()
 	}
-	evs, err := a.st.events(r.Context(), k.ID, 0)
+	// The stored events go out a page at a time, each page's writes
+	// within StreamWriteTimeout: a keep's output lines are events (up to
+	// its output limit, 64 MiB by default), so reading them all at once
+	// would cost the agent gigabytes per request, and a client that stops
+	// reading would hold the handler for ever.
+	rc := http.NewResponseController(w)
+	evs, err := a.st.events(r.Context(), k.ID, 0, eventPage)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "state database: %v", err)
 		return
@@ -339,14 +347,35 @@ func (a *Agent) events(w http.ResponseWriter, r *http.Request) {
 	enc := json.NewEncoder(w)
 	var last int64
 	ended := false
-	for _, e := range evs {
-		enc.Encode(e)
-		last = e.Seq
-		ended = ended || e.Type == "ended"
+	send := func(evs ...Event) bool {
+		rc.SetWriteDeadline(time.Now().Add(a.cfg.StreamWriteTimeout))
+		var err error
+		for _, e := range evs {
+			if err = enc.Encode(e); err != nil {
+				break
+			}
+			last = e.Seq
+			ended = ended || e.Type == "ended"
+		}
+		if err == nil {
+			err = rc.Flush()
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			a.cfg.Logf("keep %s: dropped an event stream to %s that stopped reading", k.ID, r.RemoteAddr)
+		}
+		return err == nil
 	}
-	fl, _ := w.(http.Flusher)
-	if fl != nil {
-		fl.Flush()
+	for {
+		if !send(evs...) {
+			return
+		}
+		if len(evs) < eventPage {
+			break
+		}
+		if evs, err = a.st.events(r.Context(), k.ID, last, eventPage); err != nil {
+			a.cfg.Logf("keep %s: reading its events: %v", k.ID, err)
+			return
+		}
 	}
 	if !follow || ended {
 		return
@@ -361,17 +390,15 @@ func (a *Agent) events(w http.ResponseWriter, r *http.Request) {
 			if e.Seq <= last {
 				continue
 			}
-			enc.Encode(e)
-			last = e.Seq
-			if fl != nil {
-				fl.Flush()
-			}
-			if e.Type == "ended" {
+			if !send(e) || e.Type == "ended" {
 				return
 			}
 		}
 	}
 }
+
+// eventPage is how many stored events GET /v1/keeps/{id}/events reads at once.
+const eventPage = 1000
 
 // attach upgrades the connection and relays raw bytes between the client
 // and the keep's socket. The agent sees only the TLS records of the

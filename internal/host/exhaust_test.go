@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -122,5 +123,72 @@ func TestAPIEventStreamOutlastsReadTimeout(t *testing.T) {
 	}
 	if last.Type != "ended" {
 		t.Errorf("the stream ended after %q, not at the keep's end", last.Type)
+	}
+}
+
+// addEvents records n events of size bytes each on keep id.
+func (h *harness) addEvents(t *testing.T, id string, n, size int) {
+	t.Helper()
+	msg := strings.Repeat("x", size)
+	for i := range n {
+		if _, err := h.agent.st.addEvent(id, "probe", fmt.Sprintf("%d %s", i, msg), -1); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestEventsPaged: the stored events go out a page at a time, all of them,
+// in order.
+func TestEventsPaged(t *testing.T) {
+	h := newHarness(t)
+	k := h.create(t, "nil", Limits{})
+	h.addEvents(t, k.ID, 2*eventPage+7, 10)
+	var got []Event
+	if err := h.client.Events(context.Background(), k.ID, false, func(e Event) { got = append(got, e) }); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i, e := range got {
+		if i > 0 && e.Seq <= got[i-1].Seq {
+			t.Fatalf("event %d has seq %d after %d", i, e.Seq, got[i-1].Seq)
+		}
+		if e.Type == "probe" {
+			if want := fmt.Sprintf("%d ", n); !strings.HasPrefix(e.Message, want) {
+				t.Fatalf("probe event %d: %.20q", n, e.Message)
+			}
+			n++
+		}
+	}
+	if n != 2*eventPage+7 {
+		t.Errorf("got %d of %d probe events", n, 2*eventPage+7)
+	}
+}
+
+// TestEventsStalledReaderDropped: a client that asks for a keep's events
+// (its output lines, up to 64 MiB) and stops reading does not hold the
+// handler, and the events it did not take, for ever.
+func TestEventsStalledReaderDropped(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.StreamWriteTimeout = shortTimeout })
+	k := h.create(t, "nil", Limits{})
+	// More than the loopback socket buffers hold.
+	const n, size = 8000, 4 << 10
+	h.addEvents(t, k.ID, n, size)
+	c := h.dialAPI(t)
+	io.WriteString(c, "GET /v1/keeps/"+k.ID+"/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "+h.token+"\r\n\r\n")
+	deadline := time.Now().Add(2 * time.Minute) // a hang catcher
+	for !strings.Contains(h.log.String(), "dropped an event stream") {
+		if time.Now().After(deadline) {
+			t.Fatal("the agent still writes to a client that stopped reading after 2 minutes")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.SetReadDeadline(deadline)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.Copy(io.Discard, resp.Body)
+	if got >= n*size {
+		t.Errorf("the stalled client got all %d bytes of events", got)
 	}
 }
