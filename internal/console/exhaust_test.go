@@ -2,8 +2,6 @@ package console_test
 
 import (
 	"bufio"
-	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/console"
+	"github.com/castellan-dev/castellan/internal/slowclient"
 )
 
 // Anonymous visitors must not hold the console's connections (and the
@@ -43,18 +42,6 @@ func serveShort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// hungUp reads c until the console closes it, failing the test if it still
-// holds it after two minutes (a hang catcher).
-func hungUp(t *testing.T, c net.Conn, br *bufio.Reader) {
-	t.Helper()
-	c.SetReadDeadline(time.Now().Add(2 * time.Minute))
-	_, err := io.Copy(io.Discard, br)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatal("the console still holds the connection after 2 minutes")
-	}
-}
-
 func dial(t *testing.T, addr string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
@@ -71,23 +58,10 @@ func TestTrickledUploadCut(t *testing.T) {
 	addr := serveShort(t)
 	c := dial(t, addr)
 	io.WriteString(c, "POST /api/runs HTTP/1.1\r\nHost: "+addr+"\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: 200000\r\n\r\n--x")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		tick := time.NewTicker(shortTimeout / 10)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				if _, err := c.Write([]byte("x")); err != nil {
-					return
-				}
-			}
-		}
-	}()
-	hungUp(t, c, bufio.NewReader(c))
+	stop := make(chan struct{})
+	defer close(stop)
+	go slowclient.Trickle(c, shortTimeout/10, stop)
+	slowclient.HungUp(t, c, bufio.NewReader(c))
 }
 
 // TestIdleVisitorCut: a kept-alive connection that sends nothing more is
@@ -105,7 +79,7 @@ func TestIdleVisitorCut(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || resp.Close {
 		t.Fatalf("got %s (close %v), want 200 on a kept-alive connection", resp.Status, resp.Close)
 	}
-	hungUp(t, c, br)
+	slowclient.HungUp(t, c, br)
 }
 
 // TestSlowHeadersCut: headers that never end are cut.
@@ -113,5 +87,5 @@ func TestSlowHeadersCut(t *testing.T) {
 	addr := serveShort(t)
 	c := dial(t, addr)
 	io.WriteString(c, "GET /api/info HTTP/1.1\r\nHost: "+addr+"\r\nX-Slow: "+strings.Repeat("a", 10))
-	hungUp(t, c, bufio.NewReader(c))
+	slowclient.HungUp(t, c, bufio.NewReader(c))
 }

@@ -4,14 +4,14 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/slowclient"
 )
 
 // Anonymous callers must not hold the API's connections (and the goroutine
@@ -33,18 +33,6 @@ func (h *harness) dialAPI(t *testing.T) *tls.Conn {
 	return c
 }
 
-// hungUp reads c until the agent closes it, failing the test if it still
-// holds it after two minutes (a hang catcher).
-func hungUp(t *testing.T, c net.Conn, br *bufio.Reader) {
-	t.Helper()
-	c.SetReadDeadline(time.Now().Add(2 * time.Minute))
-	_, err := io.Copy(io.Discard, br)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatal("the agent still holds the connection after 2 minutes")
-	}
-}
-
 // TestAPIIdleConnectionCut: a caller that sends one (unauthenticated)
 // request and then nothing is hung up on.
 func TestAPIIdleConnectionCut(t *testing.T) {
@@ -60,7 +48,7 @@ func TestAPIIdleConnectionCut(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized || resp.Close {
 		t.Fatalf("got %s (close %v), want 401 on a kept-alive connection", resp.Status, resp.Close)
 	}
-	hungUp(t, c, br)
+	slowclient.HungUp(t, c, br)
 }
 
 // TestAPITrickledBodyCut: a caller that announces a body and trickles it
@@ -70,23 +58,10 @@ func TestAPITrickledBodyCut(t *testing.T) {
 	h := newHarness(t, shortTimeouts)
 	c := h.dialAPI(t)
 	io.WriteString(c, "POST /v1/keeps HTTP/1.1\r\nHost: localhost\r\nContent-Length: 60000\r\n\r\n{")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		tick := time.NewTicker(shortTimeout / 10)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				if _, err := c.Write([]byte(" ")); err != nil {
-					return
-				}
-			}
-		}
-	}()
-	hungUp(t, c, bufio.NewReader(c))
+	stop := make(chan struct{})
+	defer close(stop)
+	go slowclient.Trickle(c, shortTimeout/10, stop)
+	slowclient.HungUp(t, c, bufio.NewReader(c))
 }
 
 // TestAPIHeadersBounded: headers past the agent's bound are refused

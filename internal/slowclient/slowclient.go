@@ -1,0 +1,47 @@
+// Package slowclient plays, in tests, the callers that try to hold a
+// server's connections (and the goroutine and buffers behind each) open:
+// one that trickles a body a byte at a time, one that goes quiet. Tests of
+// castellan's servers (the host agent's API, the console) use it to check
+// that the server hangs up.
+package slowclient
+
+import (
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// HangCatcher is how long HungUp waits for the server to close: a bound
+// that only catches a server that never does.
+const HangCatcher = 2 * time.Minute
+
+// Trickle writes one byte to c every interval until stop is closed or a
+// write fails (the server hung up). Run it in its own goroutine.
+func Trickle(c net.Conn, interval time.Duration, stop <-chan struct{}) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			if _, err := c.Write([]byte{' '}); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// HungUp reads r, which reads c, until the server closes the connection,
+// and fails the test if it still holds it after HangCatcher.
+func HungUp(t testing.TB, c net.Conn, r io.Reader) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(HangCatcher))
+	_, err := io.Copy(io.Discard, r)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the server still holds the connection after %v", HangCatcher)
+	}
+}
