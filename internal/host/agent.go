@@ -98,6 +98,7 @@ type Agent struct {
 	enforcement []string
 	closing     chan struct{}
 	closeOnce   sync.Once
+	relayDrain  time.Duration // 0: relayDrain (tests shorten it)
 
 	certOnce sync.Once
 	cert     *tls.Certificate

@@ -2,6 +2,7 @@ package host
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -446,13 +447,33 @@ func (a *Agent) attach(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.event(k.ID, "attached", "a client attached; relaying its encrypted session to the keep")
-	a.relay(k.ID, conn, brw.Reader, kc)
+	var gone <-chan struct{}
+	a.mu.Lock()
+	if l := a.live[k.ID]; l != nil {
+		gone = l.exited
+	}
+	a.mu.Unlock()
+	a.relay(k.ID, conn, brw.Reader, kc, gone)
 	a.event(k.ID, "detached", "the client's session ended")
 }
 
 type closeWriter interface{ CloseWrite() error }
 
-func (a *Agent) relay(id string, client net.Conn, fromClient io.Reader, keep net.Conn) {
+// How long the relay lets what is left drain before it closes both sides:
+// after one direction ended, and after the keep's process is gone (what
+// it wrote last, and its exit, may still be on their way to a slow
+// client).
+const (
+	relayDrain    = 30 * time.Second
+	keepGoneDrain = 2 * time.Minute
+)
+
+// relay copies between the client and the keep until one direction ends
+// or the keep's process is gone (keepGone closed; nil if not known), then
+// lets the rest drain before it closes both: a client that neither reads
+// nor closes must not hold the relay (two goroutines, their buffers and two
+// descriptors) for ever once its keep has ended.
+func (a *Agent) relay(id string, client net.Conn, fromClient io.Reader, keep net.Conn, keepGone <-chan struct{}) {
 	done := make(chan struct{}, 2)
 	pipe := func(dst net.Conn, src io.Reader, toKeep bool) {
 		buf := make([]byte, 32<<10)
@@ -479,13 +500,27 @@ func (a *Agent) relay(id string, client net.Conn, fromClient io.Reader, keep net
 	}
 	go pipe(keep, fromClient, true)
 	go pipe(client, keep, false)
-	<-done
-	// One side is finished; the other gets a moment to drain, then both
-	// are closed (a client that vanished must not pin the keep).
+	finished, wait := 0, relayDrain
 	select {
 	case <-done:
-	case <-time.After(30 * time.Second):
-	case <-a.closing:
+		finished = 1
+	case <-keepGone:
+		wait = keepGoneDrain
+	}
+	// One direction is finished, or the keep is gone; what is left gets a
+	// moment to drain, then both are closed (a client that vanished must
+	// not pin the keep).
+	drain := time.NewTimer(cmp.Or(a.relayDrain, wait))
+	defer drain.Stop()
+	for finished < 2 {
+		select {
+		case <-done:
+			finished++
+			continue
+		case <-drain.C:
+		case <-a.closing:
+		}
+		break
 	}
 	client.Close()
 	keep.Close()

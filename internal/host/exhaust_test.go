@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -165,5 +166,32 @@ func TestEventsStalledReaderDropped(t *testing.T) {
 	got, _ := io.Copy(io.Discard, resp.Body)
 	if got >= n*size {
 		t.Errorf("the stalled client got all %d bytes of events", got)
+	}
+}
+
+// TestRelayEndsWithKeep: a client that attached, then neither reads what
+// the keep sends nor closes, does not hold the relay once the keep's
+// process is gone. net.Pipe has no buffer: the keep's first bytes already
+// block the relay's write to the client.
+func TestRelayEndsWithKeep(t *testing.T) {
+	a := &Agent{closing: make(chan struct{}), relayDrain: shortTimeout}
+	client, clientPeer := net.Pipe() // clientPeer: the client, which never reads
+	keepSide, keepPeer := net.Pipe() // keepPeer: the keep
+	defer clientPeer.Close()
+	gone := make(chan struct{})
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		a.relay("k", client, client, keepSide, gone)
+	}()
+	if _, err := keepPeer.Write([]byte("output the client does not read")); err != nil {
+		t.Fatal(err)
+	}
+	keepPeer.Close()
+	close(gone)
+	select {
+	case <-ended:
+	case <-time.After(slowclient.HangCatcher):
+		t.Fatal("the relay still runs 2 minutes after its keep is gone")
 	}
 }
