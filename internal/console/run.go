@@ -150,9 +150,9 @@ func (r *run) takeLocked(next int) []event {
 }
 
 // maxFollowers bounds the event streams open on one run (a page needs
-// one; each stream that takes events as they come costs the run an event
-// per gatherDelay).
-const maxFollowers = 4
+// one, a few tabs of one browser a few; each stream that takes events as
+// they come costs the run an event per gatherDelay).
+const maxFollowers = 8
 
 // follow counts an event stream on the run; false when it has
 // maxFollowers already. unfollow ends the count.
