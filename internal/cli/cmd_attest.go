@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/connlimit"
+
 	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/ca"
 	"github.com/castellan-dev/castellan/internal/attest/collateral"
@@ -74,7 +76,7 @@ func addAttestServeFlags(fs *flag.FlagSet) *attestServeFlags {
 		pccs:          fs.String("pccs", "", "fetch Intel collateral from this PCCS (https://host:port) instead of Intel's PCS"),
 		clientRate:    fs.Float64("client-rate", service.DefaultClientRate, "requests a second allowed from one client address (IPv6: one /64); 0 turns the limit off (behind a proxy that hides client addresses)"),
 		clientBurst:   fs.Int("client-burst", service.DefaultClientBurst, "requests at once allowed from one client address"),
-		clientConns:   fs.Int("client-conns", service.DefaultClientConns, "connections one client address may hold open at once (IPv6: one /64); 0 turns the limit off (behind a proxy that hides client addresses)"),
+		clientConns:   fs.Int("client-conns", connlimit.DefaultPerClient, "connections one client address may hold open at once (IPv6: one /64); 0 turns the limit off (behind a proxy that hides client addresses)"),
 		auditRetain:   fs.Duration("audit-retain", 0, "delete audit decisions older than this (e.g. 2160h for 90 days), checked hourly; 0 keeps them all"),
 	}
 }
@@ -308,7 +310,7 @@ func serveAttest(ctx context.Context, e *Env, f *attestServeFlags) int {
 	}
 	errc := make(chan error, 1)
 	if *f.clientConns > 0 {
-		ln = service.LimitClientConns(ln, *f.clientConns, e.Warningf)
+		ln = connlimit.Listen(ln, *f.clientConns, e.Warningf)
 	}
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	select {

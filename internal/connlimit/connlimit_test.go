@@ -1,4 +1,4 @@
-package service
+package connlimit
 
 import (
 	"bufio"
@@ -16,7 +16,7 @@ import (
 // at once; one more is closed at once, and a slot comes back when one of
 // its connections closes. Against a real server on loopback, with the
 // connections kept alive as an attacker would.
-func TestClientConnsLimited(t *testing.T) {
+func TestPerClientLimit(t *testing.T) {
 	const max = 3
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -25,7 +25,7 @@ func TestClientConnsLimited(t *testing.T) {
 	var mu sync.Mutex
 	var logged []string
 	logf := func(f string, a ...any) { mu.Lock(); logged = append(logged, fmt.Sprintf(f, a...)); mu.Unlock() }
-	limited := LimitClientConns(ln, max, logf)
+	limited := Listen(ln, max, logf)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
 	go srv.Serve(limited)
 	defer srv.Close()
@@ -81,10 +81,10 @@ func TestClientConnsLimited(t *testing.T) {
 
 // TestClientConnsForgotten: the counts of addresses whose connections all
 // closed are dropped, so the limiter's memory follows the connections open.
-func TestClientConnsForgotten(t *testing.T) {
-	l := LimitClientConns(nil, 2, nil).(*connLimiter)
+func TestClosedClientsForgotten(t *testing.T) {
+	l := Listen(nil, 2, nil).(*connLimiter)
 	for i := range 1000 {
-		key, _ := clientKey(fmt.Sprintf("10.0.%d.%d:1", i/256, i%256))
+		key, _ := Key(fmt.Sprintf("10.0.%d.%d:1", i/256, i%256))
 		l.open[key]++
 		(&limitedConn{Conn: nopConn{}, l: l, key: key}).Close()
 	}
