@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/connlimit"
+
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/keep"
 )
@@ -87,6 +89,10 @@ type Config struct {
 	// StreamWriteTimeout bounds each page of an event stream's writes: a
 	// client that stops reading is dropped. 0 = DefaultStreamWriteTimeout.
 	StreamWriteTimeout time.Duration
+	// ClientConns bounds the API connections one client address holds
+	// open at once (connlimit); 0 = connlimit.DefaultPerClient, negative
+	// = no bound.
+	ClientConns int
 }
 
 // Agent is the host agent: keep manager, state, and API.
@@ -193,6 +199,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.StreamWriteTimeout <= 0 {
 		cfg.StreamWriteTimeout = DefaultStreamWriteTimeout
+	}
+	if cfg.ClientConns == 0 {
+		cfg.ClientConns = connlimit.DefaultPerClient
 	}
 	if cfg.RetainKeeps <= 0 {
 		cfg.RetainKeeps = DefaultRetainKeeps

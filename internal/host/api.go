@@ -26,6 +26,8 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/castellan-dev/castellan/internal/connlimit"
+
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/tee"
@@ -605,6 +607,9 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	stop := context.AfterFunc(ctx, func() { srv.Close() })
 	defer stop()
+	if a.cfg.ClientConns > 0 {
+		ln = connlimit.Listen(ln, a.cfg.ClientConns, a.cfg.Logf)
+	}
 	err = srv.ServeTLS(ln, "", "")
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil

@@ -195,3 +195,17 @@ func TestRelayEndsWithKeep(t *testing.T) {
 		t.Fatal("the relay still runs 2 minutes after its keep is gone")
 	}
 }
+
+// TestAPIConnectionsPerClientBounded: one address holds at most
+// Config.ClientConns connections open; one more is closed before TLS.
+func TestAPIConnectionsPerClientBounded(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ClientConns = 2 })
+	for range 2 {
+		h.dialAPI(t)
+	}
+	c, err := tls.Dial("tcp", strings.TrimPrefix(h.url, "https://"), &tls.Config{RootCAs: h.roots, ServerName: "localhost"})
+	if err == nil {
+		c.Close()
+		t.Fatal("a third connection from one address was served, the bound is 2")
+	}
+}
