@@ -90,8 +90,10 @@ type Config struct {
 	// client that stops reading is dropped. 0 = DefaultStreamWriteTimeout.
 	StreamWriteTimeout time.Duration
 	// ClientConns bounds the API connections one client address holds
-	// open at once (connlimit); 0 = connlimit.DefaultPerClient, negative
-	// = no bound.
+	// open at once (connlimit); 0 = connlimit.DefaultPerClient, or 4 a
+	// keep when MaxKeeps asks for more (one client, such as a node's
+	// containerd shim, holds a relay and an event stream for each keep);
+	// negative = no bound.
 	ClientConns int
 }
 
@@ -201,7 +203,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.StreamWriteTimeout = DefaultStreamWriteTimeout
 	}
 	if cfg.ClientConns == 0 {
-		cfg.ClientConns = connlimit.DefaultPerClient
+		cfg.ClientConns = max(connlimit.DefaultPerClient, 4*cfg.MaxKeeps)
 	}
 	if cfg.RetainKeeps <= 0 {
 		cfg.RetainKeeps = DefaultRetainKeeps
