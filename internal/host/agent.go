@@ -91,8 +91,8 @@ type Config struct {
 	StreamWriteTimeout time.Duration
 	// ClientConns bounds the API connections one client address holds
 	// open at once (connlimit); 0 = connlimit.DefaultPerClient, or 4 a
-	// keep when MaxKeeps asks for more (one client, such as a node's
-	// containerd shim, holds a relay and an event stream for each keep);
+	// keep when MaxKeeps asks for more (one client, such as a console,
+	// holds a relay and an event stream for each keep);
 	// negative = no bound.
 	ClientConns int
 }
