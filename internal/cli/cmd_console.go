@@ -5,12 +5,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"flag"
-	"github.com/castellan-dev/castellan/internal/pemcerts"
 	"net"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/connlimit"
+	"github.com/castellan-dev/castellan/internal/pemcerts"
 
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/console"
@@ -187,7 +189,7 @@ func consoleMain(e *Env, args []string) int {
 	go srv.WarmUp(ctx)
 	hs := srv.HTTPServer()
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(l) }()
+	go func() { errc <- hs.Serve(connlimit.Listen(l, connlimit.DefaultPerClient, e.Warningf)) }()
 	select {
 	case err := <-errc:
 		srv.Close()
