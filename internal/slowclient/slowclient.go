@@ -6,9 +6,11 @@
 package slowclient
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -44,4 +46,26 @@ func HungUp(t testing.TB, c net.Conn, r io.Reader) {
 	if errors.As(err, &ne) && ne.Timeout() {
 		t.Fatalf("the server still holds the connection after %v", HangCatcher)
 	}
+}
+
+// GoQuiet sends request (raw HTTP/1.1) on c, checks that the answer has
+// status and keeps the connection alive, then sends nothing more and
+// waits, as HungUp does, for the server to close the connection.
+func GoQuiet(t testing.TB, c net.Conn, request string, status int) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(HangCatcher))
+	if _, err := io.WriteString(c, request); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != status || resp.Close {
+		t.Fatalf("got %s (close %v), want %d on a kept-alive connection", resp.Status, resp.Close, status)
+	}
+	HungUp(t, c, br)
 }
