@@ -57,11 +57,7 @@ func dial(t *testing.T, addr string) net.Conn {
 func TestTrickledUploadCut(t *testing.T) {
 	addr := serveShort(t)
 	c := dial(t, addr)
-	io.WriteString(c, "POST /api/runs HTTP/1.1\r\nHost: "+addr+"\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: 200000\r\n\r\n--x")
-	stop := make(chan struct{})
-	defer close(stop)
-	go slowclient.Trickle(c, shortTimeout/10, stop)
-	slowclient.HungUp(t, c, bufio.NewReader(c))
+	slowclient.TrickleBody(t, c, "POST /api/runs HTTP/1.1\r\nHost: "+addr+"\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: 200000\r\n\r\n--x", shortTimeout/10)
 }
 
 // TestIdleVisitorCut: a kept-alive connection that sends nothing more is

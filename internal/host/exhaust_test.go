@@ -48,11 +48,7 @@ func TestAPIIdleConnectionCut(t *testing.T) {
 func TestAPITrickledBodyCut(t *testing.T) {
 	h := newHarness(t, shortTimeouts)
 	c := h.dialAPI(t)
-	io.WriteString(c, "POST /v1/keeps HTTP/1.1\r\nHost: localhost\r\nContent-Length: 60000\r\n\r\n{")
-	stop := make(chan struct{})
-	defer close(stop)
-	go slowclient.Trickle(c, shortTimeout/10, stop)
-	slowclient.HungUp(t, c, bufio.NewReader(c))
+	slowclient.TrickleBody(t, c, "POST /v1/keeps HTTP/1.1\r\nHost: localhost\r\nContent-Length: 60000\r\n\r\n{", shortTimeout/10)
 }
 
 // TestAPIHeadersBounded: headers past the agent's bound are refused

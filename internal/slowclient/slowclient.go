@@ -69,3 +69,17 @@ func GoQuiet(t testing.TB, c net.Conn, request string, status int) {
 	}
 	HungUp(t, c, br)
 }
+
+// TrickleBody sends head (a request's line and headers, announcing a
+// body, and the body's first bytes) on c, then one byte every interval,
+// and waits, as HungUp does, for the server to close the connection.
+func TrickleBody(t testing.TB, c net.Conn, head string, interval time.Duration) {
+	t.Helper()
+	if _, err := io.WriteString(c, head); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go Trickle(c, interval, stop)
+	HungUp(t, c, bufio.NewReader(c))
+}
