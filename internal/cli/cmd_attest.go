@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/connlimit"
+
 	"github.com/castellan-dev/castellan/internal/attest/audit"
 	"github.com/castellan-dev/castellan/internal/attest/ca"
 	"github.com/castellan-dev/castellan/internal/attest/collateral"
@@ -53,7 +55,7 @@ type attestServeFlags struct {
 	collateralDir, pccs                                                                  *string
 	offline                                                                              *bool
 	clientRate                                                                           *float64
-	clientBurst                                                                          *int
+	clientBurst, clientConns                                                             *int
 	auditRetain                                                                          *time.Duration
 }
 
@@ -74,6 +76,7 @@ func addAttestServeFlags(fs *flag.FlagSet) *attestServeFlags {
 		pccs:          fs.String("pccs", "", "fetch Intel collateral from this PCCS (https://host:port) instead of Intel's PCS"),
 		clientRate:    fs.Float64("client-rate", service.DefaultClientRate, "requests a second allowed from one client address (IPv6: one /64); 0 turns the limit off (behind a proxy that hides client addresses)"),
 		clientBurst:   fs.Int("client-burst", service.DefaultClientBurst, "requests at once allowed from one client address"),
+		clientConns:   fs.Int("client-conns", connlimit.DefaultPerClient, "connections one client address may hold open at once (IPv6: one /64); 0 turns the limit off (behind a proxy that hides client addresses)"),
 		auditRetain:   fs.Duration("audit-retain", 0, "delete audit decisions older than this (e.g. 2160h for 90 days), checked hourly; 0 keeps them all"),
 	}
 }
@@ -139,6 +142,9 @@ func init() {
 		}
 		if *f.clientBurst < 1 {
 			return e.Usagef("--client-burst: %d is less than 1", *f.clientBurst)
+		}
+		if *f.clientConns < 0 {
+			return e.Usagef("--client-conns: %d is not a number of connections (0 turns the limit off)", *f.clientConns)
 		}
 		if r := *f.auditRetain; r < 0 || r > 0 && r < time.Hour {
 			return e.Usagef("--audit-retain: %v is not 0 (keep all) or at least 1h", r)
@@ -297,7 +303,15 @@ func serveAttest(ctx context.Context, e *Env, f *attestServeFlags) int {
 	} else {
 		e.Infof("no per-client rate limit (--client-rate 0)")
 	}
+	if *f.clientConns > 0 {
+		e.Infof("each client address: at most %d connections open at once (--client-conns)", *f.clientConns)
+	} else {
+		e.Infof("no per-client connection limit (--client-conns 0)")
+	}
 	errc := make(chan error, 1)
+	if *f.clientConns > 0 {
+		ln = connlimit.Listen(ln, *f.clientConns, e.Warningf)
+	}
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	select {
 	case err := <-errc:

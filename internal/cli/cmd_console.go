@@ -5,13 +5,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"flag"
-	"github.com/castellan-dev/castellan/internal/pemcerts"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/connlimit"
+	"github.com/castellan-dev/castellan/internal/pemcerts"
 
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/console"
@@ -186,9 +187,9 @@ func consoleMain(e *Env, args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go srv.WarmUp(ctx)
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	hs := srv.HTTPServer()
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(l) }()
+	go func() { errc <- hs.Serve(connlimit.Listen(l, connlimit.DefaultPerClient, e.Warningf)) }()
 	select {
 	case err := <-errc:
 		srv.Close()

@@ -61,6 +61,16 @@ const (
 	DefaultMaxUpload = 16 << 20
 	DefaultMaxKeeps  = 4
 	DefaultMaxMemory = 256 << 20
+	// A start request's body may take longer (uploadTimeout): its handler
+	// extends its own deadline.
+	DefaultReadTimeout = 30 * time.Second
+	DefaultIdleTimeout = 2 * time.Minute
+)
+
+// Bounds of HTTPServer's requests besides Options.ReadTimeout.
+const (
+	readHeaderTimeout = 10 * time.Second
+	maxHeaderBytes    = 64 << 10
 )
 
 // Options configure a Server. Zero values take the defaults.
@@ -99,6 +109,11 @@ type Options struct {
 	SimRoots func() ([]*x509.Certificate, error)
 	// Log receives one line per notable event (may be nil).
 	Log func(format string, a ...any)
+	// ReadTimeout bounds reading a request, body included, from its first
+	// byte; IdleTimeout bounds a kept-alive connection's wait for its next
+	// request (HTTPServer). 0 = DefaultReadTimeout, DefaultIdleTimeout.
+	ReadTimeout time.Duration
+	IdleTimeout time.Duration
 	// AllowedHosts are the names, besides the address a request arrived
 	// on, that a request's Host header may carry: "NAME" with any port,
 	// "NAME:PORT" with that port only. Any other Host is refused before
@@ -151,6 +166,12 @@ func New(o Options) (*Server, error) {
 	if o.MaxMemory <= 0 {
 		o.MaxMemory = DefaultMaxMemory
 	}
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = DefaultReadTimeout
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
 	if o.ExamplesDir == "" {
 		base, err := os.UserCacheDir()
 		if err != nil {
@@ -199,6 +220,21 @@ func New(o Options) (*Server, error) {
 	}
 	s.routes()
 	return s, nil
+}
+
+// HTTPServer returns an http.Server for s with the console's connection
+// bounds: anonymous visitors cannot hold a connection (and the goroutine
+// and buffers behind it) by sending headers or a body slowly, or by sending
+// nothing. A request read whole is no longer bound by ReadTimeout (net/http
+// lifts the deadline), so event streams last as long as their run.
+func (s *Server) HTTPServer() *http.Server {
+	return &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: min(readHeaderTimeout, s.o.ReadTimeout),
+		ReadTimeout:       s.o.ReadTimeout,
+		IdleTimeout:       s.o.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+	}
 }
 
 // ServeHTTP serves the page and the API.

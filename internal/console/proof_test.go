@@ -272,7 +272,7 @@ func TestStreamUTF8(t *testing.T) {
 	}
 	w.flush()
 	var got strings.Builder
-	for _, ev := range r.events {
+	for _, ev := range r.takeLocked(0) {
 		var s string
 		if err := json.Unmarshal(ev.data, &s); err != nil {
 			t.Fatal(err)
@@ -288,7 +288,7 @@ func TestStreamUTF8(t *testing.T) {
 	w2.Write([]byte("a\xffb\n"))
 	w2.flush()
 	var s string
-	json.Unmarshal(r2.events[0].data, &s)
+	json.Unmarshal(r2.takeLocked(0)[0].data, &s)
 	if s != "a\uFFFDb\n" {
 		t.Errorf("invalid UTF-8: %q", s)
 	}
@@ -340,5 +340,75 @@ func TestCoalesce(t *testing.T) {
 	want := []string{`1 state {}`, `3 stdout "ab"`, `4 stderr "x"`, `7 stdout "cde"`, `8 exit {}`}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("coalesce:\n got %q\nwant %q", got, want)
+	}
+}
+
+// TestOutputPiecesMerged: a workload that writes its output byte by byte
+// (each write a delivery frame, each frame a write here) does not make the
+// console hold an event per byte: pieces no stream has taken join the last
+// event, up to maxCoalesced each; a stream that takes events fixes them.
+func TestOutputPiecesMerged(t *testing.T) {
+	const n = 1 << 20
+	r := &run{maxOutput: n, ended: make(chan struct{})}
+	w := &stream{r: r, name: "stdout"}
+	e := &stream{r: r, name: "stderr"}
+	for i := range n / 2 {
+		w.Write([]byte{'a'})
+		if i == n/4 {
+			e.Write([]byte("!"))
+		}
+	}
+	r.mu.Lock()
+	taken := r.takeLocked(0)
+	r.mu.Unlock()
+	w.Write([]byte("after"))
+	w.flush()
+	r.mu.Lock()
+	all := r.takeLocked(0)
+	r.mu.Unlock()
+	if max := n/2/maxCoalesced + 4; len(all) > max {
+		t.Fatalf("%d events for %d one-byte writes, want at most %d", len(all), n/2, max)
+	}
+	var out, errs strings.Builder
+	for i, ev := range all {
+		if ev.id != i+1 {
+			t.Fatalf("event %d has id %d", i, ev.id)
+		}
+		var s string
+		if err := json.Unmarshal(ev.data, &s); err != nil {
+			t.Fatalf("event %d: %v", ev.id, err)
+		}
+		if len(s) > maxCoalesced {
+			t.Errorf("event %d holds %d bytes, over %d", ev.id, len(s), maxCoalesced)
+		}
+		map[string]*strings.Builder{"stdout": &out, "stderr": &errs}[ev.name].WriteString(s)
+	}
+	if want := strings.Repeat("a", n/2) + "after"; out.String() != want || errs.String() != "!" {
+		t.Errorf("stdout %d bytes (want %d), stderr %q", out.Len(), len(want), errs.String())
+	}
+	// What a stream took stays as it was sent: later output is a new event.
+	last := taken[len(taken)-1]
+	if got := all[len(taken)-1]; string(got.data) != string(last.data) {
+		t.Errorf("event %d changed after a stream took it", last.id)
+	}
+	if all[len(taken)].name != "stdout" || !strings.Contains(string(all[len(taken)].data), "after") {
+		t.Errorf("output after a take is not a new event: %+v", all[len(taken)])
+	}
+}
+
+// TestFollowersBounded: a run has at most maxFollowers event streams.
+func TestFollowersBounded(t *testing.T) {
+	r := &run{}
+	for i := range maxFollowers {
+		if !r.follow() {
+			t.Fatalf("stream %d refused", i+1)
+		}
+	}
+	if r.follow() {
+		t.Fatalf("stream %d accepted, the bound is %d", maxFollowers+1, maxFollowers)
+	}
+	r.unfollow()
+	if !r.follow() {
+		t.Fatal("a stream refused after one ended")
 	}
 }

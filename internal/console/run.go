@@ -46,6 +46,15 @@ type run struct {
 	proof    *Proof
 	lastErr  string // last "castellan: error:" line of the keep
 	endedAt  time.Time
+
+	// tail is the text of the last event while output is still merged
+	// into it: an output event no stream has taken yet (its data is set
+	// when it is sealed, at the latest when a stream takes it). Without
+	// it a workload writing byte by byte would cost an event, some 60
+	// bytes of memory, per byte of output. Guarded by mu, as is
+	// followers, the event streams open on the run.
+	tail      []byte
+	followers int
 }
 
 type event struct {
@@ -95,11 +104,72 @@ func (r *run) emit(name string, v any) {
 }
 
 func (r *run) emitLocked(name string, data []byte) {
+	r.sealLocked()
 	r.events = append(r.events, event{id: len(r.events) + 1, name: name, data: data})
+	r.wakeLocked()
+}
+
+func (r *run) wakeLocked() {
 	if r.notify != nil {
 		close(r.notify)
 	}
 	r.notify = make(chan struct{})
+}
+
+// emitOutputLocked adds text (valid UTF-8) of an output stream: to the last
+// event if that is text of the same stream no stream has taken and it
+// stays under maxCoalesced, else as a new event.
+func (r *run) emitOutputLocked(name string, text []byte) {
+	if n := len(r.events); r.tail != nil && r.events[n-1].name == name && len(r.tail)+len(text) <= maxCoalesced {
+		r.tail = append(r.tail, text...)
+	} else {
+		r.sealLocked()
+		r.events = append(r.events, event{id: n + 1, name: name})
+		r.tail = append([]byte(nil), text...)
+	}
+	r.wakeLocked()
+}
+
+// sealLocked sets the data of the last event if output is still merged
+// into it.
+func (r *run) sealLocked() {
+	if r.tail != nil {
+		r.events[len(r.events)-1].data, _ = json.Marshal(string(r.tail))
+		r.tail = nil
+	}
+}
+
+// takeLocked returns the events after the first next, for a stream to
+// send; they are not changed after.
+func (r *run) takeLocked(next int) []event {
+	r.sealLocked()
+	if next < len(r.events) {
+		return r.events[next:]
+	}
+	return nil
+}
+
+// maxFollowers bounds the event streams open on one run (a page needs
+// one, a few tabs of one browser a few; each stream that takes events as
+// they come costs the run an event per gatherDelay).
+const maxFollowers = 8
+
+// follow counts an event stream on the run; false when it has
+// maxFollowers already. unfollow ends the count.
+func (r *run) follow() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.followers >= maxFollowers {
+		return false
+	}
+	r.followers++
+	return true
+}
+
+func (r *run) unfollow() {
+	r.mu.Lock()
+	r.followers--
+	r.mu.Unlock()
 }
 
 func (r *run) stateLocked() RunState {
@@ -193,8 +263,7 @@ func (w *stream) send(b []byte) {
 		w.scanErrors(b)
 	}
 	if len(b) > 0 {
-		data, _ := json.Marshal(strings.ToValidUTF8(string(b), "\uFFFD"))
-		r.emitLocked(w.name, data)
+		r.emitOutputLocked(w.name, []byte(strings.ToValidUTF8(string(b), "\uFFFD")))
 	}
 	r.mu.Unlock()
 	if over {
@@ -471,6 +540,10 @@ func (s *Server) handleStop(w http.ResponseWriter, r *http.Request) {
 // heartbeat keeps idle event streams open through proxies.
 const heartbeat = 15 * time.Second
 
+// gatherDelay is how long a stream waits after new events before it takes
+// them, so that output written in small pieces meanwhile joins one event.
+const gatherDelay = 50 * time.Millisecond
+
 // handleEvents streams a run's events as Server-Sent Events, from the
 // first (or after Last-Event-ID, when the browser reconnects) until "end",
 // after a "clock" event with the server's time.
@@ -479,6 +552,12 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if rn == nil {
 		return
 	}
+	if !rn.follow() {
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusTooManyRequests, "", "this run already has %d event streams open", maxFollowers)
+		return
+	}
+	defer rn.unfollow()
 	next := 0
 	if v := r.Header.Get("Last-Event-ID"); v != "" {
 		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
@@ -500,10 +579,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	defer t.Stop()
 	for {
 		rn.mu.Lock()
-		var evs []event
-		if next < len(rn.events) {
-			evs = rn.events[next:]
-		}
+		evs := rn.takeLocked(next)
 		wake := rn.notify
 		if wake == nil {
 			wake = make(chan struct{})
@@ -525,6 +601,12 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		select {
 		case <-wake:
+			// Let output gather into one event before taking it.
+			select {
+			case <-time.After(gatherDelay):
+			case <-r.Context().Done():
+				return
+			}
 		case <-t.C:
 			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil {
 				return

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/connlimit"
+
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/keep"
 )
@@ -76,6 +78,23 @@ type Config struct {
 	// RelayTap, if set, sees every buffer the relay moves (tests use it to
 	// check that the agent only ever holds ciphertext).
 	RelayTap func(keep string, toKeep bool, p []byte)
+	// ReadTimeout bounds reading a request, body included, from its first
+	// byte (the TLS handshake and the headers take at most 10 s of it);
+	// IdleTimeout bounds a kept-alive connection's wait for its next
+	// request. A request read whole is no longer bound (net/http lifts the
+	// deadline), so event streams and the attach relay last. 0 =
+	// DefaultReadTimeout, DefaultIdleTimeout.
+	ReadTimeout time.Duration
+	IdleTimeout time.Duration
+	// StreamWriteTimeout bounds each page of an event stream's writes: a
+	// client that stops reading is dropped. 0 = DefaultStreamWriteTimeout.
+	StreamWriteTimeout time.Duration
+	// ClientConns bounds the API connections one client address holds
+	// open at once (connlimit); 0 = connlimit.DefaultPerClient, or 4 a
+	// keep when MaxKeeps asks for more (one client, such as a console,
+	// holds a relay and an event stream for each keep);
+	// negative = no bound.
+	ClientConns int
 }
 
 // Agent is the host agent: keep manager, state, and API.
@@ -87,6 +106,7 @@ type Agent struct {
 	enforcement []string
 	closing     chan struct{}
 	closeOnce   sync.Once
+	relayDrain  time.Duration // 0: relayDrain (tests shorten it)
 
 	certOnce sync.Once
 	cert     *tls.Certificate
@@ -172,6 +192,18 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.MaxOutput <= 0 {
 		cfg.MaxOutput = DefaultMaxOutput
+	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = DefaultReadTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.StreamWriteTimeout <= 0 {
+		cfg.StreamWriteTimeout = DefaultStreamWriteTimeout
+	}
+	if cfg.ClientConns == 0 {
+		cfg.ClientConns = max(connlimit.DefaultPerClient, 4*cfg.MaxKeeps)
 	}
 	if cfg.RetainKeeps <= 0 {
 		cfg.RetainKeeps = DefaultRetainKeeps

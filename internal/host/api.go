@@ -2,6 +2,7 @@ package host
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -25,6 +26,8 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/castellan-dev/castellan/internal/connlimit"
+
 	"github.com/castellan-dev/castellan/internal/attest/evidence"
 	"github.com/castellan-dev/castellan/internal/keep"
 	"github.com/castellan-dev/castellan/internal/tee"
@@ -32,6 +35,20 @@ import (
 
 // MaxRequestBody bounds a create request.
 const MaxRequestBody = 64 << 10
+
+// Bounds of the API server's connections (Config.ReadTimeout and
+// IdleTimeout; the TLS handshake and the request's headers within
+// readHeaderTimeout): an anonymous caller cannot keep a connection, and the
+// goroutine and buffers behind it, for longer by trickling bytes or by
+// sending nothing. maxHeaderBytes bounds a request's headers;
+// Config.StreamWriteTimeout an event stream's writes.
+const (
+	DefaultReadTimeout        = time.Minute
+	DefaultIdleTimeout        = 2 * time.Minute
+	DefaultStreamWriteTimeout = time.Minute
+	readHeaderTimeout         = 10 * time.Second
+	maxHeaderBytes            = 16 << 10
+)
 
 // RelayProtocol is the Upgrade token of the attach request.
 const RelayProtocol = "castellan-relay/1"
@@ -317,7 +334,13 @@ func (a *Agent) events(w http.ResponseWriter, r *http.Request) {
 		ch, cancel = a.subscribe(k.ID)
 		defer cancel()
 	}
-	evs, err := a.st.events(r.Context(), k.ID, 0)
+	// The stored events go out a page at a time, each page's writes
+	// within StreamWriteTimeout: a keep's output lines are events (up to
+	// its output limit, 64 MiB by default), so reading them all at once
+	// would cost the agent gigabytes per request, and a client that stops
+	// reading would hold the handler for ever.
+	rc := http.NewResponseController(w)
+	evs, err := a.st.events(r.Context(), k.ID, 0, eventPage)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "state database: %v", err)
 		return
@@ -327,14 +350,35 @@ func (a *Agent) events(w http.ResponseWriter, r *http.Request) {
 	enc := json.NewEncoder(w)
 	var last int64
 	ended := false
-	for _, e := range evs {
-		enc.Encode(e)
-		last = e.Seq
-		ended = ended || e.Type == "ended"
+	send := func(evs ...Event) bool {
+		rc.SetWriteDeadline(time.Now().Add(a.cfg.StreamWriteTimeout))
+		var err error
+		for _, e := range evs {
+			if err = enc.Encode(e); err != nil {
+				break
+			}
+			last = e.Seq
+			ended = ended || e.Type == "ended"
+		}
+		if err == nil {
+			err = rc.Flush()
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			a.cfg.Logf("keep %s: dropped an event stream to %s that stopped reading", k.ID, r.RemoteAddr)
+		}
+		return err == nil
 	}
-	fl, _ := w.(http.Flusher)
-	if fl != nil {
-		fl.Flush()
+	for {
+		if !send(evs...) {
+			return
+		}
+		if len(evs) < eventPage {
+			break
+		}
+		if evs, err = a.st.events(r.Context(), k.ID, last, eventPage); err != nil {
+			a.cfg.Logf("keep %s: reading its events: %v", k.ID, err)
+			return
+		}
 	}
 	if !follow || ended {
 		return
@@ -349,17 +393,15 @@ func (a *Agent) events(w http.ResponseWriter, r *http.Request) {
 			if e.Seq <= last {
 				continue
 			}
-			enc.Encode(e)
-			last = e.Seq
-			if fl != nil {
-				fl.Flush()
-			}
-			if e.Type == "ended" {
+			if !send(e) || e.Type == "ended" {
 				return
 			}
 		}
 	}
 }
+
+// eventPage is how many stored events GET /v1/keeps/{id}/events reads at once.
+const eventPage = 1000
 
 // attach upgrades the connection and relays raw bytes between the client
 // and the keep's socket. The agent sees only the TLS records of the
@@ -407,13 +449,33 @@ func (a *Agent) attach(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.event(k.ID, "attached", "a client attached; relaying its encrypted session to the keep")
-	a.relay(k.ID, conn, brw.Reader, kc)
+	var gone <-chan struct{}
+	a.mu.Lock()
+	if l := a.live[k.ID]; l != nil {
+		gone = l.exited
+	}
+	a.mu.Unlock()
+	a.relay(k.ID, conn, brw.Reader, kc, gone)
 	a.event(k.ID, "detached", "the client's session ended")
 }
 
 type closeWriter interface{ CloseWrite() error }
 
-func (a *Agent) relay(id string, client net.Conn, fromClient io.Reader, keep net.Conn) {
+// How long the relay lets what is left drain before it closes both sides:
+// after one direction ended, and after the keep's process is gone (what
+// it wrote last, and its exit, may still be on their way to a slow
+// client).
+const (
+	relayDrain    = 30 * time.Second
+	keepGoneDrain = 2 * time.Minute
+)
+
+// relay copies between the client and the keep until one direction ends
+// or the keep's process is gone (keepGone closed; nil if not known), then
+// lets the rest drain before it closes both: a client that neither reads
+// nor closes must not hold the relay (two goroutines, their buffers and two
+// descriptors) for ever once its keep has ended.
+func (a *Agent) relay(id string, client net.Conn, fromClient io.Reader, keep net.Conn, keepGone <-chan struct{}) {
 	done := make(chan struct{}, 2)
 	pipe := func(dst net.Conn, src io.Reader, toKeep bool) {
 		buf := make([]byte, 32<<10)
@@ -440,13 +502,27 @@ func (a *Agent) relay(id string, client net.Conn, fromClient io.Reader, keep net
 	}
 	go pipe(keep, fromClient, true)
 	go pipe(client, keep, false)
-	<-done
-	// One side is finished; the other gets a moment to drain, then both
-	// are closed (a client that vanished must not pin the keep).
+	finished, wait := 0, relayDrain
 	select {
 	case <-done:
-	case <-time.After(30 * time.Second):
-	case <-a.closing:
+		finished = 1
+	case <-keepGone:
+		wait = keepGoneDrain
+	}
+	// One direction is finished, or the keep is gone; what is left gets a
+	// moment to drain, then both are closed (a client that vanished must
+	// not pin the keep).
+	drain := time.NewTimer(cmp.Or(a.relayDrain, wait))
+	defer drain.Stop()
+	for finished < 2 {
+		select {
+		case <-done:
+			finished++
+			continue
+		case <-drain.C:
+		case <-a.closing:
+		}
+		break
 	}
 	client.Close()
 	keep.Close()
@@ -520,7 +596,10 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	srv := &http.Server{
 		Handler:           a.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: min(readHeaderTimeout, a.cfg.ReadTimeout),
+		ReadTimeout:       a.cfg.ReadTimeout,
+		IdleTimeout:       a.cfg.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
 		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ErrorLog:          log.New(logWriter(a.cfg.Logf), "", 0),
@@ -528,6 +607,9 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	stop := context.AfterFunc(ctx, func() { srv.Close() })
 	defer stop()
+	if a.cfg.ClientConns > 0 {
+		ln = connlimit.Listen(ln, a.cfg.ClientConns, a.cfg.Logf)
+	}
 	err = srv.ServeTLS(ln, "", "")
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil

@@ -297,8 +297,8 @@ func (s *store) setLogOffset(keep string, offset int64) error {
 	return err
 }
 
-func (s *store) events(ctx context.Context, keep string, after int64) ([]Event, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT seq, time, type, message FROM events WHERE keep = ? AND seq > ? ORDER BY seq`, keep, after)
+func (s *store) events(ctx context.Context, keep string, after int64, limit int) ([]Event, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, time, type, message FROM events WHERE keep = ? AND seq > ? ORDER BY seq LIMIT ?`, keep, after, limit)
 	if err != nil {
 		return nil, err
 	}

@@ -3,13 +3,14 @@ package service
 import (
 	"fmt"
 	"math"
-	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/connlimit"
 )
 
 // Defaults of the per-client rate limit (Config.ClientRate, ClientBurst).
@@ -57,25 +58,9 @@ func newClientLimiter(rate float64, burst int, now time.Time) *clientLimiter {
 }
 
 // clientKey returns the prefix a request's remote address counts under
-// ("host:port", as http.Request.RemoteAddr); ok is false for an address
-// that does not parse (a Unix socket), which is not limited.
-func clientKey(remote string) (netip.Prefix, bool) {
-	host, _, err := net.SplitHostPort(remote)
-	if err != nil {
-		host = remote
-	}
-	a, err := netip.ParseAddr(host)
-	if err != nil {
-		return netip.Prefix{}, false
-	}
-	a = a.Unmap().WithZone("")
-	bits := 32
-	if a.Is6() {
-		bits = 64
-	}
-	p, _ := a.Prefix(bits)
-	return p, true
-}
+// (connlimit.Key: an IPv4 address, an IPv6 /64); ok is false for an
+// address that does not parse (a Unix socket), which is not limited.
+func clientKey(remote string) (netip.Prefix, bool) { return connlimit.Key(remote) }
 
 // allow takes a token for key at now, or says how long until one is there.
 func (l *clientLimiter) allow(key netip.Prefix, now time.Time) (bool, time.Duration) {
