@@ -149,18 +149,32 @@ func (c *Client) Events(ctx context.Context, id string, follow bool, fn func(Eve
 	if resp.StatusCode != http.StatusOK {
 		return decodeAnswer(resp, nil)
 	}
-	dec := json.NewDecoder(resp.Body)
-	for {
+	// The agent may be hostile: one event is read a line at a time, at
+	// most maxEventLine bytes, never a stream without end.
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 4096), maxEventLine)
+	for sc.Scan() {
+		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
+			continue
+		}
 		var e Event
-		if err := dec.Decode(&e); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 			return fmt.Errorf("host agent events: %w", err)
 		}
 		fn(e)
 	}
+	if errors.Is(sc.Err(), bufio.ErrTooLong) {
+		return fmt.Errorf("host agent events: an event of more than %d bytes", maxEventLine)
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("host agent events: %w", err)
+	}
+	return nil
 }
+
+// maxEventLine bounds one event line of the agent's stream: its message
+// is at most keep.MaxLogLine bytes, six times that if JSON escapes each.
+const maxEventLine = 64 << 10
 
 // Attach opens the relay to a ready keep: the returned connection carries
 // raw bytes to and from the keep (the client then runs TLS to the keep
