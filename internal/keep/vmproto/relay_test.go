@@ -629,21 +629,28 @@ func TestRelayHostStallsGuestThatDoesNotRead(t *testing.T) {
 				written <- n
 			}, WithRelayDial(down))
 			events := drainEvents(h)
+			// The host must stop reading such a guest: it stalls (and says
+			// so), or, when a fifth open comes before it saw the first four
+			// refused, ends the session for the broken bound. Either way it
+			// reads only a few opens, never one goroutine per open.
 			deadline := time.Now().Add(2 * time.Minute)
-			for !strings.Contains(strings.Join(events(), "\n"), "the guest does not read the host's answers") {
+			n := -1
+			for n < 0 && !strings.Contains(strings.Join(events(), "\n"), "the guest does not read the host's answers") {
 				select {
-				case n := <-written:
-					t.Fatalf("the guest wrote %d opens and reads nothing, and the host never stalled (each answer waits in a goroutine of its own)", n)
+				case n = <-written:
 				default:
+					if time.Now().After(deadline) {
+						t.Fatal("the host neither stalled nor ended the session")
+					}
+					time.Sleep(5 * time.Millisecond)
 				}
-				if time.Now().After(deadline) {
-					t.Fatal("the host neither stalled nor read every open")
-				}
-				time.Sleep(5 * time.Millisecond)
 			}
 			h.Close()
-			if n := <-written; n > maxRelayEntries+1 {
-				t.Fatalf("the host read %d opens, want at most %d", n, maxRelayEntries+1)
+			if n < 0 {
+				n = <-written
+			}
+			if n > maxRelayEntries+1 {
+				t.Fatalf("the guest wrote %d opens and reads nothing, and the host read them all (each answer waits in a goroutine of its own); want at most %d", n, maxRelayEntries+1)
 			}
 			h.Wait()
 		})
