@@ -144,10 +144,10 @@ func writeFrame(w io.Writer, typ byte, p []byte) error {
 }
 
 // readFrame reads one frame and refuses unknown types and payloads over
-// their type's limit. The payload is allocated after a check against the
-// largest limit (MaxHello). io.EOF means a clean end between frames.
+// their type's limit, before the payload is allocated. io.EOF means a
+// clean end between frames.
 func readFrame(r io.Reader) (byte, []byte, error) {
-	typ, p, err := delivery.ReadFrame(r, MaxHello)
+	typ, p, err := delivery.ReadFrameOf(r, maxPayload)
 	switch {
 	case err == io.EOF:
 		return 0, nil, err
@@ -155,13 +155,6 @@ func readFrame(r io.Reader) (byte, []byte, error) {
 		return 0, nil, fmt.Errorf("%w: truncated: %v", ErrFrame, err)
 	case err != nil:
 		return 0, nil, fmt.Errorf("%w: %v", ErrFrame, err)
-	}
-	m := maxPayload(typ)
-	if m < 0 {
-		return 0, nil, fmt.Errorf("%w: unknown type 0x%02x", ErrFrame, typ)
-	}
-	if len(p) > m {
-		return 0, nil, fmt.Errorf("%w: %q frame of %d bytes, more than %d", ErrFrame, typ, len(p), m)
 	}
 	return typ, p, nil
 }
