@@ -240,12 +240,14 @@ func RunKeep(ctx context.Context, p KeepParams, kio KeepIO) int {
 		})
 	}
 	var programs *runtime.Programs
+	preloaded := make(chan struct{})
 	if p.CacheDir != "" && p.Backend == tee.NameNil {
 		// An insecure keep trusts the host's cache (docs/host.md): it
 		// loads the module of the package it will run, if an earlier keep
 		// ran it, while it makes its evidence and waits for its client.
 		programs = &runtime.Programs{MaxPrograms: 1, CacheDir: p.CacheDir}
 		go func() {
+			defer close(preloaded)
 			t0 := time.Now()
 			err := programs.Preload(ctx, p.Engine, p.Digest, false)
 			switch {
@@ -293,6 +295,16 @@ func RunKeep(ctx context.Context, p KeepParams, kio KeepIO) int {
 		opts.Volumes = append(opts.Volumes, config.File{Kind: config.KindDir, Name: v.Guest, Path: v.Host, ReadOnly: v.ReadOnly})
 	}
 	res, err := keep.Serve(ctx, conn, opts)
+	if programs != nil && err == nil {
+		// The run took its program from programs, so the loading ahead has
+		// ended or is about to: its line belongs in the log before the
+		// keep's end (a short workload could otherwise exit first). The
+		// bound only guards against a load of another module.
+		select {
+		case <-preloaded:
+		case <-time.After(5 * time.Second):
+		}
+	}
 	if err != nil {
 		if errors.Is(err, delivery.ErrRefused) {
 			// The client was told why; the reason may quote the package.
