@@ -292,6 +292,10 @@ func (s *Snapshot) checkPolicy(file string) error {
 		if err := pl.HardwareChecks.check(name); err != nil {
 			return fmt.Errorf("%s: platforms.%s.%w", file, name, err)
 		}
+		if name == evidence.PlatformSNP {
+			// The verifier holds the LAUNCH_TCB to min_tcb as well.
+			pl.HardwareChecks.snp.MinLaunchTCB = pl.MinTCB
+		}
 		for _, rf := range pl.SimRoots {
 			if !filepath.IsAbs(rf) {
 				rf = filepath.Join(filepath.Dir(file), rf)

@@ -245,3 +245,19 @@ xfam = "e71a060000000000"
 		t.Errorf("TDX options %+v", td)
 	}
 }
+
+// TestSNPMinTCBCoversLaunchTCB: the SEV-SNP min_tcb reaches the verifier as
+// the LAUNCH_TCB's minimum, so that a guest launched on firmware below it
+// is refused even once the firmware is updated (verify.TestSNPLaunchTCB).
+func TestSNPMinTCBCoversLaunchTCB(t *testing.T) {
+	s, err := parse("p.toml", []byte("workloads = [\"any\"]\n[platforms.snp.min_tcb]\nsnp = 22\nmicrocode = 213\n"), "m.toml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := s.VerifyOptions("snp").SNP.MinLaunchTCB; len(m) != 2 || m["snp"] != 22 || m["microcode"] != 213 {
+		t.Errorf("SNP launch TCB minimum %v, want the min_tcb", m)
+	}
+	if m := s.VerifyOptions("tdx").SNP.MinLaunchTCB; m != nil {
+		t.Errorf("tdx options carry an SNP launch TCB minimum: %v", m)
+	}
+}

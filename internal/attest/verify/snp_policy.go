@@ -64,6 +64,13 @@ type SNPPolicy struct {
 	MinPolicyABI uint16
 	// MinGuestSVN is the minimum GUEST_SVN (from the ID block).
 	MinGuestSVN uint32
+	// MinLaunchTCB is the minimum security version per TCB component
+	// (bootloader, tee, snp, microcode; Turin also fmc) the LAUNCH_TCB must
+	// reach: the policy's min_tcb, which the claims check on the REPORTED_TCB.
+	// A guest launched on firmware below it may have had its secrets,
+	// VMPCKs among them, read by the host before an update, and the host
+	// can then ask the new firmware for reports in the guest's name.
+	MinLaunchTCB map[string]uint64
 	// HostData is the HOST_DATA the report must carry (32 bytes); nil:
 	// any (the claims show it).
 	HostData []byte
@@ -131,7 +138,31 @@ func checkSNPFields(report *spb.Report, c *snpChain, p *SNPPolicy) (map[string]s
 	if err := validate.SnpAttestation(att, p.validateOptions()); err != nil {
 		return nil, fail(CheckReportFields, "SEV-SNP report: %s", strings.ReplaceAll(err.Error(), "; ", ", "))
 	}
+	if err := checkLaunchTCB(report.GetLaunchTcb(), c.productLine, p.MinLaunchTCB); err != nil {
+		return nil, err
+	}
 	return snpDetails(report, c), nil
+}
+
+// checkLaunchTCB refuses a LAUNCH_TCB with a component below min (a
+// component min names that the product line's layout lacks is refused too).
+func checkLaunchTCB(launch uint64, productLine string, min map[string]uint64) error {
+	comps := make([]string, 0, len(min))
+	for k := range min {
+		comps = append(comps, k)
+	}
+	slices.Sort(comps)
+	have := snpTCB(productLine, launch)
+	for _, k := range comps {
+		got, ok := have[k]
+		if !ok {
+			return fail(CheckReportFields, "SEV-SNP report: LAUNCH_TCB has no component %s", k)
+		}
+		if got < min[k] {
+			return fail(CheckReportFields, "SEV-SNP report: LAUNCH_TCB %#016x: component %s is %d, below the minimum %d (the guest was launched on older firmware)", launch, k, got, min[k])
+		}
+	}
+	return nil
 }
 
 // snpDetails names the report fields the policy decided on, for the claims.

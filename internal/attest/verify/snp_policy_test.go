@@ -128,3 +128,44 @@ func TestSNPReportFields(t *testing.T) {
 		t.Errorf("details %v", cl.Details)
 	}
 }
+
+// TestSNPLaunchTCB: a guest launched on firmware below the policy's minimum
+// TCB, whose firmware was then updated (and committed, and its new VCEK
+// provisioned), reports a REPORTED_TCB that passes min_tcb; its LAUNCH_TCB
+// must be held to the minimum too, since the host may have read the guest's
+// secrets (its VMPCKs among them) under the old firmware.
+func TestSNPLaunchTCB(t *testing.T) {
+	c := ca(t, testCA)
+	const offLaunchTCB = 0x1F0
+	old := sim.DefaultSNPTCB
+	old.SNP = 8
+	oldV, err := old.Version()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := simEnvelope(t, c, evidence.PlatformSNP, simOpts{snp: sim.SNPOptions{Edit: func(r []byte) {
+		binary.LittleEndian.PutUint64(r[offLaunchTCB:], oldV)
+	}}})
+	opts := trusting(c)
+	opts.SNP.MinLaunchTCB = map[string]uint64{"snp": uint64(sim.DefaultSNPTCB.SNP)}
+	_, err = Envelope(env, opts)
+	var ve *Error
+	if !errors.As(err, &ve) || ve.Check != CheckReportFields || !strings.Contains(err.Error(), "LAUNCH_TCB") || !strings.Contains(err.Error(), "snp is 8") {
+		t.Fatalf("launch TCB below the minimum: got %v, want a %s refusal naming LAUNCH_TCB", err, CheckReportFields)
+	}
+	// The same report passes a minimum the launch TCB meets, and a report
+	// launched at the current TCB passes the first minimum.
+	opts.SNP.MinLaunchTCB = map[string]uint64{"snp": 8, "microcode": uint64(sim.DefaultSNPTCB.Microcode)}
+	if _, err := Envelope(env, opts); err != nil {
+		t.Errorf("launch TCB at the minimum: %v", err)
+	}
+	opts.SNP.MinLaunchTCB = map[string]uint64{"snp": uint64(sim.DefaultSNPTCB.SNP)}
+	if _, err := Envelope(simEnvelope(t, c, evidence.PlatformSNP, simOpts{}), opts); err != nil {
+		t.Errorf("launch TCB equal to the reported one: %v", err)
+	}
+	// A component the layout does not have is refused, not skipped.
+	opts.SNP.MinLaunchTCB = map[string]uint64{"fmc": 1}
+	if _, err := Envelope(simEnvelope(t, c, evidence.PlatformSNP, simOpts{}), opts); err == nil || !strings.Contains(err.Error(), "no component fmc") {
+		t.Errorf("a component Milan's layout lacks: %v", err)
+	}
+}
