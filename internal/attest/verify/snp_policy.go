@@ -21,6 +21,9 @@ const (
 	// info, firmware versions, TCB relations, host data, ID block) is not
 	// what the policy requires.
 	CheckReportFields = "report_fields"
+	// CheckTCB: the LAUNCH_TCB is below the policy's minimum TCB; the
+	// same name as the policy's refusal of a REPORTED_TCB below it.
+	CheckTCB = "tcb"
 )
 
 // SNPPolicy is what the caller's policy decides on an SEV-SNP report's own
@@ -156,10 +159,10 @@ func checkLaunchTCB(launch uint64, productLine string, min map[string]uint64) er
 	for _, k := range comps {
 		got, ok := have[k]
 		if !ok {
-			return fail(CheckReportFields, "SEV-SNP report: LAUNCH_TCB has no component %s", k)
+			return fail(CheckTCB, "SEV-SNP report: LAUNCH_TCB has no component %s", k)
 		}
 		if got < min[k] {
-			return fail(CheckReportFields, "SEV-SNP report: LAUNCH_TCB %#016x: component %s is %d, below the minimum %d (the guest was launched on older firmware)", launch, k, got, min[k])
+			return fail(CheckTCB, "SEV-SNP report: LAUNCH_TCB %#016x: component %s is %d, below the minimum %d (the guest was launched on older firmware)", launch, k, got, min[k])
 		}
 	}
 	return nil

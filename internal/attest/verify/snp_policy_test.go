@@ -150,8 +150,8 @@ func TestSNPLaunchTCB(t *testing.T) {
 	opts.SNP.MinLaunchTCB = map[string]uint64{"snp": uint64(sim.DefaultSNPTCB.SNP)}
 	_, err = Envelope(env, opts)
 	var ve *Error
-	if !errors.As(err, &ve) || ve.Check != CheckReportFields || !strings.Contains(err.Error(), "LAUNCH_TCB") || !strings.Contains(err.Error(), "snp is 8") {
-		t.Fatalf("launch TCB below the minimum: got %v, want a %s refusal naming LAUNCH_TCB", err, CheckReportFields)
+	if !errors.As(err, &ve) || ve.Check != CheckTCB || !strings.Contains(err.Error(), "LAUNCH_TCB") || !strings.Contains(err.Error(), "snp is 8") {
+		t.Fatalf("launch TCB below the minimum: got %v, want a %s refusal naming LAUNCH_TCB", err, CheckTCB)
 	}
 	// The same report passes a minimum the launch TCB meets, and a report
 	// launched at the current TCB passes the first minimum.
