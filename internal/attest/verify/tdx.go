@@ -133,8 +133,10 @@ func verifyTDX(raw []byte, opts *Options) (*evidence.Claims, error) {
 		Simulated:   simulated,
 		Measurement: bytes.Clone(body.GetMrTd()),
 		TCB:         tcb,
-		Debug:       len(attrs) > 0 && attrs[0]&0x01 != 0, // TDATTRIBUTES.DEBUG
-		Details:     details,
+		// TDATTRIBUTES bits 7:0 are the TUD group (DEBUG and bits reserved
+		// for debug features): any set means the TD is under debug.
+		Debug:   len(attrs) > 0 && attrs[0] != 0,
+		Details: details,
 	}
 	copy(c.ReportData[:], body.GetReportData())
 	return c, nil

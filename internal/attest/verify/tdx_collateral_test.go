@@ -252,3 +252,25 @@ func FuzzTDXCollateral(f *testing.F) {
 		}
 	})
 }
+
+// TestTDXUnderDebugGroup: TDATTRIBUTES bits 7:0 are the TUD ("TD under
+// debug") group, of which DEBUG (bit 0) is one; the TDX module ABI says a TD
+// with any of them set is under debug. A quote with only another TUD bit set
+// must claim Debug, which the policy refuses, as it does for bit 0.
+func TestTDXUnderDebugGroup(t *testing.T) {
+	c := ca(t, testCA)
+	for _, bit := range []uint{0, 1, 7} {
+		attrs := uint64(1<<28 | 1<<bit) // SEPT_VE_DISABLE and one TUD bit
+		cl, err := Envelope(simEnvelope(t, c, evidence.PlatformTDX, simOpts{tdx: sim.TDXOptions{Attributes: &attrs}}), trusting(c))
+		if err != nil {
+			t.Fatalf("TUD bit %d: %v", bit, err)
+		}
+		if !cl.Debug {
+			t.Errorf("TUD bit %d set: claims say not under debug", bit)
+		}
+	}
+	attrs := uint64(1 << 28)
+	if cl, err := Envelope(simEnvelope(t, c, evidence.PlatformTDX, simOpts{tdx: sim.TDXOptions{Attributes: &attrs}}), trusting(c)); err != nil || cl.Debug {
+		t.Errorf("no TUD bit: debug %v, %v", cl != nil && cl.Debug, err)
+	}
+}
