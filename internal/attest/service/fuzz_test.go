@@ -25,9 +25,9 @@ var knownChecks = map[string]bool{
 func FuzzNonce(f *testing.F) {
 	k := NewNonceKey()
 	now := time.Unix(1_900_000_000, 0)
-	good := k.seal(now)
+	good := k.seal(now, time.Minute)
 	f.Add(good)
-	f.Add(NewNonceKey().seal(now))
+	f.Add(NewNonceKey().seal(now, time.Minute))
 	f.Add(good[:NonceSize-1])
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, n []byte) {

@@ -139,7 +139,7 @@ func (s *Service) kbsAuth(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.cfg.Now()
 	life := time.Duration(s.cfg.Policy.Current().Policy.NonceLifetime)
-	nonce := s.cfg.NonceKey.seal(now)
+	nonce := s.cfg.NonceKey.seal(now, life)
 	setSession(w, s.cfg.NonceKey.sealSession(&kbsSession{Stage: "auth", Platform: platform, Nonce: nonce, Expires: now.Add(life).Unix() + 1}), now.Add(life))
 	writeJSON(w, http.StatusOK, kbs.Challenge{Nonce: base64.StdEncoding.EncodeToString(nonce),
 		ExtraParams: map[string]any{kbs.SelectedHashKey: kbs.HashSHA384}})

@@ -559,7 +559,7 @@ func (k *kbsHarness) noPlaintext(t *testing.T) {
 func FuzzKBSAttest(f *testing.F) {
 	h := newHarness(f)
 	k := &kbsHarness{harness: h}
-	nonce := h.nonceKey.seal(h.now)
+	nonce := h.nonceKey.seal(h.now, time.Minute)
 	sess := &kbsSession{Stage: "auth", Platform: "snp", Nonce: nonce, Expires: h.now.Add(time.Minute).Unix()}
 	key := newKey(f)
 	n64 := base64.StdEncoding.EncodeToString(nonce)

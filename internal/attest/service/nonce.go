@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,14 +24,20 @@ import (
 // it serves once. Replicas that share the key and the ledger's database act
 // as one service.
 //
-//	nonce = version (1) || issued, Unix ns, big-endian (8) || random (15) || seal (24)
+// The nonce carries the lifetime it was issued with: it expires at the
+// earlier of that and the current policy's lifetime, and the ledger keeps
+// it until the first, the latest it could ever be redeemed. Without it, a
+// nonce used under a short lifetime left the ledger at that expiry and,
+// once the owner raised the lifetime, redeemed again.
+//
+//	nonce = version (1) || issued, Unix ns, big-endian (8) || lifetime, s, big-endian (4) || random (11) || seal (24)
 //	seal  = HMAC-SHA-256(key, "castellan nonce v1" || the first 24 bytes)[:24]
 
 // NonceSize is the length of a challenge nonce.
 const NonceSize = 48
 
 const (
-	nonceVersion   = 1
+	nonceVersion   = 2
 	nonceBodySize  = 24 // version, issue time, random: the nonce's identity in the ledger
 	nonceSealSize  = NonceSize - nonceBodySize
 	nonceKeySize   = 32
@@ -119,12 +126,15 @@ func readNonceKey(path string) (*NonceKey, error) {
 	return &k, nil
 }
 
-// seal returns a fresh nonce issued at now.
-func (k *NonceKey) seal(now time.Time) []byte {
+// seal returns a fresh nonce issued at now for life (rounded up to whole
+// seconds).
+func (k *NonceKey) seal(now time.Time, life time.Duration) []byte {
 	n := make([]byte, nonceBodySize, NonceSize)
 	n[0] = nonceVersion
 	binary.BigEndian.PutUint64(n[1:9], uint64(now.UnixNano()))
-	rand.Read(n[9:nonceBodySize])
+	secs := (life + time.Second - 1) / time.Second
+	binary.BigEndian.PutUint32(n[9:13], uint32(min(max(secs, 1), math.MaxUint32)))
+	rand.Read(n[13:nonceBodySize])
 	return append(n, k.mac(n)...)
 }
 
@@ -135,19 +145,25 @@ func (k *NonceKey) mac(body []byte) []byte {
 	return m.Sum(nil)[:nonceSealSize]
 }
 
-// open checks the nonce's seal and lifetime at now and returns its identity
-// (for the used-nonce ledger) and when it expires.
-func (k *NonceKey) open(n []byte, now time.Time, life time.Duration) (id []byte, expires time.Time, err error) {
+// open checks the nonce's seal and lifetime at now (the earlier of the
+// one it was issued with and life, the current one) and returns its
+// identity and until when the used-nonce ledger must keep it: its expiry
+// under the lifetime it was issued with, which no later policy extends.
+func (k *NonceKey) open(n []byte, now time.Time, life time.Duration) (id []byte, keep time.Time, err error) {
 	if len(n) != NonceSize || n[0] != nonceVersion || !hmac.Equal(k.mac(n[:nonceBodySize]), n[nonceBodySize:]) {
 		return nil, time.Time{}, errNonceForged
 	}
 	issued := time.Unix(0, int64(binary.BigEndian.Uint64(n[1:9])))
-	expires = issued.Add(life)
+	keep = issued.Add(time.Duration(binary.BigEndian.Uint32(n[9:13])) * time.Second)
+	expires := issued.Add(life)
+	if keep.Before(expires) {
+		expires = keep
+	}
 	switch {
 	case issued.After(now.Add(nonceClockSkew)):
 		return nil, time.Time{}, errNonceFuture
 	case !now.Before(expires):
 		return nil, time.Time{}, errNonceExpired
 	}
-	return bytes.Clone(n[:nonceBodySize]), expires, nil
+	return bytes.Clone(n[:nonceBodySize]), keep, nil
 }

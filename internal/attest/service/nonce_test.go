@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/attest/policy"
 )
 
 // Defect 2 of issue 10: anonymous challenges exhausted a global nonce store
@@ -42,14 +44,15 @@ func TestNonceRefusals(t *testing.T) {
 		nonce  func() []byte
 		reason string
 	}{
-		{"sealed with another key", func() []byte { return NewNonceKey().seal(h.now) }, "not issued by this service"},
+		{"sealed with another key", func() []byte { return NewNonceKey().seal(h.now, time.Minute) }, "not issued by this service"},
 		{"seal tampered", func() []byte { n := h.challenge(); n[NonceSize-1] ^= 1; return n }, "not issued by this service"},
 		{"issue time moved back", func() []byte { n := h.challenge(); n[5] ^= 1; return n }, "not issued by this service"},
-		{"random part changed", func() []byte { n := h.challenge(); n[12] ^= 1; return n }, "not issued by this service"},
+		{"lifetime changed", func() []byte { n := h.challenge(); n[12] ^= 1; return n }, "not issued by this service"},
+		{"random part changed", func() []byte { n := h.challenge(); n[20] ^= 1; return n }, "not issued by this service"},
 		{"truncated", func() []byte { return h.challenge()[:NonceSize-1] }, "not issued by this service"},
-		{"other version", func() []byte { n := h.challenge(); n[0] = 2; return n }, "not issued by this service"},
-		{"expired", func() []byte { return h.nonceKey.seal(h.now.Add(-61 * time.Second)) }, "expired"},
-		{"issued in the future", func() []byte { return h.nonceKey.seal(h.now.Add(time.Hour)) }, "future"},
+		{"other version", func() []byte { n := h.challenge(); n[0] = 1; return n }, "not issued by this service"},
+		{"expired", func() []byte { return h.nonceKey.seal(h.now.Add(-61*time.Second), time.Minute) }, "expired"},
+		{"issued in the future", func() []byte { return h.nonceKey.seal(h.now.Add(time.Hour), time.Minute) }, "future"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -62,7 +65,7 @@ func TestNonceRefusals(t *testing.T) {
 	}
 	// Within the allowed clock skew of replicas, a nonce from the near future is fine.
 	h.t = t
-	h.mustIssue(keepReq{nonce: h.nonceKey.seal(h.now.Add(10 * time.Second))})
+	h.mustIssue(keepReq{nonce: h.nonceKey.seal(h.now.Add(10*time.Second), time.Minute)})
 }
 
 // The used-nonce ledger is bounded by max_nonces: beyond it a redeem gets
@@ -114,7 +117,7 @@ func TestNonceKeyFile(t *testing.T) {
 	}
 	// A nonce sealed by one replica opens at another with the same file.
 	now := time.Now()
-	if _, _, err := k2.open(k1.seal(now), now, time.Minute); err != nil {
+	if _, _, err := k2.open(k1.seal(now, time.Minute), now, time.Minute); err != nil {
 		t.Errorf("nonce across replicas: %v", err)
 	}
 	for _, tt := range []struct{ name, content, want string }{
@@ -211,5 +214,35 @@ func TestHugeRSAKeyRefusedBeforeSignature(t *testing.T) {
 	e := h.mustRefuse(h.body(keepReq{csr: csr}), CheckKey)
 	if !strings.Contains(e.Error, "16384 bits") {
 		t.Errorf("reason %q", e.Error)
+	}
+}
+
+// A nonce serves once even when the owner raises nonce_lifetime after it
+// was used: the ledger kept it only until its expiry under the old
+// lifetime, and the seal alone said nothing of that lifetime, so once that
+// expiry passed the same nonce (and the evidence that binds it) redeemed
+// again under the new one.
+func TestNonceReplayAfterLifetimeRaised(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	minute := &policy.Policy{NonceLifetime: policy.Duration(time.Minute), MaxNonces: 50}
+	hour := &policy.Policy{NonceLifetime: policy.Duration(time.Hour), MaxNonces: 50}
+	n := h.challenge() // issued under the harness policy's 60 s
+	if r := h.svc.redeem(ctx, n, h.now, minute); r != nil {
+		t.Fatalf("first redeem: %v", r)
+	}
+	for _, later := range []time.Duration{30 * time.Second, 2 * time.Minute, 30 * time.Minute} {
+		if r := h.svc.redeem(ctx, n, h.now.Add(later), hour); r == nil || r.Check != CheckNonce {
+			t.Errorf("redeemed again %v later under a lifetime raised to an hour: %v", later, r)
+		}
+	}
+	// A nonce issued under the hour lives its hour; one issued under a
+	// minute, not yet used, still dies at its minute.
+	if r := h.svc.redeem(ctx, h.challenge(), h.now.Add(2*time.Minute), hour); r == nil || !strings.Contains(r.Reason, "expired") {
+		t.Errorf("unused 60 s nonce redeemed 2 min later under an hour's lifetime: %v", r)
+	}
+	// Lowering the lifetime still shortens nonces already issued.
+	if r := h.svc.redeem(ctx, h.challenge(), h.now.Add(30*time.Second), &policy.Policy{NonceLifetime: policy.Duration(10 * time.Second), MaxNonces: 50}); r == nil || !strings.Contains(r.Reason, "expired") {
+		t.Errorf("nonce redeemed after a lowered lifetime passed: %v", r)
 	}
 }

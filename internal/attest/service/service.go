@@ -251,7 +251,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (s *Service) challenge(w http.ResponseWriter, r *http.Request) {
 	life := time.Duration(s.cfg.Policy.Current().Policy.NonceLifetime)
 	now := s.cfg.Now()
-	writeJSON(w, http.StatusOK, ChallengeResponse{Nonce: s.cfg.NonceKey.seal(now), Expires: now.Add(life).UTC()})
+	writeJSON(w, http.StatusOK, ChallengeResponse{Nonce: s.cfg.NonceKey.seal(now, life), Expires: now.Add(life).UTC()})
 }
 
 func (s *Service) caJWKS(w http.ResponseWriter, r *http.Request) {
