@@ -27,7 +27,7 @@ func verifyTDX(raw []byte, opts *Options) (*evidence.Claims, error) {
 	if len(raw) > evidence.MaxEvidenceSize {
 		return nil, fail(CheckFormat, "TDX quote is %d bytes, more than the limit of %d", len(raw), evidence.MaxEvidenceSize)
 	}
-	q, err := tdxabi.QuoteToProto(raw)
+	q, err := parseTDXQuote(raw)
 	if err != nil {
 		return nil, fail(CheckFormat, "TDX quote: %v", err)
 	}
@@ -140,6 +140,19 @@ func verifyTDX(raw []byte, opts *Options) (*evidence.Claims, error) {
 	}
 	copy(c.ReportData[:], body.GetReportData())
 	return c, nil
+}
+
+// parseTDXQuote is go-tdx-guest's QuoteToProto, which indexes past the end
+// of a quote whose QE authentication data or PCK chain header runs beyond
+// it (a size field from the untrusted, unsigned tail of the quote) and
+// panics; its panic is turned into the error it should have been.
+func parseTDXQuote(raw []byte) (q any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			q, err = nil, fmt.Errorf("malformed: a size field runs past the end of the quote (%v)", r)
+		}
+	}()
+	return tdxabi.QuoteToProto(raw)
 }
 
 // isTDXSignatureError tells a bad quote or QE report signature (the

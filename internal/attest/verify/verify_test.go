@@ -382,6 +382,21 @@ func TestTDXSpecificAttacks(t *testing.T) {
 		{"sim root passed off as Intel's", func() *evidence.Envelope {
 			return simEnvelope(t, ca(t, otherCA), evidence.PlatformTDX, simOpts{})
 		}, CheckChain},
+		// The unsigned tail of a v4 quote: signature data length at 0x278,
+		// then signature, attestation key, certification data type (6, QE
+		// report) and size, QE report, its signature, QE authentication
+		// data (size, data), and the nested certification data (type 5, PCK
+		// chain). Each type or length an attacker could change is refused.
+		{"certification data type 5 where 6 is due", editTDX(t, c, func(q []byte) { le16(q, tdxCertType, 5) }), CheckFormat},
+		{"nested certification data type 1 (PPID) where 5 is due", editTDX(t, c, func(q []byte) { le16(q, tdxNestedCertType(q), 1) }), CheckFormat},
+		{"signature data length past the end", editTDX(t, c, func(q []byte) { le32(q, 0x278, 0xFFFFFFFF) }), CheckFormat},
+		{"signature data length one short", editTDX(t, c, func(q []byte) { le32(q, 0x278, uint32(len(q)-0x27C-1)) }), CheckFormat},
+		{"certification data size past the end", editTDX(t, c, func(q []byte) { le32(q, tdxCertType+2, 0xFFFFFFF0) }), CheckFormat},
+		{"QE authentication data size past the end", editTDX(t, c, func(q []byte) { le16(q, tdxCertType+6+0x180+64, 0xFFFF) }), CheckFormat},
+		{"nested PCK chain size past the end", editTDX(t, c, func(q []byte) { le32(q, tdxNestedCertType(q)+2, 0x7FFFFFFF) }), CheckFormat},
+		{"attestation key type P-384", editTDX(t, c, func(q []byte) { le16(q, 2, 3) }), CheckFormat},
+		{"TEE type SGX", editTDX(t, c, func(q []byte) { le32(q, 4, 0) }), CheckFormat},
+		{"truncated in the PCK chain", editTDX(t, c, nil, -100), CheckFormat},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -391,6 +406,34 @@ func TestTDXSpecificAttacks(t *testing.T) {
 				t.Errorf("got %v, want a %s error", err, tc.check)
 			}
 		})
+	}
+}
+
+// Offsets in a simulated TDX v4 quote (layout in TestTDXSpecificAttacks).
+const tdxCertType = 0x278 + 4 + 64 + 64
+
+// tdxNestedCertType is the offset of the PCK chain's certification data
+// type, after the QE report, its signature and the authentication data.
+func tdxNestedCertType(q []byte) int {
+	auth := tdxCertType + 6 + 0x180 + 64
+	return auth + 2 + int(binary.LittleEndian.Uint16(q[auth:]))
+}
+
+func le16(q []byte, off int, v uint16) { binary.LittleEndian.PutUint16(q[off:], v) }
+func le32(q []byte, off int, v uint32) { binary.LittleEndian.PutUint32(q[off:], v) }
+
+// editTDX returns a simulated TDX envelope whose quote edit changed, then
+// cut by trim bytes (negative) if given.
+func editTDX(t *testing.T, c *sim.CA, edit func([]byte), trim ...int) func() *evidence.Envelope {
+	return func() *evidence.Envelope {
+		env := simEnvelope(t, c, evidence.PlatformTDX, simOpts{})
+		if edit != nil {
+			edit(env.Evidence)
+		}
+		for _, n := range trim {
+			env.Evidence = env.Evidence[:len(env.Evidence)+n]
+		}
+		return env
 	}
 }
 
@@ -660,6 +703,11 @@ func FuzzVerify(f *testing.F) {
 	f.Add(uint8(1), tdx.Evidence, []byte(nil))
 	f.Add(uint8(1), readTestdata(f, "tdx_spr_e4_quote.dat"), []byte(nil))
 	f.Add(uint8(0), readTestdata(f, "snp_milan_attestation.bin"), readTestdata(f, "snp_milan_vcek.der"))
+	// A QE authentication data size past the quote's end, which made
+	// go-tdx-guest's parser panic.
+	overflow := bytes.Clone(tdx.Evidence)
+	le16(overflow, tdxCertType+6+0x180+64, 0xFFFF)
+	f.Add(uint8(1), overflow, []byte(nil))
 	opts := trusting(c)
 	f.Fuzz(func(t *testing.T, which uint8, raw, leaf []byte) {
 		env := *snp
