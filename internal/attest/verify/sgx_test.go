@@ -233,6 +233,13 @@ func TestSGXAttacks(t *testing.T) {
 			o.SimCollateral = simCollateral(t, c, sim.SGXCollateralOptions{RevokePCK: true})
 			return o
 		}(), check: CheckCollateral, msg: "revoked by the Intel PCK CRL"},
+		// Intel's root CA CRL revokes the TCB signing certificate (its key
+		// leaked): TCB info and QE identity it signed say nothing.
+		{name: "revoked TCB signing certificate", signer: c, opts: func() Options {
+			o := trusting(c)
+			o.SimCollateral = simCollateral(t, c, sim.SGXCollateralOptions{RevokeTCBSigner: true})
+			return o
+		}(), check: CheckCollateral, msg: "revoked by the Intel root CA CRL"},
 		{name: "expired collateral", signer: c, opts: func() Options {
 			o := trusting(c)
 			o.SimCollateral = simCollateral(t, c, sim.SGXCollateralOptions{IssueDate: time.Now().AddDate(0, -2, 0), NextUpdate: time.Now().AddDate(0, -1, 0)})

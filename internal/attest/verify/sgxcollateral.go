@@ -129,14 +129,16 @@ func fetchSGXCollateral(ctx context.Context, src collateral.Source, chain []*x50
 // in details, under the names TDX uses.
 func (c *SGXCollateral) evaluate(q *SGXQuote, exts *pcs.PckExtensions, roots *x509.CertPool, now time.Time, p *SGXPolicy, details map[string]string) error {
 	var info pcs.TcbInfo
-	if err := c.checkSigned("TCB info", c.TCBInfo, c.TCBInfoSignature, c.TCBInfoIssuerChain, roots, now, &info); err != nil {
+	infoSigner, err := c.checkSigned("TCB info", c.TCBInfo, c.TCBInfoSignature, c.TCBInfoIssuerChain, roots, now, &info)
+	if err != nil {
 		return err
 	}
 	var qe pcs.EnclaveIdentity
-	if err := c.checkSigned("QE identity", c.QEIdentity, c.QEIdentitySignature, c.QEIdentityIssuerChain, roots, now, &qe); err != nil {
+	qeSigner, err := c.checkSigned("QE identity", c.QEIdentity, c.QEIdentitySignature, c.QEIdentityIssuerChain, roots, now, &qe)
+	if err != nil {
 		return err
 	}
-	if err := c.checkCRLs(q.PCKChain, now); err != nil {
+	if err := c.checkCRLs(q.PCKChain, [][2]*x509.Certificate{infoSigner, qeSigner}, now); err != nil {
 		return err
 	}
 	for _, t := range []struct {
@@ -207,48 +209,62 @@ func (c *SGXCollateral) evaluate(q *SGXQuote, exts *pcs.PckExtensions, roots *x5
 
 // checkSigned verifies a signed collateral body: its issuer chain (an
 // Intel SGX TCB Signing certificate) to roots, its signature, and decodes
-// it into v.
-func (c *SGXCollateral) checkSigned(what, body, sigHex, chainPEM string, roots *x509.CertPool, now time.Time, v any) error {
+// it into v. It returns the signing certificate and the root it chains to,
+// for the root CA CRL (checkCRLs).
+func (c *SGXCollateral) checkSigned(what, body, sigHex, chainPEM string, roots *x509.CertPool, now time.Time, v any) ([2]*x509.Certificate, error) {
+	var none [2]*x509.Certificate
 	certs, err := pemcerts.Parse([]byte(chainPEM))
 	if err != nil || len(certs) == 0 {
-		return fail(CheckCollateral, "SGX %s issuer chain: %v", what, err)
+		return none, fail(CheckCollateral, "SGX %s issuer chain: %v", what, err)
 	}
 	signer := certs[0]
 	if signer.Subject.CommonName != cnTCBSigner {
-		return fail(CheckCollateral, "SGX %s is signed by %q, want %q", what, signer.Subject.CommonName, cnTCBSigner)
+		return none, fail(CheckCollateral, "SGX %s is signed by %q, want %q", what, signer.Subject.CommonName, cnTCBSigner)
 	}
 	inter := x509.NewCertPool()
 	for _, ic := range certs[1:] {
 		inter.AddCert(ic)
 	}
-	if _, err := signer.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		return fail(CheckCollateral, "SGX %s signer: %v", what, err)
+	chains, err := signer.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		return none, fail(CheckCollateral, "SGX %s signer: %v", what, err)
+	}
+	if len(chains[0]) != 2 {
+		return none, fail(CheckCollateral, "SGX %s signer: issued by an intermediate, want the root CA", what)
 	}
 	pub, ok := signer.PublicKey.(*ecdsa.PublicKey)
 	if !ok {
-		return fail(CheckCollateral, "SGX %s signer has no ECDSA key", what)
+		return none, fail(CheckCollateral, "SGX %s signer has no ECDSA key", what)
 	}
 	sig, err := hex.DecodeString(sigHex)
 	if err != nil || !verifyRawSig(pub, []byte(body), sig) {
-		return fail(CheckCollateral, "SGX %s: the signature does not verify", what)
+		return none, fail(CheckCollateral, "SGX %s: the signature does not verify", what)
 	}
 	if err := json.Unmarshal([]byte(body), v); err != nil {
-		return fail(CheckCollateral, "SGX %s: %v", what, err)
+		return none, fail(CheckCollateral, "SGX %s: %v", what, err)
 	}
-	return nil
+	return [2]*x509.Certificate{signer, chains[0][1]}, nil
 }
 
 // checkCRLs checks that the root CA's CRL (signed by the chain's root) does
 // not list the PCK CA, and the PCK CA's CRL does not list the PCK
 // certificate; both CRLs must be current (checkCRL, shared with SEV-SNP).
-func (c *SGXCollateral) checkCRLs(chain []*x509.Certificate, now time.Time) error {
+// The root CA CRL must not list the TCB signing certificates either
+// (signers: each with the root it chains to), or a leaked TCB signing key
+// could vouch for any platform's TCB.
+func (c *SGXCollateral) checkCRLs(chain []*x509.Certificate, signers [][2]*x509.Certificate, now time.Time) error {
 	leaf, ca, root := chain[0], chain[1], chain[len(chain)-1]
-	for _, t := range []struct {
+	type check struct {
 		what    string
 		hexDER  string
 		issuer  *x509.Certificate
 		subject *x509.Certificate
-	}{{"Intel root CA CRL", c.RootCACRL, root, ca}, {"Intel PCK CRL", c.PCKCRL, ca, leaf}} {
+	}
+	checks := []check{{"Intel root CA CRL", c.RootCACRL, root, ca}, {"Intel PCK CRL", c.PCKCRL, ca, leaf}}
+	for _, s := range signers {
+		checks = append(checks, check{"Intel root CA CRL", c.RootCACRL, s[1], s[0]})
+	}
+	for _, t := range checks {
 		der, err := hex.DecodeString(strings.TrimSpace(t.hexDER))
 		if err == nil && len(der) == 0 {
 			err = errors.New("missing")

@@ -1,11 +1,14 @@
 package sim
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/big"
 	"strings"
 	"time"
 
@@ -190,6 +193,9 @@ type SGXCollateralOptions struct {
 	IssueDate, NextUpdate time.Time
 	// RevokePCK lists the simulated PCK certificate in the PCK CRL.
 	RevokePCK bool
+	// RevokeTCBSigner lists the TCB signing certificate that signs the
+	// TCB info and QE identity in the root CA CRL.
+	RevokeTCBSigner bool
 }
 
 // SignSGXCollateral returns simulated Intel collateral for simulated SGX
@@ -213,6 +219,16 @@ func (ca *CA) SignSGXCollateral(o SGXCollateralOptions) (collateral.Map, error) 
 	}
 	if err := ca.sgxCollateral(m, s, now, o); err != nil {
 		return nil, fmt.Errorf("simulated SGX collateral: %w", err)
+	}
+	if o.RevokeTCBSigner {
+		crl, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+			Number: big.NewInt(now.Unix()*4 + 3), ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(collateralValidity),
+			RevokedCertificateEntries: []x509.RevocationListEntry{{SerialNumber: s.cert.SerialNumber, RevocationTime: now.Add(-time.Minute)}},
+		}, ca.tdxRoot, ca.tdxRootKey)
+		if err != nil {
+			return nil, fmt.Errorf("simulated SGX collateral: %w", err)
+		}
+		m[tdxRootCRLURL] = &collateral.Response{Body: crl, Fetched: now}
 	}
 	return m, nil
 }

@@ -110,6 +110,7 @@ func svns(v []byte) []jsonTcbComponent {
 // chain is the issuer chain as Intel's headers carry it (URL-encoded PEM).
 type intelSigner struct {
 	key   *ecdsa.PrivateKey
+	cert  *x509.Certificate
 	chain string
 }
 
@@ -135,7 +136,7 @@ func (ca *CA) newIntelSigner(now time.Time) (*intelSigner, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &intelSigner{key: signKey, chain: issuerChain(signer, ca.tdxRoot)}, nil
+	return &intelSigner{key: signKey, cert: signer, chain: issuerChain(signer, ca.tdxRoot)}, nil
 }
 
 func issuerChain(certs ...*x509.Certificate) string {
