@@ -174,7 +174,7 @@ func refuse(check, format string, a ...any) *Refusal {
 // compiled on first use, not at every castellan start.
 var tcbComponents = sync.OnceValue(func() map[string]*regexp.Regexp {
 	return map[string]*regexp.Regexp{
-		evidence.PlatformSNP: regexp.MustCompile(`^(bootloader|tee|snp|microcode)$`),
+		evidence.PlatformSNP: regexp.MustCompile(`^(fmc|bootloader|tee|snp|microcode)$`), // fmc: Turin only
 		evidence.PlatformTDX: regexp.MustCompile(`^(tee_tcb_svn\.([0-9]|1[0-5])|qe_svn|pce_svn)$`),
 		evidence.PlatformSGX: regexp.MustCompile(`^(cpu_svn\.([0-9]|1[0-5])|qe_svn|pce_svn|isv_svn|config_svn)$`),
 		evidence.PlatformCCA: regexp.MustCompile(`^$`), // none: platform_software judges the firmware

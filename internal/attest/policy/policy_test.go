@@ -261,3 +261,23 @@ func TestSNPMinTCBCoversLaunchTCB(t *testing.T) {
 		t.Errorf("tdx options carry an SNP launch TCB minimum: %v", m)
 	}
 }
+
+// TestSNPMinTCBFMC: Turin's TCB_VERSION has a component Milan and Genoa
+// lack, the FMC's; a policy can require it (its name was refused as
+// unknown, so a vulnerable FMC could not be kept out), and evidence that
+// does not report it is refused.
+func TestSNPMinTCBFMC(t *testing.T) {
+	s, err := parse("p.toml", []byte("workloads = [\"any\"]\n[platforms.snp.min_tcb]\nfmc = 2\n"), "m.toml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verified := map[string]string{"collateral": "verified"}
+	turin := &evidence.Claims{Platform: evidence.PlatformSNP, Details: verified, TCB: map[string]uint64{"fmc": 1, "bootloader": 9, "tee": 9, "snp": 9, "microcode": 9}}
+	if r := s.Check(turin); r == nil || r.Check != CheckTCB || !strings.Contains(r.Reason, "fmc is 1") {
+		t.Errorf("Turin FMC below the minimum: %v", r)
+	}
+	milan := &evidence.Claims{Platform: evidence.PlatformSNP, Details: verified, TCB: map[string]uint64{"bootloader": 9, "tee": 9, "snp": 9, "microcode": 9}}
+	if r := s.Check(milan); r == nil || r.Check != CheckTCB || !strings.Contains(r.Reason, "not reported") {
+		t.Errorf("Milan evidence under an FMC minimum: %v", r)
+	}
+}
