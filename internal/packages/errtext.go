@@ -30,12 +30,19 @@ func fromRegistry(err error) error {
 	return &registryError{err}
 }
 
+// Printable returns s with what a terminal would act on escaped (control
+// characters as \xHH, bidirectional-text marks as \uHHHH, invalid UTF-8
+// bytes as \xHH), for text of an untrusted package (its config's args,
+// environment, names, paths) shown to a person: such text cannot then move
+// the cursor, hide a line or print a line of its own.
+func Printable(s string) string { return cleanText(s, 0) }
+
 // cleanText escapes what a terminal would act on in s and cuts it to max
-// bytes.
+// bytes (0: no limit).
 func cleanText(s string, max int) string {
 	var b strings.Builder
 	for i, r := range s {
-		if b.Len() >= max {
+		if max > 0 && b.Len() >= max {
 			b.WriteString("... (cut)")
 			break
 		}
