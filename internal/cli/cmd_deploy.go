@@ -204,7 +204,7 @@ func checkDirs(e *Env, cfg *config.Config, allowed []string) int {
 			ok = ok || a == "all" || a == f.Path
 		}
 		if !ok {
-			refused = append(refused, fmt.Sprintf("%s (as %s)", f.Path, f.Name))
+			refused = append(refused, fmt.Sprintf("%s (as %s)", packages.Printable(f.Path), packages.Printable(f.Name)))
 		}
 	}
 	if len(refused) == 0 {

@@ -86,6 +86,16 @@ func packageError(e *Env, err error) int {
 	return e.Errorf("%v", err)
 }
 
+// printableJoin joins a package's strings with spaces for a person to read,
+// each escaped by packages.Printable.
+func printableJoin(ss []string) string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = packages.Printable(s)
+	}
+	return strings.Join(out, " ")
+}
+
 // sizeHint says how the named limit can be changed, if it can.
 func sizeHint(l packages.Limit) string {
 	switch l {
@@ -386,7 +396,7 @@ func init() {
 			blob("toml", *info.TOML)
 		}
 		if info.ConfigError != "" {
-			fmt.Fprintf(w, "config error: %s\n", info.ConfigError)
+			fmt.Fprintf(w, "config error: %s\n", packages.Printable(info.ConfigError))
 		}
 		if cfg == nil {
 			return ExitOK
@@ -394,15 +404,15 @@ func init() {
 		if info.TOML == nil {
 			fmt.Fprintf(w, "config:    none (stdin, stdout, stderr)\n")
 		}
-		fmt.Fprintf(w, "args:      %s\n", strings.Join(out.Args, " "))
+		fmt.Fprintf(w, "args:      %s\n", printableJoin(out.Args))
 		if out.Steward != "" {
-			fmt.Fprintf(w, "steward:   %s\n", out.Steward)
+			fmt.Fprintf(w, "steward:   %s\n", packages.Printable(out.Steward))
 		}
 		if out.StewardCA != "" {
-			fmt.Fprintf(w, "steward CA: %s\n", out.StewardCA)
+			fmt.Fprintf(w, "steward CA: %s\n", packages.Printable(out.StewardCA))
 		}
 		if len(out.Env) > 0 {
-			fmt.Fprintf(w, "env:       %s\n", strings.Join(cfg.Environ()[2:], " "))
+			fmt.Fprintf(w, "env:       %s\n", printableJoin(cfg.Environ()[2:]))
 		}
 		if l := out.Limits; l != nil {
 			var parts []string
@@ -422,10 +432,10 @@ func init() {
 		}
 		fmt.Fprintf(w, "descriptors:\n")
 		for _, d := range out.Descriptors {
-			fmt.Fprintf(w, "  %d  %-8s %-12s %s\n", d.FD, d.Kind, d.Name, d.What)
+			fmt.Fprintf(w, "  %d  %-8s %-12s %s\n", d.FD, d.Kind, packages.Printable(d.Name), packages.Printable(d.What))
 		}
 		for _, warn := range out.Warnings {
-			e.Warningf("%s", warn)
+			e.Warningf("%s", packages.Printable(warn))
 		}
 		return ExitOK
 	}

@@ -2,6 +2,7 @@ package packages
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,8 +22,11 @@ const staleIngest = time.Hour
 
 // writeBlob writes one verified blob into the store: to a temporary file
 // in ingest/, synced, made read-only and renamed to blobs/sha256/HEX. It
-// returns the blob's path and whether this call created it. On any error
-// the temporary file is removed.
+// returns the blob's path and whether this call created it. A file already
+// at that path is kept only if its bytes match the digest: a damaged copy
+// (a disk fault, a hand edit) of the same size is replaced, so that pulling
+// the package again repairs the store. On any error the temporary file is
+// removed.
 //
 // oras-go's oci.Storage.Push (v2.7.0) is not used for this: its ingest
 // clears the path it means to remove before its cleanup runs, so a failed
@@ -32,8 +36,8 @@ func (s *Store) writeBlob(desc ocispec.Descriptor, data []byte) (path string, cr
 		return "", false, fmt.Errorf("blob bytes do not match %s: %w", desc.Digest, ErrMismatch)
 	}
 	path = filepath.Join(s.dir, ocispec.ImageBlobsDir, desc.Digest.Algorithm().String(), desc.Digest.Encoded())
-	if st, err := os.Stat(path); err == nil && st.Size() == desc.Size {
-		return path, false, nil // already there (verified when read)
+	if sameBlob(path, desc) {
+		return path, false, nil // already there, and intact
 	}
 	ingest := filepath.Join(s.dir, ingestDir)
 	if err := os.MkdirAll(ingest, 0o755); err != nil {
@@ -61,4 +65,20 @@ func removeStaleIngest(dir string) {
 		}
 		os.Remove(filepath.Join(dir, ingestDir, e.Name()))
 	}
+}
+
+// sameBlob reports whether path is a regular file holding exactly the
+// blob desc names.
+func sameBlob(path string, desc ocispec.Descriptor) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() || st.Size() != desc.Size {
+		return false
+	}
+	v := desc.Digest.Verifier()
+	n, err := io.Copy(v, io.LimitReader(f, desc.Size+1))
+	return err == nil && n == desc.Size && v.Verified()
 }

@@ -126,7 +126,7 @@ func (s *Store) checkShape(m *ocispec.Manifest) error {
 	}
 	if m.Config.MediaType != workload.MediaTypeConfig {
 		if d := m.Annotations[workload.AnnotationWorkloadDigest]; d != "" && m.Config.MediaType == ocispec.MediaTypeImageConfig {
-			return fmt.Errorf("the image form of workload %.80s (package push --image, for containerd), not the package: pull the package's own push: %w", d, ErrNotWorkload)
+			return fmt.Errorf("the image form of workload %s (package push --image, for containerd), not the package: pull the package's own push: %w", cleanText(d, 80), ErrNotWorkload)
 		}
 		return fmt.Errorf("config media type %q, want %q: %w", m.Config.MediaType, workload.MediaTypeConfig, ErrNotWorkload)
 	}
@@ -175,7 +175,7 @@ func (s *Store) readBlob(ctx context.Context, src content.Fetcher, from, what st
 		if errors.Is(err, errdef.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%s %s is missing from %s: %w", what, desc.Digest, from, ErrNotFound)
 		}
-		return nil, fmt.Errorf("%s %s from %s: %w", what, desc.Digest, from, err)
+		return nil, fmt.Errorf("%s %s from %s: %w", what, desc.Digest, from, fromRegistry(err))
 	}
 	defer rc.Close()
 	bar := s.newBar(what, desc)
@@ -186,7 +186,7 @@ func (s *Store) readBlob(ctx context.Context, src content.Fetcher, from, what st
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%s %s from %s is shorter than its %d bytes: %w", what, desc.Digest, from, desc.Size, ErrMismatch)
 		}
-		return nil, fmt.Errorf("%s %s from %s: %w", what, desc.Digest, from, err)
+		return nil, fmt.Errorf("%s %s from %s: %w", what, desc.Digest, from, fromRegistry(err))
 	}
 	if err := vr.Verify(); err != nil {
 		bar.done(false)
@@ -196,7 +196,7 @@ func (s *Store) readBlob(ctx context.Context, src content.Fetcher, from, what st
 		case errors.Is(err, content.ErrMismatchedDigest):
 			return nil, fmt.Errorf("%s %s from %s: %w", what, desc.Digest, from, ErrMismatch)
 		}
-		return nil, fmt.Errorf("%s %s from %s: %w", what, desc.Digest, from, err)
+		return nil, fmt.Errorf("%s %s from %s: %w", what, desc.Digest, from, fromRegistry(err))
 	}
 	bar.done(true)
 	return buf, nil

@@ -38,7 +38,7 @@ func PushImage(ctx context.Context, opts Options, dir, name, dst string) (digest
 	}
 	desc, err := oras.Copy(ctx, src, name, repo, dref.Tag, oras.DefaultCopyOptions)
 	if err != nil {
-		return "", fmt.Errorf("push %s to %s: %w", dir, dst, err)
+		return "", fmt.Errorf("push %s to %s: %w", dir, dst, fromRegistry(err))
 	}
 	return desc.Digest, nil
 }

@@ -2,6 +2,7 @@ package packages
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -27,9 +28,14 @@ func (s *Store) Fetch(ctx context.Context, reference string) (*workload.Artifact
 	if ref.Remote() {
 		if ref.Digest != "" {
 			// A pinned digest is immutable: a copy already in the local
-			// store (checked again now) serves offline.
+			// store (checked again now) serves offline. A damaged copy is
+			// fetched again, which repairs it (writeBlob).
 			if desc, err := s.resolve(Ref{Digest: ref.Digest}); err == nil {
-				return s.fetchArtifact(ctx, s.blobs, s.where(), ref, desc)
+				art, err := s.fetchArtifact(ctx, s.blobs, s.where(), ref, desc)
+				if err == nil || !(errors.Is(err, ErrMismatch) || errors.Is(err, ErrNotFound)) {
+					return art, err
+				}
+				s.warnf("%v; fetching it again from registry %s", err, ref.Registry)
 			}
 		}
 		return s.pull(ctx, ref)

@@ -90,7 +90,7 @@ func (s *Store) fetchRemote(ctx context.Context, ref Ref) (*workload.Artifact, e
 	from := "registry " + ref.Registry
 	desc, err := repo.Resolve(ctx, ref.reference())
 	if err != nil {
-		return nil, fmt.Errorf("%s: resolve in %s: %w", ref, from, err)
+		return nil, fmt.Errorf("%s: resolve in %s: %w", ref, from, fromRegistry(err))
 	}
 	return s.fetchArtifact(ctx, repo, from, ref, desc)
 }
@@ -173,7 +173,7 @@ func (s *Store) pushManifest(ctx context.Context, repo *remote.Repository, dref 
 	for _, b := range blobs {
 		ok, err := repo.Exists(ctx, b.desc)
 		if err != nil {
-			return fmt.Errorf("push %s: %s %s: %w", dref, b.what, b.desc.Digest, err)
+			return fmt.Errorf("push %s: %s %s: %w", dref, b.what, b.desc.Digest, fromRegistry(err))
 		}
 		if ok {
 			continue
@@ -181,7 +181,7 @@ func (s *Store) pushManifest(ctx context.Context, repo *remote.Repository, dref 
 		bar := s.newBar(b.what, b.desc)
 		if err := repo.Push(ctx, b.desc, bar.wrap(bytes.NewReader(b.data))); err != nil {
 			bar.done(false)
-			return fmt.Errorf("push %s: %s %s: %w", dref, b.what, b.desc.Digest, err)
+			return fmt.Errorf("push %s: %s %s: %w", dref, b.what, b.desc.Digest, fromRegistry(err))
 		}
 		bar.done(true)
 	}
@@ -193,7 +193,7 @@ func (s *Store) pushManifest(ctx context.Context, repo *remote.Repository, dref 
 		err = repo.Push(ctx, mdesc, m)
 	}
 	if err != nil {
-		return fmt.Errorf("push %s: manifest %s: %w", dref, mdesc.Digest, err)
+		return fmt.Errorf("push %s: manifest %s: %w", dref, mdesc.Digest, fromRegistry(err))
 	}
 	return nil
 }

@@ -35,8 +35,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"oras.land/oras-go/v2/content"
-	"oras.land/oras-go/v2/content/oci"
 	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry/remote"
 
@@ -81,7 +79,7 @@ func (o *Options) stallLimit() time.Duration {
 type Store struct {
 	Options
 	dir   string
-	blobs *oci.Storage
+	blobs dirBlobs
 }
 
 // DefaultDir is the local store's folder: $CASTELLAN_STORE, else
@@ -108,7 +106,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("package store: no folder given")
 	}
 	layoutPath := filepath.Join(dir, ocispec.ImageLayoutFile)
-	b, err := os.ReadFile(layoutPath)
+	b, err := readRegular(layoutPath, maxLayoutFile)
 	if errors.Is(err, os.ErrNotExist) {
 		// Never turn a folder of other files into a layout.
 		if ents, _ := os.ReadDir(dir); len(ents) > 0 {
@@ -139,7 +137,7 @@ func Open(dir string, opts Options) (*Store, error) {
 // OpenLayout opens an existing OCI image-layout folder without creating
 // anything, for oci-layout: references.
 func OpenLayout(dir string, opts Options) (*Store, error) {
-	b, err := os.ReadFile(filepath.Join(dir, ocispec.ImageLayoutFile))
+	b, err := readRegular(filepath.Join(dir, ocispec.ImageLayoutFile), maxLayoutFile)
 	if err != nil {
 		return nil, fmt.Errorf("%s: not an OCI image layout: %w", dir, err)
 	}
@@ -151,11 +149,7 @@ func OpenLayout(dir string, opts Options) (*Store, error) {
 }
 
 func openExisting(dir string, opts Options) (*Store, error) {
-	blobs, err := oci.NewStorage(dir)
-	if err != nil {
-		return nil, fmt.Errorf("package store %s: %w", dir, err)
-	}
-	return &Store{Options: opts, dir: dir, blobs: blobs}, nil
+	return &Store{Options: opts, dir: dir, blobs: dirBlobs{dir}}, nil
 }
 
 // Dir is the store's folder.
@@ -173,8 +167,6 @@ func (s *Store) warnf(format string, a ...any) {
 		s.Warnf(format, a...)
 	}
 }
-
-var _ content.Fetcher = (*oci.Storage)(nil)
 
 var wasmMagic = []byte("\x00asm\x01\x00\x00\x00")
 
@@ -365,7 +357,7 @@ func plain(d ocispec.Descriptor) ocispec.Descriptor {
 // readIndex reads index.json; a missing one is an empty index.
 func (s *Store) readIndex() (*ocispec.Index, error) {
 	p := filepath.Join(s.dir, ocispec.ImageIndexFile)
-	f, err := os.Open(p)
+	f, err := openRegular(p)
 	if errors.Is(err, os.ErrNotExist) {
 		return newIndex(), nil
 	}
