@@ -414,6 +414,28 @@ func (c *conn) write(ctx context.Context, b []byte, nonblock bool) (int, Errno) 
 	}
 }
 
+// writev writes iovs as one stream, at most writeMax bytes of them
+// joined at a time (see gather). A blocking call writes them all, unless
+// writing fails after some were taken; a non-blocking one stops at the
+// first chunk the connection did not take whole.
+func (c *conn) writev(ctx context.Context, iovs [][]byte, nonblock bool) (int, Errno) {
+	total := 0
+	for {
+		chunk, rest := gather(iovs, writeMax)
+		n, errno := c.write(ctx, chunk, nonblock)
+		total += n
+		switch {
+		case errno != errSuccess && total > 0:
+			return total, errSuccess
+		case errno != errSuccess:
+			return 0, errno
+		case n < len(chunk) || len(rest) == 0:
+			return total, errSuccess
+		}
+		iovs = rest
+	}
+}
+
 // flushSpill sends the spilled ciphertext, blocking; c.wmu is held and
 // released meanwhile.
 func (c *conn) flushSpill() {
@@ -875,7 +897,7 @@ func sockSend(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64
 		return errInval
 	}
 	iovs := m.iovecs(uint32(p[1]), uint32(p[2]))
-	n, errno := c.write(ctx, concat(iovs), d.nonblock())
+	n, errno := c.writev(ctx, iovs, d.nonblock())
 	if errno != errSuccess {
 		return errno
 	}

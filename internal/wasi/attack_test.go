@@ -1,0 +1,85 @@
+package wasi
+
+import (
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// hostAlloc is how many bytes the Go heap allocated while f ran.
+func hostAlloc(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// TestOverlappingIovecsDoNotAmplify: a guest may point all of its 1024
+// iovecs at the same large region. A write to a socket must not join them
+// into one host buffer of 1024 times that region (with 4 GiB of guest
+// memory, 4 TiB: the whole host process dies of it).
+func TestOverlappingIovecsDoNotAmplify(t *testing.T) {
+	for _, fn := range []string{"fd_write", "sock_send"} {
+		t.Run(fn, func(t *testing.T) {
+			g, _, fd := sockGuest(t)
+			if e := g.call("fd_fdstat_set_flags", fd, fdflagNonblock); e != errSuccess {
+				t.Fatalf("fd_fdstat_set_flags: errno %d", e)
+			}
+			const region, count = 256 << 10, 1024
+			buf, iovs, np := g.alloc(region), g.alloc(8*count), g.alloc(4)
+			for i := range count {
+				le.PutUint32(g.mem[iovs+uint32(8*i):], buf)
+				le.PutUint32(g.mem[iovs+uint32(8*i)+4:], region)
+			}
+			var e Errno
+			used := hostAlloc(func() {
+				if fn == "fd_write" {
+					e = g.call(fn, fd, uint64(iovs), count, uint64(np))
+				} else {
+					e = g.call(fn, fd, uint64(iovs), count, 0, uint64(np))
+				}
+			})
+			if e != errSuccess || g.u32(np) == 0 {
+				t.Fatalf("%s: errno %d, n %d", fn, e, g.u32(np))
+			}
+			if used > 32<<20 {
+				t.Errorf("%s of %d overlapping iovecs of %d KiB allocated %d MiB on the host", fn, count, region>>10, used>>20)
+			}
+		})
+	}
+}
+
+func TestGather(t *testing.T) {
+	b := func(s string) []byte { return []byte(s) }
+	for _, tc := range []struct {
+		name  string
+		iovs  [][]byte
+		limit int
+		want  []string // the chunks, in order
+	}{
+		{"none", nil, 4, nil},
+		{"empty ones", [][]byte{{}, {}}, 4, nil},
+		{"one, larger than the limit", [][]byte{b("abcdefgh")}, 4, []string{"abcdefgh"}},
+		{"first at the limit", [][]byte{b("abcd"), b("ef")}, 4, []string{"abcd", "ef"}},
+		{"joined", [][]byte{b("ab"), {}, b("cd"), b("e")}, 8, []string{"abcde"}},
+		{"split", [][]byte{b("ab"), b("cdef"), b("gh")}, 4, []string{"abcd", "efgh"}},
+		{"split into three", [][]byte{b("abc"), b("defghij")}, 4, []string{"abcd", "efghij"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			iovs := tc.iovs
+			for range 10 {
+				chunk, rest := gather(iovs, tc.limit)
+				if len(chunk) == 0 {
+					break
+				}
+				got = append(got, string(chunk))
+				iovs = rest
+			}
+			if strings.Join(got, "|") != strings.Join(tc.want, "|") {
+				t.Errorf("chunks %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
