@@ -83,3 +83,39 @@ func TestGather(t *testing.T) {
 		})
 	}
 }
+
+// TestLongPathNotCopied: a path as long as the guest's memory is refused
+// before the host copies it (the copy doubled the guest's memory).
+func TestLongPathNotCopied(t *testing.T) {
+	o, _, _ := dirOpts(t, false)
+	g := newGuest(t, o)
+	long := g.alloc(512 << 10)
+	for i := range 512 << 10 {
+		g.mem[long+uint32(i)] = 'a'
+	}
+	np := g.alloc(4)
+	for _, tc := range []struct {
+		name string
+		args []uint64
+	}{
+		{"path_open", []uint64{3, 0, uint64(long), 512 << 10, 0, rightFdRead, 0, 0, uint64(np)}},
+		{"path_create_directory", []uint64{3, uint64(long), 512 << 10}},
+		{"path_filestat_get", []uint64{3, 0, uint64(long), 512 << 10, uint64(np)}},
+		{"path_symlink", []uint64{uint64(long), 512 << 10, 3, uint64(long), 8}},
+		{"path_unlink_file", []uint64{3, uint64(long), 512 << 10}},
+		{"path_remove_directory", []uint64{3, uint64(long), 512 << 10}},
+	} {
+		var e Errno
+		used := hostAlloc(func() { e = g.call(tc.name, tc.args...) })
+		if e != errNametoolong {
+			t.Errorf("%s with a 512 KiB path: errno %d, want ENAMETOOLONG", tc.name, e)
+		}
+		if used > 256<<10 {
+			t.Errorf("%s with a 512 KiB path allocated %d KiB on the host", tc.name, used>>10)
+		}
+	}
+	// 4095 bytes is still a path (of a name too long for the file system).
+	if e := g.call("path_create_directory", 3, uint64(long), 4095); e != errNametoolong {
+		t.Errorf("path_create_directory with a 4095-byte name: errno %d", e)
+	}
+}
