@@ -1,9 +1,14 @@
 package wasi
 
 import (
+	"io"
+	"net"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/config"
 )
 
 // hostAlloc is how many bytes the Go heap allocated while f ran.
@@ -117,5 +122,70 @@ func TestLongPathNotCopied(t *testing.T) {
 	// 4095 bytes is still a path (of a name too long for the file system).
 	if e := g.call("path_create_directory", 3, uint64(long), 4095); e != errNametoolong {
 		t.Errorf("path_create_directory with a 4095-byte name: errno %d", e)
+	}
+}
+
+// TestLingeringConnectionsCount: a closed connection whose peer does not
+// read keeps its socket, goroutines and buffer while it lingers (up to
+// lingerTime). It stays within the open-file limit meanwhile, or a guest
+// could close and accept in a loop and hold any number of them.
+func TestLingeringConnectionsCount(t *testing.T) {
+	addrc := make(chan string, 1)
+	g := newGuest(t, Options{
+		Files:        []config.File{{Kind: config.KindListen, Name: "l", Prot: config.ProtTCP, Addr: "127.0.0.1"}},
+		OnListen:     func(_ string, a net.Addr) { addrc <- a.String() },
+		MaxOpenFiles: 2,
+	})
+	addr := <-addrc
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	peer := dial()
+	fd := g.accept(0)
+	if e := g.call("fd_fdstat_set_flags", fd, fdflagNonblock); e != errSuccess {
+		t.Fatalf("fd_fdstat_set_flags: errno %d", e)
+	}
+	// Write until the socket and the connection's buffer are full.
+	const size = 512 << 10
+	iov, buf, np := g.alloc(8), g.alloc(size), g.alloc(4)
+	le.PutUint32(g.mem[iov:], buf)
+	le.PutUint32(g.mem[iov+4:], size)
+	for i := 0; ; i++ {
+		e := g.call("fd_write", fd, uint64(iov), 1, uint64(np))
+		if e == errAgain {
+			break
+		}
+		if e != errSuccess || i > 10000 {
+			t.Fatalf("fd_write %d: errno %d", i, e)
+		}
+	}
+	if e := g.call("fd_close", fd); e != errSuccess {
+		t.Fatalf("fd_close: errno %d", e)
+	}
+	dial()
+	if u, _, _, _ := g.pollRead(0, time.Hour); u != 1 {
+		t.Fatalf("poll on the listener: userdata %d", u)
+	}
+	fdp := g.alloc(4)
+	if e := g.call("sock_accept", 0, 0, uint64(fdp)); e != errMfile {
+		t.Fatalf("sock_accept while a closed connection lingers: errno %d, want EMFILE", e)
+	}
+	// Once the peer has read everything, the connection is gone.
+	go io.Copy(io.Discard, peer)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		e := g.call("sock_accept", 0, 0, uint64(fdp))
+		if e == errSuccess {
+			break
+		}
+		if e != errMfile || time.Now().After(deadline) {
+			t.Fatalf("sock_accept after the linger: errno %d", e)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

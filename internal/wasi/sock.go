@@ -216,6 +216,7 @@ type conn struct {
 	shutWr        bool        // the guest shut down writing
 	shutDone      bool        // the writer has sent the FIN
 	closing       bool        // the guest closed: flush, then close
+	lingers       bool        // counted in System.lingering until the writer ends
 	aborted       bool        // close at once, dropping what is buffered
 }
 
@@ -264,6 +265,12 @@ func (s *System) newConn(c net.Conn, handshake func() error) *conn {
 	go func() {
 		defer s.pumps.Done()
 		cn.writer()
+		cn.wmu.Lock()
+		if cn.lingers {
+			cn.lingers = false
+			s.lingering.Add(-1)
+		}
+		cn.wmu.Unlock()
 	}()
 	return cn
 }
@@ -534,6 +541,12 @@ func (c *conn) close() error {
 		c.wmu.Lock()
 		c.closing = true
 		aborted := c.aborted
+		if !aborted && len(c.wbuf)+c.inflight+len(c.spill)+c.spillInflight > 0 {
+			// Until the writer has sent what is buffered, the socket, its
+			// goroutines and buffers stay: they count as an open file.
+			c.lingers = true
+			c.s.lingering.Add(1)
+		}
 		c.wcond.Broadcast()
 		c.wmu.Unlock()
 		if aborted {
@@ -796,7 +809,7 @@ func sockAccept(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint
 		return errInval
 	}
 	for {
-		if s.nopen >= s.max {
+		if s.full() {
 			return errMfile
 		}
 		ch := s.waiter()
