@@ -38,8 +38,15 @@ func precheck(wasm []byte) error {
 				s.skip(int(s.count())) // params: one byte each at least
 				s.skip(int(s.count())) // results
 			})
-		case 2, 3, 4, 5, 6, 7, 13:
+		case 2, 3, 4, 6, 7, 13:
 			s.count()
+		case 5:
+			// The memory limit is per memory: wasmtime, with multi-memory
+			// on, would give each of up to 100 memories the whole limit.
+			// wazero refuses them too, in nearly these words.
+			if n := s.count(); n > 1 {
+				s.fail(fmt.Sprintf("at most one memory allowed in module, but read %d", n))
+			}
 		case 9:
 			s.vec(s.elementSegment)
 		case 11:

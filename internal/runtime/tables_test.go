@@ -119,3 +119,29 @@ func TestBoundTablesRewrite(t *testing.T) {
 		}
 	}
 }
+
+// TestOneMemory: the memory limit is per memory, and wasmtime accepts
+// multi-memory modules: with 100 memories a guest would have 100 times
+// the limit. Both engines refuse a second memory, with the same error.
+func TestOneMemory(t *testing.T) {
+	sec := func(id byte, body []byte) []byte { return append(appendU32([]byte{id}, uint32(len(body))), body...) }
+	str := func(s string) []byte { return append([]byte{byte(len(s))}, s...) }
+	var exp []byte
+	exp = append(exp, 2)
+	exp = append(exp, str("_start")...)
+	exp = append(exp, 0, 0)
+	exp = append(exp, str("memory")...)
+	exp = append(exp, 2, 0)
+	body := []byte{0, 0x3f, 2, 0x1a, 0x0b} // memory.size 2; drop
+	m := []byte("\x00asm\x01\x00\x00\x00")
+	m = append(m, sec(1, []byte{1, 0x60, 0, 0})...)
+	m = append(m, sec(3, []byte{1, 0})...)
+	m = append(m, sec(5, []byte{3, 0, 1, 0, 16, 0, 16})...)
+	m = append(m, sec(7, exp)...)
+	m = append(m, sec(10, append([]byte{1, byte(len(body))}, body...))...)
+	_, err := Run(context.Background(), Options{Name: "mm.wasm", Wasm: m, MemoryPages: 16})
+	want := "mm.wasm: truncated or malformed module: section 5: at most one memory allowed in module, but read 3"
+	if err == nil || err.Error() != want {
+		t.Errorf("a module with 3 memories: %v", err)
+	}
+}
