@@ -9,23 +9,32 @@ import (
 	"github.com/castellan-dev/castellan/internal/fixtures"
 )
 
+// wasmSection is a module section: its id, size and body.
+func wasmSection(id byte, body []byte) []byte {
+	return append(appendU32([]byte{id}, uint32(len(body))), body...)
+}
+
+func wasmName(s string) []byte { return append([]byte{byte(len(s))}, s...) }
+
+// startAndMemory is an export section: function start as "_start" and
+// memory 0 as "memory".
+func startAndMemory(start byte) []byte {
+	exp := []byte{2}
+	exp = append(exp, wasmName("_start")...)
+	exp = append(exp, 0, start)
+	exp = append(exp, wasmName("memory")...)
+	return wasmSection(7, append(exp, 2, 0))
+}
+
 // tableModule is a WASI command with the given table section body whose
 // _start grows table 0 by grow elements and exits with table.grow's
 // result plus one: 0 when the growth was refused.
 func tableModule(tables []byte, grow uint32) []byte {
-	sec := func(id byte, body []byte) []byte { return append(appendU32([]byte{id}, uint32(len(body))), body...) }
-	str := func(s string) []byte { return append([]byte{byte(len(s))}, s...) }
-	var imp []byte
-	imp = append(imp, 1)
-	imp = append(imp, str("wasi_snapshot_preview1")...)
-	imp = append(imp, str("proc_exit")...)
+	sec := wasmSection
+	imp := []byte{1}
+	imp = append(imp, wasmName("wasi_snapshot_preview1")...)
+	imp = append(imp, wasmName("proc_exit")...)
 	imp = append(imp, 0, 0)
-	var exp []byte
-	exp = append(exp, 2)
-	exp = append(exp, str("_start")...)
-	exp = append(exp, 0, 1)
-	exp = append(exp, str("memory")...)
-	exp = append(exp, 2, 0)
 	body := []byte{0, 0xd0, 0x70, 0x41}
 	body = appendU32(body, grow) // i32.const: as signed LEB, grow < 1<<27 keeps it positive
 	body = append(body, 0xfc, 0x0f, 0, 0x41, 1, 0x6a, 0x10, 0, 0x0b)
@@ -35,7 +44,7 @@ func tableModule(tables []byte, grow uint32) []byte {
 	m = append(m, sec(3, []byte{1, 1})...)
 	m = append(m, sec(4, tables)...)
 	m = append(m, sec(5, []byte{1, 0, 1})...)
-	m = append(m, sec(7, exp)...)
+	m = append(m, startAndMemory(1)...)
 	return append(m, sec(10, append([]byte{1, byte(len(body))}, body...))...)
 }
 
@@ -124,20 +133,13 @@ func TestBoundTablesRewrite(t *testing.T) {
 // multi-memory modules: with 100 memories a guest would have 100 times
 // the limit. Both engines refuse a second memory, with the same error.
 func TestOneMemory(t *testing.T) {
-	sec := func(id byte, body []byte) []byte { return append(appendU32([]byte{id}, uint32(len(body))), body...) }
-	str := func(s string) []byte { return append([]byte{byte(len(s))}, s...) }
-	var exp []byte
-	exp = append(exp, 2)
-	exp = append(exp, str("_start")...)
-	exp = append(exp, 0, 0)
-	exp = append(exp, str("memory")...)
-	exp = append(exp, 2, 0)
+	sec := wasmSection
 	body := []byte{0, 0x3f, 2, 0x1a, 0x0b} // memory.size 2; drop
 	m := []byte("\x00asm\x01\x00\x00\x00")
 	m = append(m, sec(1, []byte{1, 0x60, 0, 0})...)
 	m = append(m, sec(3, []byte{1, 0})...)
 	m = append(m, sec(5, []byte{3, 0, 1, 0, 16, 0, 16})...)
-	m = append(m, sec(7, exp)...)
+	m = append(m, startAndMemory(0)...)
 	m = append(m, sec(10, append([]byte{1, byte(len(body))}, body...))...)
 	_, err := Run(context.Background(), Options{Name: "mm.wasm", Wasm: m, MemoryPages: 16})
 	want := "mm.wasm: truncated or malformed module: section 5: at most one memory allowed in module, but read 3"
