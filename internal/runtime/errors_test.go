@@ -202,6 +202,7 @@ func FuzzCheck(f *testing.F) {
 	f.Add([]byte("\x00asm\x01\x00\x00\x00"))
 	f.Add(noStart)
 	f.Add([]byte("\x00asm\x01\x00\x00\x00\x01\x05\x01\x60\x01\x7f"))
+	f.Add(tableModule([]byte{1, 0x70, 0, 0}, 1)) // a table to bound
 	f.Fuzz(func(t *testing.T, b []byte) {
 		err := Check(context.Background(), "fuzz.wasm", b, "")
 		if err != nil && (strings.Contains(err.Error(), "\n") || !strings.HasPrefix(err.Error(), "fuzz.wasm: ")) {

@@ -38,8 +38,15 @@ func precheck(wasm []byte) error {
 				s.skip(int(s.count())) // params: one byte each at least
 				s.skip(int(s.count())) // results
 			})
-		case 2, 3, 4, 5, 6, 7, 13:
+		case 2, 3, 4, 6, 7, 13:
 			s.count()
+		case 5:
+			// The memory limit is per memory: wasmtime, with multi-memory
+			// on, would give each of up to 100 memories the whole limit.
+			// wazero refuses them too, in nearly these words.
+			if n := s.count(); n > 1 {
+				s.fail(fmt.Sprintf("at most one memory allowed in module, but read %d", n))
+			}
 		case 9:
 			s.vec(s.elementSegment)
 		case 11:
@@ -251,4 +258,115 @@ func (r *reader) constExpr() {
 			r.fail(fmt.Sprintf("unexpected opcode 0x%x in a constant expression", op))
 		}
 	}
+}
+
+// Bounds on a module's tables. The memory limit does not cover tables, and
+// both engines let table.grow take up to 2^32-1 elements of host memory
+// (8 bytes each in wazero: 32 GiB per call, killing the host process).
+// Go's wasip1 modules declare their table without a maximum; boundTables
+// gives every table one, so that table.grow past it fails (returns -1) as
+// the specification allows, and the host's cost is bounded: at most
+// maxTables tables of maxTableElements elements, 64 MiB.
+const (
+	maxTables        = 8
+	maxTableElements = 1 << 20
+)
+
+// boundTables returns wasm with each table's maximum at most
+// maxTableElements, and whether it changed any (if not, it returns wasm
+// itself), or an error for a
+// module whose tables need more: one with too many tables, a minimum over
+// the bound, or a table type it does not know. It runs after precheck.
+func boundTables(wasm []byte) (_ []byte, changed bool, _ error) {
+	r := &reader{b: wasm, pos: 8}
+	for r.pos < len(r.b) {
+		id := r.byte()
+		head := r.pos // where the section size starts
+		size := r.u32()
+		if r.err != nil {
+			return nil, false, r.err
+		}
+		if uint64(size) > uint64(len(r.b)-r.pos) {
+			return nil, false, fmt.Errorf("section %d: size %d runs past the end of the module", id, size)
+		}
+		start, end := r.pos, r.pos+int(size)
+		r.pos = end
+		if id != 4 {
+			continue
+		}
+		body, changed, err := boundTableSection(wasm[start:end])
+		if err != nil {
+			return nil, false, err
+		}
+		if !changed {
+			return wasm, false, nil
+		}
+		out := make([]byte, 0, len(wasm)+8)
+		out = append(out, wasm[:head]...)
+		out = appendU32(out, uint32(len(body)))
+		out = append(out, body...)
+		return append(out, wasm[end:]...), true, nil
+	}
+	return wasm, false, nil
+}
+
+// boundTableSection rewrites a table section's limits (see boundTables).
+func boundTableSection(sec []byte) ([]byte, bool, error) {
+	s := &reader{b: sec}
+	n := s.count()
+	if s.err != nil {
+		return nil, false, fmt.Errorf("table section: %w", s.err)
+	}
+	if n > maxTables {
+		return nil, false, fmt.Errorf("table section: %d tables, over the limit of %d", n, maxTables)
+	}
+	out := appendU32(nil, n)
+	changed := false
+	for i := range n {
+		from := s.pos
+		switch t := s.byte(); t {
+		case 0x70, 0x6f: // funcref, externref
+		case 0x63, 0x64: // (ref null? heaptype): a heap type, a signed LEB
+			for s.err == nil && s.byte()&0x80 != 0 {
+			}
+		default:
+			if s.err == nil {
+				return nil, false, fmt.Errorf("table %d: unknown table type 0x%02x", i, t)
+			}
+		}
+		out = append(out, sec[from:s.pos]...)
+		flags := s.byte()
+		min := s.u32()
+		max, hasMax := uint32(0), flags == 1
+		if hasMax {
+			max = s.u32()
+		}
+		switch {
+		case s.err != nil:
+			return nil, false, fmt.Errorf("table %d: %w", i, s.err)
+		case flags > 1:
+			return nil, false, fmt.Errorf("table %d: limits flags 0x%02x are not supported", i, flags)
+		case min > maxTableElements:
+			return nil, false, fmt.Errorf("table %d: minimum of %d elements, over the limit of %d", i, min, maxTableElements)
+		}
+		if !hasMax || max > maxTableElements {
+			max, changed = maxTableElements, true
+		}
+		out = append(out, 1)
+		out = appendU32(out, min)
+		out = appendU32(out, max)
+	}
+	if s.pos != len(sec) {
+		return nil, false, fmt.Errorf("table section: %d bytes after the tables", len(sec)-s.pos)
+	}
+	return out, changed, nil
+}
+
+// appendU32 appends v as an unsigned LEB128 number.
+func appendU32(b []byte, v uint32) []byte {
+	for v >= 0x80 {
+		b = append(b, byte(v)|0x80)
+		v >>= 7
+	}
+	return append(b, byte(v))
 }

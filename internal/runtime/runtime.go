@@ -254,7 +254,17 @@ func compile(ctx context.Context, eng engine.Engine, name string, wasm []byte) (
 	if err := precheck(wasm); err != nil {
 		return nil, fmt.Errorf("%s: truncated or malformed module: %w", name, err)
 	}
-	mod, err := eng.Compile(ctx, wasm)
+	bounded, changed, err := boundTables(wasm)
+	if err != nil {
+		return nil, fmt.Errorf("%s: tables over the limit: %w", name, err)
+	}
+	if changed {
+		// The engine compiles other bytes than the module's: a cache
+		// keyed by the module's sum (wasmtime's) must not serve code
+		// compiled from the unbounded module.
+		ctx = engine.WithModuleSum(ctx, sha256.Sum256(bounded))
+	}
+	mod, err := eng.Compile(ctx, bounded)
 	if err != nil {
 		if strings.Contains(err.Error(), "over limit") {
 			return nil, fmt.Errorf("%s: the module needs more memory than the limit: %w", name, err)

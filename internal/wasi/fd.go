@@ -243,27 +243,42 @@ func fdWrite(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64)
 	return errSuccess
 }
 
-// concat joins buffers, without copying when there is only one.
-func concat(iovs [][]byte) []byte {
-	var nonEmpty [][]byte
+// gather joins the first bytes of iovs, at most limit of them, into one
+// buffer, and returns it with the iovecs left. A first non-empty iovec of
+// limit bytes or more, or the only one, is returned as is, without a copy.
+// The limit bounds the host's copy: a guest's iovecs may all point at the
+// same region, so their total is not bounded by its memory.
+func gather(iovs [][]byte, limit int) (chunk []byte, rest [][]byte) {
+	for len(iovs) > 0 && len(iovs[0]) == 0 {
+		iovs = iovs[1:]
+	}
+	switch {
+	case len(iovs) == 0:
+		return nil, nil
+	case len(iovs) == 1 || len(iovs[0]) >= limit:
+		return iovs[0], iovs[1:]
+	}
+	out := make([]byte, 0, min(limit, totalLen(iovs)))
+	for len(iovs) > 0 && len(out) < limit {
+		n := min(len(iovs[0]), limit-len(out))
+		out = append(out, iovs[0][:n]...)
+		if n < len(iovs[0]) {
+			return out, append([][]byte{iovs[0][n:]}, iovs[1:]...)
+		}
+		iovs = iovs[1:]
+	}
+	return out, iovs
+}
+
+// totalLen is the sum of the iovecs' lengths, saturating at MaxInt.
+func totalLen(iovs [][]byte) int {
 	n := 0
 	for _, b := range iovs {
-		if len(b) > 0 {
-			nonEmpty = append(nonEmpty, b)
-			n += len(b)
+		if n += len(b); n < 0 {
+			return int(^uint(0) >> 1)
 		}
 	}
-	switch len(nonEmpty) {
-	case 0:
-		return nil
-	case 1:
-		return nonEmpty[0]
-	}
-	out := make([]byte, 0, n)
-	for _, b := range nonEmpty {
-		out = append(out, b...)
-	}
-	return out
+	return n
 }
 
 func fdPread(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {

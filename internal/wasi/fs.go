@@ -15,6 +15,11 @@ import (
 	"github.com/castellan-dev/castellan/internal/engine"
 )
 
+// pathMax bounds a guest path, as Linux's PATH_MAX (4096 with its NUL):
+// a longer one is ENAMETOOLONG before the host copies it, so that a path
+// as long as the guest's memory does not double what the guest holds.
+const pathMax = 4096
+
 type dirent struct {
 	name     string
 	ino      uint64
@@ -35,6 +40,9 @@ func (s *System) resolve(m mem, fd, ptr, n uint32, right uint64, write bool) (*d
 	dir := dirOf(d)
 	if dir == nil {
 		return nil, "", errNotdir
+	}
+	if n >= pathMax {
+		return nil, "", errNametoolong
 	}
 	p := string(m.bytes(ptr, n))
 	switch {
@@ -414,6 +422,9 @@ func pathUnlinkFile(s *System, _ context.Context, _ engine.Caller, m mem, p []ui
 // do: the runtime would never follow them, and a link to a host path
 // should not be left in the host folder.
 func pathSymlink(s *System, _ context.Context, _ engine.Caller, m mem, p []uint64) Errno {
+	if uint32(p[1]) >= pathMax {
+		return errNametoolong
+	}
 	target := string(m.bytes(uint32(p[0]), uint32(p[1])))
 	d, rel, errno := s.resolve(m, uint32(p[2]), uint32(p[3]), uint32(p[4]), rightPathSymlink, true)
 	if errno != errSuccess {

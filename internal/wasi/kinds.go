@@ -430,7 +430,7 @@ func (k *connKind) read(ctx context.Context, iovs [][]byte, nonblock bool) (int,
 }
 
 func (k *connKind) write(ctx context.Context, iovs [][]byte, nonblock, _ bool) (int, Errno) {
-	return k.c.write(ctx, concat(iovs), nonblock)
+	return k.c.writev(ctx, iovs, nonblock)
 }
 
 func (k *connKind) readable() (bool, int, bool, Errno) { return k.c.readiness() }

@@ -216,6 +216,7 @@ type conn struct {
 	shutWr        bool        // the guest shut down writing
 	shutDone      bool        // the writer has sent the FIN
 	closing       bool        // the guest closed: flush, then close
+	lingers       bool        // counted in System.lingering until the writer ends
 	aborted       bool        // close at once, dropping what is buffered
 }
 
@@ -264,6 +265,12 @@ func (s *System) newConn(c net.Conn, handshake func() error) *conn {
 	go func() {
 		defer s.pumps.Done()
 		cn.writer()
+		cn.wmu.Lock()
+		if cn.lingers {
+			cn.lingers = false
+			s.lingering.Add(-1)
+		}
+		cn.wmu.Unlock()
 	}()
 	return cn
 }
@@ -414,6 +421,28 @@ func (c *conn) write(ctx context.Context, b []byte, nonblock bool) (int, Errno) 
 	}
 }
 
+// writev writes iovs as one stream, at most writeMax bytes of them
+// joined at a time (see gather). A blocking call writes them all, unless
+// writing fails after some were taken; a non-blocking one stops at the
+// first chunk the connection did not take whole.
+func (c *conn) writev(ctx context.Context, iovs [][]byte, nonblock bool) (int, Errno) {
+	total := 0
+	for {
+		chunk, rest := gather(iovs, writeMax)
+		n, errno := c.write(ctx, chunk, nonblock)
+		total += n
+		switch {
+		case errno != errSuccess && total > 0:
+			return total, errSuccess
+		case errno != errSuccess:
+			return 0, errno
+		case n < len(chunk) || len(rest) == 0:
+			return total, errSuccess
+		}
+		iovs = rest
+	}
+}
+
 // flushSpill sends the spilled ciphertext, blocking; c.wmu is held and
 // released meanwhile.
 func (c *conn) flushSpill() {
@@ -512,6 +541,12 @@ func (c *conn) close() error {
 		c.wmu.Lock()
 		c.closing = true
 		aborted := c.aborted
+		if !aborted && len(c.wbuf)+c.inflight+len(c.spill)+c.spillInflight > 0 {
+			// Until the writer has sent what is buffered, the socket, its
+			// goroutines and buffers stay: they count as an open file.
+			c.lingers = true
+			c.s.lingering.Add(1)
+		}
 		c.wcond.Broadcast()
 		c.wmu.Unlock()
 		if aborted {
@@ -774,7 +809,7 @@ func sockAccept(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint
 		return errInval
 	}
 	for {
-		if s.nopen >= s.max {
+		if s.full() {
 			return errMfile
 		}
 		ch := s.waiter()
@@ -875,7 +910,7 @@ func sockSend(s *System, ctx context.Context, _ engine.Caller, m mem, p []uint64
 		return errInval
 	}
 	iovs := m.iovecs(uint32(p[1]), uint32(p[2]))
-	n, errno := c.write(ctx, concat(iovs), d.nonblock())
+	n, errno := c.writev(ctx, iovs, d.nonblock())
 	if errno != errSuccess {
 		return errno
 	}

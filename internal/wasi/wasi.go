@@ -74,7 +74,10 @@ type System struct {
 	fds   []*fdesc // nil entries are free slots
 	nopen int
 	max   int
-	start time.Time
+	// lingering counts closed connections still sending what the guest
+	// wrote (see conn.close); they count against max until they end.
+	lingering atomic.Int32
+	start     time.Time
 
 	// notify wakes poll_oneoff and blocking calls whenever a pump makes
 	// progress: the channel is closed and replaced on every event.
@@ -238,9 +241,15 @@ func (s *System) wait(ctx context.Context, ch <-chan struct{}, timer <-chan time
 	}
 }
 
+// full reports whether the descriptors open and the connections that
+// linger after their close have reached the open-file limit.
+func (s *System) full() bool {
+	return s.nopen+int(s.lingering.Load()) >= s.max
+}
+
 // alloc places d in the lowest free slot.
 func (s *System) alloc(d *fdesc) (uint32, Errno) {
-	if s.nopen >= s.max {
+	if s.full() {
 		return 0, errMfile
 	}
 	s.nopen++
