@@ -182,3 +182,9 @@ type moduleSumKey struct{}
 func WithModuleSum(ctx context.Context, sum [sha256.Size]byte) context.Context {
 	return context.WithValue(ctx, moduleSumKey{}, sum)
 }
+
+// ModuleSum returns the sum WithModuleSum put in ctx, if any.
+func ModuleSum(ctx context.Context) ([sha256.Size]byte, bool) {
+	sum, ok := ctx.Value(moduleSumKey{}).([sha256.Size]byte)
+	return sum, ok
+}

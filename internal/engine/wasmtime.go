@@ -595,7 +595,7 @@ func (in *interrupter) close() {
 
 // moduleSum returns the sum WithModuleSum put in ctx, else wasm's.
 func moduleSum(ctx context.Context, wasm []byte) [sha256.Size]byte {
-	if sum, ok := ctx.Value(moduleSumKey{}).([sha256.Size]byte); ok {
+	if sum, ok := ModuleSum(ctx); ok {
 		return sum
 	}
 	return sha256.Sum256(wasm)

@@ -270,6 +270,10 @@ func (r *reader) constExpr() {
 const (
 	maxTables        = 8
 	maxTableElements = 1 << 20
+	// boundTablesVersion names boundTables's output in a cache key
+	// derived from the module's own sum: change it whenever boundTables
+	// would rewrite a module differently.
+	boundTablesVersion = "castellan boundTables v1: tables at most 1048576 elements"
 )
 
 // boundTables returns wasm with each table's maximum at most

@@ -258,11 +258,14 @@ func compile(ctx context.Context, eng engine.Engine, name string, wasm []byte) (
 	if err != nil {
 		return nil, fmt.Errorf("%s: tables over the limit: %w", name, err)
 	}
-	if changed {
+	if sum, ok := engine.ModuleSum(ctx); ok && changed {
 		// The engine compiles other bytes than the module's: a cache
 		// keyed by the module's sum (wasmtime's) must not serve code
-		// compiled from the unbounded module.
-		ctx = engine.WithModuleSum(ctx, sha256.Sum256(bounded))
+		// compiled from the unbounded module. The rewrite is a function
+		// of the module's bytes, so the module's sum and the rewrite's
+		// version name the bytes compiled, without hashing a large module
+		// again. (Without a sum the engine hashes the bytes it is given.)
+		ctx = engine.WithModuleSum(ctx, sha256.Sum256(append(sum[:], boundTablesVersion...)))
 	}
 	mod, err := eng.Compile(ctx, bounded)
 	if err != nil {

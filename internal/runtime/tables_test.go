@@ -3,9 +3,12 @@ package runtime
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"fmt"
 	"runtime"
 	"testing"
 
+	"github.com/castellan-dev/castellan/internal/engine"
 	"github.com/castellan-dev/castellan/internal/fixtures"
 )
 
@@ -145,5 +148,43 @@ func TestOneMemory(t *testing.T) {
 	want := "mm.wasm: truncated or malformed module: section 5: at most one memory allowed in module, but read 3"
 	if err == nil || err.Error() != want {
 		t.Errorf("a module with 3 memories: %v", err)
+	}
+}
+
+// TestBoundTablesCacheKey: when the caller gives the module's digest (as
+// castellan run and a keep do), the engine's cache key for the rewritten
+// module is derived from it and the rewrite's version, never the module's
+// own digest: code an engine keyed by that digest compiled from the
+// unbounded module (an earlier castellan's) is not served, on either
+// engine.
+func TestBoundTablesCacheKey(t *testing.T) {
+	wasm := tableModule([]byte{1, 0x70, 0, 0}, 1<<24)
+	digest := fmt.Sprintf("sha256:%x", sha256.Sum256(wasm))
+	for _, name := range []string{engine.NameWazero, engine.NameWasmtime} {
+		if engine.Available(name) != nil {
+			continue
+		}
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			// The unbounded module compiled into the cache under its own
+			// digest, as before tables were bounded.
+			eng, err := engine.New(name, engine.Config{CacheDir: cacheFolder(dir, false)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := engine.WithModuleSum(context.Background(), sha256.Sum256(wasm))
+			mod, err := eng.Compile(ctx, wasm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mod.Close(ctx)
+			eng.Close(ctx)
+			for range 2 { // compiled, then from the cache
+				code, err := Run(context.Background(), Options{Name: "grow.wasm", Wasm: wasm, Engine: name, CacheDir: dir, ModuleDigest: digest, MemoryPages: 16})
+				if err != nil || code != 0 {
+					t.Fatalf("exit %d, %v: the unbounded module's code ran (its growth was not refused)", code, err)
+				}
+			}
+		})
 	}
 }
