@@ -101,7 +101,18 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return e.Usagef("unknown command %q (see 'castellan help')", args[0])
 	}
 	n := len(strings.Fields(c.Name))
-	return c.Run(e, args[n:])
+	return processStatus(e, c.Run(e, args[n:]))
+}
+
+// processStatus is code as a process's exit status. A workload's status
+// (run, deploy) is WASI's 32 bits and a process's 8: proc_exit(256) would
+// read as success, so a status past 255 is 255, said on stderr.
+func processStatus(e *Env, code int) int {
+	if code < 0 || code > 255 {
+		e.Warningf("the workload exited with status %d, which a process's exit status cannot carry: castellan exits with 255", code)
+		return 255
+	}
+	return code
 }
 
 // lookup finds the longest registered command name that prefixes args.
