@@ -170,6 +170,12 @@ func New(cfg Config) (*Agent, error) {
 	if len(filepath.Join(dir, "keeps", "000000000000")) > keep.MaxDirLen {
 		return nil, fmt.Errorf("state folder %s: path too long for the keeps' Unix sockets (at most about %d bytes)", dir, keep.MaxDirLen-20)
 	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state folder: %w", err)
+	}
+	if err := checkStateDir(dir); err != nil {
+		return nil, err
+	}
 	if cfg.MaxKeeps <= 0 {
 		cfg.MaxKeeps = DefaultMaxKeeps
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/castellan-dev/castellan/internal/keep"
 	"golang.org/x/sys/unix"
@@ -39,6 +40,31 @@ func waitExit(pid int, ticks uint64, done <-chan struct{}) error {
 			return nil
 		}
 	}
+}
+
+// checkStateDir refuses a state folder that another local user could
+// write to: one owned by another user, or writable by group or others.
+// Whoever can write there can add a token hash to the database, plant the
+// agent's TLS key, or put symbolic links where keep folders go.
+func checkStateDir(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("state folder %s: %w", dir, err)
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("state folder %s: cannot read its owner", dir)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("state folder %s: not a folder", dir)
+	}
+	if int(sys.Uid) != os.Geteuid() {
+		return fmt.Errorf("state folder %s: belongs to uid %d, not to the agent's user (uid %d)", dir, sys.Uid, os.Geteuid())
+	}
+	if st.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("state folder %s: writable by group or others (mode %v; chmod go-w it)", dir, st.Mode().Perm())
+	}
+	return nil
 }
 
 // lockState takes an exclusive lock on the state folder, so that two

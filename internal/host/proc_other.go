@@ -15,3 +15,4 @@ var errUnsupported = errors.New("the host agent runs on Linux only, not " + runt
 
 func waitExit(int, uint64, <-chan struct{}) error { return errUnsupported }
 func lockState(string) (*os.File, error)          { return nil, errUnsupported }
+func checkStateDir(string) error                  { return nil }

@@ -66,6 +66,9 @@ func openStore(dir string) (*store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state folder %s: %w", dir, err)
 	}
+	if err := checkStateDir(dir); err != nil {
+		return nil, err
+	}
 	path := filepath.Join(dir, DBFile)
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)&_txlock=immediate")
 	if err != nil {
