@@ -543,6 +543,11 @@ func (a *Agent) TLSCertificate() (*tls.Certificate, error) {
 
 func loadOrCreateCert(dir string) (*tls.Certificate, error) {
 	cp, kp := filepath.Join(dir, CertFile), filepath.Join(dir, keyFile)
+	// A key others can read is no longer the agent's alone; and a new key
+	// written over it would keep its mode (os.WriteFile).
+	if st, err := os.Stat(kp); err == nil && st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("agent TLS key %s: readable or writable by group or others (mode %v): chmod 600 it, or remove it and the certificate for a new identity", kp, st.Mode().Perm())
+	}
 	if c, err := tls.LoadX509KeyPair(cp, kp); err == nil {
 		return &c, nil
 	}
