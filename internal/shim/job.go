@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
@@ -252,6 +253,9 @@ func envConfig(env []string) ([]byte, error) {
 func limitsOf(spec *specs.Spec, kind string) keep.Limits {
 	var l keep.Limits
 	if spec.Linux == nil || spec.Linux.Resources == nil {
+		if kind != keep.KindVM {
+			l.OpenFiles = openFilesOf(spec.Process)
+		}
 		return l
 	}
 	r := spec.Linux.Resources
@@ -271,6 +275,7 @@ func limitsOf(spec *specs.Spec, kind string) keep.Limits {
 		return l
 	}
 	l.MemoryBytes = mem
+	l.OpenFiles = openFilesOf(spec.Process)
 	if c := r.CPU; c != nil && c.Quota != nil && *c.Quota > 0 {
 		l.CPUQuotaMicros = *c.Quota
 		if c.Period != nil && *c.Period > 0 {
@@ -278,6 +283,26 @@ func limitsOf(spec *specs.Spec, kind string) keep.Limits {
 		}
 	}
 	return l
+}
+
+// defaultOpenFiles is a process keep's descriptors when the spec sets no
+// RLIMIT_NOFILE: containerd's default spec's, and the host agent's.
+const defaultOpenFiles = 1024
+
+// openFilesOf is a process keep's RLIMIT_NOFILE: the spec's hard limit (the
+// node's rule for its containers), else defaultOpenFiles. Without it the
+// keep would inherit the shim's (containerd's, often unlimited), and a
+// workload config's max_open_files (up to 2^20) could hold that many of
+// the node's descriptors.
+func openFilesOf(p *specs.Process) int64 {
+	if p != nil {
+		for _, r := range p.Rlimits {
+			if r.Type == "RLIMIT_NOFILE" && r.Hard > 0 {
+				return int64(min(r.Hard, math.MaxInt32))
+			}
+		}
+	}
+	return defaultOpenFiles
 }
 
 // systemMounts are the container's kernel and device folders: a runtime's

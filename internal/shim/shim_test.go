@@ -100,19 +100,28 @@ func TestLimitsOf(t *testing.T) {
 		}
 		return &specs.Spec{Linux: &specs.Linux{Resources: r}}
 	}
+	nofile := func(s *specs.Spec, hard uint64) *specs.Spec {
+		s.Process = &specs.Process{Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_CORE"}, {Type: "RLIMIT_NOFILE", Soft: 1024, Hard: hard}}}
+		return s
+	}
 	for _, tc := range []struct {
 		name string
 		spec *specs.Spec
 		kind string
 		want keep.Limits
 	}{
-		{"no limits", &specs.Spec{}, keep.KindProcess, keep.Limits{}},
-		{"process memory", spec(256<<20, 0, 0), keep.KindProcess, keep.Limits{MemoryBytes: 256 << 20}},
-		{"process cpu quota", spec(0, 150000, 100000), keep.KindProcess, keep.Limits{CPUQuotaMicros: 150000, CPUPeriodMicros: 100000}},
+		{"no limits", &specs.Spec{}, keep.KindProcess, keep.Limits{OpenFiles: defaultOpenFiles}},
+		{"process memory", spec(256<<20, 0, 0), keep.KindProcess, keep.Limits{MemoryBytes: 256 << 20, OpenFiles: defaultOpenFiles}},
+		{"process cpu quota", spec(0, 150000, 100000), keep.KindProcess, keep.Limits{CPUQuotaMicros: 150000, CPUPeriodMicros: 100000, OpenFiles: defaultOpenFiles}},
+		// The spec's RLIMIT_NOFILE (the node's rule), not the shim's own
+		// (containerd's, often unlimited), bounds a process keep.
+		{"the spec's RLIMIT_NOFILE", nofile(spec(0, 0, 0), 4096), keep.KindProcess, keep.Limits{OpenFiles: 4096}},
+		{"the spec's RLIMIT_NOFILE, no resources", nofile(&specs.Spec{}, 65536), keep.KindProcess, keep.Limits{OpenFiles: 65536}},
+		{"vm: no RLIMIT_NOFILE", nofile(spec(1<<30, 0, 0), 4096), keep.KindVM, keep.Limits{VMMemoryBytes: 1 << 30}},
 		{"vm memory and cpus", spec(1<<30, 150000, 100000), keep.KindVM, keep.Limits{VMMemoryBytes: 1 << 30, VCPUs: 2}},
 		{"vm memory rounded down to MiB", spec(300<<20+12345, 0, 0), keep.KindVM, keep.Limits{VMMemoryBytes: 300 << 20}},
 		{"vm memory at least the minimum", spec(64<<20, 0, 0), keep.KindVM, keep.Limits{VMMemoryBytes: keep.MinVMMemory}},
-		{"unlimited memory", spec(-1, 0, 0), keep.KindProcess, keep.Limits{}},
+		{"unlimited memory", spec(-1, 0, 0), keep.KindProcess, keep.Limits{OpenFiles: defaultOpenFiles}},
 	} {
 		if got := limitsOf(tc.spec, tc.kind); got != tc.want {
 			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
