@@ -215,8 +215,11 @@ func (c *Claims) check() error {
 	if len(c.Measurement) > maxString || len(c.WorkloadDigest) > maxString || len(c.Package) > maxString {
 		return errors.New("claims: a field is longer than 1024 bytes")
 	}
-	if !strings.HasPrefix(c.WorkloadDigest, "sha256:") {
-		return fmt.Errorf("claims: workload digest %q does not start with \"sha256:\"", c.WorkloadDigest)
+	// A digest is sha256: and 64 lowercase hex digits, as a package's: a
+	// relying party compares it with a string and prints it, so it must
+	// not carry anything else (a second line, a terminal escape).
+	if h, ok := strings.CutPrefix(c.WorkloadDigest, "sha256:"); !ok || len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
+		return fmt.Errorf("claims: workload digest %q is not sha256: and 64 lowercase hex digits", c.WorkloadDigest)
 	}
 	return nil
 }

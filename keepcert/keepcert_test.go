@@ -113,16 +113,19 @@ func TestParseClaimsRejects(t *testing.T) {
 	}
 	good := wireClaims{Version: 1, Attested: true, Platform: "snp", Measurement: []byte{}, WorkloadDigest: digest}
 	tests := map[string][]byte{
-		"empty":         nil,
-		"trailing":      append(mk(good), 0),
-		"version 2":     mk(func() wireClaims { w := good; w.Version = 2; return w }()),
-		"platform sev":  mk(func() wireClaims { w := good; w.Platform = "sev"; return w }()),
-		"secure sim":    mk(func() wireClaims { w := good; w.Simulated = true; return w }()),
-		"secure none":   mk(func() wireClaims { w := good; w.Platform = "none"; return w }()),
-		"secure unatt.": mk(func() wireClaims { w := good; w.Attested = false; return w }()),
-		"negative svn":  mk(func() wireClaims { w := good; w.TCB = []tcbComponent{{"snp", -1}}; return w }()),
-		"repeated tcb":  mk(func() wireClaims { w := good; w.TCB = []tcbComponent{{"snp", 1}, {"snp", 2}}; return w }()),
-		"bad digest":    mk(func() wireClaims { w := good; w.WorkloadDigest = "md5:00"; return w }()),
+		"empty":          nil,
+		"trailing":       append(mk(good), 0),
+		"version 2":      mk(func() wireClaims { w := good; w.Version = 2; return w }()),
+		"platform sev":   mk(func() wireClaims { w := good; w.Platform = "sev"; return w }()),
+		"secure sim":     mk(func() wireClaims { w := good; w.Simulated = true; return w }()),
+		"secure none":    mk(func() wireClaims { w := good; w.Platform = "none"; return w }()),
+		"secure unatt.":  mk(func() wireClaims { w := good; w.Attested = false; return w }()),
+		"negative svn":   mk(func() wireClaims { w := good; w.TCB = []tcbComponent{{"snp", -1}}; return w }()),
+		"repeated tcb":   mk(func() wireClaims { w := good; w.TCB = []tcbComponent{{"snp", 1}, {"snp", 2}}; return w }()),
+		"bad digest":     mk(func() wireClaims { w := good; w.WorkloadDigest = "md5:00"; return w }()),
+		"digest not hex": mk(func() wireClaims { w := good; w.WorkloadDigest = "sha256:\x1b[2J\nverified: yes"; return w }()),
+		"short digest":   mk(func() wireClaims { w := good; w.WorkloadDigest = "sha256:0a"; return w }()),
+		"upper digest":   mk(func() wireClaims { w := good; w.WorkloadDigest = "sha256:" + strings.Repeat("0A", 32); return w }()),
 		"repeated detail": mk(func() wireClaims {
 			w := good
 			w.Details = []detail{{"vmpl", "0"}, {"vmpl", "3"}}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/attest/eartoken"
+	"github.com/castellan-dev/castellan/internal/packages"
 	"github.com/castellan-dev/castellan/keepcert"
 )
 
@@ -247,15 +248,18 @@ func printClaims(e *Env, o *verifyOutput) {
 		platform += " (simulated)"
 	}
 	fmt.Fprintf(w, "keep:        %s\n", o.URL)
-	fmt.Fprintf(w, "workload:    %s\n", o.WorkloadDigest)
+	// The certificate's text is printed escaped (packages.Printable): with
+	// --allow-insecure and no --ca any self-signed certificate gets here,
+	// and its text must not print lines of its own or move the cursor.
+	fmt.Fprintf(w, "workload:    %s\n", packages.Printable(o.WorkloadDigest))
 	if o.Package != "" {
-		fmt.Fprintf(w, "package:     %s\n", o.Package)
+		fmt.Fprintf(w, "package:     %s\n", packages.Printable(o.Package))
 	}
 	if o.SPIFFEID != "" {
-		fmt.Fprintf(w, "spiffe id:   %s\n", o.SPIFFEID)
+		fmt.Fprintf(w, "spiffe id:   %s\n", packages.Printable(o.SPIFFEID))
 	}
 	if len(o.DNSNames)+len(o.IPAddresses) > 0 {
-		fmt.Fprintf(w, "names:       %s\n", strings.Join(append(append([]string(nil), o.DNSNames...), o.IPAddresses...), " "))
+		fmt.Fprintf(w, "names:       %s\n", printableJoin(append(append([]string(nil), o.DNSNames...), o.IPAddresses...)))
 	}
 	fmt.Fprintf(w, "platform:    %s\n", platform)
 	fmt.Fprintf(w, "attested:    %s\n", yes(o.Attested))
@@ -277,10 +281,10 @@ func printClaims(e *Env, o *verifyOutput) {
 		}
 		sort.Strings(keys)
 		for _, k := range keys {
-			fmt.Fprintf(w, "checked:     %s=%s\n", k, o.Details[k])
+			fmt.Fprintf(w, "checked:     %s=%s\n", packages.Printable(k), packages.Printable(o.Details[k]))
 		}
 	}
-	fmt.Fprintf(w, "issuer:      %s\n", o.Issuer)
+	fmt.Fprintf(w, "issuer:      %s\n", packages.Printable(o.Issuer))
 	fmt.Fprintf(w, "serial:      %s\n", o.Serial)
 	fmt.Fprintf(w, "valid until: %s\n", o.NotAfter.Format(time.RFC3339))
 	if o.Verified {

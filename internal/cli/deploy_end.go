@@ -8,6 +8,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/host"
+	"github.com/castellan-dev/castellan/internal/packages"
 )
 
 // ExitInterrupted is deploy's status when Ctrl-C (or SIGTERM) stopped the
@@ -37,7 +38,9 @@ func remoteEnd(ctx context.Context, e *Env, c *host.Client, k *host.Keep, err er
 	}
 	var refused *delivery.RefusedError
 	if errors.As(err, &refused) {
-		return e.Errorf("%v", err)
+		// The reason can quote text the keep did not write (a secret
+		// service's detail, a host path): printed escaped.
+		return e.Errorf("%s", packages.Printable(err.Error()))
 	}
 	// Wait for the agent's record of the keep's end.
 	wctx, cancel := context.WithTimeout(bg, keepEndWait)

@@ -187,8 +187,8 @@ func (s *Session) Deliver(ctx context.Context, conn net.Conn, v *Verified, d Del
 			return &r, nil
 		case FrameError:
 			r := string(p)
-			if len(r) > 1024 {
-				r = r[:1024]
+			if len(r) > maxRefusal {
+				r = r[:maxRefusal]
 			}
 			return nil, &RefusedError{Reason: r}
 		default:

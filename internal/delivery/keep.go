@@ -26,6 +26,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/kbs"
@@ -199,13 +200,13 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 	}
 	w := &frameWriter{w: tc}
 	refuse := func(err error) (*Result, error) {
-		w.write(FrameError, []byte(err.Error()))
+		w.write(FrameError, refusal(err))
 		return nil, fmt.Errorf("%w: %v", ErrRefused, err)
 	}
 	m, art, err := k.receive(tc)
 	if err != nil {
 		if errors.Is(err, ErrRefused) {
-			w.write(FrameError, []byte(err.Error()))
+			w.write(FrameError, refusal(err))
 		}
 		return nil, err
 	}
@@ -365,6 +366,26 @@ func (k *Keep) Serve(ctx context.Context, conn net.Conn, o ServeOptions) (*Resul
 		tc.CloseWrite()
 	}
 	return res, nil
+}
+
+// maxRefusal bounds the reason in an error frame, as the client reads it:
+// a refusal can quote text of any length that the keep did not write (a
+// secret service's error detail, a host path), and a reason over MaxFrame
+// would not be sent at all.
+const maxRefusal = 1024
+
+// refusal is the payload of the error frame for err: its text, cut to
+// maxRefusal bytes on a UTF-8 boundary.
+func refusal(err error) []byte {
+	b := []byte(err.Error())
+	if len(b) <= maxRefusal {
+		return b
+	}
+	n := maxRefusal - len("...")
+	for n > 0 && !utf8.RuneStart(b[n]) {
+		n--
+	}
+	return append(b[:n:n], "..."...)
 }
 
 // volumePreopens checks the host's volumes against the config: each

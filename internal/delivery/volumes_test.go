@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,5 +58,24 @@ func TestVolumes(t *testing.T) {
 			_, err, _, kerr := runWith(t, k, sess, v, Delivery{Artifact: a, Stdout: &out}, ServeOptions{Volumes: c.vols})
 			checkRefused(t, err, kerr, c.want, out.String())
 		})
+	}
+}
+
+// TestLongRefusal: a refusal whose text quotes something long that the
+// keep did not write (here a host path of 2 MiB; a secret service's error
+// detail is another) still reaches the client as a refusal, cut to
+// maxRefusal bytes, instead of an error frame over MaxFrame that is never
+// sent and leaves the client with a bare end of connection.
+func TestLongRefusal(t *testing.T) {
+	art := load(t, "c", "hello", []byte(stdio))
+	k, sess, v := pair(t, art.Digest.String())
+	long := "/nonexistent/" + strings.Repeat("a", 2<<20)
+	var out syncBuf
+	_, err, _, kerr := runWith(t, k, sess, v, Delivery{Artifact: art, Stdout: &out},
+		ServeOptions{Volumes: []config.File{{Kind: config.KindDir, Name: "/data", Path: long}}})
+	checkRefused(t, err, kerr, "volume /data: ", out.String())
+	var re *RefusedError
+	if errors.As(err, &re) && (len(re.Reason) > maxRefusal || !strings.HasSuffix(re.Reason, "...")) {
+		t.Errorf("refusal of %d bytes (%.40q...), want at most %d ending in ...", len(re.Reason), re.Reason, maxRefusal)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/castellan-dev/castellan/internal/retryhttp"
 )
@@ -56,6 +57,22 @@ func (e *RefusedError) Error() string {
 
 // maxBody bounds what the client reads.
 const maxBody = 1 << 20
+
+// maxRefusalText bounds the type and the detail of a refusal kept in a
+// RefusedError.
+const maxRefusalText = 200
+
+// cutText cuts s to maxRefusalText bytes on a UTF-8 boundary.
+func cutText(s string) string {
+	if len(s) <= maxRefusalText {
+		return s
+	}
+	n := maxRefusalText
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
+}
 
 func (c *Client) do(ctx context.Context, method, path string, body any) ([]byte, error) {
 	var data []byte
@@ -109,6 +126,9 @@ func (c *Client) do(ctx context.Context, method, path string, body any) ([]byte,
 		if json.Unmarshal(b, &e.Info) != nil || e.Info.Detail == "" {
 			e.Info.Detail = strings.TrimSpace(string(b[:min(len(b), 200)]))
 		}
+		// The service's words go into errors that the keep sends on and
+		// logs: at most maxRefusalText bytes of each.
+		e.Info.Type, e.Info.Detail = cutText(e.Info.Type), cutText(e.Info.Detail)
 		return nil, e
 	}
 	return b, nil

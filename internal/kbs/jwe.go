@@ -139,6 +139,16 @@ func Open(priv crypto.Signer, body []byte) ([]byte, error) {
 	if enc, ok := h.ContentEncryption(); !ok || enc != jwa.A256GCM() {
 		return nil, fmt.Errorf("jwe: enc is not A256GCM")
 	}
+	// Compressed content is refused wherever "zip" is set: a value is at
+	// most 64 KiB, and the library would inflate up to 10 MiB of it.
+	for _, hh := range []jwe.Headers{h, rs[0].Headers(), msg.UnprotectedHeaders()} {
+		if hh == nil {
+			continue
+		}
+		if z, ok := hh.Compression(); ok && z != jwa.NoCompress() {
+			return nil, fmt.Errorf("jwe: zip %s: compressed content is not accepted", z)
+		}
+	}
 	// The wrapped key's length is fixed by the algorithm: checked here,
 	// since jwx v3.0.8 panics on an empty AES key wrap.
 	wantLen := 40 // a 256-bit key, AES key-wrapped

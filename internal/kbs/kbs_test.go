@@ -13,6 +13,9 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jwe"
 )
 
 func TestParseRef(t *testing.T) {
@@ -186,5 +189,21 @@ func TestJWE(t *testing.T) {
 		if _, err := Open(k, tampered); err == nil {
 			t.Errorf("%s: tampered ciphertext opened", name)
 		}
+	}
+}
+
+// TestJWECompressed: a response compressed with "zip": "DEF" is refused
+// before decryption. Compression buys a service nothing for values of at
+// most 64 KiB, and a hostile one (the host may name the service) would
+// have the keep inflate up to the library's 10 MiB per value.
+func TestJWECompressed(t *testing.T) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	body, err := jwe.Encrypt(bytes.Repeat([]byte{'a'}, 1<<20), jwe.WithKey(jwa.ECDH_ES_A256KW(), k.Public()),
+		jwe.WithContentEncryption(jwa.A256GCM()), jwe.WithCompress(jwa.Deflate()), jwe.WithJSON())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Open(k, body); err == nil || !strings.Contains(err.Error(), "zip") {
+		t.Errorf("compressed JWE of %d bytes: opened %d bytes, %v", len(body), len(got), err)
 	}
 }
