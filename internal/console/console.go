@@ -47,6 +47,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/packages"
 	"github.com/castellan-dev/castellan/internal/runtime"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
@@ -193,6 +194,12 @@ func New(o Options) (*Server, error) {
 	}
 	if o.Log == nil {
 		o.Log = func(string, ...any) {}
+	} else {
+		// Log lines carry what visitors' workloads and agents say (a
+		// keep's last error line, an upload's name): escaped, it cannot
+		// draw on the operator's terminal or forge a line.
+		logf := o.Log
+		o.Log = func(format string, a ...any) { logf("%s", packages.Printable(fmt.Sprintf(format, a...))) }
 	}
 	var la *LocalAgent
 	if o.Runner == nil {
