@@ -3,9 +3,14 @@ package console
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 	"unicode"
 
 	"github.com/castellan-dev/castellan/internal/tee"
@@ -80,5 +85,53 @@ func TestLogTextFromWorkload(t *testing.T) {
 				t.Errorf("the error is not in the log, escaped: %q", lines)
 			}
 		})
+	}
+}
+
+// TestEventsAfterEndHangUp: a stream on a run that has ended gets what it
+// has not seen and is hung up on, whatever Last-Event-ID it claims: one
+// past the last event, or far beyond it, must not hold the connection (and
+// the finished run behind it, up to its output limit) open for ever.
+func TestEventsAfterEndHangUp(t *testing.T) {
+	s, err := New(Options{Runner: &scriptedRunner{end: Ending{Code: 0}}, TempDir: t.TempDir(), ExamplesDir: t.TempDir(),
+		Backends: func() []tee.Status { return []tee.Status{{Name: "nil", Usable: true}} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const sess = "0123456789abcdef0123456789abcdef"
+	rn := &run{id: newRunID(), session: sess, title: "app.wasm", backend: "nil", state: "starting",
+		maxOutput: s.o.MaxOutput, timeLimit: s.o.TimeLimit, dir: t.TempDir(), ended: make(chan struct{})}
+	s.mu.Lock()
+	s.runs[rn.id] = rn
+	s.mu.Unlock()
+	if err := s.launch(rn, Job{}); err != nil {
+		t.Fatal(err)
+	}
+	<-rn.ended
+	rn.mu.Lock()
+	last := len(rn.events)
+	rn.mu.Unlock()
+	hs := httptest.NewServer(s)
+	defer hs.Close()
+	for _, id := range []string{strconv.Itoa(last - 1), strconv.Itoa(last), "1000000"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a hang-catcher
+		req, _ := http.NewRequestWithContext(ctx, "GET", hs.URL+"/api/runs/"+rn.id+"/events", nil)
+		req.AddCookie(&http.Cookie{Name: sessionCookie, Value: sess})
+		req.Header.Set("Last-Event-ID", id)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			cancel()
+			t.Fatalf("Last-Event-ID %s: %v", id, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		if err != nil {
+			t.Fatalf("Last-Event-ID %s: the stream was not ended: %v (got %q)", id, err, b)
+		}
+		if id == strconv.Itoa(last-1) && !strings.Contains(string(b), "event: end") {
+			t.Errorf("Last-Event-ID %s: no end event in %q", id, b)
+		}
 	}
 }
