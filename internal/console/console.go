@@ -26,9 +26,9 @@
 // process of its own, so one that misbehaves cannot take the console down. Visitors are told
 // apart by a session cookie: one running keep per session, a global cap on
 // running keeps, and a cap on upload size. Uploaded configs may not name
-// host folders, outgoing connections, an attestation service, or a listen
-// address other than loopback: the console is for trying workloads, not
-// for lending the host.
+// host folders, outgoing connections, an attestation service, a listen
+// address other than loopback, or replicas: the console is for trying
+// workloads, not for lending the host.
 package console
 
 import (
