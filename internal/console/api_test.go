@@ -511,6 +511,8 @@ func TestBadUploads(t *testing.T) {
 		{"connect", []part{field("backend", "nil"), file("wasm", "a.wasm", good), file("config", "app.toml", []byte("[[files]]\nkind = \"connect\"\nhost = \"example.com\"\nprot = \"tcp\"\n"))}, 400, "does not let uploaded workloads open outgoing connections", ""},
 		{"listen on all", []part{field("backend", "nil"), file("wasm", "a.wasm", good), file("config", "app.toml", []byte("[[files]]\nkind = \"listen\"\nname = \"web\"\nprot = \"tcp\"\nport = 8080\n"))}, 400, "only lets uploaded workloads listen on loopback", ""},
 		{"steward", []part{field("backend", "nil"), file("wasm", "a.wasm", good), file("config", "app.toml", []byte("steward = \"https://attest.example\"\n"))}, 400, "does not contact attestation services", ""},
+		{"replicas", []part{field("backend", "nil"), file("wasm", "a.wasm", good), file("config", "app.toml", []byte("replicas = 256\n"))}, 400, "app.toml: replicas: the console runs one instance per keep", ""},
+		{"replicas auto", []part{field("backend", "nil"), file("wasm", "a.wasm", good), file("config", "app.toml", []byte("replicas = \"auto\"\n"))}, 400, "app.toml: replicas: the console runs one instance per keep", ""},
 		{"both", []part{field("backend", "nil"), field("example", "hello-go"), file("wasm", "a.wasm", good)}, 400, "not both", ""},
 		{"neither", []part{field("backend", "nil")}, 400, "choose an example or upload", ""},
 		{"example with config", []part{field("backend", "nil"), field("example", "hello-go"), file("config", "app.toml", []byte("args = []\n"))}, 400, "the examples bring their own", ""},

@@ -26,9 +26,9 @@
 // process of its own, so one that misbehaves cannot take the console down. Visitors are told
 // apart by a session cookie: one running keep per session, a global cap on
 // running keeps, and a cap on upload size. Uploaded configs may not name
-// host folders, outgoing connections, an attestation service, or a listen
-// address other than loopback: the console is for trying workloads, not
-// for lending the host.
+// host folders, outgoing connections, an attestation service, a listen
+// address other than loopback, or replicas: the console is for trying
+// workloads, not for lending the host.
 package console
 
 import (
@@ -47,6 +47,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/packages"
 	"github.com/castellan-dev/castellan/internal/runtime"
 	"github.com/castellan-dev/castellan/internal/tee"
 )
@@ -193,6 +194,12 @@ func New(o Options) (*Server, error) {
 	}
 	if o.Log == nil {
 		o.Log = func(string, ...any) {}
+	} else {
+		// Log lines carry what visitors' workloads and agents say (a
+		// keep's last error line, an upload's name): escaped, it cannot
+		// draw on the operator's terminal or forge a line.
+		logf := o.Log
+		o.Log = func(format string, a ...any) { logf("%s", packages.Printable(fmt.Sprintf(format, a...))) }
 	}
 	var la *LocalAgent
 	if o.Runner == nil {

@@ -580,6 +580,13 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	for {
 		rn.mu.Lock()
 		evs := rn.takeLocked(next)
+		if len(evs) == 0 && rn.done {
+			// The browser claims to have seen the end (or more
+			// events than there are): nothing more will come.
+			rn.mu.Unlock()
+			rc.Flush()
+			return
+		}
 		wake := rn.notify
 		if wake == nil {
 			wake = make(chan struct{})

@@ -152,6 +152,12 @@ func checkConfig(cfg *config.Config, name string) error {
 	if cfg.Steward != "" {
 		return fmt.Errorf("%s: steward: the console does not contact attestation services; remove the steward line", name)
 	}
+	// Each instance has its own memory up to the console's limit and its
+	// own thread: replicas would multiply what one visitor's keep takes
+	// of the host (256 instances, or one per CPU with "auto").
+	if cfg.Replicas != 0 && cfg.Replicas != 1 {
+		return fmt.Errorf("%s: replicas: the console runs one instance per keep; remove the replicas line", name)
+	}
 	for _, f := range cfg.Files {
 		where := fmt.Sprintf("%s:%d", name, f.Line)
 		switch f.Kind {

@@ -24,6 +24,8 @@ func FuzzCheckConfig(f *testing.F) {
 		"[[files]]\nkind = \"dir\"\nname = \"/data\"\npath = \"/\"\n",
 		"[[files]]\nkind = \"connect\"\nhost = \"127.0.0.1\"\nprot = \"tcp\"\nport = 22\n",
 		"steward = \"https://x\"\n",
+		"replicas = 256\n",
+		"replicas = \"auto\"\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -37,6 +39,9 @@ func FuzzCheckConfig(f *testing.F) {
 		}
 		if cfg.Steward != "" {
 			t.Fatalf("accepted steward %q", cfg.Steward)
+		}
+		if cfg.Instances() != 1 {
+			t.Fatalf("accepted %d instances", cfg.Instances())
 		}
 		for _, fl := range cfg.Files {
 			switch fl.Kind {
