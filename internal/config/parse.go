@@ -1,7 +1,6 @@
 package config
 
 import (
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	toml "github.com/pelletier/go-toml/v2"
+
+	"github.com/castellan-dev/castellan/internal/workload"
 )
 
 // MaxConfigSize bounds the config files Load reads.
@@ -207,17 +208,6 @@ func typeName(v any) string {
 	}
 }
 
-// isSHA256Digest reports whether s is "sha256:" and 64 lowercase hex
-// digits.
-func isSHA256Digest(s string) bool {
-	h, ok := strings.CutPrefix(s, "sha256:")
-	if !ok || len(h) != 64 || strings.ToLower(h) != h {
-		return false
-	}
-	_, err := hex.DecodeString(h)
-	return err == nil
-}
-
 func (p *parser) top(root map[string]any) error {
 	for _, k := range p.sortedKeys(nil, root) {
 		v := root[k]
@@ -235,7 +225,7 @@ func (p *parser) top(root map[string]any) error {
 			p.cfg.Steward = s
 		case "steward_ca":
 			s, ok := v.(string)
-			if !ok || !isSHA256Digest(s) {
+			if _, err := workload.ParseDigest(s); !ok || err != nil {
 				return p.at(key, "steward_ca must be \"sha256:\" and the 64 lowercase hex digits of the SHA-256 of a CA certificate's DER, not %s", quoted(v))
 			}
 			p.cfg.StewardCA = s

@@ -11,10 +11,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/castellan-dev/castellan/internal/atomicfile"
+	"github.com/castellan-dev/castellan/internal/workload"
 )
 
 // Programs keeps compiled programs in memory for a long-running process
@@ -81,13 +81,9 @@ const (
 // ParseDigest reads an OCI digest of a module ("sha256:" and 64 hex
 // digits).
 func ParseDigest(digest string) ([sha256.Size]byte, error) {
-	var sum [sha256.Size]byte
-	h, ok := strings.CutPrefix(digest, "sha256:")
-	if !ok || len(h) != 2*sha256.Size {
-		return sum, fmt.Errorf("module digest %q: not sha256: and 64 hex digits", digest)
-	}
-	if _, err := hex.Decode(sum[:], []byte(h)); err != nil || strings.ToLower(h) != h {
-		return sum, fmt.Errorf("module digest %q: not sha256: and 64 lowercase hex digits", digest)
+	sum, err := workload.ParseDigest(digest)
+	if err != nil {
+		return sum, fmt.Errorf("module digest %q: %w", digest, err)
 	}
 	return sum, nil
 }

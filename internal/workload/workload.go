@@ -8,8 +8,11 @@ package workload
 
 import (
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -88,6 +91,20 @@ func NewSummed(wasm []byte, wasmSum [sha256.Size]byte, config []byte) (*Artifact
 	a.ManifestDesc = descriptor(MediaTypeManifest, a.Manifest)
 	a.Digest = a.ManifestDesc.Digest
 	return a, nil
+}
+
+// ParseDigest reads a SHA-256 digest in the one form castellan makes and
+// accepts: "sha256:" and 64 lowercase hex digits.
+func ParseDigest(s string) ([sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	h, ok := strings.CutPrefix(s, "sha256:")
+	if !ok || len(h) != 2*sha256.Size {
+		return sum, errors.New("not sha256: and 64 hex digits")
+	}
+	if _, err := hex.Decode(sum[:], []byte(h)); err != nil || strings.ToLower(h) != h {
+		return sum, errors.New("not sha256: and 64 lowercase hex digits")
+	}
+	return sum, nil
 }
 
 func descriptor(mediaType string, b []byte) ocispec.Descriptor {
