@@ -538,7 +538,7 @@ func readBlob(r io.Reader, want byte, size int64, what string) ([]byte, [sha256.
 	buf := make([]byte, 0, min(size, 64<<20))
 	h := sha256.New()
 	for {
-		typ, n, err := readFrameHeader(r, MaxFrame)
+		typ, n, err := readFrameHeader(r, func(byte) int { return MaxFrame })
 		if err != nil {
 			return nil, sum, fmt.Errorf("reading the %s: %w", what, unexpected(err))
 		}

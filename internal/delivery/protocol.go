@@ -256,7 +256,14 @@ func WriteFrame(w io.Writer, typ byte, payload []byte) error {
 
 // ReadFrame reads one frame of at most max payload bytes.
 func ReadFrame(r io.Reader, max int) (typ byte, payload []byte, err error) {
-	typ, n, err := readFrameHeader(r, max)
+	return ReadFrameOf(r, func(byte) int { return max })
+}
+
+// ReadFrameOf reads one frame whose payload bound depends on its type:
+// limit gives it (at most MaxFrame), or a negative number for a type that
+// is not accepted. The bound is checked before the payload is allocated.
+func ReadFrameOf(r io.Reader, limit func(typ byte) int) (typ byte, payload []byte, err error) {
+	typ, n, err := readFrameHeader(r, limit)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -267,43 +274,22 @@ func ReadFrame(r io.Reader, max int) (typ byte, payload []byte, err error) {
 	return typ, payload, nil
 }
 
-// ReadFrameOf reads one frame whose payload bound depends on its type:
-// limit gives it (at most MaxFrame), or a negative number for a type that
-// is not accepted. The bound is checked before the payload is allocated.
-func ReadFrameOf(r io.Reader, limit func(typ byte) int) (typ byte, payload []byte, err error) {
-	var h [5]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
-		return 0, nil, err
-	}
-	max := limit(h[0])
-	if max < 0 {
-		return 0, nil, fmt.Errorf("frame of unknown type 0x%02x", h[0])
-	}
-	if max > MaxFrame {
-		max = MaxFrame
-	}
-	n := binary.BigEndian.Uint32(h[1:])
-	if int64(n) > int64(max) {
-		return 0, nil, fmt.Errorf("frame type %d of %d bytes, more than %d", h[0], n, max)
-	}
-	payload = make([]byte, n)
-	if _, err := io.ReadFull(r, payload); err != nil {
-		return 0, nil, fmt.Errorf("frame type %d: %w", h[0], unexpected(err))
-	}
-	return h[0], payload, nil
-}
-
 // readFrameHeader reads a frame's type and payload length, refusing a
-// length above max (at most MaxFrame).
-func readFrameHeader(r io.Reader, max int) (typ byte, n int, err error) {
+// type limit does not accept (negative) and a length above its bound (at
+// most MaxFrame).
+func readFrameHeader(r io.Reader, limit func(typ byte) int) (typ byte, n int, err error) {
 	var h [5]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return 0, 0, err
 	}
-	l := binary.BigEndian.Uint32(h[1:])
+	max := limit(h[0])
+	if max < 0 {
+		return 0, 0, fmt.Errorf("frame of unknown type 0x%02x", h[0])
+	}
 	if max > MaxFrame {
 		max = MaxFrame
 	}
+	l := binary.BigEndian.Uint32(h[1:])
 	if int64(l) > int64(max) {
 		return 0, 0, fmt.Errorf("frame type %d of %d bytes, more than %d", h[0], l, max)
 	}
