@@ -8,11 +8,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/errdef"
+
+	"github.com/castellan-dev/castellan/internal/regularfile"
 )
 
 // maxLayoutFile bounds the oci-layout file of an image layout (a few
@@ -20,26 +21,15 @@ import (
 const maxLayoutFile = 4 << 10
 
 // openRegular opens path for reading only if it is a regular file (a
-// symbolic link to one is fine). An oci-layout folder may come from
-// anyone: a FIFO planted there would block the open for ever, a device
-// such as /dev/zero would never end, so both are refused. O_NONBLOCK makes
-// the open of a FIFO return at once; it changes nothing for a regular
-// file.
+// symbolic link to one is fine): an oci-layout folder may come from
+// anyone, and a FIFO or device planted there is refused before it is
+// opened (regularfile).
 func openRegular(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
+	f, _, err := regularfile.Open(regularfile.OS, path)
+	if errors.Is(err, regularfile.ErrNotRegular) {
+		return nil, fmt.Errorf("%s is %w", path, err)
 	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%s is not a regular file (%v)", path, st.Mode().Type())
-	}
-	return f, nil
+	return f, err
 }
 
 // readRegular reads a regular file of at most max bytes.

@@ -15,7 +15,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"syscall"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/pelletier/go-toml/v2"
@@ -23,6 +22,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/config"
 	"github.com/castellan-dev/castellan/internal/delivery"
 	"github.com/castellan-dev/castellan/internal/keep"
+	"github.com/castellan-dev/castellan/internal/regularfile"
 	"github.com/castellan-dev/castellan/internal/tee"
 	"github.com/castellan-dev/castellan/internal/workload"
 )
@@ -180,25 +180,11 @@ func fromRootfs(rootfs string, p *specs.Process) (wasm, cfg []byte, source strin
 // container would have. The open itself does not block (O_NONBLOCK) and
 // must find the file it looked at.
 func readRoot(root *os.Root, name string, max int64) ([]byte, error) {
-	pre, err := root.Stat(name)
-	if err != nil {
-		return nil, err
-	}
-	if !pre.Mode().IsRegular() {
-		return nil, errors.New("not a regular file")
-	}
-	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, st, err := regularfile.Open(root, name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() || !os.SameFile(pre, st) {
-		return nil, errors.New("not a regular file, or replaced while it was read")
-	}
 	if st.Size() > max {
 		return nil, fmt.Errorf("%d bytes, more than %d", st.Size(), max)
 	}
